@@ -1,0 +1,101 @@
+"""create_app(settings) -> web.Application. Every AppKey lives here; nothing happens at import time."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .connectors.base import AppContext, Connector
+from .connectors.registry import ConnectorRegistry, load_registry
+from .mapping.compile import CompiledMapping, load_mapping
+from .provisioning.provisioner import Provisioner
+from .settings import GatewaySettings
+from .store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AppRuntime:
+    """One provisioned app: its compiled mapping, connector, provisioner, and accepted token digests."""
+
+    mapping: CompiledMapping
+    connector: Connector
+    provisioner: Provisioner
+    token_digests: list[bytes] = field(default_factory=list)
+
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+REGISTRY = web.AppKey("registry", ConnectorRegistry)
+STORE = web.AppKey("store", SqliteStore)
+APPS = web.AppKey("apps", dict[str, AppRuntime])
+
+
+def load_apps(settings: GatewaySettings, registry: ConnectorRegistry) -> list[CompiledMapping]:
+    """Validate and compile every mapping; raises MappingFileError (all problems) before anything starts."""
+    from .mapping.loader import MappingFileError
+
+    mappings: list[CompiledMapping] = []
+    problems = []
+    for path in settings.mappings:
+        try:
+            mappings.append(load_mapping(path, registry))
+        except MappingFileError as exc:
+            problems.extend(exc.problems)
+    names = [m.app for m in mappings]
+    for name in {n for n in names if names.count(n) > 1}:
+        from .mapping.loader import Problem
+
+        problems.append(Problem(str(settings.mappings[names.index(name)]), None, ("app",), f"app {name!r} is defined twice"))
+    if problems:
+        raise MappingFileError(problems)
+    return mappings
+
+
+def create_app(settings: GatewaySettings, registry: ConnectorRegistry | None = None) -> web.Application:
+    from .api import setup_routes, error_middleware
+
+    registry = registry or load_registry()
+    mappings = load_apps(settings, registry)
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes)
+    app[SETTINGS] = settings
+    app[REGISTRY] = registry
+    app[STORE] = SqliteStore(settings.store_file)
+    app[APPS] = {}
+    app.cleanup_ctx.append(_store_ctx)
+    for mapping in mappings:
+        app.cleanup_ctx.append(_connector_ctx(mapping))
+    setup_routes(app)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await store.open()
+    yield
+    await store.close()
+
+
+def _connector_ctx(mapping: CompiledMapping):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        connector = mapping.connector_cls(mapping.connector_config, AppContext(mapping.app, settings.data_dir))
+        await connector.open()
+        digests = list(mapping.token_digests)
+        digests += [hashlib.sha256(t.get_secret_value().encode()).digest() for t in settings.extra_tokens.get(mapping.app, [])]
+        if not digests:
+            log.warning("app %s accepts no bearer token: every request will be refused", mapping.app)
+        provisioner = Provisioner(mapping, connector, app[STORE])
+        repaired = await provisioner.recover()
+        if repaired:
+            log.info("app %s: recovery settled %d unfinished writes", mapping.app, repaired)
+        app[APPS][mapping.app] = AppRuntime(mapping, connector, provisioner, digests)
+        yield
+        app[APPS].pop(mapping.app, None)
+        await connector.close()
+
+    return ctx

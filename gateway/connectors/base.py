@@ -1,0 +1,115 @@
+"""The Connector contract: one instance per app, opened and closed with the app.
+
+A connector reads and writes *app records*: plain dicts keyed by the app's own
+field names. It never sees a SCIM attribute; the mapping translates.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+Record = dict[str, Any]
+NativeId = str
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the provisioner may ask of this connector."""
+
+    membership: bool = False  # add_members / remove_members / list_members are implemented
+    search: bool = False  # find() by one field's value (adoption, crash recovery)
+    list_all: bool = False  # iterate every record (import, reconcile)
+
+
+@dataclass(frozen=True, slots=True)
+class AppContext:
+    """What a connector may know of the gateway: the app's name and where it may keep files."""
+
+    name: str
+    data_dir: Path
+
+
+class Connector(ABC):
+    """Base class of every connector, built-in or third-party (entry point group `scim_gateway.connectors`)."""
+
+    #: The pydantic model that validates this connector's `connector:` block (type included).
+    Config: ClassVar[type[BaseModel]]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, config: BaseModel, context: AppContext) -> None:
+        self.config = config
+        self.context = context
+
+    async def open(self) -> None:
+        """Acquire pools and sessions. Called once when the app starts."""
+
+    async def close(self) -> None:
+        """Release everything `open` acquired."""
+
+    @abstractmethod
+    async def create(self, kind: str, record: Record) -> NativeId:
+        """Create a record of `kind` (the mapping's resource type name); return its native id."""
+
+    @abstractmethod
+    async def get(self, kind: str, native_id: NativeId) -> Record | None:
+        """The record, or None when the app has no such record."""
+
+    @abstractmethod
+    async def update(self, kind: str, native_id: NativeId, changes: Record) -> None:
+        """Write the changed fields. Raises AppNotFound when the record is gone."""
+
+    @abstractmethod
+    async def delete(self, kind: str, native_id: NativeId) -> None:
+        """Delete the record. Deleting a record that is already gone is not an error."""
+
+    async def find(self, kind: str, field: str, value: Any) -> list[tuple[NativeId, Record]]:
+        """Records whose `field` equals `value` (case-insensitively where the app compares so)."""
+        raise NotImplementedError
+
+    def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:
+        raise NotImplementedError
+
+    async def add_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
+        """Add members, each (member kind, member native id); adding a present member is not an error."""
+        raise NotImplementedError
+
+    async def remove_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
+        """Remove members; removing an absent member is not an error."""
+        raise NotImplementedError
+
+    async def list_members(self, kind: str, group_id: NativeId) -> list[tuple[str, NativeId]]:
+        raise NotImplementedError
+
+    # One SCIM write may touch the record and its membership. A connector that can
+    # apply them atomically (one database transaction) overrides these two.
+
+    async def create_with_members(self, kind: str, record: Record, members: list[tuple[str, NativeId]]) -> NativeId:
+        native_id = await self.create(kind, record)
+        if members:
+            try:
+                await self.add_members(kind, native_id, members)
+            except BaseException:
+                await self.delete(kind, native_id)  # compensate: no half-created group
+                raise
+        return native_id
+
+    async def write(
+        self,
+        kind: str,
+        native_id: NativeId,
+        changes: Record,
+        add_members: list[tuple[str, NativeId]],
+        remove_members: list[tuple[str, NativeId]],
+    ) -> None:
+        if changes:
+            await self.update(kind, native_id, changes)
+        if remove_members:
+            await self.remove_members(kind, native_id, remove_members)
+        if add_members:
+            await self.add_members(kind, native_id, add_members)

@@ -1,0 +1,366 @@
+"""Validate and compile a mapping file once, at start-up (and by `scim-gateway check`).
+
+Three steps, each one function: `parse_yaml` (loader.py), `validate_document`
+(pydantic models, connector options), `compile_mapping` (attribute paths
+resolved against the resource types, templates compiled in a sandbox). Every
+problem is collected and reported as FILE:LINE:COL: dotted.path: message.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+import jinja2
+from jinja2 import StrictUndefined, meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, ValidationError
+from scim2_models.path import AttrPath, CompareOperator, Comparison, LogicalExpr, LogicalOperator, Path as ScimPath, ValuePath
+
+from ..connectors.base import Connector
+from ..connectors.registry import ConnectorRegistry
+from ..scim.schema import (
+    ENTERPRISE_USER,
+    Attribute,
+    Resolved,
+    ResourceType,
+    Schema,
+    builtin_schema,
+    group_resource_type,
+    user_resource_type,
+)
+from .loader import Document, Loc, MappingFileError, Problem, read_document
+from .model import AttributeRule, MappingConfig, ResourceConfig
+
+KNOWN_EXTENSIONS: dict[str, Callable[[], Schema]] = {ENTERPRISE_USER: lambda: builtin_schema("enterprise_user")}
+DEFAULT_MATCH = {"User": "userName", "Group": "displayName"}
+READ_ONLY_TOP = {"id", "meta", "groups"}
+
+
+class TemplateError(Exception):
+    """A transform failed on a value at request time (e.g. a filter given the wrong type)."""
+
+
+@dataclass(slots=True)
+class Transform:
+    source: str
+    _fn: Callable[..., Any]
+
+    def __call__(self, **variables: Any) -> Any:
+        try:
+            return self._fn(**variables)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"{self.source!r}: {exc}") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise TemplateError(f"{self.source!r}: {exc}") from None
+
+
+@dataclass(slots=True)
+class CompiledRule:
+    rule: AttributeRule
+    resolved: Resolved
+    selector: dict[str, Any] | None  # emails[type eq "work"] -> {"type": "work"}
+    to_app: Transform | None
+    to_scim: Transform | None
+
+    @property
+    def field(self) -> str:
+        return self.rule.field
+
+    @property
+    def writes(self) -> bool:
+        return self.rule.direction in ("both", "to_app")
+
+    @property
+    def reads(self) -> bool:
+        return self.rule.direction in ("both", "to_scim")
+
+
+@dataclass(slots=True)
+class CompiledResource:
+    name: str
+    rtype: ResourceType
+    rules: list[CompiledRule]
+    match_rule: CompiledRule
+    unique_attr: str
+    delete_mode: str
+    members: bool
+
+    @property
+    def match_field(self) -> str:
+        return self.match_rule.field
+
+
+@dataclass(slots=True)
+class CompiledMapping:
+    file: str
+    config: MappingConfig
+    connector_cls: type[Connector]
+    connector_config: BaseModel
+    resources: dict[str, CompiledResource]
+    token_digests: list[bytes] = field(default_factory=list)
+
+    @property
+    def app(self) -> str:
+        return self.config.app
+
+
+# ---------------------------------------------------------------- templates
+
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+def _compile_template(source: str, allowed: set[str], doc: Document, loc: Loc, problems: list[Problem]) -> Transform | None:
+    try:
+        parsed = _ENV.parse("{{ " + source + " }}")
+    except jinja2.TemplateSyntaxError as exc:
+        problems.append(doc.problem(loc, f"invalid expression: {exc.message}"))
+        return None
+    undeclared = meta.find_undeclared_variables(parsed) - allowed
+    if undeclared:
+        names = ", ".join(sorted(undeclared))
+        problems.append(doc.problem(loc, f"undefined name {names} (valid: {', '.join(sorted(allowed))})"))
+        return None
+    try:
+        fn = _ENV.compile_expression(source, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as exc:
+        problems.append(doc.problem(loc, f"invalid expression: {exc.message}"))
+        return None
+    return Transform(source, fn)
+
+
+# ---------------------------------------------------------------- pydantic errors with line marks
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return _unwrap(args[0]) if len(args) == 1 else annotation
+    return annotation
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The valid keys of the object at `loc` (for 'valid: ...' and 'did you mean')."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = current.model_fields.get(str(part))
+            if info is None:
+                return []
+            current = info.annotation
+        elif get_origin(current) in (list, dict):
+            current = get_args(current)[-1]
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _validation_problems(exc: ValidationError, model: type[BaseModel], doc: Document, prefix: Loc = ()) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = (*prefix, *loc)
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            message = f"unknown key {loc[-1]!r}"
+            near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            if near:
+                message += f" (did you mean {near[0]}?)"
+            if valid:
+                message += f" (valid: {', '.join(valid)})"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        problems.append(doc.problem(path, message))
+    return problems
+
+
+# ---------------------------------------------------------------- the three steps
+
+
+def validate_document(doc: Document, registry: ConnectorRegistry) -> tuple[MappingConfig | None, BaseModel | None, type[Connector] | None, list[Problem]]:
+    """Step 2: the document against the mapping models and its connector's own model."""
+    problems: list[Problem] = []
+    if not isinstance(doc.data, dict):
+        return None, None, None, [doc.problem((), "a mapping file must be a YAML mapping (key: value)")]
+    source = copy.deepcopy(doc.data)  # validation must never mutate the caller's data
+    config = None
+    try:
+        config = MappingConfig.model_validate(source)
+    except ValidationError as exc:
+        problems.extend(_validation_problems(exc, MappingConfig, doc))
+    connector_block = doc.data.get("connector")
+    connector_cls = connector_config = None
+    if isinstance(connector_block, dict) and isinstance(connector_block.get("type"), str):
+        try:
+            connector_cls = registry.get(connector_block["type"])
+        except LookupError as exc:
+            problems.append(doc.problem(("connector", "type"), str(exc)))
+        else:
+            try:
+                connector_config = connector_cls.Config.model_validate(copy.deepcopy(connector_block))
+            except ValidationError as exc:
+                problems.extend(_validation_problems(exc, connector_cls.Config, doc, ("connector",)))
+    return config, connector_config, connector_cls, problems
+
+
+def _resource_type(name: str, rc: ResourceConfig, doc: Document, problems: list[Problem]) -> ResourceType:
+    extensions = []
+    for i, urn in enumerate(rc.extensions):
+        factory = next((f for known, f in KNOWN_EXTENSIONS.items() if known.lower() == urn.lower()), None)
+        if factory is None or name != "User":
+            valid = ", ".join(KNOWN_EXTENSIONS) if name == "User" else "none for Group"
+            problems.append(doc.problem(("resources", name, "extensions", i), f"unknown extension schema {urn!r} (valid: {valid})"))
+            continue
+        extensions.append((factory(), False))
+    if name == "User":
+        return user_resource_type(tuple(extensions))
+    return group_resource_type(tuple(extensions))
+
+
+def _all_names(rtype: ResourceType) -> list[str]:
+    return [r.dotted for r in rtype.walk()]
+
+
+def _compile_rule(
+    rule: AttributeRule, rtype: ResourceType, doc: Document, loc: Loc, problems: list[Problem]
+) -> CompiledRule | None:
+    scim_loc = (*loc, "scim")
+    try:
+        node = ScimPath(rule.scim).ast
+    except Exception as exc:  # scim2-models raises one exception type per failure
+        problems.append(doc.problem(scim_loc, f"invalid attribute path {rule.scim!r}: {exc}"))
+        return None
+    selector: dict[str, Any] | None = None
+    if isinstance(node, ValuePath):
+        attr_path = node.attr_path
+        sub = node.sub_attr
+        resolved = rtype.resolve(attr_path.attr, sub, attr_path.uri)
+        if resolved is not None:
+            selector = _selector(node, resolved.attribute, doc, scim_loc, problems)
+            if selector is None:
+                return None
+    elif isinstance(node, AttrPath):
+        resolved = rtype.resolve(node.attr, node.sub_attr, node.uri)
+    else:
+        problems.append(doc.problem(scim_loc, f"{rule.scim!r} is a filter, not an attribute path"))
+        return None
+    if resolved is None:
+        names = _all_names(rtype)
+        message = f"{rtype.name} has no attribute {rule.scim!r}"
+        near = difflib.get_close_matches(rule.scim.split("[")[0], names, n=1, cutoff=0.6)
+        if near:
+            message += f" (did you mean {near[0]}?)"
+        problems.append(doc.problem(scim_loc, message))
+        return None
+    target = resolved.target
+    if target.type == "complex":
+        value_sub = target.sub("value")
+        if value_sub is None or resolved.attribute.multi_valued and selector is None:
+            problems.append(doc.problem(scim_loc, f"{resolved.dotted} is complex: map one of its sub-attributes"))
+            return None
+    if resolved.attribute.multi_valued and resolved.sub is None and resolved.attribute.type == "complex":
+        problems.append(doc.problem(scim_loc, f"{resolved.dotted} is multi-valued: map a sub-attribute such as {rule.scim}.value"))
+        return None
+    if resolved.urn is None and resolved.attribute.name in READ_ONLY_TOP and rule.direction != "to_scim":
+        problems.append(doc.problem(scim_loc, f"{resolved.dotted} is read-only in SCIM; use direction: to_scim"))
+        return None
+    if rule.ref is not None and target.type not in ("string", "reference"):
+        problems.append(doc.problem((*loc, "ref"), f"{resolved.dotted} is not an id-valued attribute"))
+        return None
+    to_app = _compile_template(rule.to_app, {"value", "resource"}, doc, (*loc, "to_app"), problems) if rule.to_app else None
+    to_scim = _compile_template(rule.to_scim, {"value", "record"}, doc, (*loc, "to_scim"), problems) if rule.to_scim else None
+    return CompiledRule(rule, resolved, selector, to_app, to_scim)
+
+
+def _selector(node: ValuePath, attribute: Attribute, doc: Document, loc: Loc, problems: list[Problem]) -> dict[str, Any] | None:
+    """`emails[type eq "work"]` selects (and, when writing, creates) the element {"type": "work"}."""
+    terms = node.val_filter.terms if isinstance(node.val_filter, LogicalExpr) and node.val_filter.op == LogicalOperator.and_ else (node.val_filter,)
+    out: dict[str, Any] = {}
+    for term in terms:
+        if not (isinstance(term, Comparison) and term.op == CompareOperator.eq and term.attr_path.uri is None and term.attr_path.sub_attr is None):
+            problems.append(doc.problem(loc, "a mapped value filter may only join `sub eq value` terms with and"))
+            return None
+        sub = attribute.sub(term.attr_path.attr)
+        if sub is None:
+            problems.append(doc.problem(loc, f"{attribute.name} has no sub-attribute {term.attr_path.attr!r}"))
+            return None
+        out[sub.name] = term.value
+    return out
+
+
+def compile_mapping(doc: Document, registry: ConnectorRegistry, *, require_secrets: bool = True) -> CompiledMapping:
+    """Validate and compile one parsed mapping document; raises MappingFileError listing every problem.
+
+    `require_secrets=False` (the `check` command on a machine without the app's
+    environment) skips resolving secret references.
+    """
+    config, connector_config, connector_cls, problems = validate_document(doc, registry)
+    if config is None or connector_config is None or connector_cls is None:
+        raise MappingFileError(problems)
+    resources: dict[str, CompiledResource] = {}
+    for name, rc in config.resources.items():
+        base: Loc = ("resources", name)
+        rtype = _resource_type(name, rc, doc, problems)
+        rules: list[CompiledRule] = []
+        fields_seen: dict[str, int] = {}
+        for i, rule in enumerate(rc.attributes):
+            compiled = _compile_rule(rule, rtype, doc, (*base, "attributes", i), problems)
+            if compiled is None:
+                continue
+            if compiled.writes:
+                if compiled.field in fields_seen:
+                    problems.append(
+                        doc.problem((*base, "attributes", i, "field"), f"field {compiled.field!r} is already written by attributes[{fields_seen[compiled.field]}]")
+                    )
+                fields_seen[compiled.field] = i
+            rules.append(compiled)
+        match_name = rc.match or DEFAULT_MATCH[name]
+        match_resolved = rtype.resolve_dotted(match_name)
+        match_rule = next((r for r in rules if match_resolved is not None and r.resolved == match_resolved and r.selector is None), None)
+        if match_rule is None:
+            problems.append(
+                doc.problem(
+                    (*base, "match") if rc.match else (*base, "attributes"),
+                    f"{match_name} must be mapped to an app field: it finds the app's record for adoption and crash recovery",
+                )
+            )
+            continue
+        if rc.members is not None:
+            if name != "Group":
+                problems.append(doc.problem((*base, "members"), "only Group has members"))
+            elif not connector_cls.capabilities.membership:
+                problems.append(doc.problem((*base, "members"), f"connector {config.connector['type']!r} does not manage membership"))
+        resources[name] = CompiledResource(name, rtype, rules, match_rule, DEFAULT_MATCH[name], rc.delete, rc.members is not None)
+    digests = []
+    for i, token in enumerate(config.auth.bearer):
+        digest = token.digest() if require_secrets or token.sha256 else b""
+        if digest == b"":
+            continue
+        if digest is not None:
+            digests.append(digest)
+        else:
+            where = f"environment variable {token.env}" if token.env else f"file {token.file}"
+            problems.append(doc.problem(("auth", "bearer", i), f"the token's {where} is not set"))
+    if problems:
+        raise MappingFileError(problems)
+    return CompiledMapping(doc.file, config, connector_cls, connector_config, resources, digests)
+
+
+def load_mapping(path: Path, registry: ConnectorRegistry, *, require_secrets: bool = True) -> CompiledMapping:
+    return compile_mapping(read_document(path), registry, require_secrets=require_secrets)
+
+
+__all__ = ["CompiledMapping", "CompiledResource", "CompiledRule", "TemplateError", "compile_mapping", "load_mapping"]

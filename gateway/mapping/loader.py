@@ -1,0 +1,132 @@
+"""Load a mapping file: YAML to plain data, keeping every node's line mark for error messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    line: int  # 1-based
+    column: int  # 1-based
+
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a mapping file, rendered as FILE:LINE:COL: dotted.path: message."""
+
+    file: str
+    mark: Mark | None
+    path: Loc
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.mark.line}:{self.mark.column}" if self.mark else f"{self.file}:1:1"
+        dotted = dotted_path(self.path)
+        return f"{where}: {dotted}: {self.message}" if dotted else f"{where}: {self.message}"
+
+
+def dotted_path(path: Loc) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+class MappingFileError(Exception):
+    """A mapping file that cannot be used; `problems` lists everything found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(slots=True)
+class Document:
+    file: str
+    data: Any
+    marks: dict[Loc, Mark]
+
+    def mark(self, path: Loc) -> Mark | None:
+        """The mark of the deepest node on `path` that exists (a missing key points at its parent)."""
+        while True:
+            if path in self.marks:
+                return self.marks[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+    def problem(self, path: Loc, message: str) -> Problem:
+        return Problem(self.file, self.mark(path), path, message)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (a silent override hides mistakes)."""
+
+
+def _build(node: yaml.Node, path: Loc, marks: dict[Loc, Mark], problems: list[str]) -> Any:
+    marks[path] = Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _Loader.construct_scalar(_Loader(""), key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                problems.append(f"{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}: keys must be strings")
+                continue
+            if key in out:
+                problems.append(f"{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}: duplicate key {key!r}")
+                continue
+            marks[(*path, key)] = Mark(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _build(value_node, (*path, key), marks, problems)
+            # The key's own mark is what a reader wants for "this key is wrong"; keep the value's for nested paths.
+            marks[(*path, key)] = Mark(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, i), marks, problems) for i, item in enumerate(node.value)]
+    loader = _Loader("")
+    return loader.construct_object(node, deep=True)
+
+
+def parse_yaml(text: str, file: str) -> Document:
+    """Parse YAML text into plain data plus line marks; raises MappingFileError on syntax errors."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        problem = Problem(
+            file,
+            Mark(mark.line + 1, mark.column + 1) if mark else None,
+            (),
+            f"invalid YAML: {exc.problem}",
+        )
+        raise MappingFileError([problem]) from None
+    marks: dict[Loc, Mark] = {}
+    if root is None:
+        raise MappingFileError([Problem(file, Mark(1, 1), (), "the file is empty")])
+    syntax: list[str] = []
+    data = _build(root, (), marks, syntax)
+    if syntax:
+        problems = []
+        for text_problem in syntax:
+            line, col, message = text_problem.split(":", 2)
+            problems.append(Problem(file, Mark(int(line), int(col)), (), message.strip()))
+        raise MappingFileError(problems)
+    return Document(file, data, marks)
+
+
+def read_document(path: Path) -> Document:
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise MappingFileError([Problem(str(path), None, (), f"cannot read the file: {exc.strerror}")]) from None
+    return parse_yaml(text, str(path))

@@ -1,0 +1,160 @@
+"""Run a compiled mapping: SCIM resource -> app record (writes), app record -> SCIM (reads).
+
+The only place where SCIM attribute names meet app field names. References
+(`ref: User`) are translated through the correlation store by the caller's
+resolver, so a connector only ever sees native ids.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol
+
+from ..connectors.base import Record
+from .compile import CompiledResource, CompiledRule
+
+
+class RefResolver(Protocol):
+    async def to_native(self, kind: str, scim_ids: list[str]) -> dict[str, str]: ...
+    async def to_scim(self, kind: str, native_ids: list[str]) -> dict[str, str]: ...
+
+
+class UnresolvedReference(Exception):
+    def __init__(self, rule: CompiledRule, value: str) -> None:
+        super().__init__(f"{rule.resolved.dotted}: no {rule.rule.ref} with id {value!r}")
+        self.rule = rule
+        self.value = value
+
+
+def _container(resource: dict[str, Any], rule: CompiledRule, create: bool) -> dict[str, Any] | None:
+    urn = rule.resolved.urn
+    if urn is None:
+        return resource
+    found = resource.get(urn)
+    if isinstance(found, dict):
+        return found
+    if create:
+        resource[urn] = {}
+        return resource[urn]
+    return None
+
+
+def _selects(element: Any, selector: dict[str, Any]) -> bool:
+    if not isinstance(element, dict):
+        return False
+    for key, expected in selector.items():
+        actual = element.get(key)
+        if isinstance(expected, str) and isinstance(actual, str):
+            if actual.casefold() != expected.casefold():
+                return False
+        elif actual != expected:
+            return False
+    return True
+
+
+def read_rule(resource: dict[str, Any], rule: CompiledRule) -> Any:
+    """The SCIM value a rule maps, or None."""
+    container = _container(resource, rule, create=False)
+    if container is None:
+        return None
+    attribute, sub = rule.resolved.attribute, rule.resolved.sub
+    value = container.get(attribute.name)
+    if sub is None:
+        return value
+    if attribute.multi_valued:
+        if not isinstance(value, list):
+            return None
+        if rule.selector is not None:
+            element = next((e for e in value if _selects(e, rule.selector)), None)
+        else:
+            element = next((e for e in value if isinstance(e, dict) and e.get("primary") is True), None)
+            element = element or next((e for e in value if isinstance(e, dict)), None)
+        return element.get(sub.name) if isinstance(element, dict) else None
+    return value.get(sub.name) if isinstance(value, dict) else None
+
+
+def write_rule(resource: dict[str, Any], rule: CompiledRule, value: Any) -> None:
+    """Set (or, for None, clear) the SCIM value a rule maps, in place."""
+    attribute, sub = rule.resolved.attribute, rule.resolved.sub
+    container = _container(resource, rule, create=value is not None)
+    if container is None:
+        return
+    if sub is None:
+        if value is None:
+            container.pop(attribute.name, None)
+        else:
+            container[attribute.name] = value
+    elif attribute.multi_valued:
+        elements = container.get(attribute.name)
+        if not isinstance(elements, list):
+            elements = []
+        selector = rule.selector or {}
+        index = next((i for i, e in enumerate(elements) if _selects(e, selector)), None)
+        if value is None:
+            if index is not None:
+                element = dict(elements[index])
+                element.pop(sub.name, None)
+                if set(element) - set(selector) - {"primary"}:
+                    elements[index] = element
+                else:
+                    del elements[index]
+        elif index is None:
+            elements.append({**selector, sub.name: value})
+        else:
+            elements[index] = {**elements[index], sub.name: value}
+        if elements:
+            container[attribute.name] = elements
+        else:
+            container.pop(attribute.name, None)
+    else:
+        parent = container.get(attribute.name)
+        parent = dict(parent) if isinstance(parent, dict) else {}
+        if value is None:
+            parent.pop(sub.name, None)
+        else:
+            parent[sub.name] = value
+        if parent:
+            container[attribute.name] = parent
+        else:
+            container.pop(attribute.name, None)
+    if rule.resolved.urn is not None and not resource.get(rule.resolved.urn):
+        resource.pop(rule.resolved.urn, None)
+
+
+async def to_record(cres: CompiledResource, resource: dict[str, Any], refs: RefResolver) -> Record:
+    """The full app record for a SCIM resource (every mapped field; None where SCIM has no value)."""
+    record: Record = {}
+    for rule in cres.rules:
+        if not rule.writes:
+            continue
+        value = read_rule(resource, rule)
+        if rule.rule.ref is not None and value is not None:
+            native = (await refs.to_native(rule.rule.ref, [str(value)])).get(str(value))
+            if native is None:
+                raise UnresolvedReference(rule, str(value))
+            value = native
+        if rule.to_app is not None:
+            value = rule.to_app(value=value, resource=resource)
+        record[rule.field] = value
+    return record
+
+
+async def overlay(cres: CompiledResource, resource: dict[str, Any], record: Record, refs: RefResolver) -> dict[str, Any]:
+    """The SCIM resource with every mapped attribute taken from the app's record (a new dict)."""
+    out = copy.deepcopy(resource)
+    for rule in cres.rules:
+        if not rule.reads or rule.field not in record:
+            continue
+        value = record[rule.field]
+        if rule.to_scim is not None:
+            value = rule.to_scim(value=value, record=record)
+        if rule.rule.ref is not None and value not in (None, ""):
+            value = (await refs.to_scim(rule.rule.ref, [str(value)])).get(str(value))
+        if value == "":
+            value = None
+        write_rule(out, rule, value)
+    return out
+
+
+def changed_fields(old: Record, new: Record) -> Record:
+    return {k: v for k, v in new.items() if k not in old or old[k] != v}

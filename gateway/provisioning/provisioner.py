@@ -1,0 +1,429 @@
+"""The provisioner: one SCIM operation on one app, in order, with recovery.
+
+The only place that calls the correlation store and the connector. Every write
+is: validate and translate (nothing touched yet) -> journal + claim in the
+store -> the app's call -> read back -> settle. A failure before the app
+answered aborts the claim; a crash leaves the claim pending and `recover()`
+repairs it on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from ..connectors.base import Connector
+from ..connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
+from ..mapping.compile import CompiledMapping, CompiledResource, TemplateError
+from ..mapping.translate import UnresolvedReference, overlay, read_rule, to_record
+from ..scim.errors import ScimError, invalid_value, not_found, unavailable, uniqueness
+from ..store.base import Busy, Gone, Member, NativeConflict, Query, Row, Store, UniqueConflict, VersionMismatch
+
+log = logging.getLogger(__name__)
+
+WRITE_ONLY = ("password",)
+BUSY_RETRY_SECONDS = 10.0
+VERSION_RETRIES = 20
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def translate_app_error(exc: AppError, what: str) -> ScimError:
+    """The app's failure as the IdP should see it; the detail never carries the app's raw body or secrets."""
+    if isinstance(exc, AppConflict):
+        return uniqueness(f"{what}: the app already has a record with that value ({exc.detail})")
+    if isinstance(exc, AppNotFound):
+        return not_found(f"{what}: the app has no such record")
+    if isinstance(exc, AppInvalid):
+        return invalid_value(f"{what}: the app rejected the values ({exc.detail})")
+    if isinstance(exc, AppBadResponse):
+        return ScimError(502, f"{what}: the app answered something unreadable ({exc.detail})")
+    if isinstance(exc, AppUnavailable):
+        return unavailable(f"{what}: the app is unavailable ({exc.detail})", exc.retry_after or 5)
+    return ScimError(502, f"{what}: the app failed ({exc.detail})")
+
+
+class _Refs:
+    """Translates SCIM ids <-> native ids for `ref:` rules through the store."""
+
+    def __init__(self, store: Store, app: str) -> None:
+        self.store = store
+        self.app = app
+
+    async def to_native(self, kind: str, scim_ids: list[str]) -> dict[str, str]:
+        found = await self.store.native_ids(self.app, kind, scim_ids)
+        return {rid: native for rid, (_t, native) in found.items()}
+
+    async def to_scim(self, kind: str, native_ids: list[str]) -> dict[str, str]:
+        return await self.store.scim_ids(self.app, kind, native_ids)
+
+
+def _strip_write_only(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k not in WRITE_ONLY and k not in ("id", "meta", "members", "groups", "schemas")}
+
+
+def _member_refs(resource: dict[str, Any]) -> dict[str, str | None]:
+    """Member id -> the display the client gave (None when it gave none), first mention wins."""
+    out: dict[str, str | None] = {}
+    for m in resource.get("members") or []:
+        value = m.get("value") if isinstance(m, dict) else None
+        if isinstance(value, str) and value and value not in out:
+            display = m.get("display")
+            out[value] = display if isinstance(display, str) else None
+    return out
+
+
+class Provisioner:
+    def __init__(self, mapping: CompiledMapping, connector: Connector, store: Store) -> None:
+        self.mapping = mapping
+        self.app = mapping.app
+        self.connector = connector
+        self.store = store
+        self.refs = _Refs(store, self.app)
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def resource(self, kind: str) -> CompiledResource:
+        try:
+            return self.mapping.resources[kind]
+        except KeyError:
+            raise not_found(f"this app has no {kind} resources") from None
+
+    def _lock(self, rid: str) -> asyncio.Lock:
+        lock = self._locks.get(rid)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[rid] = lock
+        return lock
+
+    # ------------------------------------------------------------------ helpers
+
+    def _unique_key(self, cres: CompiledResource, resource: dict[str, Any]) -> str:
+        value = resource.get(cres.unique_attr)
+        if not isinstance(value, str) or not value.strip():
+            raise invalid_value(f"{cres.unique_attr} is required")
+        return value.lower()
+
+    async def _record(self, cres: CompiledResource, resource: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await to_record(cres, resource, self.refs)
+        except UnresolvedReference as exc:
+            raise invalid_value(str(exc)) from None
+        except TemplateError as exc:
+            raise invalid_value(f"a transform of this app's mapping failed on the value: {exc}") from None
+
+    async def _overlay(self, cres: CompiledResource, data: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await overlay(cres, data, record, self.refs)
+        except TemplateError as exc:
+            raise ScimError(502, f"the app's record could not be translated: {exc}") from None
+
+    async def _members_for_write(self, resource: dict[str, Any]) -> list[Member]:
+        """The members a request names that exist in this app.
+
+        An id the gateway does not know is skipped with a warning, not refused:
+        IdPs send members whose own provisioning failed or is still queued, and
+        the conformance suite scim-sanity expects 200 for an unknown member id.
+        """
+        refs = _member_refs(resource)
+        found = await self.store.native_ids(self.app, None, list(refs))
+        missing = [i for i in refs if i not in found]
+        if missing:
+            log.warning("%s: ignoring %d unknown member id(s), e.g. %r", self.app, len(missing), missing[0])
+        return [Member(i, found[i][0], refs[i]) for i in refs if i in found]
+
+    async def _natives(self, members: list[Member]) -> list[tuple[str, str]]:
+        found = await self.store.native_ids(self.app, None, [m.id for m in members])
+        return [(found[m.id][0], found[m.id][1]) for m in members if m.id in found]
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await fn()
+        except AppError as exc:
+            raise translate_app_error(exc, what) from None
+
+    async def _read_back(self, cres: CompiledResource, native_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """What the app now holds, over what we sent (the app may normalise or default values)."""
+        try:
+            record = await self.connector.get(cres.name, native_id)
+        except AppError as exc:
+            log.warning("%s: reading back %s %s failed: %s", self.app, cres.name, native_id, exc.detail)
+            return data
+        if record is None:
+            return data
+        try:
+            return await overlay(cres, data, record, self.refs)
+        except TemplateError:
+            return data
+
+    async def materialize(self, cres: CompiledResource, row: Row, data: dict[str, Any] | None = None, *, members: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": row.id, **(row.data if data is None else data)}
+        if cres.name == "Group" and members:
+            out["members"] = [
+                {"value": m.id, "type": m.type, **({"display": m.display} if m.display else {})}
+                for m in await self.store.members(self.app, row.id)
+            ]
+            if not out["members"]:
+                del out["members"]
+        elif cres.name == "User" and members:
+            groups = await self.store.groups_of(self.app, row.id)
+            if groups:
+                out["groups"] = [{"value": g.id, "type": "direct", **({"display": g.display} if g.display else {})} for g in groups]
+        out["meta"] = {
+            "resourceType": cres.name,
+            "created": row.created,
+            "lastModified": row.last_modified,
+            "version": f'W/"{row.version}"',
+        }
+        return out
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, kind: str, rid: str, *, live: bool = True, members: bool = True) -> tuple[Row, dict[str, Any]]:
+        cres = self.resource(kind)
+        row = await self.store.get(self.app, kind, rid)
+        if row is None:
+            raise not_found(f"{kind} {rid} not found")
+        data = row.data
+        if live and row.native_id is not None:
+            record = await self._call(f"reading {kind} {rid}", lambda: self.connector.get(kind, row.native_id))
+            if record is None:
+                raise not_found(f"{kind} {rid} no longer exists in the app")
+            data = await self._overlay(cres, row.data, record)
+        return row, await self.materialize(cres, row, data, members=members)
+
+    async def query(self, kind: str, query: Query, *, members: bool = True) -> tuple[int, list[dict[str, Any]]]:
+        cres = self.resource(kind)
+        total, rows = await self.store.query(self.app, cres.rtype, query)
+        return total, [await self.materialize(cres, row, members=members) for row in rows]
+
+    # ------------------------------------------------------------------ writes
+
+    async def create(self, kind: str, resource: dict[str, Any]) -> tuple[Row, dict[str, Any]]:
+        cres = self.resource(kind)
+        unique_key = self._unique_key(cres, resource)
+        members = await self._members_for_write(resource) if cres.name == "Group" else []
+        if members and not cres.members:
+            raise invalid_value("members: this app's mapping does not manage group membership")
+        record = await self._record(cres, resource)
+        data = _strip_write_only(resource)
+        rid = str(uuid.uuid4())
+        now = utc_now()
+        try:
+            seq = await self.store.begin_create(self.app, kind, rid, unique_key, data, now)
+        except UniqueConflict:
+            raise uniqueness(f"{cres.unique_attr} {resource[cres.unique_attr]!r} is already taken") from None
+        try:
+            natives = await self._natives(members)
+            native_id = await self.connector.create_with_members(kind, record, natives)
+        except AppError as exc:
+            await self.store.abort(seq, f"app refused: {exc.detail}")
+            raise translate_app_error(exc, f"creating {kind}") from None
+        except Exception as exc:
+            await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
+            raise
+        data = await self._read_back(cres, native_id, data)
+        try:
+            row = await self.store.settle_create(seq, native_id, data, members)
+        except NativeConflict:
+            # The app answered with an id another resource already has: it did not create a new record.
+            await self.store.abort(seq, "app returned a native id that is already linked")
+            raise ScimError(502, f"creating {kind}: the app returned the id of an existing record") from None
+        return row, await self.materialize(cres, row)
+
+    async def replace(self, kind: str, rid: str, resource: dict[str, Any], if_match: int | None = None) -> tuple[Row, dict[str, Any]]:
+        def compute(current: dict[str, Any]) -> dict[str, Any]:
+            # PUT replaces what the client may write; members stay unless given (Entra PUTs without members).
+            return resource
+
+        return await self._update(kind, rid, compute, if_match, replace_members="members" in resource)
+
+    async def patch(
+        self, kind: str, rid: str, apply: Callable[[dict[str, Any]], dict[str, Any]], if_match: int | None = None
+    ) -> tuple[Row, dict[str, Any]]:
+        return await self._update(kind, rid, apply, if_match, replace_members=True)
+
+    async def _update(
+        self,
+        kind: str,
+        rid: str,
+        compute: Callable[[dict[str, Any]], dict[str, Any]],
+        if_match: int | None,
+        *,
+        replace_members: bool,
+    ) -> tuple[Row, dict[str, Any]]:
+        cres = self.resource(kind)
+        async with self._lock(rid):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + BUSY_RETRY_SECONDS
+            for attempt in range(VERSION_RETRIES):
+                row = await self.store.get(self.app, kind, rid)
+                if row is None:
+                    raise not_found(f"{kind} {rid} not found")
+                if if_match is not None and row.version != if_match:
+                    raise ScimError(412, f"{kind} {rid} has changed: its version is W/\"{row.version}\"")
+                current = {"id": row.id, **copy.deepcopy(row.data)}
+                old_members: list[Member] = []
+                if cres.name == "Group":
+                    old_members = await self.store.members(self.app, rid)
+                    if old_members:
+                        current["members"] = [{"value": m.id, "type": m.type} for m in old_members]
+                new = compute(current)
+                unique_key = self._unique_key(cres, new)
+                add: list[Member] = []
+                remove: list[Member] = []
+                if cres.name == "Group" and replace_members:
+                    wanted = await self._members_for_write(new)
+                    if wanted and not cres.members:
+                        raise invalid_value("members: this app's mapping does not manage group membership")
+                    old_ids = {m.id for m in old_members}
+                    new_ids = {m.id for m in wanted}
+                    add = [m for m in wanted if m.id not in old_ids]
+                    remove = [m for m in old_members if m.id not in new_ids]
+                record = await self._record(cres, new)
+                data = _strip_write_only(new)
+                try:
+                    seq, claimed = await self.store.begin_write(
+                        self.app, kind, rid, "update", if_match=row.version, new_unique_key=unique_key,
+                        payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
+                    )
+                except Gone:
+                    raise not_found(f"{kind} {rid} not found") from None
+                except UniqueConflict:
+                    raise uniqueness(f"{cres.unique_attr} {new.get(cres.unique_attr)!r} is already taken") from None
+                except VersionMismatch:
+                    if if_match is not None:
+                        raise ScimError(412, f"{kind} {rid} has changed") from None
+                    continue  # another process wrote in between: recompute on the new version
+                except Busy:
+                    if loop.time() > deadline:
+                        raise unavailable(f"{kind} {rid} is being changed by another request; retry", 2) from None
+                    await asyncio.sleep(min(0.02 * (attempt + 1), 0.5))
+                    continue
+                return await self._apply_update(cres, seq, claimed, record, data, unique_key, add, remove)
+            raise unavailable(f"{kind} {rid} is changing too often to update; retry", 2)
+
+    async def _apply_update(
+        self, cres: CompiledResource, seq: int, row: Row, record: dict[str, Any], data: dict[str, Any],
+        unique_key: str, add: list[Member], remove: list[Member],
+    ) -> tuple[Row, dict[str, Any]]:
+        assert row.native_id is not None
+        try:
+            await self.connector.write(cres.name, row.native_id, record, await self._natives(add), await self._natives(remove))
+        except AppError as exc:
+            await self.store.abort(seq, f"app refused: {exc.detail}")
+            raise translate_app_error(exc, f"updating {cres.name} {row.id}") from None
+        except Exception as exc:
+            await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
+            raise
+        data = await self._read_back(cres, row.native_id, data)
+        settled = await self.store.settle_update(
+            seq, data, utc_now(), unique_key, add_members=add, remove_members=[m.id for m in remove]
+        )
+        return settled, await self.materialize(cres, settled)
+
+    async def delete(self, kind: str, rid: str, if_match: int | None = None) -> None:
+        cres = self.resource(kind)
+        async with self._lock(rid):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + BUSY_RETRY_SECONDS
+            while True:
+                try:
+                    seq, row = await self.store.begin_write(self.app, kind, rid, "delete", if_match=if_match)
+                    break
+                except Gone:
+                    raise not_found(f"{kind} {rid} not found") from None
+                except VersionMismatch:
+                    raise ScimError(412, f"{kind} {rid} has changed") from None
+                except Busy:
+                    if loop.time() > deadline:
+                        raise unavailable(f"{kind} {rid} is being changed by another request; retry", 2) from None
+                    await asyncio.sleep(0.05)
+            assert row.native_id is not None
+            try:
+                if cres.delete_mode == "deactivate":
+                    record = await self._record(cres, {**row.data, "active": False})
+                    await self.connector.update(kind, row.native_id, record)
+                else:
+                    await self.connector.delete(kind, row.native_id)
+            except AppNotFound:
+                pass  # already gone in the app: the delete's goal holds
+            except AppError as exc:
+                await self.store.abort(seq, f"app refused: {exc.detail}")
+                raise translate_app_error(exc, f"deleting {kind} {rid}") from None
+            except Exception as exc:
+                await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
+                raise
+            await self.store.settle_delete(seq)
+
+    # ------------------------------------------------------------------ recovery
+
+    async def recover(self) -> int:
+        """Settle every write a crash left pending: link what the app has, roll back what it has not."""
+        repaired = 0
+        for entry in await self.store.pending(self.app):
+            cres = self.mapping.resources.get(entry.type)
+            row = await self.store.get_any(entry.resource_id)
+            try:
+                if cres is None or row is None:
+                    await self.store.abort(entry.seq, "recovery: resource type or row no longer exists")
+                elif entry.op == "create":
+                    await self._recover_create(cres, entry.seq, row)
+                elif entry.op == "update":
+                    await self._recover_update(cres, entry.seq, row)
+                elif entry.op == "delete":
+                    assert row.native_id is not None
+                    if await self.connector.get(cres.name, row.native_id) is None or cres.delete_mode == "deactivate":
+                        await self.store.settle_delete(entry.seq)
+                    else:
+                        await self.store.abort(entry.seq, "recovery: the app still has the record")
+                repaired += 1
+            except AppError as exc:
+                log.warning("%s: recovery of journal entry %s postponed, the app failed: %s", self.app, entry.seq, exc.detail)
+        return repaired
+
+    async def _recover_create(self, cres: CompiledResource, seq: int, row: Row) -> None:
+        value = read_rule(row.data, cres.match_rule)
+        record = await to_record(cres, row.data, self.refs) if value is not None else {}
+        matches = await self.connector.find(cres.name, cres.match_field, record.get(cres.match_field)) if value is not None else []
+        if len(matches) == 1:
+            native_id, app_record = matches[0]
+            data = await overlay(cres, row.data, app_record, self.refs)
+            members: list[Member] = []
+            if cres.name == "Group" and cres.members:
+                members = await self._members_from_app(native_id)
+            await self.store.settle_create(seq, native_id, data, members)
+            log.info("%s: recovery linked %s %s to the app's record %s", self.app, cres.name, row.id, native_id)
+        else:
+            await self.store.abort(seq, "recovery: the app has no such record")
+            log.info("%s: recovery rolled back the unfinished create of %s %s", self.app, cres.name, row.id)
+
+    async def _recover_update(self, cres: CompiledResource, seq: int, row: Row) -> None:
+        assert row.native_id is not None
+        record = await self.connector.get(cres.name, row.native_id)
+        if record is None:
+            await self.store.abort(seq, "recovery: the app no longer has the record")
+            return
+        data = await overlay(cres, row.data, record, self.refs)
+        unique_value = data.get(cres.unique_attr)
+        unique_key = unique_value.lower() if isinstance(unique_value, str) else row.unique_key
+        if cres.name == "Group" and cres.members:
+            members = await self._members_from_app(row.native_id)
+            await self.store.settle_update(seq, data, utc_now(), unique_key, replace_members=members)
+        else:
+            await self.store.settle_update(seq, data, utc_now(), unique_key)
+
+    async def _members_from_app(self, native_id: str) -> list[Member]:
+        pairs = await self.connector.list_members("Group", native_id)
+        out: list[Member] = []
+        for kind in {k for k, _ in pairs}:
+            ids = await self.store.scim_ids(self.app, kind, [n for k, n in pairs if k == kind])
+            out.extend(Member(ids[n], kind) for k, n in pairs if k == kind and n in ids)
+        return out

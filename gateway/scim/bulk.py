@@ -1,0 +1,154 @@
+"""Bulk (RFC 7644 §3.7): operations in dependency order, bulkId references, failOnErrors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import ScimError, invalid_syntax, invalid_value
+from .schema import BULK_REQUEST, BULK_RESPONSE
+
+_BULK_REF = re.compile(r"^bulkId:(.+)$")
+
+
+@dataclass(slots=True)
+class BulkResult:
+    status: int
+    location: str | None = None
+    version: str | None = None
+    resource_id: str | None = None
+
+
+class BulkExecutor(Protocol):
+    async def bulk_operation(self, method: str, path: str, data: Any, if_match: str | None) -> BulkResult: ...
+
+
+def _references(value: Any) -> set[str]:
+    """Every bulkId a piece of data refers to ("bulkId:x" anywhere in a string value)."""
+    if isinstance(value, str):
+        match = _BULK_REF.match(value)
+        return {match.group(1)} if match else set()
+    if isinstance(value, dict):
+        return set().union(*(_references(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_references(v) for v in value)) if value else set()
+    return set()
+
+
+def _substitute(value: Any, ids: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        match = _BULK_REF.match(value)
+        return ids.get(match.group(1), value) if match else value
+    if isinstance(value, dict):
+        return {k: _substitute(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, ids) for v in value]
+    return value
+
+
+def _error(status: int, detail: str, scim_type: str | None = None) -> dict[str, Any]:
+    return ScimError(status, detail, scim_type).to_json()
+
+
+async def run_bulk(executor: BulkExecutor, body: Any, *, max_operations: int) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid_syntax("a BulkRequest must be a JSON object")
+    schemas = body.get("schemas")
+    if not isinstance(schemas, list) or BULK_REQUEST not in schemas:
+        raise invalid_syntax(f"a BulkRequest must list {BULK_REQUEST} in schemas")
+    operations = body.get("Operations")
+    if not isinstance(operations, list):
+        raise invalid_syntax("a BulkRequest needs an Operations list")
+    if len(operations) > max_operations:
+        raise ScimError(413, f"{len(operations)} operations exceed maxOperations {max_operations}", "tooMany")
+    fail_on_errors = body.get("failOnErrors")
+    if fail_on_errors is not None and (isinstance(fail_on_errors, bool) or not isinstance(fail_on_errors, int) or fail_on_errors < 1):
+        raise invalid_value("failOnErrors must be a positive integer")
+    for i, op in enumerate(operations):
+        if not isinstance(op, dict):
+            raise invalid_syntax(f"Operations[{i}] must be an object")
+    bulk_ids = [op.get("bulkId") for op in operations if op.get("bulkId") is not None]
+    if len(bulk_ids) != len(set(map(str, bulk_ids))):
+        raise invalid_value("bulkId values must be unique within a request")
+
+    results: list[dict[str, Any] | None] = [None] * len(operations)
+    ids: dict[str, str] = {}
+    failed_ids: set[str] = set()
+    errors = 0
+    remaining = list(range(len(operations)))
+    while remaining:
+        ready = [i for i in remaining if _references(operations[i].get("data")) <= set(ids) | failed_ids]
+        if not ready:
+            # What is left refers in a circle or to bulkIds that never appear.
+            for i in remaining:
+                missing = sorted(_references(operations[i].get("data")) - set(ids))
+                results[i] = _result(operations[i], _error(409, f"unresolved bulkId reference {missing[0]!r}", "invalidValue"))
+            break
+        for i in ready:
+            remaining.remove(i)
+            op = operations[i]
+            refs = _references(op.get("data"))
+            if refs & failed_ids:
+                bad = sorted(refs & failed_ids)[0]
+                results[i] = _result(op, _error(409, f"bulkId {bad!r} failed, so this operation cannot run", "invalidValue"))
+                errors += 1
+                _mark_failed(op, failed_ids)
+            else:
+                outcome = await _one(executor, op, ids)
+                results[i] = outcome
+                if int(outcome["status"]) >= 400:
+                    errors += 1
+                    _mark_failed(op, failed_ids)
+            if fail_on_errors is not None and errors >= fail_on_errors:
+                remaining = []
+                break
+    return {"schemas": [BULK_RESPONSE], "Operations": [r for r in results if r is not None]}
+
+
+def _mark_failed(op: dict[str, Any], failed: set[str]) -> None:
+    if op.get("bulkId") is not None:
+        failed.add(str(op["bulkId"]))
+
+
+def _result(op: dict[str, Any], response: dict[str, Any] | None = None, result: BulkResult | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"method": op.get("method")}
+    if op.get("bulkId") is not None:
+        out["bulkId"] = op["bulkId"]
+    if result is not None:
+        if result.location:
+            out["location"] = result.location
+        if result.version:
+            out["version"] = result.version
+        out["status"] = str(result.status)
+    else:
+        assert response is not None
+        out["status"] = response["status"]
+        out["response"] = response
+    return out
+
+
+async def _one(executor: BulkExecutor, op: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
+    method = op.get("method")
+    path = op.get("path")
+    if not isinstance(method, str) or method.upper() not in ("POST", "PUT", "PATCH", "DELETE"):
+        return _result(op, _error(400, f"method must be POST, PUT, PATCH or DELETE, got {method!r}", "invalidValue"))
+    method = method.upper()
+    if not isinstance(path, str) or not path.startswith("/"):
+        return _result(op, _error(400, f"path must be a resource path such as /Users, got {path!r}", "invalidPath"))
+    if method == "POST" and op.get("bulkId") is None:
+        return _result(op, _error(400, "a POST operation needs a bulkId", "invalidValue"))
+    path = _substitute(path, ids) if "bulkId:" in path else path
+    for ref in re.findall(r"bulkId:([^/]+)", path):
+        if ref in ids:
+            path = path.replace(f"bulkId:{ref}", ids[ref])
+    data = _substitute(op.get("data"), ids)
+    if method != "DELETE" and data is None:
+        return _result(op, _error(400, f"a {method} operation needs data", "invalidSyntax"))
+    try:
+        outcome = await executor.bulk_operation(method, path, data, op.get("version"))
+    except ScimError as exc:
+        return _result(op, exc.to_json())
+    if method == "POST" and outcome.resource_id is not None:
+        ids[str(op["bulkId"])] = outcome.resource_id
+    return _result(op, result=outcome)

@@ -1,0 +1,82 @@
+"""Query parameters of list and search requests (RFC 7644 §3.4.2, §3.4.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..store.base import Query
+from .errors import invalid_value
+from .filter import parse_filter
+from .schema import SEARCH_REQUEST, ResourceType
+
+
+@dataclass(slots=True)
+class ListRequest:
+    query: Query
+    attributes: str | None
+    excluded: str | None
+
+
+def _int(name: str, raw: Any) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        raise invalid_value(f"{name} must be an integer, got {raw!r}")
+    if isinstance(raw, int):
+        return raw
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise invalid_value(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _names(raw: Any, name: str) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, list):
+        if not all(isinstance(x, str) for x in raw):
+            raise invalid_value(f"{name} must be a list of attribute names")
+        return ",".join(raw)
+    if not isinstance(raw, str):
+        raise invalid_value(f"{name} must be a comma-separated string of attribute names")
+    return raw
+
+
+def parse_list_request(
+    params: Mapping[str, Any], rtype: ResourceType, *, default_count: int, max_count: int
+) -> ListRequest:
+    """From query-string parameters or a SearchRequest body (same names); unknown parameters are ignored (Entra's aadOptscim062020)."""
+    # Parameter names are case-insensitive in practice (Entra and Okta both send camelCase; some tools lower-case).
+    lowered = {str(k).lower(): v for k, v in params.items()}
+    query = Query()
+    text = lowered.get("filter")
+    if text not in (None, ""):
+        if not isinstance(text, str):
+            raise invalid_value("filter must be a string")
+        query.filter = parse_filter(text, rtype)
+    sort_by = lowered.get("sortby")
+    if sort_by not in (None, ""):
+        if not isinstance(sort_by, str) or rtype.resolve_dotted(sort_by) is None:
+            raise invalid_value(f"sortBy: {rtype.name} has no attribute {sort_by!r}")
+        query.sort_by = sort_by
+    order = lowered.get("sortorder")
+    if order not in (None, ""):
+        if not isinstance(order, str) or order.lower() not in ("ascending", "descending"):
+            raise invalid_value(f"sortOrder must be ascending or descending, got {order!r}")
+        query.descending = order.lower() == "descending"
+    start = _int("startIndex", lowered.get("startindex"))
+    query.start_index = max(start, 1) if start is not None else 1
+    count = _int("count", lowered.get("count"))
+    query.count = default_count if count is None else min(max(count, 0), max_count)
+    return ListRequest(query, _names(lowered.get("attributes"), "attributes"), _names(lowered.get("excludedattributes"), "excludedAttributes"))
+
+
+def check_search_body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid_value("a SearchRequest body must be a JSON object")
+    schemas = body.get("schemas")
+    if schemas is not None and (not isinstance(schemas, list) or SEARCH_REQUEST not in schemas):
+        raise invalid_value(f"a SearchRequest must list {SEARCH_REQUEST} in schemas")
+    return body

@@ -1,0 +1,274 @@
+"""SCIM schemas and resource types as the protocol layer sees them (RFC 7643 §7).
+
+The core User, Group and enterprise extension schemas ship as JSON data (dumped
+from the RFC definitions) and are loaded once. A resource type joins a core
+schema with its extensions. All name lookups are case-insensitive, as RFC 7643
+§2.1 requires, and return the canonical attribute.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources as importlib_resources
+from typing import Any, Iterator
+
+CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+SCHEMA_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Schema"
+RESOURCE_TYPE_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:ResourceType"
+SPC_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
+LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+SEARCH_REQUEST = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+# Attributes every resource carries (RFC 7643 §3.1); not part of any schema's list.
+COMMON_ATTRIBUTES = ("id", "externalId", "meta", "schemas")
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    name: str
+    type: str = "string"
+    multi_valued: bool = False
+    required: bool = False
+    case_exact: bool = False
+    mutability: str = "readWrite"
+    returned: str = "default"
+    uniqueness: str = "none"
+    description: str = ""
+    canonical_values: tuple[str, ...] = ()
+    reference_types: tuple[str, ...] = ()
+    sub_attributes: tuple[Attribute, ...] = ()
+    _index: dict[str, Attribute] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({a.name.lower(): a for a in self.sub_attributes})
+
+    def sub(self, name: str) -> Attribute | None:
+        return self._index.get(name.lower())
+
+    @property
+    def writable(self) -> bool:
+        return self.mutability in ("readWrite", "writeOnly", "immutable")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Attribute:
+        return cls(
+            name=data["name"],
+            type=data.get("type", "string"),
+            multi_valued=data.get("multiValued", False),
+            required=data.get("required", False),
+            case_exact=data.get("caseExact", False),
+            mutability=data.get("mutability", "readWrite"),
+            returned=data.get("returned", "default"),
+            uniqueness=data.get("uniqueness", "none"),
+            description=data.get("description", ""),
+            canonical_values=tuple(data.get("canonicalValues", ())),
+            reference_types=tuple(data.get("referenceTypes", ())),
+            sub_attributes=tuple(cls.from_json(s) for s in data.get("subAttributes", ())),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type,
+            "multiValued": self.multi_valued,
+            "description": self.description,
+            "required": self.required,
+            "caseExact": self.case_exact,
+            "mutability": self.mutability,
+            "returned": self.returned,
+            "uniqueness": self.uniqueness,
+        }
+        if self.canonical_values:
+            out["canonicalValues"] = list(self.canonical_values)
+        if self.reference_types:
+            out["referenceTypes"] = list(self.reference_types)
+        if self.sub_attributes:
+            out["subAttributes"] = [s.to_json() for s in self.sub_attributes]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    id: str
+    name: str
+    description: str
+    attributes: tuple[Attribute, ...]
+    _index: dict[str, Attribute] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({a.name.lower(): a for a in self.attributes})
+
+    def attr(self, name: str) -> Attribute | None:
+        return self._index.get(name.lower())
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Schema:
+        return cls(
+            id=data["id"],
+            name=data.get("name", ""),
+            description=data.get("description", ""),
+            attributes=tuple(Attribute.from_json(a) for a in data["attributes"]),
+        )
+
+    def to_json(self, location: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schemas": [SCHEMA_SCHEMA],
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "attributes": [a.to_json() for a in self.attributes],
+        }
+        if location is not None:
+            out["meta"] = {"resourceType": "Schema", "location": location}
+        return out
+
+
+# Pseudo-attributes for the common attributes, so filters, sorting and
+# projection resolve them the same way as schema attributes.
+ID_ATTRIBUTE = Attribute("id", case_exact=True, mutability="readOnly", returned="always", uniqueness="server")
+EXTERNAL_ID_ATTRIBUTE = Attribute("externalId", case_exact=True)
+META_ATTRIBUTE = Attribute(
+    "meta",
+    type="complex",
+    mutability="readOnly",
+    sub_attributes=(
+        Attribute("resourceType", case_exact=True, mutability="readOnly"),
+        Attribute("created", type="dateTime", mutability="readOnly"),
+        Attribute("lastModified", type="dateTime", mutability="readOnly"),
+        Attribute("location", type="reference", case_exact=True, mutability="readOnly"),
+        Attribute("version", case_exact=True, mutability="readOnly"),
+    ),
+)
+_COMMON = {a.name.lower(): a for a in (ID_ATTRIBUTE, EXTERNAL_ID_ATTRIBUTE, META_ATTRIBUTE)}
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """An attribute path resolved against a resource type.
+
+    `urn` is the extension URN the attribute lives under in the JSON body, or
+    None for core and common attributes. `sub` is set for `name.givenName`.
+    """
+
+    urn: str | None
+    attribute: Attribute
+    sub: Attribute | None = None
+
+    @property
+    def target(self) -> Attribute:
+        return self.sub or self.attribute
+
+    @property
+    def dotted(self) -> str:
+        base = self.attribute.name if self.urn is None else f"{self.urn}:{self.attribute.name}"
+        return f"{base}.{self.sub.name}" if self.sub else base
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    """A SCIM resource type: endpoint, core schema, and its extensions."""
+
+    name: str
+    endpoint: str
+    schema: Schema
+    extensions: tuple[tuple[Schema, bool], ...] = ()
+    description: str = ""
+
+    @property
+    def schema_ids(self) -> tuple[str, ...]:
+        return (self.schema.id, *(s.id for s, _ in self.extensions))
+
+    def extension(self, urn: str) -> Schema | None:
+        for schema, _required in self.extensions:
+            if schema.id.lower() == urn.lower():
+                return schema
+        return None
+
+    def schema_for(self, urn: str) -> Schema | None:
+        if urn.lower() == self.schema.id.lower():
+            return self.schema
+        return self.extension(urn)
+
+    def resolve(self, attr: str, sub: str | None = None, uri: str | None = None) -> Resolved | None:
+        """Resolve `[uri:]attr[.sub]`; None when the resource type has no such attribute."""
+        urn: str | None = None
+        if uri is None:
+            found = _COMMON.get(attr.lower()) or self.schema.attr(attr)
+        else:
+            schema = self.schema_for(uri)
+            if schema is None:
+                return None
+            found = schema.attr(attr)
+            if found is None and schema is self.schema:
+                found = _COMMON.get(attr.lower())
+            if schema is not self.schema:
+                urn = schema.id
+        if found is None:
+            return None
+        if sub is None:
+            return Resolved(urn, found)
+        sub_attr = found.sub(sub)
+        if sub_attr is None:
+            return None
+        return Resolved(urn, found, sub_attr)
+
+    def resolve_dotted(self, path: str) -> Resolved | None:
+        """Resolve a dotted or URN-qualified name such as `name.givenName` or `urn:...:User:manager.value`."""
+        uri = None
+        rest = path
+        if path.lower().startswith("urn:"):
+            for urn in self.schema_ids:
+                if path.lower().startswith(urn.lower() + ":"):
+                    uri, rest = urn, path[len(urn) + 1 :]
+                    break
+            else:
+                return None
+        attr, _, sub = rest.partition(".")
+        return self.resolve(attr, sub or None, uri)
+
+    def walk(self) -> Iterator[Resolved]:
+        """Every attribute and sub-attribute, core first then each extension."""
+        for urn, schema in ((None, self.schema), *((s.id, s) for s, _ in self.extensions)):
+            for attribute in schema.attributes:
+                yield Resolved(urn, attribute)
+                for sub in attribute.sub_attributes:
+                    yield Resolved(urn, attribute, sub)
+
+    def to_json(self, location: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schemas": [RESOURCE_TYPE_SCHEMA],
+            "id": self.name,
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "description": self.description or self.name,
+            "schema": self.schema.id,
+            "schemaExtensions": [{"schema": s.id, "required": r} for s, r in self.extensions],
+        }
+        if location is not None:
+            out["meta"] = {"resourceType": "ResourceType", "location": location}
+        return out
+
+
+@cache
+def builtin_schema(name: str) -> Schema:
+    """One of the RFC schemas shipped as package data: user, group, enterprise_user."""
+    text = importlib_resources.files(__package__).joinpath(f"schemas/{name}.json").read_text("utf-8")
+    return Schema.from_json(json.loads(text))
+
+
+def user_resource_type(extensions: tuple[tuple[Schema, bool], ...] | None = None) -> ResourceType:
+    if extensions is None:
+        extensions = ((builtin_schema("enterprise_user"), False),)
+    return ResourceType("User", "/Users", builtin_schema("user"), extensions, "User Account")
+
+
+def group_resource_type(extensions: tuple[tuple[Schema, bool], ...] = ()) -> ResourceType:
+    return ResourceType("Group", "/Groups", builtin_schema("group"), extensions, "Group")

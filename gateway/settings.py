@@ -1,0 +1,33 @@
+"""Gateway settings: where the mappings are, where state lives, limits. Built by the CLI, passed to create_app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class LimitsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_body_bytes: int = Field(1_048_576, description="Largest request body (also Bulk maxPayloadSize)")
+    bulk_max_operations: int = Field(1000, description="Bulk maxOperations")
+    default_page_size: int = Field(100, description="count when a list request gives none")
+    max_page_size: int = Field(1000, description="Largest count honoured (ServiceProviderConfig filter.maxResults)")
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mappings: list[Path] = Field(description="Mapping files, one per app")
+    data_dir: Path = Field(Path("data"), description="Where the SQLite store (and the demo app's database) live")
+    store_path: Path | None = Field(None, description="SQLite store file; default DATA_DIR/gateway.db")
+    extra_tokens: dict[str, list[SecretStr]] = Field(
+        default_factory=dict, description="Bearer tokens given on the command line, per app (the demo's)"
+    )
+    public_url: str | None = Field(None, description="Base URL as the IdP reaches it, for Location and meta.location")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @property
+    def store_file(self) -> Path:
+        return self.store_path or self.data_dir / "gateway.db"
