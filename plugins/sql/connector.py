@@ -491,6 +491,8 @@ def _app_errors(table: Table | None, values: Mapping[str, Any] | None = None, *,
         if type(exc).__name__ == "DatabaseError":  # the generic class: a broken file, a server fault
             raise AppUnavailable(f"the database failed: {_driver_message(exc)}", retry_after=RETRY_AFTER) from exc.orig
         raise AppError(f"{_where(table)}the database refused the statement: {_driver_message(exc)}") from exc.orig
+    except OverflowError:  # sqlite3 refuses integers beyond 64 bits before any SQL runs
+        raise AppInvalid(f"{_where(table)}a number is too large for its column") from None
     except (OSError, TimeoutError) as exc:  # a driver's socket error that escaped its own wrapping
         raise AppUnavailable(f"the database is unreachable: {type(exc).__name__}", retry_after=RETRY_AFTER) from None
 

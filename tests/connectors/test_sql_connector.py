@@ -203,6 +203,11 @@ async def test_non_scalar_values_are_invalid(sql: SqlConnector, value: Any) -> N
         await sql.create("User", user("multi", phone=value))
 
 
+async def test_an_integer_beyond_64_bits_is_invalid(sql: SqlConnector) -> None:
+    with pytest.raises(AppInvalid, match="too large"):
+        await sql.create("User", user("big", mgr_emp_no=2**70))
+
+
 async def test_find_by_integer_and_null_columns(sql: SqlConnector) -> None:
     boss = await sql.create("User", user("boss"))
     worker = await sql.create("User", user("worker", mgr_emp_no=int(boss)))
