@@ -183,7 +183,7 @@ def _validation_problems(exc: ValidationError, model: type[BaseModel], doc: Docu
             message = "required key is missing"
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
-        problems.append(doc.problem(path, message))
+        problems.append(doc.problem(path, message, at_key=error["type"] == "extra_forbidden"))
     return problems
 
 

@@ -55,10 +55,13 @@ class MappingFileError(Exception):
 class Document:
     file: str
     data: Any
-    marks: dict[Loc, Mark]
+    marks: dict[Loc, Mark]  # where each value starts
+    key_marks: dict[Loc, Mark]  # where each mapping key starts
 
-    def mark(self, path: Loc) -> Mark | None:
+    def mark(self, path: Loc, *, at_key: bool = False) -> Mark | None:
         """The mark of the deepest node on `path` that exists (a missing key points at its parent)."""
+        if at_key and path in self.key_marks:
+            return self.key_marks[path]
         while True:
             if path in self.marks:
                 return self.marks[path]
@@ -66,15 +69,15 @@ class Document:
                 return None
             path = path[:-1]
 
-    def problem(self, path: Loc, message: str) -> Problem:
-        return Problem(self.file, self.mark(path), path, message)
+    def problem(self, path: Loc, message: str, *, at_key: bool = False) -> Problem:
+        return Problem(self.file, self.mark(path, at_key=at_key), path, message)
 
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (a silent override hides mistakes)."""
 
 
-def _build(node: yaml.Node, path: Loc, marks: dict[Loc, Mark], problems: list[str]) -> Any:
+def _build(node: yaml.Node, path: Loc, marks: dict[Loc, Mark], key_marks: dict[Loc, Mark], problems: list[str]) -> Any:
     marks[path] = Mark(node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -86,13 +89,11 @@ def _build(node: yaml.Node, path: Loc, marks: dict[Loc, Mark], problems: list[st
             if key in out:
                 problems.append(f"{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}: duplicate key {key!r}")
                 continue
-            marks[(*path, key)] = Mark(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _build(value_node, (*path, key), marks, problems)
-            # The key's own mark is what a reader wants for "this key is wrong"; keep the value's for nested paths.
-            marks[(*path, key)] = Mark(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            key_marks[(*path, key)] = Mark(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _build(value_node, (*path, key), marks, key_marks, problems)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), marks, problems) for i, item in enumerate(node.value)]
+        return [_build(item, (*path, i), marks, key_marks, problems) for i, item in enumerate(node.value)]
     loader = _Loader("")
     return loader.construct_object(node, deep=True)
 
@@ -114,14 +115,15 @@ def parse_yaml(text: str, file: str) -> Document:
     if root is None:
         raise MappingFileError([Problem(file, Mark(1, 1), (), "the file is empty")])
     syntax: list[str] = []
-    data = _build(root, (), marks, syntax)
+    key_marks: dict[Loc, Mark] = {}
+    data = _build(root, (), marks, key_marks, syntax)
     if syntax:
         problems = []
         for text_problem in syntax:
             line, col, message = text_problem.split(":", 2)
             problems.append(Problem(file, Mark(int(line), int(col)), (), message.strip()))
         raise MappingFileError(problems)
-    return Document(file, data, marks)
+    return Document(file, data, marks, key_marks)
 
 
 def read_document(path: Path) -> Document:

@@ -96,7 +96,7 @@ async def create_group(scim: Scim, name: str, members: list[str] | None = None) 
 
 
 async def test_entra_get_by_username_that_does_not_exist_is_an_empty_list(scim: Scim, demo_db: sqlite3.Connection) -> None:
-    resp, data = await scim.get(f"/Users?filter=" + q('userName eq "nobody@contoso.com"'))
+    resp, data = await scim.get("/Users?filter=" + q('userName eq "nobody@contoso.com"'))
     assert resp.status == 200
     assert resp.content_type == "application/scim+json"
     assert data["schemas"] == [LIST_URN]
@@ -131,7 +131,7 @@ async def test_entra_create_user_writes_the_employee_row(scim: Scim, demo_db: sq
     assert count(demo_db, "employees") == 1
 
     # Entra's follow-up GET by userName now finds exactly this user.
-    resp, found = await scim.get(f"/Users?filter=" + q('userName eq "alice.smith@contoso.com"'))
+    resp, found = await scim.get("/Users?filter=" + q('userName eq "alice.smith@contoso.com"'))
     assert resp.status == 200
     assert found["totalResults"] == 1
     assert found["Resources"][0]["id"] == data["id"]
@@ -151,7 +151,7 @@ async def test_entra_get_with_aadoptscim062020_is_ignored(scim: Scim, demo_db: s
     resp, data = await scim.get(f"/Users/{user['id']}?aadOptscim062020")
     assert resp.status == 200, data
     assert data["id"] == user["id"]
-    resp, data = await scim.get(f"/Users?aadOptscim062020&filter=" + q('userName eq "flag.user@contoso.com"'))
+    resp, data = await scim.get("/Users?aadOptscim062020&filter=" + q('userName eq "flag.user@contoso.com"'))
     assert resp.status == 200, data
     assert [r["id"] for r in data["Resources"]] == [user["id"]]
 
@@ -189,8 +189,7 @@ async def test_entra_add_work_email_to_user_without_one_creates_it(scim: Scim, d
         {"op": "Add", "path": 'emails[type eq "work"].value', "value": "Fresh@Contoso.com"},
     ])
     assert resp.status == 200, data
-    assert data["emails"] == [{"type": "work", "value": "fresh@contoso.com"}] or \
-        [(e.get("type"), e["value"]) for e in data["emails"]] == [("work", "fresh@contoso.com")]
+    assert data["emails"] == [{"type": "work", "value": "fresh@contoso.com"}]
     assert employee(demo_db, "noemail@contoso.com")["mail"] == "fresh@contoso.com"
 
 
@@ -296,7 +295,7 @@ async def test_entra_group_create_with_microsoft_schema_urn(scim: Scim, demo_db:
 async def test_entra_group_lookup_by_display_name_excluding_members(scim: Scim, demo_db: sqlite3.Connection) -> None:
     u = await create_user(scim, "member.one@contoso.com")
     g = await create_group(scim, "Finance", [u["id"]])
-    path = f"/Groups?excludedAttributes=members&filter=" + q('displayName eq "Finance"')
+    path = "/Groups?excludedAttributes=members&filter=" + q('displayName eq "Finance"')
     resp, data = await scim.get(path)
     assert resp.status == 200, data
     assert data["totalResults"] == 1
@@ -305,7 +304,7 @@ async def test_entra_group_lookup_by_display_name_excluding_members(scim: Scim, 
     assert found["displayName"] == "Finance"
     assert "members" not in found
     # No such group: empty list, never 404.
-    resp, data = await scim.get(f"/Groups?excludedAttributes=members&filter=" + q('displayName eq "Nope"'))
+    resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q('displayName eq "Nope"'))
     assert resp.status == 200
     assert data["totalResults"] == 0
 
@@ -351,9 +350,9 @@ async def test_entra_rename_group(scim: Scim, demo_db: sqlite3.Connection) -> No
     assert team(demo_db, "Old Name") is None
     assert team(demo_db, "New Name")["team_id"] == team_id
     assert team_pairs(demo_db) == {("New Name", "stays@contoso.com")}  # members untouched
-    resp, data = await scim.get(f"/Groups?filter=" + q('displayName eq "New Name"'))
+    resp, data = await scim.get("/Groups?filter=" + q('displayName eq "New Name"'))
     assert [r["id"] for r in data["Resources"]] == [g["id"]]
-    resp, data = await scim.get(f"/Groups?filter=" + q('displayName eq "Old Name"'))
+    resp, data = await scim.get("/Groups?filter=" + q('displayName eq "Old Name"'))
     assert data["totalResults"] == 0
 
 
@@ -379,7 +378,7 @@ async def test_entra_delete_user_removes_row_and_memberships(scim: Scim, demo_db
     assert resp.status == 404
     resp, data = await scim.get(f"/Groups/{g['id']}")
     assert [m["value"] for m in data["members"]] == [keep["id"]]
-    resp, data = await scim.get(f"/Users?filter=" + q('userName eq "gone@contoso.com"'))
+    resp, data = await scim.get("/Users?filter=" + q('userName eq "gone@contoso.com"'))
     assert data["totalResults"] == 0
 
 
@@ -403,7 +402,7 @@ async def test_entra_delete_group(scim: Scim, demo_db: sqlite3.Connection) -> No
 async def test_entra_full_sequence(scim: Scim, demo_db: sqlite3.Connection) -> None:
     """The whole cycle in Entra's order, the legacy rows checked after each step."""
     # 1. Does the user exist?
-    resp, data = await scim.get(f"/Users?filter=" + q('userName eq "jdoe@contoso.com"'))
+    resp, data = await scim.get("/Users?filter=" + q('userName eq "jdoe@contoso.com"'))
     assert (resp.status, data["totalResults"]) == (200, 0)
     # 2. Create the manager and the user.
     mgr = await create_user(scim, "chief@contoso.com", given="Chief", family="Boss")
@@ -429,7 +428,7 @@ async def test_entra_full_sequence(scim: Scim, demo_db: sqlite3.Connection) -> N
     row = employee(demo_db, "jdoe@contoso.com")
     assert (row["first_nm"], row["dept"], row["mgr_emp_no"]) == ("Jon", "Platform", emp_no(demo_db, "chief@contoso.com"))
     # 5. Group, lookup, membership.
-    resp, data = await scim.get(f"/Groups?excludedAttributes=members&filter=" + q('displayName eq "Platform Team"'))
+    resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q('displayName eq "Platform Team"'))
     assert (resp.status, data["totalResults"]) == (200, 0)
     group = await create_group(scim, "Platform Team")
     resp, data = await scim.patch(f"/Groups/{group['id']}", [
