@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..store.base import Query
 from .errors import invalid_value
 from .filter import parse_filter
+from .query import Query
 from .schema import SEARCH_REQUEST, ResourceType
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from scim2_models.path import FilterNode
-
+from ..scim.query import Query
 from ..scim.schema import ResourceType
+
+__all__ = ["Busy", "Gone", "Member", "NativeConflict", "Pending", "Query", "Row", "Store", "StoreError", "UniqueConflict", "VersionMismatch"]
 
 
 class StoreError(Exception):
@@ -77,15 +78,6 @@ class Pending:
     resource_id: str
     op: str
     payload: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Query:
-    filter: FilterNode | None = None
-    sort_by: str | None = None  # canonical dotted path, validated by the caller
-    descending: bool = False
-    start_index: int = 1
-    count: int | None = None
 
 
 class Store(Protocol):
