@@ -304,7 +304,7 @@ class Endpoint:
         if isinstance(body, dict) and body.get("id") not in (None, rid):
             raise ScimError(400, f"the body's id {body.get('id')!r} does not match the URL's {rid!r}", "mutability")
         resource = normalize_resource(body, rtype)
-        _row, updated = await self.provisioner.replace(rtype.name, rid, resource, self._if_match())
+        _row, updated = await self.provisioner.replace(rtype.name, rid, resource, self._if_match(), with_members=_names_members(body))
         return self.resource_response(rtype, updated)
 
     async def patch(self, rtype: ResourceType, rid: str) -> web.Response:
@@ -327,7 +327,8 @@ class Endpoint:
         if method == "POST":
             _row, resource = await self.provisioner.create(rtype.name, normalize_resource(data, rtype))
         elif method == "PUT":
-            _row, resource = await self.provisioner.replace(rtype.name, parts[1], normalize_resource(data, rtype), if_match)
+            resource_in = normalize_resource(data, rtype)
+            _row, resource = await self.provisioner.replace(rtype.name, parts[1], resource_in, if_match, with_members=_names_members(data))
         elif method == "PATCH":
             if not isinstance(data, dict):
                 raise invalid_syntax("a PATCH operation's data must be a PatchOp object")
@@ -342,6 +343,11 @@ class Endpoint:
         body = await read_json(self.request)
         result = await scim_bulk.run_bulk(self, body, max_operations=self.limits.bulk_max_operations)
         return scim_response(result)
+
+
+def _names_members(body: Any) -> bool:
+    """Whether a PUT body speaks about membership at all (Okta sends `members: []` to empty a group)."""
+    return isinstance(body, dict) and any(isinstance(k, str) and k.lower() == "members" for k in body)
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:

@@ -238,12 +238,15 @@ class Provisioner:
             raise ScimError(502, f"creating {kind}: the app returned the id of an existing record") from None
         return row, await self.materialize(cres, row)
 
-    async def replace(self, kind: str, rid: str, resource: dict[str, Any], if_match: int | None = None) -> tuple[Row, dict[str, Any]]:
+    async def replace(
+        self, kind: str, rid: str, resource: dict[str, Any], if_match: int | None = None, *, with_members: bool = True
+    ) -> tuple[Row, dict[str, Any]]:
+        """PUT: the resource becomes `resource`; membership is replaced only when the body names `members`."""
+
         def compute(current: dict[str, Any]) -> dict[str, Any]:
-            # PUT replaces what the client may write; members stay unless given (Entra PUTs without members).
             return resource
 
-        return await self._update(kind, rid, compute, if_match, replace_members="members" in resource)
+        return await self._update(kind, rid, compute, if_match, replace_members=with_members)
 
     async def patch(
         self, kind: str, rid: str, apply: Callable[[dict[str, Any]], dict[str, Any]], if_match: int | None = None
