@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,6 @@ def ensure_demo_database(data_dir: Path) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "demo.db"
     script = resources.files(__package__).joinpath("schema.sql").read_text("utf-8")
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         db.executescript(script)
     return path

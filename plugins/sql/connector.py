@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import Column, MetaData, Table, delete, event, func, insert, select, update
@@ -83,8 +84,13 @@ class SqlConnector(Connector):
     # ------------------------------------------------------------ lifetime
 
     async def open(self) -> None:
+        if self._engine is not None:
+            raise RuntimeError(f"the sql connector of app {self.context.name!r} is already open")
         url = self._url()
-        engine = _create_engine(url, self.config)
+        try:
+            engine = _create_engine(url, self.config)
+        except (ArgumentError, ImportError):
+            raise SqlSetupError(f"dsn: the driver {url.drivername!r} is not installed") from None
         try:
             with _app_errors(None):
                 async with engine.connect() as conn:
@@ -116,12 +122,14 @@ class SqlConnector(Connector):
             raise SqlSetupError("dsn: not a database URL") from None
         if "+" not in url.drivername:
             if url.drivername not in ASYNC_DRIVERS:
-                raise SqlSetupError(
-                    f"dsn: no asyncio driver known for {url.drivername!r}; name one as {url.drivername}+DRIVER"
-                )
+                raise SqlSetupError(f"dsn: no asyncio driver known for {url.drivername!r}; name one as {url.drivername}+DRIVER")
             url = url.set(drivername=ASYNC_DRIVERS[url.drivername])
-        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-            raise SqlSetupError("dsn: an in-memory SQLite database lives and dies with one connection; give a file")
+        if url.get_backend_name() == "sqlite":
+            if url.database in (None, "", ":memory:"):
+                raise SqlSetupError("dsn: an in-memory SQLite database lives and dies with one connection; give a file")
+            # sqlite3 would create an empty file and the error would be a missing table.
+            if not url.query.get("uri") and not Path(url.database).is_file():
+                raise SqlSetupError(f"dsn: there is no SQLite database file at {url.database}")
         return url
 
     def _reflect(self, conn: Connection) -> dict[str, _Kind]:
@@ -296,7 +304,7 @@ class SqlConnector(Connector):
                 # A concurrent add of the same member committed between our check and insert: look again.
 
     async def remove_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
-        k, m = self._group(kind)
+        _, m = self._group(kind)
         group_key = _parse_id(m.group_column, group_id)
         keys = [
             key
@@ -308,12 +316,10 @@ class SqlConnector(Connector):
         with _app_errors(m.table):
             async with self._writer_engine().begin() as conn:
                 for chunk in _chunks(list(dict.fromkeys(keys))):
-                    await conn.execute(
-                        delete(m.table).where(m.group_column == group_key, m.member_column.in_(chunk))
-                    )
+                    await conn.execute(delete(m.table).where(m.group_column == group_key, m.member_column.in_(chunk)))
 
     async def list_members(self, kind: str, group_id: NativeId) -> list[tuple[str, NativeId]]:
-        k, m = self._group(kind)
+        _, m = self._group(kind)
         group_key = _parse_id(m.group_column, group_id)
         if group_key is None:
             return []

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from scim_gateway_plugins.sql import SecretRef, SqlConnector, SqlConnectorConfig, SqlSetupError
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
 from gateway.connectors import AppConflict, AppContext, AppInvalid, AppNotFound, AppUnavailable, Record, load_registry
-from scim_gateway_plugins.sql import SecretRef, SqlConnector, SqlConnectorConfig, SqlSetupError
 
 from .conformance import ConnectorConformance
 
@@ -170,7 +170,7 @@ async def test_constraint_violations_are_invalid(sql: SqlConnector, record: Reco
 
 async def test_not_null_on_update_is_invalid(sql: SqlConnector) -> None:
     native_id = await sql.create("User", user("keepme"))
-    with pytest.raises(AppInvalid, match="employees.login needs a value"):
+    with pytest.raises(AppInvalid, match=r"employees\.login needs a value"):
         await sql.update("User", native_id, {"login": None})
 
 
@@ -189,7 +189,7 @@ async def test_unknown_column_is_invalid_and_named(sql: SqlConnector, operation:
 @pytest.mark.parametrize("operation", ["create", "update"])
 async def test_the_key_is_not_written(sql: SqlConnector, operation: str) -> None:
     native_id = await sql.create("User", user("key"))
-    with pytest.raises(AppInvalid, match="employees.emp_no is the key"):
+    with pytest.raises(AppInvalid, match=r"employees\.emp_no is the key"):
         if operation == "create":
             await sql.create("User", user("key2", emp_no=77))
         else:
@@ -198,7 +198,7 @@ async def test_the_key_is_not_written(sql: SqlConnector, operation: str) -> None
 
 @pytest.mark.parametrize("value", [["a", "b"], {"a": 1}])
 async def test_non_scalar_values_are_invalid(sql: SqlConnector, value: Any) -> None:
-    with pytest.raises(AppInvalid, match="employees.phone"):
+    with pytest.raises(AppInvalid, match=r"employees\.phone"):
         await sql.create("User", user("multi", phone=value))
 
 
@@ -378,7 +378,12 @@ async def test_a_database_replaced_under_an_open_connector_is_unavailable(tmp_pa
                 "Group": {
                     "table": "teams",
                     "key": "team_id",
-                    "members": {"table": "team_members", "group_column": "team", "member_column": "emp_no", "member_kind": "User"},
+                    "members": {
+                        "table": "team_members",
+                        "group_column": "team",
+                        "member_column": "emp_no",
+                        "member_kind": "User",
+                    },
                 },
             },
             "tables.Group.members.group_column: table 'team_members' has no column 'team'",
@@ -403,6 +408,8 @@ async def test_open_names_what_the_database_lacks(
         ("sqlite:///:memory:", "in-memory SQLite"),
         ("sqlite://", "in-memory SQLite"),
         ("firebird://scott@db.example/hr", "no asyncio driver known for 'firebird'"),
+        ("sqlite:///{data_dir}/missing.db", "there is no SQLite database file at .*/missing.db"),
+        ("postgresql+nosuchdriver://scott@db.example/hr", "the driver 'postgresql\\+nosuchdriver' is not installed"),
         ({"env": "SCIM_GATEWAY_TEST_UNSET_DSN"}, "dsn: environment variable SCIM_GATEWAY_TEST_UNSET_DSN is not set"),
         ({"file": "/nonexistent/dsn.txt"}, "dsn: cannot read file /nonexistent/dsn.txt"),
     ],
@@ -432,6 +439,8 @@ async def test_not_open_and_unknown_kind(tmp_path: Path, hr_db: Path) -> None:
         await connector.get("User", "1")
     await connector.open()
     try:
+        with pytest.raises(RuntimeError, match="already open"):
+            await connector.open()
         with pytest.raises(LookupError, match=r"no table for kind 'Device' \(valid: Group, User\)"):
             await connector.get("Device", "1")
     finally:
@@ -454,6 +463,9 @@ def test_config_is_frozen_and_defaults() -> None:
         cfg.pool_size = 9  # type: ignore[misc]
 
 
+BAD_MEMBERS = {"table": "tm", "group_column": "g", "member_column": "m", "member_kind": "Usr"}
+
+
 @pytest.mark.parametrize(
     ("change", "loc", "message"),
     [
@@ -461,14 +473,18 @@ def test_config_is_frozen_and_defaults() -> None:
         ({"type": "rest"}, ("type",), "Input should be 'sql'"),
         ({"tables": {}}, ("tables",), "name the table of at least one kind"),
         ({"tables": {"User": {"table": "employees", "key": "emp_no", "pk": 1}}}, ("tables", "User", "pk"), "Extra inputs"),
-        ({"tables": {"User": {"table": "employees", "key": "emp_no", "key_strategy": "serial"}}}, ("tables", "User", "key_strategy"), "'autoincrement' or 'uuid'"),
+        (
+            {"tables": {"User": {"table": "employees", "key": "emp_no", "key_strategy": "serial"}}},
+            ("tables", "User", "key_strategy"),
+            "'autoincrement' or 'uuid'",
+        ),
         ({"pool_size": 0}, ("pool_size",), "greater than or equal to 1"),
         ({"dsn": {"env": "A", "file": "b"}}, ("dsn", "ref"), "give exactly one of env or file"),
         ({"dsn": {}}, ("dsn", "ref"), "give exactly one of env or file"),
         ({"dsn": {"env": "A", "value": "x"}}, ("dsn", "ref", "value"), "Extra inputs"),
         ({"dsn": "not a url"}, ("dsn",), "not a database URL"),
         (
-            {"tables": {"Group": {"table": "teams", "key": "team_id", "members": {"table": "tm", "group_column": "g", "member_column": "m", "member_kind": "Usr"}}}},
+            {"tables": {"Group": {"table": "teams", "key": "team_id", "members": BAD_MEMBERS}}},
             ("tables",),
             "Group.members.member_kind: unknown kind 'Usr' (valid: Group)",
         ),
