@@ -56,11 +56,15 @@ def load_apps(settings: GatewaySettings, registry: ConnectorRegistry) -> list[Co
     return mappings
 
 
-def create_app(settings: GatewaySettings, registry: ConnectorRegistry | None = None) -> web.Application:
-    from .api import setup_routes, error_middleware
+def create_app(
+    settings: GatewaySettings, registry: ConnectorRegistry | None = None, mappings: list[CompiledMapping] | None = None
+) -> web.Application:
+    """The gateway for the apps in `settings` (mappings already compiled by the caller may be passed in)."""
+    from .api import error_middleware, setup_routes
 
     registry = registry or load_registry()
-    mappings = load_apps(settings, registry)
+    if mappings is None:
+        mappings = load_apps(settings, registry)
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes)
     app[SETTINGS] = settings
     app[REGISTRY] = registry

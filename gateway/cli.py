@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .app import create_app
-    from .demo import DEMO_APP, DEMO_TOKEN, demo_mapping_path, ensure_demo_database
+    from .demo import DEMO_TOKEN, demo_mapping_path, ensure_demo_database
     from .mapping.loader import MappingFileError
     from .settings import GatewaySettings
 
@@ -38,39 +38,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = logging.getLogger("scim_gateway")
     data_dir = Path(args.data_dir)
     token = args.token or os.environ.get(TOKEN_ENV)
-    extra: dict[str, list[SecretStr]] = {}
     if args.config:
         mappings = _mapping_files(args.config)
-        demo = False
     else:
         ensure_demo_database(data_dir)
         mappings = [demo_mapping_path()]
-        demo = True
         if not token:
             token = DEMO_TOKEN
             log.warning("using the built-in DEMO token %r: set --token or %s for anything but a demo", DEMO_TOKEN, TOKEN_ENV)
     settings = GatewaySettings(mappings=mappings, data_dir=data_dir, public_url=args.public_url)
     try:
+        from .app import load_apps
         from .connectors.registry import load_registry
 
         registry = load_registry()
-        if token:
-            from .app import load_apps
-
-            names = [m.app for m in load_apps(settings, registry)]
-            if len(names) != 1 and not demo:
-                print("--token applies to a single app; with several apps give each its tokens in its mapping", file=sys.stderr)
-                return 2
-            extra = {names[0]: [SecretStr(token)]}
-            settings = settings.model_copy(update={"extra_tokens": extra})
-        app = create_app(settings, registry)
+        compiled = load_apps(settings, registry)
     except MappingFileError as exc:
         print(exc, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s): not starting", file=sys.stderr)
         return 1
+    names = [m.app for m in compiled]
+    if token:
+        if len(names) != 1:
+            print("--token applies to a single app; with several apps give each its tokens in its mapping", file=sys.stderr)
+            return 2
+        settings = settings.model_copy(update={"extra_tokens": {names[0]: [SecretStr(token)]}})
+    app = create_app(settings, registry, compiled)
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     root = args.public_url.rstrip("/") if args.public_url else f"http://{host_for_url}:{args.port}"
-    for name in (DEMO_APP,) if demo else sorted(extra) or [m.stem for m in mappings]:
+    for name in names:
         base = f"{root}/apps/{name}/scim/v2"
         print(f"SCIM base URL: {base}")
         if token:
@@ -106,9 +102,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .mapping.model import MappingConfig
+    from .connectors.registry import load_registry
+    from .mapping.model import mapping_json_schema
 
-    print(json.dumps(MappingConfig.model_json_schema(), indent=2))
+    print(json.dumps(mapping_json_schema([cls.Config for cls in load_registry().types.values()]), indent=2))
     return 0
 
 

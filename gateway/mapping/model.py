@@ -6,9 +6,9 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -121,3 +121,12 @@ class MappingConfig(_Strict):
         if "type" not in value:
             raise ValueError("the connector block needs a type")
         return value
+
+
+def mapping_json_schema(connector_configs: list[type[BaseModel]]) -> dict[str, Any]:
+    """The JSON Schema of mapping files, with each installed connector's block tagged by `type`."""
+    if not connector_configs:
+        return MappingConfig.model_json_schema()
+    union: Any = connector_configs[0] if len(connector_configs) == 1 else Annotated[Union[tuple(connector_configs)], Field(discriminator="type")]  # noqa: UP007
+    model = create_model("MappingConfig", __base__=MappingConfig, connector=(union, ...))
+    return model.model_json_schema()
