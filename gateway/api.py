@@ -51,8 +51,9 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return await handler(request)
     except ScimError as exc:
         return error_response(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(ScimError(413, f"the request body is larger than {exc.max_size} bytes", "tooLarge"))
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].limits.max_body_bytes
+        return error_response(ScimError(413, f"the request body is larger than the limit of {limit} bytes", "tooLarge"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -24,6 +24,15 @@ class BulkExecutor(Protocol):
     async def bulk_operation(self, method: str, path: str, data: Any, if_match: str | None) -> BulkResult: ...
 
 
+def _op_references(op: dict[str, Any]) -> set[str]:
+    """The bulkIds an operation needs resolved first: in its data and in its path (/Users/bulkId:x)."""
+    refs = _references(op.get("data"))
+    path = op.get("path")
+    if isinstance(path, str):
+        refs |= set(re.findall(r"bulkId:([^/]+)", path))
+    return refs
+
+
 def _references(value: Any) -> set[str]:
     """Every bulkId a piece of data refers to ("bulkId:x" anywhere in a string value)."""
     if isinstance(value, str):
@@ -78,17 +87,17 @@ async def run_bulk(executor: BulkExecutor, body: Any, *, max_operations: int) ->
     errors = 0
     remaining = list(range(len(operations)))
     while remaining:
-        ready = [i for i in remaining if _references(operations[i].get("data")) <= set(ids) | failed_ids]
+        ready = [i for i in remaining if _op_references(operations[i]) <= set(ids) | failed_ids]
         if not ready:
             # What is left refers in a circle or to bulkIds that never appear.
             for i in remaining:
-                missing = sorted(_references(operations[i].get("data")) - set(ids))
+                missing = sorted(_op_references(operations[i]) - set(ids))
                 results[i] = _result(operations[i], _error(409, f"unresolved bulkId reference {missing[0]!r}", "invalidValue"))
             break
         for i in ready:
             remaining.remove(i)
             op = operations[i]
-            refs = _references(op.get("data"))
+            refs = _op_references(op)
             if refs & failed_ids:
                 bad = sorted(refs & failed_ids)[0]
                 results[i] = _result(op, _error(409, f"bulkId {bad!r} failed, so this operation cannot run", "invalidValue"))
@@ -138,7 +147,6 @@ async def _one(executor: BulkExecutor, op: dict[str, Any], ids: dict[str, str]) 
         return _result(op, _error(400, f"path must be a resource path such as /Users, got {path!r}", "invalidPath"))
     if method == "POST" and op.get("bulkId") is None:
         return _result(op, _error(400, "a POST operation needs a bulkId", "invalidValue"))
-    path = _substitute(path, ids) if "bulkId:" in path else path
     for ref in re.findall(r"bulkId:([^/]+)", path):
         if ref in ids:
             path = path.replace(f"bulkId:{ref}", ids[ref])

@@ -12,11 +12,11 @@ from __future__ import annotations
 import difflib
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import Column, MetaData, Table, delete, event, func, insert, select, update
 from sqlalchemy.engine import URL, Connection, make_url
@@ -45,8 +45,19 @@ ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite"}
 _WRITE = "scim_gateway_write"  # execution option marking a write transaction
 
 
+_T = TypeVar("_T")
+
+
 class SqlSetupError(RuntimeError):
     """The config does not fit the database (missing table or column, unusable DSN): raised by open()."""
+
+
+class _MemberRace(Exception):
+    """A member insert lost a race to a concurrent add of the same member: the transaction is worth one more run."""
+
+    def __init__(self, conflict: AppConflict) -> None:
+        super().__init__(conflict.detail)
+        self.conflict = conflict
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,23 +183,7 @@ class SqlConnector(Connector):
     async def create(self, kind: str, record: Record) -> NativeId:
         k = self._kind(kind)
         values = _values(k, record)
-        key: Any
-        if k.config.key_strategy == "uuid":
-            key = values[k.key.name] = _parse_id(k.key, str(uuid.uuid4()))
-            stmt = insert(k.table).values(values)
-        else:
-            stmt = insert(k.table).values(values)
-            returning = self._writer_engine().dialect.insert_returning
-            if returning:
-                stmt = stmt.returning(k.key)
-        with _app_errors(k.table, values):
-            async with self._writer_engine().begin() as conn:
-                result = await conn.execute(stmt)
-                if k.config.key_strategy == "autoincrement":
-                    key = result.scalar_one() if returning else result.inserted_primary_key[0]
-        if key is None:
-            raise AppBadResponse(f"{k.table.name}: the database assigned no {k.key.name}")
-        return str(key)
+        return await self._transaction(k.table, values, lambda conn: self._create_in(conn, k, values))
 
     async def get(self, kind: str, native_id: NativeId) -> Record | None:
         k = self._kind(kind)
@@ -206,14 +201,7 @@ class SqlConnector(Connector):
         key = _parse_id(k.key, native_id)
         if key is None:
             raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
-        with _app_errors(k.table, values):
-            async with self._writer_engine().begin() as conn:
-                if values:
-                    found = (await conn.execute(update(k.table).where(k.key == key).values(values))).rowcount > 0
-                else:
-                    found = await _exists(conn, k, key)
-        if not found:
-            raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
+        await self._transaction(k.table, values, lambda conn: self._update_in(conn, k, key, native_id, values))
 
     async def delete(self, kind: str, native_id: NativeId) -> None:
         k = self._kind(kind)
@@ -272,51 +260,18 @@ class SqlConnector(Connector):
         group_key = _parse_id(k.key, group_id)
         if group_key is None:
             raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {group_id!r}")
-        member_kind = self._kinds[m.member_kind]
-        keys: dict[Any, NativeId] = {}
-        for member_type, native_id in members:
-            if member_type != m.member_kind:
-                raise AppInvalid(f"{m.table.name} holds members of kind {m.member_kind}, not {member_type}")
-            key = _parse_id(m.member_column, native_id)
-            if key is None:
-                raise AppInvalid(f"{member_kind.table.name} has no row with {member_kind.key.name} {native_id!r}")
-            keys.setdefault(key, native_id)
+        keys = self._keys_to_add(m, members)
         if not keys:
             return
-        for attempt in (1, 2):
-            try:
-                with _app_errors(m.table):
-                    async with self._writer_engine().begin() as conn:
-                        if not await _exists(conn, k, group_key):
-                            raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {group_id!r}")
-                        found = await _present(conn, member_kind.key, keys)
-                        missing = [native_id for key, native_id in keys.items() if key not in found]
-                        if missing:
-                            raise AppInvalid(f"{member_kind.table.name} has no row with {member_kind.key.name} {missing[0]!r}")
-                        already = await _present(conn, m.member_column, keys, m.group_column == group_key)
-                        rows = [{m.group_column.name: group_key, m.member_column.name: key} for key in keys if key not in already]
-                        if rows:
-                            await conn.execute(insert(m.table), rows)
-                return
-            except AppConflict:
-                if attempt == 2:
-                    raise
-                # A concurrent add of the same member committed between our check and insert: look again.
+        await self._transaction(m.table, None, lambda conn: self._add_members_in(conn, k, m, group_key, group_id, keys))
 
     async def remove_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
         _, m = self._group(kind)
         group_key = _parse_id(m.group_column, group_id)
-        keys = [
-            key
-            for member_type, native_id in members
-            if member_type == m.member_kind and (key := _parse_id(m.member_column, native_id)) is not None
-        ]
+        keys = _keys_to_remove(m, members)
         if group_key is None or not keys:
             return  # nothing named can be present
-        with _app_errors(m.table):
-            async with self._writer_engine().begin() as conn:
-                for chunk in _chunks(list(dict.fromkeys(keys))):
-                    await conn.execute(delete(m.table).where(m.group_column == group_key, m.member_column.in_(chunk)))
+        await self._transaction(m.table, None, lambda conn: self._remove_members_in(conn, m, group_key, keys))
 
     async def list_members(self, kind: str, group_id: NativeId) -> list[tuple[str, NativeId]]:
         _, m = self._group(kind)
@@ -328,6 +283,144 @@ class SqlConnector(Connector):
             async with self._reader().connect() as conn:
                 keys = (await conn.execute(stmt)).scalars().all()
         return [(m.member_kind, str(key)) for key in keys]
+
+    # ------------------------------------------------------------ one SCIM write, one transaction
+
+    async def create_with_members(self, kind: str, record: Record, members: list[tuple[str, NativeId]]) -> NativeId:
+        if not members:
+            return await self.create(kind, record)
+        k, m = self._group(kind)
+        values = _values(k, record)
+        keys = self._keys_to_add(m, members)
+
+        async def work(conn: AsyncConnection) -> NativeId:
+            native_id = await self._create_in(conn, k, values)
+            await self._add_members_in(conn, k, m, _parse_id(k.key, native_id), native_id, keys)
+            return native_id
+
+        return await self._transaction(k.table, values, work)
+
+    async def write(
+        self,
+        kind: str,
+        native_id: NativeId,
+        changes: Record,
+        add_members: list[tuple[str, NativeId]],
+        remove_members: list[tuple[str, NativeId]],
+    ) -> None:
+        k = self._kind(kind)
+        values = _values(k, changes)
+        key = _parse_id(k.key, native_id)
+        if key is None:
+            raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
+        m = self._group(kind)[1] if add_members or remove_members else None
+        to_add = self._keys_to_add(m, add_members) if m is not None else {}
+        to_remove = _keys_to_remove(m, remove_members) if m is not None else []
+        member_key = _parse_id(m.group_column, native_id) if m is not None else None
+
+        async def work(conn: AsyncConnection) -> None:
+            # The row's UPDATE (with no changes: its existence) first; a gone record is AppNotFound, nothing written.
+            await self._update_in(conn, k, key, native_id, values)
+            if m is not None and to_remove and member_key is not None:
+                await self._remove_members_in(conn, m, member_key, to_remove)
+            if m is not None and to_add:
+                await self._add_members_in(conn, k, m, key, native_id, to_add)
+
+        await self._transaction(k.table, values, work)
+
+    # ------------------------------------------------------------ work inside an open write transaction
+
+    async def _transaction(
+        self, table: Table, values: Mapping[str, Any] | None, work: Callable[[AsyncConnection], Awaitable[_T]]
+    ) -> _T:
+        """Run `work` in one write transaction, failures translated to AppErrors.
+
+        `work` translates its own statements' failures (naming their table); the
+        `_app_errors` here catches what connecting, BEGIN and COMMIT raise. A
+        concurrent add of the same member that commits between our look and our
+        INSERT rolls the whole transaction back; it is run once more, and then
+        sees that member as present.
+        """
+        conflict: AppConflict | None = None
+        for _attempt in (1, 2):
+            try:
+                with _app_errors(table, values):
+                    async with self._writer_engine().begin() as conn:
+                        return await work(conn)
+            except _MemberRace as race:
+                conflict = race.conflict
+        assert conflict is not None
+        raise conflict  # raised outside the except block: no chain to the private _MemberRace
+
+    async def _create_in(self, conn: AsyncConnection, k: _Kind, values: Mapping[str, Any]) -> NativeId:
+        values = dict(values)
+        key: Any
+        if k.config.key_strategy == "uuid":
+            key = values[k.key.name] = _parse_id(k.key, str(uuid.uuid4()))
+            stmt = insert(k.table).values(values)
+        else:
+            stmt = insert(k.table).values(values)
+            returning = conn.dialect.insert_returning
+            if returning:
+                stmt = stmt.returning(k.key)
+        with _app_errors(k.table, values):
+            result = await conn.execute(stmt)
+            if k.config.key_strategy == "autoincrement":
+                key = result.scalar_one() if returning else result.inserted_primary_key[0]
+        if key is None:
+            raise AppBadResponse(f"{k.table.name}: the database assigned no {k.key.name}")
+        return str(key)
+
+    async def _update_in(self, conn: AsyncConnection, k: _Kind, key: Any, native_id: NativeId, values: Mapping[str, Any]) -> None:
+        """UPDATE the row; with no values, only check that it exists. AppNotFound when it does not."""
+        with _app_errors(k.table, values):
+            if values:
+                found = (await conn.execute(update(k.table).where(k.key == key).values(values))).rowcount > 0
+            else:
+                found = await _exists(conn, k, key)
+        if not found:
+            raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
+
+    async def _add_members_in(
+        self, conn: AsyncConnection, k: _Kind, m: _Members, group_key: Any, group_id: NativeId, keys: Mapping[Any, NativeId]
+    ) -> None:
+        """Insert the member rows not yet present. `keys`: member key -> the native id it was given as."""
+        member_kind = self._kinds[m.member_kind]
+        with _app_errors(m.table):
+            if not await _exists(conn, k, group_key):
+                raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {group_id!r}")
+            found = await _present(conn, member_kind.key, keys)
+            missing = [native_id for key, native_id in keys.items() if key not in found]
+            if missing:
+                raise AppInvalid(f"{member_kind.table.name} has no row with {member_kind.key.name} {missing[0]!r}")
+            already = await _present(conn, m.member_column, keys, m.group_column == group_key)
+        rows = [{m.group_column.name: group_key, m.member_column.name: key} for key in keys if key not in already]
+        if not rows:
+            return
+        try:
+            with _app_errors(m.table):
+                await conn.execute(insert(m.table), rows)
+        except AppConflict as exc:
+            # A concurrent add of the same member committed between our look and our insert.
+            raise _MemberRace(exc) from None
+
+    async def _remove_members_in(self, conn: AsyncConnection, m: _Members, group_key: Any, keys: list[Any]) -> None:
+        with _app_errors(m.table):
+            for chunk in _chunks(keys):
+                await conn.execute(delete(m.table).where(m.group_column == group_key, m.member_column.in_(chunk)))
+
+    def _keys_to_add(self, m: _Members, members: list[tuple[str, NativeId]]) -> dict[Any, NativeId]:
+        """The member keys to add, each once (key -> native id as given); AppInvalid for a member no row can be."""
+        member_kind = self._kinds[m.member_kind]
+        keys: dict[Any, NativeId] = {}
+        for member_type, native_id in members:
+            if member_type != m.member_kind:
+                raise AppInvalid(f"{m.table.name} holds members of kind {m.member_kind}, not {member_type}")
+            key = _parse_id(m.member_column, native_id)
+            if key is None:
+                raise AppInvalid(f"{member_kind.table.name} has no row with {member_kind.key.name} {native_id!r}")
+            keys.setdefault(key, native_id)
+        return keys
 
     # ------------------------------------------------------------ helpers
 
@@ -452,6 +545,16 @@ def _values(k: _Kind, record: Mapping[str, Any]) -> dict[str, Any]:
             raise AppInvalid(f"{k.table.name}.{name}: a {type(value).__name__} does not fit in a column")
         values[name] = value
     return values
+
+
+def _keys_to_remove(m: _Members, members: list[tuple[str, NativeId]]) -> list[Any]:
+    """The member keys to remove, each once; members of another kind or with an impossible id cannot be present."""
+    keys = [
+        key
+        for member_type, native_id in members
+        if member_type == m.member_kind and (key := _parse_id(m.member_column, native_id)) is not None
+    ]
+    return list(dict.fromkeys(keys))
 
 
 async def _exists(conn: AsyncConnection, k: _Kind, key: Any) -> bool:

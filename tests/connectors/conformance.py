@@ -230,3 +230,35 @@ class ConnectorConformance:
         await connector.delete(group_kind, group)
         assert await connector.get(group_kind, group) is None
         assert await connector.get(user_kind, u1) is not None
+
+    # ------------------------------------------------------------ one SCIM write: record and membership together
+
+    async def test_create_with_members(self, connector: Connector, user_kind: str, group_kind: str) -> None:
+        self._needs(connector, "membership")
+        u1, u2 = [await connector.create(user_kind, self.sample_user(f"cwm{i}")) for i in range(2)]
+        record = self.sample_group("cwm")
+        group = await connector.create_with_members(group_kind, record, [(user_kind, u1), (user_kind, u2)])
+        got = await connector.get(group_kind, group)
+        assert got is not None and {f: got.get(f) for f in record} == record
+        assert sorted(await connector.list_members(group_kind, group)) == sorted([(user_kind, u1), (user_kind, u2)])
+        bare = await connector.create_with_members(group_kind, self.sample_group("bare"), [])
+        assert await connector.get(group_kind, bare) is not None
+        assert await connector.list_members(group_kind, bare) == []
+
+    async def test_write_changes_fields_and_membership(self, connector: Connector, user_kind: str, group_kind: str) -> None:
+        group, (u1, u2, u3) = await self._group_and_users(connector, user_kind, group_kind, 3)
+        await connector.add_members(group_kind, group, [(user_kind, u1), (user_kind, u2)])
+        renamed = self.sample_group("renamed")
+        await connector.write(group_kind, group, renamed, [(user_kind, u3)], [(user_kind, u1)])
+        got = await connector.get(group_kind, group)
+        assert got is not None and {f: got.get(f) for f in renamed} == renamed
+        assert sorted(await connector.list_members(group_kind, group)) == sorted([(user_kind, u2), (user_kind, u3)])
+
+    async def test_write_of_a_record_alone(self, connector: Connector, user_kind: str, text_field: str) -> None:
+        native_id = await connector.create(user_kind, self.sample_user("writeonly"))
+        await connector.write(user_kind, native_id, {text_field: "written"}, [], [])
+        got = await connector.get(user_kind, native_id)
+        assert got is not None and got[text_field] == "written"
+        await connector.delete(user_kind, native_id)
+        with pytest.raises(AppNotFound):
+            await connector.write(user_kind, native_id, {text_field: "again"}, [], [])

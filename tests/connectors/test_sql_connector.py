@@ -274,6 +274,148 @@ async def test_many_members_in_one_call(sql: SqlConnector) -> None:
     assert await sql.list_members("Group", group) == [("User", i) for i in run_script_ids[1100:]]
 
 
+# ---------------------------------------------------------------- one SCIM write, one transaction
+
+
+def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    """What the file holds, read past the connector."""
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+TEAMS = "SELECT team_id, team_name FROM teams ORDER BY team_id"
+MEMBERS = "SELECT team_id, emp_no FROM team_members ORDER BY team_id, emp_no"
+
+
+async def test_create_with_members_writes_the_group_and_its_members(sql: SqlConnector, hr_db: Path) -> None:
+    u1, u2 = await sql.create("User", user("a")), await sql.create("User", user("b"))
+    group = await sql.create_with_members("Group", {"team_name": "ops"}, [("User", u1), ("User", u2), ("User", u1)])
+    assert rows(hr_db, TEAMS) == [(int(group), "ops")]
+    assert rows(hr_db, MEMBERS) == [(int(group), int(u1)), (int(group), int(u2))]
+
+
+@pytest.mark.parametrize("missing", ["4242", "abc"])
+async def test_create_with_a_missing_member_leaves_no_group(sql: SqlConnector, hr_db: Path, missing: str) -> None:
+    member = await sql.create("User", user("m"))
+    with pytest.raises(AppInvalid, match=f"employees has no row with emp_no '{missing}'"):
+        await sql.create_with_members("Group", {"team_name": "ops"}, [("User", member), ("User", missing)])
+    assert rows(hr_db, TEAMS) == [] and rows(hr_db, MEMBERS) == []
+    # Never committed, not created and deleted again: AUTOINCREMENT did not move.
+    assert rows(hr_db, "SELECT seq FROM sqlite_sequence WHERE name = 'teams'") == []
+    assert await sql.create("Group", {"team_name": "ops"}) == "1"
+
+
+async def test_create_with_members_of_a_taken_name_conflicts_and_adds_nothing(sql: SqlConnector, hr_db: Path) -> None:
+    member = await sql.create("User", user("m"))
+    taken = await sql.create("Group", {"team_name": "ops"})
+    with pytest.raises(AppConflict, match="teams.team_name already has the value 'OPS'"):
+        await sql.create_with_members("Group", {"team_name": "OPS"}, [("User", member)])
+    assert rows(hr_db, TEAMS) == [(int(taken), "ops")] and rows(hr_db, MEMBERS) == []
+
+
+async def test_write_changes_fields_and_membership_together(sql: SqlConnector, hr_db: Path) -> None:
+    u1, u2, u3 = [await sql.create("User", user(f"u{i}")) for i in range(3)]
+    group = await sql.create_with_members("Group", {"team_name": "ops"}, [("User", u1), ("User", u2)])
+    await sql.write("Group", group, {"team_name": "platform"}, [("User", u3), ("User", u2)], [("User", u1)])
+    assert rows(hr_db, TEAMS) == [(int(group), "platform")]
+    assert rows(hr_db, MEMBERS) == [(int(group), int(u2)), (int(group), int(u3))]
+    # No field changes: membership alone, the row checked.
+    await sql.write("Group", group, {}, [("User", u1)], [("User", u3)])
+    assert rows(hr_db, TEAMS) == [(int(group), "platform")]
+    assert rows(hr_db, MEMBERS) == [(int(group), int(u1)), (int(group), int(u2))]
+
+
+@pytest.mark.parametrize("missing", ["4242", "abc"])
+async def test_write_with_a_missing_member_changes_nothing(sql: SqlConnector, hr_db: Path, missing: str) -> None:
+    u1, u2 = await sql.create("User", user("a")), await sql.create("User", user("b"))
+    group = await sql.create_with_members("Group", {"team_name": "ops"}, [("User", u1)])
+    with pytest.raises(AppInvalid, match=f"employees has no row with emp_no '{missing}'"):
+        await sql.write("Group", group, {"team_name": "renamed"}, [("User", u2), ("User", missing)], [("User", u1)])
+    assert rows(hr_db, TEAMS) == [(int(group), "ops")]  # the rename rolled back
+    assert rows(hr_db, MEMBERS) == [(int(group), int(u1))]  # nobody added, nobody removed
+
+
+async def test_write_that_breaks_a_constraint_changes_no_membership(sql: SqlConnector, hr_db: Path) -> None:
+    u1, u2 = await sql.create("User", user("a")), await sql.create("User", user("b"))
+    await sql.create("Group", {"team_name": "dev"})
+    group = await sql.create_with_members("Group", {"team_name": "ops"}, [("User", u1)])
+    with pytest.raises(AppConflict, match="teams.team_name already has the value 'DEV'"):
+        await sql.write("Group", group, {"team_name": "DEV"}, [("User", u2)], [("User", u1)])
+    assert rows(hr_db, MEMBERS) == [(int(group), int(u1))]
+
+
+@pytest.mark.parametrize("changes", [{}, {"team_name": "renamed"}])
+async def test_write_to_a_missing_group_is_not_found_and_writes_nothing(sql: SqlConnector, hr_db: Path, changes: Record) -> None:
+    member = [("User", await sql.create("User", user("m")))]
+    for group in ("4242", "abc"):
+        for add, remove in ((member, member), (member, []), ([], member), ([], [])):
+            with pytest.raises(AppNotFound):
+                await sql.write("Group", group, changes, add, remove)
+    assert rows(hr_db, TEAMS) == [] and rows(hr_db, MEMBERS) == []
+
+
+async def test_write_refuses_a_member_of_another_kind_before_writing(sql: SqlConnector, hr_db: Path) -> None:
+    group = await sql.create("Group", {"team_name": "ops"})
+    other = await sql.create("Group", {"team_name": "dev"})
+    with pytest.raises(AppInvalid, match="holds members of kind User, not Group"):
+        await sql.write("Group", group, {"team_name": "renamed"}, [("Group", other)], [])
+    assert rows(hr_db, TEAMS) == [(int(group), "ops"), (int(other), "dev")]
+
+
+async def test_a_member_added_concurrently_reruns_the_whole_write_once(
+    sql: SqlConnector, hr_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scim_gateway_plugins.sql.connector as module
+
+    u1, u2 = await sql.create("User", user("a")), await sql.create("User", user("b"))
+    group = await sql.create_with_members("Group", {"team_name": "ops"}, [("User", u1)])
+    real_present = module._present
+    stale = {"looks": 0, "left": 1}
+
+    async def present(conn: Any, column: Any, keys: Any, *where: Any) -> set[Any]:
+        if where:  # "which are members already?"
+            stale["looks"] += 1
+            if stale["left"]:
+                stale["left"] -= 1
+                return set()  # as if u1 were added by another writer right after this look
+        return await real_present(conn, column, keys, *where)
+
+    monkeypatch.setattr(module, "_present", present)
+    await sql.write("Group", group, {"team_name": "platform"}, [("User", u1), ("User", u2)], [])
+    assert stale["looks"] == 2  # the duplicate insert rolled back, the whole write ran again
+    assert rows(hr_db, TEAMS) == [(int(group), "platform")]
+    assert rows(hr_db, MEMBERS) == [(int(group), int(u1)), (int(group), int(u2))]
+
+    # Losing the race twice gives up: a plain AppConflict, and the second run's rename rolled back too.
+    stale.update(looks=0, left=2)
+    with pytest.raises(AppConflict) as caught:
+        await sql.write("Group", group, {"team_name": "infra"}, [("User", u1)], [])
+    assert type(caught.value) is AppConflict and caught.value.__cause__ is not None
+    assert stale["looks"] == 2
+    assert rows(hr_db, TEAMS) == [(int(group), "platform")]
+    assert rows(hr_db, MEMBERS) == [(int(group), int(u1)), (int(group), int(u2))]
+
+
+async def test_a_conflict_on_the_record_is_not_rerun(sql: SqlConnector, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scim_gateway_plugins.sql.connector as module
+
+    member = await sql.create("User", user("m"))
+    await sql.create("Group", {"team_name": "dev"})
+    group = await sql.create("Group", {"team_name": "ops"})
+    runs = 0
+    real_update_in = SqlConnector._update_in
+
+    async def update_in(self: SqlConnector, *args: Any) -> None:
+        nonlocal runs
+        runs += 1
+        await real_update_in(self, *args)
+
+    monkeypatch.setattr(module.SqlConnector, "_update_in", update_in)
+    with pytest.raises(AppConflict):
+        await sql.write("Group", group, {"team_name": "dev"}, [("User", member)], [])
+    assert runs == 1
+
+
 NO_FK_SCHEMA = """
 CREATE TABLE people (id INTEGER PRIMARY KEY, login TEXT NOT NULL UNIQUE);
 CREATE TABLE crews (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);

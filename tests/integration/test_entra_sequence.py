@@ -112,6 +112,8 @@ async def test_entra_create_user_writes_the_employee_row(scim: Scim, demo_db: sq
     assert resp.status == 201, data
     assert data["userName"] == "Alice.Smith@Contoso.com"
     assert data["externalId"] == "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef"
+    assert data["schemas"] == [USER_URN, ENTERPRISE_URN]
+    assert "roles" not in data  # an empty list is unassigned
     assert data["active"] is True
     assert data["name"]["givenName"] == "Alice"
     assert data[ENTERPRISE_URN]["department"] == "R&D"
@@ -362,6 +364,12 @@ async def test_entra_group_display_name_is_unique(scim: Scim, demo_db: sqlite3.C
     assert resp.status == 409, data
     assert data["scimType"] == "uniqueness"
     assert count(demo_db, "teams") == 1
+    # Renaming another group onto the name is refused too, and changes nothing.
+    other = await create_group(scim, "Other Team")
+    resp, data = await scim.patch(f"/Groups/{other['id']}", [{"op": "Replace", "path": "displayName", "value": "UNIQUE TEAM"}])
+    assert resp.status == 409, data
+    assert data["scimType"] == "uniqueness"
+    assert {r[0] for r in demo_db.execute("SELECT team_name FROM teams")} == {"Unique Team", "Other Team"}
 
 
 async def test_entra_delete_user_removes_row_and_memberships(scim: Scim, demo_db: sqlite3.Connection) -> None:
@@ -397,6 +405,64 @@ async def test_entra_delete_group(scim: Scim, demo_db: sqlite3.Connection) -> No
     # The name is free again.
     g2 = await create_group(scim, "Doomed")
     assert g2["id"] != g["id"]
+
+
+async def test_entra_more_legacy_paths(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    """userName rename, externalId, name.givenName, phoneNumbers[type eq "work"].value, replacing an existing work email."""
+    user = await create_user(scim, "rename.me@contoso.com", mail="rename.me@contoso.com")
+    emp = employee(demo_db, "rename.me@contoso.com")["emp_no"]
+    resp, data = await scim.patch(f"/Users/{user['id']}", [
+        {"op": "Replace", "path": "userName", "value": "Renamed@Contoso.com"},
+        {"op": "Replace", "path": "externalId", "value": "new-ext-id"},
+        {"op": "Replace", "path": "name.givenName", "value": "Ren"},
+        {"op": "Add", "path": 'phoneNumbers[type eq "work"].value', "value": "+1 555 0100"},
+        {"op": "Replace", "path": 'emails[type eq "work"].value', "value": "Renamed@Contoso.com"},
+        {"op": "Replace", "path": f"{ENTERPRISE_URN}:employeeNumber", "value": "E-1"},
+    ])
+    assert resp.status == 200, data
+    assert data["id"] == user["id"]
+    assert data["userName"] == "Renamed@Contoso.com"
+    assert data["externalId"] == "new-ext-id"
+    assert [(e.get("type"), e["value"]) for e in data["emails"]] == [("work", "renamed@contoso.com")]
+    assert [(p.get("type"), p["value"]) for p in data["phoneNumbers"]] == [("work", "+1 555 0100")]
+    assert employee(demo_db, "rename.me@contoso.com") is None
+    row = employee(demo_db, "renamed@contoso.com")
+    assert row["emp_no"] == emp
+    assert (row["login"], row["first_nm"], row["mail"], row["phone"], row["emp_code"]) == (
+        "Renamed@Contoso.com", "Ren", "renamed@contoso.com", "+1 555 0100", "E-1")
+    assert count(demo_db, "employees") == 1
+    # Entra matches on externalId too (case-exact).
+    resp, found = await scim.get("/Users?filter=" + q('externalId eq "new-ext-id"'))
+    assert [r["id"] for r in found["Resources"]] == [user["id"]]
+    resp, found = await scim.get("/Users?filter=" + q('userName eq "rename.me@contoso.com"'))
+    assert found["totalResults"] == 0
+
+
+async def test_entra_group_membership_check_filter(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    """Entra asks `id eq "<group>" and members eq "<user>"` with excludedAttributes=members."""
+    inside = await create_user(scim, "inside@contoso.com")
+    outside = await create_user(scim, "outside@contoso.com")
+    g = await create_group(scim, "Checked", [inside["id"]])
+    for user, expected in ((inside, 1), (outside, 0)):
+        flt = f'id eq "{g["id"]}" and members eq "{user["id"]}"'
+        resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q(flt))
+        assert resp.status == 200, data
+        assert data["totalResults"] == expected
+        if expected:
+            assert data["Resources"][0]["id"] == g["id"]
+            assert "members" not in data["Resources"][0]
+
+
+async def test_entra_patch_group_add_member_unknown_to_gateway_is_ignored(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    """Entra sends members whose own provisioning failed: the known ones are added, the request succeeds."""
+    known = await create_user(scim, "known@contoso.com")
+    g = await create_group(scim, "Partly")
+    resp, data = await scim.patch(f"/Groups/{g['id']}", [
+        {"op": "Add", "path": "members", "value": [{"value": "11111111-2222-3333-4444-555555555555"}, {"value": known["id"]}]},
+    ])
+    assert resp.status == 200, data
+    assert [m["value"] for m in data["members"]] == [known["id"]]
+    assert team_pairs(demo_db) == {("Partly", "known@contoso.com")}
 
 
 async def test_entra_full_sequence(scim: Scim, demo_db: sqlite3.Connection) -> None:
