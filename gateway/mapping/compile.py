@@ -20,7 +20,8 @@ import jinja2
 from jinja2 import StrictUndefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ValidationError
-from scim2_models.path import AttrPath, CompareOperator, Comparison, LogicalExpr, LogicalOperator, Path as ScimPath, ValuePath
+from scim2_models.path import AttrPath, CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
+from scim2_models.path import Path as ScimPath
 
 from ..connectors.base import Connector
 from ..connectors.registry import ConnectorRegistry

@@ -3,43 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from ..secrets import SecretRef
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretRef(_Strict):
-    """A secret by reference: an environment variable or a file, never inline."""
-
-    env: str | None = Field(None, description="Name of an environment variable holding the secret")
-    file: str | None = Field(None, description="Path of a file holding the secret (surrounding whitespace stripped)")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of env or file")
-        return self
-
-    def resolve(self) -> SecretStr | None:
-        """The secret's value, or None when the variable is unset / the file is missing."""
-        if self.env is not None:
-            value = os.environ.get(self.env)
-            return SecretStr(value) if value else None
-        assert self.file is not None
-        try:
-            return SecretStr(Path(self.file).read_text("utf-8").strip())
-        except OSError:
-            return None
-
-    def describe(self) -> str:
-        return f"environment variable {self.env}" if self.env else f"file {self.file}"
 
 
 class BearerTokenConfig(_Strict):
@@ -62,8 +35,9 @@ class BearerTokenConfig(_Strict):
         """The token's SHA-256 digest; None when its reference resolves to nothing."""
         if self.sha256 is not None:
             return bytes.fromhex(self.sha256)
-        secret = SecretRef(env=self.env, file=self.file).resolve()
-        if secret is None:
+        try:
+            secret = SecretRef(env=self.env, file=self.file).resolve()
+        except ValueError:
             return None
         return hashlib.sha256(secret.get_secret_value().encode()).digest()
 

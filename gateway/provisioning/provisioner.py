@@ -15,7 +15,7 @@ import logging
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..connectors.base import Connector
@@ -33,7 +33,7 @@ VERSION_RETRIES = 20
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def translate_app_error(exc: AppError, what: str) -> ScimError:
@@ -149,6 +149,36 @@ class Provisioner:
         except AppError as exc:
             raise translate_app_error(exc, what) from None
 
+    async def _under_claim(self, seq: int, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run the app's call for a claimed write; any failure aborts the claim (nothing changed in the store).
+
+        A crash (the process dying here) leaves the claim pending for `recover()`.
+        """
+        try:
+            return await call()
+        except AppError as exc:
+            await self.store.abort(seq, f"app refused: {exc.detail}")
+            raise translate_app_error(exc, what) from None
+        except Exception as exc:
+            await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
+            raise
+
+    async def _claim(self, kind: str, rid: str, op: str, **kwargs: Any) -> tuple[int, Row]:
+        """Claim a resource for a write, waiting (bounded) while another request, maybe in another process, holds it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_RETRY_SECONDS
+        delay = 0.01
+        while True:
+            try:
+                return await self.store.begin_write(self.app, kind, rid, op, **kwargs)
+            except Gone:
+                raise not_found(f"{kind} {rid} not found") from None
+            except Busy:
+                if loop.time() > deadline:
+                    raise unavailable(f"{kind} {rid} is being changed by another request; retry", 2) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
     async def _read_back(self, cres: CompiledResource, native_id: str, data: dict[str, Any]) -> dict[str, Any]:
         """What the app now holds, over what we sent (the app may normalise or default values)."""
         try:
@@ -220,15 +250,10 @@ class Provisioner:
             seq = await self.store.begin_create(self.app, kind, rid, unique_key, data, now)
         except UniqueConflict:
             raise uniqueness(f"{cres.unique_attr} {resource[cres.unique_attr]!r} is already taken") from None
-        try:
-            natives = await self._natives(members)
-            native_id = await self.connector.create_with_members(kind, record, natives)
-        except AppError as exc:
-            await self.store.abort(seq, f"app refused: {exc.detail}")
-            raise translate_app_error(exc, f"creating {kind}") from None
-        except Exception as exc:
-            await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
-            raise
+        async def call() -> str:
+            return await self.connector.create_with_members(kind, record, await self._natives(members))
+
+        native_id = await self._under_claim(seq, f"creating {kind}", call)
         data = await self._read_back(cres, native_id, data)
         try:
             row = await self.store.settle_create(seq, native_id, data, members)
@@ -264,9 +289,7 @@ class Provisioner:
     ) -> tuple[Row, dict[str, Any]]:
         cres = self.resource(kind)
         async with self._lock(rid):
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + BUSY_RETRY_SECONDS
-            for attempt in range(VERSION_RETRIES):
+            for _attempt in range(VERSION_RETRIES):
                 row = await self.store.get(self.app, kind, rid)
                 if row is None:
                     raise not_found(f"{kind} {rid} not found")
@@ -293,23 +316,16 @@ class Provisioner:
                 record = await self._record(cres, new)
                 data = _strip_write_only(new)
                 try:
-                    seq, claimed = await self.store.begin_write(
-                        self.app, kind, rid, "update", if_match=row.version, new_unique_key=unique_key,
+                    seq, claimed = await self._claim(
+                        kind, rid, "update", if_match=row.version, new_unique_key=unique_key,
                         payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
                     )
-                except Gone:
-                    raise not_found(f"{kind} {rid} not found") from None
                 except UniqueConflict:
                     raise uniqueness(f"{cres.unique_attr} {new.get(cres.unique_attr)!r} is already taken") from None
                 except VersionMismatch:
                     if if_match is not None:
                         raise ScimError(412, f"{kind} {rid} has changed") from None
-                    continue  # another process wrote in between: recompute on the new version
-                except Busy:
-                    if loop.time() > deadline:
-                        raise unavailable(f"{kind} {rid} is being changed by another request; retry", 2) from None
-                    await asyncio.sleep(min(0.02 * (attempt + 1), 0.5))
-                    continue
+                    continue  # another writer got in between: recompute on the new version
                 return await self._apply_update(cres, seq, claimed, record, data, unique_key, add, remove)
             raise unavailable(f"{kind} {rid} is changing too often to update; retry", 2)
 
@@ -318,14 +334,12 @@ class Provisioner:
         unique_key: str, add: list[Member], remove: list[Member],
     ) -> tuple[Row, dict[str, Any]]:
         assert row.native_id is not None
-        try:
-            await self.connector.write(cres.name, row.native_id, record, await self._natives(add), await self._natives(remove))
-        except AppError as exc:
-            await self.store.abort(seq, f"app refused: {exc.detail}")
-            raise translate_app_error(exc, f"updating {cres.name} {row.id}") from None
-        except Exception as exc:
-            await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
-            raise
+        native_id = row.native_id
+
+        async def call() -> None:
+            await self.connector.write(cres.name, native_id, record, await self._natives(add), await self._natives(remove))
+
+        await self._under_claim(seq, f"updating {cres.name} {row.id}", call)
         data = await self._read_back(cres, row.native_id, data)
         settled = await self.store.settle_update(
             seq, data, utc_now(), unique_key, add_members=add, remove_members=[m.id for m in remove]
@@ -335,35 +349,23 @@ class Provisioner:
     async def delete(self, kind: str, rid: str, if_match: int | None = None) -> None:
         cres = self.resource(kind)
         async with self._lock(rid):
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + BUSY_RETRY_SECONDS
-            while True:
-                try:
-                    seq, row = await self.store.begin_write(self.app, kind, rid, "delete", if_match=if_match)
-                    break
-                except Gone:
-                    raise not_found(f"{kind} {rid} not found") from None
-                except VersionMismatch:
-                    raise ScimError(412, f"{kind} {rid} has changed") from None
-                except Busy:
-                    if loop.time() > deadline:
-                        raise unavailable(f"{kind} {rid} is being changed by another request; retry", 2) from None
-                    await asyncio.sleep(0.05)
-            assert row.native_id is not None
             try:
-                if cres.delete_mode == "deactivate":
-                    record = await self._record(cres, {**row.data, "active": False})
-                    await self.connector.update(kind, row.native_id, record)
-                else:
-                    await self.connector.delete(kind, row.native_id)
-            except AppNotFound:
-                pass  # already gone in the app: the delete's goal holds
-            except AppError as exc:
-                await self.store.abort(seq, f"app refused: {exc.detail}")
-                raise translate_app_error(exc, f"deleting {kind} {rid}") from None
-            except Exception as exc:
-                await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
-                raise
+                seq, row = await self._claim(kind, rid, "delete", if_match=if_match)
+            except VersionMismatch:
+                raise ScimError(412, f"{kind} {rid} has changed") from None
+            native_id = row.native_id
+            assert native_id is not None
+
+            async def call() -> None:
+                try:
+                    if cres.delete_mode == "deactivate":
+                        await self.connector.update(kind, native_id, await self._record(cres, {**row.data, "active": False}))
+                    else:
+                        await self.connector.delete(kind, native_id)
+                except AppNotFound:
+                    pass  # already gone in the app: the delete's goal holds
+
+            await self._under_claim(seq, f"deleting {kind} {rid}", call)
             await self.store.settle_delete(seq)
 
     # ------------------------------------------------------------------ recovery

@@ -9,10 +9,11 @@ schema with its extensions. All name lookups are case-insensitive, as RFC 7643
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources as importlib_resources
-from typing import Any, Iterator
+from typing import Any
 
 CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"

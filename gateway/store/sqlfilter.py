@@ -10,7 +10,7 @@ placeholders) live in the methods a PostgreSQL subclass overrides.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from scim2_models.path import (
@@ -37,8 +37,8 @@ def to_utc_iso(value: str) -> str:
     """A dateTime as the store writes it, so text comparison orders correctly."""
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _json_key(name: str) -> str:

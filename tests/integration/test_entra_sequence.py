@@ -465,6 +465,23 @@ async def test_entra_patch_group_add_member_unknown_to_gateway_is_ignored(scim: 
     assert team_pairs(demo_db) == {("Partly", "known@contoso.com")}
 
 
+async def test_entra_delete_manager_clears_reports_manager(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    boss = await create_user(scim, "old.boss@contoso.com")
+    report = await create_user(scim, "report2@contoso.com", manager=boss["id"])
+    assert employee(demo_db, "report2@contoso.com")["mgr_emp_no"] == emp_no(demo_db, "old.boss@contoso.com")
+    resp, _ = await scim.delete(f"/Users/{boss['id']}")
+    assert resp.status == 204
+    assert employee(demo_db, "old.boss@contoso.com") is None
+    assert employee(demo_db, "report2@contoso.com")["mgr_emp_no"] is None
+    resp, data = await scim.get(f"/Users/{report['id']}")
+    assert resp.status == 200, data
+    assert "manager" not in data.get(ENTERPRISE_URN, {})
+    # The report can still be patched (its stored manager id no longer resolves, which must not block writes).
+    resp, data = await scim.patch(f"/Users/{report['id']}", [{"op": "Replace", "path": "title", "value": "Orphan"}])
+    assert resp.status == 200, data
+    assert employee(demo_db, "report2@contoso.com")["job_title"] == "Orphan"
+
+
 async def test_entra_full_sequence(scim: Scim, demo_db: sqlite3.Connection) -> None:
     """The whole cycle in Entra's order, the legacy rows checked after each step."""
     # 1. Does the user exist?

@@ -785,3 +785,111 @@ async def test_reads_reflect_changes_made_in_the_app(scim: Scim, demo_db: sqlite
     assert resp.status == 200
     assert data["title"] == "Changed in app"
     assert data["active"] is False
+
+
+# ---------------------------------------------------------------- PATCH and PUT semantics, on the rows
+
+
+async def test_patch_complex_and_multi_valued_semantics(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    resp, user = await scim.post("/Users", user_body(
+        "sem@example.com", name={"givenName": "Sam", "familyName": "Semantic"},
+        emails=[{"type": "work", "value": "sem@example.com", "primary": True}],
+        phoneNumbers=[{"type": "work", "value": "+1 555 0199"}]))
+    assert resp.status == 201, user
+    uid = user["id"]
+    # replace on a complex attribute leaves sub-attributes not given unchanged (RFC 7644 §3.5.2.3).
+    resp, data = await scim.patch(f"/Users/{uid}", [{"op": "replace", "path": "name", "value": {"givenName": "Samuel"}}])
+    assert resp.status == 200, data
+    assert data["name"] == {"givenName": "Samuel", "familyName": "Semantic"}
+    row = employee(demo_db, "sem@example.com")
+    assert (row["first_nm"], row["last_nm"]) == ("Samuel", "Semantic")
+    # remove a sub-attribute.
+    resp, data = await scim.patch(f"/Users/{uid}", [{"op": "remove", "path": "name.familyName"}])
+    assert resp.status == 200, data
+    assert data["name"] == {"givenName": "Samuel"}
+    assert employee(demo_db, "sem@example.com")["last_nm"] is None
+    # remove by value filter clears the mapped column.
+    resp, data = await scim.patch(f"/Users/{uid}", [{"op": "remove", "path": 'emails[type eq "work"]'}])
+    assert resp.status == 200, data
+    assert "emails" not in data
+    assert employee(demo_db, "sem@example.com")["mail"] is None
+    # replace the whole multi-valued attribute.
+    resp, data = await scim.patch(f"/Users/{uid}", [{"op": "replace", "path": "phoneNumbers", "value": [{"type": "work", "value": "+44 20 7946 0000"}]}])
+    assert resp.status == 200, data
+    assert employee(demo_db, "sem@example.com")["phone"] == "+44 20 7946 0000"
+    # remove a whole attribute.
+    resp, data = await scim.patch(f"/Users/{uid}", [{"op": "remove", "path": "phoneNumbers"}])
+    assert resp.status == 200, data
+    assert "phoneNumbers" not in data
+    assert employee(demo_db, "sem@example.com")["phone"] is None
+    # removing what is not there succeeds (IdPs retry) and changes nothing.
+    before = employee(demo_db, "sem@example.com")
+    resp, data = await scim.patch(f"/Users/{uid}", [{"op": "remove", "path": "title"}])
+    assert resp.status == 200, data
+    assert employee(demo_db, "sem@example.com") == before
+
+
+async def test_unmapped_attributes_round_trip(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    """Attributes the app has no column for are kept by the gateway and returned."""
+    resp, user = await scim.post("/Users", user_body("rt@example.com", nickName="Nick", locale="de-CH",
+                                                      emails=[{"type": "work", "value": "rt@example.com"}, {"type": "home", "value": "rt@home.example"}]))
+    assert resp.status == 201, user
+    resp, got = await scim.get(f"/Users/{user['id']}")
+    assert got["nickName"] == "Nick"
+    assert got["locale"] == "de-CH"
+    assert sorted((e["type"], e["value"]) for e in got["emails"]) == [("home", "rt@home.example"), ("work", "rt@example.com")]
+    assert employee(demo_db, "rt@example.com")["mail"] == "rt@example.com"
+    assert await filter_names(scim, 'emails[type eq "home" and value ew "home.example"]') == {"rt"}
+
+
+async def test_user_groups_attribute(scim: Scim) -> None:
+    users = await seed_users(scim)
+    alice = users["alice"]["id"]
+    resp, g = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Before", "members": [{"value": alice}]})
+    resp, data = await scim.patch(f"/Groups/{g['id']}", [{"op": "replace", "path": "displayName", "value": "After"}])
+    assert resp.status == 200, data
+    resp, got = await scim.get(f"/Users/{alice}")
+    assert [(x["value"], x.get("display")) for x in got["groups"]] == [(g["id"], "After")]
+    assert got["groups"][0]["$ref"].endswith(f"/Groups/{g['id']}")
+    resp, got = await scim.get(f"/Users/{alice}?excludedAttributes=groups")
+    assert "groups" not in got
+    resp, listed = await scim.get("/Users?attributes=groups&filter=" + q('userName sw "alice"'))
+    assert [x["value"] for x in listed["Resources"][0]["groups"]] == [g["id"]]
+    assert await filter_names(scim, f'groups.value eq "{g["id"]}"') == {"alice"}
+    assert await filter_names(scim, f'groups[value eq "{g["id"]}"]') == {"alice"}
+
+
+async def test_group_etag_and_if_match(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    resp, g = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Tagged"})
+    etag = resp.headers["ETag"]
+    assert etag == g["meta"]["version"]
+    resp, data = await scim.patch(f"/Groups/{g['id']}", [{"op": "replace", "path": "displayName", "value": "Stale"}], headers={"If-Match": 'W/"42"'})
+    assert_error(resp, data, 412)
+    assert [r[0] for r in demo_db.execute("SELECT team_name FROM teams")] == ["Tagged"]
+    resp, data = await scim.patch(f"/Groups/{g['id']}", [{"op": "replace", "path": "displayName", "value": "Fresh"}], headers={"If-Match": etag})
+    assert resp.status == 200, data
+    assert [r[0] for r in demo_db.execute("SELECT team_name FROM teams")] == ["Fresh"]
+
+
+async def test_patch_does_not_revert_changes_made_in_the_app(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    """A PATCH of one attribute writes that attribute; it does not write back a stale copy of the others."""
+    resp, user = await scim.post("/Users", user_body("stale@example.com", title="Old title", displayName="Old name"))
+    demo_db.execute("UPDATE employees SET job_title = 'Changed in app' WHERE login = 'stale@example.com'")
+    demo_db.commit()
+    resp, data = await scim.patch(f"/Users/{user['id']}", [{"op": "replace", "path": "displayName", "value": "New name"}])
+    assert resp.status == 200, data
+    row = employee(demo_db, "stale@example.com")
+    assert row["display_nm"] == "New name"
+    assert row["job_title"] == "Changed in app"
+    assert data["title"] == "Changed in app"
+
+
+async def test_create_inactive_and_default_active(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    resp, off = await scim.post("/Users", user_body("off@example.com", active=False))
+    assert resp.status == 201, off
+    assert off["active"] is False
+    assert employee(demo_db, "off@example.com")["status"] == "I"
+    resp, default = await scim.post("/Users", {"schemas": [USER_URN], "userName": "default@example.com"})
+    assert resp.status == 201, default
+    assert default["active"] is True
+    assert employee(demo_db, "default@example.com")["status"] == "A"
