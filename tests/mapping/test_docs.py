@@ -1,0 +1,41 @@
+"""docs/mapping.md documents every key of the mapping schema, and nothing else."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from gateway.connectors.registry import load_registry
+from gateway.mapping.model import mapping_json_schema
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "mapping.md"
+
+
+def schema_keys() -> set[str]:
+    schema = mapping_json_schema([cls.Config for cls in load_registry().types.values()])
+    keys: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            keys.update(node.get("properties", {}))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return keys
+
+
+def documented_keys() -> set[str]:
+    return set(re.findall(r"^\| `([A-Za-z0-9_]+)` \|", DOC.read_text(), re.M))
+
+
+def test_every_schema_key_is_documented() -> None:
+    assert schema_keys() - documented_keys() == set()
+
+
+def test_every_documented_key_exists() -> None:
+    assert documented_keys() - schema_keys() == set()
