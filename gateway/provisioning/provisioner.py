@@ -18,10 +18,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from scim2_models.path import AttrPath, CompareOperator, Comparison
+
 from ..connectors.base import Connector
 from ..connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
 from ..mapping.compile import CompiledMapping, CompiledResource, TemplateError
-from ..mapping.translate import UnresolvedReference, overlay, read_rule, to_record
+from ..mapping.translate import UnresolvedReference, overlay, read_rule, to_record, write_rule
 from ..scim.errors import ScimError, invalid_value, not_found, unavailable, uniqueness
 from ..store.base import Busy, Gone, Member, NativeConflict, Query, Row, Store, UniqueConflict, VersionMismatch
 
@@ -179,6 +181,16 @@ class Provisioner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
 
+    async def _live_data(self, cres: CompiledResource, row: Row) -> dict[str, Any]:
+        """The gateway copy with every mapped attribute as the app has it now."""
+        if row.native_id is None:
+            return row.data
+        native_id = row.native_id
+        record = await self._call(f"reading {cres.name} {row.id}", lambda: self.connector.get(cres.name, native_id))
+        if record is None:
+            raise not_found(f"{cres.name} {row.id} no longer exists in the app")
+        return await self._overlay(cres, row.data, record)
+
     async def _read_back(self, cres: CompiledResource, native_id: str, data: dict[str, Any]) -> dict[str, Any]:
         """What the app now holds, over what we sent (the app may normalise or default values)."""
         try:
@@ -221,12 +233,7 @@ class Provisioner:
         row = await self.store.get(self.app, kind, rid)
         if row is None:
             raise not_found(f"{kind} {rid} not found")
-        data = row.data
-        if live and row.native_id is not None:
-            record = await self._call(f"reading {kind} {rid}", lambda: self.connector.get(kind, row.native_id))
-            if record is None:
-                raise not_found(f"{kind} {rid} no longer exists in the app")
-            data = await self._overlay(cres, row.data, record)
+        data = await self._live_data(cres, row) if live else row.data
         return row, await self.materialize(cres, row, data, members=members)
 
     async def query(self, kind: str, query: Query, *, members: bool = True) -> tuple[int, list[dict[str, Any]]]:
@@ -295,7 +302,9 @@ class Provisioner:
                     raise not_found(f"{kind} {rid} not found")
                 if if_match is not None and row.version != if_match:
                     raise ScimError(412, f"{kind} {rid} has changed: its version is W/\"{row.version}\"")
-                current = {"id": row.id, **copy.deepcopy(row.data)}
+                # Start from what the app holds now, not only our copy: a change made in the app
+                # (or a reference it cleared) must not be reverted by a PATCH about something else.
+                current = {"id": row.id, **copy.deepcopy(await self._live_data(cres, row))}
                 old_members: list[Member] = []
                 if cres.name == "Group":
                     old_members = await self.store.members(self.app, rid)
@@ -367,6 +376,22 @@ class Provisioner:
 
             await self._under_claim(seq, f"deleting {kind} {rid}", call)
             await self.store.settle_delete(seq)
+        await self._forget_references(kind, rid)
+
+    async def _forget_references(self, kind: str, rid: str) -> None:
+        """Drop a deleted resource's id from every `ref:` attribute of our copies (e.g. the reports' manager)."""
+        for cres in self.mapping.resources.values():
+            for rule in cres.rules:
+                if rule.rule.ref != kind or rule.selector is not None:
+                    continue
+                resolved = rule.resolved
+                path = AttrPath(resolved.attribute.name, resolved.sub.name if resolved.sub else None, resolved.urn)
+                query = Query(filter=Comparison(path, CompareOperator.eq, rid))
+                _total, rows = await self.store.query(self.app, cres.rtype, query)
+                for row in rows:
+                    data = copy.deepcopy(row.data)
+                    write_rule(data, rule, None)
+                    await self.store.refresh(self.app, cres.name, row.id, data, utc_now())
 
     # ------------------------------------------------------------------ recovery
 

@@ -320,6 +320,19 @@ class SqliteStore:
 
         await self._tx(work)
 
+    async def refresh(self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str) -> bool:
+        """Replace the gateway copy of a settled resource (not one in flight); a new version. False when busy or gone."""
+
+        async def work(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute(
+                "UPDATE resources SET data = ?, version = version + 1, last_modified = ?"
+                " WHERE app = ? AND type = ? AND id = ? AND state = 'active' AND pending_seq IS NULL",
+                (_dumps(data), now, app, rtype, rid),
+            )
+            return cur.rowcount == 1
+
+        return bool(await self._tx(work))
+
     async def pending(self, app: str) -> list[Pending]:
         async with self._lock:
             cur = await self.db.execute("SELECT * FROM journal WHERE app = ? AND state = 'pending' ORDER BY seq", (app,))

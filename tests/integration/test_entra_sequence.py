@@ -476,6 +476,9 @@ async def test_entra_delete_manager_clears_reports_manager(scim: Scim, demo_db: 
     resp, data = await scim.get(f"/Users/{report['id']}")
     assert resp.status == 200, data
     assert "manager" not in data.get(ENTERPRISE_URN, {})
+    # A list answer (served from the gateway's copy) names no deleted manager either.
+    resp, listed = await scim.get("/Users?filter=" + q('userName eq "report2@contoso.com"'))
+    assert "manager" not in listed["Resources"][0].get(ENTERPRISE_URN, {}), listed
     # The report can still be patched (its stored manager id no longer resolves, which must not block writes).
     resp, data = await scim.patch(f"/Users/{report['id']}", [{"op": "Replace", "path": "title", "value": "Orphan"}])
     assert resp.status == 200, data

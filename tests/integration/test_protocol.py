@@ -884,12 +884,13 @@ async def test_patch_does_not_revert_changes_made_in_the_app(scim: Scim, demo_db
     assert data["title"] == "Changed in app"
 
 
-async def test_create_inactive_and_default_active(scim: Scim, demo_db: sqlite3.Connection) -> None:
+async def test_create_inactive_and_active_not_given(scim: Scim, demo_db: sqlite3.Connection) -> None:
     resp, off = await scim.post("/Users", user_body("off@example.com", active=False))
     assert resp.status == 201, off
     assert off["active"] is False
     assert employee(demo_db, "off@example.com")["status"] == "I"
-    resp, default = await scim.post("/Users", {"schemas": [USER_URN], "userName": "default@example.com"})
-    assert resp.status == 201, default
-    assert default["active"] is True
-    assert employee(demo_db, "default@example.com")["status"] == "A"
+    # Not given is not assigned: the demo maps it to NULL ("never set") and invents no value.
+    resp, unset = await scim.post("/Users", {"schemas": [USER_URN], "userName": "unset@example.com"})
+    assert resp.status == 201, unset
+    assert "active" not in unset
+    assert employee(demo_db, "unset@example.com")["status"] is None
