@@ -33,7 +33,7 @@ from scim2_models.path import (
 
 from .errors import invalid_path, invalid_syntax, invalid_value, mutability, no_target
 from .filter import compare, matches_value
-from .resource import check_required, is_read_only, normalize_value, split_urn
+from .resource import check_required, is_read_only, normalize_value
 from .schema import PATCH_OP, Attribute, Resolved, ResourceType
 
 _OPS = ("add", "remove", "replace")
@@ -103,7 +103,7 @@ def _apply_operation(resource: dict[str, Any], operation: dict[str, Any], rtype:
         _apply_without_path(resource, op, value, rtype)
         return
 
-    split = split_urn(path, rtype)
+    split = rtype.split_urn(path)
     if split is None:
         raise invalid_path(f"{path}: {rtype.name} has no such schema")
     urn, rest = split
@@ -134,7 +134,7 @@ def _apply_without_path(resource: dict[str, Any], op: str, value: Any, rtype: Re
     if not isinstance(value, dict):
         raise invalid_value(f"{op} without a path needs an object value, got {value!r}")
     for key, item in value.items():
-        split = split_urn(key, rtype)
+        split = rtype.split_urn(key)
         if split is None:
             continue  # a schema this resource type does not have, as in POST bodies
         urn, rest = split

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .resource import resolve_name, split_urn
 from .schema import Resolved, ResourceType
 
 
@@ -23,14 +22,14 @@ def parse_attribute_list(text: str | None, rtype: ResourceType) -> list[Resolved
         name = name.strip()
         if not name:
             continue
-        split = split_urn(name, rtype)
+        split = rtype.split_urn(name)
         if split is not None and split[0] is not None and not split[1]:
             schema = rtype.schema_for(split[0])
             assert schema is not None
             urn = None if schema is rtype.schema else schema.id
             found = [Resolved(urn, attribute) for attribute in schema.attributes]
         else:
-            resolved = resolve_name(name, rtype)
+            resolved = rtype.resolve_dotted(name)
             found = [] if resolved is None else [resolved]
         out.extend(r for r in found if r not in out)
     return out

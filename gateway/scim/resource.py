@@ -19,41 +19,6 @@ from .schema import Attribute, Resolved, ResourceType
 _CALLER_OWNED = frozenset({"schemas", "id", "meta"})
 
 
-def split_urn(text: str, rtype: ResourceType) -> tuple[str | None, str] | None:
-    """Split a schema URN prefix off `text`: (canonical schema id, rest).
-
-    Accepts `URN:attr` (RFC 7644 §3.10), `URN.attr` (seen in the wild) and the
-    bare URN (rest ""). Text that is not a URN gives (None, text); a URN of a
-    schema the resource type does not have gives None.
-    """
-    if text[:4].lower() != "urn:":
-        return None, text
-    lowered = text.lower()
-    best: tuple[str, str] | None = None
-    for urn in rtype.schema_ids:
-        prefix = urn.lower()
-        if lowered == prefix:
-            found = (urn, "")
-        elif lowered.startswith(prefix) and lowered[len(prefix)] in ":.":
-            found = (urn, text[len(prefix) + 1 :])
-        else:
-            continue
-        # An extension URN may extend another schema's URN; the longest one is meant.
-        if best is None or len(found[0]) > len(best[0]):
-            best = found
-    return best
-
-
-def resolve_name(name: str, rtype: ResourceType) -> Resolved | None:
-    """Resolve `attr`, `attr.sub`, `URN:attr[.sub]` or `URN.attr[.sub]`; None when unknown."""
-    split = split_urn(name.strip(), rtype)
-    if split is None or not split[1]:
-        return None
-    urn, rest = split
-    attr, _, sub = rest.partition(".")
-    return rtype.resolve(attr, sub or None, urn)
-
-
 def is_empty(value: Any) -> bool:
     """Unassigned in the sense of RFC 7643 §2.5: null, an empty string, list or object."""
     if value is None:
@@ -83,7 +48,7 @@ def normalize_resource(body: Any, rtype: ResourceType) -> dict[str, Any]:
     for key, value in body.items():
         if value is None or key.lower() in _CALLER_OWNED:
             continue
-        split = split_urn(key, rtype)
+        split = rtype.split_urn(key)
         if split is None:
             continue
         urn, rest = split

@@ -221,19 +221,38 @@ class ResourceType:
             return None
         return Resolved(urn, found, sub_attr)
 
-    def resolve_dotted(self, path: str) -> Resolved | None:
-        """Resolve a dotted or URN-qualified name such as `name.givenName` or `urn:...:User:manager.value`."""
-        uri = None
-        rest = path
-        if path.lower().startswith("urn:"):
-            for urn in self.schema_ids:
-                if path.lower().startswith(urn.lower() + ":"):
-                    uri, rest = urn, path[len(urn) + 1 :]
-                    break
+    def split_urn(self, text: str) -> tuple[str | None, str] | None:
+        """Split a schema URN prefix off `text`: (canonical schema id, rest).
+
+        Accepts `URN:attr` (RFC 7644 §3.10), `URN.attr` (Entra's `ENT.attr`) and
+        the bare URN (rest ""). Text that is not a URN gives (None, text); a URN
+        of a schema this resource type does not have gives None.
+        """
+        if text[:4].lower() != "urn:":
+            return None, text
+        lowered = text.lower()
+        best: tuple[str, str] | None = None
+        for urn in self.schema_ids:
+            prefix = urn.lower()
+            if lowered == prefix:
+                found = (urn, "")
+            elif lowered.startswith(prefix) and lowered[len(prefix)] in ":.":
+                found = (urn, text[len(prefix) + 1 :])
             else:
-                return None
+                continue
+            # An extension URN may extend another schema's URN; the longest one is meant.
+            if best is None or len(found[0]) > len(best[0]):
+                best = found
+        return best
+
+    def resolve_dotted(self, path: str) -> Resolved | None:
+        """Resolve `attr`, `attr.sub`, `URN:attr[.sub]` or `URN.attr[.sub]`; None when unknown."""
+        split = self.split_urn(path.strip())
+        if split is None or not split[1]:
+            return None
+        urn, rest = split
         attr, _, sub = rest.partition(".")
-        return self.resolve(attr, sub or None, uri)
+        return self.resolve(attr, sub or None, urn)
 
     def walk(self) -> Iterator[Resolved]:
         """Every attribute and sub-attribute, core first then each extension."""

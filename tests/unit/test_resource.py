@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.scim.errors import ScimError
-from gateway.scim.resource import normalize_resource, normalize_value, resolve_name, split_urn
+from gateway.scim.resource import normalize_resource, normalize_value
 from gateway.scim.schema import CORE_GROUP, CORE_USER, ENTERPRISE_USER, group_resource_type, user_resource_type
 
 USER = user_resource_type()
@@ -279,19 +279,19 @@ def test_typed_value_errors(body: dict[str, Any], detail: str) -> None:
     ],
 )
 def test_normalize_value(name: str, value: Any, expected: Any) -> None:
-    resolved = resolve_name(name, USER)
+    resolved = USER.resolve_dotted(name)
     assert resolved is not None
     assert normalize_value(value, resolved) == expected
 
 
 def test_normalize_value_element_of_multi_valued() -> None:
-    resolved = resolve_name("emails", USER)
+    resolved = USER.resolve_dotted("emails")
     assert resolved is not None
     assert normalize_value({"Value": "x", "primary": "False"}, resolved, element=True) == {"value": "x", "primary": False}
 
 
 def test_normalize_value_error_names_sub_attribute() -> None:
-    resolved = resolve_name("name.familyName", USER)
+    resolved = USER.resolve_dotted("name.familyName")
     assert resolved is not None
     with pytest.raises(ScimError) as info:
         normalize_value(3, resolved)
@@ -310,4 +310,4 @@ def test_normalize_value_error_names_sub_attribute() -> None:
     ],
 )
 def test_split_urn(text: str, expected: Any) -> None:
-    assert split_urn(text, USER) == expected
+    assert USER.split_urn(text) == expected

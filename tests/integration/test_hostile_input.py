@@ -1,0 +1,653 @@
+"""Hostile input, property-based: hypothesis attacks the live HTTP API of the demo app.
+
+The product bar: bad input gets a clear SCIM error (right status, a SCIM Error
+body whose `status` equals the HTTP status) and changes nothing; never a 5xx
+for client input, never a lost or half-applied write. Each property test sends
+generated requests over real loopback HTTP to one gateway (demo mapping, real
+SQLite files for the app and the correlation store) and checks after every
+request:
+
+- the status is never 5xx;
+- every response that has a body is application/scim+json, and every error is
+  an RFC 7644 §3.12 Error whose `status` is the HTTP status as a string and
+  whose `detail` is a non-empty string;
+- a 4xx answer to a write leaves the app's rows (employees, teams,
+  team_members) and the store's rows (resources, members) exactly as they were;
+- whatever the answer, the store and the app agree: every active User / Group
+  row in the store has a native_id that exists in employees / teams and every
+  employees / teams row is linked by exactly one of them, the store's members
+  table and the app's team_members table hold the same pairs, and no journal
+  entry is left pending.
+
+How hypothesis and asyncio meet here: hypothesis cannot drive an async test
+function, and a sync `@given` function cannot block on the pytest-asyncio loop
+it would be called from. So each property test is a plain *sync* test over a
+function-scoped fixture, `gw`, that owns a private event loop
+(`asyncio.new_event_loop()`), builds the app with `create_app(demo_settings(...))`
+and an aiohttp TestServer/TestClient on that loop once, and runs each example
+with `loop.run_until_complete(...)`. One gateway is shared by all examples of
+one test (hence `HealthCheck.function_scoped_fixture` is suppressed); examples
+therefore see what earlier successful writes left, which is fine because every
+property is checked per request against a snapshot taken just before it. The
+fixture closes the client, the server and the loop at the end
+(filterwarnings=error makes a leaked resource fail the test).
+
+Runs are repeatable in CI: `derandomize=True` and `database=None`. The example
+counts keep this file well under a minute.
+
+The plain regression tests at the end pin each bug the property tests found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis import given
+from yarl import URL
+
+from gateway.app import create_app
+from tests.conftest import BASE, ENTERPRISE_URN, GROUP_URN, PATCH_URN, TOKEN, USER_URN, demo_settings, user_body
+
+ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
+BULK_URN = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+SEARCH_URN = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+SCIM_TYPE = "application/scim+json"
+# RFC 7644 §3.12, table 9.
+SCIM_TYPES = {"invalidFilter", "tooMany", "uniqueness", "mutability", "invalidSyntax", "invalidPath", "noTarget", "invalidValue", "invalidVers", "sensitive"}
+WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def hostile(max_examples: int) -> Any:
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+# ---------------------------------------------------------------- the gateway under attack
+
+
+@dataclass
+class Reply:
+    method: str
+    url: str
+    status: int
+    content_type: str
+    text: str
+    sent: Any
+
+    @property
+    def data(self) -> Any:
+        return json.loads(self.text) if self.text else None
+
+    def __repr__(self) -> str:
+        return f"{self.method} {self.url[:300]} body={str(self.sent)[:500]!r} -> {self.status} {self.content_type} {self.text[:500]}"
+
+
+class Gateway:
+    """The demo gateway on a private event loop, plus sync views of its two databases."""
+
+    def __init__(self, root: Path) -> None:
+        self.data_dir = root / "data"
+        self.loop = asyncio.new_event_loop()
+        self.client: TestClient = self.run(self._start())
+        self.app_db = sqlite3.connect(self.data_dir / "demo.db")
+        self.store_db = sqlite3.connect(self.data_dir / "gateway.db")
+        self.ids: dict[str, str] = {}
+        self.ensure_victims()
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    async def _start(self) -> TestClient:
+        client = TestClient(TestServer(create_app(demo_settings(self.data_dir))))
+        await client.start_server()
+        return client
+
+    def close(self) -> None:
+        self.app_db.close()
+        self.store_db.close()
+        self.run(self.client.close())
+        self.run(self.loop.shutdown_asyncgens())
+        self.run(self.loop.shutdown_default_executor())
+        self.loop.close()
+
+    # -- requests
+
+    async def _send(self, method: str, url: URL, body: Any, raw: bytes | None, headers: dict[str, str] | None) -> Reply:
+        hdrs = {"Authorization": f"Bearer {TOKEN}", "Content-Type": SCIM_TYPE, **(headers or {})}
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        async with self.client.session.request(method, url, data=data, headers=hdrs) as resp:
+            text = await resp.text(errors="replace")
+            return Reply(method, str(url), resp.status, resp.content_type, text, raw if raw is not None else body)
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+        params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+    ) -> Reply:
+        url = self.client.make_url(BASE + path)
+        if params:
+            url = url.with_query(params)
+        return self.run(self._send(method, url, body, raw, headers))
+
+    def request_encoded(self, method: str, encoded_path_and_query: str, body: Any = None, *, raw: bytes | None = None) -> Reply:
+        """Send a path (and query) exactly as given, percent-escapes and all."""
+        root = str(self.client.make_url("/")).rstrip("/")
+        return self.run(self._send(method, URL(root + encoded_path_and_query, encoded=True), body, raw, None))
+
+    # -- victims: a user with most attributes set, a bystander, and a group holding the first
+
+    def ensure_victims(self) -> None:
+        live = {r[0] for r in self.store_db.execute("SELECT id FROM resources WHERE state = 'active'")}
+        if self.ids.get("uid") not in live:
+            self.ids["uid"] = self._create("/Users", user_body(
+                "victim@example.com", title="Original", displayName="Victim", name={"givenName": "Vic", "familyName": "Tim"},
+                emails=[{"type": "work", "value": "victim@example.com", "primary": True}],
+                phoneNumbers=[{"type": "work", "value": "+1 555 0100"}],
+                **{ENTERPRISE_URN: {"department": "Dept", "employeeNumber": "E1"}}))
+        if self.ids.get("bystander") not in live:
+            self.ids["bystander"] = self._create("/Users", user_body("bystander@example.com"))
+        if self.ids.get("gid") not in live:
+            self.ids["gid"] = self._create("/Groups", {"schemas": [GROUP_URN], "displayName": "Victims",
+                                                       "members": [{"value": self.ids["uid"]}, {"value": self.ids["bystander"]}]})
+
+    def _create(self, path: str, body: dict[str, Any]) -> str:
+        reply = self.request("POST", path, body)
+        if reply.status == 409:
+            # An example renamed something onto the victim's name: take a fresh one.
+            key = "userName" if path == "/Users" else "displayName"
+            body = {**body, key: f"{self.serial()}-{body[key]}"}
+            reply = self.request("POST", path, body)
+        assert reply.status == 201, reply
+        return str(reply.data["id"])
+
+    _serial = 0
+
+    def serial(self) -> int:
+        Gateway._serial += 1
+        return Gateway._serial
+
+    # -- the two databases
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        out = {t: sorted(map(tuple, self.app_db.execute(f"SELECT * FROM {t}")), key=repr) for t in ("employees", "teams", "team_members")}
+        out["resources"] = sorted(map(tuple, self.store_db.execute("SELECT * FROM resources")), key=repr)
+        out["members"] = sorted(map(tuple, self.store_db.execute("SELECT * FROM members")), key=repr)
+        return out
+
+    def assert_consistent(self, reply: Reply) -> None:
+        pending = self.store_db.execute("SELECT seq, op, resource_id FROM journal WHERE state = 'pending'").fetchall()
+        assert not pending, (reply, "journal entries left pending", pending)
+        odd = self.store_db.execute("SELECT id, state FROM resources WHERE state != 'active' OR pending_seq IS NOT NULL").fetchall()
+        assert not odd, (reply, "store rows left mid-write", odd)
+        for kind, table, key, unique in (("User", "employees", "emp_no", "login"), ("Group", "teams", "team_id", "team_name")):
+            store = {r[0]: r[1] for r in self.store_db.execute("SELECT native_id, unique_key FROM resources WHERE type = ?", (kind,))}
+            app = {str(r[0]): r[1] for r in self.app_db.execute(f"SELECT {key}, {unique} FROM {table}")}
+            assert set(store) == set(app), (reply, f"{kind}: store native ids {sorted(set(store) - set(app))} not in {table}; "
+                                                   f"{table} rows {sorted(set(app) - set(store))} not linked")
+            for native, unique_key in store.items():
+                assert unique_key == app[native].lower(), (reply, f"{kind} {native}: store key {unique_key!r}, app has {app[native]!r}")
+        native_of = dict(self.store_db.execute("SELECT id, native_id FROM resources"))
+        store_pairs = {(native_of.get(g), native_of.get(m)) for g, m in self.store_db.execute("SELECT group_id, member_id FROM members")}
+        app_pairs = {(str(t), str(e)) for t, e in self.app_db.execute("SELECT team_id, emp_no FROM team_members")}
+        assert store_pairs == app_pairs, (reply, "membership differs", store_pairs ^ app_pairs)
+
+
+def check_reply(reply: Reply) -> None:
+    """Never 5xx; SCIM content type; an error is an RFC 7644 Error naming its status."""
+    assert reply.status < 500, reply
+    if reply.status in (204, 304) or reply.method == "HEAD":
+        return
+    assert reply.content_type == SCIM_TYPE, reply
+    try:
+        data = reply.data
+    except ValueError:
+        raise AssertionError(f"not JSON: {reply!r}") from None
+    if reply.status >= 400:
+        assert isinstance(data, dict), reply
+        assert data.get("schemas") == [ERROR_URN], reply
+        assert data.get("status") == str(reply.status), reply
+        assert isinstance(data.get("detail"), str) and data["detail"].strip(), reply
+        assert data.get("scimType") is None or data["scimType"] in SCIM_TYPES, reply
+
+
+def attack(gw: Gateway, send: Any) -> Reply:
+    """Send one request (`send()` returns its Reply) and check every property around it."""
+    before = gw.snapshot()
+    reply = send()
+    check_reply(reply)
+    if reply.method in WRITES and reply.status >= 400:
+        after = gw.snapshot()
+        changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+        assert not changed, (reply, "a refused write changed rows", changed)
+    gw.assert_consistent(reply)
+    if reply.status < 400 and reply.method in WRITES:
+        gw.ensure_victims()
+    return reply
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    gateway = Gateway(tmp_path)
+    try:
+        yield gateway
+    finally:
+        gateway.close()
+
+
+# ---------------------------------------------------------------- strategies: names and values
+
+USER_NAMES = [
+    "id", "externalId", "userName", "name", "name.givenName", "name.familyName", "name.formatted", "name.middleName",
+    "displayName", "nickName", "profileUrl", "title", "userType", "preferredLanguage", "locale", "timezone", "active",
+    "password", "emails", "emails.value", "emails.type", "emails.primary", "emails.display", "phoneNumbers",
+    "phoneNumbers.value", "phoneNumbers.type", "ims", "photos", "addresses", "addresses.streetAddress", "addresses.country",
+    "groups", "groups.value", "groups.display", "entitlements", "roles", "roles.value", "x509Certificates", "x509Certificates.value",
+    "meta", "meta.created", "meta.lastModified", "meta.resourceType", "meta.version", "meta.location", "schemas",
+    f"{ENTERPRISE_URN}:department", f"{ENTERPRISE_URN}:employeeNumber", f"{ENTERPRISE_URN}:costCenter",
+    f"{ENTERPRISE_URN}:manager", f"{ENTERPRISE_URN}:manager.value", f"{ENTERPRISE_URN}:manager.displayName",
+    f"{ENTERPRISE_URN}.department", f"{ENTERPRISE_URN}.manager", f"{USER_URN}:userName", f"{USER_URN}:name.givenName",
+    ENTERPRISE_URN, USER_URN,
+]
+GROUP_NAMES = ["id", "externalId", "displayName", "members", "members.value", "members.display", "members.type", "members.$ref",
+               "meta", "meta.created", "meta.lastModified", f"{GROUP_URN}:displayName", f"{GROUP_URN}:members", GROUP_URN]
+UNKNOWN_NAMES = [
+    "shoeSize", "name.nickname", "emails.colour", "urn:example:ext:1.0:User:foo", f"{ENTERPRISE_URN}:nope", f"{ENTERPRISE_URN}:",
+    f"{GROUP_URN}:displayName", "urn:", "urn:ietf", "urn:ietf:params:scim:schemas:core:2.0", "ENT.department", "a.b.c.d",
+    "$ref", "", " ", ".", "..", "name.", ".name", "USERNAME", "Emails.VALUE", "üsername", "名前", "user name", "userName\u0000",
+    "emails[type eq \"work\"].value", "members[value eq \"x\"]", "emails[", "]", "urn:microsoft:azure:ad:scim:2.0:Group",
+    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value.x", "name.givenName.extra",
+]
+ALL_NAMES = USER_NAMES + GROUP_NAMES + UNKNOWN_NAMES
+
+
+def case_variants(name: str) -> st.SearchStrategy[str]:
+    return st.sampled_from([name, name.lower(), name.upper(), name.swapcase()])
+
+
+names = st.sampled_from(ALL_NAMES).flatmap(case_variants)
+HOSTILE_CHARS = ["\u0000", "\ud800", "\udfff", "\ufeff", "\u202e", "\uffff", "\U0001f600", "\\", '"', "'", "%", "\n", "\t", "é", "ß", "İ", "\u212a"]
+# Text that includes lone surrogates (JSON can carry them as \ud800 escapes).
+wild_text = st.text(
+    alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from(HOSTILE_CHARS), st.characters(categories=["Cs"])),
+    max_size=40,
+)
+plain_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+huge_ints = st.sampled_from([2**63, -(2**63) - 1, 10**30, -(10**30), 2**64, 10**400])
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), huge_ints, st.floats(allow_nan=False, allow_infinity=False),
+    wild_text, st.sampled_from(["True", "False", "true", "FALSE", "yes", "", " ", "null", "2024-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00"]),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.one_of(names, plain_text), inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+def nested(depth: int) -> Any:
+    value: Any = "deep"
+    for i in range(depth):
+        value = [value] if i % 2 else {"value": value}
+    return value
+
+
+deep_values = st.sampled_from([10, 100, 500, 2000]).map(nested)
+big_values = st.sampled_from(["x" * 100_000, ["a"] * 5000, {f"k{i}": i for i in range(3000)}])
+multi_item = st.fixed_dictionaries(
+    {},
+    optional={"value": scalars, "type": st.one_of(st.sampled_from(["work", "home", "Work", "other"]), scalars),
+              "primary": st.one_of(st.booleans(), st.sampled_from(["True", "false", "maybe"]), scalars),
+              "display": scalars, "$ref": scalars},
+)
+values = st.one_of(
+    json_values, scalars, st.lists(multi_item, max_size=4), multi_item, deep_values, big_values,
+)
+
+
+# ---------------------------------------------------------------- strategies: filters
+
+VALID_FILTER_ATTRS = [
+    "userName", "displayName", "title", "active", "emails", "emails.value", "emails.type", "emails.primary", "name.givenName",
+    "name.familyName", "phoneNumbers.value", "meta.created", "meta.lastModified", "meta.resourceType", "id", "externalId",
+    "groups", "groups.value", f"{ENTERPRISE_URN}:department", f"{ENTERPRISE_URN}:manager.value", f"{ENTERPRISE_URN}:manager",
+    f"{ENTERPRISE_URN}:employeeNumber", "password", "members", "members.value", "members.display", "x509Certificates.value",
+]
+BAD_FILTER_ATTRS = ["shoeSize", "name.nick", "urn:foo:bar:baz", "urn:foo:bar:baz:attr", f"{ENTERPRISE_URN}:nope", "1abc", "a-b", "a..b",
+                    "emails.value.x", "_x", "ñame", "$ref", "members.$ref", f"{USER_URN}:userName", f"{GROUP_URN}:displayName"]
+filter_attrs = st.one_of(st.sampled_from(VALID_FILTER_ATTRS).flatmap(case_variants), st.sampled_from(BAD_FILTER_ATTRS))
+compare_ops = st.sampled_from(["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le", "EQ", "Eq", "like", "==", "in", "", "pr"])
+filter_values = st.one_of(
+    plain_text.map(json.dumps),
+    wild_text.map(lambda s: json.dumps(s, ensure_ascii=False)),
+    wild_text.map(json.dumps),
+    st.integers().map(str), huge_ints.map(str), st.floats(allow_nan=False).map(repr),
+    st.sampled_from(["true", "false", "null", "True", "NULL", '"', '"abc', 'abc"', "'single'", '""', '"\\"', '"\\u00"', "1e999", "-0", "0x10",
+                     '"2024-01-01T00:00:00Z"', '"0001-01-01T00:00:00+01:00"', '"9999-12-31T23:59:59-14:00"', '"2024-13-45"', '"now"',
+                     "bare", "[", "]", "()"]),
+)
+
+
+def _leaf(parts: tuple[str, str, str]) -> str:
+    attr, op, value = parts
+    return f"{attr} {op}" if op == "pr" else f"{attr} {op} {value}"
+
+
+leaf_filters = st.one_of(
+    st.tuples(filter_attrs, compare_ops, filter_values).map(_leaf),
+    filter_attrs.map(lambda a: f"{a} pr"),
+)
+
+
+def _value_path(parts: tuple[str, str, str | None]) -> str:
+    attr, inner, sub = parts
+    return f"{attr}[{inner}]" + (f".{sub}" if sub else "")
+
+
+def _combine(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.tuples(inner, st.sampled_from(["and", "or", "AND", "Or", "xor", ""]), inner).map(lambda t: " ".join(t)),
+        inner.map(lambda f: f"({f})"),
+        inner.map(lambda f: f"not ({f})"),
+        inner.map(lambda f: f"not {f}"),
+        st.tuples(filter_attrs, inner, st.one_of(st.none(), st.sampled_from(["value", "type", "nope"]))).map(_value_path),
+        inner.map(lambda f: f"({f}"),
+        inner.map(lambda f: f"{f})"),
+        inner.map(lambda f: f"emails[{f}"),
+    )
+
+
+def _deep(parts: tuple[int, str, str]) -> str:
+    depth, kind, leaf = parts
+    if kind == "parens":
+        return "(" * depth + leaf + ")" * depth
+    if kind == "not":
+        return "not (" * depth + leaf + ")" * depth
+    if kind == "brackets":
+        return "emails[" * depth + 'type eq "work"' + "]" * depth
+    return " and ".join([leaf] * depth)
+
+
+deep_filters = st.tuples(st.sampled_from([20, 33, 100, 400, 2000]), st.sampled_from(["parens", "not", "brackets", "chain"]), leaf_filters).map(_deep)
+filters = st.one_of(
+    st.recursive(leaf_filters, _combine, max_leaves=6),
+    deep_filters,
+    st.text(max_size=60),
+    wild_text,
+    st.lists(st.sampled_from(['userName', 'eq', '"x"', '(', ')', '[', ']', 'and', 'or', 'not', 'pr', ' ', '.', ':', 'urn:x', '"', '\\', 'emails', 'value']), max_size=12).map("".join),
+)
+
+
+# ---------------------------------------------------------------- property: filters
+
+
+@hostile(max_examples=120)
+@given(text=filters, how=st.sampled_from(["get-users", "get-groups", "search-users", "search-groups", "search-root"]))
+def test_filters_never_5xx(gw: Gateway, text: str, how: str) -> None:
+    kind = "Groups" if "groups" in how else "Users"
+    if how.startswith("get"):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return  # a query string cannot carry a lone surrogate; the search body below can
+        reply = attack(gw, lambda: gw.request("GET", f"/{kind}", params={"filter": text}))
+    elif how == "search-root":
+        reply = attack(gw, lambda: gw.request("POST", "/.search", {"schemas": [SEARCH_URN], "filter": text}))
+    else:
+        reply = attack(gw, lambda: gw.request("POST", f"/{kind}/.search", {"schemas": [SEARCH_URN], "filter": text}))
+    if reply.status == 200:
+        assert reply.data["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:ListResponse"], reply
+    elif reply.status == 400:
+        assert reply.data.get("scimType") in ("invalidFilter", "invalidValue", "invalidSyntax", "tooMany"), reply
+
+
+# ---------------------------------------------------------------- property: PATCH
+
+
+OPS = st.one_of(
+    st.sampled_from(["add", "remove", "replace", "Add", "Replace", "Remove", "REPLACE", "ADD"]),
+    st.sampled_from(["delete", "", "move", "copy", "test", " add"]),
+    scalars,
+)
+patch_paths = st.one_of(
+    names,
+    st.tuples(st.sampled_from(["emails", "phoneNumbers", "members", "addresses", "roles", "title", "name", "groups", f"{ENTERPRISE_URN}:manager"]),
+              st.recursive(leaf_filters, _combine, max_leaves=3),
+              st.one_of(st.none(), st.sampled_from(["value", "type", "primary", "display", "nope"]))).map(_value_path),
+    st.sampled_from(['emails[type eq "work"].value', 'emails[type eq "work"]', 'members[value eq "nobody"]', "emails.type eq \"work\"",
+                     'emails[type eq "work" and primary eq true].value', 'emails[value co "@"]', "members[value pr]", "name.givenName",
+                     f"{ENTERPRISE_URN}:manager", f"{ENTERPRISE_URN}:manager.value", "urn:nope", "emails[]", "emails[type eq work]"]),
+    plain_text, wild_text,
+    st.none(), st.integers(), st.lists(st.integers(), max_size=2),
+)
+
+
+def pathless_value(ids: dict[str, str]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.dictionaries(names, values, max_size=5),
+        st.dictionaries(st.sampled_from([ENTERPRISE_URN, USER_URN, GROUP_URN]), st.one_of(st.dictionaries(names, values, max_size=3), values), max_size=2),
+        values,
+    )
+
+
+def entra_okta_ops(ids: dict[str, str]) -> st.SearchStrategy[dict[str, Any]]:
+    some_id = st.one_of(st.sampled_from(list(ids.values())), plain_text, st.just("no-such-id"), scalars)
+    member_list = st.lists(st.fixed_dictionaries({"value": some_id}, optional={"display": scalars}), max_size=3)
+    return st.one_of(
+        st.builds(lambda v: {"op": "Replace", "path": "active", "value": v}, st.one_of(st.sampled_from(["False", "True", "maybe"]), scalars)),
+        st.builds(lambda v: {"op": "Add", "path": 'emails[type eq "work"].value', "value": v}, values),
+        st.builds(lambda g, d: {"op": "Replace", "value": {"name.givenName": g, f"{ENTERPRISE_URN}:department": d}}, values, values),
+        st.builds(lambda m: {"op": "Remove", "path": "members", "value": m}, st.one_of(member_list, values)),
+        st.builds(lambda m: {"op": "add", "path": "members", "value": m}, st.one_of(member_list, values)),
+        st.builds(lambda i, n: {"op": "replace", "value": {"id": i, "displayName": n}}, some_id, values),
+        st.builds(lambda m: {"op": "Replace", "path": f"{ENTERPRISE_URN}:manager", "value": m}, st.one_of(some_id, values)),
+        st.builds(lambda i: {"op": "remove", "path": f'members[value eq "{i}"]'}, some_id.map(str)),
+        st.builds(lambda v: {"op": "replace", "path": "userName", "value": v}, st.one_of(plain_text, st.just("BYSTANDER@example.com"), values)),
+        st.builds(lambda v: {"op": "replace", "path": "displayName", "value": v}, st.one_of(plain_text, st.just("victims"), values)),
+    )
+
+
+def random_ops(ids: dict[str, str]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "op": OPS, "path": patch_paths, "value": st.one_of(values, pathless_value(ids)),
+            "Op": OPS, "PATH": patch_paths, "Value": values, "extra": scalars,
+        },
+    )
+
+
+def patch_bodies(ids: dict[str, str]) -> st.SearchStrategy[Any]:
+    operations = st.lists(st.one_of(entra_okta_ops(ids), random_ops(ids), scalars), min_size=1, max_size=4)
+    return st.one_of(
+        operations.map(lambda ops: {"schemas": [PATCH_URN], "Operations": ops}),
+        operations.map(lambda ops: {"schemas": [PATCH_URN], "Operations": ops}),
+        st.fixed_dictionaries({}, optional={"schemas": st.one_of(st.just([PATCH_URN]), values), "Operations": st.one_of(operations, values),
+                                            "operations": operations}),
+        values,
+    )
+
+
+etags = st.one_of(st.none(), st.sampled_from(['W/"1"', '"1"', "*", 'W/"99999999999999999999999"', "garbage", 'W/""', ""]), plain_text)
+
+
+@hostile(max_examples=150)
+@given(data=st.data())
+def test_patch_never_5xx_and_refusals_change_nothing(gw: Gateway, data: st.DataObject) -> None:
+    target = data.draw(st.sampled_from(["uid", "gid", "bystander"]), label="target")
+    body = data.draw(patch_bodies(gw.ids), label="body")
+    etag = data.draw(etags, label="If-Match")
+    headers = {} if etag is None else {"If-Match": etag}
+    kind = "Groups" if target == "gid" else "Users"
+    try:
+        headers and etag.encode("latin-1")
+    except UnicodeEncodeError:
+        headers = {}
+    reply = attack(gw, lambda: gw.request("PATCH", f"/{kind}/{gw.ids[target]}", body, headers=headers))
+    if reply.status == 200:
+        assert reply.data["id"] == gw.ids[target] or target not in gw.ids, reply
+
+
+# ---------------------------------------------------------------- property: POST / PUT bodies
+
+
+def resource_bodies(kind: str, ids: dict[str, str]) -> st.SearchStrategy[Any]:
+    key = "userName" if kind == "Users" else "displayName"
+    fresh_name = st.one_of(plain_text.filter(lambda s: s.strip()), st.sampled_from(["victim@example.com", "BYSTANDER@EXAMPLE.COM", "Victims"]))
+    attrs = st.dictionaries(names, values, max_size=6)
+    return st.one_of(
+        st.tuples(fresh_name, attrs).map(lambda t: {"schemas": [USER_URN if kind == "Users" else GROUP_URN], key: t[0], **t[1]}),
+        st.tuples(st.one_of(fresh_name, values), attrs).map(lambda t: {key: t[0], **t[1]}),
+        st.tuples(fresh_name, st.sampled_from([ENTERPRISE_URN, "urn:example:ext", USER_URN, GROUP_URN]), values).map(
+            lambda t: {key: t[0], t[1]: t[2]}),
+        st.tuples(fresh_name, st.lists(st.fixed_dictionaries({"value": st.one_of(st.sampled_from(list(ids.values())), scalars)}), max_size=3)).map(
+            lambda t: {key: t[0], "members": t[1]}),
+        st.tuples(fresh_name, st.one_of(st.sampled_from(list(ids.values())), values)).map(
+            lambda t: {key: t[0], ENTERPRISE_URN: {"manager": t[1]}}),
+        attrs,
+        values,
+    )
+
+
+@hostile(max_examples=150)
+@given(data=st.data())
+def test_post_and_put_bodies_never_5xx(gw: Gateway, data: st.DataObject) -> None:
+    how = data.draw(st.sampled_from(["POST Users", "POST Groups", "PUT uid", "PUT gid", "PUT bystander"]), label="how")
+    method, what = how.split()
+    kind = "Groups" if what in ("Groups", "gid") else "Users"
+    body = data.draw(resource_bodies(kind, gw.ids), label="body")
+    if method == "PUT" and isinstance(body, dict) and data.draw(st.booleans(), label="with id"):
+        body = {**body, "id": data.draw(st.one_of(st.just(gw.ids[what]), scalars), label="id")}
+    path = f"/{kind}" if method == "POST" else f"/{kind}/{gw.ids[what]}"
+    reply = attack(gw, lambda: gw.request(method, path, body))
+    if reply.status in (200, 201):
+        assert isinstance(reply.data.get("id"), str), reply
+
+
+# ---------------------------------------------------------------- property: query parameters
+
+
+param_values = st.one_of(
+    plain_text, st.integers().map(str), huge_ints.map(str), st.floats().map(repr),
+    st.sampled_from(["", " ", "-1", "0", "1", "1e3", "0x10", "١٢", "ascending", "DESCENDING", "sideways", ",", ",,,", "urn:x:y",
+                     ENTERPRISE_URN, f"{ENTERPRISE_URN}:manager", "emails.value,name", "members", "groups", "meta", "id", "password"]),
+    st.lists(names, max_size=4).map(",".join),
+)
+PARAM_NAMES = ["startIndex", "count", "sortBy", "sortOrder", "attributes", "excludedAttributes", "filter", "STARTINDEX", "aadOptscim062020", "count "]
+
+
+@hostile(max_examples=120)
+@given(data=st.data())
+def test_query_parameters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
+    target = data.draw(st.sampled_from(["/Users", "/Groups", "/Users/{uid}", "/Groups/{gid}", "search", "encoded"]), label="target")
+    if target == "search":
+        kind = data.draw(st.sampled_from(["/Users", "/Groups", ""]), label="kind")
+        body = data.draw(st.dictionaries(st.sampled_from(PARAM_NAMES + ["schemas"]), st.one_of(param_values, values), max_size=5), label="body")
+        attack(gw, lambda: gw.request("POST", f"{kind}/.search", body))
+        return
+    if target == "encoded":
+        # Raw query strings: invalid percent-escapes and bytes that are not UTF-8.
+        raw = data.draw(st.lists(st.one_of(
+            st.sampled_from(["startIndex=", "count=", "sortBy=", "attributes=", "excludedAttributes=", "filter=", "&", "=", "%", "%ff", "%ED%A0%80",
+                             "%00", "%25", "+", "%2B", "%C3%28", "%E2%82", ";", "#", "%%", "count=%31"]),
+            st.text(alphabet=string.ascii_letters + string.digits + "-._~", max_size=8)), max_size=10), label="query")
+        attack(gw, lambda: gw.request_encoded("GET", f"{BASE}/Users?{''.join(raw)}"))
+        return
+    params = data.draw(st.dictionaries(st.sampled_from(PARAM_NAMES), param_values, max_size=5), label="params")
+    attack(gw, lambda: gw.request("GET", target.format(**gw.ids), params=params))
+
+
+# ---------------------------------------------------------------- property: Bulk
+
+
+def bulk_bodies(ids: dict[str, str]) -> st.SearchStrategy[Any]:
+    path = st.one_of(
+        st.sampled_from(["/Users", "/Groups", "/Users/bulkId:a", "/Groups/bulkId:b", "/Users/bulkId:nope", "Users", "/Users/x/y",
+                         "/Schemas", "/Bulk", "/", "", "/Users/", "/users", "/Users/bulkId:"]),
+        st.sampled_from(list(ids.values())).flatmap(lambda i: st.sampled_from([f"/Users/{i}", f"/Groups/{i}"])),
+        plain_text, scalars,
+    )
+    method = st.one_of(st.sampled_from(["POST", "PUT", "PATCH", "DELETE", "post", "Patch", "GET", "HEAD", ""]), scalars)
+    data_ = st.one_of(
+        resource_bodies("Users", ids), resource_bodies("Groups", ids), patch_bodies(ids),
+        st.just({"schemas": [GROUP_URN], "displayName": "bulk group", "members": [{"value": "bulkId:a"}]}),
+        st.just({"schemas": [USER_URN], "userName": "bulk-report@example.com", ENTERPRISE_URN: {"manager": {"value": "bulkId:a"}}}),
+    )
+    operation = st.fixed_dictionaries(
+        {},
+        optional={"method": method, "path": path, "bulkId": st.one_of(st.sampled_from(["a", "b", "c"]), scalars),
+                  "data": data_, "version": etags},
+    )
+    operations = st.lists(st.one_of(operation, scalars), max_size=5)
+    return st.one_of(
+        st.tuples(operations, st.one_of(st.none(), st.integers(), scalars)).map(
+            lambda t: {"schemas": [BULK_URN], "Operations": t[0], **({} if t[1] is None else {"failOnErrors": t[1]})}),
+        st.fixed_dictionaries({}, optional={"schemas": values, "Operations": st.one_of(operations, values), "failOnErrors": values}),
+        values,
+    )
+
+
+@hostile(max_examples=120)
+@given(data=st.data())
+def test_bulk_never_5xx(gw: Gateway, data: st.DataObject) -> None:
+    body = data.draw(bulk_bodies(gw.ids), label="body")
+    reply = attack(gw, lambda: gw.request("POST", "/Bulk", body))
+    if reply.status == 200:
+        results = reply.data["Operations"]
+        assert isinstance(results, list), reply
+        for result in results:
+            assert isinstance(result["status"], str) and result["status"].isdigit(), reply
+            assert int(result["status"]) < 500, reply
+            if int(result["status"]) >= 400:
+                assert result["response"]["schemas"] == [ERROR_URN], reply
+                assert result["response"]["status"] == result["status"], reply
+
+
+# ---------------------------------------------------------------- property: raw paths
+
+
+segment = st.one_of(
+    st.sampled_from(["Users", "users", "USERS", "Groups", "Schemas", "ResourceTypes", "ServiceProviderConfig", "Bulk", ".search", "Me",
+                     "User", "..", ".", "%2e%2e", "%2F", "%00", "%ff", "%ED%A0%80", "%", "%zz", "~", "*", "{uid}", "{gid}",
+                     "%7Buid%7D", ";x=1", ENTERPRISE_URN, quote(ENTERPRISE_URN, safe=""), "bulkId:a"]),
+    st.sampled_from([4000]).map(lambda n: "a" * n),
+    st.text(max_size=30).map(lambda s: quote(s, safe="")),
+    st.text(alphabet=string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@", max_size=20),
+)
+
+
+@hostile(max_examples=120)
+@given(data=st.data())
+def test_raw_paths_never_5xx(gw: Gateway, data: st.DataObject) -> None:
+    prefix = data.draw(st.sampled_from([BASE, BASE, BASE, "/apps/nope/scim/v2", "/apps/demo/scim/v2x", "", "/apps/demo", "/apps/%64emo/scim/v2"]), label="prefix")
+    parts = data.draw(st.lists(segment, max_size=4), label="segments")
+    trailing = data.draw(st.sampled_from(["", "/", "//", "?x=%ff"]), label="trailing")
+    method = data.draw(st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"]), label="method")
+    body = data.draw(st.one_of(st.none(), st.just(user_body("raw@example.com")), values), label="body")
+    path = prefix + "".join("/" + p.format(**gw.ids) for p in parts) + trailing
+    if not path.startswith("/"):
+        path = "/" + path
+    attack(gw, lambda: gw.request_encoded(method, path, body if method not in ("GET", "HEAD") else None))
+
+
+# ---------------------------------------------------------------- regressions: bugs these tests found
+
+
+def _regress(gw: Gateway, method: str, path: str, body: Any = None, *, raw: bytes | None = None, params: dict[str, str] | None = None) -> Reply:
+    reply = attack(gw, lambda: gw.request(method, path, body, raw=raw, params=params))
+    return reply
