@@ -16,12 +16,13 @@ from .app import APPS, SETTINGS, AppRuntime
 from .provisioning.provisioner import Provisioner
 from .scim import bulk as scim_bulk
 from .scim.discovery import list_response, schemas_of, service_provider_config
-from .scim.errors import ScimError, invalid_syntax, invalid_value, not_found
+from .scim.errors import ScimError, invalid_syntax, invalid_value, not_found, unavailable
 from .scim.listing import check_search_body, parse_list_request
 from .scim.patch import apply_patch
 from .scim.projection import parse_attribute_list, project
 from .scim.resource import normalize_resource
 from .scim.schema import ResourceType
+from .store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ _ETAG_RE = re.compile(r'^(?:W/)?"(\d+)"$')
 
 def scim_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        # backslashreplace: a lone surrogate (only possible inside a JSON string) goes out as its \\u escape, not a 500.
+        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace"),
         status=status,
         content_type=SCIM_CONTENT_TYPE,
         charset="utf-8",
@@ -51,6 +53,9 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return await handler(request)
     except ScimError as exc:
         return error_response(exc)
+    except StoreUnavailable as exc:
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return error_response(unavailable("the gateway's correlation store is unavailable; retry later", 5))
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].limits.max_body_bytes
         return error_response(ScimError(413, f"the request body is larger than the limit of {limit} bytes", "tooLarge"))
@@ -103,9 +108,51 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise invalid_syntax("the request body is empty")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid_syntax(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise invalid_syntax(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    check_json(body)
+    return body
+
+
+MAX_JSON_DEPTH = 64
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+
+
+def check_json(body: Any) -> None:
+    """Refuse what parses as JSON but is no SCIM body and would break later layers.
+
+    Nesting deeper than MAX_JSON_DEPTH (no SCIM message comes close; recursive
+    code further in would hit Python's recursion limit) and unpaired UTF-16
+    surrogates (JSON's \\ud800 escapes decode to text that is not Unicode and
+    cannot be stored). Iterative, so hostile depth cannot blow the stack here.
+    """
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE_RE.search(value):
+                raise invalid_syntax(f"the request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) in the value at {_where(where)}: text must be valid Unicode")
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            raise invalid_syntax(f"the request body nests deeper than {MAX_JSON_DEPTH} levels (at {_where(where)})")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _SURROGATE_RE.search(key):
+                    raise invalid_syntax(f"the request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) in a member name at {_where(where)}: text must be valid Unicode")
+                stack.append((item, f"{where}.{key}" if where else key, depth + 1))
+        else:
+            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+
+
+def _where(path: str) -> str:
+    if not path:
+        return "the top level"
+    return path if len(path) <= 120 else path[:60] + "..." + path[-57:]
 
 
 def parse_etag(header: str | None) -> int | None:

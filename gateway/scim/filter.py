@@ -9,7 +9,7 @@ SQL (gateway/store/sqlfilter.py).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -138,9 +138,13 @@ def _check_comparison(node: Comparison, target: Attribute) -> None:
 
 def _parse_datetime(value: str) -> datetime | None:
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is not None:
+            # In range here but not in UTC (0001-01-01T00:00:00+01:00, 9999-12-31T23:59:59-14:00): not comparable.
+            parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
+    return parsed
 
 
 # ---------------------------------------------------------------- in-memory matching

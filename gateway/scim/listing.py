@@ -12,6 +12,9 @@ from .query import Query
 from .schema import SEARCH_REQUEST, ResourceType
 
 
+MAX_START_INDEX = 2**62
+
+
 @dataclass(slots=True)
 class ListRequest:
     query: Query
@@ -67,7 +70,8 @@ def parse_list_request(
             raise invalid_value(f"sortOrder must be ascending or descending, got {order!r}")
         query.descending = order.lower() == "descending"
     start = _int("startIndex", lowered.get("startindex"))
-    query.start_index = max(start, 1) if start is not None else 1
+    # Past the end is an empty page (RFC 7644 §3.4.2.4); the cap keeps the offset a 64-bit SQL integer.
+    query.start_index = min(max(start, 1), MAX_START_INDEX) if start is not None else 1
     count = _int("count", lowered.get("count"))
     query.count = default_count if count is None else min(max(count, 0), max_count)
     return ListRequest(query, _names(lowered.get("attributes"), "attributes"), _names(lowered.get("excludedattributes"), "excludedAttributes"))

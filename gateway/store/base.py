@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..scim.query import Query
 from ..scim.schema import ResourceType
 
-__all__ = ["Busy", "Gone", "Member", "NativeConflict", "Pending", "Query", "Row", "Store", "StoreError", "UniqueConflict", "VersionMismatch"]
+__all__ = ["Busy", "Gone", "Member", "NativeConflict", "Pending", "Query", "Row", "Store", "StoreError", "StoreUnavailable", "UniqueConflict", "VersionMismatch"]
 
 
 class StoreError(Exception):
@@ -41,6 +41,10 @@ class VersionMismatch(StoreError):
 
 class Busy(StoreError):
     """Another write to this resource is in flight (possibly in another process)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database failed (locked past the timeout, disk error, down): the IdP should retry."""
 
 
 class Gone(StoreError):

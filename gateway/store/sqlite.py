@@ -13,13 +13,15 @@ import asyncio
 import json
 import sqlite3
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from ..scim.schema import ResourceType
-from .base import Busy, Gone, Member, NativeConflict, Pending, Query, Row, UniqueConflict, VersionMismatch
+from .base import Busy, Gone, Member, NativeConflict, Pending, Query, Row, StoreUnavailable, UniqueConflict, VersionMismatch
 from .sqlfilter import SqliteFilter
 
 MIGRATIONS: list[str] = [
@@ -121,14 +123,24 @@ class SqliteStore:
                 await self.db.execute("ROLLBACK")
                 raise
 
+    @asynccontextmanager
+    async def _access(self) -> AsyncIterator[None]:
+        """The connection, to one coroutine at a time; a database that fails is StoreUnavailable (503)."""
+        async with self._lock:
+            try:
+                yield
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"the correlation store failed: {exc}") from exc
+
     async def _tx(self, work: Any) -> Any:
         """Run `work(db)` in one IMMEDIATE transaction under the connection lock."""
-        async with self._lock:
+        async with self._access():
             await self.db.execute("BEGIN IMMEDIATE")
             try:
                 result = await work(self.db)
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
             return result
@@ -334,7 +346,7 @@ class SqliteStore:
         return bool(await self._tx(work))
 
     async def pending(self, app: str) -> list[Pending]:
-        async with self._lock:
+        async with self._access():
             cur = await self.db.execute("SELECT * FROM journal WHERE app = ? AND state = 'pending' ORDER BY seq", (app,))
             return [
                 Pending(r["seq"], r["app"], r["type"], r["resource_id"], r["op"], json.loads(r["payload"]))
@@ -343,14 +355,14 @@ class SqliteStore:
 
     async def get_any(self, rid: str) -> Row | None:
         """A row in any state (recovery needs the ones being created)."""
-        async with self._lock:
+        async with self._access():
             rec = await (await self.db.execute("SELECT * FROM resources WHERE id = ?", (rid,))).fetchone()
         return None if rec is None else self._row(rec)
 
     # ------------------------------------------------------------------ reads
 
     async def get(self, app: str, rtype: str, rid: str) -> Row | None:
-        async with self._lock:
+        async with self._access():
             rec = await (
                 await self.db.execute(
                     "SELECT * FROM resources WHERE id = ? AND app = ? AND type = ? AND state = 'active'", (rid, app, rtype)
@@ -359,7 +371,7 @@ class SqliteStore:
         return None if rec is None else self._row(rec)
 
     async def by_native(self, app: str, rtype: str, native_id: str) -> Row | None:
-        async with self._lock:
+        async with self._access():
             rec = await (
                 await self.db.execute(
                     "SELECT * FROM resources WHERE app = ? AND type = ? AND native_id = ? AND state = 'active'",
@@ -373,7 +385,7 @@ class SqliteStore:
         if not rids:
             return {}
         out: dict[str, tuple[str, str]] = {}
-        async with self._lock:
+        async with self._access():
             for chunk in _chunks(rids, 500):
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT id, type, native_id FROM resources WHERE app = ? AND state = 'active' AND id IN ({marks})"
@@ -389,7 +401,7 @@ class SqliteStore:
         if not native_ids:
             return {}
         out: dict[str, str] = {}
-        async with self._lock:
+        async with self._access():
             for chunk in _chunks(native_ids, 500):
                 marks = ",".join("?" * len(chunk))
                 cur = await self.db.execute(
@@ -401,7 +413,7 @@ class SqliteStore:
         return out
 
     async def members(self, app: str, group_id: str) -> list[Member]:
-        async with self._lock:
+        async with self._access():
             cur = await self.db.execute(
                 "SELECT m.member_id, m.member_type, m.display, r.data FROM members m"
                 " JOIN resources r ON r.id = m.member_id"
@@ -412,7 +424,7 @@ class SqliteStore:
         return [Member(r[0], r[1], r[2] or _display(r[1], r[3])) for r in rows]
 
     async def groups_of(self, app: str, member_id: str) -> list[Member]:
-        async with self._lock:
+        async with self._access():
             cur = await self.db.execute(
                 "SELECT m.group_id, r.data FROM members m JOIN resources r ON r.id = m.group_id"
                 " WHERE m.app = ? AND m.member_id = ? ORDER BY m.rowid",
@@ -434,7 +446,7 @@ class SqliteStore:
             direction = "DESC" if query.descending else "ASC"
             # Resources without the attribute sort last either way (RFC 7644 §3.4.2.3).
             order = f"({expr}) IS NULL, {expr} {direction}, r.seq"
-        async with self._lock:
+        async with self._access():
             total_row = await (
                 await self.db.execute(f"SELECT count(*) FROM resources r WHERE {where}", [*head_params, *builder.params])
             ).fetchone()
