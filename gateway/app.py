@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -84,6 +86,18 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+async def _recovery_sweep(provisioner: Provisioner, interval: float) -> None:
+    """Settle, while serving, writes left pending longer than two intervals (a failed settle, a dead peer process)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            repaired = await provisioner.recover(older_than=2 * interval)
+            if repaired:
+                log.info("app %s: recovery settled %d unfinished writes", provisioner.app, repaired)
+        except Exception:
+            log.exception("app %s: recovery sweep failed; it runs again in %s s", provisioner.app, interval)
+
+
 def _connector_ctx(mapping: CompiledMapping):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
@@ -98,7 +112,11 @@ def _connector_ctx(mapping: CompiledMapping):  # type: ignore[no-untyped-def]
         if repaired:
             log.info("app %s: recovery settled %d unfinished writes", mapping.app, repaired)
         app[APPS][mapping.app] = AppRuntime(mapping, connector, provisioner, digests)
+        sweeper = asyncio.create_task(_recovery_sweep(provisioner, settings.recovery_interval), name=f"recovery:{mapping.app}")
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         app[APPS].pop(mapping.app, None)
         await connector.close()
 

@@ -27,6 +27,7 @@ class GatewaySettings(BaseModel):
     )
     public_url: str | None = Field(None, description="Base URL as the IdP reaches it, for Location and meta.location")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    recovery_interval: float = Field(30.0, gt=0, description="Seconds between sweeps for writes left unsettled while serving")
 
     @property
     def store_file(self) -> Path:

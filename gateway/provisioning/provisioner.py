@@ -91,6 +91,7 @@ class Provisioner:
         self.store = store
         self.refs = _Refs(store, self.app)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._inflight: set[int] = set()  # journal entries this process is working on right now
 
     def resource(self, kind: str) -> CompiledResource:
         try:
@@ -164,6 +165,16 @@ class Provisioner:
         except Exception as exc:
             await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
             raise
+
+    async def _run_claimed(
+        self, seq: int, what: str, call: Callable[[], Awaitable[Any]], settle: Callable[[Any], Awaitable[Any]]
+    ) -> Any:
+        """The app's call, then settling the journal entry; the entry counts as in flight (not for recovery) meanwhile."""
+        self._inflight.add(seq)
+        try:
+            return await settle(await self._under_claim(seq, what, call))
+        finally:
+            self._inflight.discard(seq)
 
     async def _claim(self, kind: str, rid: str, op: str, **kwargs: Any) -> tuple[int, Row]:
         """Claim a resource for a write, waiting (bounded) while another request, maybe in another process, holds it."""
@@ -257,17 +268,20 @@ class Provisioner:
             seq = await self.store.begin_create(self.app, kind, rid, unique_key, data, now)
         except UniqueConflict:
             raise uniqueness(f"{cres.unique_attr} {resource[cres.unique_attr]!r} is already taken") from None
+
         async def call() -> str:
             return await self.connector.create_with_members(kind, record, await self._natives(members))
 
-        native_id = await self._under_claim(seq, f"creating {kind}", call)
-        data = await self._read_back(cres, native_id, data)
-        try:
-            row = await self.store.settle_create(seq, native_id, data, members)
-        except NativeConflict:
-            # The app answered with an id another resource already has: it did not create a new record.
-            await self.store.abort(seq, "app returned a native id that is already linked")
-            raise ScimError(502, f"creating {kind}: the app returned the id of an existing record") from None
+        async def settle(native_id: str) -> Row:
+            settled = await self._read_back(cres, native_id, data)
+            try:
+                return await self.store.settle_create(seq, native_id, settled, members)
+            except NativeConflict:
+                # The app answered with an id another resource already has: it did not create a new record.
+                await self.store.abort(seq, "app returned a native id that is already linked")
+                raise ScimError(502, f"creating {kind}: the app returned the id of an existing record") from None
+
+        row = await self._run_claimed(seq, f"creating {kind}", call, settle)
         return row, await self.materialize(cres, row)
 
     async def replace(
@@ -348,12 +362,14 @@ class Provisioner:
         async def call() -> None:
             await self.connector.write(cres.name, native_id, record, await self._natives(add), await self._natives(remove))
 
-        await self._under_claim(seq, f"updating {cres.name} {row.id}", call)
-        data = await self._read_back(cres, row.native_id, data)
-        settled = await self.store.settle_update(
-            seq, data, utc_now(), unique_key, add_members=add, remove_members=[m.id for m in remove]
-        )
-        return settled, await self.materialize(cres, settled)
+        async def settle(_: None) -> Row:
+            settled = await self._read_back(cres, native_id, data)
+            return await self.store.settle_update(
+                seq, settled, utc_now(), unique_key, add_members=add, remove_members=[m.id for m in remove]
+            )
+
+        row = await self._run_claimed(seq, f"updating {cres.name} {row.id}", call, settle)
+        return row, await self.materialize(cres, row)
 
     async def delete(self, kind: str, rid: str, if_match: int | None = None) -> None:
         cres = self.resource(kind)
@@ -374,8 +390,10 @@ class Provisioner:
                 except AppNotFound:
                     pass  # already gone in the app: the delete's goal holds
 
-            await self._under_claim(seq, f"deleting {kind} {rid}", call)
-            await self.store.settle_delete(seq)
+            async def settle(_: None) -> None:
+                await self.store.settle_delete(seq)
+
+            await self._run_claimed(seq, f"deleting {kind} {rid}", call, settle)
         await self._forget_references(kind, rid)
 
     async def _forget_references(self, kind: str, rid: str) -> None:
@@ -395,10 +413,17 @@ class Provisioner:
 
     # ------------------------------------------------------------------ recovery
 
-    async def recover(self) -> int:
-        """Settle every write a crash left pending: link what the app has, roll back what it has not."""
+    async def recover(self, older_than: float | None = None) -> int:
+        """Settle every write a crash left pending: link what the app has, roll back what it has not.
+
+        At start-up every pending entry is stale. While serving, only entries older
+        than `older_than` seconds that this process is not working on are taken (a
+        write whose settle failed, say, or a process that died while others live).
+        """
         repaired = 0
-        for entry in await self.store.pending(self.app):
+        for entry in await self.store.pending(self.app, older_than):
+            if entry.seq in self._inflight:
+                continue
             cres = self.mapping.resources.get(entry.type)
             row = await self.store.get_any(entry.resource_id)
             try:

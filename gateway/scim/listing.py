@@ -11,7 +11,6 @@ from .filter import parse_filter
 from .query import Query
 from .schema import SEARCH_REQUEST, ResourceType
 
-
 MAX_START_INDEX = 2**62
 
 

@@ -345,9 +345,13 @@ class SqliteStore:
 
         return bool(await self._tx(work))
 
-    async def pending(self, app: str) -> list[Pending]:
+    async def pending(self, app: str, older_than: float | None = None) -> list[Pending]:
+        """Unsettled journal entries, oldest first; with `older_than`, only those at least that many seconds old."""
+        cutoff = time.time() - (older_than or 0.0)
         async with self._access():
-            cur = await self.db.execute("SELECT * FROM journal WHERE app = ? AND state = 'pending' ORDER BY seq", (app,))
+            cur = await self.db.execute(
+                "SELECT * FROM journal WHERE app = ? AND state = 'pending' AND at <= ? ORDER BY seq", (app, cutoff)
+            )
             return [
                 Pending(r["seq"], r["app"], r["type"], r["resource_id"], r["op"], json.loads(r["payload"]))
                 for r in await cur.fetchall()

@@ -97,3 +97,33 @@ async def test_delete_that_never_reached_the_app_keeps_the_resource(aiohttp_clie
     assert resp.status == 200 and body["userName"] == "stays"
     resp, _ = await scim.delete(f"/Users/{user['id']}")
     assert resp.status == 204
+
+
+async def test_a_write_left_pending_while_serving_is_settled_by_the_sweep(aiohttp_client: Any, data_dir: Path) -> None:
+    import asyncio
+
+    client = await aiohttp_client(create_app(demo_settings(data_dir, recovery_interval=0.05)))
+    runtime = client.app[APPS]["demo"]
+    store, connector = runtime.provisioner.store, runtime.connector
+    # A create whose settle never happened (say the store failed right after the app answered).
+    await store.begin_create("demo", "User", "33333333-3333-4333-8333-333333333333", "swept", {"userName": "swept"}, utc_now())
+    await connector.create("User", {"login": "swept"})
+    scim = Scim(client)
+    for _ in range(100):
+        _, body = await scim.get('/Users?filter=userName eq "swept"')
+        if body["totalResults"] == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert body["totalResults"] == 1 and body["Resources"][0]["id"] == "33333333-3333-4333-8333-333333333333"
+    assert await store.pending("demo") == []
+
+
+async def test_the_sweep_leaves_writes_in_flight_alone(aiohttp_client: Any, data_dir: Path) -> None:
+    client = await aiohttp_client(create_app(demo_settings(data_dir)))
+    provisioner = client.app[APPS]["demo"].provisioner
+    seq = await provisioner.store.begin_create("demo", "User", "44444444-4444-4444-8444-444444444444", "busy", {"userName": "busy"}, utc_now())
+    provisioner._inflight.add(seq)
+    assert await provisioner.recover(older_than=0) == 0
+    assert [p.seq for p in await provisioner.store.pending("demo")] == [seq]
+    provisioner._inflight.discard(seq)
+    assert await provisioner.recover(older_than=0) == 1
