@@ -136,9 +136,12 @@ class LiveGateway:
 
     def start(self, *extra: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--data-dir", str(self.root / "data"), "--token", self.token, *extra]
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--data-dir", str(self.root / "data")]
+        if self.token:
+            cmd += ["--token", self.token]
+        env = {k: v for k, v in os.environ.items() if k != "SCIM_GATEWAY_TOKEN"}
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*cmd, *extra], cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

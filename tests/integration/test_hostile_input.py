@@ -52,7 +52,7 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis import given
 from yarl import URL
@@ -80,6 +80,39 @@ def hostile(max_examples: int) -> Any:
 
 
 # ---------------------------------------------------------------- the gateway under attack
+
+
+def to_json(value: Any) -> str:
+    """json.dumps without recursion (hostile bodies nest deeper than the recursion limit); lone surrogates as \\u escapes."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Text):
+            out.append(item.text)
+        elif isinstance(item, dict):
+            stack.append(_Text("}"))
+            for i, (key, val) in enumerate(reversed(list(item.items()))):
+                stack.append(val)
+                stack.append(_Text(json.dumps(key) + ":"))
+                if i < len(item) - 1:
+                    stack.append(_Text(","))
+            stack.append(_Text("{"))
+        elif isinstance(item, list):
+            stack.append(_Text("]"))
+            for i, val in enumerate(reversed(item)):
+                stack.append(val)
+                if i < len(item) - 1:
+                    stack.append(_Text(","))
+            stack.append(_Text("["))
+        else:
+            out.append(json.dumps(item))
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    text: str
 
 
 @dataclass
@@ -131,10 +164,10 @@ class Gateway:
 
     async def _send(self, method: str, url: URL, body: Any, raw: bytes | None, headers: dict[str, str] | None) -> Reply:
         hdrs = {"Authorization": f"Bearer {TOKEN}", "Content-Type": SCIM_TYPE, **(headers or {})}
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        data = raw if raw is not None else (None if body is None else to_json(body).encode())
         async with self.client.session.request(method, url, data=data, headers=hdrs) as resp:
             text = await resp.text(errors="replace")
-            return Reply(method, str(url), resp.status, resp.content_type, text, raw if raw is not None else body)
+            return Reply(method, str(url), resp.status, resp.content_type, text, data[:500] if data else data)
 
     def request(
         self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
@@ -230,6 +263,7 @@ def attack(gw: Gateway, send: Any) -> Reply:
     """Send one request (`send()` returns its Reply) and check every property around it."""
     before = gw.snapshot()
     reply = send()
+    event(f"{reply.method} -> {reply.status}" + (f" {reply.data.get('scimType')}" if reply.status >= 400 and reply.text.startswith("{") else ""))
     check_reply(reply)
     if reply.method in WRITES and reply.status >= 400:
         after = gw.snapshot()
@@ -251,6 +285,10 @@ def gw(tmp_path: Path) -> Iterator[Gateway]:
 
 
 # ---------------------------------------------------------------- strategies: names and values
+#
+# Weighted towards input that gets past the first check (valid envelopes, known
+# names, plausible values) so the deeper layers are attacked too; the outright
+# garbage branches are there but rarer.
 
 USER_NAMES = [
     "id", "externalId", "userName", "name", "name.givenName", "name.familyName", "name.formatted", "name.middleName",
@@ -269,35 +307,46 @@ GROUP_NAMES = ["id", "externalId", "displayName", "members", "members.value", "m
 UNKNOWN_NAMES = [
     "shoeSize", "name.nickname", "emails.colour", "urn:example:ext:1.0:User:foo", f"{ENTERPRISE_URN}:nope", f"{ENTERPRISE_URN}:",
     f"{GROUP_URN}:displayName", "urn:", "urn:ietf", "urn:ietf:params:scim:schemas:core:2.0", "ENT.department", "a.b.c.d",
-    "$ref", "", " ", ".", "..", "name.", ".name", "USERNAME", "Emails.VALUE", "üsername", "名前", "user name", "userName\u0000",
-    "emails[type eq \"work\"].value", "members[value eq \"x\"]", "emails[", "]", "urn:microsoft:azure:ad:scim:2.0:Group",
-    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value.x", "name.givenName.extra",
+    "$ref", "", " ", ".", "..", "name.", ".name", "üsername", "名前", "user name", "userName\u0000",
+    'emails[type eq "work"].value', 'members[value eq "x"]', "emails[", "]", "urn:microsoft:azure:ad:scim:2.0:Group",
+    f"{ENTERPRISE_URN}:manager.value.x", "name.givenName.extra",
 ]
-ALL_NAMES = USER_NAMES + GROUP_NAMES + UNKNOWN_NAMES
 
 
 def case_variants(name: str) -> st.SearchStrategy[str]:
     return st.sampled_from([name, name.lower(), name.upper(), name.swapcase()])
 
 
-names = st.sampled_from(ALL_NAMES).flatmap(case_variants)
-HOSTILE_CHARS = ["\u0000", "\ud800", "\udfff", "\ufeff", "\u202e", "\uffff", "\U0001f600", "\\", '"', "'", "%", "\n", "\t", "é", "ß", "İ", "\u212a"]
-# Text that includes lone surrogates (JSON can carry them as \ud800 escapes).
-wild_text = st.text(
-    alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from(HOSTILE_CHARS), st.characters(categories=["Cs"])),
-    max_size=40,
-)
-plain_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+user_names = st.sampled_from(USER_NAMES).flatmap(case_variants)
+group_names = st.sampled_from(GROUP_NAMES).flatmap(case_variants)
+names = st.one_of(st.sampled_from(USER_NAMES), st.sampled_from(GROUP_NAMES), user_names, st.sampled_from(UNKNOWN_NAMES))
+
+HOSTILE_CHARS = ["\u0000", "\ufeff", "\u202e", "\uffff", "\U0001f600", "\\", '"', "'", "%", "\n", "\t", "é", "ß", "İ", "\u212a", "\u0130", "ǅ"]
+plain_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=30)
+odd_text = st.text(alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from(HOSTILE_CHARS)), max_size=30)
+# Lone surrogates: JSON carries them as \ud800 escapes; they are text that is not Unicode.
+surrogate_text = st.tuples(plain_text, st.sampled_from(["\ud800", "\udfff", "\udc00"]), plain_text).map("".join)
+words = st.sampled_from(["alice", "Bob", "alice@example.com", "Engineering", "work", "home", "+1 555 0100", "", " ", "victim@example.com"])
+texts = st.one_of(words, plain_text, odd_text)
 huge_ints = st.sampled_from([2**63, -(2**63) - 1, 10**30, -(10**30), 2**64, 10**400])
+floats = st.floats(allow_nan=False, allow_infinity=False)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), huge_ints, st.floats(allow_nan=False, allow_infinity=False),
-    wild_text, st.sampled_from(["True", "False", "true", "FALSE", "yes", "", " ", "null", "2024-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00"]),
+    st.none(), st.booleans(), st.integers(), huge_ints, floats, texts,
+    st.sampled_from(["True", "False", "true", "FALSE", "yes", "null", "2024-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00"]),
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.one_of(names, plain_text), inner, max_size=4)),
-    max_leaves=12,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.one_of(names, plain_text), inner, max_size=3)),
+    max_leaves=8,
 )
+multi_item = st.fixed_dictionaries(
+    {},
+    optional={"value": st.one_of(texts, scalars), "type": st.one_of(st.sampled_from(["work", "home", "Work", "other"]), scalars),
+              "primary": st.one_of(st.booleans(), st.sampled_from(["True", "false", "maybe"]), scalars),
+              "display": scalars, "$ref": scalars, "givenName": texts},
+)
+# Plausible values: what an attribute of some type could hold, right or wrong for the one at hand.
+values = st.one_of(texts, texts, st.booleans(), st.lists(multi_item, max_size=3), multi_item, json_values, scalars)
 
 
 def nested(depth: int) -> Any:
@@ -307,65 +356,85 @@ def nested(depth: int) -> Any:
     return value
 
 
-deep_values = st.sampled_from([10, 100, 500, 2000]).map(nested)
-big_values = st.sampled_from(["x" * 100_000, ["a"] * 5000, {f"k{i}": i for i in range(3000)}])
-multi_item = st.fixed_dictionaries(
-    {},
-    optional={"value": scalars, "type": st.one_of(st.sampled_from(["work", "home", "Work", "other"]), scalars),
-              "primary": st.one_of(st.booleans(), st.sampled_from(["True", "false", "maybe"]), scalars),
-              "display": scalars, "$ref": scalars},
+# Rare, and each a known trap: deeper than any recursion limit, very large, not Unicode.
+rare_values = st.one_of(
+    st.sampled_from([10, 60, 70, 500, 5000]).map(nested),
+    st.sampled_from(["x" * 100_000, ["a"] * 5000, {f"k{i}": i for i in range(3000)}]),
+    surrogate_text,
+    huge_ints,
 )
-values = st.one_of(
-    json_values, scalars, st.lists(multi_item, max_size=4), multi_item, deep_values, big_values,
+etags = st.one_of(
+    st.none(), st.none(), st.none(), st.none(),
+    st.sampled_from(['W/"1"', '"1"', "*", 'W/"99999999999999999999999"', "garbage", 'W/""', "", 'W/"-1"', 'W/"1", W/"2"']),
+    st.text(alphabet=string.printable.strip(), max_size=20),
 )
 
 
 # ---------------------------------------------------------------- strategies: filters
 
-VALID_FILTER_ATTRS = [
-    "userName", "displayName", "title", "active", "emails", "emails.value", "emails.type", "emails.primary", "name.givenName",
-    "name.familyName", "phoneNumbers.value", "meta.created", "meta.lastModified", "meta.resourceType", "id", "externalId",
-    "groups", "groups.value", f"{ENTERPRISE_URN}:department", f"{ENTERPRISE_URN}:manager.value", f"{ENTERPRISE_URN}:manager",
-    f"{ENTERPRISE_URN}:employeeNumber", "password", "members", "members.value", "members.display", "x509Certificates.value",
-]
-BAD_FILTER_ATTRS = ["shoeSize", "name.nick", "urn:foo:bar:baz", "urn:foo:bar:baz:attr", f"{ENTERPRISE_URN}:nope", "1abc", "a-b", "a..b",
-                    "emails.value.x", "_x", "ñame", "$ref", "members.$ref", f"{USER_URN}:userName", f"{GROUP_URN}:displayName"]
-filter_attrs = st.one_of(st.sampled_from(VALID_FILTER_ATTRS).flatmap(case_variants), st.sampled_from(BAD_FILTER_ATTRS))
-compare_ops = st.sampled_from(["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le", "EQ", "Eq", "like", "==", "in", "", "pr"])
-filter_values = st.one_of(
-    plain_text.map(json.dumps),
-    wild_text.map(lambda s: json.dumps(s, ensure_ascii=False)),
-    wild_text.map(json.dumps),
-    st.integers().map(str), huge_ints.map(str), st.floats(allow_nan=False).map(repr),
-    st.sampled_from(["true", "false", "null", "True", "NULL", '"', '"abc', 'abc"', "'single'", '""', '"\\"', '"\\u00"', "1e999", "-0", "0x10",
-                     '"2024-01-01T00:00:00Z"', '"0001-01-01T00:00:00+01:00"', '"9999-12-31T23:59:59-14:00"', '"2024-13-45"', '"now"',
-                     "bare", "[", "]", "()"]),
-)
+FILTER_ATTR_TYPES = {
+    "userName": "s", "displayName": "s", "title": "s", "active": "b", "emails": "s", "emails.value": "s", "emails.type": "s",
+    "emails.primary": "b", "name.givenName": "s", "name.familyName": "s", "phoneNumbers.value": "s", "meta.created": "d",
+    "meta.lastModified": "d", "meta.resourceType": "s", "id": "s", "externalId": "s", "groups": "s", "groups.value": "s",
+    f"{ENTERPRISE_URN}:department": "s", f"{ENTERPRISE_URN}:manager.value": "s", f"{ENTERPRISE_URN}:manager": "s",
+    f"{ENTERPRISE_URN}:employeeNumber": "s", "members": "s", "members.value": "s", "members.display": "s", "nickName": "s",
+    "addresses.postalCode": "s", "x509Certificates.value": "s",
+}
+SUB_TYPES = {"value": "s", "type": "s", "primary": "b", "display": "s"}
+DATES = ['"2024-01-01T00:00:00Z"', '"2024-01-01T00:00:00"', '"2024-01-01"', '"0001-01-01T00:00:00+01:00"', '"9999-12-31T23:59:59-14:00"',
+         '"2024-13-45T00:00:00Z"', '"now"', '"2024-06-01T12:00:00.123456+05:30"', '"1970-01-01T00:00:00z"']
+OPS_BY_TYPE = {"s": ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"], "b": ["eq", "ne", "gt"], "d": ["eq", "gt", "ge", "lt", "le", "co"]}
 
 
-def _leaf(parts: tuple[str, str, str]) -> str:
-    attr, op, value = parts
-    return f"{attr} {op}" if op == "pr" else f"{attr} {op} {value}"
+def typed_literal(kind: str) -> st.SearchStrategy[str]:
+    if kind == "b":
+        return st.sampled_from(["true", "false", "True", "null", '"true"', "1"])
+    if kind == "d":
+        return st.sampled_from(DATES)
+    return st.one_of(texts.map(json.dumps), texts.map(lambda s: json.dumps(s, ensure_ascii=False)), st.sampled_from(["null", "5", "1.5"]))
 
 
-leaf_filters = st.one_of(
-    st.tuples(filter_attrs, compare_ops, filter_values).map(_leaf),
-    filter_attrs.map(lambda a: f"{a} pr"),
-)
-
-
-def _value_path(parts: tuple[str, str, str | None]) -> str:
-    attr, inner, sub = parts
-    return f"{attr}[{inner}]" + (f".{sub}" if sub else "")
-
-
-def _combine(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+def _typed_leaf(name: str, kind: str) -> st.SearchStrategy[str]:
     return st.one_of(
-        st.tuples(inner, st.sampled_from(["and", "or", "AND", "Or", "xor", ""]), inner).map(lambda t: " ".join(t)),
+        st.tuples(case_variants(name), st.sampled_from(OPS_BY_TYPE[kind]), typed_literal(kind)).map(" ".join),
+        case_variants(name).map(lambda a: f"{a} pr"),
+    )
+
+
+valid_leaf = st.sampled_from(sorted(FILTER_ATTR_TYPES.items())).flatmap(lambda kv: _typed_leaf(*kv))
+sub_leaf = st.sampled_from(sorted(SUB_TYPES.items())).flatmap(lambda kv: _typed_leaf(*kv))
+value_path_filter = st.tuples(
+    st.sampled_from(["emails", "phoneNumbers", "members", "groups", "addresses", "roles", f"{ENTERPRISE_URN}:manager", "title", "name"]),
+    st.recursive(sub_leaf, lambda inner: st.tuples(inner, st.sampled_from(["and", "or"]), inner).map(" ".join), max_leaves=3),
+).map(lambda t: f"{t[0]}[{t[1]}]")
+
+
+def _combine_valid(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.tuples(inner, st.sampled_from(["and", "or", "AND", "Or"]), inner).map(" ".join),
         inner.map(lambda f: f"({f})"),
         inner.map(lambda f: f"not ({f})"),
+    )
+
+
+BAD_FILTER_ATTRS = ["shoeSize", "name.nick", "urn:foo:bar:baz", "urn:foo:bar:baz:attr", f"{ENTERPRISE_URN}:nope", "1abc", "a-b", "a..b",
+                    "emails.value.x", "_x", "ñame", "$ref", "members.$ref", f"{USER_URN}:userName", f"{GROUP_URN}:displayName", "password"]
+filter_attrs = st.one_of(st.sampled_from(sorted(FILTER_ATTR_TYPES)).flatmap(case_variants), st.sampled_from(BAD_FILTER_ATTRS))
+compare_ops = st.sampled_from(["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le", "EQ", "Eq", "like", "==", "in", "", "pr"])
+filter_values = st.one_of(
+    texts.map(json.dumps), st.integers().map(str), huge_ints.map(str), floats.map(repr),
+    st.sampled_from(["true", "false", "null", "True", "NULL", '"', '"abc', 'abc"', "'single'", '""', '"\\"', '"\\u00"', '"\\ud800"',
+                     "1e999", "-0", "0x10", "bare", "[", "]", "()", *DATES]),
+)
+mixed_leaf = st.one_of(st.tuples(filter_attrs, compare_ops, filter_values).map(" ".join), filter_attrs.map(lambda a: f"{a} pr"))
+
+
+def _combine_wild(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.tuples(inner, st.sampled_from(["and", "or", "xor", ""]), inner).map(" ".join),
+        inner.map(lambda f: f"({f})"),
         inner.map(lambda f: f"not {f}"),
-        st.tuples(filter_attrs, inner, st.one_of(st.none(), st.sampled_from(["value", "type", "nope"]))).map(_value_path),
+        st.tuples(filter_attrs, inner, st.sampled_from(["", ".value", ".nope", "]"])).map(lambda t: f"{t[0]}[{t[1]}]{t[2]}"),
         inner.map(lambda f: f"({f}"),
         inner.map(lambda f: f"{f})"),
         inner.map(lambda f: f"emails[{f}"),
@@ -383,28 +452,28 @@ def _deep(parts: tuple[int, str, str]) -> str:
     return " and ".join([leaf] * depth)
 
 
-deep_filters = st.tuples(st.sampled_from([20, 33, 100, 400, 2000]), st.sampled_from(["parens", "not", "brackets", "chain"]), leaf_filters).map(_deep)
+deep_filters = st.tuples(st.sampled_from([20, 33, 100, 400, 2000]), st.sampled_from(["parens", "not", "brackets", "chain"]), valid_leaf).map(_deep)
+TOKENS = ["userName", "eq", '"x"', "(", ")", "[", "]", "and", "or", "not", "pr", " ", ".", ":", "urn:x", '"', "\\", "emails", "value"]
 filters = st.one_of(
-    st.recursive(leaf_filters, _combine, max_leaves=6),
+    st.recursive(st.one_of(valid_leaf, value_path_filter), _combine_valid, max_leaves=5),
+    st.recursive(st.one_of(valid_leaf, value_path_filter), _combine_valid, max_leaves=5),
+    st.recursive(st.one_of(valid_leaf, value_path_filter), _combine_valid, max_leaves=5),
+    st.recursive(mixed_leaf, _combine_wild, max_leaves=6),
     deep_filters,
-    st.text(max_size=60),
-    wild_text,
-    st.lists(st.sampled_from(['userName', 'eq', '"x"', '(', ')', '[', ']', 'and', 'or', 'not', 'pr', ' ', '.', ':', 'urn:x', '"', '\\', 'emails', 'value']), max_size=12).map("".join),
+    st.one_of(st.text(max_size=60), odd_text, st.lists(st.sampled_from(TOKENS), max_size=12).map("".join)),
 )
 
 
 # ---------------------------------------------------------------- property: filters
 
 
-@hostile(max_examples=120)
+@hostile(max_examples=300)
 @given(text=filters, how=st.sampled_from(["get-users", "get-groups", "search-users", "search-groups", "search-root"]))
 def test_filters_never_5xx(gw: Gateway, text: str, how: str) -> None:
     kind = "Groups" if "groups" in how else "Users"
     if how.startswith("get"):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return  # a query string cannot carry a lone surrogate; the search body below can
+        if len(quote(text.encode("utf-8"))) > 7000:
+            return  # over aiohttp's 8190-byte request line the HTTP parser answers before the gateway sees it
         reply = attack(gw, lambda: gw.request("GET", f"/{kind}", params={"filter": text}))
     elif how == "search-root":
         reply = attack(gw, lambda: gw.request("POST", "/.search", {"schemas": [SEARCH_URN], "filter": text}))
@@ -412,81 +481,93 @@ def test_filters_never_5xx(gw: Gateway, text: str, how: str) -> None:
         reply = attack(gw, lambda: gw.request("POST", f"/{kind}/.search", {"schemas": [SEARCH_URN], "filter": text}))
     if reply.status == 200:
         assert reply.data["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:ListResponse"], reply
-    elif reply.status == 400:
-        assert reply.data.get("scimType") in ("invalidFilter", "invalidValue", "invalidSyntax", "tooMany"), reply
+        assert reply.data["totalResults"] >= len(reply.data["Resources"]), reply
+    else:
+        assert reply.status == 400, reply
+        assert reply.data.get("scimType") == "invalidFilter", reply
 
 
-# ---------------------------------------------------------------- property: PATCH
+# ---------------------------------------------------------------- strategies: PATCH
 
 
+USER_PATHS = [
+    "userName", "displayName", "title", "nickName", "name", "name.givenName", "name.familyName", "active", "emails", "phoneNumbers",
+    "emails.value", "emails.primary", 'emails[type eq "work"].value', 'emails[type eq "work"]', 'emails[type eq "work" and primary eq true].value',
+    'phoneNumbers[type eq "work"].value', 'emails[value co "@"]', 'emails.type eq "work"', "addresses", 'addresses[type eq "work"].locality',
+    "externalId", "roles", f"{ENTERPRISE_URN}:department", f"{ENTERPRISE_URN}:employeeNumber", f"{ENTERPRISE_URN}:manager",
+    f"{ENTERPRISE_URN}:manager.value", ENTERPRISE_URN, f"{USER_URN}:title", "password", "id", "meta.created", "groups", "urn:nope",
+    "emails[]", "emails[type eq work]", "emails[type eq \"work\"", "title[value eq \"x\"]", "members",
+]
+GROUP_PATHS = ["displayName", "members", 'members[value eq "nobody"]', "members[value pr]", "members.display", "externalId", "id",
+               f"{GROUP_URN}:displayName", GROUP_URN, "urn:microsoft:azure:ad:scim:2.0:Group:x"]
 OPS = st.one_of(
-    st.sampled_from(["add", "remove", "replace", "Add", "Replace", "Remove", "REPLACE", "ADD"]),
+    st.sampled_from(["add", "remove", "replace", "Add", "Replace", "Remove", "REPLACE"]),
+    st.sampled_from(["add", "replace"]),
     st.sampled_from(["delete", "", "move", "copy", "test", " add"]),
     scalars,
 )
+valid_ops = st.sampled_from(["add", "remove", "replace", "Add", "Replace", "Remove"])
 patch_paths = st.one_of(
-    names,
-    st.tuples(st.sampled_from(["emails", "phoneNumbers", "members", "addresses", "roles", "title", "name", "groups", f"{ENTERPRISE_URN}:manager"]),
-              st.recursive(leaf_filters, _combine, max_leaves=3),
-              st.one_of(st.none(), st.sampled_from(["value", "type", "primary", "display", "nope"]))).map(_value_path),
-    st.sampled_from(['emails[type eq "work"].value', 'emails[type eq "work"]', 'members[value eq "nobody"]', "emails.type eq \"work\"",
-                     'emails[type eq "work" and primary eq true].value', 'emails[value co "@"]', "members[value pr]", "name.givenName",
-                     f"{ENTERPRISE_URN}:manager", f"{ENTERPRISE_URN}:manager.value", "urn:nope", "emails[]", "emails[type eq work]"]),
-    plain_text, wild_text,
-    st.none(), st.integers(), st.lists(st.integers(), max_size=2),
+    st.sampled_from(USER_PATHS + GROUP_PATHS).flatmap(lambda p: st.sampled_from([p, p, p.lower(), p.upper()])),
+    st.tuples(st.sampled_from(["emails", "phoneNumbers", "members", "addresses", "roles", "title", "name", "groups"]),
+              st.recursive(sub_leaf, _combine_valid, max_leaves=3), st.sampled_from(["", ".value", ".type", ".primary", ".display", ".nope"]),
+              ).map(lambda t: f"{t[0]}[{t[1]}]{t[2]}"),
+    names, plain_text,
 )
 
 
-def pathless_value(ids: dict[str, str]) -> st.SearchStrategy[Any]:
-    return st.one_of(
-        st.dictionaries(names, values, max_size=5),
-        st.dictionaries(st.sampled_from([ENTERPRISE_URN, USER_URN, GROUP_URN]), st.one_of(st.dictionaries(names, values, max_size=3), values), max_size=2),
-        values,
-    )
+def some_id(ids: dict[str, str]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.sampled_from(sorted(ids.values())), st.sampled_from(sorted(ids.values())), st.just("no-such-id"), texts, scalars)
 
 
 def entra_okta_ops(ids: dict[str, str]) -> st.SearchStrategy[dict[str, Any]]:
-    some_id = st.one_of(st.sampled_from(list(ids.values())), plain_text, st.just("no-such-id"), scalars)
-    member_list = st.lists(st.fixed_dictionaries({"value": some_id}, optional={"display": scalars}), max_size=3)
+    member_list = st.lists(st.fixed_dictionaries({"value": some_id(ids)}, optional={"display": scalars, "type": scalars}), max_size=3)
     return st.one_of(
         st.builds(lambda v: {"op": "Replace", "path": "active", "value": v}, st.one_of(st.sampled_from(["False", "True", "maybe"]), scalars)),
         st.builds(lambda v: {"op": "Add", "path": 'emails[type eq "work"].value', "value": v}, values),
         st.builds(lambda g, d: {"op": "Replace", "value": {"name.givenName": g, f"{ENTERPRISE_URN}:department": d}}, values, values),
         st.builds(lambda m: {"op": "Remove", "path": "members", "value": m}, st.one_of(member_list, values)),
-        st.builds(lambda m: {"op": "add", "path": "members", "value": m}, st.one_of(member_list, values)),
-        st.builds(lambda i, n: {"op": "replace", "value": {"id": i, "displayName": n}}, some_id, values),
-        st.builds(lambda m: {"op": "Replace", "path": f"{ENTERPRISE_URN}:manager", "value": m}, st.one_of(some_id, values)),
-        st.builds(lambda i: {"op": "remove", "path": f'members[value eq "{i}"]'}, some_id.map(str)),
+        st.builds(lambda m: {"op": "add", "path": "members", "value": m}, st.one_of(member_list, member_list, values)),
+        st.builds(lambda i, n: {"op": "replace", "value": {"id": i, "displayName": n}}, some_id(ids), values),
+        st.builds(lambda m: {"op": "Replace", "path": f"{ENTERPRISE_URN}:manager", "value": m}, st.one_of(some_id(ids), values)),
+        st.builds(lambda i: {"op": "remove", "path": f'members[value eq "{i}"]'}, some_id(ids).map(str)),
         st.builds(lambda v: {"op": "replace", "path": "userName", "value": v}, st.one_of(plain_text, st.just("BYSTANDER@example.com"), values)),
         st.builds(lambda v: {"op": "replace", "path": "displayName", "value": v}, st.one_of(plain_text, st.just("victims"), values)),
+        st.builds(lambda v: {"op": "replace", "value": v}, st.dictionaries(names, values, max_size=4)),
+        st.builds(lambda v: {"op": "add", "value": {ENTERPRISE_URN: v}}, st.one_of(st.dictionaries(names, values, max_size=3), values)),
     )
 
 
-def random_ops(ids: dict[str, str]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries(
-        {},
-        optional={
-            "op": OPS, "path": patch_paths, "value": st.one_of(values, pathless_value(ids)),
-            "Op": OPS, "PATH": patch_paths, "Value": values, "extra": scalars,
-        },
+def patch_ops(ids: dict[str, str]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        entra_okta_ops(ids),
+        entra_okta_ops(ids),
+        st.builds(lambda op, path, value: {"op": op, "path": path, "value": value}, valid_ops, patch_paths, values),
+        st.builds(lambda op, path, value: {"op": op, "path": path, "value": value}, valid_ops, patch_paths, values),
+        st.builds(lambda path: {"op": "remove", "path": path}, patch_paths),
+        st.builds(lambda path, value: {"op": "replace", "path": path, "value": value}, patch_paths, rare_values),
+        st.fixed_dictionaries({}, optional={"op": OPS, "path": st.one_of(patch_paths, scalars), "value": values, "Op": OPS, "PATH": patch_paths,
+                                            "Value": values, "extra": scalars}),
+        scalars,
     )
 
 
 def patch_bodies(ids: dict[str, str]) -> st.SearchStrategy[Any]:
-    operations = st.lists(st.one_of(entra_okta_ops(ids), random_ops(ids), scalars), min_size=1, max_size=4)
+    operations = st.lists(patch_ops(ids), min_size=1, max_size=3)
     return st.one_of(
         operations.map(lambda ops: {"schemas": [PATCH_URN], "Operations": ops}),
         operations.map(lambda ops: {"schemas": [PATCH_URN], "Operations": ops}),
-        st.fixed_dictionaries({}, optional={"schemas": st.one_of(st.just([PATCH_URN]), values), "Operations": st.one_of(operations, values),
-                                            "operations": operations}),
+        operations.map(lambda ops: {"schemas": [PATCH_URN], "Operations": ops}),
+        operations.map(lambda ops: {"SCHEMAS": [PATCH_URN.upper()], "operations": ops}),
+        st.fixed_dictionaries({}, optional={"schemas": st.one_of(st.just([PATCH_URN]), values), "Operations": st.one_of(operations, values)}),
         values,
     )
 
 
-etags = st.one_of(st.none(), st.sampled_from(['W/"1"', '"1"', "*", 'W/"99999999999999999999999"', "garbage", 'W/""', ""]), plain_text)
+# ---------------------------------------------------------------- property: PATCH
 
 
-@hostile(max_examples=150)
+@hostile(max_examples=300)
 @given(data=st.data())
 def test_patch_never_5xx_and_refusals_change_nothing(gw: Gateway, data: st.DataObject) -> None:
     target = data.draw(st.sampled_from(["uid", "gid", "bystander"]), label="target")
@@ -494,13 +575,10 @@ def test_patch_never_5xx_and_refusals_change_nothing(gw: Gateway, data: st.DataO
     etag = data.draw(etags, label="If-Match")
     headers = {} if etag is None else {"If-Match": etag}
     kind = "Groups" if target == "gid" else "Users"
-    try:
-        headers and etag.encode("latin-1")
-    except UnicodeEncodeError:
-        headers = {}
-    reply = attack(gw, lambda: gw.request("PATCH", f"/{kind}/{gw.ids[target]}", body, headers=headers))
+    rid = gw.ids[target]
+    reply = attack(gw, lambda: gw.request("PATCH", f"/{kind}/{rid}", body, headers=headers))
     if reply.status == 200:
-        assert reply.data["id"] == gw.ids[target] or target not in gw.ids, reply
+        assert reply.data["id"] == rid, reply
 
 
 # ---------------------------------------------------------------- property: POST / PUT bodies
@@ -508,23 +586,30 @@ def test_patch_never_5xx_and_refusals_change_nothing(gw: Gateway, data: st.DataO
 
 def resource_bodies(kind: str, ids: dict[str, str]) -> st.SearchStrategy[Any]:
     key = "userName" if kind == "Users" else "displayName"
-    fresh_name = st.one_of(plain_text.filter(lambda s: s.strip()), st.sampled_from(["victim@example.com", "BYSTANDER@EXAMPLE.COM", "Victims"]))
-    attrs = st.dictionaries(names, values, max_size=6)
+    core = USER_URN if kind == "Users" else GROUP_URN
+    fresh = st.one_of(
+        st.tuples(st.sampled_from(["u", "x.", "Ü", "ǅ", "K"]), plain_text).map("".join),
+        st.sampled_from(["victim@example.com", "BYSTANDER@EXAMPLE.COM", "Victims", "victims", " victim@example.com "]),
+    )
+    attrs = st.dictionaries(user_names if kind == "Users" else group_names, values, max_size=6)
+    wild_attrs = st.dictionaries(names, values, max_size=4)
     return st.one_of(
-        st.tuples(fresh_name, attrs).map(lambda t: {"schemas": [USER_URN if kind == "Users" else GROUP_URN], key: t[0], **t[1]}),
-        st.tuples(st.one_of(fresh_name, values), attrs).map(lambda t: {key: t[0], **t[1]}),
-        st.tuples(fresh_name, st.sampled_from([ENTERPRISE_URN, "urn:example:ext", USER_URN, GROUP_URN]), values).map(
+        st.tuples(fresh, attrs).map(lambda t: {"schemas": [core], key: t[0], **t[1]}),
+        st.tuples(fresh, attrs).map(lambda t: {"schemas": [core], key: t[0], **t[1]}),
+        st.tuples(fresh, wild_attrs).map(lambda t: {"schemas": [core], key: t[0], **t[1]}),
+        st.tuples(st.one_of(fresh, values), attrs).map(lambda t: {key: t[0], **t[1]}),
+        st.tuples(fresh, st.sampled_from([ENTERPRISE_URN, "urn:example:ext", USER_URN, GROUP_URN]), st.one_of(values, st.dictionaries(names, values, max_size=3))).map(
             lambda t: {key: t[0], t[1]: t[2]}),
-        st.tuples(fresh_name, st.lists(st.fixed_dictionaries({"value": st.one_of(st.sampled_from(list(ids.values())), scalars)}), max_size=3)).map(
+        st.tuples(fresh, st.lists(st.fixed_dictionaries({"value": some_id(ids)}, optional={"display": scalars}), max_size=3)).map(
             lambda t: {key: t[0], "members": t[1]}),
-        st.tuples(fresh_name, st.one_of(st.sampled_from(list(ids.values())), values)).map(
-            lambda t: {key: t[0], ENTERPRISE_URN: {"manager": t[1]}}),
-        attrs,
+        st.tuples(fresh, st.one_of(some_id(ids), values)).map(lambda t: {key: t[0], ENTERPRISE_URN: {"manager": t[1]}}),
+        st.tuples(fresh, st.sampled_from(["title", "name", "emails", "members", "active", ENTERPRISE_URN]), rare_values).map(
+            lambda t: {key: t[0], t[1]: t[2]}),
         values,
     )
 
 
-@hostile(max_examples=150)
+@hostile(max_examples=300)
 @given(data=st.data())
 def test_post_and_put_bodies_never_5xx(gw: Gateway, data: st.DataObject) -> None:
     how = data.draw(st.sampled_from(["POST Users", "POST Groups", "PUT uid", "PUT gid", "PUT bystander"]), label="how")
@@ -533,8 +618,9 @@ def test_post_and_put_bodies_never_5xx(gw: Gateway, data: st.DataObject) -> None
     body = data.draw(resource_bodies(kind, gw.ids), label="body")
     if method == "PUT" and isinstance(body, dict) and data.draw(st.booleans(), label="with id"):
         body = {**body, "id": data.draw(st.one_of(st.just(gw.ids[what]), scalars), label="id")}
+    headers = {} if method == "POST" else {k: v for k, v in {"If-Match": data.draw(etags, label="If-Match")}.items() if v is not None}
     path = f"/{kind}" if method == "POST" else f"/{kind}/{gw.ids[what]}"
-    reply = attack(gw, lambda: gw.request(method, path, body))
+    reply = attack(gw, lambda: gw.request(method, path, body, headers=headers))
     if reply.status in (200, 201):
         assert isinstance(reply.data.get("id"), str), reply
 
@@ -542,67 +628,88 @@ def test_post_and_put_bodies_never_5xx(gw: Gateway, data: st.DataObject) -> None
 # ---------------------------------------------------------------- property: query parameters
 
 
-param_values = st.one_of(
-    plain_text, st.integers().map(str), huge_ints.map(str), st.floats().map(repr),
-    st.sampled_from(["", " ", "-1", "0", "1", "1e3", "0x10", "١٢", "ascending", "DESCENDING", "sideways", ",", ",,,", "urn:x:y",
-                     ENTERPRISE_URN, f"{ENTERPRISE_URN}:manager", "emails.value,name", "members", "groups", "meta", "id", "password"]),
-    st.lists(names, max_size=4).map(",".join),
-)
+def param_values(name: str) -> st.SearchStrategy[str]:
+    garbage = st.one_of(plain_text, odd_text, huge_ints.map(str), floats.map(repr),
+                        st.sampled_from(["", " ", "1e3", "0x10", "١٢", "+5", " 7 ", "NaN", "-0", ",", ",,,", "urn:x:y"]))
+    attribute_lists = st.lists(st.one_of(names, st.sampled_from(FILTER_ATTR_TYPES)), max_size=4).map(",".join)
+    good = {
+        "startindex": st.integers(min_value=-5, max_value=20).map(str),
+        "count": st.integers(min_value=-5, max_value=2000).map(str),
+        "sortby": st.one_of(st.sampled_from(sorted(FILTER_ATTR_TYPES)), names),
+        "sortorder": st.sampled_from(["ascending", "descending", "DESCENDING", "Ascending", "sideways"]),
+        "attributes": attribute_lists,
+        "excludedattributes": attribute_lists,
+        "filter": st.one_of(valid_leaf, st.just("")),
+    }.get(name.strip().lower(), garbage)
+    return st.one_of(good, good, garbage)
+
+
 PARAM_NAMES = ["startIndex", "count", "sortBy", "sortOrder", "attributes", "excludedAttributes", "filter", "STARTINDEX", "aadOptscim062020", "count "]
+params_strategy = st.lists(st.sampled_from(PARAM_NAMES), max_size=5, unique=True).flatmap(
+    lambda keys: st.fixed_dictionaries({k: param_values(k) for k in keys}))
 
 
-@hostile(max_examples=120)
+@hostile(max_examples=250)
 @given(data=st.data())
 def test_query_parameters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
     target = data.draw(st.sampled_from(["/Users", "/Groups", "/Users/{uid}", "/Groups/{gid}", "search", "encoded"]), label="target")
     if target == "search":
         kind = data.draw(st.sampled_from(["/Users", "/Groups", ""]), label="kind")
-        body = data.draw(st.dictionaries(st.sampled_from(PARAM_NAMES + ["schemas"]), st.one_of(param_values, values), max_size=5), label="body")
+        params = data.draw(params_strategy, label="params")
+        body: dict[str, Any] = {"schemas": [SEARCH_URN], **params}
+        for key in data.draw(st.lists(st.sampled_from(PARAM_NAMES + ["schemas"]), max_size=2), label="retyped"):
+            body[key] = data.draw(st.one_of(values, st.integers(), st.lists(st.one_of(names, st.integers()), max_size=3)), label=key)
         attack(gw, lambda: gw.request("POST", f"{kind}/.search", body))
         return
     if target == "encoded":
         # Raw query strings: invalid percent-escapes and bytes that are not UTF-8.
         raw = data.draw(st.lists(st.one_of(
             st.sampled_from(["startIndex=", "count=", "sortBy=", "attributes=", "excludedAttributes=", "filter=", "&", "=", "%", "%ff", "%ED%A0%80",
-                             "%00", "%25", "+", "%2B", "%C3%28", "%E2%82", ";", "#", "%%", "count=%31"]),
+                             "%00", "%25", "+", "%2B", "%C3%28", "%E2%82", ";", "%%", "count=%31", "userName", "%20eq%20", "%22"]),
             st.text(alphabet=string.ascii_letters + string.digits + "-._~", max_size=8)), max_size=10), label="query")
         attack(gw, lambda: gw.request_encoded("GET", f"{BASE}/Users?{''.join(raw)}"))
         return
-    params = data.draw(st.dictionaries(st.sampled_from(PARAM_NAMES), param_values, max_size=5), label="params")
-    attack(gw, lambda: gw.request("GET", target.format(**gw.ids), params=params))
+    params = data.draw(params_strategy, label="params")
+    reply = attack(gw, lambda: gw.request("GET", target.format(**gw.ids), params=params))
+    if reply.status == 200 and "Resources" in reply.data:
+        assert len(reply.data["Resources"]) == reply.data["itemsPerPage"], reply
 
 
 # ---------------------------------------------------------------- property: Bulk
 
 
 def bulk_bodies(ids: dict[str, str]) -> st.SearchStrategy[Any]:
+    id_paths = st.sampled_from(sorted(ids.values())).flatmap(lambda i: st.sampled_from([f"/Users/{i}", f"/Groups/{i}"]))
     path = st.one_of(
-        st.sampled_from(["/Users", "/Groups", "/Users/bulkId:a", "/Groups/bulkId:b", "/Users/bulkId:nope", "Users", "/Users/x/y",
-                         "/Schemas", "/Bulk", "/", "", "/Users/", "/users", "/Users/bulkId:"]),
-        st.sampled_from(list(ids.values())).flatmap(lambda i: st.sampled_from([f"/Users/{i}", f"/Groups/{i}"])),
+        st.sampled_from(["/Users", "/Groups", "/Users/bulkId:a", "/Groups/bulkId:b", "/Users/bulkId:c"]),
+        id_paths, id_paths,
+        st.sampled_from(["/Users/bulkId:nope", "Users", "/Users/x/y", "/Schemas", "/Bulk", "/", "", "/Users/", "/users", "/Users/bulkId:",
+                         "/Users/bulkId:a/x", "/Users/bulkId:bulkId:a"]),
         plain_text, scalars,
     )
-    method = st.one_of(st.sampled_from(["POST", "PUT", "PATCH", "DELETE", "post", "Patch", "GET", "HEAD", ""]), scalars)
+    method = st.one_of(st.sampled_from(["POST", "PUT", "PATCH", "DELETE"]), st.sampled_from(["post", "Patch", "GET", "HEAD", ""]), scalars)
     data_ = st.one_of(
         resource_bodies("Users", ids), resource_bodies("Groups", ids), patch_bodies(ids),
-        st.just({"schemas": [GROUP_URN], "displayName": "bulk group", "members": [{"value": "bulkId:a"}]}),
+        st.just({"schemas": [GROUP_URN], "displayName": "bulk group", "members": [{"value": "bulkId:a"}, {"value": "bulkId:c"}]}),
         st.just({"schemas": [USER_URN], "userName": "bulk-report@example.com", ENTERPRISE_URN: {"manager": {"value": "bulkId:a"}}}),
+        st.just({"schemas": [PATCH_URN], "Operations": [{"op": "add", "path": "members", "value": [{"value": "bulkId:a"}]}]}),
+        rare_values,
     )
     operation = st.fixed_dictionaries(
-        {},
-        optional={"method": method, "path": path, "bulkId": st.one_of(st.sampled_from(["a", "b", "c"]), scalars),
-                  "data": data_, "version": etags},
+        {"method": method, "path": path, "data": data_},
+        optional={"bulkId": st.one_of(st.sampled_from(["a", "b", "c"]), scalars), "version": etags},
     )
-    operations = st.lists(st.one_of(operation, scalars), max_size=5)
+    operations = st.lists(st.one_of(operation, operation, operation, scalars), max_size=5)
     return st.one_of(
-        st.tuples(operations, st.one_of(st.none(), st.integers(), scalars)).map(
+        st.tuples(operations, st.one_of(st.none(), st.none(), st.integers(), scalars)).map(
             lambda t: {"schemas": [BULK_URN], "Operations": t[0], **({} if t[1] is None else {"failOnErrors": t[1]})}),
+        st.tuples(operations).map(lambda t: {"schemas": [BULK_URN], "Operations": t[0]}),
         st.fixed_dictionaries({}, optional={"schemas": values, "Operations": st.one_of(operations, values), "failOnErrors": values}),
         values,
     )
 
 
-@hostile(max_examples=120)
+@hostile(max_examples=250)
 @given(data=st.data())
 def test_bulk_never_5xx(gw: Gateway, data: st.DataObject) -> None:
     body = data.draw(bulk_bodies(gw.ids), label="body")
@@ -611,11 +718,13 @@ def test_bulk_never_5xx(gw: Gateway, data: st.DataObject) -> None:
         results = reply.data["Operations"]
         assert isinstance(results, list), reply
         for result in results:
+            event(f"bulk op -> {result['status']}")
             assert isinstance(result["status"], str) and result["status"].isdigit(), reply
             assert int(result["status"]) < 500, reply
             if int(result["status"]) >= 400:
                 assert result["response"]["schemas"] == [ERROR_URN], reply
                 assert result["response"]["status"] == result["status"], reply
+                assert isinstance(result["response"].get("detail"), str), reply
 
 
 # ---------------------------------------------------------------- property: raw paths
@@ -623,31 +732,29 @@ def test_bulk_never_5xx(gw: Gateway, data: st.DataObject) -> None:
 
 segment = st.one_of(
     st.sampled_from(["Users", "users", "USERS", "Groups", "Schemas", "ResourceTypes", "ServiceProviderConfig", "Bulk", ".search", "Me",
-                     "User", "..", ".", "%2e%2e", "%2F", "%00", "%ff", "%ED%A0%80", "%", "%zz", "~", "*", "{uid}", "{gid}",
-                     "%7Buid%7D", ";x=1", ENTERPRISE_URN, quote(ENTERPRISE_URN, safe=""), "bulkId:a"]),
-    st.sampled_from([4000]).map(lambda n: "a" * n),
+                     "{uid}", "{gid}", "{uid}", "{gid}", ENTERPRISE_URN, quote(ENTERPRISE_URN, safe=""), "User", "Group"]),
+    st.sampled_from(["..", ".", "%2e%2e", "%2F", "%00", "%ff", "%ED%A0%80", "%", "%zz", "~", "*", "%7Buid%7D", ";x=1", "bulkId:a",
+                     "%20{uid}", "{uid}%20", "{uid}%00", "{uid}.json"]),
+    st.just("a" * 4000),
     st.text(max_size=30).map(lambda s: quote(s, safe="")),
     st.text(alphabet=string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@", max_size=20),
 )
 
 
-@hostile(max_examples=120)
+@hostile(max_examples=250)
 @given(data=st.data())
 def test_raw_paths_never_5xx(gw: Gateway, data: st.DataObject) -> None:
-    prefix = data.draw(st.sampled_from([BASE, BASE, BASE, "/apps/nope/scim/v2", "/apps/demo/scim/v2x", "", "/apps/demo", "/apps/%64emo/scim/v2"]), label="prefix")
-    parts = data.draw(st.lists(segment, max_size=4), label="segments")
-    trailing = data.draw(st.sampled_from(["", "/", "//", "?x=%ff"]), label="trailing")
-    method = data.draw(st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"]), label="method")
-    body = data.draw(st.one_of(st.none(), st.just(user_body("raw@example.com")), values), label="body")
+    prefix = data.draw(st.sampled_from([BASE] * 5 + ["/apps/nope/scim/v2", "/apps/demo/scim/v2x", "", "/apps/demo", "/apps/%64emo/scim/v2", "/APPS/demo/scim/v2"]), label="prefix")
+    parts = data.draw(st.lists(segment, max_size=3), label="segments")
+    trailing = data.draw(st.sampled_from(["", "", "/", "//", "?x=%ff", "?attributes=userName"]), label="trailing")
+    method = data.draw(st.sampled_from(["GET", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"]), label="method")
+    body = data.draw(st.one_of(st.none(), st.just(user_body("raw@example.com")), patch_bodies(gw.ids), values), label="body")
     path = prefix + "".join("/" + p.format(**gw.ids) for p in parts) + trailing
     if not path.startswith("/"):
         path = "/" + path
+    if len(path) > 7000:
+        return  # over aiohttp's 8190-byte request line the HTTP parser answers before the gateway sees it
     attack(gw, lambda: gw.request_encoded(method, path, body if method not in ("GET", "HEAD") else None))
 
 
 # ---------------------------------------------------------------- regressions: bugs these tests found
-
-
-def _regress(gw: Gateway, method: str, path: str, body: Any = None, *, raw: bytes | None = None, params: dict[str, str] | None = None) -> Reply:
-    reply = attack(gw, lambda: gw.request(method, path, body, raw=raw, params=params))
-    return reply
