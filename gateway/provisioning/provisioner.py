@@ -442,6 +442,13 @@ class Provisioner:
                 repaired += 1
             except AppError as exc:
                 log.warning("%s: recovery of journal entry %s postponed, the app failed: %s", self.app, entry.seq, exc.detail)
+            except NativeConflict:
+                # The record the match found is already linked to another resource: not ours to take.
+                await self.store.abort(entry.seq, "recovery: the matching app record belongs to another resource")
+                repaired += 1
+            except Exception:
+                # One entry that cannot be repaired must not stop the others, nor the gateway from starting.
+                log.exception("%s: recovery of journal entry %s failed; it is retried by the next sweep", self.app, entry.seq)
         return repaired
 
     async def _recover_create(self, cres: CompiledResource, seq: int, row: Row) -> None:

@@ -127,3 +127,20 @@ async def test_the_sweep_leaves_writes_in_flight_alone(aiohttp_client: Any, data
     assert [p.seq for p in await provisioner.store.pending("demo")] == [seq]
     provisioner._inflight.discard(seq)
     assert await provisioner.recover(older_than=0) == 1
+
+
+async def test_recovery_does_not_steal_a_record_linked_to_another_resource(aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
+    scim = Scim(client)
+    _, owner = await scim.post("/Users", user_body("taken"))
+    store = client.app[APPS]["demo"].provisioner.store
+    # A pending create of the same login in another app type slot cannot happen through the API (the
+    # store's unique key refuses it); reproduce what a crash between two processes could leave behind.
+    seq = await store.begin_create("demo", "User", "55555555-5555-4555-8555-555555555555", "taken-2", {"userName": "TAKEN"}, utc_now())
+
+    scim = await restart(aiohttp_client, client, data_dir)
+    assert await scim.client.app[APPS]["demo"].provisioner.store.pending("demo") == []
+    resp, body = await scim.get(f"/Users/{owner['id']}")
+    assert resp.status == 200 and body["userName"] == "taken"
+    resp, _ = await scim.get("/Users/55555555-5555-4555-8555-555555555555")
+    assert resp.status == 404
+    assert seq
