@@ -58,7 +58,7 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return error_response(unavailable("the gateway's correlation store is unavailable; retry later", 5))
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].limits.max_body_bytes
-        return error_response(ScimError(413, f"the request body is larger than the limit of {limit} bytes", "tooLarge"))
+        return error_response(ScimError(413, f"the request body is larger than the limit of {limit} bytes (maxPayloadSize)"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -92,7 +92,8 @@ def authenticate(request: web.Request, runtime: AppRuntime) -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ScimError(401, "a bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="scim-gateway"'})
-    digest = hashlib.sha256(token.strip().encode()).digest()
+    # surrogateescape: the header's bytes as sent, even when they are not UTF-8 (aiohttp decodes them so).
+    digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
     ok = False
     for accepted in runtime.token_digests:
         ok |= hmac.compare_digest(digest, accepted)  # no early exit: constant time over the list

@@ -67,7 +67,12 @@ def create_app(
     registry = registry or load_registry()
     if mappings is None:
         mappings = load_apps(settings, registry)
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=settings.limits.max_body_bytes,
+        # Long filters travel in the query string: allow request lines past aiohttp's 8 KiB default.
+        handler_args={"max_line_size": 16384, "max_field_size": 16384},
+    )
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[STORE] = SqliteStore(settings.store_file)

@@ -70,7 +70,8 @@ async def run_bulk(executor: BulkExecutor, body: Any, *, max_operations: int) ->
     if not isinstance(operations, list):
         raise invalid_syntax("a BulkRequest needs an Operations list")
     if len(operations) > max_operations:
-        raise ScimError(413, f"{len(operations)} operations exceed maxOperations {max_operations}", "tooMany")
+        # RFC 7644 §3.7.4: 413 with a detail; it defines no scimType for it.
+        raise ScimError(413, f"{len(operations)} operations exceed maxOperations {max_operations}")
     fail_on_errors = body.get("failOnErrors")
     if fail_on_errors is not None and (isinstance(fail_on_errors, bool) or not isinstance(fail_on_errors, int) or fail_on_errors < 1):
         raise invalid_value("failOnErrors must be a positive integer")

@@ -127,8 +127,12 @@ def _check_comparison(node: Comparison, target: Attribute) -> None:
             if value is not None:
                 raise invalid_filter(f"{node.attr_path} is a number; {value!r} is not")
     elif target.type == "dateTime":
+        if node.op in (Op.co, Op.sw, Op.ew):
+            raise invalid_filter(f"{node.attr_path} is a dateTime; {node.op.value} applies to strings only (use eq, ne, gt, ge, lt, le)")
         if not isinstance(value, str) or _parse_datetime(value) is None:
-            raise invalid_filter(f"{node.attr_path} is a dateTime; {value!r} is not one")
+            raise invalid_filter(
+                f"{node.attr_path} is a dateTime; {value!r} is not an ISO 8601 date-time that converts to UTC"
+            )
     elif target.type in ("string", "reference", "binary"):
         if value is not None and not isinstance(value, str):
             # Tolerated where harmless: a number compared with a string attribute compares as text.
