@@ -45,6 +45,16 @@ def _json_key(name: str) -> str:
     return '"' + name.replace('"', '\\"') + '"'
 
 
+def _logical(node: FilterNode, term: Callable[[FilterNode], str]) -> str:
+    """and / or / not around the terms that `term` translates."""
+    if isinstance(node, LogicalExpr):
+        joiner = " AND " if node.op == LogicalOperator.and_ else " OR "
+        return "(" + joiner.join(_logical(t, term) for t in node.terms) + ")"
+    if isinstance(node, Not):
+        return f"(NOT {_logical(node.expr, term)})"
+    return term(node)
+
+
 class SqliteFilter:
     """Builds `WHERE` fragments for SQLite (JSON1); `params` collects bound values in order."""
 
@@ -75,11 +85,9 @@ class SqliteFilter:
 
     # -- translation
     def where(self, node: FilterNode) -> str:
-        if isinstance(node, LogicalExpr):
-            joiner = " AND " if node.op == LogicalOperator.and_ else " OR "
-            return "(" + joiner.join(self.where(t) for t in node.terms) + ")"
-        if isinstance(node, Not):
-            return f"(NOT {self.where(node.expr)})"
+        return _logical(node, self._term)
+
+    def _term(self, node: FilterNode) -> str:
         if isinstance(node, ValuePath):
             resolved = resolve_attr_path(self.rtype, node.attr_path)
             return self._exists(resolved, node.val_filter)
@@ -198,11 +206,9 @@ class _ElementFilter:
         self.columns = columns
 
     def where(self, node: FilterNode) -> str:
-        if isinstance(node, LogicalExpr):
-            joiner = " AND " if node.op == LogicalOperator.and_ else " OR "
-            return "(" + joiner.join(self.where(t) for t in node.terms) + ")"
-        if isinstance(node, Not):
-            return f"(NOT {self.where(node.expr)})"
+        return _logical(node, self._term)
+
+    def _term(self, node: FilterNode) -> str:
         if isinstance(node, ValuePath):
             raise invalid_filter("a value filter cannot nest inside another value filter")
         assert isinstance(node, (Comparison, Present))

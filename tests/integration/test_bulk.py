@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.settings import LimitsConfig
 from tests.conftest import BASE, ENTERPRISE_URN, GROUP_URN, PATCH_URN, USER_URN, Scim, demo_settings, user_body
+from tests.demo_rows import count, employee, logins, team_pairs
 
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
@@ -28,24 +29,8 @@ def bulk(*operations: dict[str, Any], fail_on_errors: int | None = None) -> dict
     return body
 
 
-def employee(db: sqlite3.Connection, login: str) -> sqlite3.Row | None:
-    return db.execute("SELECT * FROM employees WHERE login = ? COLLATE NOCASE", (login,)).fetchone()
 
 
-def logins(db: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in db.execute("SELECT login FROM employees")}
-
-
-def team_pairs(db: sqlite3.Connection) -> set[tuple[str, str]]:
-    rows = db.execute(
-        "SELECT t.team_name, e.login FROM team_members m"
-        " JOIN teams t ON t.team_id = m.team_id JOIN employees e ON e.emp_no = m.emp_no"
-    ).fetchall()
-    return {(r[0], r[1]) for r in rows}
-
-
-def count(db: sqlite3.Connection, table: str) -> int:
-    return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
 async def post_bulk(scim: Scim, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sqlite3
 from typing import Any
-from urllib.parse import quote
 
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN, Scim
+from tests.demo_rows import count, emp_no, employee, q, team, team_pairs
 
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
@@ -22,35 +22,10 @@ MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2
 # ---------------------------------------------------------------- helpers
 
 
-def employee(db: sqlite3.Connection, login: str) -> sqlite3.Row | None:
-    return db.execute("SELECT * FROM employees WHERE login = ? COLLATE NOCASE", (login,)).fetchone()
 
 
-def emp_no(db: sqlite3.Connection, login: str) -> int:
-    row = employee(db, login)
-    assert row is not None, f"no employees row for {login}"
-    return int(row["emp_no"])
 
 
-def team(db: sqlite3.Connection, name: str) -> sqlite3.Row | None:
-    return db.execute("SELECT * FROM teams WHERE team_name = ? COLLATE NOCASE", (name,)).fetchone()
-
-
-def team_pairs(db: sqlite3.Connection) -> set[tuple[str, str]]:
-    """Every (team_name, login) membership pair in the app."""
-    rows = db.execute(
-        "SELECT t.team_name, e.login FROM team_members m"
-        " JOIN teams t ON t.team_id = m.team_id JOIN employees e ON e.emp_no = m.emp_no"
-    ).fetchall()
-    return {(r[0], r[1]) for r in rows}
-
-
-def count(db: sqlite3.Connection, table: str) -> int:
-    return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-
-
-def q(text: str) -> str:
-    return quote(text, safe="")
 
 
 def entra_user(user_name: str, *, given: str, family: str, mail: str, title: str = "Engineer", department: str = "R&D",

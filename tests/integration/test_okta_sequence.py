@@ -11,9 +11,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from tests.conftest import GROUP_URN, USER_URN, Scim
+from tests.demo_rows import count, employee, q, team, team_pairs
 
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 PASSWORD = "Okta-Sup3r-S3cret-Pa55!"
@@ -22,28 +22,9 @@ PASSWORD = "Okta-Sup3r-S3cret-Pa55!"
 # ---------------------------------------------------------------- helpers
 
 
-def employee(db: sqlite3.Connection, login: str) -> sqlite3.Row | None:
-    return db.execute("SELECT * FROM employees WHERE login = ? COLLATE NOCASE", (login,)).fetchone()
 
 
-def team(db: sqlite3.Connection, name: str) -> sqlite3.Row | None:
-    return db.execute("SELECT * FROM teams WHERE team_name = ? COLLATE NOCASE", (name,)).fetchone()
 
-
-def team_pairs(db: sqlite3.Connection) -> set[tuple[str, str]]:
-    rows = db.execute(
-        "SELECT t.team_name, e.login FROM team_members m"
-        " JOIN teams t ON t.team_id = m.team_id JOIN employees e ON e.emp_no = m.emp_no"
-    ).fetchall()
-    return {(r[0], r[1]) for r in rows}
-
-
-def count(db: sqlite3.Connection, table: str) -> int:
-    return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-
-
-def q(text: str) -> str:
-    return quote(text, safe="")
 
 
 def okta_user(user_name: str, given: str, family: str, *, password: str | None = PASSWORD, **extra: Any) -> dict[str, Any]:
