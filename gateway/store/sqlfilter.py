@@ -10,6 +10,7 @@ placeholders) live in the methods a PostgreSQL subclass overrides.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
