@@ -199,8 +199,26 @@ class Provisioner:
         native_id = row.native_id
         record = await self._call(f"reading {cres.name} {row.id}", lambda: self.connector.get(cres.name, native_id))
         if record is None:
+            await self._forget_vanished(cres, row)
             raise not_found(f"{cres.name} {row.id} no longer exists in the app")
         return await self._overlay(cres, row.data, record)
+
+    async def _forget_vanished(self, cres: CompiledResource, row: Row) -> None:
+        """The app deleted the record itself: the resource is gone, so its id and unique name are released."""
+        try:
+            seq, _ = await self.store.begin_write(self.app, cres.name, row.id, "delete")
+        except (Busy, Gone):
+            return  # another request is settling it
+        await self.store.settle_delete(seq)
+        log.info("%s: %s %s was deleted in the app; the gateway forgot it", self.app, cres.name, row.id)
+        await self._forget_references(cres.name, row.id)
+
+    async def _sync_copy(self, cres: CompiledResource, row: Row, live: dict[str, Any]) -> Row:
+        """Bring our copy (what lists and filters answer from) up to what the app holds; a change is a new version."""
+        if live == row.data:
+            return row
+        refreshed = await self.store.refresh(self.app, cres.name, row.id, live, utc_now())
+        return refreshed or row
 
     async def _read_back(self, cres: CompiledResource, native_id: str, data: dict[str, Any]) -> dict[str, Any]:
         """What the app now holds, over what we sent (the app may normalise or default values)."""
@@ -244,7 +262,10 @@ class Provisioner:
         row = await self.store.get(self.app, kind, rid)
         if row is None:
             raise not_found(f"{kind} {rid} not found")
-        data = await self._live_data(cres, row) if live else row.data
+        if not live:
+            return row, await self.materialize(cres, row, members=members)
+        data = await self._live_data(cres, row)
+        row = await self._sync_copy(cres, row, data)
         return row, await self.materialize(cres, row, data, members=members)
 
     async def query(self, kind: str, query: Query, *, members: bool = True) -> tuple[int, list[dict[str, Any]]]:
@@ -318,7 +339,8 @@ class Provisioner:
                     raise ScimError(412, f"{kind} {rid} has changed: its version is W/\"{row.version}\"")
                 # Start from what the app holds now, not only our copy: a change made in the app
                 # (or a reference it cleared) must not be reverted by a PATCH about something else.
-                current = {"id": row.id, **copy.deepcopy(await self._live_data(cres, row))}
+                live = await self._live_data(cres, row)
+                current = {"id": row.id, **copy.deepcopy(live)}
                 old_members: list[Member] = []
                 if cres.name == "Group":
                     old_members = await self.store.members(self.app, rid)
@@ -338,6 +360,10 @@ class Provisioner:
                     remove = [m for m in old_members if m.id not in new_ids]
                 record = await self._record(cres, new)
                 data = _strip_write_only(new)
+                if not add and not remove and "password" not in new and data == _strip_write_only(current):
+                    # Nothing to change: no app call and no new version (beyond catching up with the app).
+                    row = await self._sync_copy(cres, row, live)
+                    return row, await self.materialize(cres, row)
                 try:
                     seq, claimed = await self._claim(
                         kind, rid, "update", if_match=row.version, new_unique_key=unique_key,

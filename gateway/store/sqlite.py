@@ -332,18 +332,22 @@ class SqliteStore:
 
         await self._tx(work)
 
-    async def refresh(self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str) -> bool:
-        """Replace the gateway copy of a settled resource (not one in flight); a new version. False when busy or gone."""
+    async def refresh(self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str) -> Row | None:
+        """Replace the gateway copy of a settled resource (not one in flight) with a new version; None when busy or gone."""
 
-        async def work(db: aiosqlite.Connection) -> bool:
+        async def work(db: aiosqlite.Connection) -> Row | None:
             cur = await db.execute(
                 "UPDATE resources SET data = ?, version = version + 1, last_modified = ?"
                 " WHERE app = ? AND type = ? AND id = ? AND state = 'active' AND pending_seq IS NULL",
                 (_dumps(data), now, app, rtype, rid),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return None
+            rec = await (await db.execute("SELECT * FROM resources WHERE id = ?", (rid,))).fetchone()
+            return self._row(rec)
 
-        return bool(await self._tx(work))
+        result: Row | None = await self._tx(work)
+        return result
 
     async def pending(self, app: str, older_than: float | None = None) -> list[Pending]:
         """Unsettled journal entries, oldest first; with `older_than`, only those at least that many seconds old."""
