@@ -17,9 +17,10 @@ from .provisioning.provisioner import Provisioner
 from .scim import bulk as scim_bulk
 from .scim.discovery import list_response, schemas_of, service_provider_config
 from .scim.errors import ScimError, invalid_syntax, invalid_value, not_found, unavailable
-from .scim.listing import check_search_body, parse_list_request
+from .scim.listing import ListRequest, check_search_body, parse_list_request
 from .scim.patch import apply_patch
 from .scim.projection import parse_attribute_list, project
+from .scim.query import Query
 from .scim.resource import normalize_resource
 from .scim.schema import ResourceType
 from .store.base import StoreUnavailable
@@ -104,7 +105,7 @@ def authenticate(request: web.Request, runtime: AppRuntime) -> None:
 async def read_json(request: web.Request) -> Any:
     content_type = request.headers.get("Content-Type", "")
     if content_type and "json" not in content_type.lower():
-        raise ScimError(415, f"send application/scim+json or application/json, not {content_type.split(';')[0]}", "invalidSyntax")
+        raise ScimError(415, f"send application/scim+json or application/json, not {content_type.split(';')[0]}")
     raw = await request.read()
     if not raw.strip():
         raise invalid_syntax("the request body is empty")
@@ -304,7 +305,7 @@ class Endpoint:
         members = not any(r.attribute.name in ("members", "groups") and r.sub is None for r in excluded)
         row, resource = await self.provisioner.get(rtype.name, rid, members=members)
         none_match = self.request.headers.get("If-None-Match")
-        if none_match is not None and parse_etag(none_match) == row.version:
+        if none_match is not None and (none_match.strip() == "*" or parse_etag(none_match) == row.version):
             return web.Response(status=304, headers={"ETag": etag_of(resource)})
         return self.resource_response(rtype, resource)
 
@@ -326,20 +327,37 @@ class Endpoint:
         return scim_response(body)
 
     async def search_all(self) -> web.Response:
+        """POST /.search: every resource type, one page across them (RFC 7644 §3.4.3).
+
+        A filter naming an attribute that only some resource types have applies to
+        those; the others contribute nothing (their resources cannot match).
+        """
         body = check_search_body(await read_json(self.request))
-        if body.get("filter"):
-            raise ScimError(400, "POST /.search with a filter across resource types is not supported; search /Users/.search or /Groups/.search", "invalidFilter")
         found: list[dict[str, Any]] = []
         total = 0
+        first_error: ScimError | None = None
+        searched = 0
+        page_of: ListRequest | None = None
         for rtype in self.rtypes.values():
-            req = parse_list_request(body, rtype, default_count=self.limits.default_page_size, max_count=self.limits.max_page_size)
-            req.query.start_index, req.query.count = 1, None
-            n, resources = await self.provisioner.query(rtype.name, req.query)
+            try:
+                req = parse_list_request(body, rtype, default_count=self.limits.default_page_size, max_count=self.limits.max_page_size)
+            except ScimError as exc:
+                if exc.scim_type != "invalidFilter" and exc.scim_type != "invalidValue":
+                    raise
+                first_error = first_error or exc
+                continue
+            searched += 1
+            page_of = page_of or req
+            query = Query(filter=req.query.filter, sort_by=req.query.sort_by, descending=req.query.descending)
+            n, resources = await self.provisioner.query(rtype.name, query)
             total += n
             found.extend(self.finish(rtype, r, req.attributes, req.excluded) for r in resources)
-        req = parse_list_request(body, next(iter(self.rtypes.values())), default_count=self.limits.default_page_size, max_count=self.limits.max_page_size)
-        start = req.query.start_index
-        page = found[start - 1 : start - 1 + (req.query.count or 0)]
+        if not searched:
+            assert first_error is not None
+            raise first_error
+        assert page_of is not None
+        start, count = page_of.query.start_index, page_of.query.count
+        page = found[start - 1 : start - 1 + (count if count is not None else len(found))]
         return scim_response(list_response(page, total, start))
 
     async def create(self, rtype: ResourceType) -> web.Response:

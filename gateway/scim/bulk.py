@@ -86,33 +86,34 @@ async def run_bulk(executor: BulkExecutor, body: Any, *, max_operations: int) ->
     ids: dict[str, str] = {}
     failed_ids: set[str] = set()
     errors = 0
+    needs = [_op_references(op) for op in operations]
     remaining = list(range(len(operations)))
     while remaining:
-        ready = [i for i in remaining if _op_references(operations[i]) <= set(ids) | failed_ids]
-        if not ready:
+        # Request order, except that an operation waits for the bulkIds it refers to
+        # (RFC 7644 §3.7: the result must be as if processed in order).
+        known = set(ids) | failed_ids
+        i = next((i for i in remaining if needs[i] <= known), None)
+        if i is None:
             # What is left refers in a circle or to bulkIds that never appear.
-            for i in remaining:
-                missing = sorted(_op_references(operations[i]) - set(ids))
-                results[i] = _result(operations[i], _error(409, f"unresolved bulkId reference {missing[0]!r}", "invalidValue"))
+            for j in remaining:
+                missing = sorted(needs[j] - set(ids))
+                results[j] = _result(operations[j], _error(409, f"unresolved bulkId reference {missing[0]!r}", "invalidValue"))
             break
-        for i in ready:
-            remaining.remove(i)
-            op = operations[i]
-            refs = _op_references(op)
-            if refs & failed_ids:
-                bad = sorted(refs & failed_ids)[0]
-                results[i] = _result(op, _error(409, f"bulkId {bad!r} failed, so this operation cannot run", "invalidValue"))
+        remaining.remove(i)
+        op = operations[i]
+        if needs[i] & failed_ids:
+            bad = sorted(needs[i] & failed_ids)[0]
+            results[i] = _result(op, _error(409, f"bulkId {bad!r} failed, so this operation cannot run", "invalidValue"))
+            errors += 1
+            _mark_failed(op, failed_ids)
+        else:
+            outcome = await _one(executor, op, ids)
+            results[i] = outcome
+            if int(outcome["status"]) >= 400:
                 errors += 1
                 _mark_failed(op, failed_ids)
-            else:
-                outcome = await _one(executor, op, ids)
-                results[i] = outcome
-                if int(outcome["status"]) >= 400:
-                    errors += 1
-                    _mark_failed(op, failed_ids)
-            if fail_on_errors is not None and errors >= fail_on_errors:
-                remaining = []
-                break
+        if fail_on_errors is not None and errors >= fail_on_errors:
+            break
     return {"schemas": [BULK_RESPONSE], "Operations": [r for r in results if r is not None]}
 
 

@@ -452,8 +452,8 @@ class SqliteStore:
             sorter = SqliteFilter(rtype, None)
             expr = sorter.sort_expression(query.sort_by)
             direction = "DESC" if query.descending else "ASC"
-            # Resources without the attribute sort last either way (RFC 7644 §3.4.2.3).
-            order = f"({expr}) IS NULL, {expr} {direction}, r.seq"
+            # RFC 7644 §3.4.2.3: resources without the attribute come last ascending, first descending.
+            order = f"({expr}) IS NULL {'DESC' if query.descending else 'ASC'}, {expr} {direction}, r.seq"
         async with self._access():
             total_row = await (
                 await self.db.execute(f"SELECT count(*) FROM resources r WHERE {where}", [*head_params, *builder.params])

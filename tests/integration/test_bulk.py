@@ -268,3 +268,27 @@ async def test_bulk_max_operations_exceeded_is_413(small_bulk: TestClient, demo_
     ops = await post_bulk(scim, body)
     assert [o["status"] for o in ops] == ["201"] * 3
     assert count(demo_db, "employees") == 3
+
+
+async def test_fail_on_errors_stops_in_request_order(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    """RFC 7644 §3.7: reordering for bulkId references must not change the outcome of failOnErrors."""
+    await scim.post("/Users", user_body("dup@example.com"))
+    body = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+        "failOnErrors": 1,
+        "Operations": [
+            {"method": "POST", "path": "/Users", "bulkId": "u1", "data": user_body("first@example.com")},
+            {"method": "POST", "path": "/Groups", "bulkId": "g1",
+             "data": {"schemas": [GROUP_URN], "displayName": "Bulk Team", "members": [{"value": "bulkId:u1"}]}},
+            {"method": "PATCH", "path": "/Users/bulkId:u1",
+             "data": {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Lead"}]}},
+            {"method": "POST", "path": "/Users", "bulkId": "u2", "data": user_body("dup@example.com")},
+            {"method": "POST", "path": "/Users", "bulkId": "u3", "data": user_body("never@example.com")},
+        ],
+    }
+    resp, out = await scim.post("/Bulk", body)
+    assert resp.status == 200
+    assert [(o.get("bulkId"), o["status"]) for o in out["Operations"]] == [("u1", "201"), ("g1", "201"), (None, "200"), ("u2", "409")]
+    assert team_pairs(demo_db) == {("Bulk Team", "first@example.com")}
+    assert employee(demo_db, "first@example.com")["job_title"] == "Lead"
+    assert employee(demo_db, "never@example.com") is None

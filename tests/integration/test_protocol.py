@@ -250,8 +250,10 @@ async def test_sort_by_sub_attribute_and_extension(scim: Scim) -> None:
     assert [r["name"]["givenName"] for r in data["Resources"]] == ["Dave", "Carol", "Bob", "Alice"]
     resp, data = await scim.get(f"/Users?sortBy={q(ENTERPRISE_URN + ':employeeNumber')}&sortOrder=descending")
     assert resp.status == 200, data
-    # dave has no employeeNumber: resources without the attribute sort last either way.
-    assert [r["userName"] for r in data["Resources"]] == ["carol@corp.example", "Bob@example.com", "alice@example.com", "dave@example.com"]
+    # dave has no employeeNumber: RFC 7644 §3.4.2.3 puts him first when descending (last when ascending).
+    assert [r["userName"] for r in data["Resources"]] == ["dave@example.com", "carol@corp.example", "Bob@example.com", "alice@example.com"]
+    resp, data = await scim.get(f"/Users?sortBy={q(ENTERPRISE_URN + ':employeeNumber')}")
+    assert [r["userName"] for r in data["Resources"]] == ["alice@example.com", "Bob@example.com", "carol@corp.example", "dave@example.com"]
 
 
 async def test_sort_by_meta_created(scim: Scim) -> None:
@@ -894,3 +896,31 @@ async def test_create_inactive_and_active_not_given(scim: Scim, demo_db: sqlite3
     assert resp.status == 201, unset
     assert "active" not in unset
     assert employee(demo_db, "unset@example.com")["status"] is None
+
+
+async def test_if_none_match_star_is_304_for_an_existing_resource(scim: Scim) -> None:
+    _, user = await scim.post("/Users", user_body("star@example.com"))
+    resp, _ = await scim.get(f"/Users/{user['id']}", headers={"If-None-Match": "*"})
+    assert resp.status == 304
+
+
+async def test_root_search_with_a_filter_spans_the_resource_types_that_have_the_attribute(scim: Scim) -> None:
+    await scim.post("/Users", user_body("root.search@example.com", displayName="Engineers Lead"))
+    await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Engineers"})
+    await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Sales"})
+    search = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": 'displayName sw "Eng"'}
+    resp, data = await scim.post("/.search", search)
+    assert resp.status == 200, data
+    assert data["totalResults"] == 2
+    assert sorted(r["displayName"] for r in data["Resources"]) == ["Engineers", "Engineers Lead"]
+    # userName exists only on Users: Groups contribute nothing, and that is no error.
+    resp, data = await scim.post("/.search", {**search, "filter": 'userName eq "root.search@example.com"'})
+    assert (resp.status, data["totalResults"]) == (200, 1)
+    resp, data = await scim.post("/.search", {**search, "filter": 'nosuch eq "x"'})
+    assert resp.status == 400 and data["scimType"] == "invalidFilter"
+
+
+async def test_group_display_name_is_advertised_unique(scim: Scim) -> None:
+    _, schema = await scim.get(f"/Schemas/{GROUP_URN}")
+    (display,) = [a for a in schema["attributes"] if a["name"] == "displayName"]
+    assert display["uniqueness"] == "server"

@@ -184,3 +184,13 @@ async def test_sorting_and_paging_are_stable(store: SqliteStore) -> None:
     assert rows[0].data["userName"] == "echo"
     _, rows = await store.query("app", USERS, Query(count=0))
     assert rows == []
+
+
+async def test_resources_without_the_sort_attribute_come_last_ascending_first_descending(store: SqliteStore) -> None:
+    await make(store, "u1", "b", "1", title="B")
+    await make(store, "u2", "none", "2")
+    await make(store, "u3", "a", "3", title="a")
+    _, rows = await store.query("app", USERS, Query(sort_by="title"))
+    assert [r.id for r in rows] == ["u3", "u1", "u2"]
+    _, rows = await store.query("app", USERS, Query(sort_by="title", descending=True))
+    assert [r.id for r in rows] == ["u2", "u1", "u3"]
