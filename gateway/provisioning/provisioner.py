@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from scim2_models.path import AttrPath, CompareOperator, Comparison
+from scim2_models.path import AttrPath, CompareOperator, Comparison, FilterNode
 
 from ..connectors.base import Connector
 from ..connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
@@ -271,7 +271,48 @@ class Provisioner:
     async def query(self, kind: str, query: Query, *, members: bool = True) -> tuple[int, list[dict[str, Any]]]:
         cres = self.resource(kind)
         total, rows = await self.store.query(self.app, cres.rtype, query)
+        if total == 0 and query.filter is not None:
+            adopted = await self._adopt_on_lookup(cres, query.filter)
+            if adopted is not None:
+                total, rows = 1, ([adopted] if query.start_index <= 1 and query.count != 0 else [])
         return total, [await self.materialize(cres, row, members=members) for row in rows]
+
+    async def _adopt_on_lookup(self, cres: CompiledResource, node: FilterNode) -> Row | None:
+        """Link an account the app already has when an IdP looks it up by its unique name.
+
+        Entra and Okta ask `userName eq "x"` (groups: `displayName eq "x"`) before
+        creating; an app record with that name the gateway has never linked is
+        adopted, so the IdP takes it over instead of failing on a duplicate.
+        """
+        rule = cres.match_rule
+        if not (isinstance(node, Comparison) and node.op == CompareOperator.eq and isinstance(node.value, str)):
+            return None
+        path = node.attr_path
+        if cres.rtype.resolve(path.attr, path.sub_attr, path.uri) != rule.resolved or not self.connector.capabilities.search:
+            return None
+        probe: dict[str, Any] = {}
+        write_rule(probe, rule, node.value)
+        try:
+            value = rule.to_app(value=node.value, resource=probe) if rule.to_app else node.value
+        except TemplateError:
+            return None
+        found = await self._call(f"looking up {cres.name}", lambda: self.connector.find(cres.name, rule.field, value))
+        if len(found) != 1:
+            return None
+        native_id, record = found[0]
+        if await self.store.by_native(self.app, cres.name, native_id) is not None:
+            return None
+        data = await self._overlay(cres, {}, record)
+        name = data.get(cres.unique_attr)
+        if not isinstance(name, str) or not name.strip():
+            return None
+        members = await self._members_from_app(native_id) if cres.name == "Group" and cres.members else []
+        try:
+            row = await self.store.link(self.app, cres.name, str(uuid.uuid4()), native_id, name.lower(), data, utc_now(), members)
+        except UniqueConflict:
+            return None  # linked meanwhile by another request, or the name belongs to another resource
+        log.info("%s: adopted the app's existing %s %s as %s", self.app, cres.name, native_id, row.id)
+        return row
 
     # ------------------------------------------------------------------ writes
 

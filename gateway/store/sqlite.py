@@ -208,8 +208,11 @@ class SqliteStore:
 
         return await self._tx(work)
 
-    async def link(self, app: str, rtype: str, rid: str, native_id: str, unique_key: str, data: dict[str, Any], now: str) -> Row:
-        """Adopt an app record that exists but has no SCIM id yet (import, recovery)."""
+    async def link(
+        self, app: str, rtype: str, rid: str, native_id: str, unique_key: str, data: dict[str, Any], now: str,
+        members: list[Member] = [],  # noqa: B006 - never mutated
+    ) -> Row:
+        """Adopt an app record that exists but has no SCIM id yet. UniqueConflict when the name or the record is taken."""
 
         async def work(db: aiosqlite.Connection) -> Row:
             try:
@@ -220,6 +223,7 @@ class SqliteStore:
                 )
             except sqlite3.IntegrityError as exc:
                 raise UniqueConflict(str(exc)) from None
+            await self._add_members(db, app, rid, members)
             rec = await (await db.execute("SELECT * FROM resources WHERE id = ?", (rid,))).fetchone()
             return self._row(rec)
 
