@@ -73,7 +73,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"Bearer token:  {token}")
             print(f"Try:           curl -H 'Authorization: Bearer {token}' {base}/Users")
     sys.stdout.flush()
-    web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None)
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None)
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (choose another with --port)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -56,3 +56,15 @@ def test_dockerfile_installs_like_the_readme_and_runs_serve() -> None:
     assert "pip install ." in dockerfile and "pip install ." in readme
     (cmd,) = re.findall(r"^CMD (\[.+\])$", dockerfile, re.M)
     assert json.loads(cmd)[:2] == ["scim-gateway", "serve"]
+
+
+def test_a_busy_port_is_a_clear_message_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--data-dir", str(tmp_path), "--token", "t"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "Traceback" not in err
