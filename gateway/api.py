@@ -16,7 +16,7 @@ from .app import APPS, SETTINGS, AppRuntime
 from .provisioning.provisioner import Provisioner
 from .scim import bulk as scim_bulk
 from .scim.discovery import list_response, schemas_of, service_provider_config
-from .scim.errors import ScimError, invalid_syntax, invalid_value, not_found, unavailable
+from .scim.errors import ScimError, invalid_syntax, not_found, unavailable
 from .scim.listing import ListRequest, check_search_body, parse_list_request
 from .scim.patch import apply_patch
 from .scim.projection import parse_attribute_list, project
@@ -301,8 +301,7 @@ class Endpoint:
         return parse_etag(self.request.headers.get("If-Match"))
 
     async def get(self, rtype: ResourceType, rid: str) -> web.Response:
-        excluded = parse_attribute_list(self.request.query.get("excludedAttributes"), rtype) or []
-        members = not any(r.attribute.name in ("members", "groups") and r.sub is None for r in excluded)
+        members = _wants_membership(rtype, self.request.query.get("attributes"), self.request.query.get("excludedAttributes"))
         row, resource = await self.provisioner.get(rtype.name, rid, members=members)
         none_match = self.request.headers.get("If-None-Match")
         if none_match is not None and (none_match.strip() == "*" or parse_etag(none_match) == row.version):
@@ -317,11 +316,7 @@ class Endpoint:
 
     async def _list(self, rtype: ResourceType, params: Any) -> web.Response:
         req = parse_list_request(params, rtype, default_count=self.limits.default_page_size, max_count=self.limits.max_page_size)
-        excluded = parse_attribute_list(req.excluded, rtype) or []
-        requested = parse_attribute_list(req.attributes, rtype)
-        members = not any(r.attribute.name in ("members", "groups") and r.sub is None for r in excluded)
-        if requested is not None:
-            members = any(r.attribute.name in ("members", "groups") for r in requested)
+        members = _wants_membership(rtype, req.attributes, req.excluded)
         total, resources = await self.provisioner.query(rtype.name, req.query, members=members)
         body = list_response([self.finish(rtype, r, req.attributes, req.excluded) for r in resources], total, req.query.start_index)
         return scim_response(body)
@@ -412,6 +407,15 @@ class Endpoint:
         return scim_response(result)
 
 
+def _wants_membership(rtype: ResourceType, attributes: str | None, excluded: str | None) -> bool:
+    """Whether the answer will show members / groups, so the store is not asked for them in vain."""
+    requested = parse_attribute_list(attributes, rtype)
+    if requested is not None:
+        return any(r.attribute.name in ("members", "groups") for r in requested)
+    dropped = parse_attribute_list(excluded, rtype) or []
+    return not any(r.attribute.name in ("members", "groups") and r.sub is None for r in dropped)
+
+
 def _names_members(body: Any) -> bool:
     """Whether a PUT body speaks about membership at all (Okta sends `members: []` to empty a group)."""
     return isinstance(body, dict) and any(isinstance(k, str) and k.lower() == "members" for k in body)
@@ -427,4 +431,4 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return await endpoint.route(request.match_info.get("tail") or "")
 
 
-__all__ = ["BASE_PATH", "dispatch", "error_middleware", "invalid_value", "setup_routes"]
+__all__ = ["BASE_PATH", "dispatch", "error_middleware", "setup_routes"]

@@ -14,6 +14,7 @@ from aiohttp import web
 from .connectors.base import AppContext, Connector
 from .connectors.registry import ConnectorRegistry, load_registry
 from .mapping.compile import CompiledMapping, load_mapping
+from .mapping.loader import MappingFileError, Problem
 from .provisioning.provisioner import Provisioner
 from .settings import GatewaySettings
 from .store.sqlite import SqliteStore
@@ -39,8 +40,6 @@ APPS = web.AppKey("apps", dict[str, AppRuntime])
 
 def load_apps(settings: GatewaySettings, registry: ConnectorRegistry) -> list[CompiledMapping]:
     """Validate and compile every mapping; raises MappingFileError (all problems) before anything starts."""
-    from .mapping.loader import MappingFileError
-
     mappings: list[CompiledMapping] = []
     problems = []
     for path in settings.mappings:
@@ -50,8 +49,6 @@ def load_apps(settings: GatewaySettings, registry: ConnectorRegistry) -> list[Co
             problems.extend(exc.problems)
     names = [m.app for m in mappings]
     for name in {n for n in names if names.count(n) > 1}:
-        from .mapping.loader import Problem
-
         problems.append(Problem(str(settings.mappings[names.index(name)]), None, ("app",), f"app {name!r} is defined twice"))
     if problems:
         raise MappingFileError(problems)

@@ -155,6 +155,3 @@ async def overlay(cres: CompiledResource, resource: dict[str, Any], record: Reco
         write_rule(out, rule, value)
     return out
 
-
-def changed_fields(old: Record, new: Record) -> Record:
-    return {k: v for k, v in new.items() if k not in old or old[k] != v}

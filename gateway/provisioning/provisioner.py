@@ -284,20 +284,13 @@ class Provisioner:
         creating; an app record with that name the gateway has never linked is
         adopted, so the IdP takes it over instead of failing on a duplicate.
         """
-        rule = cres.match_rule
         if not (isinstance(node, Comparison) and node.op == CompareOperator.eq and isinstance(node.value, str)):
             return None
         path = node.attr_path
-        if cres.rtype.resolve(path.attr, path.sub_attr, path.uri) != rule.resolved or not self.connector.capabilities.search:
+        if cres.rtype.resolve(path.attr, path.sub_attr, path.uri) != cres.match_rule.resolved:
             return None
-        probe: dict[str, Any] = {}
-        write_rule(probe, rule, node.value)
-        try:
-            value = rule.to_app(value=node.value, resource=probe) if rule.to_app else node.value
-        except TemplateError:
-            return None
-        found = await self._call(f"looking up {cres.name}", lambda: self.connector.find(cres.name, rule.field, value))
-        if len(found) != 1:
+        found = await self._call(f"looking up {cres.name}", lambda: self._find_by_match(cres, node.value))
+        if found is None or len(found) != 1:
             return None
         native_id, record = found[0]
         if await self.store.by_native(self.app, cres.name, native_id) is not None:
@@ -518,10 +511,27 @@ class Provisioner:
                 log.exception("%s: recovery of journal entry %s failed; it is retried by the next sweep", self.app, entry.seq)
         return repaired
 
+    async def _find_by_match(self, cres: CompiledResource, scim_value: Any) -> list[tuple[str, dict[str, Any]]] | None:
+        """The app's records whose match field holds this SCIM value; None when the connector cannot search."""
+        rule = cres.match_rule
+        if not self.connector.capabilities.search:
+            return None
+        if scim_value is None:
+            return []
+        probe: dict[str, Any] = {}
+        write_rule(probe, rule, scim_value)
+        try:
+            value = rule.to_app(value=scim_value, resource=probe) if rule.to_app else scim_value
+        except TemplateError:
+            return []
+        found: list[tuple[str, dict[str, Any]]] = await self.connector.find(cres.name, rule.field, value)
+        return found
+
     async def _recover_create(self, cres: CompiledResource, seq: int, row: Row) -> None:
-        value = read_rule(row.data, cres.match_rule)
-        record = await to_record(cres, row.data, self.refs) if value is not None else {}
-        matches = await self.connector.find(cres.name, cres.match_field, record.get(cres.match_field)) if value is not None else []
+        matches = await self._find_by_match(cres, read_rule(row.data, cres.match_rule))
+        if matches is None:
+            log.warning("%s: cannot tell whether %s %s reached the app (its connector cannot search)", self.app, cres.name, row.id)
+            return
         if len(matches) == 1:
             native_id, app_record = matches[0]
             data = await overlay(cres, row.data, app_record, self.refs)

@@ -59,9 +59,8 @@ def _logical(node: FilterNode, term: Callable[[FilterNode], str]) -> str:
 class SqliteFilter:
     """Builds `WHERE` fragments for SQLite (JSON1); `params` collects bound values in order."""
 
-    def __init__(self, rtype: ResourceType, unique_attr: str | None) -> None:
+    def __init__(self, rtype: ResourceType) -> None:
         self.rtype = rtype
-        self.unique_attr = unique_attr
         self.params: list[Any] = []
 
     # -- dialect hooks

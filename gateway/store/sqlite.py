@@ -433,7 +433,7 @@ class SqliteStore:
                 (app, group_id),
             )
             rows = await cur.fetchall()
-        return [Member(r[0], r[1], r[2] or _display(r[1], r[3])) for r in rows]
+        return [Member(r[0], r[1], r[2] or _display(r[3])) for r in rows]
 
     async def groups_of(self, app: str, member_id: str) -> list[Member]:
         async with self._access():
@@ -443,17 +443,17 @@ class SqliteStore:
                 (app, member_id),
             )
             rows = await cur.fetchall()
-        return [Member(r[0], "Group", _display("Group", r[1])) for r in rows]
+        return [Member(r[0], "Group", _display(r[1])) for r in rows]
 
     async def query(self, app: str, rtype: ResourceType, query: Query) -> tuple[int, list[Row]]:
-        builder = SqliteFilter(rtype, None)
+        builder = SqliteFilter(rtype)
         where = "r.app = ? AND r.type = ? AND r.state = 'active'"
         head_params: list[Any] = [app, rtype.name]
         if query.filter is not None:
             where += " AND " + builder.where(query.filter)
         order = "r.seq"
         if query.sort_by:
-            sorter = SqliteFilter(rtype, None)
+            sorter = SqliteFilter(rtype)
             expr = sorter.sort_expression(query.sort_by)
             direction = "DESC" if query.descending else "ASC"
             # RFC 7644 §3.4.2.3: resources without the attribute come last ascending, first descending.
@@ -474,7 +474,7 @@ class SqliteStore:
         return total, rows
 
 
-def _display(rtype: str, data_text: str) -> str | None:
+def _display(data_text: str) -> str | None:
     data = json.loads(data_text)
     return data.get("displayName") or data.get("userName")
 
