@@ -23,8 +23,11 @@ class Capabilities:
     """What the provisioner may ask of this connector."""
 
     membership: bool = False  # add_members / remove_members / list_members are implemented
-    search: bool = False  # find() by one field's value (adoption, crash recovery)
+    search: bool = False  # find() by one field's value (adoption, crash recovery, filter pushdown)
+    search_ops: frozenset[str] = frozenset({"eq"})  # the operators find() understands: eq, co, sw, ew
     list_all: bool = False  # iterate every record (import, reconcile)
+    read: bool = True  # get() returns the app's record; False for apps that cannot be read back
+    actions: frozenset[str] = frozenset()  # named calls for action() (e.g. disable / enable an account)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,19 @@ class Connector(ABC):
     def __init__(self, config: BaseModel, context: AppContext) -> None:
         self.config = config
         self.context = context
+
+    @classmethod
+    def capabilities_for(cls, config: BaseModel) -> Capabilities:
+        """What an instance with this configuration can do (checked by the mapping at load).
+
+        A connector whose abilities depend on its options (a REST app with or
+        without member calls) overrides this; the default is the class's.
+        """
+        return cls.capabilities
+
+    @property
+    def caps(self) -> Capabilities:
+        return type(self).capabilities_for(self.config)
 
     async def open(self) -> None:
         """Acquire pools and sessions. Called once when the app starts."""
@@ -68,8 +84,13 @@ class Connector(ABC):
     async def delete(self, kind: str, native_id: NativeId) -> None:
         """Delete the record. Deleting a record that is already gone is not an error."""
 
-    async def find(self, kind: str, field: str, value: Any) -> list[tuple[NativeId, Record]]:
-        """Records whose `field` equals `value` (case-insensitively where the app compares so)."""
+    async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
+        """Records whose `field` matches `value` by `op` (one of capabilities.search_ops).
+
+        eq: equal (case-insensitively where the app compares so); co / sw / ew:
+        contains / starts with / ends with, the value taken literally (a `%` or
+        `_` in it is data, never a wildcard).
+        """
         raise NotImplementedError
 
     def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:
@@ -85,6 +106,31 @@ class Connector(ABC):
 
     async def list_members(self, kind: str, group_id: NativeId) -> list[tuple[str, NativeId]]:
         raise NotImplementedError
+
+    async def action(self, kind: str, native_id: NativeId, name: str) -> None:
+        """Run a named call the connector's options declare (one of capabilities.actions), e.g. `disable`."""
+        raise NotImplementedError
+
+    async def check_schema(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """For `scim-gateway check --connect`: what the live app lacks that the options name.
+
+        Each problem is (location inside the `connector:` block, message), e.g.
+        (("tables", "User", "table"), "no table 'employes' (did you mean employees?)").
+        Called after open(); the default checks nothing.
+        """
+        return []
+
+    def plan(
+        self, op: str, kind: str, native_id: NativeId | None = None, record: Record | None = None,
+        members: list[tuple[str, NativeId]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """For `scim-gateway translate` (a dry run): the app calls `op` would make, calling nothing.
+
+        `op` is create, get, update, delete, add_members, remove_members or an action
+        name. Each call is a JSON-able dict (REST: method, url, headers, body; SQL:
+        statement and parameters) with every secret masked as "***".
+        """
+        return [{"operation": op, "kind": kind, "native_id": native_id, "record": record, "members": members}]
 
     # One SCIM write may touch the record and its membership. A connector that can
     # apply them atomically (one database transaction) overrides these two.

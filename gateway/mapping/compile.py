@@ -342,7 +342,7 @@ def compile_mapping(doc: Document, registry: ConnectorRegistry, *, require_secre
         if rc.members is not None:
             if name != "Group":
                 problems.append(doc.problem((*base, "members"), "only Group has members"))
-            elif not connector_cls.capabilities.membership:
+            elif not connector_cls.capabilities_for(connector_config).membership:
                 problems.append(doc.problem((*base, "members"), f"connector {config.connector['type']!r} does not manage membership"))
         resources[name] = CompiledResource(name, rtype, rules, match_rule, DEFAULT_MATCH[name], rc.delete, rc.members is not None)
     digests = []

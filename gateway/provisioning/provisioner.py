@@ -514,7 +514,7 @@ class Provisioner:
     async def _find_by_match(self, cres: CompiledResource, scim_value: Any) -> list[tuple[str, dict[str, Any]]] | None:
         """The app's records whose match field holds this SCIM value; None when the connector cannot search."""
         rule = cres.match_rule
-        if not self.connector.capabilities.search:
+        if not self.connector.caps.search:
             return None
         if scim_value is None:
             return []

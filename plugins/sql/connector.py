@@ -217,7 +217,7 @@ class SqlConnector(Connector):
                         await conn.execute(delete(column.table).where(column == member_key))
                 await conn.execute(delete(k.table).where(k.key == key))
 
-    async def find(self, kind: str, field: str, value: Any) -> list[tuple[NativeId, Record]]:
+    async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
         k = self._kind(kind)
         column = _column(k.table, field)
         if value is None:
