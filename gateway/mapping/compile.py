@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 import jinja2
-from jinja2 import StrictUndefined, meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import meta
 from pydantic import BaseModel, ValidationError
 from scim2_models.path import AttrPath, CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
 from scim2_models.path import Path as ScimPath
@@ -26,6 +25,8 @@ from scim2_models.path import Path as ScimPath
 from ..connectors.base import Connector
 from ..connectors.registry import ConnectorRegistry
 from ..scim.schema import (
+    CORE_GROUP,
+    CORE_USER,
     ENTERPRISE_USER,
     Attribute,
     Resolved,
@@ -36,7 +37,8 @@ from ..scim.schema import (
     user_resource_type,
 )
 from .loader import Document, Loc, MappingFileError, Problem, read_document
-from .model import AttributeRule, MappingConfig, ResourceConfig
+from .model import AttributeRule, DeactivateConfig, MappingConfig, MembersConfig, ResourceConfig
+from .transforms import TemplateEnvironment, create_environment
 
 KNOWN_EXTENSIONS: dict[str, Callable[[], Schema]] = {ENTERPRISE_USER: lambda: builtin_schema("enterprise_user")}
 DEFAULT_MATCH = {"User": "userName", "Group": "displayName"}
@@ -83,6 +85,14 @@ class CompiledRule:
 
 
 @dataclass(slots=True)
+class ComputedField:
+    """An app field computed from the whole resource (a login built from names, a constant)."""
+
+    field: str
+    to_app: Transform
+
+
+@dataclass(slots=True)
 class CompiledResource:
     name: str
     rtype: ResourceType
@@ -90,11 +100,19 @@ class CompiledResource:
     match_rule: CompiledRule
     unique_attr: str
     delete_mode: str
-    members: bool
+    members: MembersConfig | None
+    deactivate: DeactivateConfig = field(default_factory=DeactivateConfig)
+    reads_live: bool = True
+    pushdown: list[CompiledRule] = field(default_factory=list)
+    computed: list[ComputedField] = field(default_factory=list)
 
     @property
     def match_field(self) -> str:
         return self.match_rule.field
+
+    def rule_for(self, resolved: Resolved) -> CompiledRule | None:
+        """The plain (no value filter) rule mapping this attribute, if any."""
+        return next((r for r in self.rules if r.resolved == resolved and r.selector is None), None)
 
 
 @dataclass(slots=True)
@@ -113,12 +131,12 @@ class CompiledMapping:
 
 # ---------------------------------------------------------------- templates
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
-
-def _compile_template(source: str, allowed: set[str], doc: Document, loc: Loc, problems: list[Problem]) -> Transform | None:
+def _compile_template(
+    env: TemplateEnvironment, source: str, allowed: set[str], doc: Document, loc: Loc, problems: list[Problem]
+) -> Transform | None:
     try:
-        parsed = _ENV.parse("{{ " + source + " }}")
+        parsed = env.parse("{{ " + source + " }}")
     except jinja2.TemplateSyntaxError as exc:
         problems.append(doc.problem(loc, f"invalid expression: {exc.message}"))
         return None
@@ -127,8 +145,10 @@ def _compile_template(source: str, allowed: set[str], doc: Document, loc: Loc, p
         names = ", ".join(sorted(undeclared))
         problems.append(doc.problem(loc, f"undefined name {names} (valid: {', '.join(sorted(allowed))})"))
         return None
+    for problem in env.check(parsed):
+        problems.append(doc.problem(loc, problem))
     try:
-        fn = _ENV.compile_expression(source, undefined_to_none=False)
+        fn = env.compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
         problems.append(doc.problem(loc, f"invalid expression: {exc.message}"))
         return None
@@ -217,15 +237,32 @@ def validate_document(doc: Document, registry: ConnectorRegistry) -> tuple[Mappi
     return config, connector_config, connector_cls, problems
 
 
-def _resource_type(name: str, rc: ResourceConfig, doc: Document, problems: list[Problem]) -> ResourceType:
+def _custom_schemas(config: MappingConfig, doc: Document, problems: list[Problem]) -> dict[str, Schema]:
+    """The mapping's own extension schemas, by lower-cased URN."""
+    out: dict[str, Schema] = {}
+    reserved = {u.lower() for u in (*KNOWN_EXTENSIONS, CORE_USER, CORE_GROUP)}
+    for i, declared in enumerate(config.schemas):
+        key = declared.id.lower()
+        if key in reserved or key in out:
+            problems.append(doc.problem(("schemas", i, "id"), f"schema {declared.id!r} is already defined"))
+            continue
+        out[key] = Schema.from_json(declared.model_dump())
+    return out
+
+
+def _resource_type(
+    name: str, rc: ResourceConfig, custom: dict[str, Schema], doc: Document, problems: list[Problem]
+) -> ResourceType:
     extensions = []
     for i, urn in enumerate(rc.extensions):
-        factory = next((f for known, f in KNOWN_EXTENSIONS.items() if known.lower() == urn.lower()), None)
-        if factory is None or name != "User":
-            valid = ", ".join(KNOWN_EXTENSIONS) if name == "User" else "none for Group"
-            problems.append(doc.problem(("resources", name, "extensions", i), f"unknown extension schema {urn!r} (valid: {valid})"))
+        factory = next((f for known, f in KNOWN_EXTENSIONS.items() if known.lower() == urn.lower() and name == "User"), None)
+        schema = factory() if factory is not None else custom.get(urn.lower())
+        if schema is None:
+            valid = [*(KNOWN_EXTENSIONS if name == "User" else ()), *(s.id for s in custom.values())]
+            message = f"unknown extension schema {urn!r} (valid: {', '.join(valid) or 'none; declare it under schemas'})"
+            problems.append(doc.problem(("resources", name, "extensions", i), message))
             continue
-        extensions.append((factory(), False))
+        extensions.append((schema, False))
     if name == "User":
         return user_resource_type(tuple(extensions))
     return group_resource_type(tuple(extensions))
@@ -236,8 +273,9 @@ def _all_names(rtype: ResourceType) -> list[str]:
 
 
 def _compile_rule(
-    rule: AttributeRule, rtype: ResourceType, doc: Document, loc: Loc, problems: list[Problem]
+    env: TemplateEnvironment, rule: AttributeRule, rtype: ResourceType, doc: Document, loc: Loc, problems: list[Problem]
 ) -> CompiledRule | None:
+    assert rule.scim is not None
     scim_loc = (*loc, "scim")
     try:
         node = ScimPath(rule.scim).ast
@@ -281,8 +319,8 @@ def _compile_rule(
     if rule.ref is not None and target.type not in ("string", "reference"):
         problems.append(doc.problem((*loc, "ref"), f"{resolved.dotted} is not an id-valued attribute"))
         return None
-    to_app = _compile_template(rule.to_app, {"value", "resource"}, doc, (*loc, "to_app"), problems) if rule.to_app else None
-    to_scim = _compile_template(rule.to_scim, {"value", "record"}, doc, (*loc, "to_scim"), problems) if rule.to_scim else None
+    to_app = _compile_template(env, rule.to_app, {"value", "resource"}, doc, (*loc, "to_app"), problems) if rule.to_app else None
+    to_scim = _compile_template(env, rule.to_scim, {"value", "record"}, doc, (*loc, "to_scim"), problems) if rule.to_scim else None
     return CompiledRule(rule, resolved, selector, to_app, to_scim)
 
 
@@ -312,22 +350,30 @@ def compile_mapping(doc: Document, registry: ConnectorRegistry, *, require_secre
     if config is None or connector_config is None or connector_cls is None:
         raise MappingFileError(problems)
     resources: dict[str, CompiledResource] = {}
+    env = create_environment(config.lookups)
+    custom = _custom_schemas(config, doc, problems)
+    caps = connector_cls.capabilities_for(connector_config)
     for name, rc in config.resources.items():
         base: Loc = ("resources", name)
-        rtype = _resource_type(name, rc, doc, problems)
+        rtype = _resource_type(name, rc, custom, doc, problems)
         rules: list[CompiledRule] = []
+        computed: list[ComputedField] = []
         fields_seen: dict[str, int] = {}
         for i, rule in enumerate(rc.attributes):
-            compiled = _compile_rule(rule, rtype, doc, (*base, "attributes", i), problems)
-            if compiled is None:
+            loc = (*base, "attributes", i)
+            if rule.field in fields_seen and rule.direction != "to_scim":
+                problems.append(doc.problem((*loc, "field"), f"field {rule.field!r} is already written by attributes[{fields_seen[rule.field]}]"))
+            if rule.direction != "to_scim":
+                fields_seen.setdefault(rule.field, i)
+            if rule.scim is None:
+                assert rule.to_app is not None
+                transform = _compile_template(env, rule.to_app, {"resource"}, doc, (*loc, "to_app"), problems)
+                if transform is not None:
+                    computed.append(ComputedField(rule.field, transform))
                 continue
-            if compiled.writes:
-                if compiled.field in fields_seen:
-                    problems.append(
-                        doc.problem((*base, "attributes", i, "field"), f"field {compiled.field!r} is already written by attributes[{fields_seen[compiled.field]}]")
-                    )
-                fields_seen[compiled.field] = i
-            rules.append(compiled)
+            compiled = _compile_rule(env, rule, rtype, doc, loc, problems)
+            if compiled is not None:
+                rules.append(compiled)
         match_name = rc.match or DEFAULT_MATCH[name]
         match_resolved = rtype.resolve_dotted(match_name)
         match_rule = next((r for r in rules if match_resolved is not None and r.resolved == match_resolved and r.selector is None), None)
@@ -342,9 +388,32 @@ def compile_mapping(doc: Document, registry: ConnectorRegistry, *, require_secre
         if rc.members is not None:
             if name != "Group":
                 problems.append(doc.problem((*base, "members"), "only Group has members"))
-            elif not connector_cls.capabilities_for(connector_config).membership:
-                problems.append(doc.problem((*base, "members"), f"connector {config.connector['type']!r} does not manage membership"))
-        resources[name] = CompiledResource(name, rtype, rules, match_rule, DEFAULT_MATCH[name], rc.delete, rc.members is not None)
+            elif rc.members.via == "connector" and not caps.membership:
+                problems.append(
+                    doc.problem((*base, "members", "via"), f"connector {config.connector['type']!r} has no member calls (valid: group_field, user_field)")
+                )
+            elif rc.members.via == "user_field" and "User" not in config.resources:
+                problems.append(doc.problem((*base, "members", "via"), "user_field keeps membership on user records: map User too"))
+        if rc.deactivate.via == "action":
+            for key in ("disable", "enable"):
+                action = getattr(rc.deactivate, key)
+                if action not in caps.actions:
+                    valid = ", ".join(sorted(caps.actions)) or "none: declare actions in the connector block"
+                    problems.append(doc.problem((*base, "deactivate", key), f"the connector has no action {action!r} (valid: {valid})"))
+        pushdown: list[CompiledRule] = []
+        for i, attr in enumerate(rc.pushdown):
+            resolved = rtype.resolve_dotted(attr)
+            target = next((r for r in rules if resolved is not None and r.resolved == resolved and r.selector is None and r.reads), None)
+            if target is None:
+                problems.append(doc.problem((*base, "pushdown", i), f"{attr!r} is not a mapped {name} attribute (valid: {', '.join(r.resolved.dotted for r in rules if r.selector is None)})"))
+            elif not caps.search:
+                problems.append(doc.problem((*base, "pushdown", i), f"connector {config.connector['type']!r} cannot search the app"))
+            else:
+                pushdown.append(target)
+        resources[name] = CompiledResource(
+            name, rtype, rules, match_rule, DEFAULT_MATCH[name], rc.delete, rc.members,
+            deactivate=rc.deactivate, reads_live=rc.reads == "live" and caps.read, pushdown=pushdown, computed=computed,
+        )
     digests = []
     for i, token in enumerate(config.auth.bearer):
         digest = token.digest() if require_secrets or token.sha256 else b""
@@ -364,4 +433,4 @@ def load_mapping(path: Path, registry: ConnectorRegistry, *, require_secrets: bo
     return compile_mapping(read_document(path), registry, require_secrets=require_secrets)
 
 
-__all__ = ["CompiledMapping", "CompiledResource", "CompiledRule", "TemplateError", "compile_mapping", "load_mapping"]
+__all__ = ["CompiledMapping", "CompiledResource", "CompiledRule", "ComputedField", "TemplateError", "compile_mapping", "load_mapping"]

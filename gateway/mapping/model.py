@@ -47,20 +47,101 @@ class AuthConfig(_Strict):
 
 
 class AttributeRule(_Strict):
-    """One SCIM attribute <-> one app field, with optional value transforms."""
+    """One SCIM attribute <-> one app field, with optional value transforms; or a computed field (no `scim`)."""
 
-    scim: str = Field(description='SCIM attribute path: userName, name.givenName, emails[type eq "work"].value, URN-qualified')
-    field: str = Field(description="The app's field (column, JSON key)")
+    scim: str | None = Field(
+        None,
+        description='SCIM attribute path: userName, name.givenName, emails[type eq "work"].value, URN-qualified; '
+        "omitted for a computed field or a constant (then `to_app` gives the value from `resource`)",
+    )
+    field: str = Field(description="The app's field (column, JSON key; dotted for a nested JSON key)")
     to_app: str | None = Field(None, description="Jinja2 expression turning the SCIM `value` into the app's (also `resource`)")
     to_scim: str | None = Field(None, description="Jinja2 expression turning the app's `value` into SCIM (also `record`)")
     ref: Literal["User", "Group"] | None = Field(None, description="The value is an id of this resource type: SCIM id <-> native id")
     direction: Literal["both", "to_app", "to_scim"] = "both"
 
+    @model_validator(mode="after")
+    def _computed(self) -> AttributeRule:
+        if self.scim is None:
+            if self.to_app is None:
+                raise ValueError("a rule without `scim` is a computed field: give `to_app` (e.g. to_app: \"'constant'\")")
+            if self.direction == "to_scim" or self.ref is not None or self.to_scim is not None:
+                raise ValueError("a computed field (no `scim`) is written to the app only: drop direction/ref/to_scim")
+        return self
+
 
 class MembersConfig(_Strict):
     """How the app models group membership."""
 
-    via: Literal["connector"] = Field("connector", description="connector: the connector's add/remove member calls")
+    via: Literal["connector", "group_field", "user_field"] = Field(
+        "connector",
+        description="connector: the connector's own add/remove member calls (a join table, member sub-resources); "
+        "group_field: a list of member ids on the group record; user_field: a list of group ids on each user record",
+    )
+    field: str | None = Field(None, description="group_field / user_field: the record field holding the id list")
+    separator: str | None = Field(
+        None, min_length=1, description="When the field is text (a column), the ids are joined by this, e.g. \",\"; default: a JSON list"
+    )
+
+    @model_validator(mode="after")
+    def _field(self) -> MembersConfig:
+        if self.via != "connector" and not self.field:
+            raise ValueError(f"via: {self.via} needs `field`: the record field that holds the id list")
+        if self.via == "connector" and (self.field or self.separator):
+            raise ValueError("`field` and `separator` are only for via: group_field or user_field")
+        return self
+
+
+class DeactivateConfig(_Strict):
+    """What `active: false` does in the app."""
+
+    via: Literal["field", "action"] = Field(
+        "field", description="field: the `active` rule writes a field value; action: the connector's named calls below"
+    )
+    disable: str | None = Field(None, description="via: action: the connector action that disables the account")
+    enable: str | None = Field(None, description="via: action: the connector action that re-enables it")
+
+    @model_validator(mode="after")
+    def _actions(self) -> DeactivateConfig:
+        if self.via == "action" and not (self.disable and self.enable):
+            raise ValueError("via: action needs both `disable` and `enable` (names of connector actions)")
+        if self.via == "field" and (self.disable or self.enable):
+            raise ValueError("`disable` / `enable` are only for via: action")
+        return self
+
+
+class SchemaAttributeConfig(_Strict):
+    """One attribute of a custom schema, in RFC 7643 §7 form."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$", description="The attribute's name")
+    type: Literal["string", "boolean", "decimal", "integer", "dateTime", "reference", "complex"] = "string"
+    multiValued: bool = False
+    required: bool = False
+    caseExact: bool = False
+    mutability: Literal["readOnly", "readWrite", "immutable", "writeOnly"] = "readWrite"
+    returned: Literal["always", "never", "default", "request"] = "default"
+    uniqueness: Literal["none", "server", "global"] = "none"
+    description: str = ""
+    canonicalValues: list[str] = Field(default_factory=list)
+    referenceTypes: list[str] = Field(default_factory=list)
+    subAttributes: list[SchemaAttributeConfig] = Field(default_factory=list, description="complex only: its sub-attributes")
+
+    @model_validator(mode="after")
+    def _subs(self) -> SchemaAttributeConfig:
+        if self.type == "complex" and not self.subAttributes:
+            raise ValueError("a complex attribute needs subAttributes")
+        if self.type != "complex" and self.subAttributes:
+            raise ValueError("only a complex attribute has subAttributes")
+        return self
+
+
+class SchemaConfig(_Strict):
+    """A custom extension schema this mapping declares (shown in /Schemas; listed by a resource's `extensions`)."""
+
+    id: str = Field(pattern=r"^urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:\S+$", description="The schema URN")
+    name: str = Field(min_length=1, description="A short name")
+    description: str = ""
+    attributes: list[SchemaAttributeConfig] = Field(min_length=1)
 
 
 class ResourceConfig(_Strict):
@@ -70,7 +151,20 @@ class ResourceConfig(_Strict):
     )
     attributes: list[AttributeRule]
     members: MembersConfig | None = None
-    delete: Literal["delete", "deactivate"] = Field("delete", description="What a SCIM DELETE does in the app")
+    deactivate: DeactivateConfig = Field(default_factory=DeactivateConfig, description="What `active: false` does in the app")
+    delete: Literal["delete", "deactivate"] = Field(
+        "delete", description="What a SCIM DELETE does in the app: delete the record, or only deactivate it"
+    )
+    reads: Literal["live", "cached"] = Field(
+        "live",
+        description="live: GET by id and every write read the app's record; cached: answer from the gateway's "
+        "last-known copy (for apps that cannot be read back)",
+    )
+    pushdown: list[str] = Field(
+        default_factory=list,
+        description="SCIM attributes whose filters (eq; co/sw/ew where the connector can) are asked of the app "
+        "before answering, so a list shows the app's current records, including ones never provisioned",
+    )
 
     @field_validator("attributes")
     @classmethod
@@ -87,6 +181,11 @@ class MappingConfig(_Strict):
     description: str = ""
     auth: AuthConfig = Field(default_factory=AuthConfig)
     connector: dict[str, Any] = Field(description="The connector block; `type` selects the connector, the rest is its own")
+    lookups: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named value tables for templates: `value | lookup('departments')` (and reverse=true for reads)",
+    )
+    schemas: list[SchemaConfig] = Field(default_factory=list, description="Custom extension schemas (RFC 7643 §7 form)")
     resources: dict[Literal["User", "Group"], ResourceConfig]
 
     @field_validator("connector")

@@ -136,6 +136,8 @@ async def to_record(cres: CompiledResource, resource: dict[str, Any], refs: RefR
         if rule.to_app is not None:
             value = rule.to_app(value=value, resource=resource)
         record[rule.field] = value
+    for computed in cres.computed:
+        record[computed.field] = computed.to_app(resource=resource)
     return record
 
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from scim2_models.path import AttrPath, CompareOperator, Comparison, FilterNode
+from scim2_models.path import AttrPath, CompareOperator, Comparison, FilterNode, LogicalExpr, LogicalOperator
 
 from ..connectors.base import Connector
 from ..connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
@@ -26,11 +26,13 @@ from ..mapping.compile import CompiledMapping, CompiledResource, TemplateError
 from ..mapping.translate import UnresolvedReference, overlay, read_rule, to_record, write_rule
 from ..scim.errors import ScimError, invalid_value, not_found, unavailable, uniqueness
 from ..store.base import Busy, Gone, Member, NativeConflict, Query, Row, Store, UniqueConflict, VersionMismatch
+from .membership import Membership, create_membership
 
 log = logging.getLogger(__name__)
 
 WRITE_ONLY = ("password",)
 BUSY_RETRY_SECONDS = 10.0
+PUSHDOWN_LIMIT = 1000  # app records one pushed-down filter may sync; more is an import, not a lookup
 VERSION_RETRIES = 20
 
 
@@ -92,6 +94,9 @@ class Provisioner:
         self.refs = _Refs(store, self.app)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._inflight: set[int] = set()  # journal entries this process is working on right now
+        self.memberships: dict[str, Membership] = {
+            kind: create_membership(connector, kind, cres.members) for kind, cres in mapping.resources.items()
+        }
 
     def resource(self, kind: str) -> CompiledResource:
         try:
@@ -193,8 +198,8 @@ class Provisioner:
                 delay = min(delay * 2, 0.25)
 
     async def _live_data(self, cres: CompiledResource, row: Row) -> dict[str, Any]:
-        """The gateway copy with every mapped attribute as the app has it now."""
-        if row.native_id is None:
+        """The gateway copy with every mapped attribute as the app has it now (the copy itself for `reads: cached`)."""
+        if row.native_id is None or not cres.reads_live:
             return row.data
         native_id = row.native_id
         record = await self._call(f"reading {cres.name} {row.id}", lambda: self.connector.get(cres.name, native_id))
@@ -222,6 +227,8 @@ class Provisioner:
 
     async def _read_back(self, cres: CompiledResource, native_id: str, data: dict[str, Any]) -> dict[str, Any]:
         """What the app now holds, over what we sent (the app may normalise or default values)."""
+        if not cres.reads_live:
+            return data
         try:
             record = await self.connector.get(cres.name, native_id)
         except AppError as exc:
@@ -270,6 +277,8 @@ class Provisioner:
 
     async def query(self, kind: str, query: Query, *, members: bool = True) -> tuple[int, list[dict[str, Any]]]:
         cres = self.resource(kind)
+        if query.filter is not None and cres.pushdown:
+            await self._pushdown(cres, query.filter)
         total, rows = await self.store.query(self.app, cres.rtype, query)
         if total == 0 and query.filter is not None:
             adopted = await self._adopt_on_lookup(cres, query.filter)
@@ -295,6 +304,10 @@ class Provisioner:
         native_id, record = found[0]
         if await self.store.by_native(self.app, cres.name, native_id) is not None:
             return None
+        return await self._link_app_record(cres, native_id, record)
+
+    async def _link_app_record(self, cres: CompiledResource, native_id: str, record: dict[str, Any]) -> Row | None:
+        """Adopt an app record the gateway has never linked: a new SCIM id, its data read from the record."""
         data = await self._overlay(cres, {}, record)
         name = data.get(cres.unique_attr)
         if not isinstance(name, str) or not name.strip():
@@ -306,6 +319,60 @@ class Provisioner:
             return None  # linked meanwhile by another request, or the name belongs to another resource
         log.info("%s: adopted the app's existing %s %s as %s", self.app, cres.name, native_id, row.id)
         return row
+
+    def _pushable(self, cres: CompiledResource, node: FilterNode) -> list[tuple[Any, str, Any]] | None:
+        """The (rule, op, value) questions to ask the app so that its answers cover every match of `node`; None if it cannot."""
+        if isinstance(node, Comparison):
+            path = node.attr_path
+            resolved = cres.rtype.resolve(path.attr, path.sub_attr, path.uri)
+            rule = next((r for r in cres.pushdown if r.resolved == resolved), None)
+            op = node.op.value.lower()
+            if rule is None or not isinstance(node.value, str) or op not in self.connector.caps.search_ops:
+                return None
+            if op != "eq" and (rule.to_app is not None or rule.rule.ref is not None):
+                return None  # a transform of part of a value means nothing
+            return [(rule, op, node.value)]
+        if isinstance(node, LogicalExpr) and node.op == LogicalOperator.and_:
+            for term in node.terms:  # one pushable conjunct finds a superset of the matches
+                found = self._pushable(cres, term)
+                if found is not None:
+                    return found
+            return None
+        if isinstance(node, LogicalExpr) and node.op == LogicalOperator.or_:
+            out: list[tuple[Any, str, Any]] = []
+            for term in node.terms:
+                found = self._pushable(cres, term)
+                if found is None:
+                    return None
+                out += found
+            return out
+        return None
+
+    async def _pushdown(self, cres: CompiledResource, node: FilterNode) -> None:
+        """Ask the app for the records a filter names, so the answer is as current as the app.
+
+        Records the gateway knows have its copy brought up to date; records it
+        has never linked are adopted. The store then answers the whole filter,
+        with SCIM's own comparison rules, over those fresh copies.
+        """
+        questions = self._pushable(cres, node)
+        if not questions:
+            return
+        for rule, op, value in questions:
+            if rule.to_app is not None:
+                probe: dict[str, Any] = {}
+                write_rule(probe, rule, value)
+                try:
+                    value = rule.to_app(value=value, resource=probe)
+                except TemplateError:
+                    continue
+            found = await self._call(f"searching {cres.name}", lambda r=rule, o=op, v=value: self.connector.find(cres.name, r.field, v, o))
+            for native_id, record in found[:PUSHDOWN_LIMIT]:
+                row = await self.store.by_native(self.app, cres.name, native_id)
+                if row is None:
+                    await self._link_app_record(cres, native_id, record)
+                elif row.state == "active":
+                    await self._sync_copy(cres, row, await self._overlay(cres, row.data, record))
 
     # ------------------------------------------------------------------ writes
 
@@ -325,7 +392,10 @@ class Provisioner:
             raise uniqueness(f"{cres.unique_attr} {resource[cres.unique_attr]!r} is already taken") from None
 
         async def call() -> str:
-            return await self.connector.create_with_members(kind, record, await self._natives(members))
+            native_id: str = await self.memberships[kind].create(record, await self._natives(members))
+            if resource.get("active") is False:
+                await self._set_active(cres, native_id, False)
+            return native_id
 
         async def settle(native_id: str) -> Row:
             settled = await self._read_back(cres, native_id, data)
@@ -409,18 +479,21 @@ class Provisioner:
                     if if_match is not None:
                         raise ScimError(412, f"{kind} {rid} has changed") from None
                     continue  # another writer got in between: recompute on the new version
-                return await self._apply_update(cres, seq, claimed, record, data, unique_key, add, remove)
+                switch = None if current.get("active") is new.get("active") or new.get("active") is None else bool(new.get("active"))
+                return await self._apply_update(cres, seq, claimed, record, data, unique_key, add, remove, switch)
             raise unavailable(f"{kind} {rid} is changing too often to update; retry", 2)
 
     async def _apply_update(
         self, cres: CompiledResource, seq: int, row: Row, record: dict[str, Any], data: dict[str, Any],
-        unique_key: str, add: list[Member], remove: list[Member],
+        unique_key: str, add: list[Member], remove: list[Member], switch: bool | None = None,
     ) -> tuple[Row, dict[str, Any]]:
         assert row.native_id is not None
         native_id = row.native_id
 
         async def call() -> None:
-            await self.connector.write(cres.name, native_id, record, await self._natives(add), await self._natives(remove))
+            await self.memberships[cres.name].write(native_id, record, await self._natives(add), await self._natives(remove))
+            if switch is not None:
+                await self._set_active(cres, native_id, switch)
 
         async def settle(_: None) -> Row:
             settled = await self._read_back(cres, native_id, data)
@@ -443,7 +516,9 @@ class Provisioner:
 
             async def call() -> None:
                 try:
-                    if cres.delete_mode == "deactivate":
+                    if cres.delete_mode == "deactivate" and cres.deactivate.via == "action":
+                        await self._set_active(cres, native_id, False)
+                    elif cres.delete_mode == "deactivate":
                         await self.connector.update(kind, native_id, await self._record(cres, {**row.data, "active": False}))
                     else:
                         await self.connector.delete(kind, native_id)
@@ -455,6 +530,14 @@ class Provisioner:
 
             await self._run_claimed(seq, f"deleting {kind} {rid}", call, settle)
         await self._forget_references(kind, rid)
+
+    async def _set_active(self, cres: CompiledResource, native_id: str, active: bool) -> None:
+        """`deactivate: {via: action}`: the app's own disable / enable call (a field rule needs nothing more)."""
+        if cres.deactivate.via != "action":
+            return
+        action = cres.deactivate.enable if active else cres.deactivate.disable
+        assert action is not None
+        await self.connector.action(cres.name, native_id, action)
 
     async def _forget_references(self, kind: str, rid: str) -> None:
         """Drop a deleted resource's id from every `ref:` attribute of our copies (e.g. the reports' manager)."""
@@ -495,7 +578,10 @@ class Provisioner:
                     await self._recover_update(cres, entry.seq, row)
                 elif entry.op == "delete":
                     assert row.native_id is not None
-                    if await self.connector.get(cres.name, row.native_id) is None or cres.delete_mode == "deactivate":
+                    if not cres.reads_live and cres.delete_mode == "delete":
+                        await self.connector.delete(cres.name, row.native_id)  # cannot look: finish it (idempotent)
+                        await self.store.settle_delete(entry.seq)
+                    elif cres.delete_mode == "deactivate" or await self.connector.get(cres.name, row.native_id) is None:
                         await self.store.settle_delete(entry.seq)
                     else:
                         await self.store.abort(entry.seq, "recovery: the app still has the record")
@@ -546,6 +632,10 @@ class Provisioner:
 
     async def _recover_update(self, cres: CompiledResource, seq: int, row: Row) -> None:
         assert row.native_id is not None
+        if not cres.reads_live:
+            # The app cannot be read back: the copy keeps what was acknowledged before; the IdP retries the write.
+            await self.store.abort(seq, "recovery: the app cannot be read back; the unacknowledged update is dropped")
+            return
         record = await self.connector.get(cres.name, row.native_id)
         if record is None:
             await self.store.abort(seq, "recovery: the app no longer has the record")
@@ -560,7 +650,7 @@ class Provisioner:
             await self.store.settle_update(seq, data, utc_now(), unique_key)
 
     async def _members_from_app(self, native_id: str) -> list[Member]:
-        pairs = await self.connector.list_members("Group", native_id)
+        pairs = await self.memberships["Group"].list(native_id)
         out: list[Member] = []
         for kind in {k for k, _ in pairs}:
             ids = await self.store.scim_ids(self.app, kind, [n for k, n in pairs if k == kind])

@@ -1,0 +1,202 @@
+"""How a group's membership reaches the app, in whichever of three ways the app models it.
+
+- connector: the app has its own add / remove member calls (a join table, member
+  sub-resources); the connector does it, atomically with the record where it can.
+- group_field: the group record carries a list of its members' native ids.
+- user_field: each user record carries a list of its groups' native ids
+  (a role list on the user).
+
+The provisioner calls one of these for every group write; a connector never
+learns which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from ..connectors.base import Connector, NativeId, Record
+from ..connectors.errors import AppNotFound
+from ..mapping.model import MembersConfig
+
+Pair = tuple[str, NativeId]  # (member kind, member native id)
+
+
+class IdList:
+    """An id list as the app keeps it: a JSON list, or text joined by a separator (a column)."""
+
+    def __init__(self, separator: str | None) -> None:
+        self.separator = separator
+
+    def parse(self, value: Any) -> list[str]:
+        if value is None or value == "":
+            return []
+        if isinstance(value, str):
+            sep = self.separator or ","
+            return [v.strip() for v in value.split(sep) if v.strip()]
+        if isinstance(value, Iterable):
+            return [str(v) for v in value if v is not None]
+        return [str(value)]
+
+    def render(self, ids: list[str], like: Any = None) -> Any:
+        if self.separator is not None:
+            return self.separator.join(ids) if ids else None
+        if isinstance(like, list) and like and all(isinstance(v, int) for v in like):
+            return [int(v) if v.lstrip("-").isdigit() else v for v in ids]  # numbers stay numbers
+        return ids
+
+
+class Membership:
+    """The connector's own member calls (via: connector), and the base of the other two."""
+
+    def __init__(self, connector: Connector, kind: str) -> None:
+        self.connector = connector
+        self.kind = kind
+
+    async def create(self, record: Record, members: list[Pair]) -> NativeId:
+        return await self.connector.create_with_members(self.kind, record, members)
+
+    async def write(self, native_id: NativeId, changes: Record, add: list[Pair], remove: list[Pair]) -> None:
+        await self.connector.write(self.kind, native_id, changes, add, remove)
+
+    async def list(self, native_id: NativeId) -> list[Pair]:
+        return await self.connector.list_members(self.kind, native_id)
+
+    def plan(self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]) -> list[dict[str, Any]]:
+        calls = []
+        if record:
+            calls += self.connector.plan("create" if native_id is None else "update", self.kind, native_id, record)
+        if remove:
+            calls += self.connector.plan("remove_members", self.kind, native_id, members=remove)
+        if add:
+            calls += self.connector.plan("add_members", self.kind, native_id, members=add)
+        return calls
+
+
+class GroupFieldMembership(Membership):
+    """The group record's `field` lists its members' native ids."""
+
+    def __init__(self, connector: Connector, kind: str, field: str, ids: IdList, member_kind: str = "User") -> None:
+        super().__init__(connector, kind)
+        self.field = field
+        self.ids = ids
+        self.member_kind = member_kind
+
+    async def create(self, record: Record, members: list[Pair]) -> NativeId:
+        return await self.connector.create(self.kind, {**record, self.field: self.ids.render([n for _k, n in members])})
+
+    async def write(self, native_id: NativeId, changes: Record, add: list[Pair], remove: list[Pair]) -> None:
+        if add or remove:
+            current = await self.connector.get(self.kind, native_id)
+            if current is None:
+                raise AppNotFound(f"{self.kind} {native_id}")
+            present = current.get(self.field)
+            ids = self.ids.parse(present)
+            gone = {n for _k, n in remove}
+            ids = [i for i in ids if i not in gone]
+            ids += [n for _k, n in add if n not in ids]
+            changes = {**changes, self.field: self.ids.render(ids, present)}
+        if changes:
+            await self.connector.update(self.kind, native_id, changes)
+
+    async def list(self, native_id: NativeId) -> list[Pair]:
+        record = await self.connector.get(self.kind, native_id)
+        return [(self.member_kind, i) for i in self.ids.parse(record.get(self.field))] if record else []
+
+    def plan(self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]) -> list[dict[str, Any]]:
+        record = dict(record or {})
+        if add or remove:
+            record[self.field] = {"add": [n for _k, n in add], "remove": [n for _k, n in remove]}
+        return self.connector.plan("create" if native_id is None else "update", self.kind, native_id, record)
+
+
+class UserFieldMembership(Membership):
+    """Each user record's `field` lists the native ids of its groups.
+
+    Adding a member is a read-modify-write of that user's record, so writes to
+    one user's list are serialized here (one process; several processes rely on
+    the app's own last-write-wins, a known limit noted in the docs).
+    """
+
+    def __init__(self, connector: Connector, kind: str, field: str, ids: IdList, user_kind: str = "User") -> None:
+        super().__init__(connector, kind)
+        self.field = field
+        self.ids = ids
+        self.user_kind = user_kind
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, user: NativeId) -> asyncio.Lock:
+        lock = self._locks.get(user)
+        if lock is None:
+            lock = self._locks[user] = asyncio.Lock()
+        return lock
+
+    async def _edit(self, user: NativeId, group: NativeId, present: bool) -> None:
+        async with self._lock(user):
+            record = await self.connector.get(self.user_kind, user)
+            if record is None:
+                return  # the user is gone from the app: it is in no group
+            current = record.get(self.field)
+            ids = self.ids.parse(current)
+            if present == (group in ids):
+                return
+            ids = [*ids, group] if present else [i for i in ids if i != group]
+            await self.connector.update(self.user_kind, user, {self.field: self.ids.render(ids, current)})
+
+    async def create(self, record: Record, members: list[Pair]) -> NativeId:
+        native_id = await self.connector.create(self.kind, record)
+        try:
+            for _k, user in members:
+                await self._edit(user, native_id, True)
+        except BaseException:
+            await self._undo(native_id, members)
+            raise
+        return native_id
+
+    async def _undo(self, group: NativeId, members: list[Pair]) -> None:
+        """Compensate a half-done create: no group and no user pointing at it."""
+        for _k, user in members:
+            try:
+                await self._edit(user, group, False)
+            except Exception:  # best effort; recovery reconciles what is left
+                pass
+        try:
+            await self.connector.delete(self.kind, group)
+        except Exception:
+            pass
+
+    async def write(self, native_id: NativeId, changes: Record, add: list[Pair], remove: list[Pair]) -> None:
+        if changes:
+            await self.connector.update(self.kind, native_id, changes)
+        for _k, user in remove:
+            await self._edit(user, native_id, False)
+        for _k, user in add:
+            await self._edit(user, native_id, True)
+
+    async def list(self, native_id: NativeId) -> list[Pair]:
+        if self.connector.caps.list_all:
+            return [(self.user_kind, n) async for n, rec in self.connector.list_all(self.user_kind) if native_id in self.ids.parse(rec.get(self.field))]
+        return []
+
+    def plan(self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]) -> list[dict[str, Any]]:
+        calls = []
+        if record:
+            calls += self.connector.plan("create" if native_id is None else "update", self.kind, native_id, record)
+        group = native_id or "<new group id>"
+        for _k, user in remove:
+            calls += self.connector.plan("update", self.user_kind, user, {self.field: {"remove": [group]}})
+        for _k, user in add:
+            calls += self.connector.plan("update", self.user_kind, user, {self.field: {"add": [group]}})
+        return calls
+
+
+def create_membership(connector: Connector, kind: str, config: MembersConfig | None) -> Membership:
+    if config is None or config.via == "connector":
+        return Membership(connector, kind)
+    assert config.field is not None
+    ids = IdList(config.separator)
+    if config.via == "group_field":
+        return GroupFieldMembership(connector, kind, config.field, ids)
+    return UserFieldMembership(connector, kind, config.field, ids)
