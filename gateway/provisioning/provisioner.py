@@ -554,6 +554,37 @@ class Provisioner:
                     write_rule(data, rule, None)
                     await self.store.refresh(self.app, cres.name, row.id, data, utc_now())
 
+    # ------------------------------------------------------------------ import
+
+    async def import_existing(self, kind: str, progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
+        """Link every record the app already has that no SCIM resource is linked to (`scim-gateway import`).
+
+        Idempotent: a record already linked is counted and left alone. A record whose
+        unique name another resource already holds is a conflict, reported, not linked.
+        """
+        cres = self.resource(kind)
+        if not self.connector.caps.list_all:
+            raise ScimError(501, f"the {self.mapping.config.connector['type']} connector of {self.app} cannot list records")
+        counts = {"read": 0, "linked": 0, "already": 0, "conflicts": 0, "unnamed": 0}
+        async for native_id, record in self.connector.list_all(kind):
+            counts["read"] += 1
+            if await self.store.by_native(self.app, kind, native_id) is not None:
+                counts["already"] += 1
+            else:
+                data = await self._overlay(cres, {}, record)
+                name = data.get(cres.unique_attr)
+                if not isinstance(name, str) or not name.strip():
+                    counts["unnamed"] += 1
+                    log.warning("%s: %s %s has no %s: not imported", self.app, kind, native_id, cres.unique_attr)
+                elif await self._link_app_record(cres, native_id, record) is None:
+                    counts["conflicts"] += 1
+                    log.warning("%s: %s %s: %s %r is already taken by another resource", self.app, kind, native_id, cres.unique_attr, name)
+                else:
+                    counts["linked"] += 1
+            if progress is not None:
+                progress(counts)
+        return counts
+
     # ------------------------------------------------------------------ recovery
 
     async def recover(self, older_than: float | None = None) -> int:
