@@ -17,6 +17,8 @@ from .mapping.compile import CompiledMapping, load_mapping
 from .mapping.loader import MappingFileError, Problem
 from .provisioning.provisioner import Provisioner
 from .settings import GatewaySettings
+from .store.base import Store
+from .store.postgres import PostgresStore
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ class AppRuntime:
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 REGISTRY = web.AppKey("registry", ConnectorRegistry)
-STORE = web.AppKey("store", SqliteStore)
+STORE = web.AppKey("store", Store)
 APPS = web.AppKey("apps", dict[str, AppRuntime])
 
 
@@ -72,13 +74,20 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[REGISTRY] = registry
-    app[STORE] = SqliteStore(settings.store_file)
+    app[STORE] = create_store(settings)
     app[APPS] = {}
     app.cleanup_ctx.append(_store_ctx)
     for mapping in mappings:
         app.cleanup_ctx.append(_connector_ctx(mapping))
     setup_routes(app)
     return app
+
+
+def create_store(settings: GatewaySettings) -> Store:
+    """PostgreSQL when a store URL is set (several processes, several hosts), else the SQLite file in the data dir."""
+    if settings.store_url is not None:
+        return PostgresStore(settings.store_url.get_secret_value(), pool_size=settings.store_pool_size)
+    return SqliteStore(settings.store_file)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,4 +1,4 @@
-"""`scim-gateway serve | check | schema | hash-token`."""
+"""`scim-gateway serve | check | translate | import | schema | hash-token`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
 
 TOKEN_ENV = "SCIM_GATEWAY_TOKEN"
+STORE_ENV = "SCIM_GATEWAY_STORE"
 
 
 def _mapping_files(configs: list[str]) -> list[Path]:
@@ -33,9 +37,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .demo import DEMO_TOKEN, demo_mapping_path, ensure_demo_database
     from .mapping.loader import MappingFileError
     from .settings import GatewaySettings
+    from .store.base import StoreUnavailable
+    from .store.postgres import mask_url
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("scim_gateway")
+    worker = getattr(args, "worker_index", 0)  # set in the processes `--workers` starts
+    store_url = args.store or os.environ.get(STORE_ENV) or None
+    if store_url is not None:
+        if not store_url.startswith(("postgresql://", "postgres://")):
+            print(f"--store / ${STORE_ENV} must be a postgresql:// URL, not {mask_url(store_url)}", file=sys.stderr)
+            return 2
+        if args.store and mask_url(args.store) != args.store:
+            # The command line is visible to every user of the host (ps, /proc).
+            print(f"--store must not carry a password: give the URL by ${STORE_ENV}", file=sys.stderr)
+            return 2
+    if args.workers < 1 or args.store_pool_size < 1:
+        print("--workers and --store-pool-size must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        print("--workers needs SO_REUSEPORT, which this platform lacks: run one process per port instead", file=sys.stderr)
+        return 2
     data_dir = Path(args.data_dir)
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.config:
@@ -46,7 +68,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not token:
             token = DEMO_TOKEN
             log.warning("using the built-in DEMO token %r: set --token or %s for anything but a demo", DEMO_TOKEN, TOKEN_ENV)
-    settings = GatewaySettings(mappings=mappings, data_dir=data_dir, public_url=args.public_url)
+    settings = GatewaySettings(
+        mappings=mappings, data_dir=data_dir, public_url=args.public_url,
+        store_url=SecretStr(store_url) if store_url else None, store_pool_size=args.store_pool_size,
+    )
     try:
         from .app import load_apps
         from .connectors.registry import load_registry
@@ -63,28 +88,119 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("--token applies to a single app; with several apps give each its tokens in its mapping", file=sys.stderr)
             return 2
         settings = settings.model_copy(update={"extra_tokens": {names[0]: [SecretStr(token)]}})
-    app = create_app(settings, registry, compiled)
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     root = args.public_url.rstrip("/") if args.public_url else f"http://{host_for_url}:{args.port}"
-    for name in names:
+    for name in names if not worker else []:
         base = f"{root}/apps/{name}/scim/v2"
         print(f"SCIM base URL: {base}")
         if token:
             print(f"Bearer token:  {token}")
             print(f"Try:           curl -H 'Authorization: Bearer {token}' {base}/Users")
+    if store_url and not worker:
+        print(f"Store:         {mask_url(store_url)}")
     sys.stdout.flush()
+    if args.workers > 1:
+        return _serve_workers(args, log)
+    app = create_app(settings, registry, compiled)
+    if worker:
+        log.info("worker %d (pid %d) starting on %s:%d", worker, os.getpid(), args.host, args.port)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None)
+        # Workers share the port (SO_REUSEPORT): the kernel spreads connections over them.
+        web.run_app(
+            app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None, reuse_port=bool(worker) or None
+        )
+    except StoreUnavailable as exc:
+        print(f"cannot open the correlation store: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (choose another with --port)", file=sys.stderr)
         return 1
     return 0
 
 
+def _worker_main(args: argparse.Namespace) -> None:
+    """A process started by `serve --workers N`: serve until told to stop, and stop if the parent goes away."""
+    import signal
+    import threading
+
+    parent = os.getppid()
+    # Own process group: a terminal's Ctrl-C reaches the parent only, which stops the workers once, in order.
+    os.setpgrp()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
+    sys.exit(cmd_serve(args))
+
+
+def _serve_workers(args: argparse.Namespace, log: logging.Logger) -> int:
+    """Start `args.workers` serving processes on one port, forward SIGTERM / SIGINT to them, wait for them all."""
+    import multiprocessing
+    import multiprocessing.connection
+    import signal
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no inherited loop, sockets or locks
+    procs: dict[int, multiprocessing.process.BaseProcess] = {}
+    for index in range(1, args.workers + 1):
+        child_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
+        child_args.workers, child_args.worker_index = 1, index
+        proc = context.Process(target=_worker_main, args=(child_args,), name=f"scim-gateway-worker-{index}")
+        proc.start()
+        procs[index] = proc
+    log.info("serving with %d worker processes: %s", len(procs), ", ".join(str(p.pid) for p in procs.values()))
+
+    stopping = False
+    failed = False
+
+    def stop_all(signum: int) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signum)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping the workers", signal.Signals(signum).name)
+        stop_all(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        running = dict(procs)
+        deadline: float | None = None
+        while running:
+            multiprocessing.connection.wait([p.sentinel for p in running.values()], timeout=1.0)
+            for index, proc in list(running.items()):
+                if proc.exitcode is None:
+                    continue
+                del running[index]
+                if proc.exitcode != 0 or not stopping:
+                    failed = True
+                    log.error("worker %d (pid %s) exited with code %s%s", index, proc.pid, proc.exitcode,
+                              "" if stopping else ": stopping the others")
+                if not stopping:
+                    stop_all(signal.SIGTERM)
+            if stopping and deadline is None:
+                deadline = time.monotonic() + 40  # run_app's shutdown_timeout is 30 s
+            if deadline is not None and time.monotonic() > deadline:
+                for proc in running.values():
+                    log.error("worker (pid %s) did not stop in time: killing it", proc.pid)
+                    proc.kill()
+                deadline = time.monotonic() + 5
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 1 if failed else 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    import asyncio
+
     from .connectors.registry import load_registry
-    from .mapping.compile import load_mapping
-    from .mapping.loader import MappingFileError
+    from .mapping.compile import compile_mapping
+    from .mapping.loader import MappingFileError, read_document
 
     registry = load_registry()
     files = _mapping_files(args.files)
@@ -94,15 +210,171 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = 0
     for path in files:
         try:
-            compiled = load_mapping(path, registry, require_secrets=False)
+            doc = read_document(path)
+            compiled = compile_mapping(doc, registry, require_secrets=False)
         except MappingFileError as exc:
             for problem in exc.problems:
                 print(problem)
             problems += len(exc.problems)
-        else:
-            kinds = ", ".join(compiled.resources)
-            print(f"{path}: ok (app {compiled.app}: {kinds})")
+            continue
+        if args.connect:
+            live = asyncio.run(_connect_problems(doc, compiled, Path(args.data_dir)))
+            for problem in live:
+                print(problem)
+            problems += len(live)
+            if live:
+                continue
+        kinds = ", ".join(compiled.resources)
+        print(f"{path}: ok (app {compiled.app}: {kinds}{'; the live app fits' if args.connect else ''})")
     return 1 if problems else 0
+
+
+async def _connect_problems(doc, compiled, data_dir: Path) -> list:  # type: ignore[no-untyped-def]
+    """`check --connect`: open the app's connector and name what the live app lacks, at the mapping's lines."""
+    from .connectors.base import AppContext
+
+    connector = compiled.connector_cls(compiled.connector_config, AppContext(compiled.app, data_dir))
+    open_error: Exception | None = None
+    try:
+        try:
+            await connector.open()
+        except Exception as exc:  # a misfit schema fails open; check_schema below names each misfit
+            open_error = exc
+        try:
+            found = await connector.check_schema()
+        except Exception as exc:
+            return [doc.problem(("connector",), f"cannot connect: {open_error or exc}")]
+        problems = [doc.problem(("connector", *loc), message) for loc, message in found]
+        if open_error is not None and not found:
+            problems.append(doc.problem(("connector",), f"cannot open: {open_error}"))
+        for kind, resource in compiled.resources.items():
+            for i, rule in enumerate(resource.rules):
+                if connector.has_field(kind, rule.field) is False:
+                    where = ("resources", kind, "attributes", i, "field")
+                    problems.append(doc.problem(where, f"the app's {kind} records have no field {rule.field!r}"))
+        return problems
+    finally:
+        await connector.close()
+
+
+def _select_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The compiled mapping named APP among --config files (default: the demo), or an exit status."""
+    from .connectors.registry import load_registry
+    from .demo import demo_mapping_path, ensure_demo_database
+    from .mapping.compile import load_mapping
+    from .mapping.loader import MappingFileError
+
+    registry = load_registry()
+    if args.config:
+        files = _mapping_files(args.config)
+    else:
+        ensure_demo_database(Path(args.data_dir))
+        files = [demo_mapping_path()]
+    found = []
+    try:
+        for path in files:
+            found.append(load_mapping(path, registry, require_secrets=False))
+    except MappingFileError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for mapping in found:
+        if mapping.app == args.app:
+            return mapping
+    print(f"no app {args.app!r} in the mappings given (valid: {', '.join(m.app for m in found) or 'none'})", file=sys.stderr)
+    return 2
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .provisioning.dryrun import plan_request
+    from .scim.errors import ScimError
+
+    mapping = _select_app(args)
+    if isinstance(mapping, int):
+        return mapping
+    try:
+        request = json.loads(Path(args.request).read_text() if args.request != "-" else sys.stdin.read())
+    except (OSError, ValueError) as exc:
+        print(f"{args.request}: not a readable JSON file: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(request, dict):
+        print(f"{args.request}: expected a JSON object (a SCIM resource, or {{method, path, body}})", file=sys.stderr)
+        return 2
+    try:
+        plan = asyncio.run(plan_request(mapping, request, Path(args.data_dir)))
+    except ScimError as exc:
+        print(f"{args.request}: the gateway would answer {exc.status}{' ' + exc.scim_type if exc.scim_type else ''}: {exc.detail}", file=sys.stderr)
+        return 1
+    print(json.dumps(plan, indent=2, default=str))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .app import create_store
+    from .connectors.base import AppContext
+    from .provisioning.provisioner import Provisioner
+    from .scim.errors import ScimError
+    from .settings import GatewaySettings
+    from .store.base import StoreUnavailable
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    mapping = _select_app(args)
+    if isinstance(mapping, int):
+        return mapping
+    store_url = args.store or os.environ.get(STORE_ENV) or None
+    settings = GatewaySettings(mappings=[], data_dir=Path(args.data_dir), store_url=SecretStr(store_url) if store_url else None)
+    tty = sys.stderr.isatty()
+
+    def progress(kind: str) -> Callable[[dict[str, int]], None]:
+        def show(counts: dict[str, int]) -> None:
+            if tty and (counts["read"] % 100 == 0):
+                print(f"\r{kind}: {counts['read']} read, {counts['linked']} linked", end="", file=sys.stderr, flush=True)
+
+        return show
+
+    async def run() -> int:
+        store = create_store(settings)
+        await store.open()
+        connector = mapping.connector_cls(mapping.connector_config, AppContext(mapping.app, settings.data_dir))
+        await connector.open()
+        try:
+            provisioner = Provisioner(mapping, connector, store)
+            await provisioner.recover()
+            status = 0
+            for kind in ("User", "Group"):  # users first: a group's members must be linked before it
+                if kind not in mapping.resources:
+                    continue
+                counts = await provisioner.import_existing(kind, progress(kind))
+                if tty:
+                    print("\r", end="", file=sys.stderr)
+                print(
+                    f"{kind}: {counts['read']} in the app, {counts['linked']} linked now, {counts['already']} already linked, "
+                    f"{counts['conflicts']} conflicts, {counts['unnamed']} without a {provisioner.resource(kind).unique_attr}"
+                )
+                status = status or (1 if counts["conflicts"] else 0)
+            return status
+        finally:
+            await connector.close()
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except ScimError as exc:
+        print(f"import {mapping.app}: {exc.detail}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"cannot open the correlation store: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the connector's own failure, e.g. the app is down
+        from .connectors.errors import AppError
+
+        if isinstance(exc, AppError):
+            print(f"import {mapping.app}: the app failed: {exc.detail}", file=sys.stderr)
+            return 1
+        raise
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -131,11 +403,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default="data", help="where the store and the demo database live (default ./data)")
     serve.add_argument("--public-url", help="the gateway's URL as IdPs reach it (for Location headers)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--store", metavar="URL",
+        help=f"a postgresql:// store shared by several gateway processes (default: ${STORE_ENV}, else SQLite in --data-dir);"
+        f" a URL with a password only by ${STORE_ENV}",
+    )
+    serve.add_argument("--store-pool-size", type=int, default=10, metavar="N", help="connections per process to a PostgreSQL store")
+    serve.add_argument("--workers", type=int, default=1, metavar="N", help="serving processes sharing the port (SO_REUSEPORT)")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate mapping files; exit 1 on any problem")
     check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--connect", action="store_true", help="also open each app's connector and check its live schema")
+    check.add_argument("--data-dir", default="data", help="with --connect: the data directory {data_dir} in DSNs stands for")
     check.set_defaults(func=cmd_check)
+
+    translate = sub.add_parser("translate", help="dry run: print the app calls a SCIM request would make, calling nothing")
+    translate.add_argument("app", help="the app's name (its mapping's `app`)")
+    translate.add_argument("request", metavar="REQUEST.json", help="a SCIM resource (a create), or {method, path, body[, current]}; - for stdin")
+    translate.add_argument("--config", action="append", metavar="FILE", help="mapping files or folders (default: the demo)")
+    translate.add_argument("--data-dir", default="data", help=argparse.SUPPRESS)
+    translate.set_defaults(func=cmd_translate)
+
+    imp = sub.add_parser("import", help="link the accounts that already exist in the app (idempotent)")
+    imp.add_argument("app", help="the app's name (its mapping's `app`)")
+    imp.add_argument("--config", action="append", metavar="FILE", help="mapping files or folders (default: the demo)")
+    imp.add_argument("--data-dir", default="data", help="where the SQLite store lives (default ./data)")
+    imp.add_argument("--store", metavar="URL", help=f"a postgresql:// store (default: ${STORE_ENV}, else SQLite in --data-dir)")
+    imp.set_defaults(func=cmd_import)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of mapping files")
     schema.set_defaults(func=cmd_schema)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class LimitsConfig(BaseModel):
@@ -22,12 +22,26 @@ class GatewaySettings(BaseModel):
     mappings: list[Path] = Field(description="Mapping files, one per app")
     data_dir: Path = Field(Path("data"), description="Where the SQLite store (and the demo app's database) live")
     store_path: Path | None = Field(None, description="SQLite store file; default DATA_DIR/gateway.db")
+    store_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL store (postgresql://user:password@host:port/db) shared by several gateway processes;"
+        " default None: the SQLite file. A secret: it may hold a password",
+    )
+    store_pool_size: int = Field(10, ge=1, le=1000, description="Connections each process keeps to the PostgreSQL store")
     extra_tokens: dict[str, list[SecretStr]] = Field(
         default_factory=dict, description="Bearer tokens given on the command line, per app (the demo's)"
     )
     public_url: str | None = Field(None, description="Base URL as the IdP reaches it, for Location and meta.location")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     recovery_interval: float = Field(30.0, gt=0, description="Seconds between sweeps for writes left unsettled while serving")
+
+    @field_validator("store_url")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            # Not echoing the value: it may hold a password.
+            raise ValueError("the store URL must be a postgresql:// URL")
+        return value
 
     @property
     def store_file(self) -> Path:

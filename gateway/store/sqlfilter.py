@@ -5,7 +5,8 @@ and timestamps. Only attributes the resource type declares reach here (the
 filter was validated against it), and each is translated by an explicit rule;
 anything without a rule is a 400 invalidFilter, never a dropped condition.
 Every value is a bound parameter. Dialect differences (JSON access,
-placeholders) live in the methods a PostgreSQL subclass overrides.
+placeholders, text operators, case folding) live in the hook methods that
+`PostgresFilter` overrides; the translation itself is shared.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def _json_key(name: str) -> str:
     return '"' + name.replace('"', '\\"') + '"'
 
 
+def _kind(attribute: Attribute) -> str:
+    """How a dialect reads a JSON value of this attribute: "boolean", "number" or "text"."""
+    return {"boolean": "boolean", "integer": "number", "decimal": "number"}.get(attribute.type, "text")
+
+
 def _logical(node: FilterNode, term: Callable[[FilterNode], str]) -> str:
     """and / or / not around the terms that `term` translates."""
     if isinstance(node, LogicalExpr):
@@ -59,6 +65,8 @@ def _logical(node: FilterNode, term: Callable[[FilterNode], str]) -> str:
 class SqliteFilter:
     """Builds `WHERE` fragments for SQLite (JSON1); `params` collects bound values in order."""
 
+    FALSE = "0"
+
     def __init__(self, rtype: ResourceType) -> None:
         self.rtype = rtype
         self.params: list[Any] = []
@@ -71,17 +79,37 @@ class SqliteFilter:
     def json_path(self, *names: str) -> str:
         return "$." + ".".join(_json_key(n) for n in names)
 
-    def extract(self, source: str, *names: str) -> str:
+    def extract(self, source: str, *names: str, kind: str = "text") -> str:
+        # json_extract returns SQL values of the JSON type already: `kind` is for dialects that must cast.
         return f"json_extract({source}, '{self.json_path(*names)}')"
 
+    def element(self, kind: str = "text") -> str:
+        """One element of a multi-valued attribute of simple values, inside `each`."""
+        return "e.value"
+
     def each(self, source: str, *names: str) -> str:
-        return f"json_each({source}, '{self.json_path(*names)}')"
+        """A FROM item `e` over the elements of an array (`e.value` each element, `e.key` its index)."""
+        return f"json_each({source}, '{self.json_path(*names)}') AS e"
+
+    def primary_last(self) -> str:
+        """An ORDER BY term over `e` putting the element marked primary first."""
+        return f"{self.extract('e.value', 'primary')} IS NOT 1"
 
     def fold(self, expr: str) -> str:
         return f"scim_lower({expr})"
 
     def bool_literal(self, value: bool) -> Any:
         return 1 if value else 0
+
+    def contains(self, expr: str, text: str) -> str:
+        return f"COALESCE(instr({expr}, {self.ph(text)}) > 0, 0)"
+
+    def starts_with(self, expr: str, text: str) -> str:
+        return f"COALESCE(instr({expr}, {self.ph(text)}) = 1, 0)"
+
+    def ends_with(self, expr: str, text: str) -> str:
+        p1, p2 = self.ph(text), self.ph(text)
+        return f"COALESCE(substr({expr}, length({expr}) - length({p1}) + 1) = {p2}, 0)"
 
     # -- translation
     def where(self, node: FilterNode) -> str:
@@ -124,8 +152,8 @@ class SqliteFilter:
                 raise invalid_filter(f"sortBy: cannot sort by {dotted}")
             names = [n for n in (resolved.urn, attribute.name) if n]
             expr = (
-                f"(SELECT {self.extract('e.value', sub.name)} FROM {self.each('r.data', *names)} AS e"
-                f" ORDER BY {self.extract('e.value', 'primary')} IS NOT 1, e.key LIMIT 1)"
+                f"(SELECT {self.extract('e.value', sub.name, kind=_kind(sub))} FROM {self.each('r.data', *names)}"
+                f" ORDER BY {self.primary_last()}, e.key LIMIT 1)"
             )
             target = sub
         else:
@@ -157,7 +185,7 @@ class SqliteFilter:
                     raise invalid_filter(f"meta.{sub.name} cannot be filtered on")
                 return columns[sub.name]
         names = [n for n in (resolved.urn, attribute.name, sub.name if sub else None) if n]
-        return self.extract("r.data", *names)
+        return self.extract("r.data", *names, kind=_kind(resolved.target))
 
     def _condition(self, node: Comparison | Present, expr: str, target: Attribute) -> str:
         if isinstance(node, Present):
@@ -167,23 +195,23 @@ class SqliteFilter:
         value = node.value
         if value is None:
             return f"({expr} IS NULL)" if node.op == Op.eq else f"({expr} IS NOT NULL)"
+        false = self.FALSE
         if target.type == "boolean":
-            return f"COALESCE({expr} {_SQL_OPS[node.op]} {self.ph(self.bool_literal(value))}, 0)"
+            return f"COALESCE({expr} {_SQL_OPS[node.op]} {self.ph(self.bool_literal(value))}, {false})"
         if target.type in ("integer", "decimal"):
-            return f"COALESCE({expr} {_SQL_OPS[node.op]} {self.ph(value)}, 0)"
+            return f"COALESCE({expr} {_SQL_OPS[node.op]} {self.ph(value)}, {false})"
         if target.type == "dateTime":
-            return f"COALESCE({expr} {_SQL_OPS[node.op]} {self.ph(to_utc_iso(value))}, 0)"
+            return f"COALESCE({expr} {_SQL_OPS[node.op]} {self.ph(to_utc_iso(value))}, {false})"
         text = value if isinstance(value, str) else str(value)
         if not target.case_exact:
             expr, text = self.fold(expr), text.lower()
         if node.op == Op.co:
-            return f"COALESCE(instr({expr}, {self.ph(text)}) > 0, 0)"
+            return self.contains(expr, text)
         if node.op == Op.sw:
-            return f"COALESCE(instr({expr}, {self.ph(text)}) = 1, 0)"
+            return self.starts_with(expr, text)
         if node.op == Op.ew:
-            p1, p2 = self.ph(text), self.ph(text)
-            return f"COALESCE(substr({expr}, length({expr}) - length({p1}) + 1) = {p2}, 0)"
-        return f"COALESCE({expr} {_SQL_OPS[node.op]} {self.ph(text)}, 0)"
+            return self.ends_with(expr, text)
+        return f"COALESCE({expr} {_SQL_OPS[node.op]} {self.ph(text)}, {false})"
 
     def _exists(self, resolved: Resolved, val_filter: FilterNode) -> str:
         attribute = resolved.attribute
@@ -194,7 +222,7 @@ class SqliteFilter:
             return f"EXISTS (SELECT 1 FROM members m WHERE m.app = r.app AND m.{own} = r.id AND {cond})"
         names = [n for n in (resolved.urn, attribute.name) if n]
         cond = _ElementFilter(self, attribute).where(val_filter)
-        return f"EXISTS (SELECT 1 FROM {self.each('r.data', *names)} AS e WHERE {cond})"
+        return f"EXISTS (SELECT 1 FROM {self.each('r.data', *names)} WHERE {cond})"
 
 
 class _ElementFilter:
@@ -220,7 +248,75 @@ class _ElementFilter:
                 raise invalid_filter(f"{self.attribute.name}.{sub.name} cannot be filtered on")
             expr = self.columns[sub.name]
         elif self.attribute.type == "complex":
-            expr = self.outer.extract("e.value", sub.name)
+            expr = self.outer.extract("e.value", sub.name, kind=_kind(sub))
         else:
-            expr = "e.value"
+            expr = self.outer.element(_kind(sub))
         return self.outer._condition(node, expr, sub)
+
+
+def _pg_path(names: tuple[str, ...]) -> str:
+    """A text[] literal for #> / #>>, every key quoted (URNs hold ':' and '.')."""
+    items = ",".join('"' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in names)
+    return "'{" + items.replace("'", "''") + "}'"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class PostgresFilter(SqliteFilter):
+    """The same translation for PostgreSQL: JSONB paths, `$n` placeholders, LIKE with escaped wildcards.
+
+    Text compares and sorts in the "C" collation (code point order, as SQLite and
+    the in-memory evaluator do); case folding uses `fold_collation` (a collation
+    whose lower() knows more than ASCII).
+    """
+
+    FALSE = "false"
+
+    def __init__(self, rtype: ResourceType, first_param: int = 1, fold_collation: str = "default") -> None:
+        super().__init__(rtype)
+        self.first_param = first_param
+        self.fold_collation = fold_collation
+
+    def ph(self, value: Any) -> str:
+        self.params.append(value)
+        return f"${self.first_param + len(self.params) - 1}"
+
+    def extract(self, source: str, *names: str, kind: str = "text") -> str:
+        path = _pg_path(names)
+        if kind == "text":
+            return f'(({source} #>> {path}) COLLATE "C")'
+        raw = f"({source} #> {path})"
+        cast = "numeric" if kind == "number" else "boolean"
+        # A value of another JSON type reads as missing rather than failing the whole query on a cast.
+        return f"(CASE WHEN jsonb_typeof{raw} = '{kind}' THEN {raw}::{cast} END)"
+
+    def element(self, kind: str = "text") -> str:
+        return self.extract("e.value", kind=kind)
+
+    def each(self, source: str, *names: str) -> str:
+        raw = f"({source} #> {_pg_path(names)})"
+        array = f"CASE WHEN jsonb_typeof{raw} = 'array' THEN {raw} ELSE '[]'::jsonb END"
+        return f"jsonb_array_elements({array}) WITH ORDINALITY AS e(value, key)"
+
+    def primary_last(self) -> str:
+        return "(e.value -> 'primary') IS DISTINCT FROM 'true'::jsonb"
+
+    def fold(self, expr: str) -> str:
+        return f'(lower(({expr}) COLLATE "{self.fold_collation}") COLLATE "C")'
+
+    def bool_literal(self, value: bool) -> Any:
+        return bool(value)
+
+    def _like(self, expr: str, pattern: str) -> str:
+        return f"COALESCE({expr} LIKE {self.ph(pattern)} ESCAPE '\\', false)"
+
+    def contains(self, expr: str, text: str) -> str:
+        return self._like(expr, f"%{_like_escape(text)}%")
+
+    def starts_with(self, expr: str, text: str) -> str:
+        return self._like(expr, f"{_like_escape(text)}%")
+
+    def ends_with(self, expr: str, text: str) -> str:
+        return self._like(expr, f"%{_like_escape(text)}")

@@ -1,8 +1,14 @@
-"""The SQLite correlation store on real files: uniqueness, claims, journal, and filters in SQL."""
+"""The correlation store, the same suite on both back ends: SQLite on real files, PostgreSQL on a real server.
+
+Uniqueness, claims, the journal, and filters in SQL (checked against the
+in-memory evaluator). PostgreSQL-only tests at the end: two stores (two pools,
+as two processes would have) on one database.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,27 +16,45 @@ import pytest
 
 from gateway.scim.filter import matches, parse_filter
 from gateway.scim.schema import ENTERPRISE_USER, user_resource_type
-from gateway.store.base import Busy, Member, NativeConflict, Query, UniqueConflict, VersionMismatch
+from gateway.store.base import Busy, Member, NativeConflict, Query, Store, UniqueConflict, VersionMismatch
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
+from tests.services import create_pg_database, drop_pg_database, pg_url
+from tests.store.proxy import TcpProxy
 
 NOW = "2026-01-01T00:00:00.000000Z"
 USERS = user_resource_type()
 
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Makes unopened stores over one backing database: each is what one more process would open."""
+    if request.param == "sqlite":
+        yield lambda: SqliteStore(tmp_path / "store.db")
+        return
+    name = await create_pg_database()
+    try:
+        yield lambda: PostgresStore(pg_url(name), pool_size=4)
+    finally:
+        await drop_pg_database(name)
+
 
 @pytest.fixture
-async def store(tmp_path: Path) -> Any:
-    s = SqliteStore(tmp_path / "store.db")
+async def store(new_store: StoreFactory) -> AsyncIterator[Store]:
+    s = new_store()
     await s.open()
     yield s
     await s.close()
 
 
-async def make(store: SqliteStore, rid: str, user_name: str, native: str, **data: Any) -> None:
+async def make(store: Store, rid: str, user_name: str, native: str, **data: Any) -> None:
     seq = await store.begin_create("app", "User", rid, user_name.lower(), {"userName": user_name, **data}, NOW)
     await store.settle_create(seq, native, {"userName": user_name, **data}, [])
 
 
-async def test_create_is_invisible_until_settled(store: SqliteStore) -> None:
+async def test_create_is_invisible_until_settled(store: Store) -> None:
     seq = await store.begin_create("app", "User", "u1", "bob", {"userName": "Bob"}, NOW)
     assert await store.get("app", "User", "u1") is None
     row = await store.settle_create(seq, "17", {"userName": "Bob"}, [])
@@ -39,7 +63,7 @@ async def test_create_is_invisible_until_settled(store: SqliteStore) -> None:
     assert (await store.by_native("app", "User", "17")).id == "u1"  # type: ignore[union-attr]
 
 
-async def test_unique_key_is_enforced_per_app_and_type(store: SqliteStore) -> None:
+async def test_unique_key_is_enforced_per_app_and_type(store: Store) -> None:
     await make(store, "u1", "Bob", "1")
     with pytest.raises(UniqueConflict):
         await store.begin_create("app", "User", "u2", "bob", {"userName": "BOB"}, NOW)
@@ -48,7 +72,7 @@ async def test_unique_key_is_enforced_per_app_and_type(store: SqliteStore) -> No
     await store.begin_create("app", "Group", "g1", "bob", {"displayName": "bob"}, NOW)
 
 
-async def test_concurrent_creates_of_one_key_yield_exactly_one(store: SqliteStore) -> None:
+async def test_concurrent_creates_of_one_key_yield_exactly_one(store: Store) -> None:
     async def attempt(i: int) -> bool:
         try:
             await store.begin_create("app", "User", f"u{i}", "same", {"userName": "same"}, NOW)
@@ -60,14 +84,14 @@ async def test_concurrent_creates_of_one_key_yield_exactly_one(store: SqliteStor
     assert results.count(True) == 1
 
 
-async def test_native_id_links_one_resource_only(store: SqliteStore) -> None:
+async def test_native_id_links_one_resource_only(store: Store) -> None:
     await make(store, "u1", "a", "1")
     seq = await store.begin_create("app", "User", "u2", "b", {"userName": "b"}, NOW)
     with pytest.raises(NativeConflict):
         await store.settle_create(seq, "1", {"userName": "b"}, [])
 
 
-async def test_claim_blocks_a_second_writer_and_abort_restores(store: SqliteStore) -> None:
+async def test_claim_blocks_a_second_writer_and_abort_restores(store: Store) -> None:
     await make(store, "u1", "a", "1")
     seq, row = await store.begin_write("app", "User", "u1", "update", new_unique_key="renamed")
     assert row.version == 1
@@ -82,7 +106,7 @@ async def test_claim_blocks_a_second_writer_and_abort_restores(store: SqliteStor
     assert (await store.get("app", "User", "u1")).unique_key == "a"  # type: ignore[union-attr]
 
 
-async def test_version_check(store: SqliteStore) -> None:
+async def test_version_check(store: Store) -> None:
     await make(store, "u1", "a", "1")
     seq, _ = await store.begin_write("app", "User", "u1", "update", if_match=1)
     row = await store.settle_update(seq, {"userName": "a", "title": "x"}, NOW, "a")
@@ -91,23 +115,22 @@ async def test_version_check(store: SqliteStore) -> None:
         await store.begin_write("app", "User", "u1", "update", if_match=1)
 
 
-async def test_unsettled_writes_survive_a_restart_as_pending(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    first = SqliteStore(path)
+async def test_unsettled_writes_survive_a_restart_as_pending(new_store: StoreFactory) -> None:
+    first = new_store()
     await first.open()
     await make(first, "u1", "a", "1")
     await first.begin_create("app", "User", "u2", "b", {"userName": "b"}, NOW)
     await first.begin_write("app", "User", "u1", "delete")
     await first.close()  # the "crash": nothing settled
 
-    second = SqliteStore(path)
+    second = new_store()
     await second.open()
     pending = await second.pending("app")
     assert [(p.op, p.resource_id) for p in pending] == [("create", "u2"), ("delete", "u1")]
     await second.close()
 
 
-async def test_members_and_delete_cascade(store: SqliteStore) -> None:
+async def test_members_and_delete_cascade(store: Store) -> None:
     await make(store, "u1", "a", "1")
     await make(store, "u2", "b", "2")
     seq = await store.begin_create("app", "Group", "g1", "team", {"displayName": "Team"}, NOW)
@@ -164,7 +187,7 @@ FILTERS = [
 
 
 @pytest.mark.parametrize("text", FILTERS)
-async def test_sql_filters_agree_with_the_in_memory_evaluator(store: SqliteStore, text: str) -> None:
+async def test_sql_filters_agree_with_the_in_memory_evaluator(store: Store, text: str) -> None:
     for i, person in enumerate(PEOPLE):
         await make(store, f"u{i}", person["userName"], str(i), **{k: v for k, v in person.items() if k != "userName"})
     node = parse_filter(text, USERS)
@@ -174,7 +197,7 @@ async def test_sql_filters_agree_with_the_in_memory_evaluator(store: SqliteStore
     assert sorted(r.id for r in rows) == expected
 
 
-async def test_sorting_and_paging_are_stable(store: SqliteStore) -> None:
+async def test_sorting_and_paging_are_stable(store: Store) -> None:
     for i, name in enumerate(["delta", "Alpha", "charlie", "bravo", "echo"]):
         await make(store, f"u{i}", name, str(i))
     total, rows = await store.query("app", USERS, Query(sort_by="userName", start_index=2, count=2))
@@ -186,7 +209,7 @@ async def test_sorting_and_paging_are_stable(store: SqliteStore) -> None:
     assert rows == []
 
 
-async def test_resources_without_the_sort_attribute_come_last_ascending_first_descending(store: SqliteStore) -> None:
+async def test_resources_without_the_sort_attribute_come_last_ascending_first_descending(store: Store) -> None:
     await make(store, "u1", "b", "1", title="B")
     await make(store, "u2", "none", "2")
     await make(store, "u3", "a", "3", title="a")
@@ -194,3 +217,209 @@ async def test_resources_without_the_sort_attribute_come_last_ascending_first_de
     assert [r.id for r in rows] == ["u3", "u1", "u2"]
     _, rows = await store.query("app", USERS, Query(sort_by="title", descending=True))
     assert [r.id for r in rows] == ["u2", "u1", "u3"]
+
+
+async def test_adding_a_member_keeps_the_others_in_order(store: Store) -> None:
+    for i in range(3):
+        await make(store, f"u{i}", f"user{i}", str(i))
+    seq = await store.begin_create("app", "Group", "g1", "team", {"displayName": "Team"}, NOW)
+    await store.settle_create(seq, "10", {"displayName": "Team"}, [Member("u0", "User"), Member("u1", "User")])
+    seq, _ = await store.begin_write("app", "Group", "g1", "update")
+    await store.settle_update(seq, {"displayName": "Team"}, NOW, "team", add_members=[Member("u2", "User"), Member("u0", "User")])
+    assert [m.id for m in await store.members("app", "g1")] == ["u0", "u1", "u2"]
+    seq, _ = await store.begin_write("app", "Group", "g1", "update")
+    row = await store.settle_update(seq, {"displayName": "Team"}, NOW, "team", remove_members=["u1"])
+    assert [m.id for m in await store.members("app", "g1")] == ["u0", "u2"]
+    assert row.version == 3
+
+
+async def test_pending_older_than_leaves_fresh_entries(store: Store) -> None:
+    await store.begin_create("app", "User", "u1", "a", {"userName": "a"}, NOW)
+    assert [p.resource_id for p in await store.pending("app")] == ["u1"]
+    assert await store.pending("app", older_than=60) == []
+    await asyncio.sleep(0.05)
+    assert [p.resource_id for p in await store.pending("app", older_than=0.01)] == ["u1"]
+
+
+async def test_refresh_skips_a_claimed_resource(store: Store) -> None:
+    await make(store, "u1", "a", "1")
+    row = await store.refresh("app", "User", "u1", {"userName": "a", "title": "t"}, NOW)
+    assert row is not None and row.version == 2 and row.data["title"] == "t"
+    seq, _ = await store.begin_write("app", "User", "u1", "update")
+    assert await store.refresh("app", "User", "u1", {"userName": "a"}, NOW) is None
+    await store.abort(seq, "test")
+    assert (await store.get("app", "User", "u1")).version == 2  # type: ignore[union-attr]
+
+
+async def test_ids_both_ways(store: Store) -> None:
+    await make(store, "u1", "a", "1")
+    await make(store, "u2", "b", "2")
+    assert await store.native_ids("app", None, ["u1", "u2", "nope"]) == {"u1": ("User", "1"), "u2": ("User", "2")}
+    assert await store.native_ids("app", "Group", ["u1"]) == {}
+    assert await store.scim_ids("app", "User", ["2", "9"]) == {"2": "u2"}
+
+
+# ---------------------------------------------------------------- PostgreSQL: several processes on one database
+
+
+@pytest.fixture
+async def pg_url_for_test(pg_database: str) -> str:
+    return pg_url(pg_database)
+
+
+@pytest.fixture
+async def two_stores(pg_url_for_test: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores, two pools, one database: what two gateway processes see. Opened together (migrations race)."""
+    a, b = PostgresStore(pg_url_for_test, pool_size=8), PostgresStore(pg_url_for_test, pool_size=8)
+    await asyncio.gather(a.open(), b.open())
+    yield a, b
+    await asyncio.gather(a.close(), b.close())
+
+
+async def test_pg_migrations_run_once_when_processes_start_together(two_stores: tuple[PostgresStore, PostgresStore]) -> None:
+    a, _ = two_stores
+    async with a.pool.acquire() as conn:
+        assert [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")] == [1]
+
+
+async def test_pg_concurrent_creates_of_one_key_across_pools_yield_exactly_one(two_stores: tuple[PostgresStore, PostgresStore]) -> None:
+    async def attempt(store: PostgresStore, i: int) -> bool:
+        try:
+            await store.begin_create("app", "User", f"u{i}", "same", {"userName": "same"}, NOW)
+            return True
+        except UniqueConflict:
+            return False
+
+    results = await asyncio.gather(*(attempt(two_stores[i % 2], i) for i in range(40)))
+    assert results.count(True) == 1
+
+
+async def test_pg_concurrent_writes_with_one_if_match_across_pools_let_one_through(
+    two_stores: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two_stores
+    await make(a, "u1", "a", "1")
+
+    async def attempt(store: PostgresStore) -> str:
+        try:
+            seq, _ = await store.begin_write("app", "User", "u1", "update", if_match=1)
+        except VersionMismatch:
+            return "412"
+        except Busy:
+            return "busy"
+        await asyncio.sleep(0.05)  # the app call
+        await store.settle_update(seq, {"userName": "a"}, NOW, "a")
+        return "ok"
+
+    first = await asyncio.gather(attempt(a), attempt(b))
+    assert first.count("ok") == 1, first  # the other saw the claim (busy) or, if late, the new version (412)
+    # Once settled, the same If-Match is stale everywhere.
+    assert await attempt(b) == "412"
+    # And with no claim in flight, two writers racing on one version: exactly one wins, one mismatch.
+    seq, _ = await a.begin_write("app", "User", "u1", "update", if_match=2)
+    await a.abort(seq, "test")
+
+    async def claim(store: PostgresStore) -> str:
+        try:
+            seq, _ = await store.begin_write("app", "User", "u1", "update", if_match=2)
+        except (VersionMismatch, Busy) as exc:
+            return type(exc).__name__
+        await store.settle_update(seq, {"userName": "a"}, NOW, "a")
+        return "ok"
+
+    results = await asyncio.gather(*(claim(s) for s in (a, b, a, b)))
+    assert results.count("ok") == 1
+    assert (await b.get("app", "User", "u1")).version == 3  # type: ignore[union-attr]
+
+
+async def test_pg_concurrent_member_adds_across_pools_lose_none(two_stores: tuple[PostgresStore, PostgresStore]) -> None:
+    a, b = two_stores
+    for i in range(20):
+        await make(a, f"u{i}", f"user{i}", str(i))
+    seq = await a.begin_create("app", "Group", "g1", "team", {"displayName": "Team"}, NOW)
+    await a.settle_create(seq, "10", {"displayName": "Team"}, [])
+
+    async def add(store: PostgresStore, member: str) -> None:
+        while True:
+            try:
+                seq, _ = await store.begin_write("app", "Group", "g1", "update")
+                break
+            except Busy:
+                await asyncio.sleep(0.01)
+        await store.settle_update(seq, {"displayName": "Team"}, NOW, "team", add_members=[Member(member, "User")])
+
+    await asyncio.gather(*(add(two_stores[i % 2], f"u{i}") for i in range(20)))
+    assert sorted(m.id for m in await b.members("app", "g1")) == sorted(f"u{i}" for i in range(20))
+    assert (await b.get("app", "Group", "g1")).version == 21  # type: ignore[union-attr]
+
+
+async def test_pg_one_settle_wins_over_a_peer_recovering_the_same_entry(two_stores: tuple[PostgresStore, PostgresStore]) -> None:
+    from gateway.store.base import Gone
+
+    a, b = two_stores
+    await make(a, "u1", "a", "1")
+    seq, _ = await a.begin_write("app", "User", "u1", "update")
+    outcomes = await asyncio.gather(
+        a.settle_update(seq, {"userName": "a"}, NOW, "a"), b.abort(seq, "peer recovery"), return_exceptions=True
+    )
+    assert sum(isinstance(o, Gone) for o in outcomes) == 1
+
+
+async def test_pg_server_unreachable_is_store_unavailable() -> None:
+    from gateway.store.base import StoreUnavailable
+    from tests.conftest import free_port
+
+    store = PostgresStore(f"postgresql://someone:s3cret@127.0.0.1:{free_port()}/nothing", connect_timeout=2)
+    with pytest.raises(StoreUnavailable) as info:
+        await store.open()
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
+
+
+async def test_pg_server_going_away_is_store_unavailable_and_coming_back_heals(pg_database: str) -> None:
+    from gateway.store.base import StoreUnavailable
+    from tests.services import PG_PORT, PG_USER
+
+    proxy = TcpProxy(PG_PORT)
+    port = await proxy.start()
+    store = PostgresStore(f"postgresql://{PG_USER}@127.0.0.1:{port}/{pg_database}", pool_size=2, connect_timeout=2)
+    await store.open()
+    try:
+        await make(store, "u1", "a", "1")
+        await proxy.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.get("app", "User", "u1")
+        with pytest.raises(StoreUnavailable):
+            await store.begin_create("app", "User", "u2", "b", {"userName": "b"}, NOW)
+        proxy = TcpProxy(PG_PORT)
+        await proxy.start(port)
+        assert (await store.get("app", "User", "u1")) is not None
+    finally:
+        await store.close()
+        await proxy.stop()
+
+
+async def test_pg_a_terminated_connection_is_replaced_by_the_pool(pg_url_for_test: str, pg_database: str) -> None:
+    import asyncpg
+
+    store = PostgresStore(pg_url_for_test, pool_size=2)
+    await store.open()
+    try:
+        await make(store, "u1", "a", "1")
+        admin = await asyncpg.connect(pg_url("postgres"))
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", pg_database
+            )
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.2)  # the server's goodbye reaches the idle connection
+        assert (await store.get("app", "User", "u1")) is not None
+    finally:
+        await store.close()
+
+
+def test_mask_url_hides_the_password() -> None:
+    from gateway.store.postgres import mask_url
+
+    assert mask_url("postgresql://gw:p%40ss@db.example:5433/scim?sslmode=require") == "postgresql://gw:***@db.example:5433/scim?sslmode=require"
+    assert mask_url("postgresql://gw@db/scim") == "postgresql://gw@db/scim"
