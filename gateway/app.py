@@ -119,7 +119,7 @@ def _connector_ctx(mapping: CompiledMapping):  # type: ignore[no-untyped-def]
         if not digests:
             log.warning("app %s accepts no bearer token: every request will be refused", mapping.app)
         provisioner = Provisioner(mapping, connector, app[STORE])
-        repaired = await provisioner.recover()
+        repaired = await provisioner.recover(older_than=settings.startup_recovery_age)
         if repaired:
             log.info("app %s: recovery settled %d unfinished writes", mapping.app, repaired)
         app[APPS][mapping.app] = AppRuntime(mapping, connector, provisioner, digests)

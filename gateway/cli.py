@@ -71,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = GatewaySettings(
         mappings=mappings, data_dir=data_dir, public_url=args.public_url,
         store_url=SecretStr(store_url) if store_url else None, store_pool_size=args.store_pool_size,
+        shared_store=args.workers > 1 or bool(worker),
     )
     try:
         from .app import load_apps

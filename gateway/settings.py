@@ -34,6 +34,16 @@ class GatewaySettings(BaseModel):
     public_url: str | None = Field(None, description="Base URL as the IdP reaches it, for Location and meta.location")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     recovery_interval: float = Field(30.0, gt=0, description="Seconds between sweeps for writes left unsettled while serving")
+    shared_store: bool = Field(
+        False,
+        description="Other live processes may write to this store (--workers, or a PostgreSQL store): recovery at start-up"
+        " then takes only entries older than two sweep intervals, never a peer's write in flight",
+    )
+
+    @property
+    def startup_recovery_age(self) -> float | None:
+        """How old a pending write must be for start-up recovery to take it (None: every one, this process is alone)."""
+        return 2 * self.recovery_interval if self.shared_store or self.store_url is not None else None
 
     @field_validator("store_url")
     @classmethod

@@ -144,3 +144,18 @@ async def test_recovery_does_not_steal_a_record_linked_to_another_resource(aioht
     resp, _ = await scim.get("/Users/55555555-5555-4555-8555-555555555555")
     assert resp.status == 404
     assert seq
+
+
+async def test_a_shared_store_leaves_a_peers_fresh_write_alone_at_start_up(aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
+    """With --workers or PostgreSQL, a starting process must not settle what a live peer is doing right now."""
+    store = client.app[APPS]["demo"].provisioner.store
+    rid = "33333333-3333-4333-8333-333333333333"
+    seq = await store.begin_create("demo", "User", rid, "inflight", {"userName": "inflight"}, utc_now())
+    await client.close()
+    shared = await aiohttp_client(create_app(demo_settings(data_dir, shared_store=True)))
+    runtime = shared.app[APPS]["demo"]
+    assert [e.seq for e in await runtime.provisioner.store.pending("demo", None)] == [seq], "still the peer's"
+    # ...while a process alone on its store takes it at once (rolled back: the app never got it).
+    await shared.close()
+    alone = await aiohttp_client(create_app(demo_settings(data_dir)))
+    assert await alone.app[APPS]["demo"].provisioner.store.pending("demo", None) == []
