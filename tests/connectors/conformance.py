@@ -131,7 +131,7 @@ class ConnectorConformance:
     # ------------------------------------------------------------ search
 
     def _needs(self, connector: Connector, capability: str) -> None:
-        if not getattr(connector.capabilities, capability):
+        if not getattr(connector.caps, capability):
             pytest.skip(f"the connector does not declare {capability}")
 
     async def test_find_is_case_insensitive(self, connector: Connector, user_kind: str, unique_field: str) -> None:

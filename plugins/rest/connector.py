@@ -1,0 +1,892 @@
+"""The REST connector: an app's records are JSON objects behind its own HTTP API.
+
+Every call goes through `_Http.call`: rate limit, auth, timeout, retries of
+idempotent calls, and the translation of the app's answer into an AppError.
+Records cross this module flattened: nested JSON objects become dotted field
+names (`profile.name.first`) on the way in, and dotted fields nest again in
+request bodies, so a mapping names nested fields directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import aiohttp
+from pydantic import BaseModel, SecretStr
+from yarl import URL
+
+from gateway.connectors.base import AppContext, Capabilities, Connector, NativeId, Record
+from gateway.connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
+from gateway.secrets import SecretRef
+
+from .config import (
+    VALUE_PLACEHOLDER,
+    ApiKeyAuthConfig,
+    BasicAuthConfig,
+    BearerAuthConfig,
+    CursorPagination,
+    LinkHeaderPagination,
+    ListCallConfig,
+    NextLinkPagination,
+    NoPagination,
+    OAuth2ClientCredentialsConfig,
+    OffsetPagination,
+    PagePagination,
+    RestConnectorConfig,
+    RestMembersConfig,
+    RestResourceConfig,
+    _Operation,
+)
+
+RETRY_AFTER = 5  # seconds the IdP is asked to wait when the app names no time itself
+MAX_BODY = 16 * 1024 * 1024  # bytes of one answer; more is not a record, it is a fault
+MAX_PAGES = 100_000  # a guard against an app whose pagination never ends
+DETAIL_CHARS = 200
+IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "HEAD", "OPTIONS"})
+MASK = "***"
+BACKOFF_BASE = 0.25  # seconds before the first retry; doubled each time, with jitter
+DEFAULT_TOKEN_LIFETIME = 3600.0  # seconds, for a token endpoint that names no expires_in
+
+
+class RestSetupError(RuntimeError):
+    """The config cannot be used as given (a secret reference that resolves to nothing, a bad base URL): raised by open()."""
+
+
+# ---------------------------------------------------------------- records: dotted fields <-> nested JSON
+
+
+def flatten(obj: Mapping[str, Any], prefix: str = "") -> Record:
+    """Nested objects become dotted keys; lists (and empty objects) stay values."""
+    out: Record = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def nest(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys become nested objects; AppInvalid when a field is both a value and an object."""
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        *parents, leaf = name.split(".")
+        node = out
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise AppInvalid(f"field {'.'.join(parents[: i + 1])!r} is a value, so {name!r} cannot be inside it")
+            node = child
+        if leaf in node and isinstance(node[leaf], dict) and not isinstance(value, dict):
+            raise AppInvalid(f"field {name!r} is an object, so it cannot also be a value")
+        node[leaf] = value
+    return out
+
+
+def dig(obj: Any, path: str | None) -> Any:
+    """The value at a dotted path (None when any step is missing); no path: the object itself."""
+    if path is None:
+        return obj
+    for part in path.split("."):
+        if isinstance(obj, Mapping):
+            obj = obj.get(part)
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return None
+    return obj
+
+
+def _native_id(value: Any) -> NativeId | None:
+    if isinstance(value, bool) or value is None or isinstance(value, Mapping | list):
+        return None
+    text = str(value)
+    return text or None
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    if isinstance(stored, str) and isinstance(wanted, str):
+        return stored.casefold() == wanted.casefold()
+    if stored is None or wanted is None or isinstance(stored, bool) or isinstance(wanted, bool):
+        return stored == wanted
+    return str(stored) == str(wanted)
+
+
+def fill(template: Any, ids: Mapping[str, str]) -> Any:
+    """A JSON body template with every string exactly "{id}" / "{member}" (":int" for a number) replaced."""
+    if isinstance(template, str):
+        match = VALUE_PLACEHOLDER.fullmatch(template)
+        if match is None:
+            return template
+        value = ids[match.group(1)]
+        if match.group(2):
+            try:
+                return int(value)
+            except ValueError:
+                raise AppInvalid(f"{match.group(1)} {value!r} is not a number") from None
+        return value
+    if isinstance(template, Mapping):
+        return {key: fill(value, ids) for key, value in template.items()}
+    if isinstance(template, list):
+        return [fill(value, ids) for value in template]
+    return template
+
+
+def _path(path: str, ids: Mapping[str, str]) -> str:
+    def one(match: Any) -> str:
+        value = ids[match.group(1)]
+        return value if value == match.group(0) else quote(value, safe="")  # a plan's "{id}" stays readable
+
+    return VALUE_PLACEHOLDER.sub(one, path)
+
+
+def _query_value(value: str, ids: Mapping[str, str]) -> str:
+    return VALUE_PLACEHOLDER.sub(lambda m: ids[m.group(1)], value)
+
+
+# ---------------------------------------------------------------- answers and errors
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: Any  # parsed JSON; None for an empty body
+    url: URL
+    links: Mapping[str, URL]  # rel -> URL from the Link header
+
+
+def _retry_after(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0, int(when.timestamp() - time.time() + 0.999))
+
+
+def _app_message(raw: bytes) -> str:
+    """A short summary of the app's own error message: a JSON message field, or one plain-text line; never HTML."""
+    text = raw.decode("utf-8", "replace").strip()
+    if not text:
+        return ""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        if text.startswith("<") or "\n" in text[:DETAIL_CHARS]:
+            return ""  # HTML or a stack trace: nothing an IdP should read
+        return text
+    return _message_in(body)
+
+
+def _message_in(body: Any, depth: int = 0) -> str:
+    if depth > 3:
+        return ""
+    if isinstance(body, str):
+        return body
+    if isinstance(body, list):
+        return "; ".join(filter(None, (_message_in(item, depth + 1) for item in body[:3])))
+    if isinstance(body, Mapping):
+        for key in ("message", "error_description", "detail", "error", "title", "errors", "description", "msg"):
+            if key in body:
+                found = _message_in(body[key], depth + 1)
+                if found:
+                    return found
+    return ""
+
+
+class _Secrets:
+    """Every secret value this connector holds, to scrub from anything it reports."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+
+    def add(self, secret: SecretStr) -> str:
+        value = secret.get_secret_value()
+        if len(value) >= 4:
+            self.values.add(value)
+        return value
+
+    def scrub(self, text: str) -> str:
+        for value in self.values:
+            text = text.replace(value, MASK)
+        return text
+
+
+def _said(raw: bytes, secrets: _Secrets) -> str:
+    """": the app's message" (short, secrets masked), or nothing."""
+    message = _app_message(raw)
+    return f": {_short(secrets.scrub(message))}" if message else ""
+
+
+def basic_auth(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 3] + "..."
+
+
+# ---------------------------------------------------------------- rate limit
+
+
+class TokenBucket:
+    """At most `rate` calls per second on average, bursts up to `rate` (at least one)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self.lock:  # callers queue in order; each waits for its own token
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+# ---------------------------------------------------------------- auth
+
+
+class _OAuth2Token:
+    """A client-credentials access token, fetched on demand, cached, refreshed shortly before it expires."""
+
+    def __init__(self, config: OAuth2ClientCredentialsConfig, url: str, secret: str) -> None:
+        self.config = config
+        self.url = URL(url)
+        self.secret = secret
+        self.token: str | None = None
+        self.expires_at = 0.0
+        self.lock = asyncio.Lock()
+        self.clock = time.monotonic  # a test may wind it forward
+
+    def valid(self) -> bool:
+        return self.token is not None and self.clock() < self.expires_at
+
+    async def get(self, http: _Http) -> str:
+        if self.valid():
+            assert self.token is not None
+            return self.token
+        async with self.lock:  # one refresh for every caller waiting on it
+            if not self.valid():
+                await self._fetch(http)
+            assert self.token is not None
+            return self.token
+
+    def invalidate(self, used: str) -> None:
+        if self.token == used:  # a concurrent caller may already have refreshed it
+            self.token = None
+
+    async def _fetch(self, http: _Http) -> None:
+        c = self.config
+        form = {"grant_type": "client_credentials"}
+        headers = {"Accept": "application/json"}
+        if c.client_auth == "basic":
+            headers["Authorization"] = basic_auth(quote(c.client_id, safe=""), quote(self.secret, safe=""))
+        else:
+            form |= {"client_id": c.client_id, "client_secret": self.secret}
+        if c.scope:
+            form["scope"] = c.scope
+        if c.audience:
+            form["audience"] = c.audience
+        try:
+            answer = await http.call("POST", self.url, headers=headers, form=form, retry=True, authenticate=False)
+        except AppUnavailable as exc:
+            raise AppUnavailable(f"the token endpoint failed: {exc.detail}", retry_after=exc.retry_after) from None
+        except AppError as exc:
+            # Its 400/401 (invalid_client, invalid_scope): the gateway's own configuration, never the IdP's request.
+            raise AppUnavailable(f"the token endpoint refused the gateway's client credentials ({exc.detail})",
+                                 retry_after=RETRY_AFTER) from None
+        body = answer.body
+        token = body.get("access_token") if isinstance(body, Mapping) else None
+        if not isinstance(token, str) or not token:
+            raise AppBadResponse("the token endpoint answered no access_token")
+        try:
+            lifetime = max(0.0, float(body.get("expires_in", DEFAULT_TOKEN_LIFETIME)))
+        except (TypeError, ValueError):
+            lifetime = DEFAULT_TOKEN_LIFETIME
+        # Refresh before it runs out: a token that expires in flight is a refused call.
+        margin = min(60.0, lifetime / 10)
+        self.token = http.secrets.add(SecretStr(token))
+        self.expires_at = self.clock() + max(0.0, lifetime - margin)
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+class _Http:
+    """The app's HTTP client: one session, the auth, the retry policy and the error translation."""
+
+    def __init__(self, config: RestConnectorConfig, app: str) -> None:
+        self.config = config
+        self.app = app
+        self.secrets = _Secrets()
+        self.base = _resolve_url(config.base_url, "base_url")
+        self.headers = {name: (self.secrets.add(_resolve(value, f"headers.{name}")) if isinstance(value, SecretRef) else value)
+                        for name, value in config.headers.items()}
+        self.auth_headers: dict[str, str] = {}
+        self.auth_query: dict[str, str] = {}
+        self.oauth2: _OAuth2Token | None = None
+        auth = config.auth
+        if isinstance(auth, BasicAuthConfig):
+            password = self.secrets.add(_resolve(auth.password, "auth.password"))
+            self.auth_headers["Authorization"] = basic_auth(auth.username, password)
+        elif isinstance(auth, BearerAuthConfig):
+            self.auth_headers["Authorization"] = "Bearer " + self.secrets.add(_resolve(auth.token, "auth.token"))
+        elif isinstance(auth, ApiKeyAuthConfig):
+            key = self.secrets.add(_resolve(auth.key, "auth.key"))
+            (self.auth_headers if auth.in_ == "header" else self.auth_query)[auth.name] = key
+        elif isinstance(auth, OAuth2ClientCredentialsConfig):
+            token_url = _resolve_url(auth.token_url, "auth.token_url")
+            self.oauth2 = _OAuth2Token(auth, token_url, self.secrets.add(_resolve(auth.client_secret, "auth.client_secret")))
+        self.bucket = TokenBucket(config.rate_limit) if config.rate_limit else None
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.config.max_connections, limit_per_host=0)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            headers={"Accept": "application/json", "User-Agent": "scim-gateway"},
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        self.session = None
+
+    def url(self, path: str, query: Mapping[str, str] | None = None) -> URL:
+        url = URL(self.base.rstrip("/") + "/" + path.lstrip("/"), encoded=True)
+        return url.update_query(dict(query)) if query else url
+
+    def same_origin(self, url: URL) -> bool:
+        return url.origin() == URL(self.base).origin()
+
+    async def call(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        form: Mapping[str, str] | None = None,
+        retry: bool | None = None,
+        authenticate: bool = True,
+    ) -> Answer:
+        """One call with its retries; the 2xx answer, or the AppError the app's failure means."""
+        session = self.session
+        if session is None:
+            raise RuntimeError(f"the rest connector of app {self.app!r} is not open")
+        attempts = 1 + (self.config.retries if (method in IDEMPOTENT if retry is None else retry) else 0)
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            # The app's own headers and credentials go to the app only, never to a token endpoint.
+            all_headers = {**self.headers, **(headers or {}), **self.auth_headers} if authenticate else dict(headers or {})
+            target = url
+            used_token = None
+            if authenticate:
+                if self.auth_query:
+                    target = url.update_query(self.auth_query)
+                if self.oauth2 is not None:
+                    used_token = await self.oauth2.get(self)
+                    all_headers["Authorization"] = f"Bearer {used_token}"
+            if self.bucket is not None and authenticate:
+                await self.bucket.acquire()
+            failure: AppError
+            wait: float | None = None
+            try:
+                async with session.request(method, target, headers=all_headers, json=json_body, data=form) as resp:
+                    raw = await _read(resp)
+                    status, resp_headers, links = resp.status, resp.headers, _links(resp)
+            except TimeoutError:
+                failure = AppUnavailable(f"the app did not answer {method} {url.path} within {self.config.timeout:g} s",
+                                         retry_after=RETRY_AFTER)
+            except aiohttp.ClientConnectorError as exc:
+                failure = AppUnavailable(f"cannot connect to the app ({_os_reason(exc)})", retry_after=RETRY_AFTER)
+            except (aiohttp.ClientError, OSError) as exc:
+                failure = AppUnavailable(f"the connection to the app failed ({type(exc).__name__})", retry_after=RETRY_AFTER)
+            else:
+                if 200 <= status < 300:
+                    return Answer(status, resp_headers, self._parse(raw, method, url), url, links)
+                if status in (401, 403) and used_token is not None and not refreshed and self.oauth2 is not None:
+                    # The token may have been revoked or expired early: one fresh token, one more try.
+                    self.oauth2.invalidate(used_token)
+                    refreshed = True
+                    attempt -= 1
+                    continue
+                retry_after = _retry_after(resp_headers)
+                failure = self._failure(status, raw, method, url, retry_after)
+                if not authenticate and status in (401, 403):
+                    failure = AppInvalid(f"HTTP {status}{_said(raw, self.secrets)}")  # the token endpoint's: see _OAuth2Token
+                if not isinstance(failure, AppUnavailable) or status in (401, 403):
+                    raise failure
+                if status == 429 and retry_after is not None:
+                    if retry_after > self.config.max_retry_wait:
+                        raise failure  # the IdP waits instead: Retry-After passes through
+                    wait = float(retry_after)
+            if attempt >= attempts:
+                raise failure
+            if wait is None:
+                wait = min(self.config.max_retry_wait, BACKOFF_BASE * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(wait)
+
+    def _parse(self, raw: bytes, method: str, url: URL) -> Any:
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            looks = "HTML" if raw.lstrip()[:1] == b"<" else "not JSON (or cut short)"
+            raise AppBadResponse(f"{method} {url.path} answered a body that is {looks}") from None
+
+    def _failure(self, status: int, raw: bytes, method: str, url: URL, retry_after: int | None) -> AppError:
+        said = _said(raw, self.secrets)
+        where = f"{method} {url.path}"
+        if status in (401, 403):
+            return AppUnavailable(f"the app refused the gateway's credentials (HTTP {status} on {where})", retry_after=RETRY_AFTER)
+        if status == 404 or status == 410:
+            return AppNotFound(f"{where}: HTTP {status}{said}")
+        if status == 409:
+            return AppConflict(f"the app answered HTTP 409{said}")
+        if status in (400, 422):
+            return AppInvalid(f"the app answered HTTP {status}{said}")
+        if status == 429:
+            return AppUnavailable(f"the app is rate limiting the gateway (HTTP 429 on {where})", retry_after=retry_after or RETRY_AFTER)
+        if status >= 500:
+            return AppUnavailable(f"the app failed (HTTP {status} on {where})", retry_after=retry_after or RETRY_AFTER)
+        return AppError(f"the app answered HTTP {status} on {where}{said}")
+
+
+async def _read(resp: aiohttp.ClientResponse) -> bytes:
+    chunks = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise AppBadResponse(f"the app's answer is larger than {MAX_BODY // (1024 * 1024)} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _links(resp: aiohttp.ClientResponse) -> dict[str, URL]:
+    out: dict[str, URL] = {}
+    try:
+        for rel, link in resp.links.items():
+            out[str(rel)] = URL(str(link.get("url")))
+    except (ValueError, TypeError):
+        return {}
+    return out
+
+
+def _os_reason(exc: aiohttp.ClientConnectorError) -> str:
+    return exc.os_error.strerror or type(exc.os_error).__name__ if exc.os_error is not None else type(exc).__name__
+
+
+def _resolve(ref: SecretRef, where: str) -> SecretStr:
+    try:
+        return ref.resolve()
+    except ValueError as exc:
+        raise RestSetupError(f"{where}: {exc}") from None
+
+
+def _resolve_url(value: str | SecretRef, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raw = _resolve(value, where).get_secret_value()
+    try:
+        url = URL(raw)
+    except (ValueError, TypeError):
+        raise RestSetupError(f"{where}: {value.describe()} holds no URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise RestSetupError(f"{where}: {value.describe()} holds no absolute http(s) URL")
+    return raw
+
+
+# ---------------------------------------------------------------- the connector
+
+
+class RestConnector(Connector):
+    """Records of each kind are JSON objects behind the app's calls; members are its sub-resource calls."""
+
+    Config: ClassVar[type[RestConnectorConfig]] = RestConnectorConfig
+    # The most any configuration can do; what one can do is capabilities_for(config).
+    capabilities: ClassVar[Capabilities] = Capabilities(membership=True, search=True, list_all=True, read=True)
+
+    config: RestConnectorConfig
+
+    def __init__(self, config: RestConnectorConfig, context: AppContext) -> None:
+        super().__init__(config, context)
+        self._http: _Http | None = None
+
+    @classmethod
+    def capabilities_for(cls, config: BaseModel) -> Capabilities:
+        assert isinstance(config, RestConnectorConfig)
+        kinds = config.resources.values()
+        return Capabilities(
+            membership=any(k.members is not None for k in kinds),
+            search=any(k.search is not None for k in kinds),
+            search_ops=frozenset({"eq"}),
+            list_all=any(k.list is not None for k in kinds),
+            read=all(k.get is not None for k in kinds),
+            actions=frozenset(name for k in kinds for name in k.actions),
+        )
+
+    # ------------------------------------------------------------ lifetime
+
+    async def open(self) -> None:
+        if self._http is not None:
+            raise RuntimeError(f"the rest connector of app {self.context.name!r} is already open")
+        http = _Http(self.config, self.context.name)  # resolves every secret: RestSetupError before any socket
+        await http.open()
+        self._http = http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        self._http = None
+
+    # ------------------------------------------------------------ records
+
+    async def create(self, kind: str, record: Record) -> NativeId:
+        k = self._kind(kind)
+        answer = await self._op(k.create, {}, self._body(k, record))
+        native_id = _native_id(dig(dig(answer.body, k.record), k.id))
+        if native_id is None and answer.body is None and "Location" in answer.headers:
+            # 201 with an empty body: the new record's URL names its id.
+            native_id = _native_id(URL(answer.headers["Location"]).name)
+        if native_id is None:
+            raise AppBadResponse(f"{kind}: the app's answer to create carries no id at {k.id!r}")
+        return native_id
+
+    async def get(self, kind: str, native_id: NativeId) -> Record | None:
+        k = self._kind(kind)
+        if k.get is None:
+            raise AppError(f"{kind}: the connector has no get call, so records cannot be read back")
+        try:
+            answer = await self._op(k.get, {"id": native_id})
+        except AppNotFound:
+            return None
+        return self._record(kind, dig(answer.body, k.record))
+
+    async def update(self, kind: str, native_id: NativeId, changes: Record) -> None:
+        k = self._kind(kind)
+        if k.update.method == "PUT":
+            current = await self.get(kind, native_id)
+            if current is None:
+                raise AppNotFound(f"{kind}: the app has no record {native_id!r}")
+            record = {name: value for name, value in current.items() if not _covered(name, changes)} | changes
+            body = self._body(k, record)
+        elif not changes and k.get is not None:
+            if await self.get(kind, native_id) is None:  # nothing to write: only say whether it exists
+                raise AppNotFound(f"{kind}: the app has no record {native_id!r}")
+            return
+        else:
+            body = self._body(k, changes)
+        await self._op(k.update, {"id": native_id}, body)
+
+    async def delete(self, kind: str, native_id: NativeId) -> None:
+        k = self._kind(kind)
+        try:
+            await self._op(k.delete, {"id": native_id})
+        except AppNotFound:
+            return  # already gone
+
+    async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
+        k = self._kind(kind)
+        if op != "eq":
+            raise AppInvalid(f"the rest connector finds by equality only, not {op!r}")
+        if k.search is not None and field in k.search.params:
+            query = {k.search.params[field]: "" if value is None else str(value)}
+            pages = self._pages(kind, k.search, query)
+        elif k.list is not None:
+            pages = self._pages(kind, k.list)  # no search by this field: read them all
+        else:
+            raise AppError(f"{kind}: the connector can neither search by {field!r} nor list records")
+        # The app's search may be fuzzy or ignore an unknown parameter: keep exact matches only.
+        return [(native_id, record) async for native_id, record in pages if _same(record.get(field), value)]
+
+    async def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:
+        k = self._kind(kind)
+        if k.list is None:
+            raise AppError(f"{kind}: the connector has no list call")
+        async for item in self._pages(kind, k.list):
+            yield item
+
+    # ------------------------------------------------------------ membership
+
+    async def add_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
+        m = self._members(kind)
+        for member_id in self._member_ids(m.member_kind, members, strict=True):
+            try:
+                await self._op(m.add, {"id": group_id, "member": member_id}, fill(m.add.body, {"id": group_id, "member": member_id}))
+            except AppConflict:
+                continue  # already a member
+
+    async def remove_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
+        m = self._members(kind)
+        for member_id in self._member_ids(m.member_kind, members, strict=False):
+            try:
+                await self._op(m.remove, {"id": group_id, "member": member_id}, fill(m.remove.body, {"id": group_id, "member": member_id}))
+            except AppNotFound:
+                continue  # not a member (any more)
+
+    async def list_members(self, kind: str, group_id: NativeId) -> list[tuple[str, NativeId]]:
+        m = self._members(kind)
+        out: list[tuple[str, NativeId]] = []
+        seen: set[NativeId] = set()
+        async for item in self._items(m.list, {}, {"id": group_id}):
+            member_id = _native_id(dig(item, m.list.member_id))
+            if member_id is None:
+                raise AppBadResponse(f"{kind}: a member in the app's list carries no id at {m.list.member_id!r}")
+            if member_id not in seen:
+                seen.add(member_id)
+                out.append((m.member_kind, member_id))
+        return out
+
+    async def action(self, kind: str, native_id: NativeId, name: str) -> None:
+        k = self._kind(kind)
+        if name not in k.actions:
+            valid = ", ".join(sorted(k.actions)) or "none"
+            raise LookupError(f"{kind}: the rest connector has no action {name!r} (valid: {valid})")
+        operation = k.actions[name]
+        await self._op(operation, {"id": native_id}, fill(operation.body, {"id": native_id}))
+
+    async def check_schema(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Read the first page of every list call: a wrong path or refused credentials shows before the first IdP request."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for kind, k in self.config.resources.items():
+            for name, call in (("list", k.list), ("search", k.search)):
+                if call is None:
+                    continue
+                try:
+                    async with aclosing(self._items(call, {}, {})) as items:
+                        async for _item in items:
+                            break
+                except AppNotFound:
+                    problems.append((("resources", kind, name, "path"), f"the app has no {call.path} (HTTP 404)"))
+                except AppError as exc:
+                    problems.append((("resources", kind, name), exc.detail))
+        return problems
+
+    # ------------------------------------------------------------ dry run
+
+    def plan(
+        self, op: str, kind: str, native_id: NativeId | None = None, record: Record | None = None,
+        members: list[tuple[str, NativeId]] | None = None,
+    ) -> list[dict[str, Any]]:
+        k = self._kind(kind, opened=False)
+        ids = {"id": native_id if native_id is not None else "{id}"}
+        if op == "create":
+            return [self._plan_call(k.create, ids, self._body(k, record or {}))]
+        if op in ("get", "delete"):
+            operation = k.get if op == "get" else k.delete
+            if operation is None:
+                raise LookupError(f"{kind}: the rest connector has no get call")
+            return [self._plan_call(operation, ids, None)]
+        if op == "update":
+            calls = []
+            body = self._body(k, record or {})
+            if k.update.method == "PUT":
+                assert k.get is not None
+                calls.append(self._plan_call(k.get, ids, None))
+                calls[-1]["note"] = "read first: PUT sends the whole record, these fields merged in"
+            calls.append(self._plan_call(k.update, ids, body))
+            return calls
+        if op in ("add_members", "remove_members"):
+            m = self._members(kind, opened=False)
+            operation = m.add if op == "add_members" else m.remove
+            calls = []
+            for _kind, member_id in members or []:
+                both = ids | {"member": member_id}
+                calls.append(self._plan_call(operation, both, fill(operation.body, both)))
+            return calls
+        if op in k.actions:
+            operation = k.actions[op]
+            return [self._plan_call(operation, ids, fill(operation.body, ids))]
+        valid = ", ".join(["create", "get", "update", "delete", "add_members", "remove_members", *sorted(k.actions)])
+        raise LookupError(f"{kind}: the rest connector has no operation {op!r} (valid: {valid})")
+
+    def _plan_call(self, operation: _Operation, ids: Mapping[str, str], body: Any) -> dict[str, Any]:
+        config = self.config
+        base = self._http.base if self._http is not None else _plan_base(config.base_url)
+        url = URL(base.rstrip("/") + "/" + _path(operation.path, ids).lstrip("/"), encoded=True)
+        query = {key: _query_value(value, ids) for key, value in operation.query.items()}
+        headers: dict[str, str] = {"Accept": "application/json"}
+        headers |= {name: (MASK if isinstance(value, SecretRef) else value) for name, value in config.headers.items()}
+        headers |= operation.headers
+        auth = config.auth
+        if isinstance(auth, BasicAuthConfig):
+            headers["Authorization"] = f"Basic {MASK}"
+        elif isinstance(auth, BearerAuthConfig | OAuth2ClientCredentialsConfig):
+            headers["Authorization"] = f"Bearer {MASK}"
+        elif isinstance(auth, ApiKeyAuthConfig):
+            (headers if auth.in_ == "header" else query)[auth.name] = MASK
+        if url.password:
+            url = url.with_password(MASK)
+        if query:
+            url = url.update_query(query)
+        call: dict[str, Any] = {"method": operation.method, "url": str(url), "headers": headers}
+        if body is not None:
+            call["body"] = body
+        return call
+
+    # ------------------------------------------------------------ helpers
+
+    def _kind(self, kind: str, *, opened: bool = True) -> RestResourceConfig:
+        if opened:
+            self._client()
+        try:
+            return self.config.resources[kind]
+        except KeyError:
+            valid = ", ".join(sorted(self.config.resources))
+            raise LookupError(f"the rest connector has no calls for kind {kind!r} (valid: {valid})") from None
+
+    def _members(self, kind: str, *, opened: bool = True) -> RestMembersConfig:
+        k = self._kind(kind, opened=opened)
+        if k.members is None:
+            raise LookupError(f"the rest connector has no member calls for kind {kind!r}")
+        return k.members
+
+    def _client(self) -> _Http:
+        if self._http is None:
+            raise RuntimeError(f"the rest connector of app {self.context.name!r} is not open")
+        return self._http
+
+    @staticmethod
+    def _member_ids(member_kind: str, members: list[tuple[str, NativeId]], *, strict: bool) -> list[NativeId]:
+        ids: list[NativeId] = []
+        for member_type, native_id in members:
+            if member_type != member_kind:
+                if strict:
+                    raise AppInvalid(f"the group holds members of kind {member_kind}, not {member_type}")
+                continue  # one of another kind cannot be a member: nothing to remove
+            ids.append(native_id)
+        return list(dict.fromkeys(ids))
+
+    @staticmethod
+    def _body(k: RestResourceConfig, record: Record) -> Any:
+        body = nest(record)
+        return {k.envelope: body} if k.envelope else body
+
+    def _record(self, kind: str, raw: Any) -> Record:
+        if not isinstance(raw, Mapping):
+            raise AppBadResponse(f"{kind}: the app answered a {type(raw).__name__}, not a record")
+        return flatten(raw)
+
+    async def _op(self, operation: _Operation, ids: Mapping[str, str], body: Any = None) -> Answer:
+        http = self._client()
+        url = http.url(_path(operation.path, ids), {key: _query_value(value, ids) for key, value in operation.query.items()})
+        return await http.call(operation.method, url, headers=operation.headers, json_body=body)
+
+    async def _pages(self, kind: str, call: ListCallConfig, query: Mapping[str, str] | None = None) -> AsyncIterator[tuple[NativeId, Record]]:
+        k = self._kind(kind)
+        async for item in self._items(call, query or {}, {}):
+            native_id = _native_id(dig(item, k.id))
+            if native_id is None:
+                raise AppBadResponse(f"{kind}: a record in the app's list carries no id at {k.id!r}")
+            yield native_id, self._record(kind, item)
+
+    async def _items(self, call: ListCallConfig, query: Mapping[str, str], ids: Mapping[str, str]) -> AsyncIterator[Any]:
+        """Every item of a list call, page after page, until an empty page or no next page."""
+        http = self._client()
+        p = call.pagination
+        base_query = {key: _query_value(value, ids) for key, value in call.query.items()} | dict(query)
+        first = http.url(_path(call.path, ids))
+        size_query = {p.size_param: str(p.size)} if isinstance(p, PagePagination | CursorPagination | NextLinkPagination | LinkHeaderPagination) and p.size_param else {}
+        page = p.start if isinstance(p, PagePagination) else 0
+        offset = 0
+        cursor: str | None = None
+        next_url: URL | None = None
+        previous: list[Any] | None = None
+        for _ in range(MAX_PAGES):
+            if next_url is not None:
+                url = next_url
+            elif isinstance(p, OffsetPagination):
+                url = first.update_query(base_query | {p.offset_param: str(offset), p.limit_param: str(p.size)})
+            elif isinstance(p, PagePagination):
+                url = first.update_query(base_query | {p.page_param: str(page)} | size_query)
+            elif isinstance(p, CursorPagination):
+                url = first.update_query(base_query | size_query | ({p.cursor_param: cursor} if cursor is not None else {}))
+            else:
+                url = first.update_query(base_query | size_query) if base_query or size_query else first
+            answer = await http.call("GET", url, headers=call.headers)
+            items = dig(answer.body, call.items)
+            if items is None and answer.body is None:
+                items = []
+            if not isinstance(items, list):
+                raise AppBadResponse(f"GET {url.path} answered no list at {call.items or 'the top level'!r}")
+            if not items:
+                return
+            if items == previous:
+                raise AppBadResponse(f"GET {url.path} answered the same page twice: the app ignores the pagination parameters")
+            previous = items
+            for item in items:
+                yield item
+            if isinstance(p, NoPagination):
+                return
+            if isinstance(p, OffsetPagination):
+                offset += len(items)  # what it gave, not what was asked: an app may cap the page size
+            elif isinstance(p, PagePagination):
+                page += 1
+            elif isinstance(p, CursorPagination):
+                found = dig(answer.body, p.next_cursor)
+                if found in (None, "") or isinstance(found, Mapping | list | bool):
+                    return
+                cursor = str(found)
+            else:
+                link = dig(answer.body, p.next) if isinstance(p, NextLinkPagination) else answer.links.get("next")
+                if not link:
+                    return
+                try:
+                    next_url = answer.url.join(URL(str(link)))
+                except (ValueError, TypeError):
+                    raise AppBadResponse(f"GET {url.path} answered a next link that is no URL") from None
+                if not http.same_origin(next_url):
+                    # Our credentials go only to the app: a link elsewhere is refused, never followed.
+                    raise AppBadResponse(f"GET {url.path} answered a next link to another host")
+                if http.auth_query:
+                    next_url = next_url.without_query_params(*http.auth_query)
+        raise AppBadResponse(f"GET {call.path}: more than {MAX_PAGES} pages")
+
+
+def _covered(name: str, changes: Record) -> bool:
+    """Whether a current field is replaced by the changes: the same field, or inside / around a changed one."""
+    return any(name == changed or name.startswith(changed + ".") or changed.startswith(name + ".") for changed in changes)
+
+
+def _plan_base(value: str | SecretRef) -> str:
+    if isinstance(value, str):
+        return value
+    return f"{{{value.describe()}}}"
+
+
+__all__ = ["RestConnector", "RestSetupError", "TokenBucket", "dig", "flatten", "nest"]

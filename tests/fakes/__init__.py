@@ -1,0 +1,1 @@
+"""Fake legacy apps that run as real aiohttp servers on loopback."""

@@ -1,0 +1,331 @@
+"""The HR app over REST, end to end: Entra ID's and Okta's sequences through the gateway into the fake HR app.
+
+The fake (tests/fakes/hr_app.py) runs as an aiohttp server on a real loopback
+port; the gateway reaches it with the shipped mappings/hr_rest.yaml, pointed at
+the fake by environment variables. Every step asserts the HR app's own state
+(logins, status, member lists), not only the SCIM answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
+
+from gateway.app import APPS, create_app
+from gateway.settings import GatewaySettings
+from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN, Scim
+from tests.demo_rows import q
+from tests.fakes.hr_app import HR_STATE, HrState, create_hr_app, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPPING = ROOT / "mappings" / "hr_rest.yaml"
+API_KEY = "hr-api-key-for-tests-0123"
+TOKEN = "hr-scim-token-0123456789"  # given as on the command line (extra_tokens)
+ENV_TOKEN = "hr-env-token-9876543210"  # the mapping's auth.bearer reference
+BASE = "/apps/hr/scim/v2"
+LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
+PASSWORD = "Okta-Sync3d-P@ssw0rd!"
+
+
+@dataclass
+class Hr:
+    state: HrState
+    url: str
+
+
+@pytest.fixture
+async def hr(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Hr]:
+    app = create_hr_app(api_key=API_KEY)
+    async with serve(app) as url:
+        monkeypatch.setenv("HR_API_URL", url)
+        monkeypatch.setenv("HR_API_KEY", API_KEY)
+        monkeypatch.setenv("HR_SCIM_TOKEN", ENV_TOKEN)
+        yield Hr(app[HR_STATE], url)
+
+
+@pytest.fixture
+def state(hr: Hr) -> HrState:
+    return hr.state
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, hr: Hr, tmp_path: Path) -> TestClient:
+    settings = GatewaySettings(mappings=[MAPPING], data_dir=tmp_path / "data", extra_tokens={"hr": [SecretStr(TOKEN)]})
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def scim(client: TestClient) -> Scim:
+    return Scim(client, TOKEN, BASE)
+
+
+def entra_user(user_name: str, given: str, family: str, *, title: str = "Engineer", department: str = "R&D") -> dict[str, Any]:
+    return {
+        "schemas": [USER_URN, ENTERPRISE_URN],
+        "externalId": f"ext-{user_name}",
+        "userName": user_name,
+        "active": True,
+        "displayName": f"{given} {family}",
+        "emails": [{"primary": True, "type": "work", "value": user_name}],
+        "meta": {"resourceType": "User"},
+        "name": {"formatted": f"{given} {family}", "familyName": family, "givenName": given},
+        "title": title,
+        "roles": [],
+        ENTERPRISE_URN: {"department": department},
+    }
+
+
+def okta_user(user_name: str, given: str = "Test", family: str = "User", **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "schemas": [USER_URN],
+        "userName": user_name,
+        "name": {"givenName": given, "familyName": family},
+        "emails": [{"primary": True, "value": user_name, "type": "work"}],
+        "displayName": f"{given} {family}",
+        "locale": "en-US",
+        "externalId": f"00u{abs(hash(user_name)) % 10**12:012d}",
+        "groups": [],
+        "password": PASSWORD,
+        "active": True,
+    }
+    return body | extra
+
+
+async def create(scim: Scim, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    resp, data = await scim.post(path, body)
+    assert resp.status == 201, data
+    return data
+
+
+def app_user(state: HrState, login: str) -> dict[str, Any]:
+    user = state.user_by_login(login)
+    assert user is not None, f"the HR app has no user {login!r}"
+    return user
+
+
+async def assert_nothing_recorded(scim: Scim, client: TestClient) -> None:
+    """The gateway's correlation table holds no resource and no unsettled write for the app."""
+    resp, data = await scim.get("/Users")
+    assert (resp.status, data["totalResults"]) == (200, 0), data
+    assert await client.app[APPS]["hr"].provisioner.store.pending("hr") == []
+
+
+# ---------------------------------------------------------------- Entra ID
+
+
+async def test_entra_sequence(scim: Scim, state: HrState) -> None:
+    # 1. Does the user exist? A filter matching nothing is an empty list.
+    resp, data = await scim.get("/Users?filter=" + q('userName eq "Alice.Smith@contoso.com"'))
+    assert (resp.status, data["schemas"], data["totalResults"]) == (200, [LIST_URN], 0)
+
+    # 2. Create.
+    alice = await create(scim, "/Users", entra_user("Alice.Smith@Contoso.com", "Alice", "Smith"))
+    assert alice["active"] is True and alice[ENTERPRISE_URN]["department"] == "R&D"
+    row = app_user(state, "alice.smith@contoso.com")
+    assert {k: row[k] for k in ("login", "first_name", "last_name", "email", "title", "department", "status")} == {
+        "login": "Alice.Smith@Contoso.com", "first_name": "Alice", "last_name": "Smith",
+        "email": "alice.smith@contoso.com", "title": "Engineer", "department": "R&D", "status": "enabled",
+    }  # fmt: skip
+    assert "password" not in row
+
+    # 3. GET, and the follow-up lookup, in another case.
+    resp, got = await scim.get(f"/Users/{alice['id']}?aadOptscim062020")
+    assert (resp.status, got["userName"], got["emails"][0]["value"]) == (200, "Alice.Smith@Contoso.com", "alice.smith@contoso.com")
+    resp, found = await scim.get("/Users?filter=" + q('userName eq "alice.smith@contoso.com"'))
+    assert [r["id"] for r in found["Resources"]] == [alice["id"]]
+
+    # 4. Entra's PATCH dialect: "Replace" capitalised, a path-less value with dotted and URN keys.
+    resp, data = await scim.patch(f"/Users/{alice['id']}", [
+        {"op": "Replace", "path": "title", "value": "Lead"},
+        {"op": "Replace", "value": {"name.givenName": "Alicia", f"{ENTERPRISE_URN}:department": "Platform"}},
+    ])
+    assert resp.status == 200, data
+    row = app_user(state, "alice.smith@contoso.com")
+    assert (row["title"], row["first_name"], row["last_name"], row["department"]) == ("Lead", "Alicia", "Smith", "Platform")
+
+    # 5. Disable with the string "False", enable with "True".
+    resp, data = await scim.patch(f"/Users/{alice['id']}", [{"op": "Replace", "path": "active", "value": "False"}])
+    assert (resp.status, data["active"]) == (200, False), data
+    assert app_user(state, "alice.smith@contoso.com")["status"] == "disabled"
+    resp, data = await scim.get(f"/Users/{alice['id']}")
+    assert data["active"] is False
+    resp, data = await scim.patch(f"/Users/{alice['id']}", [{"op": "Replace", "path": "active", "value": "True"}])
+    assert (resp.status, data["active"]) == (200, True), data
+    assert app_user(state, "alice.smith@contoso.com")["status"] == "enabled"
+
+    # 6. Groups: lookup (none), create with Microsoft's URN, add members, remove by value list, rename.
+    bob = await create(scim, "/Users", entra_user("bob.jones@contoso.com", "Bob", "Jones"))
+    resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q('displayName eq "Engineering"'))
+    assert (resp.status, data["totalResults"]) == (200, 0)
+    group = await create(scim, "/Groups", {"schemas": [GROUP_URN, MS_GROUP_URN], "externalId": "g-1", "displayName": "Engineering"})
+    assert state.group_by_name("Engineering") is not None and state.member_logins("Engineering") == []
+    resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q('displayName eq "Engineering"'))
+    assert [r["id"] for r in data["Resources"]] == [group["id"]] and "members" not in data["Resources"][0]
+
+    resp, data = await scim.patch(f"/Groups/{group['id']}", [
+        {"op": "Add", "path": "members", "value": [{"value": alice["id"]}, {"value": bob["id"]}]},
+    ])
+    assert resp.status == 200, data
+    assert {m["value"] for m in data["members"]} == {alice["id"], bob["id"]}
+    assert state.member_logins("Engineering") == ["Alice.Smith@Contoso.com", "bob.jones@contoso.com"]
+    # Adding a present member again changes nothing.
+    resp, data = await scim.patch(f"/Groups/{group['id']}", [{"op": "Add", "path": "members", "value": [{"value": bob["id"]}]}])
+    assert resp.status == 200, data
+    assert state.member_logins("Engineering") == ["Alice.Smith@Contoso.com", "bob.jones@contoso.com"]
+    resp, data = await scim.patch(f"/Groups/{group['id']}", [{"op": "Remove", "path": "members", "value": [{"value": alice["id"]}]}])
+    assert resp.status == 200, data
+    assert [m["value"] for m in data["members"]] == [bob["id"]]
+    assert state.member_logins("Engineering") == ["bob.jones@contoso.com"]
+    resp, data = await scim.get(f"/Users/{bob['id']}")
+    assert [g["value"] for g in data["groups"]] == [group["id"]]
+
+    resp, data = await scim.patch(f"/Groups/{group['id']}", [{"op": "Replace", "path": "displayName", "value": "Platform"}])
+    assert resp.status == 200, data
+    assert state.group_by_name("Engineering") is None
+    assert state.member_logins("Platform") == ["bob.jones@contoso.com"]
+
+    # 7. Delete a user (out of the group too), then the group.
+    resp, _ = await scim.delete(f"/Users/{bob['id']}")
+    assert resp.status == 204
+    assert state.user_by_login("bob.jones@contoso.com") is None
+    assert state.member_logins("Platform") == []
+    resp, _ = await scim.get(f"/Users/{bob['id']}")
+    assert resp.status == 404
+    resp, _ = await scim.delete(f"/Groups/{group['id']}")
+    assert resp.status == 204
+    assert state.groups == {}
+    assert [u["login"] for u in state.users.values()] == ["Alice.Smith@Contoso.com"]
+
+
+async def test_entra_duplicate_group_name_is_uniqueness(scim: Scim, state: HrState) -> None:
+    await create(scim, "/Groups", {"schemas": [GROUP_URN], "displayName": "Unique"})
+    resp, data = await scim.post("/Groups", {"schemas": [GROUP_URN, MS_GROUP_URN], "displayName": "UNIQUE"})
+    assert (resp.status, data["scimType"]) == (409, "uniqueness"), data
+    assert len(state.groups) == 1
+
+
+# ---------------------------------------------------------------- Okta
+
+
+async def test_okta_sequence(scim: Scim, state: HrState) -> None:
+    # Users: lookup with paging parameters, create with a password, GET.
+    resp, data = await scim.get("/Users?filter=" + q('userName eq "isaac@okta.example"') + "&startIndex=1&count=100")
+    assert (resp.status, data["totalResults"], data["startIndex"]) == (200, 0, 1)
+    isaac = await create(scim, "/Users", okta_user("Isaac@Okta.example", "Isaac", "Brock"))
+    assert "password" not in isaac
+    row = app_user(state, "isaac@okta.example")
+    assert (row["login"], row["first_name"], row["last_name"], row["email"], row["status"]) == (
+        "Isaac@Okta.example", "Isaac", "Brock", "isaac@okta.example", "enabled")
+    assert PASSWORD not in repr(state.users)
+    resp, got = await scim.get(f"/Users/{isaac['id']}")
+    assert (resp.status, got["name"]) == (200, {"givenName": "Isaac", "familyName": "Brock"})
+
+    # PUT: the whole user back, changed.
+    body = okta_user("Isaac@Okta.example", "Izzy", "Brock", title="Director", id=isaac["id"])
+    resp, data = await scim.put(f"/Users/{isaac['id']}", body)
+    assert resp.status == 200, data
+    row = app_user(state, "isaac@okta.example")
+    assert (row["first_name"], row["title"], row["status"]) == ("Izzy", "Director", "enabled")
+
+    # Deactivation by PUT with active false, then reactivation by a path-less PATCH.
+    resp, data = await scim.put(f"/Users/{isaac['id']}", body | {"active": False})
+    assert (resp.status, data["active"]) == (200, False), data
+    assert app_user(state, "isaac@okta.example")["status"] == "disabled"
+    resp, data = await scim.patch(f"/Users/{isaac['id']}", [{"op": "replace", "value": {"active": True}}])
+    assert (resp.status, data["active"]) == (200, True), data
+    assert app_user(state, "isaac@okta.example")["status"] == "enabled"
+    resp, data = await scim.patch(f"/Users/{isaac['id']}", [{"op": "replace", "value": {"active": False}}])
+    assert resp.status == 200, data
+    row = app_user(state, "isaac@okta.example")
+    assert (row["status"], row["first_name"]) == ("disabled", "Izzy")
+    resp, data = await scim.get("/Users?filter=" + q('userName eq "isaac@okta.example"') + "&startIndex=1&count=100")
+    assert data["Resources"][0]["active"] is False
+
+    # Group Push: create with members, replace members, add, remove by value filter, rename, PUT, DELETE.
+    a, b, c = [await create(scim, "/Users", okta_user(f"{n}@okta.example")) for n in "abc"]
+    group = await create(scim, "/Groups", {"schemas": [GROUP_URN], "displayName": "Okta Pushed",
+                                           "members": [{"value": a["id"], "display": "a"}, {"value": b["id"], "display": "b"}]})
+    assert state.member_logins("Okta Pushed") == ["a@okta.example", "b@okta.example"]
+    gid = group["id"]
+    resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "replace", "path": "members", "value": [{"value": b["id"]}, {"value": c["id"]}]}])
+    assert resp.status == 200, data
+    assert state.member_logins("Okta Pushed") == ["b@okta.example", "c@okta.example"]
+    resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "add", "path": "members", "value": [{"value": isaac["id"]}]}])
+    assert resp.status == 200, data
+    assert state.member_logins("Okta Pushed") == ["Isaac@Okta.example", "b@okta.example", "c@okta.example"]
+    resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "remove", "path": f'members[value eq "{c["id"]}"]'}])
+    assert resp.status == 200, data
+    assert state.member_logins("Okta Pushed") == ["Isaac@Okta.example", "b@okta.example"]
+    resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "remove", "path": f'members[value eq "{c["id"]}"]'}])
+    assert resp.status == 200, data  # Okta retries: removing a non-member succeeds
+    resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "replace", "value": {"id": gid, "displayName": "Okta Renamed"}}])
+    assert resp.status == 200, data
+    assert state.member_logins("Okta Renamed") == ["Isaac@Okta.example", "b@okta.example"]
+    resp, data = await scim.put(f"/Groups/{gid}", {"schemas": [GROUP_URN], "id": gid, "displayName": "Okta Final",
+                                                  "members": [{"value": a["id"]}]})
+    assert resp.status == 200, data
+    assert state.member_logins("Okta Final") == ["a@okta.example"]
+    assert len(state.groups) == 1
+    resp, _ = await scim.delete(f"/Groups/{gid}")
+    assert resp.status == 204
+    assert state.groups == {} and len(state.users) == 4
+
+
+async def test_the_mappings_env_token_is_accepted_too(client: TestClient, state: HrState) -> None:
+    resp, data = await Scim(client, ENV_TOKEN, BASE).get("/Users")
+    assert resp.status == 200, data
+    resp, _ = await Scim(client, "not-a-token", BASE).get("/Users")
+    assert resp.status == 401
+
+
+# ---------------------------------------------------------------- the app's faults
+
+
+async def test_app_500_on_create_is_503_with_retry_after_and_nothing_recorded(scim: Scim, client: TestClient, state: HrState) -> None:
+    state.fault("POST", "/users", status=500, body='{"error": "database is down"}')
+    resp, data = await scim.post("/Users", entra_user("down@contoso.com", "Down", "Time"))
+    assert resp.status == 503, data
+    assert resp.content_type == "application/scim+json"
+    assert int(resp.headers["Retry-After"]) > 0
+    assert state.calls.count(("POST", "/users")) == 1  # a create is never retried
+    assert state.users == {}
+    await assert_nothing_recorded(scim, client)
+    # The IdP's retry goes through.
+    await create(scim, "/Users", entra_user("down@contoso.com", "Down", "Time"))
+    assert app_user(state, "down@contoso.com")["status"] == "enabled"
+
+
+async def test_app_html_answer_is_502_and_nothing_changed(scim: Scim, client: TestClient, state: HrState) -> None:
+    html = "<html><body><h1>Sign in</h1></body></html>"
+    state.fault("POST", "/users", status=200, body=html, content_type="text/html")
+    resp, data = await scim.post("/Users", entra_user("proxy@contoso.com", "Pro", "Xy"))
+    assert resp.status == 502, data
+    assert "Sign in" not in data["detail"]
+    assert state.users == {}
+    await assert_nothing_recorded(scim, client)
+
+    user = await create(scim, "/Users", entra_user("proxy@contoso.com", "Pro", "Xy"))
+    before = dict(app_user(state, "proxy@contoso.com"))
+    state.fault("PATCH", r"/users/\d+", status=200, body=html, content_type="text/html")
+    resp, data = await scim.patch(f"/Users/{user['id']}", [{"op": "Replace", "path": "title", "value": "Changed"}])
+    assert resp.status == 502, data
+    assert app_user(state, "proxy@contoso.com") == before
+    resp, data = await scim.get(f"/Users/{user['id']}")
+    assert (resp.status, data["title"]) == (200, "Engineer")
+
+
+async def test_app_conflict_is_uniqueness(scim: Scim, state: HrState) -> None:
+    """A login the app already holds under another case, for a user the gateway never saw: the app's 409 is 409."""
+    await create(scim, "/Users", entra_user("first@contoso.com", "First", "One"))
+    state.fault("POST", "/users", status=409, body='{"error": "login already taken"}')
+    resp, data = await scim.post("/Users", entra_user("second@contoso.com", "Second", "Two"))
+    assert (resp.status, data["scimType"]) == (409, "uniqueness"), data
+    assert "login already taken" in data["detail"]
+    assert state.user_by_login("second@contoso.com") is None
