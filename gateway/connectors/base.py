@@ -120,6 +120,13 @@ class Connector(ABC):
         """
         return []
 
+    def has_field(self, kind: str, field: str) -> bool | None:
+        """For `scim-gateway check --connect`: whether records of `kind` have `field` in the live app.
+
+        None when the connector cannot tell (the default); called after check_schema().
+        """
+        return None
+
     def plan(
         self, op: str, kind: str, native_id: NativeId | None = None, record: Record | None = None,
         members: list[tuple[str, NativeId]] | None = None,

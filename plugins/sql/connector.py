@@ -2,14 +2,19 @@
 
 Nothing is formatted into SQL: tables and columns are reflected from the
 database under the names the config gives, and every value is a bound
-parameter. Dialect-specific code lives in two places only: `_setup_sqlite`
-(connect-time session settings) and `_integrity_problem` (reading a constraint
-violation off the driver's error).
+parameter (named statements too: they take `:id` and nothing else).
+Dialect-specific code lives in three places only: `_create_engine`
+(connect-time session settings), `_setup_sqlite`, and `_problem` (reading a
+failure off the driver's error: SQLSTATE for PostgreSQL, errno for MariaDB,
+the message for SQLite).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import difflib
+import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -18,7 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Column, MetaData, Table, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    MetaData,
+    Sequence,
+    String,
+    Table,
+    bindparam,
+    cast,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -26,6 +49,7 @@ from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
     InterfaceError,
+    InvalidRequestError,
     NoSuchTableError,
     OperationalError,
 )
@@ -35,21 +59,33 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from gateway.connectors.base import AppContext, Capabilities, Connector, NativeId, Record
 from gateway.connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
 
-from .config import SecretRef, SqlConnectorConfig, SqlTableConfig
+from .config import SecretRef, SqlConnectorConfig, SqlTableConfig, statement_params, template_fields
 
 LIST_PAGE_SIZE = 500
 IN_CHUNK = 500  # ids per IN (...) list, well under every driver's bound-parameter limit
 RETRY_AFTER = 5
-# A bare dialect name means its asyncio driver; PostgreSQL and MariaDB join when their drivers do.
-ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite"}
+SEARCH_OPS = frozenset({"eq", "co", "sw", "ew"})
+# A bare dialect name means its asyncio driver.
+ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mariadb+aiomysql",
+}
 _WRITE = "scim_gateway_write"  # execution option marking a write transaction
 
+Loc = tuple[str | int, ...]
+SchemaProblem = tuple[Loc, str]
 
 _T = TypeVar("_T")
 
 
 class SqlSetupError(RuntimeError):
     """The config does not fit the database (missing table or column, unusable DSN): raised by open()."""
+
+    def __init__(self, message: str, problems: list[SchemaProblem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class _MemberRace(Exception):
@@ -69,19 +105,58 @@ class _Members:
 
 
 @dataclass(frozen=True, slots=True)
+class _Child:
+    """A child-table row seen as one scalar field of its parent record."""
+
+    field: str
+    table: Table
+    parent: Column[Any]
+    value: Column[Any]
+    where: tuple[tuple[Column[Any], Any], ...]
+
+    def selecting(self, parent_key: Any) -> list[Any]:
+        """The conditions that pick this field's rows of the parent with `parent_key` (a value or the parent's key column)."""
+        return [self.parent == parent_key, *(column == value for column, value in self.where)]
+
+    def row(self, parent_key: Any, value: Any) -> dict[str, Any]:
+        return {self.parent.name: parent_key, self.value.name: value} | {column.name: v for column, v in self.where}
+
+
+@dataclass(frozen=True, slots=True)
 class _Kind:
     name: str
     config: SqlTableConfig
     table: Table
     key: Column[Any]
     members: _Members | None
+    children: dict[str, _Child]
+    deleted: Column[Any] | None  # the soft-delete column
+    sequence: Sequence | None
+
+    def live(self) -> list[Any]:
+        """Conditions that skip soft-deleted rows (none without soft delete)."""
+        if self.deleted is None:
+            return []
+        assert self.config.soft_delete is not None
+        mark = self.config.soft_delete.value
+        if mark is None:
+            return [self.deleted.is_(None)]
+        return [or_(self.deleted.is_(None), self.deleted != _coerce(self.deleted, mark))]
+
+    def columns(self) -> list[Any]:
+        """The table's columns and each child field, as one row."""
+        subqueries = [
+            select(func.min(c.value)).where(*c.selecting(self.key)).scalar_subquery().label(c.field)
+            for c in self.children.values()
+        ]
+        return [self.table, *subqueries]
 
 
 class SqlConnector(Connector):
-    """Records of each kind are rows of one table; a group's members are rows of a join table."""
+    """Records of each kind are rows of one table (and child tables); a group's members are rows of a join table."""
 
     Config: ClassVar[type[SqlConnectorConfig]] = SqlConnectorConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(membership=True, search=True, list_all=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(membership=True, search=True, search_ops=SEARCH_OPS, list_all=True)
 
     config: SqlConnectorConfig
 
@@ -91,24 +166,35 @@ class SqlConnector(Connector):
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
         self._kinds: dict[str, _Kind] = {}
+        self._fields: dict[str, set[str]] = {}  # per kind, the fields the database has (for has_field)
+
+    @classmethod
+    def capabilities_for(cls, config: SqlConnectorConfig) -> Capabilities:  # type: ignore[override]
+        return Capabilities(
+            membership=any(t.members is not None for t in config.tables.values()),
+            search=True,
+            search_ops=SEARCH_OPS,
+            list_all=True,
+            actions=frozenset(name for t in config.tables.values() for name in t.statements),
+        )
 
     # ------------------------------------------------------------ lifetime
 
     async def open(self) -> None:
         if self._engine is not None:
             raise RuntimeError(f"the sql connector of app {self.context.name!r} is already open")
-        url = self._url()
-        try:
-            engine = _create_engine(url, self.config)
-        except (ArgumentError, ImportError):
-            raise SqlSetupError(f"dsn: the driver {url.drivername!r} is not installed") from None
+        engine = self._new_engine()
         try:
             with _app_errors(None):
                 async with engine.connect() as conn:
-                    self._kinds = await conn.run_sync(self._reflect)
+                    kinds, self._fields, problems = await conn.run_sync(self._reflect)
+            if problems:
+                message = "; ".join(f"{_dotted(loc)}: {text}" for loc, text in problems)
+                raise SqlSetupError(message, problems)
         except BaseException:
             await engine.dispose()
             raise
+        self._kinds = kinds
         self._engine = engine
         self._writer = engine.execution_options(**{_WRITE: True})
 
@@ -117,6 +203,37 @@ class SqlConnector(Connector):
             await self._engine.dispose()
         self._engine = self._writer = None
         self._kinds = {}
+
+    async def check_schema(self) -> list[SchemaProblem]:
+        """Every table, column, sequence and child table the options name that the live database lacks.
+
+        Works on an open connector and on one whose open() failed (that is how a
+        misspelt table is found): then it connects just for the check.
+        """
+        engine = self._engine or self._new_engine()
+        try:
+            with _app_errors(None):
+                async with engine.connect() as conn:
+                    _kinds, self._fields, problems = await conn.run_sync(self._reflect)
+        finally:
+            if engine is not self._engine:
+                await engine.dispose()
+        return problems
+
+    def has_field(self, kind: str, field: str) -> bool | None:
+        fields = self._fields.get(kind)
+        return None if fields is None else field in fields
+
+    def _new_engine(self) -> AsyncEngine:
+        url = self._url()
+        try:
+            return _create_engine(url, self.config)
+        except (ArgumentError, ImportError):
+            raise SqlSetupError(f"dsn: the driver {url.drivername!r} is not installed") from None
+        except InvalidRequestError:
+            raise SqlSetupError(
+                f"dsn: {url.drivername!r} is not an asyncio driver (use {url.get_backend_name()}:// alone)"
+            ) from None
 
     def _url(self) -> URL:
         dsn = self.config.dsn
@@ -135,55 +252,108 @@ class SqlConnector(Connector):
             if url.drivername not in ASYNC_DRIVERS:
                 raise SqlSetupError(f"dsn: no asyncio driver known for {url.drivername!r}; name one as {url.drivername}+DRIVER")
             url = url.set(drivername=ASYNC_DRIVERS[url.drivername])
-        if url.get_backend_name() == "sqlite":
+        backend = url.get_backend_name()
+        if backend == "sqlite":
             if url.database in (None, "", ":memory:"):
                 raise SqlSetupError("dsn: an in-memory SQLite database lives and dies with one connection; give a file")
             # sqlite3 would create an empty file and the error would be a missing table.
             if not url.query.get("uri") and not Path(url.database).is_file():
                 raise SqlSetupError(f"dsn: there is no SQLite database file at {url.database}")
+        if backend in ("mysql", "mariadb") and "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})  # the drivers' default (latin1) cannot hold every name
         return url
 
-    def _reflect(self, conn: Connection) -> dict[str, _Kind]:
+    def _reflect(self, conn: Connection) -> tuple[dict[str, _Kind], dict[str, set[str]], list[SchemaProblem]]:
+        """The kinds whose tables fit the config, the fields of each kind, and every misfit found."""
         metadata = MetaData()
-        returning = conn.dialect.insert_returning
+        inspector = inspect(conn)
+        dialect = conn.dialect
+        names = [*inspector.get_table_names(), *inspector.get_view_names()]
+        problems: list[SchemaProblem] = []
+        tables: dict[str, Table | None] = {}
 
-        def table(where: str, name: str) -> Table:
-            try:
-                return Table(name, metadata, autoload_with=conn)
-            except NoSuchTableError:
-                raise SqlSetupError(f"{where}: the database has no table {name!r}") from None
+        def table(loc: Loc, name: str) -> Table | None:
+            if name not in tables:
+                try:
+                    tables[name] = Table(name, metadata, autoload_with=conn)
+                except NoSuchTableError:
+                    tables[name] = None
+            if tables[name] is None:
+                problems.append((loc, f"the database has no table {name!r}{_near(name, names)}"))
+            return tables[name]
 
-        def column(where: str, t: Table, name: str) -> Column[Any]:
+        def column(loc: Loc, t: Table, name: str) -> Column[Any] | None:
             if name not in t.c:
-                message = f"{where}: table {t.name!r} has no column {name!r}"
-                raise SqlSetupError(message + _near(name, t.c.keys()))
+                problems.append((loc, f"table {t.name!r} has no column {name!r}{_near(name, t.c.keys())}"))
+                return None
             return t.c[name]
 
-        kinds = {}
+        kinds: dict[str, _Kind] = {}
+        fields: dict[str, set[str]] = {}
         for kind, tc in self.config.tables.items():
-            where = f"tables.{kind}"
-            t = table(f"{where}.table", tc.table)
-            key = column(f"{where}.key", t, tc.key)
-            if tc.key_strategy == "autoincrement" and not returning and list(t.primary_key.columns) != [key]:
-                raise SqlSetupError(f"{where}.key: {tc.key!r} must be the primary key of {t.name!r} for autoincrement")
+            where: Loc = ("tables", kind)
+            before = len(problems)
+            t = table((*where, "table"), tc.table)
+            # Without its table the kind cannot be built, but its other tables are still worth checking.
+            key = column((*where, "key"), t, tc.key) if t is not None else None
+            if t is not None:
+                fields[kind] = set(t.c.keys()) | {c.field for c in tc.children}
+                if key is not None and tc.key_strategy == "autoincrement" and not dialect.insert_returning:
+                    if list(t.primary_key.columns) != [key]:
+                        problems.append(((*where, "key"), f"{tc.key!r} must be the primary key of {t.name!r} for autoincrement"))
+            sequence = None
+            if tc.sequence is not None:
+                if not dialect.supports_sequences:
+                    problems.append(((*where, "sequence"), f"this database ({dialect.name}) has no sequences"))
+                elif not dialect.has_sequence(conn, tc.sequence):
+                    near = _near(tc.sequence, inspector.get_sequence_names())
+                    problems.append(((*where, "sequence"), f"the database has no sequence {tc.sequence!r}{near}"))
+                else:
+                    sequence = Sequence(tc.sequence, metadata=metadata)
+            children: dict[str, _Child] = {}
+            for i, cc in enumerate(tc.children):
+                at: Loc = (*where, "children", i)
+                if t is not None and cc.field in t.c:
+                    problems.append(
+                        ((*at, "field"), f"{cc.field!r} is also a column of {t.name!r}: give the child field its own name")
+                    )
+                ct = table((*at, "table"), cc.table)
+                if ct is None:
+                    continue
+                parent = column((*at, "parent_column"), ct, cc.parent_column)
+                value = column((*at, "value_column"), ct, cc.value_column)
+                selected = [(column((*at, "where", name), ct, name), v) for name, v in cc.where.items()]
+                if parent is not None and value is not None and all(c is not None for c, _ in selected):
+                    pairs = tuple((c, _coerce(c, v)) for c, v in selected if c is not None)
+                    children[cc.field] = _Child(cc.field, ct, parent, value, pairs)
+            if tc.key_template is not None and t is not None:
+                for name in template_fields(tc.key_template):
+                    if name not in fields[kind]:
+                        near = _near(name, fields[kind])
+                        problems.append(
+                            ((*where, "key_template"), f"{{{name}}} is neither a column of {t.name!r} nor a child field{near}")
+                        )
+            deleted = None
+            if tc.soft_delete is not None and t is not None:
+                deleted = column((*where, "soft_delete", "column"), t, tc.soft_delete.column)
             members = None
             if tc.members is not None:
-                mt = table(f"{where}.members.table", tc.members.table)
-                members = _Members(
-                    mt,
-                    column(f"{where}.members.group_column", mt, tc.members.group_column),
-                    column(f"{where}.members.member_column", mt, tc.members.member_column),
-                    tc.members.member_kind,
-                )
-            kinds[kind] = _Kind(kind, tc, t, key, members)
-        return kinds
+                mt = table((*where, "members", "table"), tc.members.table)
+                if mt is not None:
+                    group_column = column((*where, "members", "group_column"), mt, tc.members.group_column)
+                    member_column = column((*where, "members", "member_column"), mt, tc.members.member_column)
+                    if group_column is not None and member_column is not None:
+                        members = _Members(mt, group_column, member_column, tc.members.member_kind)
+            if t is not None and key is not None and len(problems) == before:
+                kinds[kind] = _Kind(kind, tc, t, key, members, children, deleted, sequence)
+        return kinds, fields, problems
 
     # ------------------------------------------------------------ records
 
     async def create(self, kind: str, record: Record) -> NativeId:
         k = self._kind(kind)
-        values = _values(k, record)
-        return await self._transaction(k.table, values, lambda conn: self._create_in(conn, k, values))
+        values, children = _values(k, record)
+        return await self._transaction(k.table, values, lambda conn: self._create_in(conn, k, values, children))
 
     async def get(self, kind: str, native_id: NativeId) -> Record | None:
         k = self._kind(kind)
@@ -192,16 +362,16 @@ class SqlConnector(Connector):
             return None
         with _app_errors(k.table):
             async with self._reader().connect() as conn:
-                row = (await conn.execute(select(k.table).where(k.key == key))).mappings().first()
+                row = (await conn.execute(select(*k.columns()).where(k.key == key, *k.live()))).mappings().first()
         return dict(row) if row is not None else None
 
     async def update(self, kind: str, native_id: NativeId, changes: Record) -> None:
         k = self._kind(kind)
-        values = _values(k, changes)
+        values, children = _values(k, changes)
         key = _parse_id(k.key, native_id)
         if key is None:
             raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
-        await self._transaction(k.table, values, lambda conn: self._update_in(conn, k, key, native_id, values))
+        await self._transaction(k.table, values, lambda conn: self._update_in(conn, k, key, native_id, values, children))
 
     async def delete(self, kind: str, native_id: NativeId) -> None:
         k = self._kind(kind)
@@ -210,37 +380,46 @@ class SqlConnector(Connector):
             return  # no such row can exist: already gone
         with _app_errors(k.table, deleting=True):
             async with self._writer_engine().begin() as conn:
-                # Membership rows go first and by hand: the app's foreign keys may not cascade (or exist).
+                if k.deleted is not None:
+                    # Soft delete: the row, its child rows and its membership rows stay; reads skip it.
+                    assert k.config.soft_delete is not None
+                    mark = k.config.soft_delete.value
+                    stamp = func.now() if mark is None else _coerce(k.deleted, mark)
+                    await conn.execute(update(k.table).where(k.key == key, *k.live()).values({k.deleted.name: stamp}))
+                    return
+                # Membership and child rows go first and by hand: the app's foreign keys may not cascade (or exist).
                 for column in self._membership_columns(kind):
                     member_key = _parse_id(column, native_id)
                     if member_key is not None:
                         await conn.execute(delete(column.table).where(column == member_key))
+                for parent in dict.fromkeys(c.parent for c in k.children.values()):
+                    await conn.execute(delete(parent.table).where(parent == key))
                 await conn.execute(delete(k.table).where(k.key == key))
 
     async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
         k = self._kind(kind)
-        column = _column(k.table, field)
-        if value is None:
-            condition = column.is_(None)
-        elif isinstance(value, str) and _python_type(column) is str:
-            condition = func.lower(column) == func.lower(value)
-        elif isinstance(value, str) and _python_type(column) is not None:
-            parsed = _parse_id(column, value)
-            if parsed is None:
-                return []  # "abc" equals no INTEGER
-            condition = column == parsed
+        if op not in SEARCH_OPS:
+            raise AppInvalid(f"unknown operator {op!r} (valid: {', '.join(sorted(SEARCH_OPS))})")
+        child = k.children.get(field)
+        column = child.value if child is not None else _column(k.table, field, k.children)
+        if child is not None and value is None and op == "eq":
+            condition = ~exists().where(*child.selecting(k.key))
         else:
-            condition = column == value
+            matched = _matching(column, value, op)
+            if matched is None:
+                return []
+            condition = exists().where(*child.selecting(k.key), matched) if child is not None else matched
+        stmt = select(*k.columns()).where(condition, *k.live()).order_by(k.key)
         with _app_errors(k.table):
             async with self._reader().connect() as conn:
-                rows = (await conn.execute(select(k.table).where(condition).order_by(k.key))).mappings().all()
+                rows = (await conn.execute(stmt)).mappings().all()
         return [(str(row[k.key.name]), dict(row)) for row in rows]
 
     async def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:
         k = self._kind(kind)
         last: Any = None
         while True:
-            stmt = select(k.table).order_by(k.key).limit(self.page_size)
+            stmt = select(*k.columns()).where(*k.live()).order_by(k.key).limit(self.page_size)
             if last is not None:
                 stmt = stmt.where(k.key > last)
             # One connection per page, released before yielding: a slow consumer must not pin the pool.
@@ -252,6 +431,30 @@ class SqlConnector(Connector):
             if len(rows) < self.page_size:
                 return
             last = rows[-1][k.key.name]
+
+    async def action(self, kind: str, native_id: NativeId, name: str) -> None:
+        """Run the kind's named statement with :id bound to the record's key, in one transaction."""
+        k = self._kind(kind)
+        sql = k.config.statements.get(name)
+        if sql is None:
+            valid = ", ".join(sorted(k.config.statements)) or "none"
+            raise LookupError(f"the sql connector has no statement {name!r} for kind {kind!r} (valid: {valid})")
+        key = _parse_id(k.key, native_id)
+        if key is None:
+            raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
+        stmt = text(sql)
+        params: dict[str, Any] = {}
+        if "id" in statement_params(sql):
+            stmt = stmt.bindparams(bindparam("id", type_=k.key.type))
+            params["id"] = key
+
+        async def work(conn: AsyncConnection) -> None:
+            with _app_errors(k.table):
+                if not await _exists(conn, k, key):
+                    raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
+                await conn.execute(stmt, params)
+
+        await self._transaction(k.table, None, work)
 
     # ------------------------------------------------------------ membership
 
@@ -279,6 +482,9 @@ class SqlConnector(Connector):
         if group_key is None:
             return []
         stmt = select(m.member_column).where(m.group_column == group_key).order_by(m.member_column)
+        member_kind = self._kinds[m.member_kind]
+        if member_kind.deleted is not None:  # a soft-deleted member's rows stay, but it is no longer a member
+            stmt = stmt.where(m.member_column.in_(select(member_kind.key).where(*member_kind.live())))
         with _app_errors(m.table):
             async with self._reader().connect() as conn:
                 keys = (await conn.execute(stmt)).scalars().all()
@@ -290,11 +496,11 @@ class SqlConnector(Connector):
         if not members:
             return await self.create(kind, record)
         k, m = self._group(kind)
-        values = _values(k, record)
+        values, children = _values(k, record)
         keys = self._keys_to_add(m, members)
 
         async def work(conn: AsyncConnection) -> NativeId:
-            native_id = await self._create_in(conn, k, values)
+            native_id = await self._create_in(conn, k, values, children)
             await self._add_members_in(conn, k, m, _parse_id(k.key, native_id), native_id, keys)
             return native_id
 
@@ -309,7 +515,7 @@ class SqlConnector(Connector):
         remove_members: list[tuple[str, NativeId]],
     ) -> None:
         k = self._kind(kind)
-        values = _values(k, changes)
+        values, children = _values(k, changes)
         key = _parse_id(k.key, native_id)
         if key is None:
             raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
@@ -320,7 +526,7 @@ class SqlConnector(Connector):
 
         async def work(conn: AsyncConnection) -> None:
             # The row's UPDATE (with no changes: its existence) first; a gone record is AppNotFound, nothing written.
-            await self._update_in(conn, k, key, native_id, values)
+            await self._update_in(conn, k, key, native_id, values, children)
             if m is not None and to_remove and member_key is not None:
                 await self._remove_members_in(conn, m, member_key, to_remove)
             if m is not None and to_add:
@@ -352,34 +558,54 @@ class SqlConnector(Connector):
         assert conflict is not None
         raise conflict  # raised outside the except block: no chain to the private _MemberRace
 
-    async def _create_in(self, conn: AsyncConnection, k: _Kind, values: Mapping[str, Any]) -> NativeId:
+    async def _create_in(
+        self, conn: AsyncConnection, k: _Kind, values: Mapping[str, Any], children: Mapping[str, Any] | None = None
+    ) -> NativeId:
         values = dict(values)
-        key: Any
-        if k.config.key_strategy == "uuid":
-            key = values[k.key.name] = _parse_id(k.key, str(uuid.uuid4()))
-            stmt = insert(k.table).values(values)
-        else:
-            stmt = insert(k.table).values(values)
-            returning = conn.dialect.insert_returning
-            if returning:
-                stmt = stmt.returning(k.key)
+        children = children or {}
+        strategy = k.config.key_strategy
+        key: Any = None
+        returning = False
         with _app_errors(k.table, values):
+            if strategy == "uuid":
+                key = values[k.key.name] = _parse_id(k.key, str(uuid.uuid4()))
+            elif strategy == "sequence":
+                assert k.sequence is not None
+                key = values[k.key.name] = await conn.scalar(select(k.sequence.next_value()))
+            elif strategy == "template":
+                key = values[k.key.name] = _template_key(k, values, children)
+            stmt = insert(k.table).values(values)
+            if strategy == "autoincrement":
+                returning = conn.dialect.insert_returning
+                if returning:
+                    stmt = stmt.returning(k.key)
             result = await conn.execute(stmt)
-            if k.config.key_strategy == "autoincrement":
+            if strategy == "autoincrement":
                 key = result.scalar_one() if returning else result.inserted_primary_key[0]
         if key is None:
             raise AppBadResponse(f"{k.table.name}: the database assigned no {k.key.name}")
+        await _write_children(conn, k, key, children, creating=True)
         return str(key)
 
-    async def _update_in(self, conn: AsyncConnection, k: _Kind, key: Any, native_id: NativeId, values: Mapping[str, Any]) -> None:
-        """UPDATE the row; with no values, only check that it exists. AppNotFound when it does not."""
+    async def _update_in(
+        self,
+        conn: AsyncConnection,
+        k: _Kind,
+        key: Any,
+        native_id: NativeId,
+        values: Mapping[str, Any],
+        children: Mapping[str, Any] | None = None,
+    ) -> None:
+        """UPDATE the row and its child rows; with no values, only check that it exists. AppNotFound when it does not."""
         with _app_errors(k.table, values):
             if values:
-                found = (await conn.execute(update(k.table).where(k.key == key).values(values))).rowcount > 0
+                stmt = update(k.table).where(k.key == key, *k.live()).values(values)
+                found = (await conn.execute(stmt)).rowcount > 0
             else:
                 found = await _exists(conn, k, key)
         if not found:
             raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
+        await _write_children(conn, k, key, children or {}, creating=False)
 
     async def _add_members_in(
         self, conn: AsyncConnection, k: _Kind, m: _Members, group_key: Any, group_id: NativeId, keys: Mapping[Any, NativeId]
@@ -389,7 +615,7 @@ class SqlConnector(Connector):
         with _app_errors(m.table):
             if not await _exists(conn, k, group_key):
                 raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {group_id!r}")
-            found = await _present(conn, member_kind.key, keys)
+            found = await _present(conn, member_kind.key, keys, *member_kind.live())
             missing = [native_id for key, native_id in keys.items() if key not in found]
             if missing:
                 raise AppInvalid(f"{member_kind.table.name} has no row with {member_kind.key.name} {missing[0]!r}")
@@ -463,16 +689,31 @@ class SqlConnector(Connector):
 
 
 def _create_engine(url: URL, config: SqlConnectorConfig) -> AsyncEngine:
-    sqlite = url.get_backend_name() == "sqlite"
-    connect_args = {"timeout": config.timeout} if sqlite else {}  # sqlite3's busy timeout, in seconds
+    backend = url.get_backend_name()
+    lock_ms = int(config.timeout * 1000)
+    if backend == "sqlite":
+        connect_args: dict[str, Any] = {"timeout": config.timeout}  # sqlite3's busy timeout, in seconds
+    elif backend == "postgresql":
+        # asyncpg: connect timeout; lock_timeout so a row another writer holds is a quick 503, not a hang.
+        connect_args = {
+            "timeout": config.timeout,
+            "server_settings": {"lock_timeout": str(lock_ms), "application_name": "scim-gateway"},
+        }
+    elif backend in ("mysql", "mariadb"):
+        seconds = max(1, math.ceil(config.timeout))
+        connect_args = {"connect_timeout": seconds, "init_command": f"SET SESSION innodb_lock_wait_timeout = {seconds}"}
+    else:
+        connect_args = {}
     engine = create_async_engine(
         url,
         pool_size=config.pool_size,
         max_overflow=0,
         pool_timeout=config.timeout,
+        # A server that restarted leaves dead connections in the pool: test each before use.
+        pool_pre_ping=backend != "sqlite",
         connect_args=connect_args,
     )
-    if sqlite:
+    if backend == "sqlite":
         _setup_sqlite(engine)
     return engine
 
@@ -500,6 +741,8 @@ def _setup_sqlite(engine: AsyncEngine) -> None:
 # ---------------------------------------------------------------- values and ids
 
 _CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]{0,18}")
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
 
 
 def _python_type(column: Column[Any]) -> type | None:
@@ -527,24 +770,131 @@ def _parse_id(column: Column[Any], native_id: NativeId) -> Any:
     return native_id
 
 
-def _column(table: Table, name: str) -> Column[Any]:
+def _coerce(column: Column[Any], value: Any) -> Any:
+    """A value as the column's driver takes it: asyncpg, unlike SQLite, refuses "5" for an INTEGER.
+
+    Raises ValueError when the value cannot be one (the caller says where).
+    """
+    if value is None:
+        return None
+    kind = _python_type(column)
+    if isinstance(value, str):
+        if kind is int:
+            if not re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
+                raise ValueError(f"{value!r} is not an integer")
+            return int(value)
+        if kind is bool:
+            if value.strip().lower() in _TRUE | _FALSE:
+                return value.strip().lower() in _TRUE
+            raise ValueError(f"{value!r} is not a boolean")
+        if kind is float:
+            return float(value)
+        if kind is decimal.Decimal:
+            try:
+                return decimal.Decimal(value)
+            except decimal.InvalidOperation:
+                raise ValueError(f"{value!r} is not a number") from None
+        if kind is dt.datetime:
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if kind is dt.date:
+            return dt.date.fromisoformat(value[:10])
+        if kind is uuid.UUID:
+            return uuid.UUID(value)
+        return value
+    if kind is str and isinstance(value, int | float | decimal.Decimal) and not isinstance(value, bool):
+        return str(value)
+    if kind is int and isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _column(table: Table, name: str, children: Mapping[str, _Child] | None = None) -> Column[Any]:
     if name not in table.c:
-        raise AppInvalid(f"{table.name} has no column {name!r}{_near(name, table.c.keys())}")
+        near = _near(name, [*table.c.keys(), *(children or {})])
+        raise AppInvalid(f"{table.name} has no column {name!r}{near}")
     return table.c[name]
 
 
-def _values(k: _Kind, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record's columns, checked: every one exists, none is the key, every value is a scalar."""
-    values = {}
+def _values(k: _Kind, record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The record as (its row's columns, its child fields), checked: each exists, none is the key, each a scalar."""
+    values: dict[str, Any] = {}
+    children: dict[str, Any] = {}
     for name, value in record.items():
-        _column(k.table, name)
+        child = k.children.get(name)
+        column = child.value if child is not None else _column(k.table, name, k.children)
+        where = f"{column.table.name}.{column.name}" if child is None else f"{k.table.name}.{name}"
         if name == k.key.name:
-            assigner = "the database" if k.config.key_strategy == "autoincrement" else "the connector"
+            assigner = "the database" if k.config.key_strategy in ("autoincrement", "sequence") else "the connector"
             raise AppInvalid(f"{k.table.name}.{name} is the key: {assigner} assigns it, and it never changes")
         if isinstance(value, Mapping | list | tuple | set | frozenset):
-            raise AppInvalid(f"{k.table.name}.{name}: a {type(value).__name__} does not fit in a column")
-        values[name] = value
-    return values
+            raise AppInvalid(f"{where}: a {type(value).__name__} does not fit in a column")
+        try:
+            value = _coerce(column, value)
+        except ValueError as exc:
+            raise AppInvalid(f"{where}: {exc}") from None
+        (children if child is not None else values)[name] = value
+    return values, children
+
+
+def _template_key(k: _Kind, values: Mapping[str, Any], children: Mapping[str, Any]) -> Any:
+    """The key `key_template` builds from the record's fields."""
+    template = k.config.key_template
+    assert template is not None
+    source = {**values, **children}
+    for name in template_fields(template):
+        if source.get(name) is None:
+            raise AppInvalid(f"{k.table.name}.{k.key.name} is built as {template!r}: it needs {name}")
+    try:
+        built = template.format_map({name: source[name] for name in template_fields(template)})
+    except (ValueError, TypeError) as exc:
+        raise AppInvalid(f"{k.table.name}.{k.key.name} is built as {template!r}: {exc}") from None
+    key = _parse_id(k.key, built)
+    if key is None:
+        raise AppInvalid(f"{k.table.name}.{k.key.name} is built as {template!r}: {built!r} does not fit the column")
+    return key
+
+
+async def _write_children(conn: AsyncConnection, k: _Kind, key: Any, children: Mapping[str, Any], *, creating: bool) -> None:
+    """Each child field's row: inserted, updated in place (other columns kept), or deleted when the value is None."""
+    for name, value in children.items():
+        child = k.children[name]
+        with _app_errors(child.table, {child.value.name: value}):
+            if value is None:
+                if not creating:
+                    await conn.execute(delete(child.table).where(*child.selecting(key)))
+                continue
+            if not creating:
+                stmt = update(child.table).where(*child.selecting(key)).values({child.value.name: value})
+                if (await conn.execute(stmt)).rowcount > 0:
+                    continue
+            await conn.execute(insert(child.table).values(child.row(key, value)))
+
+
+def _matching(column: Column[Any], value: Any, op: str) -> Any:
+    """The condition `column op value`; None when no row can match ("abc" equals no INTEGER)."""
+    if op == "eq":
+        if value is None:
+            return column.is_(None)
+        kind = _python_type(column)
+        if isinstance(value, str) and kind is str:
+            return func.lower(column) == func.lower(value)
+        if isinstance(value, str) and kind is int:
+            parsed = _parse_id(column, value)
+            return None if parsed is None else column == parsed
+        try:
+            return column == _coerce(column, value)
+        except ValueError:
+            return None
+    if value is None:
+        raise AppInvalid(f"{op} needs a value")
+    text_value = value if isinstance(value, str) else str(value)
+    target = column if _python_type(column) is str else cast(column, String)
+    # autoescape: %, _ and the escape character itself are data (ESCAPE '/'), never wildcards.
+    if op == "co":
+        return target.icontains(text_value, autoescape=True)
+    if op == "sw":
+        return target.istartswith(text_value, autoescape=True)
+    return target.iendswith(text_value, autoescape=True)
 
 
 def _keys_to_remove(m: _Members, members: list[tuple[str, NativeId]]) -> list[Any]:
@@ -558,7 +908,7 @@ def _keys_to_remove(m: _Members, members: list[tuple[str, NativeId]]) -> list[An
 
 
 async def _exists(conn: AsyncConnection, k: _Kind, key: Any) -> bool:
-    return (await conn.execute(select(k.key).where(k.key == key))).first() is not None
+    return (await conn.execute(select(k.key).where(k.key == key, *k.live()))).first() is not None
 
 
 async def _present(conn: AsyncConnection, column: Column[Any], keys: Iterable[Any], *where: Any) -> set[Any]:
@@ -588,21 +938,13 @@ def _app_errors(table: Table | None, values: Mapping[str, Any] | None = None, *,
     """Translate the database's failures into AppErrors; never pass on the SQL or its parameters."""
     try:
         yield
-    except IntegrityError as exc:
-        raise _integrity_error(exc, table, values or {}, deleting) from exc.orig
-    except DataError as exc:
-        raise AppInvalid(f"{_where(table)}rejected a value: {_driver_message(exc)}") from exc.orig
-    except (OperationalError, InterfaceError) as exc:
-        raise AppUnavailable(f"the database failed: {_driver_message(exc)}", retry_after=RETRY_AFTER) from exc.orig
+    except DBAPIError as exc:
+        raise _app_error(exc, table, values or {}, deleting) from exc.orig
     except PoolTimeoutError:
         raise AppUnavailable("no database connection came free in time", retry_after=RETRY_AFTER) from None
-    except DBAPIError as exc:
-        if type(exc).__name__ == "DatabaseError":  # the generic class: a broken file, a server fault
-            raise AppUnavailable(f"the database failed: {_driver_message(exc)}", retry_after=RETRY_AFTER) from exc.orig
-        raise AppError(f"{_where(table)}the database refused the statement: {_driver_message(exc)}") from exc.orig
     except OverflowError:  # sqlite3 refuses integers beyond 64 bits before any SQL runs
         raise AppInvalid(f"{_where(table)}a number is too large for its column") from None
-    except (OSError, TimeoutError) as exc:  # a driver's socket error that escaped its own wrapping
+    except (OSError, TimeoutError) as exc:  # a driver's socket error that escaped its own wrapping (connection refused)
         raise AppUnavailable(f"the database is unreachable: {type(exc).__name__}", retry_after=RETRY_AFTER) from None
 
 
@@ -612,30 +954,108 @@ def _where(table: Table | None) -> str:
 
 def _driver_message(exc: DBAPIError) -> str:
     """The driver's own one-line message: str(exc) would append the SQL and its parameters."""
-    text = str(exc.orig).strip().splitlines()
-    return text[0][:300] if text and text[0] else type(exc.orig).__name__
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):  # PyMySQL: (errno, message)
+        text = args[1].strip().splitlines()
+    else:
+        text = str(orig).strip().splitlines()
+    return text[0][:300] if text and text[0] else type(orig).__name__
 
 
-# Standard SQLSTATE codes of integrity violations (PostgreSQL, MariaDB and others report them).
+# SQLSTATE (PostgreSQL) of integrity violations, and the classes that mean "the server cannot serve now":
+# connection exception, insufficient resources, operator intervention (shutdown, cancel), transaction
+# rollback (deadlock, serialization), system error, invalid authorization; plus lock_not_available.
 _SQLSTATE = {"23505": "unique", "23502": "not_null", "23514": "check", "23503": "foreign_key"}
+_SQLSTATE_UNAVAILABLE = ("08", "53", "57", "40", "58", "28", "55P03", "55006", "XX")
+# MariaDB / MySQL error numbers (PyMySQL reports no SQLSTATE; a check violation even comes as OperationalError).
+_ERRNO = {
+    1062: "unique", 1586: "unique", 1048: "not_null", 1364: "not_null", 1263: "not_null", 4025: "check", 3819: "check",
+    1216: "foreign_key", 1217: "foreign_key", 1451: "foreign_key", 1452: "foreign_key",
+    1264: "data", 1265: "data", 1292: "data", 1366: "data", 1367: "data", 1406: "data", 1411: "data", 1690: "data",
+    1040: "unavailable", 1053: "unavailable", 1205: "unavailable", 1213: "unavailable", 1317: "unavailable",
+    1927: "unavailable", 2002: "unavailable", 2003: "unavailable", 2006: "unavailable", 2013: "unavailable",
+    2014: "unavailable", 2055: "unavailable", 4031: "unavailable", 1045: "unavailable", 1129: "unavailable",
+}  # fmt: skip
 # SQLite reports the violation only in its message.
 _SQLITE = re.compile(r"(UNIQUE|NOT NULL|CHECK|FOREIGN KEY) constraint failed(?::\s*(.*))?", re.IGNORECASE)
+_MYSQL_NAMED = re.compile(r"(?:for key|Column|Field|CONSTRAINT) [`'\"]([^`'\"]+)[`'\"]")
+_PG_KEY = re.compile(r"Key \((.*)\)=\(")
 
 
-def _integrity_problem(exc: IntegrityError) -> tuple[str, str]:
-    """(unique | not_null | check | foreign_key | other, what the driver names: columns or a constraint)."""
+def _problem(exc: DBAPIError, table: Table | None) -> tuple[str, str]:
+    """(unique | not_null | check | foreign_key | data | unavailable | other, what the driver names).
+
+    What is named: "table.column" (or several, comma-separated) where the driver tells, else a constraint name.
+    """
     orig = exc.orig
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(code, str) and code in _SQLSTATE:
-        return _SQLSTATE[code], getattr(orig, "column_name", None) or getattr(orig, "constraint_name", None) or ""
-    match = _SQLITE.search(str(orig))
-    if match:
-        return match.group(1).lower().replace(" ", "_"), (match.group(2) or "").strip()
+    args = getattr(orig, "args", ())
+    if type(orig).__module__.startswith(("pymysql", "aiomysql")) and args and isinstance(args[0], int):
+        problem = _ERRNO.get(args[0])
+        if problem is not None:
+            match = _MYSQL_NAMED.search(str(args[1]) if len(args) > 1 else "")
+            return problem, _mysql_named(match.group(1) if match else "", problem, table)
+    else:
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if isinstance(sqlstate, str) and len(sqlstate) == 5:
+            return _pg_problem(orig, sqlstate, table)
+    cause = getattr(orig, "__cause__", None)
+    if cause is not None and any(t.__name__ == "DataError" for t in type(cause).__mro__):
+        return "data", ""  # asyncpg refused a parameter before sending it
+    if isinstance(exc, IntegrityError):
+        match = _SQLITE.search(str(orig))
+        if match:
+            return match.group(1).lower().replace(" ", "_"), (match.group(2) or "").strip()
+        return "other", ""
+    if isinstance(exc, DataError):
+        return "data", ""
+    if isinstance(exc, OperationalError | InterfaceError) or type(exc).__name__ == "DatabaseError":
+        return "unavailable", ""  # a lock held too long, a broken file, a lost connection
     return "other", ""
 
 
-def _integrity_error(exc: IntegrityError, table: Table | None, values: Mapping[str, Any], deleting: bool) -> AppError:
-    problem, named = _integrity_problem(exc)
+def _pg_problem(orig: Any, sqlstate: str, table: Table | None) -> tuple[str, str]:
+    cause = getattr(orig, "__cause__", None)
+    table_name = getattr(cause, "table_name", None) or (table.name if table is not None else "")
+    if sqlstate in _SQLSTATE:
+        problem = _SQLSTATE[sqlstate]
+        column = getattr(cause, "column_name", None)
+        if column:
+            return problem, f"{table_name}.{column}"
+        detail = getattr(orig, "detail", None) or getattr(cause, "detail", None) or ""
+        match = _PG_KEY.search(detail)
+        if problem == "unique" and match:
+            # "Key (login)=(x)" or, for an index on an expression, "Key (lower(login::text))=(x)".
+            known = table.c.keys() if table is not None and table.name == table_name else []
+            words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", match.group(1))
+            columns = [w for w in words if w in known] if known else [match.group(1)]
+            return problem, ", ".join(f"{table_name}.{c}" for c in dict.fromkeys(columns))
+        return problem, getattr(cause, "constraint_name", None) or ""
+    if sqlstate.startswith("22"):
+        return "data", ""
+    if sqlstate.startswith(_SQLSTATE_UNAVAILABLE):
+        return "unavailable", ""
+    return "other", ""
+
+
+def _mysql_named(name: str, problem: str, table: Table | None) -> str:
+    """MariaDB names a unique key by its index name, a null by its column: both as table.column where we can."""
+    if table is None or not name:
+        return name
+    name = name.rpartition(".")[2]  # MySQL 8 says 'employees.login'
+    if problem == "unique":
+        for index in table.indexes:
+            if index.name == name and index.unique:
+                return ", ".join(f"{table.name}.{c.name}" for c in index.columns)
+        if name == "PRIMARY":
+            return ", ".join(f"{table.name}.{c.name}" for c in table.primary_key.columns)
+    if name in table.c:
+        return f"{table.name}.{name}"
+    return name
+
+
+def _app_error(exc: DBAPIError, table: Table | None, values: Mapping[str, Any], deleting: bool) -> AppError:
+    problem, named = _problem(exc, table)
     where = table.name if table is not None else "the database"
     if problem == "unique":
         columns = [c.strip() for c in named.split(",") if c.strip()]
@@ -656,12 +1076,22 @@ def _integrity_error(exc: IntegrityError, table: Table | None, values: Mapping[s
         if deleting:
             return AppConflict(f"{where}: the row is still referenced by another table")
         return AppInvalid(f"{where}: a value refers to a row that does not exist")
-    return AppInvalid(f"{where}: the database refused the values: {_driver_message(exc)}")
+    if problem == "data":
+        return AppInvalid(f"{_where(table)}rejected a value: {_driver_message(exc)}")
+    if problem == "unavailable":
+        return AppUnavailable(f"the database failed: {_driver_message(exc)}", retry_after=RETRY_AFTER)
+    if isinstance(exc, IntegrityError):
+        return AppInvalid(f"{where}: the database refused the values: {_driver_message(exc)}")
+    return AppError(f"{_where(table)}the database refused the statement: {_driver_message(exc)}")
 
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _dotted(loc: Loc) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f"{'.' if i else ''}{part}" for i, part in enumerate(loc))
 
 
 __all__ = ["SqlConnector", "SqlSetupError"]

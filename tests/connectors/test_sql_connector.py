@@ -618,7 +618,7 @@ BAD_MEMBERS = {"table": "tm", "group_column": "g", "member_column": "m", "member
         (
             {"tables": {"User": {"table": "employees", "key": "emp_no", "key_strategy": "serial"}}},
             ("tables", "User", "key_strategy"),
-            "'autoincrement' or 'uuid'",
+            "'autoincrement', 'sequence', 'uuid' or 'template'",
         ),
         ({"pool_size": 0}, ("pool_size",), "greater than or equal to 1"),
         ({"dsn": {"env": "A", "file": "b"}}, ("dsn", "ref"), "give exactly one of env or file"),

@@ -790,11 +790,11 @@ async def test_token_is_fetched_once_and_reused(scim: Scim, state: CrmState) -> 
     assert len(state.calls) >= 5 and no_401s(state)
 
 
-async def test_client_secret_basic_works_too(aiohttp_client: Any, mapping: Path, data_dir: Path, state: CrmState) -> None:
+async def test_client_secret_basic_works_too(aiohttp_client: Any, mapping: Path, data_dir: Path, state: CrmState, tmp_path: Path) -> None:
     """Without `client_auth: body` the connector authenticates with HTTP Basic (RFC 6749's default), which the CRM takes too."""
     text = mapping.read_text()
     assert "    client_auth: body" in text
-    basic = mapping.with_name("crm_basic.yaml")
+    basic = tmp_path / "crm_basic.yaml"
     basic.write_text("\n".join(line for line in text.splitlines() if "client_auth: body" not in line))
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = GatewaySettings(mappings=[basic], data_dir=data_dir, extra_tokens={"crm": [SecretStr(TOKEN)]})
