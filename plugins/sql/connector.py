@@ -432,6 +432,71 @@ class SqlConnector(Connector):
                 return
             last = rows[-1][k.key.name]
 
+    def plan(
+        self, op: str, kind: str, native_id: NativeId | None = None, record: Record | None = None,
+        members: list[tuple[str, NativeId]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The statements a write would run, with bound parameters (for `translate`; nothing is opened).
+
+        Rendered from the options alone: one transaction in practice, shown as
+        its statements in order. Values are parameters, never spliced into SQL.
+        """
+        t = self.config.tables.get(kind)
+        if t is None:
+            return super().plan(op, kind, native_id, record, members)
+        record = dict(record or {})
+        children = {c.field: c for c in t.children}
+        main = {f: v for f, v in record.items() if f not in children}
+        key_param = {"key": native_id}
+        calls: list[dict[str, Any]] = []
+
+        def stmt(sql: str, params: dict[str, Any]) -> None:
+            calls.append({"statement": sql, "parameters": params})
+
+        if op == "create":
+            if t.key_strategy != "autoincrement":
+                main = {t.key: f"<{t.key_strategy} key>", **main}
+            cols = ", ".join(main)
+            stmt(f"INSERT INTO {t.table} ({cols}) VALUES ({', '.join(':' + c for c in main)})", main)
+        elif op == "update" and main:
+            sets = ", ".join(f"{c} = :{c}" for c in main)
+            stmt(f"UPDATE {t.table} SET {sets} WHERE {t.key} = :key", {**main, **key_param})
+        elif op == "delete":
+            if t.soft_delete is not None:
+                stmt(f"UPDATE {t.table} SET {t.soft_delete.column} = :mark WHERE {t.key} = :key",
+                     {"mark": t.soft_delete.value if t.soft_delete.value is not None else "<now>", **key_param})
+            else:
+                for c in t.children:
+                    stmt(f"DELETE FROM {c.table} WHERE {c.parent_column} = :key", key_param)
+                for other in self.config.tables.values():  # membership rows naming the record go with it
+                    m = other.members
+                    if m is not None and m.member_kind == kind:
+                        stmt(f"DELETE FROM {m.table} WHERE {m.member_column} = :key", key_param)
+                if t.members is not None:
+                    stmt(f"DELETE FROM {t.members.table} WHERE {t.members.group_column} = :key", key_param)
+                stmt(f"DELETE FROM {t.table} WHERE {t.key} = :key", key_param)
+        elif op in t.statements:
+            stmt(t.statements[op], {"id": native_id})
+        elif op in ("add_members", "remove_members") and t.members is not None:
+            m = t.members
+            for _kind, member in members or []:
+                params = {"group": native_id or "<new key>", "member": member}
+                if op == "add_members":
+                    stmt(f"INSERT INTO {m.table} ({m.group_column}, {m.member_column}) VALUES (:group, :member)", params)
+                else:
+                    stmt(f"DELETE FROM {m.table} WHERE {m.group_column} = :group AND {m.member_column} = :member", params)
+        if op in ("create", "update"):
+            for field, child in children.items():
+                if field not in record:
+                    continue
+                where = " AND ".join([f"{child.parent_column} = :key", *(f"{c} = :{c}" for c in child.where)])
+                params = {"key": native_id or "<new key>", **child.where, "value": record[field]}
+                if record[field] is None:
+                    stmt(f"DELETE FROM {child.table} WHERE {where}", params)
+                else:
+                    stmt(f"UPDATE {child.table} SET {child.value_column} = :value WHERE {where} (INSERT when no row)", params)
+        return calls or super().plan(op, kind, native_id, record, members)
+
     async def action(self, kind: str, native_id: NativeId, name: str) -> None:
         """Run the kind's named statement with :id bound to the record's key, in one transaction."""
         k = self._kind(kind)

@@ -53,7 +53,7 @@ def test_translate_shows_the_record_and_calls_and_touches_nothing(tmp_path: Path
     assert plan["operation"] == "create User"
     assert plan["record"]["login"] == "Jane" and plan["record"]["mail"] == "jane@example.org" and plan["record"]["status"] == "I"
     assert plan["record"]["mgr_emp_no"] == "<native id of User mgr-1>"
-    assert plan["calls"] and plan["calls"][0]["operation"] == "create"
+    assert plan["calls"] and plan["calls"][0]["statement"].startswith("INSERT INTO employees")
     assert count(before, "employees") == 0, "a dry run writes nothing"
     assert not (tmp_path / "gateway.db").exists(), "a dry run opens no store"
 
@@ -117,3 +117,20 @@ async def test_import_links_existing_accounts_once(tmp_path: Path, capsys: pytes
     assert len(veterans["members"]) == 2
     resp, _ = await scim.post("/Users", {"schemas": [USER_URN], "userName": "OLD3"})
     assert resp.status == 409, "an imported account's name is taken"
+
+
+def test_translate_shows_sql_statements_with_bound_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ensure_demo_database(tmp_path)
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps({"schemas": [USER_URN], "userName": "x'; DROP TABLE employees; --"}))
+    status, plan, _ = run_json(capsys, "translate", "demo", str(request), "--data-dir", str(tmp_path))
+    assert status == 0
+    [insert] = plan["calls"]
+    assert insert["statement"].startswith("INSERT INTO employees (login, ") and ":login" in insert["statement"]
+    assert "DROP" not in insert["statement"] and insert["parameters"]["login"] == "x'; DROP TABLE employees; --"
+    request.write_text(json.dumps({"method": "DELETE", "path": "/Groups/g1"}))
+    status, plan, _ = run_json(capsys, "translate", "demo", str(request), "--data-dir", str(tmp_path))
+    assert [c["statement"] for c in plan["calls"]] == [
+        "DELETE FROM team_members WHERE team_id = :key",
+        "DELETE FROM teams WHERE team_id = :key",
+    ]
