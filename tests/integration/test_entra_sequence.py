@@ -14,6 +14,7 @@ from typing import Any
 
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN, Scim
 from tests.demo_rows import count, emp_no, employee, q, team, team_pairs
+from tests.idp import entra_user
 
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
@@ -26,27 +27,6 @@ MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2
 
 
 
-
-
-def entra_user(user_name: str, *, given: str, family: str, mail: str, title: str = "Engineer", department: str = "R&D",
-               external_id: str | None = None, manager: str | None = None) -> dict[str, Any]:
-    """The body Entra POSTs to /Users (boolean `active`, both schema URNs, externalId, meta.resourceType)."""
-    enterprise: dict[str, Any] = {"department": department}
-    if manager is not None:
-        enterprise["manager"] = manager
-    return {
-        "schemas": [USER_URN, ENTERPRISE_URN],
-        "externalId": external_id or f"ext-{user_name}",
-        "userName": user_name,
-        "active": True,
-        "displayName": f"{given} {family}",
-        "emails": [{"primary": True, "type": "work", "value": mail}],
-        "meta": {"resourceType": "User"},
-        "name": {"formatted": f"{given} {family}", "familyName": family, "givenName": given},
-        "title": title,
-        "roles": [],
-        ENTERPRISE_URN: enterprise,
-    }
 
 
 async def create_user(scim: Scim, user_name: str, **kw: Any) -> dict[str, Any]:

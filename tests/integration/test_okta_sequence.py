@@ -14,9 +14,9 @@ from typing import Any
 
 from tests.conftest import GROUP_URN, USER_URN, Scim
 from tests.demo_rows import count, employee, q, team, team_pairs
+from tests.idp import PASSWORD, okta_user
 
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
-PASSWORD = "Okta-Sup3r-S3cret-Pa55!"
 
 
 # ---------------------------------------------------------------- helpers
@@ -25,25 +25,6 @@ PASSWORD = "Okta-Sup3r-S3cret-Pa55!"
 
 
 
-
-
-def okta_user(user_name: str, given: str, family: str, *, password: str | None = PASSWORD, **extra: Any) -> dict[str, Any]:
-    """The body Okta POSTs (and, with id, PUTs): core schema only, groups [], password when sync is on."""
-    body: dict[str, Any] = {
-        "schemas": [USER_URN],
-        "userName": user_name,
-        "name": {"givenName": given, "familyName": family},
-        "emails": [{"primary": True, "value": user_name, "type": "work"}],
-        "displayName": f"{given} {family}",
-        "locale": "en-US",
-        "externalId": f"00u{abs(hash(user_name)) % 10**12:012d}",
-        "groups": [],
-        "active": True,
-    }
-    if password is not None:
-        body["password"] = password
-    body.update(extra)
-    return body
 
 
 async def create_user(scim: Scim, user_name: str, given: str = "Test", family: str = "User") -> dict[str, Any]:

@@ -25,6 +25,7 @@ from gateway.settings import GatewaySettings
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN, Scim
 from tests.demo_rows import q
 from tests.fakes.crm_app import API, CLIENT_SECRET, CRM_STATE, CrmState, create_crm_app
+from tests.idp import PASSWORD, entra_user, okta_user
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPING = ROOT / "mappings" / "crm_rest.yaml"
@@ -33,7 +34,6 @@ ENV_TOKEN = "crm-env-token-9876543210"  # the mapping's auth.bearer env referenc
 BASE = "/apps/crm/scim/v2"
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
-PASSWORD = "Okta-Sync3d-P@ssw0rd!"
 
 
 @dataclass
@@ -85,41 +85,6 @@ def state(crm: Crm) -> CrmState:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def entra_user(user_name: str, *, given: str, family: str, mail: str, title: str = "Engineer", department: str = "R&D") -> dict[str, Any]:
-    """The body Entra POSTs to /Users."""
-    return {
-        "schemas": [USER_URN, ENTERPRISE_URN],
-        "externalId": f"ext-{user_name}",
-        "userName": user_name,
-        "active": True,
-        "displayName": f"{given} {family}",
-        "emails": [{"primary": True, "type": "work", "value": mail}],
-        "meta": {"resourceType": "User"},
-        "name": {"formatted": f"{given} {family}", "familyName": family, "givenName": given},
-        "title": title,
-        "roles": [],
-        ENTERPRISE_URN: {"department": department},
-    }
-
-
-def okta_user(user_name: str, given: str = "Test", family: str = "User", **extra: Any) -> dict[str, Any]:
-    """The body Okta POSTs (and, with id, PUTs): core schema, groups [], password when sync is on."""
-    body: dict[str, Any] = {
-        "schemas": [USER_URN],
-        "userName": user_name,
-        "name": {"givenName": given, "familyName": family},
-        "emails": [{"primary": True, "value": user_name, "type": "work"}],
-        "displayName": f"{given} {family}",
-        "locale": "en-US",
-        "externalId": f"00u{abs(hash(user_name)) % 10**12:012d}",
-        "groups": [],
-        "password": PASSWORD,
-        "active": True,
-    }
-    body.update(extra)
-    return body
 
 
 async def entra_create(scim: Scim, user_name: str, **kw: Any) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from pydantic import SecretStr
 
 from gateway.app import APPS, create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN, Scim
+from tests.conftest import ENTERPRISE_URN, GROUP_URN, Scim
 from tests.demo_rows import q
 from tests.fakes.hr_app import HR_STATE, HrState, create_hr_app, serve
+from tests.idp import PASSWORD, entra_user, okta_user
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPING = ROOT / "mappings" / "hr_rest.yaml"
@@ -31,7 +32,6 @@ ENV_TOKEN = "hr-env-token-9876543210"  # the mapping's auth.bearer reference
 BASE = "/apps/hr/scim/v2"
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
-PASSWORD = "Okta-Sync3d-P@ssw0rd!"
 
 
 @dataclass
@@ -64,38 +64,6 @@ async def client(aiohttp_client: Any, hr: Hr, tmp_path: Path) -> TestClient:
 @pytest.fixture
 def scim(client: TestClient) -> Scim:
     return Scim(client, TOKEN, BASE)
-
-
-def entra_user(user_name: str, given: str, family: str, *, title: str = "Engineer", department: str = "R&D") -> dict[str, Any]:
-    return {
-        "schemas": [USER_URN, ENTERPRISE_URN],
-        "externalId": f"ext-{user_name}",
-        "userName": user_name,
-        "active": True,
-        "displayName": f"{given} {family}",
-        "emails": [{"primary": True, "type": "work", "value": user_name}],
-        "meta": {"resourceType": "User"},
-        "name": {"formatted": f"{given} {family}", "familyName": family, "givenName": given},
-        "title": title,
-        "roles": [],
-        ENTERPRISE_URN: {"department": department},
-    }
-
-
-def okta_user(user_name: str, given: str = "Test", family: str = "User", **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "schemas": [USER_URN],
-        "userName": user_name,
-        "name": {"givenName": given, "familyName": family},
-        "emails": [{"primary": True, "value": user_name, "type": "work"}],
-        "displayName": f"{given} {family}",
-        "locale": "en-US",
-        "externalId": f"00u{abs(hash(user_name)) % 10**12:012d}",
-        "groups": [],
-        "password": PASSWORD,
-        "active": True,
-    }
-    return body | extra
 
 
 async def create(scim: Scim, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, TOKEN, USER_URN, Scim
 from tests.demo_rows import q
+from tests.idp import PASSWORD, entra_user, okta_user
 from tests.services import (
     MARIADB_HOST,
     MARIADB_PORT,
@@ -37,7 +38,6 @@ from tests.services import (
 
 ROOT = Path(__file__).resolve().parents[2]
 MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
-PASSWORD = "Okta-Sup3r-S3cret-Pa55!"
 
 # Per app: how its rows read as one normalized user (login, given, family, display, email, title, active, manager login).
 USER_ROW = {
@@ -152,25 +152,6 @@ async def legacy(
 # ---------------------------------------------------------------- Entra ID
 
 
-def entra_user(user_name: str, given: str, family: str, *, manager: str | None = None) -> dict[str, Any]:
-    enterprise: dict[str, Any] = {"department": "R&D"}
-    if manager is not None:
-        enterprise["manager"] = manager
-    return {
-        "schemas": [USER_URN, ENTERPRISE_URN],
-        "externalId": f"ext-{user_name}",
-        "userName": user_name,
-        "active": True,
-        "displayName": f"{given} {family}",
-        "emails": [{"primary": True, "type": "work", "value": user_name}],
-        "meta": {"resourceType": "User"},
-        "name": {"formatted": f"{given} {family}", "familyName": family, "givenName": given},
-        "title": "Engineer",
-        "roles": [],
-        ENTERPRISE_URN: enterprise,
-    }
-
-
 async def test_entra_sequence(legacy: Legacy) -> None:
     scim, pg = legacy.scim, legacy.app == "legacy_pg"
 
@@ -273,21 +254,6 @@ async def test_entra_sequence(legacy: Legacy) -> None:
 
 
 # ---------------------------------------------------------------- Okta
-
-
-def okta_user(user_name: str, given: str, family: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "schemas": [USER_URN],
-        "userName": user_name,
-        "name": {"givenName": given, "familyName": family},
-        "emails": [{"primary": True, "value": user_name, "type": "work"}],
-        "displayName": f"{given} {family}",
-        "locale": "en-US",
-        "externalId": f"00u-{user_name}",
-        "groups": [],
-        "password": PASSWORD,
-        "active": True,
-    } | extra
 
 
 async def test_okta_sequence(legacy: Legacy) -> None:
