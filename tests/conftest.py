@@ -125,13 +125,14 @@ def free_port() -> int:
 
 
 class LiveGateway:
-    def __init__(self, root: Path, token: str = TOKEN) -> None:
+    def __init__(self, root: Path, token: str = TOKEN, app: str = "demo", env: dict[str, str] | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.token = token
         self.url = f"http://127.0.0.1:{self.port}"
-        self.base_url = f"{self.url}/apps/demo/scim/v2"
+        self.base_url = f"{self.url}/apps/{app}/scim/v2"
         self.log = root / "gateway.log"
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str) -> None:
@@ -139,7 +140,7 @@ class LiveGateway:
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--data-dir", str(self.root / "data")]
         if self.token:
             cmd += ["--token", self.token]
-        env = {k: v for k, v in os.environ.items() if k != "SCIM_GATEWAY_TOKEN"}
+        env = {k: v for k, v in os.environ.items() if k != "SCIM_GATEWAY_TOKEN"} | self.env
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*cmd, *extra], cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30

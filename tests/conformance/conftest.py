@@ -1,0 +1,63 @@
+"""Live gateways for the external suites: the demo (SQLite) and the two REST example apps, each a real process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TOKEN, LiveGateway, free_port
+from tests.fakes.crm_app import CLIENT_SECRET
+from tests.fakes.serve import HR_API_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.serve", name, str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"fake {name} exited:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"fake {name} did not start:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module", params=["demo", "hr", "crm"])
+def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """A gateway process for one app: the demo on SQLite, or a REST example mapping in front of its fake app."""
+    name = request.param
+    root = tmp_path_factory.mktemp(f"suite-{name}")
+    if name == "demo":
+        gateway = LiveGateway(root)
+        gateway.start()
+        yield gateway
+        gateway.stop()
+        return
+    fake, port = _start_fake(name, root / "fake.log")
+    api = f"http://127.0.0.1:{port}"
+    env = (
+        {"HR_API_URL": f"{api}/api", "HR_API_KEY": HR_API_KEY, "HR_SCIM_TOKEN": TOKEN}
+        if name == "hr"
+        else {"CRM_API_URL": f"{api}/api/v1", "CRM_TOKEN_URL": f"{api}/oauth/token", "CRM_CLIENT_SECRET": CLIENT_SECRET, "CRM_SCIM_TOKEN": TOKEN}
+    )
+    gateway = LiveGateway(root, token="", app=name, env=env)
+    gateway.token = TOKEN  # accepted through the mapping's auth.bearer {env: ..._SCIM_TOKEN}
+    try:
+        gateway.start("--config", str(ROOT / "mappings" / f"{name}_rest.yaml"))
+        yield gateway
+    finally:
+        gateway.stop()
+        fake.terminate()
+        fake.wait(timeout=10)
