@@ -16,7 +16,7 @@ from .app import APPS, SETTINGS, AppRuntime
 from .provisioning.provisioner import Provisioner
 from .scim import bulk as scim_bulk
 from .scim.discovery import list_response, schemas_of, service_provider_config
-from .scim.errors import ScimError, invalid_syntax, not_found, unavailable
+from .scim.errors import ScimError, invalid_syntax, invalid_value, not_found, unavailable
 from .scim.listing import ListRequest, check_search_body, parse_list_request
 from .scim.patch import apply_patch
 from .scim.projection import parse_attribute_list, project
@@ -137,6 +137,8 @@ def check_json(body: Any) -> None:
         if isinstance(value, str):
             if _SURROGATE_RE.search(value):
                 raise invalid_syntax(f"the request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) in the value at {_where(where)}: text must be valid Unicode")
+            if "\x00" in value:
+                raise invalid_value(f"the value at {_where(where)} holds a NUL character (\\u0000), which no store or app keeps as text")
             continue
         if not isinstance(value, (dict, list)):
             continue
@@ -144,8 +146,8 @@ def check_json(body: Any) -> None:
             raise invalid_syntax(f"the request body nests deeper than {MAX_JSON_DEPTH} levels (at {_where(where)})")
         if isinstance(value, dict):
             for key, item in value.items():
-                if _SURROGATE_RE.search(key):
-                    raise invalid_syntax(f"the request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) in a member name at {_where(where)}: text must be valid Unicode")
+                if _SURROGATE_RE.search(key) or "\x00" in key:
+                    raise invalid_syntax(f"the request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) or a NUL character in a member name at {_where(where)}")
                 stack.append((item, f"{where}.{key}" if where else key, depth + 1))
         else:
             stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
@@ -427,6 +429,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if runtime is None:
         raise not_found(f"no app named {app_name!r}")
     authenticate(request, runtime)
+    if "\x00" in request.path or "\x00" in request.query_string:
+        # No id, filter or parameter holds U+0000; PostgreSQL cannot even compare text with it.
+        raise invalid_value("the URL holds a NUL character (%00)")
     endpoint = Endpoint(request, runtime, base_url(request, app_name))
     return await endpoint.route(request.match_info.get("tail") or "")
 

@@ -90,9 +90,54 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules marked `both_stores` run every gateway test on SQLite and on PostgreSQL: one contract, two stores."""
+    if "store_kind" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_stores") is not None
+        metafunc.parametrize("store_kind", ["sqlite", "postgresql"] if both else ["sqlite"])
+
+
+@pytest.fixture(scope="session")
+def shared_pg_store() -> Iterator[str]:
+    """One PostgreSQL database for the store tests of a session, emptied before each test that uses it."""
+    import asyncio
+
+    from tests.services import create_pg_database, drop_pg_database, pg_url
+
+    name = asyncio.run(create_pg_database())
+    yield pg_url(name)
+    asyncio.run(drop_pg_database(name))
+
+
+def _empty_pg_store(url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            exists = await conn.fetchval("SELECT to_regclass('resources') IS NOT NULL")
+            if exists:
+                await conn.execute("TRUNCATE resources, members, journal RESTART IDENTITY")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 @pytest.fixture
-async def client(aiohttp_client: Any, data_dir: Path) -> AsyncIterator[TestClient]:
-    yield await aiohttp_client(create_app(demo_settings(data_dir)))
+def store_overrides(store_kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    if store_kind == "sqlite":
+        return {}
+    url = request.getfixturevalue("shared_pg_store")
+    _empty_pg_store(url)
+    return {"store_url": SecretStr(url)}
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, data_dir: Path, store_overrides: dict[str, Any]) -> AsyncIterator[TestClient]:
+    yield await aiohttp_client(create_app(demo_settings(data_dir, **store_overrides)))
 
 
 @pytest.fixture

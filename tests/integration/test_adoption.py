@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from tests.conftest import PATCH_URN, Scim, user_body
 from tests.demo_rows import count, employee, q
+
+pytestmark = pytest.mark.both_stores  # the same gateway tests on the SQLite and the PostgreSQL store
 
 
 def insert_employee(db: sqlite3.Connection, login: str, **cols: str) -> int:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from tests.conftest import Scim, user_body
 from tests.demo_rows import q
+
+pytestmark = pytest.mark.both_stores  # the same gateway tests on the SQLite and the PostgreSQL store
 
 
 async def test_reading_never_makes_a_new_version(scim: Scim) -> None:

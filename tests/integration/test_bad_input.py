@@ -15,6 +15,9 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.settings import LimitsConfig
 from tests.conftest import BASE, ENTERPRISE_URN, GROUP_URN, PATCH_URN, TOKEN, USER_URN, Scim, demo_settings, user_body
+from tests.demo_rows import count
+
+pytestmark = pytest.mark.both_stores  # the same gateway tests on the SQLite and the PostgreSQL store
 
 ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
 BULK_URN = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
@@ -292,3 +295,14 @@ async def test_weird_query_strings_never_500(scim: Scim) -> None:
         assert resp.content_type == SCIM_TYPE, query
         if resp.status >= 400:
             assert data["schemas"] == [ERROR_URN]
+
+
+async def test_a_nul_character_is_a_clear_400_on_every_store(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    """PostgreSQL cannot keep U+0000 in text (found by running these tests on the PostgreSQL store): refused at the edge."""
+    resp, err = await scim.post("/Users", {"schemas": [USER_URN], "userName": "nul\u0000byte"})
+    assert resp.status == 400 and err["scimType"] == "invalidValue" and "userName" in err["detail"] and "NUL" in err["detail"]
+    resp, err = await scim.get("/Users/abc%00def")
+    assert resp.status == 400 and "NUL" in err["detail"]
+    resp, err = await scim.get("/Users?filter=userName%20eq%20%22a%00%22")
+    assert resp.status == 400 and "NUL" in err["detail"]
+    assert count(demo_db, "employees") == 0

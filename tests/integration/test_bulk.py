@@ -16,6 +16,8 @@ from gateway.settings import LimitsConfig
 from tests.conftest import BASE, ENTERPRISE_URN, GROUP_URN, PATCH_URN, USER_URN, Scim, demo_settings, user_body
 from tests.demo_rows import count, employee, logins, team_pairs
 
+pytestmark = pytest.mark.both_stores  # the same gateway tests on the SQLite and the PostgreSQL store
+
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
 ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"

@@ -12,9 +12,13 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import pytest
+
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN, Scim
 from tests.demo_rows import count, emp_no, employee, q, team, team_pairs
 from tests.idp import entra_user
+
+pytestmark = pytest.mark.both_stores  # the same gateway tests on the SQLite and the PostgreSQL store
 
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"

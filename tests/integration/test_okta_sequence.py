@@ -12,9 +12,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import GROUP_URN, USER_URN, Scim
 from tests.demo_rows import count, employee, q, team, team_pairs
 from tests.idp import PASSWORD, okta_user
+
+pytestmark = pytest.mark.both_stores  # the same gateway tests on the SQLite and the PostgreSQL store
 
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 
@@ -46,13 +50,41 @@ def assert_no_password(obj: Any) -> None:
         assert obj != PASSWORD
 
 
-def assert_password_not_stored(data_dir: Path, demo_db: sqlite3.Connection) -> None:
-    """Neither the gateway's store files nor the app's rows hold the password."""
-    secret = PASSWORD.encode()
-    files = [p for p in data_dir.iterdir() if p.name.startswith("gateway.db")]
-    assert files, list(data_dir.iterdir())
-    for path in files:
-        assert secret not in path.read_bytes(), f"the password is stored in {path.name}"
+def store_dump(data_dir: Path, store_overrides: dict[str, Any]) -> bytes:
+    """Everything the gateway's store holds, as bytes: its SQLite files, or its PostgreSQL tables as text."""
+    if "store_url" not in store_overrides:
+        files = [p for p in data_dir.iterdir() if p.name.startswith("gateway.db")]
+        assert files, list(data_dir.iterdir())
+        return b"".join(p.read_bytes() for p in files)
+    import asyncpg
+
+    async def dump() -> bytes:
+        conn = await asyncpg.connect(store_overrides["store_url"].get_secret_value())
+        try:
+            rows = [r for t in ("resources", "members", "journal") for r in await conn.fetch(f"SELECT t::text FROM {t} t")]
+        finally:
+            await conn.close()
+        assert rows
+        return "\n".join(r[0] for r in rows).encode()
+
+    return _run(dump())
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine to its end from inside a test's running loop (on a thread of its own)."""
+    import asyncio
+    import threading
+
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(asyncio.run(coro)))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def assert_password_not_stored(data_dir: Path, demo_db: sqlite3.Connection, store_overrides: dict[str, Any]) -> None:
+    """Neither the gateway's store nor the app's rows hold the password."""
+    assert PASSWORD.encode() not in store_dump(data_dir, store_overrides), "the password is in the store"
     for row in demo_db.execute("SELECT * FROM employees"):
         assert PASSWORD not in [v for v in tuple(row)], dict(row)
 
@@ -69,7 +101,7 @@ async def test_okta_lookup_with_paging_params_empty(scim: Scim, demo_db: sqlite3
     assert data.get("Resources", []) == []
 
 
-async def test_okta_create_with_password_get_and_lookup(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path) -> None:
+async def test_okta_create_with_password_get_and_lookup(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]) -> None:
     resp, user = await scim.post("/Users", okta_user("Isaac.Brock@Okta.example", "Isaac", "Brock"))
     assert resp.status == 201, user
     assert_no_password(user)
@@ -98,10 +130,10 @@ async def test_okta_create_with_password_get_and_lookup(scim: Scim, demo_db: sql
     assert resp.status == 200
     assert_no_password(data)
     assert data["userName"] == "Isaac.Brock@Okta.example"
-    assert_password_not_stored(data_dir, demo_db)
+    assert_password_not_stored(data_dir, demo_db, store_overrides)
 
 
-async def test_okta_put_full_replace_with_password(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path) -> None:
+async def test_okta_put_full_replace_with_password(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]) -> None:
     user = await create_user(scim, "put.me@okta.example", "Put", "Me")
     emp_no = employee(demo_db, "put.me@okta.example")["emp_no"]
     body = okta_user("put.me@okta.example", "Putnam", "Mee", title="Director")
@@ -130,15 +162,15 @@ async def test_okta_put_full_replace_with_password(scim: Scim, demo_db: sqlite3.
     assert "emails" not in data
     row = employee(demo_db, "put.me@okta.example")
     assert (row["first_nm"], row["last_nm"], row["job_title"], row["mail"], row["display_nm"]) == ("Only", None, None, None, None)
-    assert_password_not_stored(data_dir, demo_db)
+    assert_password_not_stored(data_dir, demo_db, store_overrides)
 
 
-async def test_okta_password_change_by_patch_is_accepted_and_not_stored(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path) -> None:
+async def test_okta_password_change_by_patch_is_accepted_and_not_stored(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]) -> None:
     user = await create_user(scim, "pw.patch@okta.example")
     resp, data = await scim.patch(f"/Users/{user['id']}", [{"op": "replace", "value": {"password": PASSWORD}}])
     assert resp.status == 200, data
     assert_no_password(data)
-    assert_password_not_stored(data_dir, demo_db)
+    assert_password_not_stored(data_dir, demo_db, store_overrides)
 
 
 async def test_okta_deactivate_with_pathless_patch(scim: Scim, demo_db: sqlite3.Connection) -> None:
@@ -280,7 +312,7 @@ async def test_okta_group_patch_replace_members_with_empty_list(scim: Scim, demo
     assert count(demo_db, "team_members") == 0
 
 
-async def test_okta_full_user_sequence(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path) -> None:
+async def test_okta_full_user_sequence(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]) -> None:
     resp, data = await scim.get("/Users?filter=" + q('userName eq "seq@okta.example"') + "&startIndex=1&count=100")
     assert (resp.status, data["totalResults"]) == (200, 0)
     resp, user = await scim.post("/Users", okta_user("seq@okta.example", "Seq", "Uence"))
@@ -301,4 +333,4 @@ async def test_okta_full_user_sequence(scim: Scim, demo_db: sqlite3.Connection, 
     resp, data = await scim.get("/Users?filter=" + q('userName eq "seq@okta.example"') + "&startIndex=1&count=100")
     assert data["totalResults"] == 1
     assert data["Resources"][0]["active"] is False
-    assert_password_not_stored(data_dir, demo_db)
+    assert_password_not_stored(data_dir, demo_db, store_overrides)

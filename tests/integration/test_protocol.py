@@ -20,6 +20,8 @@ from gateway.demo import demo_mapping_path, ensure_demo_database
 from gateway.settings import GatewaySettings
 from tests.conftest import BASE, ENTERPRISE_URN, GROUP_URN, TOKEN, USER_URN, Scim, user_body
 
+pytestmark = pytest.mark.both_stores  # the same gateway tests on the SQLite and the PostgreSQL store
+
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
 SEARCH_URN = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
