@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from tests.conftest import TOKEN, LiveGateway, free_port
 from tests.fakes.crm_app import CLIENT_SECRET
 from tests.fakes.serve import HR_API_KEY
+from tests.services import create_pg_database, drop_pg_database, pg_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,9 +36,9 @@ def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError(f"fake {name} did not start:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module", params=["demo", "hr", "crm"])
+@pytest.fixture(scope="module", params=["demo", "demo-pg-store", "hr", "crm"])
 def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    """A gateway process for one app: the demo on SQLite, or a REST example mapping in front of its fake app."""
+    """A gateway process for one app: the demo (SQLite store, or PostgreSQL store), or a REST example app before its fake."""
     name = request.param
     root = tmp_path_factory.mktemp(f"suite-{name}")
     if name == "demo":
@@ -44,6 +46,16 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         gateway.start()
         yield gateway
         gateway.stop()
+        return
+    if name == "demo-pg-store":
+        database = asyncio.run(create_pg_database())
+        gateway = LiveGateway(root, env={"SCIM_GATEWAY_STORE": pg_url(database)})
+        try:
+            gateway.start()
+            yield gateway
+        finally:
+            gateway.stop()
+            asyncio.run(drop_pg_database(database))
         return
     fake, port = _start_fake(name, root / "fake.log")
     api = f"http://127.0.0.1:{port}"

@@ -35,7 +35,7 @@ def test_scim2_tester_finds_no_error(suite_gateway: LiveGateway) -> None:
         results = check_server(client)
     statuses = Counter(r.status.name for r in results)
     bad = {f"{r.status.name} {r.title}: {r.reason}" for r in results if r.status.name in ("ERROR", "CRITICAL")}
-    app = live_gateway.base_url.split("/apps/")[1].split("/")[0]
+    app = live_gateway.base_url.split("/apps/")[1].split("/")[0]  # demo-pg-store serves app "demo"
     known = KNOWN_DEVIATIONS.get(app, set())
     assert bad == known, "\n".join(sorted(bad ^ known))
     # Discovery must have let the suite run its CRUD checks, not stop early.
