@@ -95,8 +95,10 @@ class MembersConfig(_Strict):
 class DeactivateConfig(_Strict):
     """What `active: false` does in the app."""
 
-    via: Literal["field", "action"] = Field(
-        "field", description="field: the `active` rule writes a field value; action: the connector's named calls below"
+    via: Literal["field", "action", "delete"] = Field(
+        "field",
+        description="field: the `active` rule writes a field value; action: the connector's named calls below; "
+        "delete: the app's record is deleted (the SCIM resource stays, inactive) and created again on reactivation",
     )
     disable: str | None = Field(None, description="via: action: the connector action that disables the account")
     enable: str | None = Field(None, description="via: action: the connector action that re-enables it")

@@ -148,8 +148,9 @@ class Provisioner:
         return [Member(i, found[i][0], refs[i]) for i in refs if i in found]
 
     async def _natives(self, members: list[Member]) -> list[tuple[str, str]]:
+        """The members' (kind, native id); one without an app record now (deactivated by deletion) is left out."""
         found = await self.store.native_ids(self.app, None, [m.id for m in members])
-        return [(found[m.id][0], found[m.id][1]) for m in members if m.id in found]
+        return [(found[m.id][0], found[m.id][1]) for m in members if m.id in found and found[m.id][1] is not None]
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         try:
@@ -391,14 +392,16 @@ class Provisioner:
         except UniqueConflict:
             raise uniqueness(f"{cres.unique_attr} {resource[cres.unique_attr]!r} is already taken") from None
 
-        async def call() -> str:
+        async def call() -> str | None:
+            if resource.get("active") is False and cres.deactivate.via == "delete":
+                return None  # an inactive account has no record in this app until it is activated
             native_id: str = await self.memberships[kind].create(record, await self._natives(members))
             if resource.get("active") is False:
                 await self._set_active(cres, native_id, False)
             return native_id
 
-        async def settle(native_id: str) -> Row:
-            settled = await self._read_back(cres, native_id, data)
+        async def settle(native_id: str | None) -> Row:
+            settled = data if native_id is None else await self._read_back(cres, native_id, data)
             try:
                 return await self.store.settle_create(seq, native_id, settled, members)
             except NativeConflict:
@@ -468,10 +471,12 @@ class Provisioner:
                     # Nothing to change: no app call and no new version (beyond catching up with the app).
                     row = await self._sync_copy(cres, row, live)
                     return row, await self.materialize(cres, row)
+                switch = None if current.get("active") is new.get("active") or new.get("active") is None else bool(new.get("active"))
+                relink = self._relink(cres, row, switch)
                 try:
                     seq, claimed = await self._claim(
                         kind, rid, "update", if_match=row.version, new_unique_key=unique_key,
-                        payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
+                        payload={"add": [m.id for m in add], "remove": [m.id for m in remove], **({"relink": relink} if relink else {})},
                     )
                 except UniqueConflict:
                     raise uniqueness(f"{cres.unique_attr} {new.get(cres.unique_attr)!r} is already taken") from None
@@ -479,27 +484,56 @@ class Provisioner:
                     if if_match is not None:
                         raise ScimError(412, f"{kind} {rid} has changed") from None
                     continue  # another writer got in between: recompute on the new version
-                switch = None if current.get("active") is new.get("active") or new.get("active") is None else bool(new.get("active"))
-                return await self._apply_update(cres, seq, claimed, record, data, unique_key, add, remove, switch)
+                return await self._apply_update(cres, seq, claimed, record, data, unique_key, add, remove, switch, relink)
             raise unavailable(f"{kind} {rid} is changing too often to update; retry", 2)
+
+    @staticmethod
+    def _relink(cres: CompiledResource, row: Row, switch: bool | None) -> str | None:
+        """`deactivate: {via: delete}`: "drop" the app's record on deactivation, "create" it again on reactivation."""
+        if cres.deactivate.via != "delete":
+            return None
+        if switch is False and row.native_id is not None:
+            return "drop"
+        if switch is True and row.native_id is None:
+            return "create"
+        return None
 
     async def _apply_update(
         self, cres: CompiledResource, seq: int, row: Row, record: dict[str, Any], data: dict[str, Any],
-        unique_key: str, add: list[Member], remove: list[Member], switch: bool | None = None,
+        unique_key: str, add: list[Member], remove: list[Member], switch: bool | None = None, relink: str | None = None,
     ) -> tuple[Row, dict[str, Any]]:
-        assert row.native_id is not None
         native_id = row.native_id
+        rid = row.id
 
-        async def call() -> None:
+        async def call() -> str | None:
+            if relink == "drop":
+                assert native_id is not None
+                try:
+                    await self.connector.delete(cres.name, native_id)
+                except AppNotFound:
+                    pass
+                return None
+            if relink == "create":
+                created: str = await self.memberships[cres.name].create(record, [])
+                await self._rejoin_groups(rid, created)
+                return created
+            if native_id is None:
+                return None  # deactivated by deleting it in the app: only the gateway's copy changes
             await self.memberships[cres.name].write(native_id, record, await self._natives(add), await self._natives(remove))
             if switch is not None:
                 await self._set_active(cres, native_id, switch)
+            return native_id
 
-        async def settle(_: None) -> Row:
-            settled = await self._read_back(cres, native_id, data)
-            return await self.store.settle_update(
-                seq, settled, utc_now(), unique_key, add_members=add, remove_members=[m.id for m in remove]
-            )
+        async def settle(current_native: str | None) -> Row:
+            settled = data if current_native is None else await self._read_back(cres, current_native, data)
+            try:
+                return await self.store.settle_update(
+                    seq, settled, utc_now(), unique_key, add_members=add, remove_members=[m.id for m in remove],
+                    relink=relink is not None, native_id=current_native,
+                )
+            except NativeConflict:
+                await self.store.abort(seq, "app returned a native id that is already linked")
+                raise ScimError(502, f"re-creating {cres.name} {rid}: the app returned the id of an existing record") from None
 
         row = await self._run_claimed(seq, f"updating {cres.name} {row.id}", call, settle)
         return row, await self.materialize(cres, row)
@@ -512,11 +546,14 @@ class Provisioner:
             except VersionMismatch:
                 raise ScimError(412, f"{kind} {rid} has changed") from None
             native_id = row.native_id
-            assert native_id is not None
 
             async def call() -> None:
+                if native_id is None:
+                    return  # deactivated by deleting it in the app: nothing left there
                 try:
-                    if cres.delete_mode == "deactivate" and cres.deactivate.via == "action":
+                    if cres.delete_mode == "deactivate" and cres.deactivate.via == "delete":
+                        await self.connector.delete(kind, native_id)
+                    elif cres.delete_mode == "deactivate" and cres.deactivate.via == "action":
                         await self._set_active(cres, native_id, False)
                     elif cres.delete_mode == "deactivate":
                         await self.connector.update(kind, native_id, await self._record(cres, {**row.data, "active": False}))
@@ -530,6 +567,16 @@ class Provisioner:
 
             await self._run_claimed(seq, f"deleting {kind} {rid}", call, settle)
         await self._forget_references(kind, rid)
+
+    async def _rejoin_groups(self, rid: str, native_id: str) -> None:
+        """A user created again in the app (reactivation) rejoins the groups the gateway still lists it in."""
+        groups = self.memberships.get("Group")
+        if groups is None:
+            return
+        for group in await self.store.groups_of(self.app, rid):
+            found = await self.store.native_ids(self.app, "Group", [group.id])
+            if group.id in found and found[group.id][1] is not None:
+                await groups.write(found[group.id][1], {}, [("User", native_id)], [])
 
     async def _set_active(self, cres: CompiledResource, native_id: str, active: bool) -> None:
         """`deactivate: {via: action}`: the app's own disable / enable call (a field rule needs nothing more)."""
@@ -606,10 +653,11 @@ class Provisioner:
                 elif entry.op == "create":
                     await self._recover_create(cres, entry.seq, row)
                 elif entry.op == "update":
-                    await self._recover_update(cres, entry.seq, row)
+                    await self._recover_update(cres, entry.seq, row, entry.payload.get("relink"))
                 elif entry.op == "delete":
-                    assert row.native_id is not None
-                    if not cres.reads_live and cres.delete_mode == "delete":
+                    if row.native_id is None:
+                        await self.store.settle_delete(entry.seq)  # nothing of it is left in the app
+                    elif not cres.reads_live and cres.delete_mode == "delete":
                         await self.connector.delete(cres.name, row.native_id)  # cannot look: finish it (idempotent)
                         await self.store.settle_delete(entry.seq)
                     elif cres.delete_mode == "deactivate" or await self.connector.get(cres.name, row.native_id) is None:
@@ -661,8 +709,13 @@ class Provisioner:
             await self.store.abort(seq, "recovery: the app has no such record")
             log.info("%s: recovery rolled back the unfinished create of %s %s", self.app, cres.name, row.id)
 
-    async def _recover_update(self, cres: CompiledResource, seq: int, row: Row) -> None:
-        assert row.native_id is not None
+    async def _recover_update(self, cres: CompiledResource, seq: int, row: Row, relink: str | None = None) -> None:
+        if relink is not None:
+            await self._recover_relink(cres, seq, row, relink)
+            return
+        if row.native_id is None:
+            await self.store.abort(seq, "recovery: only the gateway's copy was to change; the IdP retries the write")
+            return
         if not cres.reads_live:
             # The app cannot be read back: the copy keeps what was acknowledged before; the IdP retries the write.
             await self.store.abort(seq, "recovery: the app cannot be read back; the unacknowledged update is dropped")
@@ -679,6 +732,24 @@ class Provisioner:
             await self.store.settle_update(seq, data, utc_now(), unique_key, replace_members=members)
         else:
             await self.store.settle_update(seq, data, utc_now(), unique_key)
+
+    async def _recover_relink(self, cres: CompiledResource, seq: int, row: Row, relink: str) -> None:
+        """A deactivation by deletion, or a reactivation by re-creation, cut short: finish it if the app shows it happened."""
+        if relink == "drop":
+            assert row.native_id is not None
+            if await self.connector.get(cres.name, row.native_id) is None:
+                await self.store.settle_update(seq, {**row.data, "active": False}, utc_now(), row.unique_key, relink=True, native_id=None)
+            else:
+                await self.store.abort(seq, "recovery: the app still has the record; the deactivation did not happen")
+            return
+        matches = await self._find_by_match(cres, read_rule(row.data, cres.match_rule))
+        if matches and len(matches) == 1 and await self.store.by_native(self.app, cres.name, matches[0][0]) is None:
+            native_id, record = matches[0]
+            await self._rejoin_groups(row.id, native_id)
+            data = await overlay(cres, {**row.data, "active": True}, record, self.refs)
+            await self.store.settle_update(seq, data, utc_now(), row.unique_key, relink=True, native_id=native_id)
+        else:
+            await self.store.abort(seq, "recovery: the app has no re-created record; the reactivation did not happen")
 
     async def _members_from_app(self, native_id: str) -> list[Member]:
         pairs = await self.memberships["Group"].list(native_id)

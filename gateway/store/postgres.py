@@ -265,7 +265,7 @@ class PostgresStore:
 
         return await self._tx(work)
 
-    async def settle_create(self, seq: int, native_id: str, data: dict[str, Any], members: list[Member]) -> Row:
+    async def settle_create(self, seq: int, native_id: str | None, data: dict[str, Any], members: list[Member]) -> Row:
         async def work(conn: asyncpg.Connection) -> Row:
             entry = await self._entry(conn, seq)
             try:
@@ -350,7 +350,10 @@ class PostgresStore:
         add_members: list[Member] = [],  # noqa: B006 - never mutated
         remove_members: list[str] = [],  # noqa: B006
         replace_members: list[Member] | None = None,
+        relink: bool = False,
+        native_id: str | None = None,
     ) -> Row:
+        """Settle an update; with `relink`, the resource's native id becomes `native_id` (None: no app record now)."""
         async def work(conn: asyncpg.Connection) -> Row:
             entry = await self._entry(conn, seq)
             app, rid = entry["app"], entry["resource_id"]
@@ -359,6 +362,11 @@ class PostgresStore:
                 " WHERE id = $4 RETURNING *",
                 data, now, unique_key, rid,
             )
+            if relink:
+                try:
+                    rec = await conn.fetchrow("UPDATE resources SET native_id = $1 WHERE id = $2 RETURNING *", native_id, rid)
+                except asyncpg.UniqueViolationError as exc:
+                    raise NativeConflict(str(exc)) from None
             if replace_members is not None:
                 await conn.execute("DELETE FROM members WHERE app = $1 AND group_id = $2", app, rid)
                 await self._add_members(conn, app, rid, replace_members)

@@ -191,7 +191,7 @@ class SqliteStore:
 
         return await self._tx(work)
 
-    async def settle_create(self, seq: int, native_id: str, data: dict[str, Any], members: list[Member]) -> Row:
+    async def settle_create(self, seq: int, native_id: str | None, data: dict[str, Any], members: list[Member]) -> Row:
         async def work(db: aiosqlite.Connection) -> Row:
             entry = await self._entry(db, seq)
             try:
@@ -276,7 +276,10 @@ class SqliteStore:
         add_members: list[Member] = [],  # noqa: B006 - never mutated
         remove_members: list[str] = [],  # noqa: B006
         replace_members: list[Member] | None = None,
+        relink: bool = False,
+        native_id: str | None = None,
     ) -> Row:
+        """Settle an update; with `relink`, the resource's native id becomes `native_id` (None: no app record now)."""
         async def work(db: aiosqlite.Connection) -> Row:
             entry = await self._entry(db, seq)
             app, rid = entry["app"], entry["resource_id"]
@@ -285,6 +288,11 @@ class SqliteStore:
                 " WHERE id = ?",
                 (_dumps(data), now, unique_key, rid),
             )
+            if relink:
+                try:
+                    await db.execute("UPDATE resources SET native_id = ? WHERE id = ?", (native_id, rid))
+                except sqlite3.IntegrityError as exc:
+                    raise NativeConflict(str(exc)) from None
             if replace_members is not None:
                 await db.execute("DELETE FROM members WHERE app = ? AND group_id = ?", (app, rid))
                 await self._add_members(db, app, rid, replace_members)

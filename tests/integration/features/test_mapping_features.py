@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
-from gateway.app import create_app
+from gateway.app import APPS, create_app
 from gateway.settings import GatewaySettings
 from tests.conftest import GROUP_URN, PATCH_URN, TOKEN, USER_URN, Scim
 from tests.demo_rows import q
@@ -25,6 +25,11 @@ CREATE TABLE staff (id INTEGER PRIMARY KEY, login TEXT NOT NULL UNIQUE COLLATE N
   dept_code TEXT, cost_center TEXT, hired TEXT, badges TEXT, mailbox TEXT, source TEXT, enabled INTEGER);
 CREATE TABLE crews (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, member_ids TEXT);
 """
+LEASE_DDL = """
+CREATE TABLE accounts (id INTEGER PRIMARY KEY, login TEXT NOT NULL UNIQUE COLLATE NOCASE, title TEXT);
+CREATE TABLE squads (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE squad_members (squad_id INTEGER NOT NULL, account_id INTEGER NOT NULL, PRIMARY KEY (squad_id, account_id));
+"""
 CREWS_DDL = """
 CREATE TABLE people (id INTEGER PRIMARY KEY, login TEXT NOT NULL UNIQUE COLLATE NOCASE, title TEXT, team_ids TEXT);
 CREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
@@ -35,7 +40,7 @@ CREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
-    for name, ddl in (("acme.db", ACME_DDL), ("crews.db", CREWS_DDL)):
+    for name, ddl in (("acme.db", ACME_DDL), ("crews.db", CREWS_DDL), ("lease.db", LEASE_DDL)):
         db = sqlite3.connect(d / name)
         db.executescript(ddl)
         db.close()
@@ -45,9 +50,9 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 async def client(aiohttp_client: Any, data_dir: Path) -> AsyncIterator[TestClient]:
     settings = GatewaySettings(
-        mappings=[HERE / "acme.yaml", HERE / "crews.yaml"],
+        mappings=[HERE / "acme.yaml", HERE / "crews.yaml", HERE / "lease.yaml"],
         data_dir=data_dir,
-        extra_tokens={"acme": [SecretStr(TOKEN)], "crews": [SecretStr(TOKEN)]},
+        extra_tokens={"acme": [SecretStr(TOKEN)], "crews": [SecretStr(TOKEN)], "lease": [SecretStr(TOKEN)]},
     )
     yield await aiohttp_client(create_app(settings))
 
@@ -60,6 +65,11 @@ def acme(client: TestClient) -> Scim:
 @pytest.fixture
 def crews(client: TestClient) -> Scim:
     return Scim(client, base="/apps/crews/scim/v2")
+
+
+@pytest.fixture
+def lease(client: TestClient) -> Scim:
+    return Scim(client, base="/apps/lease/scim/v2")
 
 
 def rows(data_dir: Path, db: str, sql: str, *args: Any) -> list[sqlite3.Row]:
@@ -190,3 +200,71 @@ async def test_cached_reads_answer_from_the_gateway_copy(crews: Scim, data_dir: 
     assert resp.status == 200 and patched["title"] == "Lead"
     assert rows(data_dir, "crews.db", "SELECT title FROM people")[0][0] == "Lead"
 
+
+
+async def test_deactivate_by_delete_removes_the_app_record_and_reactivation_recreates_it(lease: Scim, data_dir: Path) -> None:
+    def accounts() -> dict[str, tuple[int, str | None]]:
+        return {r["login"]: (r["id"], r["title"]) for r in rows(data_dir, "lease.db", "SELECT * FROM accounts")}
+
+    def squad_logins() -> list[str]:
+        return [r[0] for r in rows(data_dir, "lease.db", "SELECT a.login FROM squad_members m JOIN accounts a ON a.id = m.account_id")]
+
+    _, ann = await lease.post("/Users", {"schemas": [USER_URN], "userName": "ann", "title": "Clerk", "active": True})
+    _, squad = await lease.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Night", "members": [{"value": ann["id"]}]})
+    assert squad_logins() == ["ann"]
+
+    # Entra's deactivation: the app's record goes, the SCIM resource stays (inactive, still in its group)
+    resp, got = await lease.patch(f"/Users/{ann['id']}", [{"op": "Replace", "path": "active", "value": "False"}])
+    assert resp.status == 200 and got["active"] is False
+    assert accounts() == {} and squad_logins() == []
+    _, got = await lease.get(f"/Users/{ann['id']}")
+    assert got["active"] is False and got["title"] == "Clerk" and [g["value"] for g in got["groups"]] == [squad["id"]]
+    _, found = await lease.get("/Users?filter=" + q('userName eq "ann"'))
+    assert [u["id"] for u in found["Resources"]] == [ann["id"]]
+
+    # a change while inactive lives in the gateway's copy only...
+    resp, got = await lease.patch(f"/Users/{ann['id']}", [{"op": "replace", "path": "title", "value": "Lead"}])
+    assert resp.status == 200 and got["title"] == "Lead" and accounts() == {}
+    # ...and reactivation creates the record again, with it, back in its group
+    resp, got = await lease.patch(f"/Users/{ann['id']}", [{"op": "replace", "path": "active", "value": True}])
+    assert resp.status == 200 and got["active"] is True and got["id"] == ann["id"]
+    assert accounts()["ann"][1] == "Lead"
+    assert squad_logins() == ["ann"]
+    resp, got = await lease.patch(f"/Users/{ann['id']}", [{"op": "replace", "path": "title", "value": "Chief"}])
+    assert accounts()["ann"][1] == "Chief", "writes reach the re-created record"
+
+
+async def test_an_inactive_create_makes_no_app_record_until_activated(lease: Scim, data_dir: Path) -> None:
+    _, bob = await lease.post("/Users", {"schemas": [USER_URN], "userName": "bob", "active": False})
+    assert rows(data_dir, "lease.db", "SELECT * FROM accounts") == []
+    resp, _ = await lease.post("/Users", {"schemas": [USER_URN], "userName": "BOB"})
+    assert resp.status == 409, "the name is held while inactive"
+    await lease.patch(f"/Users/{bob['id']}", [{"op": "replace", "value": {"active": True}}])
+    assert [r["login"] for r in rows(data_dir, "lease.db", "SELECT * FROM accounts")] == ["bob"]
+    await lease.patch(f"/Users/{bob['id']}", [{"op": "replace", "value": {"active": False}}])
+    resp, _ = await lease.delete(f"/Users/{bob['id']}")
+    assert resp.status == 204
+    resp, _ = await lease.get(f"/Users/{bob['id']}")
+    assert resp.status == 404
+
+
+async def test_a_deactivation_by_delete_cut_short_is_finished_by_recovery(
+    lease: Scim, client: TestClient, aiohttp_client: Any, data_dir: Path
+) -> None:
+    _, ann = await lease.post("/Users", {"schemas": [USER_URN], "userName": "ann"})
+    runtime = client.app[APPS]["lease"]
+    store, connector = runtime.provisioner.store, runtime.connector
+    row = await store.get("lease", "User", ann["id"])
+    assert row is not None and row.native_id is not None
+    await store.begin_write("lease", "User", ann["id"], "update", if_match=row.version, payload={"relink": "drop"})
+    await connector.delete("User", row.native_id)  # the crash comes here: the app's record is gone, nothing settled
+    await client.close()
+    settings = GatewaySettings(
+        mappings=[HERE / "acme.yaml", HERE / "crews.yaml", HERE / "lease.yaml"], data_dir=data_dir,
+        extra_tokens={"lease": [SecretStr(TOKEN)]},
+    )
+    again = Scim(await aiohttp_client(create_app(settings)), base="/apps/lease/scim/v2")
+    resp, got = await again.get(f"/Users/{ann['id']}")
+    assert resp.status == 200 and got["active"] is False, got
+    resp, got = await again.patch(f"/Users/{ann['id']}", [{"op": "replace", "path": "active", "value": True}])
+    assert resp.status == 200 and [r["login"] for r in rows(data_dir, "lease.db", "SELECT login FROM accounts")] == ["ann"]
