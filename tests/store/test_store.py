@@ -115,6 +115,24 @@ async def test_version_check(store: Store) -> None:
         await store.begin_write("app", "User", "u1", "update", if_match=1)
 
 
+async def test_an_update_can_relink_the_native_id(store: Store) -> None:
+    """deactivate: {via: delete}: the native link is dropped, later set to the re-created record; it stays one-to-one."""
+    await make(store, "u1", "ann", "10")
+    await make(store, "u2", "bob", "20")
+    seq, row = await store.begin_write("app", "User", "u1", "update", if_match=1, payload={"relink": "drop"})
+    row = await store.settle_update(seq, {"userName": "ann", "active": False}, NOW, "ann", relink=True, native_id=None)
+    assert (row.native_id, row.version) == (None, 2)
+    assert await store.by_native("app", "User", "10") is None
+    assert await store.native_ids("app", "User", ["u1"]) == {"u1": ("User", None)}
+    seq, _ = await store.begin_write("app", "User", "u1", "update", if_match=2)
+    with pytest.raises(NativeConflict):
+        await store.settle_update(seq, {"userName": "ann"}, NOW, "ann", relink=True, native_id="20")  # bob's record
+    await store.abort(seq, "the app answered with another resource's id")
+    seq, _ = await store.begin_write("app", "User", "u1", "update", if_match=2)
+    row = await store.settle_update(seq, {"userName": "ann", "active": True}, NOW, "ann", relink=True, native_id="11")
+    assert row.native_id == "11" and (await store.by_native("app", "User", "11")).id == "u1"  # type: ignore[union-attr]
+
+
 async def test_unsettled_writes_survive_a_restart_as_pending(new_store: StoreFactory) -> None:
     first = new_store()
     await first.open()
