@@ -12,9 +12,8 @@ learns which.
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from ..connectors.base import Connector, NativeId, Record
@@ -112,29 +111,34 @@ class GroupFieldMembership(Membership):
         return self.connector.plan("create" if native_id is None else "update", self.kind, native_id, record)
 
 
+UserGuard = Callable[[NativeId], AbstractAsyncContextManager[None]]
+
+
+@asynccontextmanager
+async def _unguarded(_user: NativeId) -> AsyncIterator[None]:
+    yield
+
+
 class UserFieldMembership(Membership):
     """Each user record's `field` lists the native ids of its groups.
 
-    Adding a member is a read-modify-write of that user's record, so writes to
-    one user's list are serialized here (one process; several processes rely on
-    the app's own last-write-wins, a known limit noted in the docs).
+    Adding a member is a read-modify-write of that user's record, so each edit
+    runs under `guard(user)`: the provisioner claims the user in the
+    correlation store, which serializes edits of one user's list across
+    requests and across processes.
     """
 
-    def __init__(self, connector: Connector, kind: str, field: str, ids: IdList, user_kind: str = "User") -> None:
+    def __init__(
+        self, connector: Connector, kind: str, field: str, ids: IdList, user_kind: str = "User", guard: UserGuard = _unguarded
+    ) -> None:
         super().__init__(connector, kind)
         self.field = field
         self.ids = ids
         self.user_kind = user_kind
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    def _lock(self, user: NativeId) -> asyncio.Lock:
-        lock = self._locks.get(user)
-        if lock is None:
-            lock = self._locks[user] = asyncio.Lock()
-        return lock
+        self.guard = guard
 
     async def _edit(self, user: NativeId, group: NativeId, present: bool) -> None:
-        async with self._lock(user):
+        async with self.guard(user):
             record = await self.connector.get(self.user_kind, user)
             if record is None:
                 return  # the user is gone from the app: it is in no group
@@ -192,11 +196,11 @@ class UserFieldMembership(Membership):
         return calls
 
 
-def create_membership(connector: Connector, kind: str, config: MembersConfig | None) -> Membership:
+def create_membership(connector: Connector, kind: str, config: MembersConfig | None, guard: UserGuard = _unguarded) -> Membership:
     if config is None or config.via == "connector":
         return Membership(connector, kind)
     assert config.field is not None
     ids = IdList(config.separator)
     if config.via == "group_field":
         return GroupFieldMembership(connector, kind, config.field, ids)
-    return UserFieldMembership(connector, kind, config.field, ids)
+    return UserFieldMembership(connector, kind, config.field, ids, guard=guard)

@@ -14,7 +14,8 @@ import copy
 import logging
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,7 +96,7 @@ class Provisioner:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._inflight: set[int] = set()  # journal entries this process is working on right now
         self.memberships: dict[str, Membership] = {
-            kind: create_membership(connector, kind, cres.members) for kind, cres in mapping.resources.items()
+            kind: create_membership(connector, kind, cres.members, self._user_claim) for kind, cres in mapping.resources.items()
         }
 
     def resource(self, kind: str) -> CompiledResource:
@@ -567,6 +568,24 @@ class Provisioner:
 
             await self._run_claimed(seq, f"deleting {kind} {rid}", call, settle)
         await self._forget_references(kind, rid)
+
+    @asynccontextmanager
+    async def _user_claim(self, native_id: str) -> AsyncIterator[None]:
+        """Hold a user while its group list (membership via: user_field) is edited: one edit at a time, in every process.
+
+        Its groups change, so settling makes a new version of the user.
+        """
+        row = await self.store.by_native(self.app, "User", native_id)
+        if row is None:  # a user the gateway does not know: nothing to serialize against
+            yield
+            return
+        seq, claimed = await self._claim("User", row.id, "update", payload={"membership": True})
+        try:
+            yield
+        except BaseException:
+            await self.store.abort(seq, "membership edit failed")
+            raise
+        await self.store.settle_update(seq, claimed.data, utc_now(), claimed.unique_key)
 
     async def _rejoin_groups(self, rid: str, native_id: str) -> None:
         """A user created again in the app (reactivation) rejoins the groups the gateway still lists it in."""
