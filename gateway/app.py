@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from .connectors.base import AppContext, Connector
+from .connectors.errors import AppError, ConnectorSetupError
 from .connectors.registry import ConnectorRegistry, load_registry
 from .mapping.compile import CompiledMapping, load_mapping
 from .mapping.loader import MappingFileError, Problem
@@ -113,7 +114,16 @@ def _connector_ctx(mapping: CompiledMapping):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         connector = mapping.connector_cls(mapping.connector_config, AppContext(mapping.app, settings.data_dir))
-        await connector.open()
+        try:
+            await connector.open()
+        except BaseException as exc:
+            # aiohttp's run_app does not clean up after a failed start-up: close what already opened
+            # (the store, earlier apps' connectors), or their threads and sockets keep the process alive.
+            await app.cleanup()
+            if isinstance(exc, ConnectorSetupError | AppError):
+                detail = exc.detail if isinstance(exc, AppError) else str(exc)
+                raise ConnectorSetupError(f"app {mapping.app} ({mapping.file}): {detail}") from None
+            raise
         digests = list(mapping.token_digests)
         digests += [hashlib.sha256(t.get_secret_value().encode()).digest() for t in settings.extra_tokens.get(mapping.app, [])]
         if not digests:

@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .app import create_app
+    from .connectors.errors import ConnectorSetupError
     from .demo import DEMO_TOKEN, demo_mapping_path, ensure_demo_database
     from .mapping.loader import MappingFileError
     from .settings import GatewaySettings
@@ -112,6 +113,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     except StoreUnavailable as exc:
         print(f"cannot open the correlation store: {exc}", file=sys.stderr)
+        return 1
+    except ConnectorSetupError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (choose another with --port)", file=sys.stderr)

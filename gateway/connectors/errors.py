@@ -7,6 +7,10 @@ translation to status and scimType lives in one place, the provisioner.
 from __future__ import annotations
 
 
+class ConnectorSetupError(RuntimeError):
+    """open() cannot use the options as given (a reference that resolves to nothing, a table that is not there)."""
+
+
 class AppError(Exception):
     """The app refused or failed an operation. `detail` must carry no secret."""
 

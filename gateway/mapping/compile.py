@@ -36,6 +36,7 @@ from ..scim.schema import (
     group_resource_type,
     user_resource_type,
 )
+from ..secrets import SecretRef
 from .loader import Document, Loc, MappingFileError, Problem, read_document
 from .model import AttributeRule, DeactivateConfig, MappingConfig, MembersConfig, ResourceConfig
 from .transforms import TemplateEnvironment, create_environment
@@ -414,6 +415,12 @@ def compile_mapping(doc: Document, registry: ConnectorRegistry, *, require_secre
             name, rtype, rules, match_rule, DEFAULT_MATCH[name], rc.delete, rc.members,
             deactivate=rc.deactivate, reads_live=rc.reads == "live" and caps.read, pushdown=pushdown, computed=computed,
         )
+    if require_secrets:
+        for loc, ref in _secret_refs(connector_config, ("connector",)):
+            try:
+                ref.resolve()
+            except ValueError as exc:
+                problems.append(doc.problem(loc, str(exc)))
     digests = []
     for i, token in enumerate(config.auth.bearer):
         digest = token.digest() if require_secrets or token.sha256 else b""
@@ -427,6 +434,19 @@ def compile_mapping(doc: Document, registry: ConnectorRegistry, *, require_secre
     if problems:
         raise MappingFileError(problems)
     return CompiledMapping(doc.file, config, connector_cls, connector_config, resources, digests)
+
+
+def _secret_refs(value: Any, loc: Loc) -> list[tuple[Loc, SecretRef]]:
+    """Every secret reference inside a connector's options, with where it sits (checked at load, never at request time)."""
+    if isinstance(value, SecretRef):
+        return [(loc, value)]
+    if isinstance(value, BaseModel):
+        return [found for name in type(value).model_fields for found in _secret_refs(getattr(value, name), (*loc, name))]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _secret_refs(item, (*loc, key))]
+    if isinstance(value, list | tuple):
+        return [found for i, item in enumerate(value) for found in _secret_refs(item, (*loc, i))]
+    return []
 
 
 def load_mapping(path: Path, registry: ConnectorRegistry, *, require_secrets: bool = True) -> CompiledMapping:

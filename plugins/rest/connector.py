@@ -26,7 +26,15 @@ from pydantic import BaseModel, SecretStr
 from yarl import URL
 
 from gateway.connectors.base import AppContext, Capabilities, Connector, NativeId, Record
-from gateway.connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
+from gateway.connectors.errors import (
+    AppBadResponse,
+    AppConflict,
+    AppError,
+    AppInvalid,
+    AppNotFound,
+    AppUnavailable,
+    ConnectorSetupError,
+)
 from gateway.secrets import SecretRef
 
 from .config import (
@@ -58,7 +66,7 @@ BACKOFF_BASE = 0.25  # seconds before the first retry; doubled each time, with j
 DEFAULT_TOKEN_LIFETIME = 3600.0  # seconds, for a token endpoint that names no expires_in
 
 
-class RestSetupError(RuntimeError):
+class RestSetupError(ConnectorSetupError):
     """The config cannot be used as given (a secret reference that resolves to nothing, a bad base URL): raised by open()."""
 
 

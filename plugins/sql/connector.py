@@ -57,7 +57,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.connectors.base import AppContext, Capabilities, Connector, NativeId, Record
-from gateway.connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
+from gateway.connectors.errors import (
+    AppBadResponse,
+    AppConflict,
+    AppError,
+    AppInvalid,
+    AppNotFound,
+    AppUnavailable,
+    ConnectorSetupError,
+)
 
 from .config import SecretRef, SqlConnectorConfig, SqlTableConfig, statement_params, template_fields
 
@@ -80,7 +88,7 @@ SchemaProblem = tuple[Loc, str]
 _T = TypeVar("_T")
 
 
-class SqlSetupError(RuntimeError):
+class SqlSetupError(ConnectorSetupError):
     """The config does not fit the database (missing table or column, unusable DSN): raised by open()."""
 
     def __init__(self, message: str, problems: list[SchemaProblem] | None = None) -> None:

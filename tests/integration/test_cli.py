@@ -68,3 +68,37 @@ def test_a_busy_port_is_a_clear_message_not_a_traceback(tmp_path: Path, capsys: 
         assert main(["serve", "--port", str(port), "--data-dir", str(tmp_path), "--token", "t"]) == 1
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "Traceback" not in err
+
+
+def test_serve_names_every_unset_connector_secret_before_starting(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HR_API_URL", "HR_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HR_SCIM_TOKEN", "t")
+    assert main(["serve", "--config", str(ROOT / "mappings" / "hr_rest.yaml"), "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"hr_rest.yaml:\d+:\d+: connector.base_url: environment variable HR_API_URL is not set", err), err
+    assert re.search(r"hr_rest.yaml:\d+:\d+: connector.auth.key: environment variable HR_API_KEY is not set", err), err
+    assert "2 problem(s): not starting" in err
+
+
+def test_serve_stops_with_one_line_when_the_app_does_not_fit_its_mapping(tmp_path: Path) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    mapping = tmp_path / "typo.yaml"
+    mapping.write_text(
+        "app: typo\nconnector:\n  type: sql\n  dsn: \"sqlite:///{data_dir}/typo.db\"\n  tables:\n    User: {table: employes, key: id}\n"
+        "resources:\n  User:\n    attributes:\n      - {scim: userName, field: login}\n"
+    )
+    (tmp_path / "data").mkdir()
+    db = sqlite3.connect(tmp_path / "data" / "typo.db")
+    db.executescript("CREATE TABLE employees (id INTEGER PRIMARY KEY, login TEXT);")
+    db.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(mapping), "--data-dir", str(tmp_path / "data"), "--token", "t", "--port", "0"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert done.returncode == 1
+    assert "cannot start: app typo (" in done.stderr and "no table 'employes' (did you mean employees?)" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
