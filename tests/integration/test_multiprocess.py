@@ -271,3 +271,45 @@ async def test_a_store_that_goes_away_answers_503_with_retry_after(aiohttp_clien
         assert resp.status == 200 and (await resp.json())["totalResults"] == 1
     finally:
         await proxy.stop()
+
+
+async def test_group_lists_on_one_user_record_lose_no_edit_across_processes(
+    tmp_path: Path, pg_database: str, session: aiohttp.ClientSession
+) -> None:
+    """membership via: user_field (the CRM keeps each person's roles on the person): groups created at once
+    through two processes, all naming one person, leave every role on that person's record."""
+    from tests.conformance.conftest import _start_fake
+    from tests.fakes.crm_app import CLIENT_SECRET
+
+    root = Path(__file__).resolve().parents[2]
+    fake, port = _start_fake("crm", tmp_path / "fake.log")
+    api = f"http://127.0.0.1:{port}"
+    env = {"CRM_API_URL": f"{api}/api/v1", "CRM_TOKEN_URL": f"{api}/oauth/token", "CRM_CLIENT_SECRET": CLIENT_SECRET, "CRM_SCIM_TOKEN": TOKEN}
+    a, b = (LiveGateway(tmp_path / name, token="", app="crm", env=env) for name in ("a", "b"))
+    args = ("--config", str(root / "mappings" / "crm_rest.yaml"), "--store", pg_url(pg_database))
+    try:
+        await asyncio.gather(asyncio.to_thread(a.start, *args), asyncio.to_thread(b.start, *args))
+        status, person, _ = await call(session, "POST", f"{a.base_url}/Users", user_body("shared@crm.example"))
+        assert status == 201, person
+        results = await asyncio.gather(*(
+            call(session, "POST", f"{(a, b)[i % 2].base_url}/Groups",
+                 {"schemas": [GROUP_URN], "displayName": f"Role {i}", "members": [{"value": person["id"]}]})
+            for i in range(12)
+        ))
+        assert [s for s, _, _ in results] == [201] * 12, results
+        for gateway in (a, b):
+            _, got, _ = await call(session, "GET", f"{gateway.base_url}/Users/{person['id']}")
+            assert sorted(g["display"] for g in got["groups"]) == sorted(f"Role {i}" for i in range(12))
+        # ...and the app itself, asked directly with a token of its own
+        form = {"grant_type": "client_credentials", "client_id": "gateway", "client_secret": CLIENT_SECRET}
+        async with session.post(f"{api}/oauth/token", data=form) as resp:
+            token = (await resp.json())["access_token"]
+        async with session.get(f"{api}/api/v1/people", params={"username": "shared@crm.example"}, headers={"Authorization": f"Bearer {token}"}) as resp:
+            [record] = (await resp.json())["items"]
+        async with session.get(f"{api}/api/v1/roles", headers={"Authorization": f"Bearer {token}"}) as resp:
+            roles = (await resp.json())["items"]
+        assert sorted(record["roles"]) == sorted(r["id"] for r in roles) and len(roles) == 12, (record, roles)
+    finally:
+        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
+        fake.terminate()
+        fake.wait(timeout=10)
