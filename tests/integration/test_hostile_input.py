@@ -146,15 +146,40 @@ class Reply:
         return f"{self.method} {self.url[:300]} body={str(self.sent)[:500]!r} -> {self.status} {self.content_type} {self.text[:500]}"
 
 
-class Gateway:
-    """The demo gateway on a private event loop, plus sync views of its two databases."""
+class PgView:
+    """A sync view of the PostgreSQL store with sqlite3's execute(sql, args) shape, on the gateway's private loop."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, gateway: Gateway, url: str) -> None:
+        import asyncpg
+
+        self.gateway = gateway
+        self.conn = gateway.run(asyncpg.connect(url))
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        parts = sql.split("?")
+        numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        return [tuple(r) for r in self.gateway.run(self.conn.fetch(numbered, *args))]
+
+    def close(self) -> None:
+        self.gateway.run(self.conn.close())
+
+
+class _Rows(list):  # type: ignore[type-arg]
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self)
+
+
+class Gateway:
+    """The demo gateway on a private event loop, plus sync views of its two databases (the store: SQLite or PostgreSQL)."""
+
+    def __init__(self, root: Path, store_overrides: dict[str, Any] | None = None) -> None:
         self.data_dir = root / "data"
+        self.store_overrides = store_overrides or {}
         self.loop = asyncio.new_event_loop()
         self.client: TestClient = self.run(self._start())
         self.app_db = sqlite3.connect(self.data_dir / "demo.db")
-        self.store_db = sqlite3.connect(self.data_dir / "gateway.db")
+        url = self.store_overrides.get("store_url")
+        self.store_db: Any = sqlite3.connect(self.data_dir / "gateway.db") if url is None else _PgStoreDb(PgView(self, url.get_secret_value()))
         self.ids: dict[str, str] = {}
         self._serial = itertools.count(1)
         self.ensure_victims()
@@ -163,7 +188,7 @@ class Gateway:
         return self.loop.run_until_complete(coro)
 
     async def _start(self) -> TestClient:
-        client = TestClient(TestServer(create_app(demo_settings(self.data_dir))))
+        client = TestClient(TestServer(create_app(demo_settings(self.data_dir, **self.store_overrides))))
         await client.start_server()
         return client
 
@@ -321,9 +346,22 @@ def assert_reads_back(gw: Gateway, kind: str, reply: Reply) -> None:
     assert got.data == reply.data, (reply, got)
 
 
+class _PgStoreDb:
+    """What the checks below call on the store: execute(...) with iteration and fetchall(), close()."""
+
+    def __init__(self, view: PgView) -> None:
+        self.view = view
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> _Rows:
+        return _Rows(self.view.execute(sql, args))
+
+    def close(self) -> None:
+        self.view.close()
+
+
 @pytest.fixture
-def gw(tmp_path: Path) -> Iterator[Gateway]:
-    gateway = Gateway(tmp_path)
+def gw(tmp_path: Path, store_overrides: dict[str, Any]) -> Iterator[Gateway]:
+    gateway = Gateway(tmp_path, store_overrides)
     try:
         yield gateway
     finally:
@@ -546,6 +584,7 @@ def filters(kind: str) -> st.SearchStrategy[str]:
 # ---------------------------------------------------------------- property: filters
 
 
+@pytest.mark.both_stores  # the same attacks on the SQLite and the PostgreSQL store
 @hostile(max_examples=600)
 @given(data=st.data())
 def test_filters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
@@ -645,6 +684,7 @@ def patch_bodies(ids: dict[str, str]) -> st.SearchStrategy[Any]:
 # ---------------------------------------------------------------- property: PATCH
 
 
+@pytest.mark.both_stores  # the same attacks on the SQLite and the PostgreSQL store
 @hostile(max_examples=600)
 @given(data=st.data())
 def test_patch_never_5xx_and_refusals_change_nothing(gw: Gateway, data: st.DataObject) -> None:
@@ -687,6 +727,7 @@ def resource_bodies(kind: str, ids: dict[str, str]) -> st.SearchStrategy[Any]:
     )
 
 
+@pytest.mark.both_stores  # the same attacks on the SQLite and the PostgreSQL store
 @hostile(max_examples=500)
 @given(data=st.data())
 def test_post_and_put_bodies_never_5xx(gw: Gateway, data: st.DataObject) -> None:
@@ -728,6 +769,7 @@ params_strategy = st.lists(st.sampled_from(PARAM_NAMES), max_size=5, unique=True
     lambda keys: st.fixed_dictionaries({k: param_values(k) for k in keys}))
 
 
+@pytest.mark.both_stores  # the same attacks on the SQLite and the PostgreSQL store
 @hostile(max_examples=400)
 @given(data=st.data())
 def test_query_parameters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
@@ -814,6 +856,7 @@ def bulk_bodies(ids: dict[str, str]) -> st.SearchStrategy[Any]:
     )
 
 
+@pytest.mark.both_stores  # the same attacks on the SQLite and the PostgreSQL store
 @hostile(max_examples=500)
 @given(data=st.data())
 def test_bulk_never_5xx(gw: Gateway, data: st.DataObject) -> None:
@@ -848,6 +891,7 @@ segment = st.one_of(
 )
 
 
+@pytest.mark.both_stores  # the same attacks on the SQLite and the PostgreSQL store
 @hostile(max_examples=400)
 @given(data=st.data())
 def test_raw_paths_never_5xx(gw: Gateway, data: st.DataObject) -> None:
@@ -870,6 +914,7 @@ def test_raw_paths_never_5xx(gw: Gateway, data: st.DataObject) -> None:
 header_bytes = st.binary(max_size=40).map(lambda b: bytes(c for c in b if c >= 0x20 and c != 0x7F))
 
 
+@pytest.mark.both_stores  # the same attacks on the SQLite and the PostgreSQL store
 @hostile(max_examples=200)
 @given(data=st.data())
 def test_raw_header_bytes_never_5xx(gw: Gateway, data: st.DataObject) -> None:
