@@ -297,3 +297,19 @@ async def test_app_conflict_is_uniqueness(scim: Scim, state: HrState) -> None:
     assert (resp.status, data["scimType"]) == (409, "uniqueness"), data
     assert "login already taken" in data["detail"]
     assert state.user_by_login("second@contoso.com") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [('{"id": 7, "login": "trunc', "not JSON"), ('{"login": "noid@contoso.com"}', "no id"), ("[]", "id")],
+    ids=["truncated-json", "missing-id", "not-an-object"],
+)
+async def test_app_garbage_on_create_is_502_naming_it_and_nothing_recorded(
+    scim: Scim, client: TestClient, state: HrState, body: str, named: str
+) -> None:
+    state.fault("POST", "/users", status=201, body=body)
+    resp, data = await scim.post("/Users", entra_user("noid@contoso.com", "No", "Id"))
+    assert resp.status == 502, data
+    assert data["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"] and named in data["detail"], data
+    assert "hr-api-key" not in data["detail"]
+    await assert_nothing_recorded(scim, client)
