@@ -26,6 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from gateway.connectors import AppConflict, AppContext, AppInvalid, AppNotFound, AppUnavailable, Record
 from tests.conftest import free_port
+from tests.proxy import TcpProxy
 from tests.services import (
     create_mariadb_database,
     create_pg_database,
@@ -641,47 +642,6 @@ async def test_check_schema_on_a_fitting_database_is_empty(staff: SqlConnector) 
 # ---------------------------------------------------------------- a server that is down, or comes back
 
 
-class Proxy:
-    """A TCP relay in front of the database, so a test can take the server away and bring it back."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self.writers:
-            writer.close()
-        await self.server.wait_closed()
-        self.writers.clear()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self.writers += [writer, up_writer]
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
 @pytest.mark.parametrize("server", ["postgresql", "mariadb"])
 async def test_a_closed_port_is_unavailable(server: str, tmp_path: Path) -> None:
     port = free_port()
@@ -699,7 +659,7 @@ async def test_a_server_that_goes_away_is_unavailable_until_it_is_back(server: s
     from tests.services import MARIADB_HOST, MARIADB_PORT, PG_HOST, PG_PORT
 
     db, name = await fresh_database(server, tmp_path, HR[server])
-    proxy = Proxy((PG_HOST, PG_PORT) if server == "postgresql" else (MARIADB_HOST, MARIADB_PORT))
+    proxy = TcpProxy((PG_HOST, PG_PORT) if server == "postgresql" else (MARIADB_HOST, MARIADB_PORT))
     await proxy.start()
     via_proxy = db.dsn.replace(f":{PG_PORT if server == 'postgresql' else MARIADB_PORT}/", f":{proxy.port}/")
     connector = await opened(via_proxy, HR_TABLES, tmp_path, timeout=2)
@@ -721,7 +681,7 @@ async def test_a_server_that_goes_away_is_unavailable_until_it_is_back(server: s
         assert await db.rows("SELECT login FROM employees ORDER BY emp_no") == [("before",), ("after",)]
     finally:
         await connector.close()
-        if proxy.server is not None and proxy.server.is_serving():
+        if proxy.serving:
             await proxy.stop()
         await drop(server, name)
 

@@ -9,6 +9,7 @@ read past the gateway.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,16 @@ from sqlalchemy.pool import NullPool
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import ENTERPRISE_URN, GROUP_URN, TOKEN, USER_URN, Scim
+from tests.conftest import ENTERPRISE_URN, GROUP_URN, PATCH_URN, TOKEN, USER_URN, Scim
 from tests.demo_rows import q
 from tests.idp import PASSWORD, entra_user, okta_user
+from tests.proxy import TcpProxy
 from tests.services import (
     MARIADB_HOST,
     MARIADB_PORT,
     MARIADB_USER,
+    PG_HOST,
+    PG_PORT,
     create_mariadb_database,
     create_pg_database,
     drop_mariadb_database,
@@ -37,6 +41,7 @@ from tests.services import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
 MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
 
 # Per app: how its rows read as one normalized user (login, given, family, display, email, title, active, manager login).
@@ -123,11 +128,11 @@ async def load_ddl(app: str, database: str) -> None:
         conn.close()
 
 
-@pytest.fixture(params=["legacy_pg", "legacy_mariadb"])
-async def legacy(
-    request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@asynccontextmanager
+async def serve_legacy(
+    app: str, aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: TcpProxy | None = None
 ) -> AsyncIterator[Legacy]:
-    app = str(request.param)
+    """The example app's schema in a fresh database, served by a gateway (through `proxy` when given)."""
     if app == "legacy_pg":
         database = await create_pg_database()
         dsn = pg_url(database, "postgresql+asyncpg")
@@ -137,7 +142,11 @@ async def legacy(
     try:
         await load_ddl(app, database)
         env = app.upper()
-        monkeypatch.setenv(f"{env}_DSN", dsn)
+        if proxy is not None:
+            host, port = proxy.target
+            monkeypatch.setenv(f"{env}_DSN", dsn.replace(f"@{host}:{port}/", f"@127.0.0.1:{proxy.port}/"))
+        else:
+            monkeypatch.setenv(f"{env}_DSN", dsn)
         monkeypatch.setenv(f"{env}_SCIM_TOKEN", "the-mapping's-own-token")
         settings = GatewaySettings(
             mappings=[ROOT / "mappings" / f"{app}.yaml"], data_dir=tmp_path, extra_tokens={app: [SecretStr(TOKEN)]}
@@ -147,6 +156,48 @@ async def legacy(
         await client.close()
     finally:
         await (drop_pg_database if app == "legacy_pg" else drop_mariadb_database)(database)
+
+
+@pytest.fixture(params=["legacy_pg", "legacy_mariadb"])
+async def legacy(
+    request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Legacy]:
+    async with serve_legacy(str(request.param), aiohttp_client, tmp_path, monkeypatch) as served:
+        yield served
+
+
+@pytest.mark.parametrize("app", ["legacy_pg", "legacy_mariadb"])
+async def test_the_database_going_away_is_503_and_loses_nothing_acknowledged(
+    app: str, aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = TcpProxy((PG_HOST, PG_PORT) if app == "legacy_pg" else (MARIADB_HOST, MARIADB_PORT))
+    await proxy.start()
+    try:
+        async with serve_legacy(app, aiohttp_client, tmp_path, monkeypatch, proxy) as legacy:
+            scim = legacy.scim
+            resp, kept = await scim.post("/Users", entra_user("kept@contoso.com", "Kept", "Safe"))
+            assert resp.status == 201, kept
+            await proxy.stop()
+            for method, path, body in (
+                ("POST", "/Users", entra_user("lost@contoso.com", "Lost", "Never")),
+                ("GET", f"/Users/{kept['id']}", None),
+                ("PATCH", f"/Users/{kept['id']}", {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "X"}]}),
+                ("DELETE", f"/Users/{kept['id']}", None),
+            ):
+                resp, err = await scim.request(method, path, body)
+                assert resp.status == 503, (method, path, err)
+                assert int(resp.headers["Retry-After"]) > 0 and err["schemas"] == [ERROR_URN], err
+            await proxy.start()  # the server is back: the pool heals, the IdP's retries go through
+            resp, got = await scim.get(f"/Users/{kept['id']}")
+            assert resp.status == 200 and got["title"] == "Engineer", got
+            resp, lost = await scim.post("/Users", entra_user("lost@contoso.com", "Lost", "Never"))
+            assert resp.status == 201, lost
+            _, listed = await scim.get("/Users")
+            assert sorted(u["userName"] for u in listed["Resources"]) == ["kept@contoso.com", "lost@contoso.com"]
+            assert await legacy.user("kept@contoso.com") is not None and await legacy.user("lost@contoso.com") is not None
+    finally:
+        if proxy.serving:
+            await proxy.stop()
 
 
 # ---------------------------------------------------------------- Entra ID

@@ -19,8 +19,8 @@ from gateway.scim.schema import ENTERPRISE_USER, user_resource_type
 from gateway.store.base import Busy, Member, NativeConflict, Query, Store, UniqueConflict, VersionMismatch
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
+from tests.proxy import TcpProxy
 from tests.services import create_pg_database, drop_pg_database, pg_url
-from tests.store.proxy import TcpProxy
 
 NOW = "2026-01-01T00:00:00.000000Z"
 USERS = user_resource_type()
@@ -395,9 +395,9 @@ async def test_pg_server_unreachable_is_store_unavailable() -> None:
 
 async def test_pg_server_going_away_is_store_unavailable_and_coming_back_heals(pg_database: str) -> None:
     from gateway.store.base import StoreUnavailable
-    from tests.services import PG_PORT, PG_USER
+    from tests.services import PG_HOST, PG_PORT, PG_USER
 
-    proxy = TcpProxy(PG_PORT)
+    proxy = TcpProxy((PG_HOST, PG_PORT))
     port = await proxy.start()
     store = PostgresStore(f"postgresql://{PG_USER}@127.0.0.1:{port}/{pg_database}", pool_size=2, connect_timeout=2)
     await store.open()
@@ -408,8 +408,7 @@ async def test_pg_server_going_away_is_store_unavailable_and_coming_back_heals(p
             await store.get("app", "User", "u1")
         with pytest.raises(StoreUnavailable):
             await store.begin_create("app", "User", "u2", "b", {"userName": "b"}, NOW)
-        proxy = TcpProxy(PG_PORT)
-        await proxy.start(port)
+        await proxy.start()
         assert (await store.get("app", "User", "u1")) is not None
     finally:
         await store.close()
