@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import logging
@@ -252,11 +253,21 @@ async def _connect_problems(doc, compiled, data_dir: Path) -> list:  # type: ign
         problems = [doc.problem(("connector", *loc), message) for loc, message in found]
         if open_error is not None and not found:
             problems.append(doc.problem(("connector",), f"cannot open: {open_error}"))
-        for kind, resource in compiled.resources.items():
-            for i, rule in enumerate(resource.rules):
-                if connector.has_field(kind, rule.field) is False:
-                    where = ("resources", kind, "attributes", i, "field")
-                    problems.append(doc.problem(where, f"the app's {kind} records have no field {rule.field!r}"))
+        for kind in compiled.resources:
+            known = connector.fields(kind)
+            if known is None:
+                continue
+            for i, rule in enumerate(compiled.config.resources[kind].attributes):  # every rule, computed fields too
+                if rule.field not in known:
+                    message = f"the app's {kind} records have no field {rule.field!r}"
+                    near = difflib.get_close_matches(rule.field, sorted(known), n=1)
+                    problems.append(doc.problem(("resources", kind, "attributes", i, "field"), message + (f" (did you mean {near[0]}?)" if near else "")))
+            members = compiled.config.resources[kind].members
+            if members is not None and members.field is not None:
+                holder = "User" if members.via == "user_field" else kind
+                holder_fields = connector.fields(holder)
+                if holder_fields is not None and members.field not in holder_fields:
+                    problems.append(doc.problem(("resources", kind, "members", "field"), f"the app's {holder} records have no field {members.field!r}"))
         return problems
     finally:
         await connector.close()

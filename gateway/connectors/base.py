@@ -120,8 +120,8 @@ class Connector(ABC):
         """
         return []
 
-    def has_field(self, kind: str, field: str) -> bool | None:
-        """For `scim-gateway check --connect`: whether records of `kind` have `field` in the live app.
+    def fields(self, kind: str) -> set[str] | None:
+        """For `scim-gateway check --connect`: the fields records of `kind` have in the live app.
 
         None when the connector cannot tell (the default); called after check_schema().
         """

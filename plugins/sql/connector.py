@@ -228,9 +228,9 @@ class SqlConnector(Connector):
                 await engine.dispose()
         return problems
 
-    def has_field(self, kind: str, field: str) -> bool | None:
-        fields = self._fields.get(kind)
-        return None if fields is None else field in fields
+    def fields(self, kind: str) -> set[str] | None:
+        found = self._fields.get(kind)
+        return None if found is None else set(found)
 
     def _new_engine(self) -> AsyncEngine:
         url = self._url()

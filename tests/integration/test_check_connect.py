@@ -65,7 +65,7 @@ async def test_misspelt_names_are_reported_at_their_lines(
          "the database has no table 'hr_org_units' (did you mean hr_org_unit?)"),
         (line_of(bad, "member_column: persn_id"), "connector.tables.Group.members.member_column: "
          "table 'hr_unit_member' has no column 'persn_id' (did you mean person_id?)"),
-        (line_of(bad, "field: surnam"), "resources.User.attributes[2].field: the app's User records have no field 'surnam'"),
+        (line_of(bad, "field: surnam"), "resources.User.attributes[2].field: the app's User records have no field 'surnam' (did you mean surname?)"),
     ]  # fmt: skip
     assert len(out) == len(expected), out
     for line, (number, message) in zip(out, expected, strict=True):
@@ -86,7 +86,7 @@ async def test_the_mariadb_example_and_a_missing_field(
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [
         f"{good}: ok (app legacy_mariadb: User, Group; the live app fits)",
-        f"{bad}:{line_of(bad, 'usr_phon')}:16: resources.User.attributes[5].field: the app's User records have no field 'usr_phon'",
+        f"{bad}:{line_of(bad, 'usr_phon')}:16: resources.User.attributes[5].field: the app's User records have no field 'usr_phon' (did you mean usr_phone?)",
     ]
 
 
