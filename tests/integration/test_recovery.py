@@ -7,9 +7,11 @@ and starting a new one on the same files.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import APPS, create_app
@@ -17,19 +19,30 @@ from gateway.provisioning.provisioner import utc_now
 from tests.conftest import Scim, demo_settings, user_body
 
 
-async def restart(aiohttp_client: Any, client: TestClient, data_dir: Path) -> Scim:
+async def restart(aiohttp_client: Any, client: TestClient, data_dir: Path, store_overrides: dict[str, Any]) -> Scim:
+    """A new gateway on the same files and store, as after a crash.
+
+    On PostgreSQL (a store other processes may share) start-up recovery takes only
+    entries older than two sweep intervals: the interval is made short and the
+    restart waits it out, so the crash's entries count as stale.
+    """
     await client.close()
-    return Scim(await aiohttp_client(create_app(demo_settings(data_dir))))
+    overrides = dict(store_overrides)
+    if "store_url" in overrides:
+        overrides["recovery_interval"] = 0.05
+        await asyncio.sleep(0.15)
+    return Scim(await aiohttp_client(create_app(demo_settings(data_dir, **overrides))))
 
 
-async def test_create_that_reached_the_app_is_linked(aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any) -> None:
+@pytest.mark.both_stores
+async def test_create_that_reached_the_app_is_linked(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any) -> None:
     runtime = client.app[APPS]["demo"]
     store, connector = runtime.provisioner.store, runtime.connector
     seq = await store.begin_create("demo", "User", "11111111-1111-4111-8111-111111111111", "crash.create", {"userName": "crash.create", "title": "kept"}, utc_now())
     native = await connector.create("User", {"login": "crash.create", "job_title": "kept"})
     assert seq and native  # crash here: the app has the record, the store has a pending create
 
-    scim = await restart(aiohttp_client, client, data_dir)
+    scim = await restart(aiohttp_client, client, data_dir, store_overrides)
     resp, body = await scim.get('/Users?filter=userName eq "crash.create"')
     assert resp.status == 200 and body["totalResults"] == 1
     user = body["Resources"][0]
@@ -41,11 +54,12 @@ async def test_create_that_reached_the_app_is_linked(aiohttp_client: Any, client
     assert demo_db.execute("SELECT count(*) FROM employees WHERE login = 'crash.create'").fetchone()[0] == 1
 
 
-async def test_create_that_never_reached_the_app_is_rolled_back(aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any) -> None:
+@pytest.mark.both_stores
+async def test_create_that_never_reached_the_app_is_rolled_back(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any) -> None:
     store = client.app[APPS]["demo"].provisioner.store
     await store.begin_create("demo", "User", "22222222-2222-4222-8222-222222222222", "ghost", {"userName": "ghost"}, utc_now())
 
-    scim = await restart(aiohttp_client, client, data_dir)
+    scim = await restart(aiohttp_client, client, data_dir, store_overrides)
     resp, body = await scim.get('/Users?filter=userName eq "ghost"')
     assert body["totalResults"] == 0
     resp, body = await scim.get("/Users/22222222-2222-4222-8222-222222222222")
@@ -56,14 +70,15 @@ async def test_create_that_never_reached_the_app_is_rolled_back(aiohttp_client: 
     assert demo_db.execute("SELECT count(*) FROM employees WHERE login = 'ghost'").fetchone()[0] == 1
 
 
-async def test_update_that_reached_the_app_is_settled_from_the_app(aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
+@pytest.mark.both_stores
+async def test_update_that_reached_the_app_is_settled_from_the_app(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
     scim = Scim(client)
     _, user = await scim.post("/Users", user_body("upd", title="before"))
     runtime = client.app[APPS]["demo"]
     seq, row = await runtime.provisioner.store.begin_write("demo", "User", user["id"], "update", new_unique_key="upd")
     await runtime.connector.update("User", row.native_id, {"job_title": "after"})
 
-    scim = await restart(aiohttp_client, client, data_dir)
+    scim = await restart(aiohttp_client, client, data_dir, store_overrides)
     resp, body = await scim.get(f"/Users/{user['id']}")
     assert body["title"] == "after"
     # The claim is gone: the resource takes writes again, and the list (served from the gateway copy) agrees.
@@ -73,26 +88,28 @@ async def test_update_that_reached_the_app_is_settled_from_the_app(aiohttp_clien
     assert listed["totalResults"] == 1
 
 
-async def test_delete_that_reached_the_app_is_finished(aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any) -> None:
+@pytest.mark.both_stores
+async def test_delete_that_reached_the_app_is_finished(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any) -> None:
     scim = Scim(client)
     _, user = await scim.post("/Users", user_body("gone"))
     runtime = client.app[APPS]["demo"]
     seq, row = await runtime.provisioner.store.begin_write("demo", "User", user["id"], "delete")
     await runtime.connector.delete("User", row.native_id)
 
-    scim = await restart(aiohttp_client, client, data_dir)
+    scim = await restart(aiohttp_client, client, data_dir, store_overrides)
     resp, _ = await scim.get(f"/Users/{user['id']}")
     assert resp.status == 404
     resp, _ = await scim.post("/Users", user_body("gone"))
     assert resp.status == 201
 
 
-async def test_delete_that_never_reached_the_app_keeps_the_resource(aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
+@pytest.mark.both_stores
+async def test_delete_that_never_reached_the_app_keeps_the_resource(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
     scim = Scim(client)
     _, user = await scim.post("/Users", user_body("stays"))
     await client.app[APPS]["demo"].provisioner.store.begin_write("demo", "User", user["id"], "delete")
 
-    scim = await restart(aiohttp_client, client, data_dir)
+    scim = await restart(aiohttp_client, client, data_dir, store_overrides)
     resp, body = await scim.get(f"/Users/{user['id']}")
     assert resp.status == 200 and body["userName"] == "stays"
     resp, _ = await scim.delete(f"/Users/{user['id']}")
@@ -129,7 +146,8 @@ async def test_the_sweep_leaves_writes_in_flight_alone(aiohttp_client: Any, data
     assert await provisioner.recover(older_than=0) == 1
 
 
-async def test_recovery_does_not_steal_a_record_linked_to_another_resource(aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
+@pytest.mark.both_stores
+async def test_recovery_does_not_steal_a_record_linked_to_another_resource(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
     scim = Scim(client)
     _, owner = await scim.post("/Users", user_body("taken"))
     store = client.app[APPS]["demo"].provisioner.store
@@ -137,7 +155,7 @@ async def test_recovery_does_not_steal_a_record_linked_to_another_resource(aioht
     # store's unique key refuses it); reproduce what a crash between two processes could leave behind.
     seq = await store.begin_create("demo", "User", "55555555-5555-4555-8555-555555555555", "taken-2", {"userName": "TAKEN"}, utc_now())
 
-    scim = await restart(aiohttp_client, client, data_dir)
+    scim = await restart(aiohttp_client, client, data_dir, store_overrides)
     assert await scim.client.app[APPS]["demo"].provisioner.store.pending("demo") == []
     resp, body = await scim.get(f"/Users/{owner['id']}")
     assert resp.status == 200 and body["userName"] == "taken"
