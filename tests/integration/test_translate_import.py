@@ -134,3 +134,17 @@ def test_translate_shows_sql_statements_with_bound_parameters(tmp_path: Path, ca
         "DELETE FROM team_members WHERE team_id = :key",
         "DELETE FROM teams WHERE team_id = :key",
     ]
+
+
+def test_import_reports_a_name_taken_twice_as_a_conflict_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An app without a unique login can hold two accounts the gateway would give one userName: one is linked, one reported."""
+    db = sqlite3.connect(tmp_path / "loose.db")
+    db.executescript("CREATE TABLE users (id INTEGER PRIMARY KEY, login TEXT); INSERT INTO users (login) VALUES ('dup'), ('DUP'), ('solo');")
+    db.close()
+    mapping = tmp_path / "loose.yaml"
+    mapping.write_text(
+        'app: loose\nconnector:\n  type: sql\n  dsn: "sqlite:///{data_dir}/loose.db"\n  tables:\n    User: {table: users, key: id}\n'
+        "resources:\n  User:\n    attributes:\n      - {scim: userName, field: login}\n"
+    )
+    assert main(["import", "loose", "--config", str(mapping), "--data-dir", str(tmp_path)]) == 1
+    assert "User: 3 in the app, 2 linked now, 0 already linked, 1 conflicts" in capsys.readouterr().out
