@@ -252,10 +252,10 @@ async def test_a_store_that_goes_away_answers_503_with_retry_after(aiohttp_clien
 
     from gateway.app import create_app
     from tests.conftest import BASE, demo_settings
-    from tests.services import PG_PORT, PG_USER
-    from tests.store.proxy import TcpProxy
+    from tests.proxy import TcpProxy
+    from tests.services import PG_HOST, PG_PORT, PG_USER
 
-    proxy = TcpProxy(PG_PORT)
+    proxy = TcpProxy((PG_HOST, PG_PORT))
     port = await proxy.start()
     try:
         url = SecretStr(f"postgresql://{PG_USER}@127.0.0.1:{port}/{pg_database}")
@@ -266,11 +266,12 @@ async def test_a_store_that_goes_away_answers_503_with_retry_after(aiohttp_clien
         resp = await client.get(f"{BASE}/Users", headers=headers())
         assert resp.status == 503 and resp.headers["Retry-After"]
         assert resp.content_type == "application/scim+json"
-        await proxy.start(port)
+        await proxy.start()
         resp = await client.get(f"{BASE}/Users", headers=headers())
         assert resp.status == 200 and (await resp.json())["totalResults"] == 1
     finally:
-        await proxy.stop()
+        if proxy.serving:
+            await proxy.stop()
 
 
 async def test_group_lists_on_one_user_record_lose_no_edit_across_processes(
