@@ -412,7 +412,8 @@ class _Http:
         session = self.session
         if session is None:
             raise RuntimeError(f"the rest connector of app {self.app!r} is not open")
-        attempts = 1 + (self.config.retries if (method in IDEMPOTENT if retry is None else retry) else 0)
+        idempotent = method in IDEMPOTENT if retry is None else retry
+        attempts = 1 + self.config.retries
         refreshed = False
         attempt = 0
         while True:
@@ -431,6 +432,9 @@ class _Http:
                 await self.bucket.acquire()
             failure: AppError
             wait: float | None = None
+            # A call the app never received (no connection) or refused before doing anything (429) is safe to
+            # repeat whatever its method; anything else is repeated only when repeating it cannot do it twice.
+            unsent = False
             try:
                 async with session.request(method, target, headers=all_headers, json=json_body, data=form) as resp:
                     raw = await _read(resp)
@@ -440,6 +444,7 @@ class _Http:
                                          retry_after=RETRY_AFTER)
             except aiohttp.ClientConnectorError as exc:
                 failure = AppUnavailable(f"cannot connect to the app ({_os_reason(exc)})", retry_after=RETRY_AFTER)
+                unsent = True
             except (aiohttp.ClientError, OSError) as exc:
                 failure = AppUnavailable(f"the connection to the app failed ({type(exc).__name__})", retry_after=RETRY_AFTER)
             else:
@@ -457,11 +462,13 @@ class _Http:
                     failure = AppInvalid(f"HTTP {status}{_said(raw, self.secrets)}")  # the token endpoint's: see _OAuth2Token
                 if not isinstance(failure, AppUnavailable) or status in (401, 403):
                     raise failure
-                if status == 429 and retry_after is not None:
-                    if retry_after > self.config.max_retry_wait:
-                        raise failure  # the IdP waits instead: Retry-After passes through
-                    wait = float(retry_after)
-            if attempt >= attempts:
+                if status == 429:
+                    unsent = True
+                    if retry_after is not None:
+                        if retry_after > self.config.max_retry_wait:
+                            raise failure  # the IdP waits instead: Retry-After passes through
+                        wait = float(retry_after)
+            if attempt >= attempts or not (idempotent or unsent):
                 raise failure
             if wait is None:
                 wait = min(self.config.max_retry_wait, BACKOFF_BASE * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)

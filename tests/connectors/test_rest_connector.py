@@ -34,6 +34,7 @@ from gateway.connectors import (
     Record,
     load_registry,
 )
+from tests.conftest import free_port
 from tests.fakes.hr_app import HR_STATE, HrState, create_hr_app, serve
 
 from .conformance import ConnectorConformance
@@ -804,3 +805,32 @@ async def test_check_schema_reads_the_first_page_of_each_list(opened: Any, hr_ur
     config["resources"]["Group"]["list"]["path"] = "/teams"
     connector = await opened(config)
     assert await connector.check_schema() == [(("resources", "Group", "list", "path"), "the app has no /teams (HTTP 404)")]
+
+
+async def test_a_post_the_app_refused_with_429_is_sent_again(hr: RestConnector, hr_state: HrState) -> None:
+    """429 means the app did nothing: safe to repeat even a create."""
+    hr_state.fault("POST", "/users", status=429, body='{"error": "slow down"}', headers={"Retry-After": "0"})
+    native_id = await hr.create("User", user("again"))
+    assert hr_state.calls.count(("POST", "/users")) == 2
+    assert [u["login"] for u in hr_state.users.values()] == ["again"] and str(native_id)
+
+
+async def test_a_post_that_never_connected_is_sent_again_once_the_app_listens(opened: Any) -> None:
+    """Connection refused: the app never saw the create, so repeating it cannot create twice."""
+    port = free_port()
+    app = create_hr_app(api_key=API_KEY)
+    runner = web.AppRunner(app)
+    await runner.setup()
+
+    async def come_up_later() -> None:
+        await asyncio.sleep(0.05)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    try:
+        connector = await opened(hr_config(f"http://127.0.0.1:{port}/api", retries=10))  # backoff is shortened here: ~0.5 s in all
+        starter = asyncio.create_task(come_up_later())
+        native_id = await connector.create("User", user("late"))
+        await starter
+        assert [u["login"] for u in app[HR_STATE].users.values()] == ["late"] and native_id
+    finally:
+        await runner.cleanup()
