@@ -322,6 +322,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
     except ScimError as exc:
         print(f"{args.request}: the gateway would answer {exc.status}{' ' + exc.scim_type if exc.scim_type else ''}: {exc.detail}", file=sys.stderr)
         return 1
+    except LookupError as exc:  # the connector's options lack the call this request needs
+        print(f"{args.request}: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(plan, indent=2, default=str))
     return 0
 

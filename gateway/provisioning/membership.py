@@ -60,7 +60,7 @@ class Membership:
     async def write(self, native_id: NativeId, changes: Record, add: list[Pair], remove: list[Pair]) -> None:
         await self.connector.write(self.kind, native_id, changes, add, remove)
 
-    async def list(self, native_id: NativeId) -> list[Pair]:
+    async def members_of(self, native_id: NativeId) -> list[Pair]:
         return await self.connector.list_members(self.kind, native_id)
 
     def plan(self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]) -> list[dict[str, Any]]:
@@ -100,7 +100,7 @@ class GroupFieldMembership(Membership):
         if changes:
             await self.connector.update(self.kind, native_id, changes)
 
-    async def list(self, native_id: NativeId) -> list[Pair]:
+    async def members_of(self, native_id: NativeId) -> list[Pair]:
         record = await self.connector.get(self.kind, native_id)
         return [(self.member_kind, i) for i in self.ids.parse(record.get(self.field))] if record else []
 
@@ -179,7 +179,7 @@ class UserFieldMembership(Membership):
         for _k, user in add:
             await self._edit(user, native_id, True)
 
-    async def list(self, native_id: NativeId) -> list[Pair]:
+    async def members_of(self, native_id: NativeId) -> list[Pair]:
         if self.connector.caps.list_all:
             return [(self.user_kind, n) async for n, rec in self.connector.list_all(self.user_kind) if native_id in self.ids.parse(rec.get(self.field))]
         return []

@@ -771,7 +771,7 @@ class Provisioner:
             await self.store.abort(seq, "recovery: the app has no re-created record; the reactivation did not happen")
 
     async def _members_from_app(self, native_id: str) -> list[Member]:
-        pairs = await self.memberships["Group"].list(native_id)
+        pairs = await self.memberships["Group"].members_of(native_id)
         out: list[Member] = []
         for kind in {k for k, _ in pairs}:
             ids = await self.store.scim_ids(self.app, kind, [n for k, n in pairs if k == kind])

@@ -738,15 +738,15 @@ class RestConnector(Connector):
             return calls
         if op in ("add_members", "remove_members"):
             m = self._members(kind, opened=False)
-            operation = m.add if op == "add_members" else m.remove
+            member_call = m.add if op == "add_members" else m.remove
             calls = []
             for _kind, member_id in members or []:
                 both = ids | {"member": member_id}
-                calls.append(self._plan_call(operation, both, fill(operation.body, both)))
+                calls.append(self._plan_call(member_call, both, fill(member_call.body, both)))
             return calls
         if op in k.actions:
-            operation = k.actions[op]
-            return [self._plan_call(operation, ids, fill(operation.body, ids))]
+            action = k.actions[op]
+            return [self._plan_call(action, ids, fill(action.body, ids))]
         valid = ", ".join(["create", "get", "update", "delete", "add_members", "remove_members", *sorted(k.actions)])
         raise LookupError(f"{kind}: the rest connector has no operation {op!r} (valid: {valid})")
 
