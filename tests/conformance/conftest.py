@@ -36,7 +36,9 @@ def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError(f"fake {name} did not start:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module", params=["demo", "demo-pg-store", "hr", "crm"])
+# legacy_pg is left out on purpose: its hr_person.employee_no is VARCHAR(20), and scim2-tester's random values
+# are longer, so its writes are refused (400 invalidValue, as they should be) in a varying set of checks.
+@pytest.fixture(scope="module", params=["demo", "demo-pg-store", "hr", "crm", "legacy_mariadb"])
 def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """A gateway process for one app: the demo (SQLite store, or PostgreSQL store), or a REST example app before its fake."""
     name = request.param
@@ -57,6 +59,9 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
             gateway.stop()
             asyncio.run(drop_pg_database(database))
         return
+    if name.startswith("legacy_"):
+        yield from _legacy_gateway(name, root)
+        return
     fake, port = _start_fake(name, root / "fake.log")
     api = f"http://127.0.0.1:{port}"
     env = (
@@ -73,3 +78,24 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         gateway.stop()
         fake.terminate()
         fake.wait(timeout=10)
+
+
+def _legacy_gateway(name: str, root: Path) -> Iterator[LiveGateway]:
+    """An example legacy database (its DDL from mappings/sql/) in a fresh database, behind a gateway process."""
+    from tests.integration.test_sql_legacy import load_ddl
+    from tests.services import create_mariadb_database, drop_mariadb_database, mariadb_url
+
+    pg = name == "legacy_pg"
+    database = asyncio.run(create_pg_database() if pg else create_mariadb_database())
+    try:
+        asyncio.run(load_ddl(name, database))
+        dsn = pg_url(database, "postgresql+asyncpg") if pg else mariadb_url(database)
+        gateway = LiveGateway(root, token="", app=name, env={f"{name.upper()}_DSN": dsn, f"{name.upper()}_SCIM_TOKEN": TOKEN})
+        gateway.token = TOKEN
+        try:
+            gateway.start("--config", str(ROOT / "mappings" / f"{name}.yaml"))
+            yield gateway
+        finally:
+            gateway.stop()
+    finally:
+        asyncio.run(drop_pg_database(database) if pg else drop_mariadb_database(database))

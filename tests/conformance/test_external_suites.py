@@ -18,6 +18,10 @@ from tests.conftest import LiveGateway
 
 # Findings that are the app's nature, not the gateway's fault, per app: each with its reason.
 KNOWN_DEVIATIONS = {
+    "legacy_mariadb": {
+        # usr_active is NOT NULL ('Y'/'N'): the app cannot hold "no value".
+        "ERROR check_remove_attribute: PATCH modify() did not remove attribute 'active'",
+    },
     "crm": {
         # The CRM holds every account as active or inactive (account.active is a boolean it
         # always sets); `active` cannot be removed there, and the gateway answers what the app holds.
@@ -39,7 +43,7 @@ def test_scim2_tester_finds_no_error(suite_gateway: LiveGateway) -> None:
     known = KNOWN_DEVIATIONS.get(app, set())
     assert bad == known, "\n".join(sorted(bad ^ known))
     # Discovery must have let the suite run its CRUD checks, not stop early.
-    assert statuses["SUCCESS"] >= 120, statuses
+    assert statuses["SUCCESS"] >= 100, statuses  # a full run is 110-135 checks; an early stop is a handful
 
 
 def test_scim_sanity_probe_passes(suite_gateway: LiveGateway) -> None:
