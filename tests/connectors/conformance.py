@@ -5,9 +5,10 @@ Subclass `ConnectorConformance` in a `test_*.py` module as `Test...` and provide
 - fixture `connector`: an opened connector against an app holding no records,
   closed after the test; it must list in pages of the `page_size` fixture
   (default 3, so that a handful of records spans several pages);
-- fixtures `user_kind` and `group_kind`: the kinds as the connector knows them;
+- fixtures `user_kind` and `group_kind`: the kinds as the connector knows them
+  (default User and Group);
 - fixtures `unique_field` (a field the app keeps unique and compares
-  case-insensitively, e.g. a login) and `text_field` (a free-text field);
+  case-insensitively; default `login`) and `text_field` (a free-text field);
 - methods `sample_user(tag)` and `sample_group(tag)`: a fresh, valid record,
   distinct for each tag (the unique field carries the tag).
 
@@ -44,6 +45,19 @@ class ConnectorConformance:
     @pytest.fixture
     def page_size(self) -> int:
         return 3
+
+    # The usual names; a subclass overrides the ones its app names otherwise.
+    @pytest.fixture
+    def user_kind(self) -> str:
+        return "User"
+
+    @pytest.fixture
+    def group_kind(self) -> str:
+        return "Group"
+
+    @pytest.fixture
+    def unique_field(self) -> str:
+        return "login"
 
     def sample_user(self, tag: str) -> Record:
         raise NotImplementedError("the subclass gives a fresh user record")

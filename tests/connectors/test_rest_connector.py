@@ -143,17 +143,8 @@ class TestRestConformance(ConnectorConformance):
         connector: RestConnector = await opened(hr_config(hr_url, page_size))
         return connector
 
-    @pytest.fixture
-    def user_kind(self) -> str:
-        return "User"
 
-    @pytest.fixture
-    def group_kind(self) -> str:
-        return "Group"
 
-    @pytest.fixture
-    def unique_field(self) -> str:
-        return "login"
 
     @pytest.fixture
     def text_field(self) -> str:

@@ -298,17 +298,8 @@ class TestHrConformance(ConnectorConformance):
         await connector.close()
         await drop(request.param, name)
 
-    @pytest.fixture
-    def user_kind(self) -> str:
-        return "User"
 
-    @pytest.fixture
-    def group_kind(self) -> str:
-        return "Group"
 
-    @pytest.fixture
-    def unique_field(self) -> str:
-        return "login"
 
     @pytest.fixture
     def text_field(self) -> str:
@@ -329,17 +320,8 @@ class TestFeatureConformance(ConnectorConformance):
         staff.page_size = page_size
         return staff
 
-    @pytest.fixture
-    def user_kind(self) -> str:
-        return "User"
 
-    @pytest.fixture
-    def group_kind(self) -> str:
-        return "Group"
 
-    @pytest.fixture
-    def unique_field(self) -> str:
-        return "login"
 
     @pytest.fixture
     def text_field(self) -> str:

@@ -75,17 +75,8 @@ class TestSqliteConformance(ConnectorConformance):
         sql.page_size = page_size
         return sql
 
-    @pytest.fixture
-    def user_kind(self) -> str:
-        return "User"
 
-    @pytest.fixture
-    def group_kind(self) -> str:
-        return "Group"
 
-    @pytest.fixture
-    def unique_field(self) -> str:
-        return "login"
 
     @pytest.fixture
     def text_field(self) -> str:
