@@ -76,3 +76,22 @@ def test_secret_tokens_resolve_from_the_environment(tmp_path: Path, monkeypatch:
     compiled = compile_mapping(doc, load_registry())
     assert compiled.token_digests == [hashlib.sha256(b"s3cret").digest()]
     assert "s3cret" not in repr(compiled.config)
+
+
+def test_the_editor_schema_accepts_every_shipped_mapping_and_refuses_typos(capsys: pytest.CaptureFixture[str]) -> None:
+    """`scim-gateway schema` is what editors validate with: it must accept every real mapping and flag a misspelt key."""
+    import json
+
+    import jsonschema
+    import yaml
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in SHIPPED:
+        document = yaml.safe_load(path.read_text())
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
+        assert errors == [], (path.name, errors)
+    typo = yaml.safe_load((ROOT / "mappings" / "hr_rest.yaml").read_text())
+    typo["connector"]["resources"]["User"]["creat"] = typo["connector"]["resources"]["User"].pop("create")
+    assert any("creat" in e.message for e in validator.iter_errors(typo))
