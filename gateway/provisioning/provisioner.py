@@ -27,7 +27,7 @@ from ..mapping.compile import CompiledMapping, CompiledResource, TemplateError
 from ..mapping.translate import UnresolvedReference, overlay, read_rule, to_record, write_rule
 from ..scim.errors import ScimError, invalid_value, not_found, unavailable, uniqueness
 from ..store.base import Busy, Gone, Member, NativeConflict, Query, Row, Store, UniqueConflict, VersionMismatch
-from .membership import Membership, create_membership
+from .membership import Membership, UserFieldMembership, create_membership
 
 log = logging.getLogger(__name__)
 
@@ -592,10 +592,16 @@ class Provisioner:
         groups = self.memberships.get("Group")
         if groups is None:
             return
-        for group in await self.store.groups_of(self.app, rid):
-            found = await self.store.native_ids(self.app, "Group", [group.id])
-            if group.id in found and found[group.id][1] is not None:
-                await groups.write(found[group.id][1], {}, [("User", native_id)], [])
+        listed = [g.id for g in await self.store.groups_of(self.app, rid)]
+        found = await self.store.native_ids(self.app, "Group", listed)
+        natives = [found[g][1] for g in listed if g in found and found[g][1] is not None]
+        if isinstance(groups, UserFieldMembership):
+            # The list lives on the re-created record itself: one update sets it, not one edit per group.
+            if natives:
+                await self.connector.update("User", native_id, {groups.field: groups.ids.render(natives)})
+            return
+        for group_native in natives:
+            await groups.write(group_native, {}, [("User", native_id)], [])
 
     async def _set_active(self, cres: CompiledResource, native_id: str, active: bool) -> None:
         """`deactivate: {via: action}`: the app's own disable / enable call (a field rule needs nothing more)."""

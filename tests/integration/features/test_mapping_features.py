@@ -30,6 +30,10 @@ CREATE TABLE accounts (id INTEGER PRIMARY KEY, login TEXT NOT NULL UNIQUE COLLAT
 CREATE TABLE squads (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE squad_members (squad_id INTEGER NOT NULL, account_id INTEGER NOT NULL, PRIMARY KEY (squad_id, account_id));
 """
+ROTA_DDL = """
+CREATE TABLE staff (id INTEGER PRIMARY KEY, login TEXT NOT NULL UNIQUE COLLATE NOCASE, team_ids TEXT);
+CREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+"""
 CREWS_DDL = """
 CREATE TABLE people (id INTEGER PRIMARY KEY, login TEXT NOT NULL UNIQUE COLLATE NOCASE, title TEXT, team_ids TEXT);
 CREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
@@ -40,7 +44,7 @@ CREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
-    for name, ddl in (("acme.db", ACME_DDL), ("crews.db", CREWS_DDL), ("lease.db", LEASE_DDL)):
+    for name, ddl in (("acme.db", ACME_DDL), ("crews.db", CREWS_DDL), ("lease.db", LEASE_DDL), ("rota.db", ROTA_DDL)):
         db = sqlite3.connect(d / name)
         db.executescript(ddl)
         db.close()
@@ -50,9 +54,9 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 async def client(aiohttp_client: Any, data_dir: Path) -> AsyncIterator[TestClient]:
     settings = GatewaySettings(
-        mappings=[HERE / "acme.yaml", HERE / "crews.yaml", HERE / "lease.yaml"],
+        mappings=[HERE / "acme.yaml", HERE / "crews.yaml", HERE / "lease.yaml", HERE / "rota.yaml"],
         data_dir=data_dir,
-        extra_tokens={"acme": [SecretStr(TOKEN)], "crews": [SecretStr(TOKEN)], "lease": [SecretStr(TOKEN)]},
+        extra_tokens={app: [SecretStr(TOKEN)] for app in ("acme", "crews", "lease", "rota")},
     )
     yield await aiohttp_client(create_app(settings))
 
@@ -268,3 +272,19 @@ async def test_a_deactivation_by_delete_cut_short_is_finished_by_recovery(
     assert resp.status == 200 and got["active"] is False, got
     resp, got = await again.patch(f"/Users/{ann['id']}", [{"op": "replace", "path": "active", "value": True}])
     assert resp.status == 200 and [r["login"] for r in rows(data_dir, "lease.db", "SELECT login FROM accounts")] == ["ann"]
+
+
+async def test_reactivation_restores_the_group_list_kept_on_the_user_record(client: TestClient, data_dir: Path) -> None:
+    """deactivate via delete + membership via user_field: the re-created record carries its teams again."""
+    rota = Scim(client, base="/apps/rota/scim/v2")
+    _, ann = await rota.post("/Users", {"schemas": [USER_URN], "userName": "ann"})
+    _, red = await rota.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Red", "members": [{"value": ann["id"]}]})
+    _, blue = await rota.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Blue", "members": [{"value": ann["id"]}]})
+    teams = {r["name"]: str(r["id"]) for r in rows(data_dir, "rota.db", "SELECT id, name FROM teams")}
+    await rota.patch(f"/Users/{ann['id']}", [{"op": "replace", "path": "active", "value": False}])
+    assert rows(data_dir, "rota.db", "SELECT * FROM staff") == []
+    resp, got = await rota.patch(f"/Users/{ann['id']}", [{"op": "replace", "path": "active", "value": True}])
+    assert resp.status == 200, got
+    [row] = rows(data_dir, "rota.db", "SELECT login, team_ids FROM staff")
+    assert row["login"] == "ann" and sorted(row["team_ids"].split(",")) == sorted([teams["Red"], teams["Blue"]])
+    assert sorted(g["value"] for g in got["groups"]) == sorted([red["id"], blue["id"]])
