@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import ENTERPRISE_URN, USER_URN
+from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN
+
+MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"  # Entra adds it to groups
 
 PASSWORD = "Okta-Sup3r-S3cret-Pa55!"  # what Okta sends with password sync on; must never reach an app or the store in clear
 
@@ -48,4 +50,12 @@ def okta_user(user_name: str, given: str = "Test", family: str = "User", *, pass
     if password is not None:
         body["password"] = password
     body.update(extra)
+    return body
+
+
+def entra_group(name: str, members: list[str] | None = None) -> dict[str, Any]:
+    """The body Entra POSTs to /Groups (with Microsoft's own schema URN and an externalId)."""
+    body: dict[str, Any] = {"schemas": [GROUP_URN, MS_GROUP_URN], "externalId": f"ext-{name}", "displayName": name}
+    if members is not None:
+        body["members"] = [{"value": m} for m in members]
     return body

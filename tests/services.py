@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,51 @@ async def mariadb_database() -> AsyncIterator[str]:
     name = await create_mariadb_database()
     yield name
     await drop_mariadb_database(name)
+
+
+async def load_schema(backend: str, name_or_path: str, script: str) -> None:
+    """Run a DDL script: as one script for SQLite (a file path) and PostgreSQL (one call: $$ bodies hold
+    semicolons), statement by statement for MariaDB (comment-only pieces skipped)."""
+    if backend == "sqlite":
+        import sqlite3
+        from contextlib import closing
+
+        with closing(sqlite3.connect(name_or_path)) as db:
+            db.executescript(script)
+    elif backend == "postgresql":
+        import asyncpg
+
+        conn = await asyncpg.connect(pg_url(name_or_path))
+        try:
+            await conn.execute(script)
+        finally:
+            await conn.close()
+    else:
+        import aiomysql
+
+        conn = await aiomysql.connect(
+            host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER, password="", db=name_or_path, charset="utf8mb4"
+        )
+        try:
+            async with conn.cursor() as cur:
+                for statement in script.split(";\n"):
+                    lines = statement.strip().splitlines()
+                    if lines and not all(line.startswith("--") for line in lines):
+                        await cur.execute(statement)
+            await conn.commit()
+        finally:
+            conn.close()
+
+
+async def read_rows(dsn: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Rows read straight from an app's database (a SQLAlchemy async URL), past every connector."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    engine = create_async_engine(dsn, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in await conn.execute(text(sql), params)]
+    finally:
+        await engine.dispose()

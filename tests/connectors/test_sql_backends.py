@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from scim_gateway_plugins.sql import SqlConnector, SqlConnectorConfig, SqlSetupError
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -32,8 +29,10 @@ from tests.services import (
     create_pg_database,
     drop_mariadb_database,
     drop_pg_database,
+    load_schema,
     mariadb_url,
     pg_url,
+    read_rows,
 )
 
 from .conformance import ConnectorConformance
@@ -181,12 +180,7 @@ class Database:
     dsn: str
 
     async def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-        engine = create_async_engine(self.dsn, poolclass=NullPool)
-        try:
-            async with engine.connect() as conn:
-                return [tuple(row) for row in await conn.execute(text(sql), params)]
-        finally:
-            await engine.dispose()
+        return await read_rows(self.dsn, sql, **params)
 
     async def execute(self, sql: str) -> None:
         engine = create_async_engine(self.dsn, poolclass=NullPool)
@@ -195,37 +189,6 @@ class Database:
                 await conn.exec_driver_sql(sql)
         finally:
             await engine.dispose()
-
-
-async def load_schema(backend: str, name_or_path: str, script: str) -> None:
-    """Run a DDL script: psql-style for PostgreSQL (one call), statement by statement for MariaDB."""
-    if backend == "sqlite":
-        with closing(sqlite3.connect(name_or_path)) as db:
-            db.executescript(script)
-    elif backend == "postgresql":
-        import asyncpg
-
-        conn = await asyncpg.connect(pg_url(name_or_path))
-        try:
-            await conn.execute(script)
-        finally:
-            await conn.close()
-    else:
-        import aiomysql
-
-        from tests.services import MARIADB_HOST, MARIADB_PORT, MARIADB_USER
-
-        conn = await aiomysql.connect(
-            host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER, password="", db=name_or_path, charset="utf8mb4"
-        )
-        try:
-            async with conn.cursor() as cur:
-                for statement in script.split(";\n"):
-                    if statement.strip():
-                        await cur.execute(statement)
-            await conn.commit()
-        finally:
-            conn.close()
 
 
 async def fresh_database(backend: str, tmp_path: Path, script: str) -> tuple[Database, Any]:

@@ -16,12 +16,12 @@ import pytest
 
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN, Scim
 from tests.demo_rows import count, emp_no, employee, q, team, team_pairs
-from tests.idp import entra_user
+from tests.idp import MS_GROUP_URN, entra_user
+from tests.idp import entra_group as entra_group_body
 
 pytestmark = pytest.mark.both_stores  # the same gateway tests on the SQLite and the PostgreSQL store
 
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
-MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
 
 
 # ---------------------------------------------------------------- helpers
@@ -43,10 +43,7 @@ async def create_user(scim: Scim, user_name: str, **kw: Any) -> dict[str, Any]:
 
 
 async def create_group(scim: Scim, name: str, members: list[str] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"schemas": [GROUP_URN, MS_GROUP_URN], "externalId": f"ext-{name}", "displayName": name}
-    if members is not None:
-        body["members"] = [{"value": m} for m in members]
-    resp, data = await scim.post("/Groups", body)
+    resp, data = await scim.post("/Groups", entra_group_body(name, members))
     assert resp.status == 201, data
     return data
 

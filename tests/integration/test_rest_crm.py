@@ -25,7 +25,8 @@ from gateway.settings import GatewaySettings
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN, Scim
 from tests.demo_rows import q
 from tests.fakes.crm_app import API, CLIENT_SECRET, CRM_STATE, CrmState, create_crm_app
-from tests.idp import PASSWORD, entra_user, okta_user
+from tests.idp import MS_GROUP_URN, PASSWORD, entra_user, okta_user
+from tests.idp import entra_group as entra_group_body
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPING = ROOT / "mappings" / "crm_rest.yaml"
@@ -33,7 +34,6 @@ TOKEN = "crm-scim-token-0123456789"  # given on the "command line" (extra_tokens
 ENV_TOKEN = "crm-env-token-9876543210"  # the mapping's auth.bearer env reference
 BASE = "/apps/crm/scim/v2"
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
-MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
 
 
 @dataclass
@@ -103,10 +103,7 @@ async def okta_create(scim: Scim, user_name: str, given: str = "Test", family: s
 
 
 async def entra_group(scim: Scim, name: str, members: list[str] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"schemas": [GROUP_URN, MS_GROUP_URN], "externalId": f"ext-{name}", "displayName": name}
-    if members is not None:
-        body["members"] = [{"value": m} for m in members]
-    resp, data = await scim.post("/Groups", body)
+    resp, data = await scim.post("/Groups", entra_group_body(name, members))
     assert resp.status == 201, data
     return data
 

@@ -22,7 +22,7 @@ from gateway.settings import GatewaySettings
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, Scim
 from tests.demo_rows import q
 from tests.fakes.hr_app import HR_STATE, HrState, create_hr_app, serve
-from tests.idp import PASSWORD, entra_user, okta_user
+from tests.idp import MS_GROUP_URN, PASSWORD, entra_user, okta_user
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPING = ROOT / "mappings" / "hr_rest.yaml"
@@ -31,7 +31,6 @@ TOKEN = "hr-scim-token-0123456789"  # given as on the command line (extra_tokens
 ENV_TOKEN = "hr-env-token-9876543210"  # the mapping's auth.bearer reference
 BASE = "/apps/hr/scim/v2"
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
-MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
 
 
 @dataclass

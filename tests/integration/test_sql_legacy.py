@@ -16,33 +16,30 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, PATCH_URN, TOKEN, USER_URN, Scim
 from tests.demo_rows import q
-from tests.idp import PASSWORD, entra_user, okta_user
+from tests.idp import MS_GROUP_URN, PASSWORD, entra_user, okta_user
 from tests.proxy import TcpProxy
 from tests.services import (
     MARIADB_HOST,
     MARIADB_PORT,
-    MARIADB_USER,
     PG_HOST,
     PG_PORT,
     create_mariadb_database,
     create_pg_database,
     drop_mariadb_database,
     drop_pg_database,
+    load_schema,
     mariadb_url,
     pg_url,
+    read_rows,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
-MS_GROUP_URN = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
 
 # Per app: how its rows read as one normalized user (login, given, family, display, email, title, active, manager login).
 USER_ROW = {
@@ -79,12 +76,7 @@ class Legacy:
     scim: Scim
 
     async def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-        engine = create_async_engine(self.dsn, poolclass=NullPool)
-        try:
-            async with engine.connect() as conn:
-                return [tuple(row) for row in await conn.execute(text(sql), params)]
-        finally:
-            await engine.dispose()
+        return await read_rows(self.dsn, sql, **params)
 
     async def user(self, login: str) -> dict[str, Any] | None:
         """The live (not soft-deleted) user row, normalized; None when there is none."""
@@ -105,27 +97,9 @@ class Legacy:
 
 
 async def load_ddl(app: str, database: str) -> None:
+    """The example app's DDL (mappings/sql/APP.sql) into `database`."""
     script = (ROOT / "mappings" / "sql" / f"{app}.sql").read_text("utf-8")
-    if app == "legacy_pg":
-        import asyncpg
-
-        conn = await asyncpg.connect(pg_url(database))
-        try:
-            await conn.execute(script)  # one call: the procedures' $$ bodies hold semicolons
-        finally:
-            await conn.close()
-        return
-    import aiomysql
-
-    conn = await aiomysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER, password="", db=database)
-    try:
-        async with conn.cursor() as cur:
-            for statement in script.split(";\n"):
-                if statement.strip() and not all(line.startswith("--") for line in statement.strip().splitlines()):
-                    await cur.execute(statement)
-        await conn.commit()
-    finally:
-        conn.close()
+    await load_schema("postgresql" if app == "legacy_pg" else "mariadb", database, script)
 
 
 @asynccontextmanager
