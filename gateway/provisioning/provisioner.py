@@ -23,7 +23,7 @@ from scim2_models.path import AttrPath, CompareOperator, Comparison, FilterNode,
 
 from ..connectors.base import Connector
 from ..connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
-from ..mapping.compile import CompiledMapping, CompiledResource, TemplateError
+from ..mapping.compile import CompiledMapping, CompiledResource, CompiledRule, TemplateError
 from ..mapping.translate import UnresolvedReference, overlay, read_rule, to_record, write_rule
 from ..scim.errors import ScimError, invalid_value, not_found, unavailable, uniqueness
 from ..store.base import Busy, Gone, Member, NativeConflict, Query, Row, Store, UniqueConflict, VersionMismatch
@@ -322,7 +322,7 @@ class Provisioner:
         log.info("%s: adopted the app's existing %s %s as %s", self.app, cres.name, native_id, row.id)
         return row
 
-    def _pushable(self, cres: CompiledResource, node: FilterNode) -> list[tuple[Any, str, Any]] | None:
+    def _pushable(self, cres: CompiledResource, node: FilterNode) -> list[tuple[CompiledRule, str, Any]] | None:
         """The (rule, op, value) questions to ask the app so that its answers cover every match of `node`; None if it cannot."""
         if isinstance(node, Comparison):
             path = node.attr_path
@@ -341,7 +341,7 @@ class Provisioner:
                     return found
             return None
         if isinstance(node, LogicalExpr) and node.op == LogicalOperator.or_:
-            out: list[tuple[Any, str, Any]] = []
+            out: list[tuple[CompiledRule, str, Any]] = []
             for term in node.terms:
                 found = self._pushable(cres, term)
                 if found is None:
@@ -361,14 +361,7 @@ class Provisioner:
         if not questions:
             return
         for rule, op, value in questions:
-            if rule.to_app is not None:
-                probe: dict[str, Any] = {}
-                write_rule(probe, rule, value)
-                try:
-                    value = rule.to_app(value=value, resource=probe)
-                except TemplateError:
-                    continue
-            found = await self._call(f"searching {cres.name}", lambda r=rule, o=op, v=value: self.connector.find(cres.name, r.field, v, o))
+            found = await self._call(f"searching {cres.name}", lambda r=rule, o=op, v=value: self._find(cres, r, v, o))
             for native_id, record in found[:PUSHDOWN_LIMIT]:
                 row = await self.store.by_native(self.app, cres.name, native_id)
                 if row is None:
@@ -703,18 +696,23 @@ class Provisioner:
 
     async def _find_by_match(self, cres: CompiledResource, scim_value: Any) -> list[tuple[str, dict[str, Any]]] | None:
         """The app's records whose match field holds this SCIM value; None when the connector cannot search."""
-        rule = cres.match_rule
         if not self.connector.caps.search:
             return None
+        return await self._find(cres, cres.match_rule, scim_value)
+
+    async def _find(self, cres: CompiledResource, rule: CompiledRule, scim_value: Any, op: str = "eq") -> list[tuple[str, dict[str, Any]]]:
+        """The app's records whose `rule` field matches a SCIM value, the value first put through the rule's to_app."""
         if scim_value is None:
             return []
-        probe: dict[str, Any] = {}
-        write_rule(probe, rule, scim_value)
-        try:
-            value = rule.to_app(value=scim_value, resource=probe) if rule.to_app else scim_value
-        except TemplateError:
-            return []
-        found: list[tuple[str, dict[str, Any]]] = await self.connector.find(cres.name, rule.field, value)
+        value = scim_value
+        if rule.to_app is not None:
+            probe: dict[str, Any] = {}
+            write_rule(probe, rule, scim_value)
+            try:
+                value = rule.to_app(value=scim_value, resource=probe)
+            except TemplateError:
+                return []  # a value the app could not hold: no record of the app holds it
+        found: list[tuple[str, dict[str, Any]]] = await self.connector.find(cres.name, rule.field, value, op)
         return found
 
     async def _recover_create(self, cres: CompiledResource, seq: int, row: Row) -> None:
