@@ -28,6 +28,7 @@ from ..scim.schema import (
     CORE_GROUP,
     CORE_USER,
     ENTERPRISE_USER,
+    UNIQUE_ATTRIBUTES,
     Attribute,
     Resolved,
     ResourceType,
@@ -42,7 +43,7 @@ from .model import AttributeRule, DeactivateConfig, MappingConfig, MembersConfig
 from .transforms import TemplateEnvironment, create_environment
 
 KNOWN_EXTENSIONS: dict[str, Callable[[], Schema]] = {ENTERPRISE_USER: lambda: builtin_schema("enterprise_user")}
-DEFAULT_MATCH = {"User": "userName", "Group": "displayName"}
+DEFAULT_MATCH = UNIQUE_ATTRIBUTES
 READ_ONLY_TOP = {"id", "meta", "groups"}
 
 

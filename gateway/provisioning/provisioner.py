@@ -224,7 +224,9 @@ class Provisioner:
         """Bring our copy (what lists and filters answer from) up to what the app holds; a change is a new version."""
         if live == row.data:
             return row
-        refreshed = await self.store.refresh(self.app, cres.name, row.id, live, utc_now())
+        name = live.get(cres.unique_attr)
+        key = name.lower() if isinstance(name, str) and name.strip() else None
+        refreshed = await self.store.refresh(self.app, cres.name, row.id, live, utc_now(), key)
         return refreshed or row
 
     async def _read_back(self, cres: CompiledResource, native_id: str, data: dict[str, Any]) -> dict[str, Any]:

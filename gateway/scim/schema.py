@@ -151,6 +151,11 @@ META_ATTRIBUTE = Attribute(
 _COMMON = {a.name.lower(): a for a in (ID_ATTRIBUTE, EXTERNAL_ID_ATTRIBUTE, META_ATTRIBUTE)}
 
 
+# The attribute each resource type is unique on, case-insensitively (RFC 7643 §4.1 userName; DESIGN: group
+# displayName per app, as Entra matches groups on it). The store keeps it lower-cased as the resource's unique key.
+UNIQUE_ATTRIBUTES = {"User": "userName", "Group": "displayName"}
+
+
 @dataclass(frozen=True, slots=True)
 class Resolved:
     """An attribute path resolved against a resource type.

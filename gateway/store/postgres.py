@@ -421,14 +421,20 @@ class PostgresStore:
 
         await self._tx(work)
 
-    async def refresh(self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str) -> Row | None:
-        """Replace the gateway copy of a settled resource (not one in flight) with a new version; None when busy or gone."""
+    async def refresh(self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str, unique_key: str | None = None) -> Row | None:
+        """Replace the gateway copy of a settled resource (not one in flight) with a new version; None when busy or gone.
+
+        A `unique_key` renamed in the app follows, unless another resource holds it (then the old key stays).
+        """
+        sql = (
+            "UPDATE resources SET data = $1, version = version + 1, last_modified = $2, unique_key = COALESCE($6, unique_key)"
+            " WHERE app = $3 AND type = $4 AND id = $5 AND state = 'active' AND pending_seq IS NULL RETURNING *"
+        )
         async with self._access() as conn:
-            rec = await conn.fetchrow(
-                "UPDATE resources SET data = $1, version = version + 1, last_modified = $2"
-                " WHERE app = $3 AND type = $4 AND id = $5 AND state = 'active' AND pending_seq IS NULL RETURNING *",
-                data, now, app, rtype, rid,
-            )
+            try:
+                rec = await conn.fetchrow(sql, data, now, app, rtype, rid, unique_key)
+            except asyncpg.UniqueViolationError:
+                rec = await conn.fetchrow(sql, data, now, app, rtype, rid, None)
         return None if rec is None else self._row(rec)
 
     async def pending(self, app: str, older_than: float | None = None) -> list[Pending]:

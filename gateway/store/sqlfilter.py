@@ -29,7 +29,7 @@ from scim2_models.path import (
 
 from ..scim.errors import invalid_filter
 from ..scim.filter import resolve_attr_path
-from ..scim.schema import Attribute, Resolved, ResourceType
+from ..scim.schema import UNIQUE_ATTRIBUTES, Attribute, Resolved, ResourceType
 
 Op = CompareOperator
 _SQL_OPS = {Op.eq: "=", Op.ne: "!=", Op.gt: ">", Op.ge: ">=", Op.lt: "<", Op.le: "<="}
@@ -122,6 +122,17 @@ class SqliteFilter:
         assert isinstance(node, (Comparison, Present))
         resolved = resolve_attr_path(self.rtype, node.attr_path)
         attribute = resolved.attribute
+        if (
+            isinstance(node, Comparison)
+            and node.op == Op.eq
+            and isinstance(node.value, str)
+            and resolved.urn is None
+            and resolved.sub is None
+            and attribute.name == UNIQUE_ATTRIBUTES.get(self.rtype.name)
+        ):
+            # The IdP's lookup before every create (`userName eq "x"`): the indexed, lower-cased unique key, not a
+            # scan of every resource's JSON. Same answer: the key is the value lower-cased, as the fold does.
+            return f"(r.unique_key = {self.ph(node.value.lower())})"
         if self._is_membership(attribute) or attribute.multi_valued:
             # `emails.value eq "x"` / `emails eq "x"`: some element matches.
             sub = resolved.sub or attribute.sub("value")

@@ -344,15 +344,21 @@ class SqliteStore:
 
         await self._tx(work)
 
-    async def refresh(self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str) -> Row | None:
-        """Replace the gateway copy of a settled resource (not one in flight) with a new version; None when busy or gone."""
+    async def refresh(self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str, unique_key: str | None = None) -> Row | None:
+        """Replace the gateway copy of a settled resource (not one in flight) with a new version; None when busy or gone.
+
+        A `unique_key` renamed in the app follows, unless another resource holds it (then the old key stays).
+        """
 
         async def work(db: aiosqlite.Connection) -> Row | None:
-            cur = await db.execute(
-                "UPDATE resources SET data = ?, version = version + 1, last_modified = ?"
-                " WHERE app = ? AND type = ? AND id = ? AND state = 'active' AND pending_seq IS NULL",
-                (_dumps(data), now, app, rtype, rid),
+            sql = (
+                "UPDATE resources SET data = ?, version = version + 1, last_modified = ?, unique_key = COALESCE(?, unique_key)"
+                " WHERE app = ? AND type = ? AND id = ? AND state = 'active' AND pending_seq IS NULL"
             )
+            try:
+                cur = await db.execute(sql, (_dumps(data), now, unique_key, app, rtype, rid))
+            except sqlite3.IntegrityError:
+                cur = await db.execute(sql, (_dumps(data), now, None, app, rtype, rid))
             if cur.rowcount != 1:
                 return None
             rec = await (await db.execute("SELECT * FROM resources WHERE id = ?", (rid,))).fetchone()

@@ -30,6 +30,23 @@ async def test_an_edit_made_in_the_app_reaches_lists_and_etags(scim: Scim, demo_
     assert [r["id"] for r in listed["Resources"]] == [user["id"]]
 
 
+async def test_a_user_renamed_in_the_app_is_found_by_its_new_name_and_frees_the_old(scim: Scim, demo_db: sqlite3.Connection) -> None:
+    _, user = await scim.post("/Users", user_body("Old.Name"))
+    demo_db.execute("UPDATE employees SET login = 'New.Name' WHERE login = 'old.name' OR login = 'Old.Name'")
+    demo_db.commit()
+    resp, body = await scim.get(f"/Users/{user['id']}")
+    assert body["userName"] == "New.Name"
+    # The IdP's lookup goes by the unique key: it follows the rename, in any case.
+    _, listed = await scim.get("/Users?filter=" + q('userName eq "new.NAME"'))
+    assert [r["id"] for r in listed["Resources"]] == [user["id"]]
+    _, listed = await scim.get("/Users?filter=" + q('userName eq "Old.Name"'))
+    assert listed["totalResults"] == 0
+    resp, again = await scim.post("/Users", user_body("Old.Name"))
+    assert resp.status == 201 and again["id"] != user["id"]
+    resp, _ = await scim.post("/Users", user_body("NEW.name"))
+    assert resp.status == 409
+
+
 async def test_a_record_deleted_in_the_app_is_released(scim: Scim, demo_db: sqlite3.Connection) -> None:
     _, user = await scim.post("/Users", user_body("vanished"))
     demo_db.execute("DELETE FROM employees WHERE login = 'vanished'")
