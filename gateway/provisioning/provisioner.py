@@ -245,17 +245,18 @@ class Provisioner:
         except TemplateError:
             return data
 
-    async def materialize(self, cres: CompiledResource, row: Row, data: dict[str, Any] | None = None, *, members: bool = True) -> dict[str, Any]:
+    async def materialize(
+        self, cres: CompiledResource, row: Row, data: dict[str, Any] | None = None, *, members: bool = True,
+        related: dict[str, list[Member]] | None = None,
+    ) -> dict[str, Any]:
+        """The SCIM resource; `related` (a page's members or groups, fetched at once by `query`) saves a query per row."""
         out: dict[str, Any] = {"id": row.id, **(row.data if data is None else data)}
         if cres.name == "Group" and members:
-            out["members"] = [
-                {"value": m.id, "type": m.type, **({"display": m.display} if m.display else {})}
-                for m in await self.store.members(self.app, row.id)
-            ]
-            if not out["members"]:
-                del out["members"]
+            found = related.get(row.id, []) if related is not None else await self.store.members(self.app, row.id)
+            if found:
+                out["members"] = [{"value": m.id, "type": m.type, **({"display": m.display} if m.display else {})} for m in found]
         elif cres.name == "User" and members:
-            groups = await self.store.groups_of(self.app, row.id)
+            groups = related.get(row.id, []) if related is not None else await self.store.groups_of(self.app, row.id)
             if groups:
                 out["groups"] = [{"value": g.id, "type": "direct", **({"display": g.display} if g.display else {})} for g in groups]
         out["meta"] = {
@@ -288,7 +289,11 @@ class Provisioner:
             adopted = await self._adopt_on_lookup(cres, query.filter)
             if adopted is not None:
                 total, rows = 1, ([adopted] if query.start_index <= 1 and query.count != 0 else [])
-        return total, [await self.materialize(cres, row, members=members) for row in rows]
+        related: dict[str, list[Member]] | None = None
+        if members and rows:
+            ids = [row.id for row in rows]
+            related = await (self.store.members_of_many if kind == "Group" else self.store.groups_of_many)(self.app, ids)
+        return total, [await self.materialize(cres, row, members=members, related=related) for row in rows]
 
     async def _adopt_on_lookup(self, cres: CompiledResource, node: FilterNode) -> Row | None:
         """Link an account the app already has when an IdP looks it up by its unique name.
@@ -419,9 +424,46 @@ class Provisioner:
         return await self._update(kind, rid, compute, if_match, replace_members=with_members)
 
     async def patch(
-        self, kind: str, rid: str, apply: Callable[[dict[str, Any]], dict[str, Any]], if_match: int | None = None
+        self, kind: str, rid: str, apply: Callable[[dict[str, Any]], dict[str, Any]], if_match: int | None = None,
+        *, member_changes: dict[str, dict[str, Any] | None] | None = None, with_members: bool = True,
     ) -> tuple[Row, dict[str, Any]]:
-        return await self._update(kind, rid, apply, if_match, replace_members=True)
+        """PATCH by `apply` on the whole resource, or, for a Group PATCH that only adds or removes members
+        (`member_changes`, from scim.patch.member_changes), on just those members: same result, whatever the
+        group's size. `with_members=False`: the answer will not show members, so they are not read."""
+        if member_changes is not None and kind == "Group" and self.resource(kind).members is not None:
+            return await self._patch_members(kind, rid, member_changes, if_match, with_members)
+        row, resource = await self._update(kind, rid, apply, if_match, replace_members=True)
+        return row, resource
+
+    async def _patch_members(
+        self, kind: str, rid: str, changes: dict[str, dict[str, Any] | None], if_match: int | None, with_members: bool
+    ) -> tuple[Row, dict[str, Any]]:
+        cres = self.resource(kind)
+        async with self._lock(rid):
+            for _attempt in range(VERSION_RETRIES):
+                row = await self.store.get(self.app, kind, rid)
+                if row is None:
+                    raise not_found(f"{kind} {rid} not found")
+                if if_match is not None and row.version != if_match:
+                    raise ScimError(412, f"{kind} {rid} has changed: its version is W/\"{row.version}\"")
+                present = await self.store.member_ids_among(self.app, rid, list(changes))
+                wanted = await self._members_for_write({"members": [item for item in changes.values() if item is not None]})
+                add = [m for m in wanted if m.id not in present]
+                remove = [Member(i, "User", None) for i, item in changes.items() if item is None and i in present]
+                if not add and not remove:
+                    return row, await self.materialize(cres, row, members=with_members)
+                try:
+                    seq, claimed = await self._claim(
+                        kind, rid, "update", if_match=row.version, new_unique_key=row.unique_key,
+                        payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
+                    )
+                except VersionMismatch:
+                    if if_match is not None:
+                        raise ScimError(412, f"{kind} {rid} has changed") from None
+                    continue
+                # No record change: the app is asked only to add and remove these members.
+                return await self._apply_update(cres, seq, claimed, {}, row.data, row.unique_key, add, remove, with_members=with_members)
+            raise unavailable(f"{kind} {rid} is changing too often to update; retry", 2)
 
     async def _update(
         self,
@@ -497,6 +539,7 @@ class Provisioner:
     async def _apply_update(
         self, cres: CompiledResource, seq: int, row: Row, record: dict[str, Any], data: dict[str, Any],
         unique_key: str, add: list[Member], remove: list[Member], switch: bool | None = None, relink: str | None = None,
+        *, with_members: bool = True,
     ) -> tuple[Row, dict[str, Any]]:
         native_id = row.native_id
         rid = row.id
@@ -532,7 +575,7 @@ class Provisioner:
                 raise ScimError(502, f"re-creating {cres.name} {rid}: the app returned the id of an existing record") from None
 
         row = await self._run_claimed(seq, f"updating {cres.name} {row.id}", call, settle)
-        return row, await self.materialize(cres, row)
+        return row, await self.materialize(cres, row, members=with_members)
 
     async def delete(self, kind: str, rid: str, if_match: int | None = None) -> None:
         cres = self.resource(kind)

@@ -34,6 +34,9 @@ from .sqlfilter import PostgresFilter
 
 log = logging.getLogger(__name__)
 
+# A member's display name from the gateway copy, computed by the server (as `r.data ->> ...` below).
+_DISPLAY = "COALESCE(NULLIF(r.data ->> 'displayName', ''), NULLIF(r.data ->> 'userName', ''))"
+
 T = TypeVar("T")
 
 # pg_advisory_xact_lock key for migrations: processes starting together apply them one at a time.
@@ -496,24 +499,45 @@ class PostgresStore:
         return {r["native_id"]: r["id"] for r in recs}
 
     async def members(self, app: str, group_id: str) -> list[Member]:
-        async with self._access() as conn:
-            recs = await conn.fetch(
-                "SELECT m.member_id, m.member_type, m.display, r.data ->> 'displayName' AS dn, r.data ->> 'userName' AS un"
-                " FROM members m JOIN resources r ON r.id = m.member_id"
-                " WHERE m.app = $1 AND m.group_id = $2 ORDER BY m.seq",
-                app, group_id,
-            )
-        return [Member(r["member_id"], r["member_type"], r["display"] or r["dn"] or r["un"]) for r in recs]
+        return (await self.members_of_many(app, [group_id])).get(group_id, [])
 
     async def groups_of(self, app: str, member_id: str) -> list[Member]:
+        return (await self.groups_of_many(app, [member_id])).get(member_id, [])
+
+    async def member_ids_among(self, app: str, group_id: str, ids: list[str]) -> set[str]:
+        """Which of `ids` are members of the group: a lookup by key, whatever the group's size."""
         async with self._access() as conn:
             recs = await conn.fetch(
-                "SELECT m.group_id, r.data ->> 'displayName' AS dn, r.data ->> 'userName' AS un"
-                " FROM members m JOIN resources r ON r.id = m.group_id"
-                " WHERE m.app = $1 AND m.member_id = $2 ORDER BY m.seq",
-                app, member_id,
+                "SELECT member_id FROM members WHERE app = $1 AND group_id = $2 AND member_id = ANY($3::text[])", app, group_id, list(ids)
             )
-        return [Member(r["group_id"], "Group", r["dn"] or r["un"]) for r in recs]
+        return {r["member_id"] for r in recs}
+
+    async def members_of_many(self, app: str, group_ids: list[str]) -> dict[str, list[Member]]:
+        """Each group's members, in the order they joined: one query for a whole page of groups."""
+        async with self._access() as conn:
+            recs = await conn.fetch(
+                f"SELECT m.group_id, m.member_id, m.member_type, COALESCE(NULLIF(m.display, ''), {_DISPLAY}) AS display"
+                " FROM members m JOIN resources r ON r.id = m.member_id"
+                " WHERE m.app = $1 AND m.group_id = ANY($2::text[]) ORDER BY m.seq",
+                app, list(group_ids),
+            )
+        out: dict[str, list[Member]] = {}
+        for r in recs:
+            out.setdefault(r["group_id"], []).append(Member(r["member_id"], r["member_type"], r["display"]))
+        return out
+
+    async def groups_of_many(self, app: str, member_ids: list[str]) -> dict[str, list[Member]]:
+        """Each resource's groups: one query for a whole page of users (no query per user)."""
+        async with self._access() as conn:
+            recs = await conn.fetch(
+                f"SELECT m.member_id, m.group_id, {_DISPLAY} AS display FROM members m JOIN resources r ON r.id = m.group_id"
+                " WHERE m.app = $1 AND m.member_id = ANY($2::text[]) ORDER BY m.seq",
+                app, list(member_ids),
+            )
+        out: dict[str, list[Member]] = {}
+        for r in recs:
+            out.setdefault(r["member_id"], []).append(Member(r["group_id"], "Group", r["display"]))
+        return out
 
     async def query(self, app: str, rtype: ResourceType, query: Query) -> tuple[int, list[Row]]:
         builder = PostgresFilter(rtype, first_param=3, fold_collation=self.fold_collation)

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiosqlite
 
+from .. import inline_sqlite
 from ..scim.schema import ResourceType
 from .base import Busy, Gone, Member, NativeConflict, Pending, Query, Row, StoreUnavailable, UniqueConflict, VersionMismatch
 from .sqlfilter import SqliteFilter
@@ -91,9 +92,9 @@ class SqliteStore:
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        # Statements run on the event loop's thread; only a wait for another process's lock (up to 10 s) leaves it.
+        self._db = await inline_sqlite.connect(self.path, busy_timeout=10.0, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        await self._db.execute("PRAGMA busy_timeout = 10000")
         await self._db.execute("PRAGMA journal_mode = WAL")
         await self._db.execute("PRAGMA synchronous = NORMAL")
         await self._db.execute("PRAGMA foreign_keys = ON")
@@ -439,25 +440,51 @@ class SqliteStore:
         return out
 
     async def members(self, app: str, group_id: str) -> list[Member]:
-        async with self._access():
-            cur = await self.db.execute(
-                "SELECT m.member_id, m.member_type, m.display, r.data FROM members m"
-                " JOIN resources r ON r.id = m.member_id"
-                " WHERE m.app = ? AND m.group_id = ? ORDER BY m.rowid",
-                (app, group_id),
-            )
-            rows = await cur.fetchall()
-        return [Member(r[0], r[1], r[2] or _display(r[3])) for r in rows]
+        return (await self.members_of_many(app, [group_id])).get(group_id, [])
 
     async def groups_of(self, app: str, member_id: str) -> list[Member]:
+        return (await self.groups_of_many(app, [member_id])).get(member_id, [])
+
+    async def member_ids_among(self, app: str, group_id: str, ids: list[str]) -> set[str]:
+        """Which of `ids` are members of the group: a lookup by key, whatever the group's size."""
+        found: set[str] = set()
         async with self._access():
-            cur = await self.db.execute(
-                "SELECT m.group_id, r.data FROM members m JOIN resources r ON r.id = m.group_id"
-                " WHERE m.app = ? AND m.member_id = ? ORDER BY m.rowid",
-                (app, member_id),
-            )
-            rows = await cur.fetchall()
-        return [Member(r[0], "Group", _display(r[1])) for r in rows]
+            for chunk in _chunks(ids, 500):
+                cur = await self.db.execute(
+                    f"SELECT member_id FROM members WHERE app = ? AND group_id = ? AND member_id IN ({','.join('?' * len(chunk))})",
+                    (app, group_id, *chunk),
+                )
+                found.update(rec[0] for rec in await cur.fetchall())
+        return found
+
+    async def members_of_many(self, app: str, group_ids: list[str]) -> dict[str, list[Member]]:
+        """Each group's members, in the order they joined: one query for a whole page of groups."""
+        out: dict[str, list[Member]] = {}
+        async with self._access():
+            for chunk in _chunks(group_ids, 500):
+                cur = await self.db.execute(
+                    f"SELECT m.group_id, m.member_id, m.member_type, COALESCE(NULLIF(m.display, ''), {_DISPLAY}) FROM members m"
+                    f" JOIN resources r ON r.id = m.member_id WHERE m.app = ? AND m.group_id IN ({','.join('?' * len(chunk))})"
+                    " ORDER BY m.rowid",
+                    (app, *chunk),
+                )
+                for rec in await cur.fetchall():
+                    out.setdefault(rec[0], []).append(Member(rec[1], rec[2], rec[3]))
+        return out
+
+    async def groups_of_many(self, app: str, member_ids: list[str]) -> dict[str, list[Member]]:
+        """Each resource's groups: one query for a whole page of users (no query per user)."""
+        out: dict[str, list[Member]] = {}
+        async with self._access():
+            for chunk in _chunks(member_ids, 500):
+                cur = await self.db.execute(
+                    f"SELECT m.member_id, m.group_id, {_DISPLAY} FROM members m JOIN resources r ON r.id = m.group_id"
+                    f" WHERE m.app = ? AND m.member_id IN ({','.join('?' * len(chunk))}) ORDER BY m.rowid",
+                    (app, *chunk),
+                )
+                for rec in await cur.fetchall():
+                    out.setdefault(rec[0], []).append(Member(rec[1], "Group", rec[2]))
+        return out
 
     async def query(self, app: str, rtype: ResourceType, query: Query) -> tuple[int, list[Row]]:
         builder = SqliteFilter(rtype)
@@ -488,9 +515,8 @@ class SqliteStore:
         return total, rows
 
 
-def _display(data_text: str) -> str | None:
-    data = json.loads(data_text)
-    return data.get("displayName") or data.get("userName")
+# A member's display name from the gateway copy, in SQL: no JSON parsing in Python per member of a large group.
+_DISPLAY = "COALESCE(NULLIF(json_extract(r.data, '$.displayName'), ''), NULLIF(json_extract(r.data, '$.userName'), ''))"
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

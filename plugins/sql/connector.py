@@ -56,6 +56,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway import inline_sqlite
 from gateway.connectors.base import AppContext, Capabilities, Connector, NativeId, Record
 from gateway.connectors.errors import (
     AppBadResponse,
@@ -777,6 +778,15 @@ def _create_engine(url: URL, config: SqlConnectorConfig) -> AsyncEngine:
         connect_args = {"connect_timeout": seconds, "init_command": f"SET SESSION innodb_lock_wait_timeout = {seconds}"}
     else:
         connect_args = {}
+    extra: dict[str, Any] = {}
+    if backend == "sqlite" and url.database and url.database != ":memory:":
+        database = url.database
+
+        async def inline() -> Any:
+            # Statements run on the event loop's thread; only a wait for another writer's lock leaves it.
+            return await inline_sqlite.connect(database, busy_timeout=config.timeout)
+
+        extra["async_creator"] = inline
     engine = create_async_engine(
         url,
         pool_size=config.pool_size,
@@ -785,6 +795,7 @@ def _create_engine(url: URL, config: SqlConnectorConfig) -> AsyncEngine:
         # A server that restarted leaves dead connections in the pool: test each before use.
         pool_pre_ping=backend != "sqlite",
         connect_args=connect_args,
+        **extra,
     )
     if backend == "sqlite":
         _setup_sqlite(engine)

@@ -1,0 +1,69 @@
+"""aiosqlite connections that run each statement on the event loop's own thread, unless it must wait for a lock.
+
+aiosqlite sends every call (execute, fetchone, commit...) to a worker thread
+and back: two thread switches per call, a dozen per SCIM request, and on a
+busy machine each switch waits for the GIL. A statement on a local SQLite file
+takes microseconds, far less than the switches, so here it runs inline. The one
+thing that may take long is waiting for another process's write lock: such a
+statement fails at once (busy timeout 0) and is run again on the worker thread
+with the real busy timeout, so the event loop never waits for a lock.
+
+This overrides aiosqlite's private `Connection._execute` (0.22's shape; the
+version is pinned in pyproject.toml and tests/store/test_inline_sqlite.py checks
+both paths).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+class InlineConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose statements run inline; one waiting for a lock goes to the worker thread."""
+
+    busy_timeout_ms: int = 10_000
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        # Another process holds the lock: wait for it off the event loop. A busy statement changed nothing.
+        return await super()._execute(self._waiting, fn, args, kwargs)
+
+    def _waiting(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
+
+def connect(database: str | Path, *, busy_timeout: float = 10.0, **kwargs: Any) -> InlineConnection:
+    """Like aiosqlite.connect (await it); `busy_timeout` seconds bound a wait for another process's lock."""
+    location = str(database)
+
+    def connector() -> sqlite3.Connection:
+        # Used from the loop's thread and, to wait for a lock, from aiosqlite's worker: never both at once.
+        return sqlite3.connect(location, timeout=0, check_same_thread=False, **kwargs)
+
+    connection = InlineConnection(connector, 64)
+    connection.busy_timeout_ms = int(busy_timeout * 1000)
+    connection._thread.daemon = True  # as SQLAlchemy does: a forgotten connection must not keep the process alive
+    return connection
