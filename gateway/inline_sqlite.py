@@ -3,10 +3,11 @@
 aiosqlite sends every call (execute, fetchone, commit...) to a worker thread
 and back: two thread switches per call, a dozen per SCIM request, and on a
 busy machine each switch waits for the GIL. A statement on a local SQLite file
-takes microseconds, far less than the switches, so here it runs inline. The one
-thing that may take long is waiting for another process's write lock: such a
-statement fails at once (busy timeout 0) and is run again on the worker thread
-with the real busy timeout, so the event loop never waits for a lock.
+takes microseconds, far less than the switches, so here it runs inline. Two
+things may take long, and stay on the worker thread: a commit (it may sync the
+file to disk), and waiting for another process's write lock: a statement that
+finds the lock taken fails at once (busy timeout 0) and is run again on the
+worker thread with the real busy timeout, so the event loop never waits.
 
 This overrides aiosqlite's private `Connection._execute` (0.22's shape; the
 version is pinned in pyproject.toml and tests/store/test_inline_sqlite.py checks
@@ -30,6 +31,12 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def _is_commit(fn: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+    if getattr(fn, "__name__", "") == "commit":
+        return True
+    return bool(args) and isinstance(args[0], str) and args[0].lstrip()[:6].upper() in ("COMMIT", "END")
+
+
 class InlineConnection(aiosqlite.Connection):
     """An aiosqlite connection whose statements run inline; one waiting for a lock goes to the worker thread."""
 
@@ -38,6 +45,9 @@ class InlineConnection(aiosqlite.Connection):
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
+        if _is_commit(fn, args):
+            # A commit may sync the file to disk (milliseconds, more on a busy disk): off the loop, as before.
+            return await super()._execute(self._waiting, fn, args, kwargs)
         try:
             return fn(*args, **kwargs)
         except sqlite3.OperationalError as exc:

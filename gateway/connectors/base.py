@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from .errors import AppError
+
 Record = dict[str, Any]
 NativeId = str
 
@@ -138,6 +140,31 @@ class Connector(ABC):
         statement and parameters) with every secret masked as "***".
         """
         return [{"operation": op, "kind": kind, "native_id": native_id, "record": record, "members": members}]
+
+    # A Bulk import creates many records at once. A connector that can do that in one
+    # round trip or transaction overrides these two; the defaults go one by one.
+
+    async def create_many(self, kind: str, records: list[Record]) -> list[NativeId | AppError]:
+        """Create the records, in order; each answer is the new native id or the AppError that refused that record.
+
+        Raising instead means no record was created (the app is down, a batch rolled back whole).
+        """
+        answers: list[NativeId | AppError] = []
+        for record in records:
+            try:
+                answers.append(await self.create(kind, record))
+            except AppError as exc:  # after some records were created: raising would lose their ids
+                answers.append(exc)
+        return answers
+
+    async def get_many(self, kind: str, native_ids: list[NativeId]) -> dict[NativeId, Record]:
+        """The records that exist among `native_ids`, by native id."""
+        found: dict[NativeId, Record] = {}
+        for native_id in native_ids:
+            record = await self.get(kind, native_id)
+            if record is not None:
+                found[native_id] = record
+        return found
 
     # One SCIM write may touch the record and its membership. A connector that can
     # apply them atomically (one database transaction) overrides these two.

@@ -24,4 +24,5 @@ def ensure_demo_database(data_dir: Path) -> Path:
     script = resources.files(__package__).joinpath("schema.sql").read_text("utf-8")
     with closing(sqlite3.connect(path)) as db:
         db.executescript(script)
+        db.execute("PRAGMA journal_mode = WAL")  # kept by the file: readers and the writer do not block each other
     return path

@@ -189,6 +189,17 @@ class SqlConnectorConfig(BaseModel):
     timeout: float = Field(
         5.0, gt=0, le=300, description="Seconds to wait for a connection or a lock before the app counts as unavailable"
     )
+    statement_timeout: float = Field(
+        30.0, gt=0, le=3600,
+        description="Seconds one statement may run (or the server stay silent) before the app counts as unavailable:"
+        " PostgreSQL statement_timeout plus a client-side limit, MariaDB max_statement_time; not for SQLite (local)",
+    )
+    sqlite_synchronous: Literal["off", "normal", "full", "extra"] | None = Field(
+        None,
+        description="SQLite only: PRAGMA synchronous for the gateway's connections; default: leave SQLite's own (full)."
+        " normal in WAL mode syncs at checkpoints instead of at every commit, much faster, and a power loss may lose"
+        " the last commits",
+    )
     tables: dict[str, SqlTableConfig] = Field(description="Per kind (the mapping's resource type name, e.g. User): its table")
 
     @field_validator("dsn")

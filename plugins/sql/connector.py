@@ -160,6 +160,10 @@ class _Kind:
         ]
         return [self.table, *subqueries]
 
+    def by_key(self) -> Any:
+        """SELECT of one live record by key (the connector keeps it: a GET binds the key instead of building one)."""
+        return select(*self.columns()).where(self.key == bindparam("native_key", type_=self.key.type), *self.live())
+
 
 class SqlConnector(Connector):
     """Records of each kind are rows of one table (and child tables); a group's members are rows of a join table."""
@@ -176,6 +180,7 @@ class SqlConnector(Connector):
         self._writer: AsyncEngine | None = None
         self._kinds: dict[str, _Kind] = {}
         self._fields: dict[str, set[str]] = {}  # per kind, the fields the database has (for has_field)
+        self._by_key: dict[str, Any] = {}  # per kind, the prepared SELECT of one record by key
 
     @classmethod
     def capabilities_for(cls, config: SqlConnectorConfig) -> Capabilities:  # type: ignore[override]
@@ -371,8 +376,59 @@ class SqlConnector(Connector):
             return None
         with _app_errors(k.table):
             async with self._reader().connect() as conn:
-                row = (await conn.execute(select(*k.columns()).where(k.key == key, *k.live()))).mappings().first()
+                stmt = self._by_key.get(kind)
+                if stmt is None:
+                    stmt = self._by_key[kind] = k.by_key()
+                row = (await conn.execute(stmt, {"native_key": key})).mappings().first()
         return dict(row) if row is not None else None
+
+    async def create_many(self, kind: str, records: list[Record]) -> list[NativeId | AppError]:
+        """All in one transaction (one commit); when one record is refused, one by one, so each gets its own answer."""
+        k = self._kind(kind)
+        prepared = [_values(k, record) for record in records]
+
+        async def work(conn: AsyncConnection) -> list[NativeId | AppError]:
+            if self._insert_many_returning(conn, k) and not any(children for _, children in prepared):
+                return await self._insert_many(conn, k, [values for values, _ in prepared])
+            return [await self._create_in(conn, k, values, children) for values, children in prepared]
+
+        try:
+            return await self._transaction(k.table, None, work)
+        except AppUnavailable:
+            raise  # rolled back whole: nothing was created
+        except AppError:
+            return await super().create_many(kind, records)
+
+    @staticmethod
+    def _insert_many_returning(conn: AsyncConnection, k: _Kind) -> bool:
+        """Whether rows of `k` can go in through one prepared INSERT ... RETURNING key."""
+        return k.config.key_strategy in ("autoincrement", "uuid") and bool(conn.dialect.insert_returning)
+
+    async def _insert_many(self, conn: AsyncConnection, k: _Kind, rows: list[dict[str, Any]]) -> list[NativeId | AppError]:
+        """One statement object for every row: compiled once and bound per row, not a new INSERT built per row."""
+        stmt = insert(k.table).returning(k.key)
+        keys: list[Any] = []
+        with _app_errors(k.table):
+            for values in rows:
+                if k.config.key_strategy == "uuid":
+                    values = {**values, k.key.name: _parse_id(k.key, str(uuid.uuid4()))}
+                keys.append((await conn.execute(stmt, values)).scalar_one())
+        if any(key is None for key in keys):
+            raise AppBadResponse(f"{k.table.name}: the database assigned no {k.key.name}")
+        return [str(key) for key in keys]
+
+    async def get_many(self, kind: str, native_ids: list[NativeId]) -> dict[NativeId, Record]:
+        k = self._kind(kind)
+        keys = {key: native_id for native_id in native_ids if (key := _parse_id(k.key, native_id)) is not None}
+        found: dict[NativeId, Record] = {}
+        with _app_errors(k.table):
+            async with self._reader().connect() as conn:
+                chunk_keys = list(keys)
+                for i in range(0, len(chunk_keys), IN_CHUNK):
+                    rows = await conn.execute(select(*k.columns()).where(k.key.in_(chunk_keys[i : i + IN_CHUNK]), *k.live()))
+                    for row in rows.mappings():
+                        found[keys[row[k.key.name]]] = dict(row)
+        return found
 
     async def update(self, kind: str, native_id: NativeId, changes: Record) -> None:
         k = self._kind(kind)
@@ -769,13 +825,21 @@ def _create_engine(url: URL, config: SqlConnectorConfig) -> AsyncEngine:
         connect_args: dict[str, Any] = {"timeout": config.timeout}  # sqlite3's busy timeout, in seconds
     elif backend == "postgresql":
         # asyncpg: connect timeout; lock_timeout so a row another writer holds is a quick 503, not a hang.
+        statement_ms = int(config.statement_timeout * 1000)
         connect_args = {
             "timeout": config.timeout,
-            "server_settings": {"lock_timeout": str(lock_ms), "application_name": "scim-gateway"},
+            # A statement the server runs too long is cancelled there; a server gone silent is given up client-side.
+            "command_timeout": config.statement_timeout + 1,
+            "server_settings": {
+                "lock_timeout": str(lock_ms), "statement_timeout": str(statement_ms), "application_name": "scim-gateway",
+            },
         }
     elif backend in ("mysql", "mariadb"):
         seconds = max(1, math.ceil(config.timeout))
-        connect_args = {"connect_timeout": seconds, "init_command": f"SET SESSION innodb_lock_wait_timeout = {seconds}"}
+        connect_args = {
+            "connect_timeout": seconds,
+            "init_command": f"SET SESSION innodb_lock_wait_timeout = {seconds}, SESSION max_statement_time = {config.statement_timeout}",
+        }
     else:
         connect_args = {}
     extra: dict[str, Any] = {}
@@ -798,11 +862,11 @@ def _create_engine(url: URL, config: SqlConnectorConfig) -> AsyncEngine:
         **extra,
     )
     if backend == "sqlite":
-        _setup_sqlite(engine)
+        _setup_sqlite(engine, config.sqlite_synchronous)
     return engine
 
 
-def _setup_sqlite(engine: AsyncEngine) -> None:
+def _setup_sqlite(engine: AsyncEngine, synchronous: str | None = None) -> None:
     """Foreign keys on, and real transactions: BEGIN for reads, BEGIN IMMEDIATE for writes.
 
     sqlite3's legacy mode begins a transaction only at the first DML statement,
@@ -815,6 +879,8 @@ def _setup_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
+        if synchronous is not None:
+            cursor.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -1057,7 +1123,7 @@ _ERRNO = {
     1062: "unique", 1586: "unique", 1048: "not_null", 1364: "not_null", 1263: "not_null", 4025: "check", 3819: "check",
     1216: "foreign_key", 1217: "foreign_key", 1451: "foreign_key", 1452: "foreign_key",
     1264: "data", 1265: "data", 1292: "data", 1366: "data", 1367: "data", 1406: "data", 1411: "data", 1690: "data",
-    1040: "unavailable", 1053: "unavailable", 1205: "unavailable", 1213: "unavailable", 1317: "unavailable",
+    1040: "unavailable", 1053: "unavailable", 1969: "unavailable", 1205: "unavailable", 1213: "unavailable", 1317: "unavailable",
     1927: "unavailable", 2002: "unavailable", 2003: "unavailable", 2006: "unavailable", 2013: "unavailable",
     2014: "unavailable", 2055: "unavailable", 4031: "unavailable", 1045: "unavailable", 1129: "unavailable",
 }  # fmt: skip

@@ -83,6 +83,19 @@ class ConnectorConformance:
         ids = [await connector.create(user_kind, self.sample_user(f"distinct{i}")) for i in range(3)]
         assert len(set(ids)) == 3
 
+    async def test_create_many_answers_each_record_in_order(self, connector: Connector, user_kind: str, unique_field: str) -> None:
+        records = [self.sample_user(f"many{i}") for i in range(4)]
+        taken = await connector.create(user_kind, self.sample_user("manytaken"))
+        clash = self.sample_user("manyclash") | {unique_field: self.sample_user("manytaken")[unique_field]}
+        answers = await connector.create_many(user_kind, [records[0], records[1], clash, records[2], records[3]])
+        assert isinstance(answers[2], AppConflict)  # refused alone: the others are created all the same
+        created = [a for i, a in enumerate(answers) if i != 2]
+        assert all(isinstance(a, str) for a in created) and len(set(created)) == 4 and taken not in created
+        found = await connector.get_many(user_kind, [*created, "999999999"])
+        assert set(found) == set(created)  # the unknown id is simply absent
+        for native_id, record in zip(created, records, strict=True):
+            assert {field: found[native_id].get(field) for field in record} == record
+
     @pytest.mark.parametrize("unknown", ["999999999", "no-such-id"])
     async def test_get_unknown_is_none(self, connector: Connector, user_kind: str, unknown: str) -> None:
         assert await connector.get(user_kind, unknown) is None
