@@ -586,7 +586,7 @@ async def test_not_open_and_unknown_kind(tmp_path: Path, hr_db: Path) -> None:
 
 def test_config_json_schema_exports() -> None:
     schema = SqlConnectorConfig.model_json_schema()
-    assert set(schema["properties"]) == {"type", "dsn", "pool_size", "timeout", "tables"}
+    assert set(schema["properties"]) == {"type", "dsn", "pool_size", "timeout", "statement_timeout", "sqlite_synchronous", "tables"}
 
 
 def test_config_is_frozen_and_defaults() -> None:
