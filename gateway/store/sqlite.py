@@ -66,6 +66,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX journal_pending ON journal (app, state);
     """,
+    # 2: lists page through an app's resources of one type in creation order; the index answers the
+    # WHERE, the ORDER BY and the count without reading every row or sorting them.
+    """
+    CREATE INDEX resources_listing ON resources (app, type, state, seq);
+    """,
 ]
 
 
