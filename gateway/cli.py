@@ -150,14 +150,7 @@ def _serve_workers(args: argparse.Namespace, log: logging.Logger) -> int:
 
     context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no inherited loop, sockets or locks
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
-    for index in range(1, args.workers + 1):
-        child_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
-        child_args.workers, child_args.worker_index = 1, index
-        proc = context.Process(target=_worker_main, args=(child_args,), name=f"scim-gateway-worker-{index}")
-        proc.start()
-        procs[index] = proc
-    log.info("serving with %d worker processes: %s", len(procs), ", ".join(str(p.pid) for p in procs.values()))
-
+    told: set[int] = set()  # the workers sent a stop signal
     stopping = False
     failed = False
 
@@ -166,14 +159,28 @@ def _serve_workers(args: argparse.Namespace, log: logging.Logger) -> int:
         stopping = True
         for proc in procs.values():
             if proc.is_alive() and proc.pid is not None:
+                told.add(proc.pid)
                 os.kill(proc.pid, signum)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("%s: stopping the workers", signal.Signals(signum).name)
         stop_all(signal.SIGTERM)
 
+    # The handlers before the first worker starts: a signal meanwhile stops the workers started, and no more start.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        for index in range(1, args.workers + 1):
+            if stopping:
+                break
+            child_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
+            child_args.workers, child_args.worker_index = 1, index
+            proc = context.Process(target=_worker_main, args=(child_args,), name=f"scim-gateway-worker-{index}")
+            proc.start()
+            procs[index] = proc
+            if stopping and proc.pid not in told and proc.pid is not None:
+                told.add(proc.pid)  # the signal came while this one started: tell it too, once
+                os.kill(proc.pid, signal.SIGTERM)
+        log.info("serving with %d worker processes: %s", len(procs), ", ".join(str(p.pid) for p in procs.values()))
         running = dict(procs)
         deadline: float | None = None
         while running:
@@ -182,7 +189,9 @@ def _serve_workers(args: argparse.Namespace, log: logging.Logger) -> int:
                 if proc.exitcode is None:
                     continue
                 del running[index]
-                if proc.exitcode != 0 or not stopping:
+                # A worker still starting when told to stop has no handler yet: the signal ends it, cleanly (it served nothing).
+                stopped = proc.exitcode == 0 or proc.exitcode == -signal.SIGTERM
+                if not (stopping and stopped):
                     failed = True
                     log.error("worker %d (pid %s) exited with code %s%s", index, proc.pid, proc.exitcode,
                               "" if stopping else ": stopping the others")

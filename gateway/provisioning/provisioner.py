@@ -26,7 +26,7 @@ from ..connectors.errors import AppBadResponse, AppConflict, AppError, AppInvali
 from ..mapping.compile import CompiledMapping, CompiledResource, CompiledRule, TemplateError
 from ..mapping.translate import UnresolvedReference, overlay, read_rule, to_record, write_rule
 from ..scim.errors import ScimError, invalid_value, not_found, unavailable, uniqueness
-from ..store.base import Busy, Gone, Member, NativeConflict, Query, Row, Store, UniqueConflict, VersionMismatch
+from ..store.base import Busy, Gone, Member, NativeConflict, Pending, Query, Row, Store, UniqueConflict, VersionMismatch
 from .membership import Membership, UserFieldMembership, create_membership
 
 log = logging.getLogger(__name__)
@@ -703,41 +703,58 @@ class Provisioner:
         At start-up every pending entry is stale. While serving, only entries older
         than `older_than` seconds that this process is not working on are taken (a
         write whose settle failed, say, or a process that died while others live).
+        An entry that settles to a unique name another pending entry still holds (a
+        rename cut short, and a create of the name it was giving up) is tried again
+        once the others are settled.
         """
+        todo = [e for e in await self.store.pending(self.app, older_than) if e.seq not in self._inflight]
         repaired = 0
-        for entry in await self.store.pending(self.app, older_than):
-            if entry.seq in self._inflight:
-                continue
-            cres = self.mapping.resources.get(entry.type)
-            row = await self.store.get_any(entry.resource_id)
-            try:
-                if cres is None or row is None:
-                    await self.store.abort(entry.seq, "recovery: resource type or row no longer exists")
-                elif entry.op == "create":
-                    await self._recover_create(cres, entry.seq, row)
-                elif entry.op == "update":
-                    await self._recover_update(cres, entry.seq, row, entry.payload.get("relink"))
-                elif entry.op == "delete":
-                    if row.native_id is None:
-                        await self.store.settle_delete(entry.seq)  # nothing of it is left in the app
-                    elif not cres.reads_live and cres.delete_mode == "delete":
-                        await self.connector.delete(cres.name, row.native_id)  # cannot look: finish it (idempotent)
-                        await self.store.settle_delete(entry.seq)
-                    elif cres.delete_mode == "deactivate" or await self.connector.get(cres.name, row.native_id) is None:
-                        await self.store.settle_delete(entry.seq)
-                    else:
-                        await self.store.abort(entry.seq, "recovery: the app still has the record")
-                repaired += 1
-            except AppError as exc:
-                log.warning("%s: recovery of journal entry %s postponed, the app failed: %s", self.app, entry.seq, exc.detail)
-            except NativeConflict:
-                # The record the match found is already linked to another resource: not ours to take.
-                await self.store.abort(entry.seq, "recovery: the matching app record belongs to another resource")
-                repaired += 1
-            except Exception:
-                # One entry that cannot be repaired must not stop the others, nor the gateway from starting.
-                log.exception("%s: recovery of journal entry %s failed; it is retried by the next sweep", self.app, entry.seq)
+        while todo:
+            waiting: list[Pending] = []
+            for entry in todo:
+                try:
+                    if await self._recover_entry(entry):
+                        repaired += 1
+                except UniqueConflict:
+                    waiting.append(entry)
+                except AppError as exc:
+                    log.warning("%s: recovery of journal entry %s postponed, the app failed: %s", self.app, entry.seq, exc.detail)
+                except Exception:
+                    # One entry that cannot be repaired must not stop the others, nor the gateway from starting.
+                    log.exception("%s: recovery of journal entry %s failed; it is retried by the next sweep", self.app, entry.seq)
+            if len(waiting) == len(todo):
+                for entry in waiting:  # held by a write of another process, or names swapped crosswise: the next sweep
+                    log.warning("%s: recovery of journal entry %s waits: the unique name of %s %s is held by another write",
+                                self.app, entry.seq, entry.type, entry.resource_id)
+                break
+            todo = waiting
         return repaired
+
+    async def _recover_entry(self, entry: Pending) -> bool:
+        """Settle or roll back one pending entry; False when it cannot tell yet. UniqueConflict: wait for the others."""
+        cres = self.mapping.resources.get(entry.type)
+        row = await self.store.get_any(entry.resource_id)
+        try:
+            if cres is None or row is None:
+                await self.store.abort(entry.seq, "recovery: resource type or row no longer exists")
+            elif entry.op == "create":
+                return await self._recover_create(cres, entry.seq, row)
+            elif entry.op == "update":
+                await self._recover_update(cres, entry.seq, row, entry.payload.get("relink"))
+            elif entry.op == "delete":
+                if row.native_id is None:
+                    await self.store.settle_delete(entry.seq)  # nothing of it is left in the app
+                elif not cres.reads_live and cres.delete_mode == "delete":
+                    await self.connector.delete(cres.name, row.native_id)  # cannot look: finish it (idempotent)
+                    await self.store.settle_delete(entry.seq)
+                elif cres.delete_mode == "deactivate" or await self.connector.get(cres.name, row.native_id) is None:
+                    await self.store.settle_delete(entry.seq)
+                else:
+                    await self.store.abort(entry.seq, "recovery: the app still has the record")
+        except NativeConflict:
+            # The record the match found is already linked to another resource: not ours to take.
+            await self.store.abort(entry.seq, "recovery: the matching app record belongs to another resource")
+        return True
 
     async def _find_by_match(self, cres: CompiledResource, scim_value: Any) -> list[tuple[str, dict[str, Any]]] | None:
         """The app's records whose match field holds this SCIM value; None when the connector cannot search."""
@@ -760,11 +777,11 @@ class Provisioner:
         found: list[tuple[str, dict[str, Any]]] = await self.connector.find(cres.name, rule.field, value, op)
         return found
 
-    async def _recover_create(self, cres: CompiledResource, seq: int, row: Row) -> None:
+    async def _recover_create(self, cres: CompiledResource, seq: int, row: Row) -> bool:
         matches = await self._find_by_match(cres, read_rule(row.data, cres.match_rule))
         if matches is None:
             log.warning("%s: cannot tell whether %s %s reached the app (its connector cannot search)", self.app, cres.name, row.id)
-            return
+            return False
         if len(matches) == 1:
             native_id, app_record = matches[0]
             data = await overlay(cres, row.data, app_record, self.refs)
@@ -776,6 +793,7 @@ class Provisioner:
         else:
             await self.store.abort(seq, "recovery: the app has no such record")
             log.info("%s: recovery rolled back the unfinished create of %s %s", self.app, cres.name, row.id)
+        return True
 
     async def _recover_update(self, cres: CompiledResource, seq: int, row: Row, relink: str | None = None) -> None:
         if relink is not None:

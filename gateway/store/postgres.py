@@ -365,11 +365,14 @@ class PostgresStore:
         async def work(conn: asyncpg.Connection) -> Row:
             entry = await self._entry(conn, seq)
             app, rid = entry["app"], entry["resource_id"]
-            rec = await conn.fetchrow(
-                "UPDATE resources SET data = $1, version = version + 1, last_modified = $2, unique_key = $3, pending_seq = NULL"
-                " WHERE id = $4 RETURNING *",
-                data, now, unique_key, rid,
-            )
+            try:
+                rec = await conn.fetchrow(
+                    "UPDATE resources SET data = $1, version = version + 1, last_modified = $2, unique_key = $3, pending_seq = NULL"
+                    " WHERE id = $4 RETURNING *",
+                    data, now, unique_key, rid,
+                )
+            except asyncpg.UniqueViolationError as exc:  # recovery settling a name that another pending write holds
+                raise UniqueConflict(str(exc)) from None
             if relink:
                 try:
                     rec = await conn.fetchrow("UPDATE resources SET native_id = $1 WHERE id = $2 RETURNING *", native_id, rid)
@@ -421,10 +424,13 @@ class PostgresStore:
             if entry["op"] == "create":
                 await conn.execute("DELETE FROM resources WHERE id = $1 AND state = 'creating'", rid)
             else:
-                await conn.execute(
-                    "UPDATE resources SET pending_seq = NULL, unique_key = $1 WHERE id = $2 AND pending_seq = $3",
-                    entry["payload"]["old_unique_key"], rid, seq,
-                )
+                try:
+                    await conn.execute(
+                        "UPDATE resources SET pending_seq = NULL, unique_key = $1 WHERE id = $2 AND pending_seq = $3",
+                        entry["payload"]["old_unique_key"], rid, seq,
+                    )
+                except asyncpg.UniqueViolationError as exc:  # the name it gave up is held now by another write in flight
+                    raise UniqueConflict(str(exc)) from None
             await conn.execute("UPDATE journal SET state = 'aborted', detail = $1 WHERE seq = $2", reason[:500], seq)
 
         await self._tx(work)

@@ -289,11 +289,14 @@ class SqliteStore:
         async def work(db: aiosqlite.Connection) -> Row:
             entry = await self._entry(db, seq)
             app, rid = entry["app"], entry["resource_id"]
-            await db.execute(
-                "UPDATE resources SET data = ?, version = version + 1, last_modified = ?, unique_key = ?, pending_seq = NULL"
-                " WHERE id = ?",
-                (_dumps(data), now, unique_key, rid),
-            )
+            try:
+                await db.execute(
+                    "UPDATE resources SET data = ?, version = version + 1, last_modified = ?, unique_key = ?, pending_seq = NULL"
+                    " WHERE id = ?",
+                    (_dumps(data), now, unique_key, rid),
+                )
+            except sqlite3.IntegrityError as exc:  # recovery settling a name that another pending write holds
+                raise UniqueConflict(str(exc)) from None
             if relink:
                 try:
                     await db.execute("UPDATE resources SET native_id = ? WHERE id = ?", (native_id, rid))
@@ -342,10 +345,13 @@ class SqliteStore:
                 await db.execute("DELETE FROM resources WHERE id = ? AND state = 'creating'", (rid,))
             else:
                 payload = json.loads(entry["payload"])
-                await db.execute(
-                    "UPDATE resources SET pending_seq = NULL, unique_key = ? WHERE id = ? AND pending_seq = ?",
-                    (payload["old_unique_key"], rid, seq),
-                )
+                try:
+                    await db.execute(
+                        "UPDATE resources SET pending_seq = NULL, unique_key = ? WHERE id = ? AND pending_seq = ?",
+                        (payload["old_unique_key"], rid, seq),
+                    )
+                except sqlite3.IntegrityError as exc:  # the name it gave up is held now by another write in flight
+                    raise UniqueConflict(str(exc)) from None
             await db.execute("UPDATE journal SET state = 'aborted', detail = ? WHERE seq = ?", (reason[:500], seq))
 
         await self._tx(work)
