@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
+import os
 import re
+import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from .app import APPS, SETTINGS, AppRuntime
+from .app import APPS, AUDIT, SETTINGS, AppRuntime
+from .audit import clip
 from .provisioning.provisioner import Provisioner
 from .scim import bulk as scim_bulk
 from .scim.discovery import list_response, schemas_of, service_provider_config
 from .scim.errors import ScimError, invalid_syntax, invalid_value, not_found, unavailable
 from .scim.listing import ListRequest, check_search_body, parse_list_request
-from .scim.patch import apply_patch
-from .scim.projection import parse_attribute_list, project
+from .scim.patch import apply_patch, check_patch_limits, member_changes
+from .scim.projection import check_attribute_list_size, parse_attribute_list, project
 from .scim.query import Query
 from .scim.resource import normalize_resource
 from .scim.schema import ResourceType
@@ -51,6 +54,7 @@ def error_response(error: ScimError) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
+        check_url_length(request)
         return await handler(request)
     except ScimError as exc:
         return error_response(exc)
@@ -58,8 +62,7 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         log.error("%s %s: %s", request.method, request.path, exc)
         return error_response(unavailable("the gateway's correlation store is unavailable; retry later", 5))
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].limits.max_body_bytes
-        return error_response(ScimError(413, f"the request body is larger than the limit of {limit} bytes (maxPayloadSize)"))
+        return error_response(body_too_large(request))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -67,6 +70,20 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(ScimError(500, "internal error; the request may be retried"))
+
+
+def body_too_large(request: web.Request) -> ScimError:
+    limit = request.app[SETTINGS].limits.max_body_bytes
+    sent = f"{request.content_length} bytes" if request.content_length is not None else f"more than {limit} bytes (chunked)"
+    return ScimError(413, f"the request body is {sent}, larger than max_body_bytes {limit} (maxPayloadSize)")
+
+
+def check_url_length(request: web.Request) -> None:
+    """Refuse a request line longer than max_url_bytes with a SCIM 414 (aiohttp's own cap, above it, answers in text/plain)."""
+    limit = request.app[SETTINGS].limits.max_url_bytes
+    size = len(request.raw_path)
+    if size > limit:
+        raise ScimError(414, f"the request URL is {size} bytes, longer than max_url_bytes {limit}: send long filters by POST .search")
 
 
 def setup_routes(app: web.Application) -> None:
@@ -88,24 +105,83 @@ def base_url(request: web.Request, app_name: str) -> str:
     return f"{root}/apps/{app_name}/scim/v2"
 
 
-def authenticate(request: web.Request, runtime: AppRuntime) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ScimError(401, "a bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="scim-gateway"'})
-    # surrogateescape: the header's bytes as sent, even when they are not UTF-8 (aiohttp decodes them so).
-    digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
-    ok = False
-    for accepted in runtime.token_digests:
-        ok |= hmac.compare_digest(digest, accepted)  # no early exit: constant time over the list
-    if not ok:
-        raise ScimError(401, "the bearer token is not valid for this app", headers={"WWW-Authenticate": 'Bearer realm="scim-gateway", error="invalid_token"'})
+async def authenticate(request: web.Request, runtime: AppRuntime) -> str:
+    """The identity of the credential the request carries (a static token's name, or jwt:<iss>:<client>); 401 / 503 else."""
+    return await runtime.auth.authenticate(request.headers.get("Authorization", ""))
+
+
+# ---------------------------------------------------------------- audit
+
+
+@dataclass(slots=True)
+class AuditNote:
+    """What the audit middleware records about one request to an app, filled in by dispatch (and by Bulk, per operation)."""
+
+    app: str
+    client: str | None
+    method: str
+    started: float = field(default_factory=time.monotonic)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    credential: str | None = None
+    op: str | None = None  # None: not recorded (a read)
+    resource_type: str | None = None
+    resource_id: str | None = None
+    scim_type: str | None = None
+    reason: str | None = None
+    operations: int | None = None  # Bulk: how many operation records precede the request's own
+
+    def record(
+        self, op: str | None, resource_type: str | None, resource_id: Any, status: int | None, scim_type: str | None,
+        method: str | None = None, duration_ms: float | None = None, **extra: Any,
+    ) -> dict[str, Any]:
+        """One audit line: who (credential, client), what (op on resource_type/id), how it ended (status, scim_type)."""
+        out: dict[str, Any] = {
+            "app": self.app, "credential": self.credential, "client": self.client, "method": method or self.method,
+            "op": op, "resource_type": resource_type, "id": clip(resource_id), "status": status,
+        }
+        if scim_type:
+            out["scim_type"] = scim_type
+        out.update({k: v for k, v in extra.items() if v is not None})
+        out["request_id"] = self.request_id
+        if duration_ms is not None:
+            out["duration_ms"] = duration_ms
+        out["pid"] = os.getpid()  # which process of `serve --workers N`
+        return out
+
+
+AUDIT_NOTE = web.RequestKey("audit_note", AuditNote)
+_WRITE_OPS = {"POST": "create", "PUT": "replace", "PATCH": "patch", "DELETE": "delete"}
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Record every write and every refused authentication with the status finally answered (outside error_middleware)."""
+    status: int | None = None
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        note = request.get(AUDIT_NOTE)
+        if note is not None and note.op is not None:
+            if note.op == "create" and note.resource_id is None and response is not None and "Location" in response.headers:
+                note.resource_id = response.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+            duration = round((time.monotonic() - note.started) * 1000, 1)
+            request.app[AUDIT].write(
+                note.record(
+                    note.op, note.resource_type, note.resource_id, status, note.scim_type,
+                    reason=note.reason, operations=note.operations, duration_ms=duration,
+                )
+            )
 
 
 async def read_json(request: web.Request) -> Any:
     content_type = request.headers.get("Content-Type", "")
     if content_type and "json" not in content_type.lower():
         raise ScimError(415, f"send application/scim+json or application/json, not {content_type.split(';')[0]}")
+    if request.content_length is not None and request.content_length > request.app[SETTINGS].limits.max_body_bytes:
+        raise body_too_large(request)  # refused before a byte of it is read
     raw = await request.read()
     if not raw.strip():
         raise invalid_syntax("the request body is empty")
@@ -185,6 +261,7 @@ class Endpoint:
         self.base = base
         self.provisioner: Provisioner = runtime.provisioner
         self.limits = request.app[SETTINGS].limits
+        self.bulk_log: list[dict[str, Any]] = []  # the Bulk operations run so far, for the audit log
 
     @property
     def rtypes(self) -> dict[str, ResourceType]:
@@ -216,11 +293,15 @@ class Endpoint:
         body = self.finish(rtype, resource, params.get("attributes"), params.get("excludedAttributes"))
         headers = {"ETag": etag_of(resource)}
         if status == 201:
-            headers["Location"] = body["meta"]["location"]
+            # Not from the body: `attributes=id` projects meta away (was: a 500 after the create).
+            headers["Location"] = f"{self.base}{rtype.endpoint}/{resource['id']}"
         return scim_response(body, status, headers)
 
     async def route(self, tail: str) -> web.StreamResponse:
         method = self.request.method
+        for parameter in ("attributes", "excludedAttributes"):
+            # Before anything runs: a write must not happen and then fail on its response's projection.
+            check_attribute_list_size(self.request.query.get(parameter), parameter, self.limits.max_attribute_names)
         parts = [p for p in tail.split("/") if p]
         if not parts:
             raise not_found("this is the SCIM base URL; see /ServiceProviderConfig, /ResourceTypes, /Schemas")
@@ -235,6 +316,9 @@ class Endpoint:
         if lowered == "schemas" and len(parts) <= 2:
             self.allow(method, "GET")
             return self.schemas(parts[1] if len(parts) == 2 else None)
+        refusal = self.runtime.refusal()  # the app's connector is not open yet: discovery above answers, nothing else
+        if refusal is not None:
+            raise refusal
         if lowered == "bulk" and len(parts) == 1:
             self.allow(method, "POST")
             return await self.bulk()
@@ -263,6 +347,18 @@ class Endpoint:
                 return await self.patch(rtype, rid)
             return await self.delete(rtype, rid)
         raise not_found(f"no SCIM endpoint at {tail}")
+
+    def audit_target(self, tail: str) -> tuple[str | None, str | None, str | None]:
+        """(op, resource type, SCIM id) to record for this request: every write attempt, whatever its fate; (None, ...) for a read."""
+        method = self.request.method
+        op = _WRITE_OPS.get(method)
+        parts = [p for p in tail.split("/") if p]
+        if op is None or (method == "POST" and parts and parts[-1].lower() == ".search"):
+            return None, None, None
+        if method == "POST" and len(parts) == 1 and parts[0].lower() == "bulk":
+            return "bulk", None, None
+        rtype = self.rtype_for_endpoint(parts[0]) if parts else None
+        return op, rtype.name if rtype else None, parts[1] if len(parts) > 1 else None
 
     @staticmethod
     def allow(method: str, *allowed: str) -> None:
@@ -317,7 +413,10 @@ class Endpoint:
         return await self._list(rtype, check_search_body(await read_json(self.request)))
 
     async def _list(self, rtype: ResourceType, params: Any) -> web.Response:
-        req = parse_list_request(params, rtype, default_count=self.limits.default_page_size, max_count=self.limits.max_page_size)
+        req = parse_list_request(
+            params, rtype, default_count=self.limits.default_page_size, max_count=self.limits.max_page_size,
+            max_attributes=self.limits.max_attribute_names,
+        )
         members = _wants_membership(rtype, req.attributes, req.excluded)
         total, resources = await self.provisioner.query(rtype.name, req.query, members=members)
         body = list_response([self.finish(rtype, r, req.attributes, req.excluded) for r in resources], total, req.query.start_index)
@@ -337,7 +436,10 @@ class Endpoint:
         page_of: ListRequest | None = None
         for rtype in self.rtypes.values():
             try:
-                req = parse_list_request(body, rtype, default_count=self.limits.default_page_size, max_count=self.limits.max_page_size)
+                req = parse_list_request(
+                    body, rtype, default_count=self.limits.default_page_size, max_count=self.limits.max_page_size,
+                    max_attributes=self.limits.max_attribute_names,
+                )
             except ScimError as exc:
                 if exc.scim_type != "invalidFilter" and exc.scim_type != "invalidValue":
                     raise
@@ -375,7 +477,13 @@ class Endpoint:
         body = await read_json(self.request)
         if not isinstance(body, dict):
             raise invalid_syntax("a PATCH body must be a PatchOp JSON object")
-        _row, updated = await self.provisioner.patch(rtype.name, rid, lambda current: apply_patch(current, body, rtype), self._if_match())
+        check_patch_limits(body, max_operations=self.limits.max_patch_operations, max_values=self.limits.max_patch_values)
+        query = self.request.query
+        _row, updated = await self.provisioner.patch(
+            rtype.name, rid, lambda current: apply_patch(current, body, rtype), self._if_match(),
+            member_changes=member_changes(body) if rtype.name == "Group" else None,
+            with_members=_wants_membership(rtype, query.get("attributes"), query.get("excludedAttributes")),
+        )
         return self.resource_response(rtype, updated)
 
     async def delete(self, rtype: ResourceType, rid: str) -> web.Response:
@@ -383,6 +491,47 @@ class Endpoint:
         return web.Response(status=204)
 
     async def bulk_operation(self, method: str, path: str, data: Any, version: str | None) -> scim_bulk.BulkResult:
+        done: dict[str, Any] = {"method": method, "path": path, "status": None}
+        self.bulk_log.append(done)  # what ran, in case the Bulk request fails as a whole after it
+        try:
+            outcome = await self._bulk_operation(method, path, data, version)
+        except ScimError as exc:
+            done.update(status=exc.status, scim_type=exc.scim_type)
+            raise
+        done.update(status=outcome.status, id=outcome.resource_id)
+        return outcome
+
+    async def bulk_create_many(self, path: str, datas: list[dict[str, Any]]) -> list[scim_bulk.BulkResult | ScimError]:
+        parts = [p for p in path.split("/") if p]
+        rtype = self.rtype_for_endpoint(parts[0]) if len(parts) == 1 else None
+        out: list[scim_bulk.BulkResult | ScimError | None] = [None] * len(datas)
+        if rtype is None:
+            out = [ScimError(400, f"POST {path} is not a resource operation", "invalidPath") for _ in datas]
+        else:
+            valid: list[tuple[int, dict[str, Any]]] = []
+            for k, data in enumerate(datas):
+                try:
+                    valid.append((k, normalize_resource(data, rtype)))
+                except ScimError as exc:
+                    out[k] = exc
+            answers = await self.provisioner.create_many(rtype.name, [resource for _, resource in valid])
+            for (k, _), answer in zip(valid, answers, strict=True):
+                if isinstance(answer, ScimError):
+                    out[k] = answer
+                else:
+                    resource = answer[1]
+                    out[k] = scim_bulk.BulkResult(201, f"{self.base}{rtype.endpoint}/{resource['id']}", etag_of(resource), resource["id"])
+        for outcome in out:
+            assert outcome is not None
+            done: dict[str, Any] = {"method": "POST", "path": path}
+            if isinstance(outcome, ScimError):
+                done.update(status=outcome.status, scim_type=outcome.scim_type)
+            else:
+                done.update(status=outcome.status, id=outcome.resource_id)
+            self.bulk_log.append(done)  # what ran, in case the Bulk request fails as a whole after it
+        return out  # type: ignore[return-value]
+
+    async def _bulk_operation(self, method: str, path: str, data: Any, version: str | None) -> scim_bulk.BulkResult:
         parts = [p for p in path.split("/") if p]
         rtype = self.rtype_for_endpoint(parts[0]) if parts else None
         if rtype is None or len(parts) > 2 or (method == "POST") != (len(parts) == 1):
@@ -396,6 +545,7 @@ class Endpoint:
         elif method == "PATCH":
             if not isinstance(data, dict):
                 raise invalid_syntax("a PATCH operation's data must be a PatchOp object")
+            check_patch_limits(data, max_operations=self.limits.max_patch_operations, max_values=self.limits.max_patch_values)
             _row, resource = await self.provisioner.patch(rtype.name, parts[1], lambda current: apply_patch(current, data, rtype), if_match)
         else:
             await self.provisioner.delete(rtype.name, parts[1], if_match)
@@ -405,8 +555,82 @@ class Endpoint:
 
     async def bulk(self) -> web.Response:
         body = await read_json(self.request)
-        result = await scim_bulk.run_bulk(self, body, max_operations=self.limits.bulk_max_operations)
+        marked, operations = _mark_bulk_operations(body)
+        try:
+            result = await scim_bulk.run_bulk(self, marked, max_operations=self.limits.bulk_max_operations)
+        except BaseException:
+            self._audit_bulk_log()  # the request fails as a whole: record what ran before it failed
+            raise
+        self._audit_bulk_results(operations, result)
         return scim_response(result)
+
+    def _audit_bulk_results(self, operations: list[Any], result: dict[str, Any]) -> None:
+        """One audit record per operation of a Bulk response (the marks put on by _mark_bulk_operations come off here)."""
+        note, audit = self.request[AUDIT_NOTE], self.request.app[AUDIT]
+        by_bulk_id = {str(op["bulkId"]): op for op in operations if isinstance(op, dict) and op.get("bulkId") is not None}
+        unnamed = iter([op for op in operations if isinstance(op, dict) and op.get("bulkId") is None and _is_post(op)])
+        matched: list[tuple[dict[str, Any], Any, dict[str, Any]]] = []  # (result, client's bulkId, operation)
+        for outcome in result["Operations"]:
+            bulk_id = outcome.get("bulkId")
+            if isinstance(bulk_id, str) and bulk_id.startswith(_BULK_MARK):
+                del outcome["bulkId"]
+                matched.append((outcome, None, operations[int(bulk_id[len(_BULK_MARK) :])]))
+            elif bulk_id is not None:
+                matched.append((outcome, bulk_id, by_bulk_id.get(str(bulk_id), {})))
+            else:  # a POST without a bulkId, refused for that
+                matched.append((outcome, None, next(unnamed, {})))
+        created = {str(b): o["location"].rsplit("/", 1)[-1] for o, b, _ in matched if b is not None and isinstance(o.get("location"), str)}
+        for outcome, bulk_id, op in matched:
+            parts = [p for p in op.get("path", "").split("/") if p] if isinstance(op.get("path"), str) else []
+            rtype = self.rtype_for_endpoint(parts[0]) if parts else None
+            if isinstance(outcome.get("location"), str):
+                rid: str | None = outcome["location"].rsplit("/", 1)[-1]
+            else:
+                rid = parts[1] if len(parts) > 1 else None
+                if rid is not None and rid.startswith("bulkId:"):
+                    rid = created.get(rid[len("bulkId:") :], rid)
+            method, response = outcome.get("method"), outcome.get("response")
+            audit.write(
+                note.record(
+                    _WRITE_OPS.get(method.upper()) if isinstance(method, str) else None, rtype.name if rtype else None, rid,
+                    int(outcome["status"]), response.get("scimType") if isinstance(response, dict) else None,
+                    method=clip(method), bulk_id=clip(bulk_id),
+                )
+            )
+        note.operations = len(matched)
+
+    def _audit_bulk_log(self) -> None:
+        note = self.request[AUDIT_NOTE]
+        for done in self.bulk_log:
+            parts = [p for p in done["path"].split("/") if p]
+            rtype = self.rtype_for_endpoint(parts[0]) if parts else None
+            rid = done.get("id") or (parts[1] if len(parts) > 1 else None)
+            self.request.app[AUDIT].write(
+                note.record(_WRITE_OPS.get(done["method"]), rtype.name if rtype else None, rid, done["status"], done.get("scim_type"),
+                            method=done["method"])
+            )
+        note.operations = len(self.bulk_log)
+
+
+# A private bulkId for the audit log: NUL never occurs in a client's (check_json refuses it), so it cannot clash.
+_BULK_MARK = "\x00audit:"
+
+
+def _is_post(op: dict[str, Any]) -> bool:
+    return isinstance(op.get("method"), str) and op["method"].upper() == "POST"
+
+
+def _mark_bulk_operations(body: Any) -> tuple[Any, list[Any]]:
+    """The Bulk body with a private bulkId on each operation that has none (but POST, which must bring its own),
+    so that each result in the response names its operation; and the operations as sent."""
+    if not isinstance(body, dict) or not isinstance(body.get("Operations"), list):
+        return body, []
+    operations = body["Operations"]
+    marked = [
+        {**op, "bulkId": f"{_BULK_MARK}{i}"} if isinstance(op, dict) and op.get("bulkId") is None and not _is_post(op) else op
+        for i, op in enumerate(operations)
+    ]
+    return {**body, "Operations": marked}, operations
 
 
 def _wants_membership(rtype: ResourceType, attributes: str | None, excluded: str | None) -> bool:
@@ -428,12 +652,23 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     runtime = request.app[APPS].get(app_name)
     if runtime is None:
         raise not_found(f"no app named {app_name!r}")
-    authenticate(request, runtime)
-    if "\x00" in request.path or "\x00" in request.query_string:
-        # No id, filter or parameter holds U+0000; PostgreSQL cannot even compare text with it.
-        raise invalid_value("the URL holds a NUL character (%00)")
+    note = request[AUDIT_NOTE] = AuditNote(app_name, request.remote, request.method)
+    try:
+        note.credential = await authenticate(request, runtime)
+    except Exception as exc:  # a refusal (401), keys not to be had (503), or the unexpected (500): all recorded
+        note.op, note.reason = "auth", getattr(exc, "reason", None)
+        raise
     endpoint = Endpoint(request, runtime, base_url(request, app_name))
-    return await endpoint.route(request.match_info.get("tail") or "")
+    tail = request.match_info.get("tail") or ""
+    note.op, note.resource_type, note.resource_id = endpoint.audit_target(tail)
+    try:
+        if "\x00" in request.path or "\x00" in request.query_string:
+            # No id, filter or parameter holds U+0000; PostgreSQL cannot even compare text with it.
+            raise invalid_value("the URL holds a NUL character (%00)")
+        return await endpoint.route(tail)
+    except ScimError as exc:
+        note.scim_type = exc.scim_type
+        raise
 
 
-__all__ = ["BASE_PATH", "dispatch", "error_middleware", "setup_routes"]
+__all__ = ["BASE_PATH", "audit_middleware", "dispatch", "error_middleware", "setup_routes"]

@@ -34,7 +34,7 @@ def _mapping_files(configs: list[str]) -> list[Path]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from .app import APPS, create_app
     from .connectors.errors import ConnectorSetupError
     from .demo import DEMO_TOKEN, demo_mapping_path, ensure_demo_database
     from .mapping.loader import MappingFileError
@@ -60,6 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
         print("--workers needs SO_REUSEPORT, which this platform lacks: run one process per port instead", file=sys.stderr)
         return 2
+    tls = _tls_context(args)  # each worker loads the files itself: an SSLContext does not cross processes
+    if isinstance(tls, int):
+        return tls
     data_dir = Path(args.data_dir)
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.config:
@@ -70,11 +73,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not token:
             token = DEMO_TOKEN
             log.warning("using the built-in DEMO token %r: set --token or %s for anything but a demo", DEMO_TOKEN, TOKEN_ENV)
+    audit: dict[str, Path | None] = {}
+    if args.audit_log is not None:
+        # Relative to the working directory, as any path given on the command line; `off`: no audit log.
+        audit["audit_log"] = None if args.audit_log == "off" else Path(args.audit_log).expanduser().absolute()
     settings = GatewaySettings(
+        **audit,
         mappings=mappings, data_dir=data_dir, public_url=args.public_url,
         store_url=SecretStr(store_url) if store_url else None, store_pool_size=args.store_pool_size,
         shared_store=args.workers > 1 or bool(worker),
     )
+    if settings.audit_file is not None:
+        from .audit import AuditLog
+
+        try:  # here, not at run_app, whose OSError would read as a port that cannot be bound
+            probe = AuditLog(settings.audit_file)
+            probe.open()
+            probe.close()
+        except OSError as exc:
+            print(f"cannot open the audit log {settings.audit_file}: {exc.strerror or exc} (choose another with --audit-log)", file=sys.stderr)
+            return 1
     try:
         from .app import load_apps
         from .connectors.registry import load_registry
@@ -92,25 +110,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
         settings = settings.model_copy(update={"extra_tokens": {names[0]: [SecretStr(token)]}})
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    root = args.public_url.rstrip("/") if args.public_url else f"http://{host_for_url}:{args.port}"
-    for name in names if not worker else []:
-        base = f"{root}/apps/{name}/scim/v2"
-        print(f"SCIM base URL: {base}")
-        if token:
-            print(f"Bearer token:  {token}")
-            print(f"Try:           curl -H 'Authorization: Bearer {token}' {base}/Users")
-    if store_url and not worker:
-        print(f"Store:         {mask_url(store_url)}")
-    sys.stdout.flush()
+    root = args.public_url.rstrip("/") if args.public_url else f"{'https' if tls else 'http'}://{host_for_url}:{args.port}"
+
+    async def print_banner(app: web.Application) -> None:
+        """On start-up, after every app's connector opened (or failed to and retries): the curl line then works."""
+        for name in names:
+            base = f"{root}/apps/{name}/scim/v2"
+            print(f"SCIM base URL: {base}")
+            runtime = app[APPS].get(name)
+            if runtime is not None and runtime.not_connected is not None:
+                print(f"Not connected: {runtime.not_connected} (retrying; its requests answer 503 meanwhile)")
+            if token == DEMO_TOKEN:  # public, in the README: shown so the curl line works as printed
+                print(f"Bearer token:  {token}")
+                print(f"Try:           curl -H 'Authorization: Bearer {token}' {base}/Users")
+            elif token:  # a real one: never into the log
+                print(f"Bearer token:  the one given by {'--token' if args.token else '$' + TOKEN_ENV} (not shown)")
+                print(f'Try:           curl -H "Authorization: Bearer ${TOKEN_ENV}" {base}/Users')
+        if store_url:
+            print(f"Store:         {mask_url(store_url)}")
+        sys.stdout.flush()
+
     if args.workers > 1:
         return _serve_workers(args, log)
     app = create_app(settings, registry, compiled)
+    if worker <= 1:  # one process, or the first of `--workers N`: it prints the banner
+        app.on_startup.append(print_banner)
     if worker:
         log.info("worker %d (pid %d) starting on %s:%d", worker, os.getpid(), args.host, args.port)
     try:
         # Workers share the port (SO_REUSEPORT): the kernel spreads connections over them.
         web.run_app(
-            app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None, reuse_port=bool(worker) or None
+            app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None, reuse_port=bool(worker) or None,
+            ssl_context=tls,
         )
     except StoreUnavailable as exc:
         print(f"cannot open the correlation store: {exc}", file=sys.stderr)
@@ -122,6 +153,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (choose another with --port)", file=sys.stderr)
         return 1
     return 0
+
+
+def _tls_context(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The server's TLS context from --tls-cert and --tls-key (None: plain HTTP), or an exit status after a clear error."""
+    import ssl
+
+    if not args.tls_cert and not args.tls_key:
+        return None
+    if not args.tls_cert or not args.tls_key:
+        print("--tls-cert and --tls-key go together: give both (the certificate chain and its private key) or neither", file=sys.stderr)
+        return 2
+
+    def no_passphrase() -> bytes:
+        # Never prompt on a terminal a service does not have.
+        raise ValueError("the private key is encrypted: give an unencrypted key file, readable only by the gateway's user")
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key, password=no_passphrase)
+    except ssl.SSLError as exc:  # a file that is no PEM, a key that does not match the certificate
+        why = f"{exc.reason or exc}: they must be a PEM certificate (chain) and its own private key"
+        print(f"cannot use --tls-cert {args.tls_cert} with --tls-key {args.tls_key}: {why}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot use --tls-cert {args.tls_cert} with --tls-key {args.tls_key}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"cannot use --tls-key {args.tls_key}: {exc}", file=sys.stderr)
+        return 2
+    return context
 
 
 def _worker_main(args: argparse.Namespace) -> None:
@@ -438,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--store-pool-size", type=int, default=10, metavar="N", help="connections per process to a PostgreSQL store")
     serve.add_argument("--workers", type=int, default=1, metavar="N", help="serving processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS: the certificate chain (PEM), with --tls-key")
+    serve.add_argument("--tls-key", metavar="FILE", help="serve HTTPS: the certificate's private key (PEM, unencrypted), with --tls-cert")
+    serve.add_argument(
+        "--audit-log", metavar="PATH",
+        help="append-only audit log of every provisioning operation (default DATA_DIR/audit.log; off: none)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate mapping files; exit 1 on any problem")

@@ -14,6 +14,13 @@ class LimitsConfig(BaseModel):
     bulk_max_operations: int = Field(1000, description="Bulk maxOperations")
     default_page_size: int = Field(100, description="count when a list request gives none")
     max_page_size: int = Field(1000, description="Largest count honoured (ServiceProviderConfig filter.maxResults)")
+    # Entra sends group membership changes in batches of PATCH operations: keep these generous.
+    max_patch_operations: int = Field(1000, ge=1, description="Most Operations in one PATCH request (else 413)")
+    max_patch_values: int = Field(
+        10_000, ge=1, description="Most values (members, emails, ... list entries) across one PATCH request's operations (else 413)"
+    )
+    max_attribute_names: int = Field(200, ge=1, description="Most names in an attributes or excludedAttributes parameter (else 400)")
+    max_url_bytes: int = Field(16_384, ge=1024, description="Longest request path and query string, percent-encoded (else 414)")
 
 
 class GatewaySettings(BaseModel):
@@ -32,6 +39,10 @@ class GatewaySettings(BaseModel):
         default_factory=dict, description="Bearer tokens given on the command line, per app (the demo's)"
     )
     public_url: str | None = Field(None, description="Base URL as the IdP reaches it, for Location and meta.location")
+    audit_log: Path | None = Field(
+        Path("audit.log"),
+        description="The append-only audit log (JSON lines); a relative path is under data_dir; None: no audit log",
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     recovery_interval: float = Field(30.0, gt=0, description="Seconds between sweeps for writes left unsettled while serving")
     shared_store: bool = Field(
@@ -56,3 +67,8 @@ class GatewaySettings(BaseModel):
     @property
     def store_file(self) -> Path:
         return self.store_path or self.data_dir / "gateway.db"
+
+    @property
+    def audit_file(self) -> Path | None:
+        """Where audit records go (default DATA_DIR/audit.log), None when auditing is off."""
+        return None if self.audit_log is None else self.data_dir / self.audit_log

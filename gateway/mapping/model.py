@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
@@ -21,6 +22,11 @@ class BearerTokenConfig(_Strict):
     env: str | None = None
     file: str | None = None
     sha256: str | None = Field(None, description="Hex SHA-256 of the token (`scim-gateway hash-token` prints it)")
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The credential's name in the audit log; default token-<first 8 hex digits of its SHA-256>",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> BearerTokenConfig:
@@ -42,8 +48,72 @@ class BearerTokenConfig(_Strict):
         return hashlib.sha256(secret.get_secret_value().encode()).digest()
 
 
+# Public-key signatures only: an HMAC algorithm would let anyone holding the (public) JWKS forge tokens
+# (alg confusion), and "none" is no signature at all.
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "[::1]", "localhost")
+
+
+class JwtConfig(_Strict):
+    """Signed OAuth2 access tokens (JWT) the IdP may send instead of a static token (Entra ID, Okta)."""
+
+    issuer: str = Field(min_length=1, description="The exact `iss` the tokens carry, e.g. https://sts.windows.net/{tenant}/")
+    audience: str | list[str] = Field(description="The `aud` the tokens must carry: one value, or a list of which any one will do")
+    jwks_url: str | None = Field(None, description="https URL of the IdP's signing keys (JWKS): fetched, cached, fetched again on an unknown kid")
+    jwks_file: str | None = Field(None, description="A JWKS file (JSON) instead of a URL; read again every jwks_ttl_seconds")
+    algorithms: list[JwtAlgorithm] = Field(
+        default_factory=lambda: ["RS256"], min_length=1, description="Signature algorithms accepted (public-key ones only)"
+    )
+    leeway_seconds: int = Field(60, ge=0, le=600, description="Clock skew allowed when checking exp, nbf and iat")
+    jwks_ttl_seconds: int = Field(3600, ge=1, le=7 * 86400, description="How long fetched keys are used before they are fetched again")
+    client_id_claims: list[str] = Field(
+        default_factory=lambda: ["azp", "appid", "sub"],
+        min_length=1,
+        description="Claims naming the client, first present wins (Entra v2 azp, v1 appid); the audit log shows jwt:<iss>:<client>",
+    )
+    allowed_clients: list[str] = Field(
+        default_factory=list, description="If given, only tokens whose client (see client_id_claims) is one of these are accepted"
+    )
+
+    @field_validator("algorithms", mode="before")
+    @classmethod
+    def _public_key_only(cls, value: Any) -> Any:
+        for alg in value if isinstance(value, list) else []:
+            if isinstance(alg, str) and (alg.lower() == "none" or alg.upper().startswith("HS")):
+                raise ValueError(f"{alg} is refused: only public-key algorithms are accepted (an HMAC or 'none' token could be forged)")
+        return value
+
+    @field_validator("audience")
+    @classmethod
+    def _some_audience(cls, value: str | list[str]) -> str | list[str]:
+        if not value or (isinstance(value, list) and not all(value)):
+            raise ValueError("give the audience the tokens carry (a non-empty string, or a list of them)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtConfig:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url or jwks_file")
+        if self.jwks_url is not None:
+            url = urlsplit(self.jwks_url)
+            # Keys fetched over plain http could be swapped in transit, and with them every token accepted.
+            if not (url.scheme == "https" or (url.scheme == "http" and url.hostname in _LOOPBACK_HOSTS)) or not url.hostname:
+                raise ValueError("jwks_url must be an https:// URL (http only on loopback)")
+        return self
+
+
 class AuthConfig(_Strict):
     bearer: list[BearerTokenConfig] = Field(default_factory=list, description="Tokens accepted from the IdP")
+    jwt: JwtConfig | None = Field(None, description="Also accept signed JWT access tokens from this issuer (below)")
+
+    @field_validator("bearer")
+    @classmethod
+    def _unique_names(cls, value: list[BearerTokenConfig]) -> list[BearerTokenConfig]:
+        names = [t.name for t in value if t.name is not None]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"token names must be unique within an app: {', '.join(twice)}")
+        return value
 
 
 class AttributeRule(_Strict):
@@ -176,6 +246,26 @@ class ResourceConfig(_Strict):
         return value
 
 
+class BreakerConfig(_Strict):
+    """When the gateway stops calling an app that keeps failing, and when it tries again."""
+
+    failures: int = Field(
+        5, ge=1, le=1000,
+        description="Consecutive failures meaning the app is unavailable (down, timed out, 5xx, 429, an unreadable answer) "
+        "that open the circuit: the app's SCIM requests then answer 503 at once, without calling it",
+    )
+    reset_after: float = Field(10.0, gt=0, le=3600, description="Seconds the circuit stays open before one probe call is let through")
+    max_reset_after: float = Field(
+        300.0, gt=0, le=86400, description="Longest cool-down: each failed probe doubles the previous one, up to this"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BreakerConfig:
+        if self.max_reset_after < self.reset_after:
+            raise ValueError(f"max_reset_after ({self.max_reset_after:g}) must be at least reset_after ({self.reset_after:g})")
+        return self
+
+
 class MappingConfig(_Strict):
     """One app: its name, inbound auth, connector, and resource types."""
 
@@ -189,6 +279,11 @@ class MappingConfig(_Strict):
     )
     schemas: list[SchemaConfig] = Field(default_factory=list, description="Custom extension schemas (RFC 7643 §7 form)")
     resources: dict[Literal["User", "Group"], ResourceConfig]
+    breaker: BreakerConfig = Field(
+        default_factory=BreakerConfig,
+        description="The circuit breaker in front of the app: after repeated failures its requests fail fast with 503 "
+        "until a probe call succeeds; also the back-off of opening an app unreachable at start-up",
+    )
 
     @field_validator("connector")
     @classmethod

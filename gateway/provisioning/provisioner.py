@@ -10,6 +10,7 @@ repairs it on the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import uuid
@@ -27,6 +28,7 @@ from ..mapping.compile import CompiledMapping, CompiledResource, CompiledRule, T
 from ..mapping.translate import UnresolvedReference, overlay, read_rule, to_record, write_rule
 from ..scim.errors import ScimError, invalid_value, not_found, unavailable, uniqueness
 from ..store.base import Busy, Gone, Member, NativeConflict, Pending, Query, Row, Store, UniqueConflict, VersionMismatch
+from .breaker import Breaker, CircuitOpen, guard
 from .membership import Membership, UserFieldMembership, create_membership
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,20 @@ class _Refs:
         return await self.store.scim_ids(self.app, kind, native_ids)
 
 
+def _write_only_values(cres: CompiledResource, resource: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """The password as the IdP sent it and as the app got it (after its to_app): never to be repeated from an app's message."""
+    values = [resource.get(name) for name in WRITE_ONLY]
+    values += [record.get(rule.field) for rule in cres.rules if rule.resolved.attribute.name in WRITE_ONLY]
+    return [v for v in values if isinstance(v, str) and v]
+
+
+def _hide(exc: AppError, values: list[str]) -> AppError:
+    """An app that echoes what it refused (a password it found too weak) must not get it into the journal or the answer."""
+    for value in values:
+        exc.detail = exc.detail.replace(value, "***")
+    return exc
+
+
 def _strip_write_only(resource: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resource.items() if k not in WRITE_ONLY and k not in ("id", "meta", "members", "groups", "schemas")}
 
@@ -87,16 +103,18 @@ def _member_refs(resource: dict[str, Any]) -> dict[str, str | None]:
 
 
 class Provisioner:
-    def __init__(self, mapping: CompiledMapping, connector: Connector, store: Store) -> None:
+    def __init__(self, mapping: CompiledMapping, connector: Connector, store: Store, breaker: Breaker | None = None) -> None:
         self.mapping = mapping
         self.app = mapping.app
-        self.connector = connector
+        self.breaker = breaker
+        # Every call to the app, from every path (membership and recovery too), passes the app's breaker.
+        self.connector = guard(connector, breaker)
         self.store = store
         self.refs = _Refs(store, self.app)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._inflight: set[int] = set()  # journal entries this process is working on right now
         self.memberships: dict[str, Membership] = {
-            kind: create_membership(connector, kind, cres.members, self._user_claim) for kind, cres in mapping.resources.items()
+            kind: create_membership(self.connector, kind, cres.members, self._user_claim) for kind, cres in mapping.resources.items()
         }
 
     def resource(self, kind: str) -> CompiledResource:
@@ -156,17 +174,25 @@ class Provisioner:
     async def _call(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         try:
             return await fn()
+        except CircuitOpen as exc:
+            raise unavailable(f"{what}: {exc.detail}", exc.retry_after or 1) from None
         except AppError as exc:
             raise translate_app_error(exc, what) from None
 
-    async def _under_claim(self, seq: int, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _under_claim(self, seq: int, what: str, call: Callable[[], Awaitable[Any]], hide: list[str] | None = None) -> Any:
         """Run the app's call for a claimed write; any failure aborts the claim (nothing changed in the store).
 
         A crash (the process dying here) leaves the claim pending for `recover()`.
         """
         try:
-            return await call()
+            # One admission for the write's calls: the breaker refuses it before the first, never between two.
+            async with self.breaker.admission() if self.breaker is not None else contextlib.nullcontext():
+                return await call()
+        except CircuitOpen as exc:  # the app was not called: the write did not happen
+            await self.store.abort(seq, f"not sent: {exc.detail}")
+            raise unavailable(f"{what}: {exc.detail}", exc.retry_after or 1) from None
         except AppError as exc:
+            _hide(exc, hide or [])
             await self.store.abort(seq, f"app refused: {exc.detail}")
             raise translate_app_error(exc, what) from None
         except Exception as exc:
@@ -174,12 +200,13 @@ class Provisioner:
             raise
 
     async def _run_claimed(
-        self, seq: int, what: str, call: Callable[[], Awaitable[Any]], settle: Callable[[Any], Awaitable[Any]]
+        self, seq: int, what: str, call: Callable[[], Awaitable[Any]], settle: Callable[[Any], Awaitable[Any]],
+        hide: list[str] | None = None,
     ) -> Any:
         """The app's call, then settling the journal entry; the entry counts as in flight (not for recovery) meanwhile."""
         self._inflight.add(seq)
         try:
-            return await settle(await self._under_claim(seq, what, call))
+            return await settle(await self._under_claim(seq, what, call, hide))
         finally:
             self._inflight.discard(seq)
 
@@ -321,7 +348,9 @@ class Provisioner:
         name = data.get(cres.unique_attr)
         if not isinstance(name, str) or not name.strip():
             return None
-        members = await self._members_from_app(native_id) if cres.name == "Group" and cres.members else []
+        members: list[Member] = []
+        if cres.name == "Group" and cres.members:
+            members = await self._call(f"reading the members of the app's group {native_id}", lambda: self._members_from_app(native_id))
         try:
             row = await self.store.link(self.app, cres.name, str(uuid.uuid4()), native_id, name.lower(), data, utc_now(), members)
         except UniqueConflict:
@@ -410,8 +439,117 @@ class Provisioner:
                 await self.store.abort(seq, "app returned a native id that is already linked")
                 raise ScimError(502, f"creating {kind}: the app returned the id of an existing record") from None
 
-        row = await self._run_claimed(seq, f"creating {kind}", call, settle)
+        row = await self._run_claimed(seq, f"creating {kind}", call, settle, _write_only_values(cres, resource, record))
         return row, await self.materialize(cres, row)
+
+    async def create_many(self, kind: str, resources: list[dict[str, Any]]) -> list[tuple[Row, dict[str, Any]] | ScimError]:
+        """Create several resources (a Bulk import), in order, each answered as `create` would answer it alone.
+
+        Users are claimed in one store transaction, created in the app in one call
+        (one transaction for SQL), read back at once and settled in one transaction:
+        the same journal entries and recovery as single creates, without a commit and
+        a round trip each. Groups, and users created inactive, go one by one.
+        """
+        out: list[tuple[Row, dict[str, Any]] | ScimError | None] = [None] * len(resources)
+        run: list[int] = []
+        for i, resource in enumerate(resources):
+            if kind == "User" and resource.get("active") is not False:
+                run.append(i)
+                continue
+            await self._create_run(kind, resources, run, out)
+            run = []
+            try:
+                out[i] = await self.create(kind, resource)
+            except ScimError as exc:
+                out[i] = exc
+        await self._create_run(kind, resources, run, out)
+        assert all(o is not None for o in out)
+        return out  # type: ignore[return-value]
+
+    async def _create_run(
+        self, kind: str, resources: list[dict[str, Any]], run: list[int], out: list[tuple[Row, dict[str, Any]] | ScimError | None]
+    ) -> None:
+        if not run:
+            return
+        cres = self.resource(kind)
+        what = f"creating {kind}"
+        now = utc_now()
+        claimed: list[tuple[int, int, dict[str, Any], dict[str, Any]]] = []  # (index, seq, record, data)
+        prepared: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
+        for i in run:
+            try:
+                prepared.append((i, self._unique_key(cres, resources[i]), await self._record(cres, resources[i]), _strip_write_only(resources[i])))
+            except ScimError as exc:
+                out[i] = exc
+        async with self.store.batch():
+            for i, unique_key, record, data in prepared:
+                try:
+                    seq = await self.store.begin_create(self.app, kind, str(uuid.uuid4()), unique_key, data, now)
+                except UniqueConflict:
+                    out[i] = uniqueness(f"{cres.unique_attr} {resources[i][cres.unique_attr]!r} is already taken")
+                    continue
+                claimed.append((i, seq, record, data))
+        if not claimed:
+            return
+        seqs = [seq for _, seq, _, _ in claimed]
+        self._inflight.update(seqs)
+        try:
+            try:
+                async with self.breaker.admission() if self.breaker is not None else contextlib.nullcontext():
+                    answers = await self.connector.create_many(kind, [record for _, _, record, _ in claimed])
+            except Exception as exc:  # raised, not answered per record: nothing was created, every claim is given up
+                if isinstance(exc, AppError):
+                    _hide(exc, [v for i, _, record, _ in claimed for v in _write_only_values(cres, resources[i], record)])
+                for _i, seq, _, _ in claimed:
+                    await self.store.abort(seq, f"not created: {exc.detail if isinstance(exc, AppError) else type(exc).__name__}")
+                if not isinstance(exc, AppError):
+                    raise
+                if isinstance(exc, CircuitOpen):
+                    scim_error = unavailable(f"{what}: {exc.detail}", exc.retry_after or 1)
+                else:
+                    scim_error = translate_app_error(exc, what)
+                for i, _, _, _ in claimed:
+                    out[i] = scim_error
+                return
+            created: list[tuple[int, int, str, dict[str, Any]]] = []
+            for (i, seq, record, data), answer in zip(claimed, answers, strict=True):
+                if isinstance(answer, AppError):
+                    _hide(answer, _write_only_values(cres, resources[i], record))
+                    await self.store.abort(seq, f"app refused: {answer.detail}")
+                    out[i] = translate_app_error(answer, what)
+                else:
+                    created.append((i, seq, str(answer), data))
+            settled = await self._read_back_many(cres, [(native_id, data) for _, _, native_id, data in created])
+            rows: list[tuple[int, Row]] = []
+            async with self.store.batch():
+                for (i, seq, native_id, _), data in zip(created, settled, strict=True):
+                    try:
+                        rows.append((i, await self.store.settle_create(seq, native_id, data, [])))
+                    except NativeConflict:
+                        await self.store.abort(seq, "app returned a native id that is already linked")
+                        out[i] = ScimError(502, f"{what}: the app returned the id of an existing record")
+            for i, row in rows:
+                out[i] = (row, await self.materialize(cres, row, related={}))  # a new user is in no group yet
+        finally:
+            self._inflight.difference_update(seqs)
+
+    async def _read_back_many(self, cres: CompiledResource, written: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """`_read_back` for several records in one read."""
+        if not cres.reads_live or not written:
+            return [data for _, data in written]
+        try:
+            records = await self.connector.get_many(cres.name, [native_id for native_id, _ in written])
+        except AppError as exc:
+            log.warning("%s: reading back %d new %s records failed: %s", self.app, len(written), cres.name, exc.detail)
+            return [data for _, data in written]
+        out = []
+        for native_id, data in written:
+            record = records.get(native_id)
+            try:
+                out.append(data if record is None else await overlay(cres, data, record, self.refs))
+            except TemplateError:
+                out.append(data)
+        return out
 
     async def replace(
         self, kind: str, rid: str, resource: dict[str, Any], if_match: int | None = None, *, with_members: bool = True
@@ -574,7 +712,7 @@ class Provisioner:
                 await self.store.abort(seq, "app returned a native id that is already linked")
                 raise ScimError(502, f"re-creating {cres.name} {rid}: the app returned the id of an existing record") from None
 
-        row = await self._run_claimed(seq, f"updating {cres.name} {row.id}", call, settle)
+        row = await self._run_claimed(seq, f"updating {cres.name} {row.id}", call, settle, _write_only_values(cres, {}, record))
         return row, await self.materialize(cres, row, members=with_members)
 
     async def delete(self, kind: str, rid: str, if_match: int | None = None) -> None:

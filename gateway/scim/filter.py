@@ -9,6 +9,7 @@ SQL (gateway/store/sqlfilter.py).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -33,19 +34,29 @@ MAX_FILTER_LENGTH = 4096
 MAX_FILTER_DEPTH = 32
 
 Op = CompareOperator
+# `attr[.sub] op "text"` with no escapes or control characters in the text (RFC 7644 ATTRNAME; operators in any case, as the grammar takes them).
+_SIMPLE_COMPARISON = re.compile(
+    r'\s*([A-Za-z][A-Za-z0-9_-]*)(?:\.([A-Za-z][A-Za-z0-9_-]*))?\s+(eq|ne|co|sw|ew|gt|ge|lt|le)\s+"([^"\\\x00-\x1f]*)"\s*', re.I
+)
 
 
 @lru_cache(maxsize=2048)
 def parse_filter_syntax(text: str) -> FilterNode:
     """Parse filter text to an AST (cached: IdPs send the same shapes again and again)."""
     if len(text) > MAX_FILTER_LENGTH:
-        raise invalid_filter(f"filter is longer than {MAX_FILTER_LENGTH} characters")
+        raise invalid_filter(f"the filter is {len(text)} characters long, more than the limit of {MAX_FILTER_LENGTH}")
+    simple = _SIMPLE_COMPARISON.fullmatch(text)
+    if simple is not None:
+        # The IdPs' lookup (`userName eq "x"`), each with a new value: the grammar's answer, without its parser.
+        attr, sub, op, value = simple.groups()
+        return Comparison(AttrPath(attr, sub, None), CompareOperator(op.lower()), value)
     try:
         node = ScimFilter(text).ast
     except Exception as exc:  # scim2-models raises its own exception types per failure
         raise invalid_filter(f"invalid filter {text!r}: {exc}") from None
-    if _depth(node) > MAX_FILTER_DEPTH:
-        raise invalid_filter(f"filter nests deeper than {MAX_FILTER_DEPTH} levels")
+    depth = _depth(node)
+    if depth > MAX_FILTER_DEPTH:
+        raise invalid_filter(f"the filter nests {depth} levels deep, more than the limit of {MAX_FILTER_DEPTH}")
     return node
 
 
@@ -113,6 +124,9 @@ def _target(path: AttrPath, rtype: ResourceType, parent: Attribute | None) -> At
 
 def _check_comparison(node: Comparison, target: Attribute) -> None:
     value = node.value
+    if isinstance(value, str) and "\x00" in value:
+        # A "\u0000" escape in the filter's string: PostgreSQL cannot even compare text with it (was a 500).
+        raise invalid_filter(f"{node.attr_path}: the value holds a NUL character (\\u0000), which no store or app keeps as text")
     if target.mutability == "writeOnly" or target.returned == "never":
         raise invalid_filter(f"{node.attr_path} cannot be filtered on")
     if node.op in (Op.co, Op.sw, Op.ew) and not isinstance(value, str):

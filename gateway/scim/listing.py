@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import invalid_value
 from .filter import parse_filter
+from .projection import check_attribute_list_size
 from .query import Query
 from .schema import SEARCH_REQUEST, ResourceType
 
@@ -47,7 +48,7 @@ def _names(raw: Any, name: str) -> str | None:
 
 
 def parse_list_request(
-    params: Mapping[str, Any], rtype: ResourceType, *, default_count: int, max_count: int
+    params: Mapping[str, Any], rtype: ResourceType, *, default_count: int, max_count: int, max_attributes: int | None = None
 ) -> ListRequest:
     """From query-string parameters or a SearchRequest body (same names); unknown parameters are ignored (Entra's aadOptscim062020)."""
     # Parameter names are case-insensitive in practice (Entra and Okta both send camelCase; some tools lower-case).
@@ -73,7 +74,12 @@ def parse_list_request(
     query.start_index = min(max(start, 1), MAX_START_INDEX) if start is not None else 1
     count = _int("count", lowered.get("count"))
     query.count = default_count if count is None else min(max(count, 0), max_count)
-    return ListRequest(query, _names(lowered.get("attributes"), "attributes"), _names(lowered.get("excludedattributes"), "excludedAttributes"))
+    attributes = _names(lowered.get("attributes"), "attributes")
+    excluded = _names(lowered.get("excludedattributes"), "excludedAttributes")
+    if max_attributes is not None:
+        check_attribute_list_size(attributes, "attributes", max_attributes)
+        check_attribute_list_size(excluded, "excludedAttributes", max_attributes)
+    return ListRequest(query, attributes, excluded)
 
 
 def check_search_body(body: Any) -> dict[str, Any]:

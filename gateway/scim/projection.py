@@ -6,7 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import invalid_value
 from .schema import Resolved, ResourceType
+
+
+def check_attribute_list_size(text: str | None, parameter: str, limit: int) -> None:
+    """Refuse an `attributes` / `excludedAttributes` value naming more than `limit` attributes (400 invalidValue)."""
+    if not text:
+        return
+    count = sum(1 for name in text.split(",") if name.strip())
+    if count > limit:
+        raise invalid_value(f"{parameter} names {count} attributes, more than max_attribute_names {limit}")
 
 
 def parse_attribute_list(text: str | None, rtype: ResourceType) -> list[Resolved] | None:

@@ -140,7 +140,7 @@ def _coerce_complex(value: Any, attribute: Attribute, path: str) -> dict[str, An
         # Entra sends `manager` as the manager's id rather than {"value": id}.
         value = {"value": value}
     if not isinstance(value, dict):
-        raise invalid_value(f"{path}: expected an object, got {value!r}")
+        raise invalid_value(f"{path}: expected an object, got {_shown(value, attribute)}")
     out: dict[str, Any] = {}
     for key, item in value.items():
         sub = attribute.sub(key)
@@ -148,6 +148,11 @@ def _coerce_complex(value: Any, attribute: Attribute, path: str) -> dict[str, An
             continue
         out[sub.name] = _coerce(item, sub, f"{path}.{sub.name}")
     return out
+
+
+def _shown(value: Any, attribute: Attribute) -> str:
+    """A refused value as a detail quotes it; never one of a write-only attribute (password): only its type."""
+    return f"a {type(value).__name__}" if attribute.returned == "never" else repr(value)
 
 
 def _coerce_scalar(value: Any, attribute: Attribute, path: str) -> Any:
@@ -158,24 +163,24 @@ def _coerce_scalar(value: Any, attribute: Attribute, path: str) -> Any:
         # Entra sends "True" / "False".
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
-        raise invalid_value(f"{path}: expected a boolean, got {value!r}")
+        raise invalid_value(f"{path}: expected a boolean, got {_shown(value, attribute)}")
     if kind == "integer":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise invalid_value(f"{path}: expected an integer, got {value!r}")
+        raise invalid_value(f"{path}: expected an integer, got {_shown(value, attribute)}")
     if kind == "decimal":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return value
-        raise invalid_value(f"{path}: expected a number, got {value!r}")
+        raise invalid_value(f"{path}: expected a number, got {_shown(value, attribute)}")
     if kind == "dateTime":
         if isinstance(value, str) and _is_datetime(value):
             return value
-        raise invalid_value(f"{path}: expected an ISO 8601 dateTime, got {value!r}")
+        raise invalid_value(f"{path}: expected an ISO 8601 dateTime, got {_shown(value, attribute)}")
     if isinstance(value, str):
         return value
-    raise invalid_value(f"{path}: expected a string, got {value!r}")
+    raise invalid_value(f"{path}: expected a string, got {_shown(value, attribute)}")
 
 
 def _is_datetime(value: str) -> bool:

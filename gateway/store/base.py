@@ -14,6 +14,7 @@ the provisioner on start-up.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,6 +88,9 @@ class Pending:
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+    def batch(self) -> AbstractAsyncContextManager[None]:
+        """The calling task's store writes inside share one transaction where that saves work (a Bulk import)."""
+        ...
 
     # --- creates
     async def begin_create(self, app: str, rtype: str, rid: str, unique_key: str, data: dict[str, Any], now: str) -> int: ...

@@ -214,6 +214,11 @@ class PostgresStore:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"the correlation store failed: {type(exc).__name__}: {exc}") from exc
 
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Store writes inside stay one transaction each here: a server round trip costs little next to a local fsync."""
+        yield
+
     async def _tx(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `work(conn)` in one transaction; retried when PostgreSQL picked it as a deadlock victim."""
         for attempt in range(3):

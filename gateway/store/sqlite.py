@@ -10,6 +10,7 @@ correct too (WAL + busy timeout).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import sqlite3
 import time
@@ -74,6 +75,10 @@ MIGRATIONS: list[str] = [
 ]
 
 
+# The store whose batch() the running task is inside (store calls then share its transaction).
+_BATCH: contextvars.ContextVar[SqliteStore | None] = contextvars.ContextVar("sqlite_store_batch", default=None)
+
+
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -132,6 +137,9 @@ class SqliteStore:
     @asynccontextmanager
     async def _access(self) -> AsyncIterator[None]:
         """The connection, to one coroutine at a time; a database that fails is StoreUnavailable (503)."""
+        if _BATCH.get() is self:  # inside this task's batch(), which holds the lock
+            yield
+            return
         async with self._lock:
             try:
                 yield
@@ -139,7 +147,17 @@ class SqliteStore:
                 raise StoreUnavailable(f"the correlation store failed: {exc}") from exc
 
     async def _tx(self, work: Any) -> Any:
-        """Run `work(db)` in one IMMEDIATE transaction under the connection lock."""
+        """Run `work(db)` in one IMMEDIATE transaction under the connection lock (a savepoint inside a batch)."""
+        if _BATCH.get() is self:
+            await self.db.execute("SAVEPOINT write")
+            try:
+                result = await work(self.db)
+            except BaseException:
+                await self.db.execute("ROLLBACK TO write")
+                await self.db.execute("RELEASE write")
+                raise
+            await self.db.execute("RELEASE write")
+            return result
         async with self._access():
             await self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -150,6 +168,32 @@ class SqliteStore:
                 raise
             await self.db.execute("COMMIT")
             return result
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """The store writes of this task inside, in one transaction (one commit): a Bulk import's claims or settles.
+
+        Each write keeps its own savepoint, so one refused (a name taken) leaves the others. Keep a batch short:
+        it holds the store; app calls belong outside it.
+        """
+        if _BATCH.get() is self:
+            yield
+            return
+        async with self._lock:
+            token = _BATCH.set(self)
+            try:
+                try:
+                    await self.db.execute("BEGIN IMMEDIATE")
+                    yield
+                except BaseException:
+                    if self.db.in_transaction:
+                        await self.db.execute("ROLLBACK")
+                    raise
+                await self.db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"the correlation store failed: {exc}") from exc
+            finally:
+                _BATCH.reset(token)
 
     @staticmethod
     def _row(rec: sqlite3.Row) -> Row:

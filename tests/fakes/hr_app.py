@@ -53,6 +53,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     times: int = 1
+    late: bool = False  # with status None: do the call at once, answer only after the delay (it lands, the caller gave up)
+    hold: asyncio.Event | None = None  # wait for the test to set it before answering (a call held in flight)
 
 
 @dataclass
@@ -129,8 +131,14 @@ class _Hr:
         for fault in self.s.faults:
             if fault.method == request.method and re.fullmatch(fault.path, path) and fault.times > 0:
                 fault.times -= 1
+                if fault.late:
+                    answer = await handler(request)
+                    await asyncio.sleep(fault.delay)
+                    return answer
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
+                if fault.hold is not None:
+                    await fault.hold.wait()
                 if fault.status is not None:
                     return web.Response(status=fault.status, text=fault.body, content_type=fault.content_type, headers=fault.headers)
                 break

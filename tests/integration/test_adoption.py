@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
+from gateway.app import APPS
+from gateway.connectors import AppUnavailable
 from tests.conftest import PATCH_URN, Scim, user_body
 from tests.demo_rows import count, employee, q
 
@@ -62,3 +66,22 @@ async def test_only_an_exact_lookup_by_the_match_attribute_adopts(scim: Scim, de
     resp, body = await scim.post("/Users", user_body("quiet@example.com"))
     assert resp.status == 409 and body["scimType"] == "uniqueness"
     assert count(demo_db, "employees") == 1
+
+
+async def test_a_group_whose_members_the_app_cannot_list_is_503_and_adopted_on_retry(
+    client: TestClient, scim: Scim, demo_db: sqlite3.Connection
+) -> None:
+    demo_db.execute("INSERT INTO teams (team_name) VALUES ('Flaky Team')")
+    demo_db.commit()
+    connector = client.app[APPS]["demo"].connector
+    list_members = connector.list_members
+
+    async def down(kind: str, group_id: str) -> Any:
+        raise AppUnavailable("the database is unreachable: ConnectionRefusedError", retry_after=7)
+
+    connector.list_members = down  # type: ignore[method-assign]
+    resp, data = await scim.get("/Groups?filter=" + q('displayName eq "Flaky Team"'))
+    assert resp.status == 503 and resp.headers["Retry-After"] == "7" and "members" in data["detail"]
+    connector.list_members = list_members  # type: ignore[method-assign]
+    resp, data = await scim.get("/Groups?filter=" + q('displayName eq "Flaky Team"'))
+    assert resp.status == 200 and data["totalResults"] == 1

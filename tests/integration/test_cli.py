@@ -19,11 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_serve_prints_a_curl_line_that_works(live_gateway: LiveGateway) -> None:
     log = live_gateway.log.read_text()
     assert f"SCIM base URL: {live_gateway.base_url}" in log
-    assert f"Bearer token:  {live_gateway.token}" in log
+    # A real token (here by --token) is never printed: the curl line reads it from $SCIM_GATEWAY_TOKEN.
+    assert live_gateway.token not in log and "Bearer token:  the one given by --token (not shown)" in log
     (line,) = re.findall(r"^Try:\s+(curl .+)$", log, re.M)
     args = shlex.split(line)
     header = args[args.index("-H") + 1]
     name, _, value = header.partition(": ")
+    value = value.replace("$SCIM_GATEWAY_TOKEN", live_gateway.token)
     request = urllib.request.Request(args[-1], headers={name: value})
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 200

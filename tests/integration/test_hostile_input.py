@@ -40,9 +40,15 @@ counts keep this file well under a minute; `HOSTILE_SCALE=20` multiplies them
 and draws fresh random inputs, for a longer hunt by hand.
 
 What aiohttp's own HTTP parser refuses never reaches the gateway and is
-answered by aiohttp in text/plain: a request line over 8190 bytes, control
-bytes in a header, raw non-ASCII bytes in the URL. The strategies stay inside
-those limits.
+answered by aiohttp in text/plain: a request line over 64 KiB (URLs between
+max_url_bytes and that get the gateway's SCIM 414), control bytes in a header,
+raw non-ASCII bytes in the URL. The strategies stay inside those limits.
+
+Every request is bounded in time (`no_hang`, HANG_SECONDS): a hang fails the
+test instead of stalling it. `test_limits_never_5xx_and_refusals_change_nothing`
+runs a gateway with small limits (test_limits.py's) and draws sizes around
+each limit, on reads and writes, and checks that exactly the requests over a
+limit get that limit's error.
 
 The plain regression tests at the end pin each bug the property tests found.
 """
@@ -68,6 +74,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from gateway.app import create_app
+from gateway.settings import LimitsConfig
 from tests.conftest import BASE, ENTERPRISE_URN, GROUP_URN, PATCH_URN, TOKEN, USER_URN, demo_settings, user_body
 
 ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -172,9 +179,10 @@ class _Rows(list):  # type: ignore[type-arg]
 class Gateway:
     """The demo gateway on a private event loop, plus sync views of its two databases (the store: SQLite or PostgreSQL)."""
 
-    def __init__(self, root: Path, store_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, store_overrides: dict[str, Any] | None = None, limits: LimitsConfig | None = None) -> None:
         self.data_dir = root / "data"
         self.store_overrides = store_overrides or {}
+        self.limits = limits or LimitsConfig()
         self.loop = asyncio.new_event_loop()
         self.client: TestClient = self.run(self._start())
         self.app_db = sqlite3.connect(self.data_dir / "demo.db")
@@ -188,7 +196,7 @@ class Gateway:
         return self.loop.run_until_complete(coro)
 
     async def _start(self) -> TestClient:
-        client = TestClient(TestServer(create_app(demo_settings(self.data_dir, **self.store_overrides))))
+        client = TestClient(TestServer(create_app(demo_settings(self.data_dir, limits=self.limits, **self.store_overrides))))
         await client.start_server()
         return client
 
@@ -216,12 +224,12 @@ class Gateway:
         url = self.client.make_url(BASE + path)
         if params:
             url = url.with_query(params)
-        return self.run(self._send(method, url, body, raw, headers))
+        return self.run(no_hang(self._send(method, url, body, raw, headers)))
 
     def request_encoded(self, method: str, encoded_path_and_query: str, body: Any = None, *, raw: bytes | None = None) -> Reply:
         """Send a path (and query) exactly as given, percent-escapes and all."""
         root = str(self.client.make_url("/")).rstrip("/")
-        return self.run(self._send(method, URL(root + encoded_path_and_query, encoded=True), body, raw, None))
+        return self.run(no_hang(self._send(method, URL(root + encoded_path_and_query, encoded=True), body, raw, None)))
 
     def request_bytes(self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> Reply:
         """One HTTP/1.1 request written byte for byte on a socket: header values that no HTTP client would send."""
@@ -238,7 +246,7 @@ class Gateway:
                 writer.close()
                 await writer.wait_closed()
 
-        answer = self.run(exchange())
+        answer = self.run(no_hang(exchange()))
         head, _, payload = answer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
@@ -297,6 +305,17 @@ class Gateway:
         store_pairs = {(linked.get(g), linked.get(m)) for g, m in self.store_db.execute("SELECT group_id, member_id FROM members")}
         app_pairs = {(("Group", str(t)), ("User", str(e))) for t, e in self.app_db.execute("SELECT team_id, emp_no FROM team_members")}
         assert store_pairs == app_pairs, (reply, "membership differs", store_pairs ^ app_pairs)
+
+
+HANG_SECONDS = 60  # generous: a request still unanswered after this long counts as a hang
+
+
+async def no_hang(request: Any) -> Any:
+    """Every request of these tests: answered within HANG_SECONDS, or the test fails naming the hang."""
+    try:
+        return await asyncio.wait_for(request, HANG_SECONDS)
+    except TimeoutError:
+        raise AssertionError(f"no answer within {HANG_SECONDS} s: the gateway hangs") from None
 
 
 def check_reply(reply: Reply) -> None:
@@ -593,8 +612,8 @@ def test_filters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
     kind = "Groups" if "groups" in how else "Users"
     text = data.draw(filters(kind), label="filter")
     if how.startswith("get"):
-        if len(quote(text.encode("utf-8"))) > 7000:
-            return  # over aiohttp's 8190-byte request line the HTTP parser answers before the gateway sees it
+        if len(quote(text.encode("utf-8"))) > 60_000:
+            return  # over aiohttp's 64 KiB request line its HTTP parser answers (text/plain) before the gateway sees it
         reply = attack(gw, lambda: gw.request("GET", f"/{kind}", params={"filter": text}))
     elif how == "search-root":
         reply = attack(gw, lambda: gw.request("POST", "/.search", {"schemas": [SEARCH_URN], "filter": text}))
@@ -773,7 +792,20 @@ params_strategy = st.lists(st.sampled_from(PARAM_NAMES), max_size=5, unique=True
 @hostile(max_examples=400)
 @given(data=st.data())
 def test_query_parameters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
-    target = data.draw(st.sampled_from(["/Users", "/Groups", "/Users/{uid}", "/Groups/{gid}", "search", "encoded"]), label="target")
+    target = data.draw(st.sampled_from(["/Users", "/Groups", "/Users/{uid}", "/Groups/{gid}", "search", "encoded", "write"]), label="target")
+    if target == "write":
+        # Parameters on writes: refused before the write (a 4xx changes nothing), or the write answers in full.
+        params = data.draw(params_strategy, label="params")
+        method, path, body = data.draw(st.sampled_from([
+            ("POST", "/Users", user_body(f"params{next(gw._serial)}@example.com")),
+            ("PATCH", "/Users/{uid}", {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Params"}]}),
+            ("PUT", "/Groups/{gid}", {"schemas": [GROUP_URN], "displayName": "Victims", "members": [{"value": "{uid}"}]}),
+        ]), label="write")
+        body = json.loads(json.dumps(body).replace("{uid}", gw.ids["uid"]))
+        reply = attack(gw, lambda: gw.request(method, path.format(**gw.ids), body, params=params))
+        if reply.status == 201:
+            assert reply.data is not None and reply.data.get("id"), reply
+        return
     if target == "search":
         kind = data.draw(st.sampled_from(["/Users", "/Groups", ""]), label="kind")
         params = data.draw(params_strategy, label="params")
@@ -886,6 +918,7 @@ segment = st.one_of(
     st.sampled_from(["..", ".", "%2e%2e", "%2F", "%00", "%ff", "%ED%A0%80", "%", "%zz", "~", "*", "%7Buid%7D", ";x=1", "bulkId:a",
                      "%20{uid}", "{uid}%20", "{uid}%00", "{uid}.json"]),
     st.just("a" * 4000),
+    st.just("b" * 17_000),  # over max_url_bytes: the gateway's SCIM 414
     st.text(max_size=30).map(lambda s: quote(s, safe="")),
     st.text(alphabet=string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@", max_size=20),
 )
@@ -903,8 +936,8 @@ def test_raw_paths_never_5xx(gw: Gateway, data: st.DataObject) -> None:
     path = prefix + "".join("/" + p.format(**gw.ids) for p in parts) + trailing
     if not path.startswith("/"):
         path = "/" + path
-    if len(path) > 7000:
-        return  # over aiohttp's 8190-byte request line the HTTP parser answers before the gateway sees it
+    if len(path) > 60_000:
+        return  # over aiohttp's 64 KiB request line its HTTP parser answers (text/plain) before the gateway sees it
     attack(gw, lambda: gw.request_encoded(method, path, body if method not in ("GET", "HEAD") else None))
 
 
@@ -937,11 +970,141 @@ def test_raw_header_bytes_never_5xx(gw: Gateway, data: st.DataObject) -> None:
     attack(gw, lambda: gw.request_bytes(method, path, [(b"Authorization", auth), (b"Content-Type", ctype), *extra], body))
 
 
+# ---------------------------------------------------------------- property: limits
+
+
+SMALL = LimitsConfig(
+    max_body_bytes=20_000, bulk_max_operations=5, default_page_size=3, max_page_size=10,
+    max_patch_operations=5, max_patch_values=20, max_attribute_names=5, max_url_bytes=8192,
+)
+
+
+@pytest.fixture
+def small_gw(tmp_path: Path, store_overrides: dict[str, Any]) -> Iterator[Gateway]:
+    gateway = Gateway(tmp_path, store_overrides, limits=SMALL)
+    try:
+        yield gateway
+    finally:
+        gateway.close()
+
+
+def around(limit: int, spread: int = 3) -> st.SearchStrategy[int]:
+    """Sizes at the limit and just either side of it, sometimes far off."""
+    return weighted((80, st.integers(max(0, limit - spread), limit + spread)), (20, st.integers(0, 4 * limit)))
+
+
+def _limit_request(gw: Gateway, data: st.DataObject) -> tuple[str, str, Any, dict[str, str], int | None, str]:
+    """(method, path, body, query, the status expected if over the limit else None, what is measured)."""
+    ids = gw.ids
+    what = data.draw(st.sampled_from(["patch-ops", "patch-values", "bulk-ops", "attributes", "body", "url"]), label="limit")
+    if what == "patch-ops":
+        n = data.draw(around(SMALL.max_patch_operations), label="operations")
+        ops = data.draw(st.lists(entra_okta_ops(ids), min_size=n, max_size=n), label="ops") if data.draw(st.booleans(), label="wild") else \
+            [{"op": "replace", "path": "title", "value": f"t{i}"} for i in range(n)]
+        return "PATCH", f"/Users/{ids['uid']}", {"schemas": [PATCH_URN], "Operations": ops}, {}, 413 if n > SMALL.max_patch_operations else None, what
+    if what == "patch-values":
+        n = data.draw(around(SMALL.max_patch_values), label="values")
+        member = st.sampled_from([ids["uid"], ids["bystander"], "no-such-id"]).map(lambda v: {"value": v})
+        values = data.draw(st.lists(member, min_size=n, max_size=n), label="members")
+        op = data.draw(st.sampled_from(["add", "remove", "Add", "replace"]), label="op")
+        operation = {"op": op, "path": "members", "value": values} if data.draw(st.booleans(), label="with path") else \
+            {"op": op, "value": {"members": values}}
+        return "PATCH", f"/Groups/{ids['gid']}", {"schemas": [PATCH_URN], "Operations": [operation]}, {}, 413 if n > SMALL.max_patch_values else None, what
+    if what == "bulk-ops":
+        n = data.draw(around(SMALL.bulk_max_operations), label="operations")
+        simple = st.one_of(
+            st.integers(0, 10**6).map(lambda i: {"method": "POST", "path": "/Users", "bulkId": f"p{i}", "data": user_body(f"bulk{i}@example.com")}),
+            st.sampled_from(["uid", "bystander"]).map(lambda t: {"method": "PATCH", "path": f"/Users/{ids[t]}", "data": {
+                "schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Bulk"}]}}),
+            st.just({"method": "DELETE", "path": "/Users/no-such-id"}),
+        )
+        ops = data.draw(st.lists(simple, min_size=n, max_size=n).map(_distinct_bulk_ids), label="ops")
+        return "POST", "/Bulk", {"schemas": [BULK_URN], "Operations": ops}, {}, 413 if n > SMALL.bulk_max_operations else None, what
+    if what == "attributes":
+        n = data.draw(around(SMALL.max_attribute_names), label="names")
+        listed = ",".join(data.draw(st.lists(st.sampled_from(USER_NAMES), min_size=n, max_size=n), label="attributes"))
+        param = data.draw(st.sampled_from(["attributes", "excludedAttributes"]), label="parameter")
+        method, path, body = data.draw(st.sampled_from([
+            ("GET", "/Users", None), ("GET", f"/Users/{ids['uid']}", None),
+            ("POST", "/Users", user_body(f"attrs{next(gw._serial)}@example.com")),
+            ("PATCH", f"/Users/{ids['uid']}", {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Attrs"}]}),
+            ("PUT", f"/Users/{ids['bystander']}", user_body("bystander@example.com", title="Put")),
+            ("DELETE", f"/Users/{ids['bystander']}", None),
+        ]), label="request")
+        return method, path, body, {param: listed}, 400 if n > SMALL.max_attribute_names else None, what
+    if what == "body":
+        size = data.draw(around(SMALL.max_body_bytes, 40), label="bytes")
+        base = user_body(f"big{next(gw._serial)}@example.com", title="")
+        pad = max(0, size - len(to_json(base).encode()))
+        body = {**base, "title": "x" * pad}
+        size = len(to_json(body).encode())
+        method, path = data.draw(st.sampled_from([("POST", "/Users"), ("PUT", f"/Users/{ids['uid']}"), ("POST", "/Users/.search")]), label="request")
+        if method == "PUT":
+            body = {**body, "userName": "victim@example.com"}
+            size = len(to_json(body).encode())
+        if path.endswith(".search"):
+            body = {"schemas": [SEARCH_URN], "filter": 'title eq "' + "x" * pad + '"'}
+            size = len(to_json(body).encode())
+        return method, path, body, {}, 413 if size > SMALL.max_body_bytes else None, what
+    size = data.draw(around(SMALL.max_url_bytes, 20), label="url bytes")
+    method, path, body = data.draw(st.sampled_from([
+        ("GET", "/Users", None), ("POST", "/Users", user_body(f"url{next(gw._serial)}@example.com")),
+        ("DELETE", f"/Users/{ids['bystander']}", None),
+    ]), label="request")
+    prefix = len(BASE + path + "?x=")
+    return method, path, body, {"x": "u" * max(0, size - prefix)}, 414 if max(size, prefix) > SMALL.max_url_bytes else None, what
+
+
+@pytest.mark.both_stores  # the same attacks on the SQLite and the PostgreSQL store
+@hostile(max_examples=400)
+@given(data=st.data())
+def test_limits_never_5xx_and_refusals_change_nothing(small_gw: Gateway, data: st.DataObject) -> None:
+    gw = small_gw
+    method, path, body, query, over, what = _limit_request(gw, data)
+    reply = attack(gw, lambda: gw.request(method, path, body, params=query or None))
+    event(f"limit {what}: {'over' if over else 'within'}")
+    if what == "bulk-ops" and over is None and reply.status == 200:
+        results = reply.data["Operations"]
+        assert all(int(r["status"]) < 500 for r in results), reply
+    if over is not None:
+        # Over the limit: that limit's error.
+        # (What a body's JSON breaks, syntax or a NUL character, is refused before: a 400 invalidSyntax or invalidValue.)
+        assert reply.status == over or (reply.status == 400 and reply.data.get("scimType") in ("invalidSyntax", "invalidValue")), (what, reply)
+        if reply.status != over:
+            return
+        limit_names = {413: ("max_patch", "maxOperations", "max_body_bytes"), 414: ("max_url_bytes",), 400: ("max_attribute_names",)}[over]
+        assert any(name in reply.data["detail"] for name in limit_names), reply
+    else:
+        assert not (reply.status in (413, 414) or "max_attribute_names" in reply.text), (what, reply)
+
+
 # ---------------------------------------------------------------- regressions: bugs these tests found
 #
 # Plain tests on the ordinary fixtures (tests/conftest.py), one per bug, each pinning the
 # input that gave a 500 before the fix: the answer is a SCIM 400 naming the problem,
 # and the app's and the store's rows are as they were.
+
+
+@pytest.mark.both_stores
+@pytest.mark.parametrize("attribute", ["userName", "addresses.postalCode", 'emails[value eq "\\u0000"].type', "displayName"])
+async def test_regression_nul_escape_in_a_filter_value_is_invalid_filter(scim: Any, attribute: str) -> None:
+    # Was: 500 on the PostgreSQL store (CharacterNotInRepertoireError): the filter's "\u0000" escape decodes to NUL,
+    # which the URL's and the body's NUL checks cannot see. Found by test_filters_never_5xx.
+    text = f'{attribute} eq "a\\u0000"' if "[" not in attribute else f'{attribute} eq "work"'
+    resp, data = await scim.get("/Users", params={"filter": text})
+    assert_scim_error(resp.status, resp.content_type, data, 400, "invalidFilter", "NUL")
+    resp, data = await scim.post("/Users/.search", {"schemas": [SEARCH_URN], "filter": text})
+    assert_scim_error(resp.status, resp.content_type, data, 400, "invalidFilter", "NUL")
+
+
+async def test_regression_create_asking_only_for_id_answers_201(scim: Any, data_dir: Path) -> None:
+    # Was: 500 after the user was created (KeyError: the Location header was read from the projected body,
+    # which `attributes=id` leaves without meta). Found by test_limits_never_5xx_and_refusals_change_nothing.
+    resp, data = await scim.post("/Users?attributes=id", user_body("only-id@example.com"))
+    assert resp.status == 201, data
+    assert set(data) == {"schemas", "id"} and resp.headers["Location"].endswith(f"/Users/{data['id']}"), (data, dict(resp.headers))
+    resp, got = await scim.get(resp.headers["Location"].partition("/scim/v2")[2])
+    assert resp.status == 200 and got["userName"] == "only-id@example.com", got
 
 
 def all_rows(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:

@@ -69,11 +69,10 @@ async def test_a_lock_held_past_the_busy_timeout_is_an_error_not_a_hang(tmp_path
 
 
 async def test_the_sql_connector_runs_sqlite_statements_inline(tmp_path: Path) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
     from scim_gateway_plugins.sql.config import SqlConnectorConfig
     from scim_gateway_plugins.sql.connector import _create_engine
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
 
     config = SqlConnectorConfig.model_validate({"type": "sql", "dsn": "sqlite:///app.db", "tables": {"User": {"table": "t", "key": "id"}}})
     engine = _create_engine(make_url(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), config)

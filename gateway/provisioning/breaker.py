@@ -1,0 +1,300 @@
+"""A circuit breaker per app: an app that keeps failing is not called again until a probe finds it back.
+
+Closed (normal): every call goes to the app; `failures` consecutive failures
+that mean the app is unavailable (it is down, timed out, answered 5xx or 429,
+refused the gateway's credentials, or answered something unreadable) open the
+circuit. Open: calls fail fast with CircuitOpen, the app is not called, for
+the cool-down. Half-open: the first call after the cool-down is let through as
+the probe while every other still fails fast; its success closes the circuit,
+its failure opens it again for twice the cool-down (capped). An answer that
+says the app is up but refuses this one call (409, 404, 400) is a success here.
+
+`GuardedConnector` puts one breaker in front of every call the gateway makes
+to one app's connector: reads, writes, searches, lists, the recovery sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from ..connectors.base import Capabilities, Connector, NativeId, Record
+from ..connectors.errors import AppBadResponse, AppError, AppUnavailable
+from ..mapping.model import BreakerConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+
+class _Admitted:
+    """A write admitted as a whole (Breaker.admission): its breaker, and whether it called the app at all."""
+
+    def __init__(self, breaker: Breaker) -> None:
+        self.breaker = breaker
+        self.called = False
+
+
+# The admission of the write running in this task: its calls are never refused.
+_ADMITTED: ContextVar[_Admitted | None] = ContextVar("breaker_admitted", default=None)
+
+
+class CircuitOpen(AppUnavailable):
+    """The breaker refused the call: the app was not called. `detail` names the app and why."""
+
+
+def is_outage(exc: AppError) -> bool:
+    """Whether a failure says the app is unavailable (counts toward opening), not that it refused one call."""
+    return isinstance(exc, AppUnavailable | AppBadResponse) and not isinstance(exc, CircuitOpen)
+
+
+class Breaker:
+    """The circuit of one app in one process. No awaits inside: each method is atomic on the event loop."""
+
+    def __init__(self, app: str, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.app = app
+        self.config = config
+        self.clock = clock
+        self.state = "closed"  # closed | open | half_open
+        self.failures = 0  # consecutive failures that mean the app is unavailable
+        self.last = ""  # what the latest of them was
+        self.cooldown = config.reset_after  # how long the circuit stays open this time
+        self.probe_at = 0.0  # clock time the open circuit lets a probe through
+        self.probing = False  # a half-open probe is in flight
+
+    def admit(self) -> bool:
+        """Let a call go to the app: True when it is the half-open probe. Raises CircuitOpen when it may not go."""
+        if self.state == "closed":
+            return False
+        now = self.clock()
+        if self.state == "open" and now >= self.probe_at:
+            self.state = "half_open"
+        if self.state == "half_open" and not self.probing:
+            self.probing = True
+            return True
+        raise self.refusal(now)
+
+    @asynccontextmanager
+    async def admission(self) -> AsyncIterator[None]:
+        """One write's app calls under one admission: refused before the first is sent, never between two.
+
+        A write may take several calls (update, then disable); the circuit opening
+        between them must not leave it half-applied in the app.
+        """
+        outer = _ADMITTED.get()
+        if outer is not None and outer.breaker is self:
+            yield
+            return
+        probe = self.admit()
+        admitted = _Admitted(self)
+        token = _ADMITTED.set(admitted)
+        try:
+            yield
+        except AppError as exc:
+            if probe and admitted.called and is_outage(exc):
+                self.failed(True, exc.detail)
+            elif probe and admitted.called:
+                self.succeeded(True)
+            else:
+                self.abandoned(probe)
+            raise
+        except BaseException:
+            self.abandoned(probe)
+            raise
+        else:
+            if probe and admitted.called:
+                self.succeeded(True)
+            else:
+                self.abandoned(probe)  # the write needed no app call: it proved nothing either way
+        finally:
+            _ADMITTED.reset(token)
+
+    def refusal(self, now: float | None = None) -> CircuitOpen:
+        now = self.clock() if now is None else now
+        cause = f"{self.failures} consecutive failure{'s' if self.failures != 1 else ''} (last: {self.last})"
+        if self.state == "half_open":
+            return CircuitOpen(f"app {self.app} is unavailable: circuit half-open after {cause}; a probe call is testing it", retry_after=1)
+        wait = max(1, math.ceil(self.probe_at - now))
+        return CircuitOpen(f"app {self.app} is unavailable: circuit open after {cause}; next probe in {wait} s", retry_after=wait)
+
+    def retry_in(self) -> float | None:
+        """Seconds until the app may be called again; None when a call would be let through now."""
+        if self.state == "closed" or (self.state == "open" and self.clock() >= self.probe_at):
+            return None
+        if self.state == "half_open" and not self.probing:
+            return None
+        return max(0.0, self.probe_at - self.clock())
+
+    def succeeded(self, probe: bool) -> None:
+        """The app answered (a call that started while the circuit was open counts only as its probe)."""
+        if probe:
+            log.info("app %s: the probe call succeeded; circuit closed after %d failures", self.app, self.failures)
+        elif self.state != "closed":
+            return
+        self.state = "closed"
+        self.failures = 0
+        self.cooldown = self.config.reset_after
+        self.probing = False
+
+    def failed(self, probe: bool, reason: str) -> None:
+        """The app failed in a way that means it is unavailable."""
+        if not probe and self.state != "closed":
+            return  # a call admitted before the circuit opened: it was already counted as down
+        self.failures += 1
+        self.last = reason
+        if probe:
+            self.cooldown = min(self.cooldown * 2, self.config.max_reset_after)
+        elif self.failures < self.config.failures:
+            return
+        self.state = "open"
+        self.probing = False
+        self.probe_at = self.clock() + self.cooldown
+        log.warning(
+            "app %s: circuit open after %d consecutive failures (last: %s); next probe in %g s",
+            self.app, self.failures, reason, self.cooldown,
+        )
+
+    def abandoned(self, probe: bool) -> None:
+        """The call ended without a verdict on the app (cancelled, a gateway error): the next call may probe."""
+        if probe:
+            self.probing = False
+
+
+class GuardedConnector(Connector):
+    """A connector whose every app call passes one app's breaker first; everything else is the wrapped one's."""
+
+    def __init__(self, inner: Connector, breaker: Breaker) -> None:
+        super().__init__(inner.config, inner.context)
+        self.inner = inner
+        self.breaker = breaker
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)  # a plugin's own extras, unguarded
+
+    @property
+    def caps(self) -> Capabilities:
+        return self.inner.caps
+
+    def _admit(self) -> bool:
+        admitted = _ADMITTED.get()
+        if admitted is not None and admitted.breaker is self.breaker:
+            admitted.called = True
+            return False  # part of a write already admitted: a probe's verdict is the write's (Breaker.admission)
+        return self.breaker.admit()
+
+    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+        probe = self._admit()
+        try:
+            result = await call()
+        except AppError as exc:
+            if is_outage(exc):
+                self.breaker.failed(probe, exc.detail)
+            else:
+                self.breaker.succeeded(probe)  # the app is up; it refused this one call
+            raise
+        except BaseException:
+            self.breaker.abandoned(probe)
+            raise
+        self.breaker.succeeded(probe)
+        return result
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def create(self, kind: str, record: Record) -> NativeId:
+        return await self._guard(lambda: self.inner.create(kind, record))
+
+    async def get(self, kind: str, native_id: NativeId) -> Record | None:
+        return await self._guard(lambda: self.inner.get(kind, native_id))
+
+    async def create_many(self, kind: str, records: list[Record]) -> list[NativeId | AppError]:
+        return await self._guard(lambda: self.inner.create_many(kind, records))
+
+    async def get_many(self, kind: str, native_ids: list[NativeId]) -> dict[NativeId, Record]:
+        return await self._guard(lambda: self.inner.get_many(kind, native_ids))
+
+    async def update(self, kind: str, native_id: NativeId, changes: Record) -> None:
+        await self._guard(lambda: self.inner.update(kind, native_id, changes))
+
+    async def delete(self, kind: str, native_id: NativeId) -> None:
+        await self._guard(lambda: self.inner.delete(kind, native_id))
+
+    async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
+        return await self._guard(lambda: self.inner.find(kind, field, value, op))
+
+    async def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:  # type: ignore[override]
+        probe = self._admit()
+        answered = False
+        try:
+            async for item in self.inner.list_all(kind):
+                answered = True
+                yield item
+        except AppError as exc:
+            if is_outage(exc):
+                self.breaker.failed(probe, exc.detail)
+            else:
+                self.breaker.succeeded(probe)
+            raise
+        except BaseException:  # the consumer stopped early (GeneratorExit), or cancellation
+            if answered:
+                self.breaker.succeeded(probe)
+            else:
+                self.breaker.abandoned(probe)
+            raise
+        self.breaker.succeeded(probe)
+
+    async def add_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
+        await self._guard(lambda: self.inner.add_members(kind, group_id, members))
+
+    async def remove_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
+        await self._guard(lambda: self.inner.remove_members(kind, group_id, members))
+
+    async def list_members(self, kind: str, group_id: NativeId) -> list[tuple[str, NativeId]]:
+        return await self._guard(lambda: self.inner.list_members(kind, group_id))
+
+    async def action(self, kind: str, native_id: NativeId, name: str) -> None:
+        await self._guard(lambda: self.inner.action(kind, native_id, name))
+
+    async def create_with_members(self, kind: str, record: Record, members: list[tuple[str, NativeId]]) -> NativeId:
+        return await self._guard(lambda: self.inner.create_with_members(kind, record, members))
+
+    async def write(
+        self,
+        kind: str,
+        native_id: NativeId,
+        changes: Record,
+        add_members: list[tuple[str, NativeId]],
+        remove_members: list[tuple[str, NativeId]],
+    ) -> None:
+        await self._guard(lambda: self.inner.write(kind, native_id, changes, add_members, remove_members))
+
+    async def check_schema(self) -> list[tuple[tuple[str | int, ...], str]]:
+        return await self.inner.check_schema()
+
+    def fields(self, kind: str) -> set[str] | None:
+        return self.inner.fields(kind)
+
+    def plan(
+        self, op: str, kind: str, native_id: NativeId | None = None, record: Record | None = None,
+        members: list[tuple[str, NativeId]] | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.inner.plan(op, kind, native_id, record, members)
+
+
+def guard(connector: Connector, breaker: Breaker | None) -> Connector:
+    """The connector behind `breaker` (itself when there is none)."""
+    return connector if breaker is None else GuardedConnector(connector, breaker)
+
+
+__all__ = ["Breaker", "CircuitOpen", "GuardedConnector", "guard", "is_outage"]
