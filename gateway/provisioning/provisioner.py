@@ -573,17 +573,22 @@ class Provisioner:
         row, resource = await self._update(kind, rid, apply, if_match, replace_members=True)
         return row, resource
 
+    async def _current(self, kind: str, rid: str, if_match: int | None) -> Row:
+        """The resource to update: 404 when it does not exist, 412 when If-Match names another version."""
+        row = await self.store.get(self.app, kind, rid)
+        if row is None:
+            raise not_found(f"{kind} {rid} not found")
+        if if_match is not None and row.version != if_match:
+            raise ScimError(412, f"{kind} {rid} has changed: its version is W/\"{row.version}\"")
+        return row
+
     async def _patch_members(
         self, kind: str, rid: str, changes: dict[str, dict[str, Any] | None], if_match: int | None, with_members: bool
     ) -> tuple[Row, dict[str, Any]]:
         cres = self.resource(kind)
         async with self._lock(rid):
             for _attempt in range(VERSION_RETRIES):
-                row = await self.store.get(self.app, kind, rid)
-                if row is None:
-                    raise not_found(f"{kind} {rid} not found")
-                if if_match is not None and row.version != if_match:
-                    raise ScimError(412, f"{kind} {rid} has changed: its version is W/\"{row.version}\"")
+                row = await self._current(kind, rid, if_match)
                 present = await self.store.member_ids_among(self.app, rid, list(changes))
                 wanted = await self._members_for_write({"members": [item for item in changes.values() if item is not None]})
                 add = [m for m in wanted if m.id not in present]
@@ -615,11 +620,7 @@ class Provisioner:
         cres = self.resource(kind)
         async with self._lock(rid):
             for _attempt in range(VERSION_RETRIES):
-                row = await self.store.get(self.app, kind, rid)
-                if row is None:
-                    raise not_found(f"{kind} {rid} not found")
-                if if_match is not None and row.version != if_match:
-                    raise ScimError(412, f"{kind} {rid} has changed: its version is W/\"{row.version}\"")
+                row = await self._current(kind, rid, if_match)
                 # Start from what the app holds now, not only our copy: a change made in the app
                 # (or a reference it cleared) must not be reverted by a PATCH about something else.
                 live = await self._live_data(cres, row)
