@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from .app import APPS, AUDIT, SETTINGS, AppRuntime
@@ -36,15 +37,31 @@ _BASE_RE = re.compile(r"^/apps/([^/]+)/scim/v2(?=/|$)")
 _ETAG_RE = re.compile(r'^(?:W/)?"(\d+)"$')
 
 
-def scim_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
+def dump_json(body: Any) -> bytes:
+    """Compact UTF-8 JSON: orjson's, or the standard library's for what orjson refuses (a lone surrogate, a huge int)."""
+    try:
+        return orjson.dumps(body)
+    except (orjson.JSONEncodeError, TypeError):
         # backslashreplace: a lone surrogate (only possible inside a JSON string) goes out as its \\u escape, not a 500.
-        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace"),
-        status=status,
-        content_type=SCIM_CONTENT_TYPE,
-        charset="utf-8",
-        headers=headers,
-    )
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
+
+
+_LONG_NUMBER = re.compile(rb"\d{19}")  # past 64 bits orjson gives a float where the standard library keeps the integer
+
+
+def load_json(raw: bytes) -> Any:
+    """orjson's parse, the standard library's answer: what orjson refuses or reads differently (NaN, a lone
+    surrogate, an integer past 64 bits) goes to the standard library, which decides and words the errors."""
+    if not _LONG_NUMBER.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
+
+
+def scim_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=dump_json(body), status=status, content_type=SCIM_CONTENT_TYPE, charset="utf-8", headers=headers)
 
 
 def error_response(error: ScimError) -> web.Response:
@@ -186,7 +203,7 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise invalid_syntax("the request body is empty")
     try:
-        body = json.loads(raw)
+        body = load_json(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid_syntax(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import difflib
 import hashlib
 import json
@@ -141,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Workers share the port (SO_REUSEPORT): the kernel spreads connections over them.
         web.run_app(
             app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None, reuse_port=bool(worker) or None,
-            ssl_context=tls,
+            ssl_context=tls, loop=new_event_loop(args.loop),
         )
     except StoreUnavailable as exc:
         print(f"cannot open the correlation store: {exc}", file=sys.stderr)
@@ -153,6 +154,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (choose another with --port)", file=sys.stderr)
         return 1
     return 0
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """The serving loop: uvloop when asked or (auto) installed, else asyncio's own; the same code runs on both."""
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise SystemExit("--loop uvloop: uvloop is not installed (pip install uvloop), or use --loop asyncio") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _tls_context(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -500,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--store-pool-size", type=int, default=10, metavar="N", help="connections per process to a PostgreSQL store")
     serve.add_argument("--workers", type=int, default=1, metavar="N", help="serving processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument(
+        "--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+        help="event loop: uvloop (libuv, faster) or Python's asyncio; auto: uvloop where it is installed",
+    )
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS: the certificate chain (PEM), with --tls-key")
     serve.add_argument("--tls-key", metavar="FILE", help="serve HTTPS: the certificate's private key (PEM, unencrypted), with --tls-cert")
     serve.add_argument(
