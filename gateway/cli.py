@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import gc
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -136,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, registry, compiled)
     if worker <= 1:  # one process, or the first of `--workers N`: it prints the banner
         app.on_startup.append(print_banner)
+    app.on_startup.append(_freeze_startup_objects)
     if worker:
         log.info("worker %d (pid %d) starting on %s:%d", worker, os.getpid(), args.host, args.port)
     try:
@@ -154,6 +157,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (choose another with --port)", file=sys.stderr)
         return 1
     return 0
+
+
+async def _freeze_startup_objects(app: Any) -> None:
+    """Leave what start-up built (modules, compiled mappings, SQLAlchemy metadata) out of the garbage collector's scans.
+
+    A full collection otherwise walks every one of those objects again, a pause of a tenth of a second and more
+    in the middle of serving, seen as the p99 of plain GETs.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:

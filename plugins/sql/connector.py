@@ -17,6 +17,7 @@ import difflib
 import math
 import re
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ from gateway.connectors.errors import (
 from .config import SecretRef, SqlConnectorConfig, SqlTableConfig, statement_params, template_fields
 
 LIST_PAGE_SIZE = 500
+SQLITE_POOL_SIZE = 64  # connections to an inline SQLite app (see _create_engine)
 IN_CHUNK = 500  # ids per IN (...) list, well under every driver's bound-parameter limit
 RETRY_AFTER = 5
 SEARCH_OPS = frozenset({"eq", "co", "sw", "ew"})
@@ -851,9 +853,15 @@ def _create_engine(url: URL, config: SqlConnectorConfig) -> AsyncEngine:
             return await inline_sqlite.connect(database, busy_timeout=config.timeout)
 
         extra["async_creator"] = inline
+    pool_size = config.pool_size
+    if "async_creator" in extra:
+        # SQLAlchemy returns a connection to the pool in a task of its own after each use; with statements inline,
+        # those returns queue up behind busy requests and a small pool runs dry (requests then wait pool_timeout).
+        # An idle SQLite connection costs little: keep one per request likely in flight.
+        pool_size = max(pool_size, SQLITE_POOL_SIZE)
     engine = create_async_engine(
         url,
-        pool_size=config.pool_size,
+        pool_size=pool_size,
         max_overflow=0,
         pool_timeout=config.timeout,
         # A server that restarted leaves dead connections in the pool: test each before use.
@@ -867,7 +875,7 @@ def _create_engine(url: URL, config: SqlConnectorConfig) -> AsyncEngine:
 
 
 def _setup_sqlite(engine: AsyncEngine, synchronous: str | None = None) -> None:
-    """Foreign keys on, and real transactions: BEGIN for reads, BEGIN IMMEDIATE for writes.
+    """Foreign keys on, and real write transactions: BEGIN IMMEDIATE for writes (reads are single statements).
 
     sqlite3's legacy mode begins a transaction only at the first DML statement,
     so a write's reads would run outside it; IMMEDIATE takes the write lock up
@@ -885,7 +893,10 @@ def _setup_sqlite(engine: AsyncEngine, synchronous: str | None = None) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+        # Reads are single statements (a page of a list is one SELECT): SQLite's per-statement snapshot is enough,
+        # so they skip BEGIN and the ROLLBACK that would end it.
+        if conn.get_execution_options().get(_WRITE):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # ---------------------------------------------------------------- values and ids
@@ -897,9 +908,19 @@ _FALSE = {"false", "0", "no", "n", "f"}
 
 def _python_type(column: Column[Any]) -> type | None:
     try:
-        return column.type.python_type
+        return _PYTHON_TYPES[column]
+    except KeyError:
+        pass
+    try:
+        kind = column.type.python_type
     except NotImplementedError:
-        return None
+        kind = None
+    _PYTHON_TYPES[column] = kind
+    return kind
+
+
+# Column -> its Python type, asked on every id parsed (a reflected column's type object computes it each time).
+_PYTHON_TYPES: weakref.WeakKeyDictionary[Column[Any], type | None] = weakref.WeakKeyDictionary()
 
 
 def _parse_id(column: Column[Any], native_id: NativeId) -> Any:
