@@ -536,8 +536,7 @@ class Endpoint:
                 if isinstance(answer, ScimError):
                     out[k] = answer
                 else:
-                    resource = answer[1]
-                    out[k] = scim_bulk.BulkResult(201, f"{self.base}{rtype.endpoint}/{resource['id']}", etag_of(resource), resource["id"])
+                    out[k] = scim_bulk.BulkResult(201, f"{self.base}{rtype.endpoint}/{answer.id}", f'W/"{answer.version}"', answer.id)
         for outcome in out:
             assert outcome is not None
             done: dict[str, Any] = {"method": "POST", "path": path}

@@ -442,15 +442,16 @@ class Provisioner:
         row = await self._run_claimed(seq, f"creating {kind}", call, settle, _write_only_values(cres, resource, record))
         return row, await self.materialize(cres, row)
 
-    async def create_many(self, kind: str, resources: list[dict[str, Any]]) -> list[tuple[Row, dict[str, Any]] | ScimError]:
+    async def create_many(self, kind: str, resources: list[dict[str, Any]]) -> list[Row | ScimError]:
         """Create several resources (a Bulk import), in order, each answered as `create` would answer it alone.
 
         Users are claimed in one store transaction, created in the app in one call
         (one transaction for SQL), read back at once and settled in one transaction:
         the same journal entries and recovery as single creates, without a commit and
-        a round trip each. Groups, and users created inactive, go one by one.
+        a round trip each. Groups, and users created inactive, go one by one. Each answer is the settled row (a
+        Bulk answer names the location and version only) or the error.
         """
-        out: list[tuple[Row, dict[str, Any]] | ScimError | None] = [None] * len(resources)
+        out: list[Row | ScimError | None] = [None] * len(resources)
         run: list[int] = []
         for i, resource in enumerate(resources):
             if kind == "User" and resource.get("active") is not False:
@@ -459,7 +460,7 @@ class Provisioner:
             await self._create_run(kind, resources, run, out)
             run = []
             try:
-                out[i] = await self.create(kind, resource)
+                out[i] = (await self.create(kind, resource))[0]
             except ScimError as exc:
                 out[i] = exc
         await self._create_run(kind, resources, run, out)
@@ -467,7 +468,7 @@ class Provisioner:
         return out  # type: ignore[return-value]
 
     async def _create_run(
-        self, kind: str, resources: list[dict[str, Any]], run: list[int], out: list[tuple[Row, dict[str, Any]] | ScimError | None]
+        self, kind: str, resources: list[dict[str, Any]], run: list[int], out: list[Row | ScimError | None]
     ) -> None:
         if not run:
             return
@@ -520,16 +521,13 @@ class Provisioner:
                 else:
                     created.append((i, seq, str(answer), data))
             settled = await self._read_back_many(cres, [(native_id, data) for _, _, native_id, data in created])
-            rows: list[tuple[int, Row]] = []
             async with self.store.batch():
                 for (i, seq, native_id, _), data in zip(created, settled, strict=True):
                     try:
-                        rows.append((i, await self.store.settle_create(seq, native_id, data, [])))
+                        out[i] = await self.store.settle_create(seq, native_id, data, [])
                     except NativeConflict:
                         await self.store.abort(seq, "app returned a native id that is already linked")
                         out[i] = ScimError(502, f"{what}: the app returned the id of an existing record")
-            for i, row in rows:
-                out[i] = (row, await self.materialize(cres, row, related={}))  # a new user is in no group yet
         finally:
             self._inflight.difference_update(seqs)
 

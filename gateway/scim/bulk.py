@@ -28,7 +28,7 @@ class BulkExecutor(Protocol):
         ...
 
 
-BATCH_SIZE = 500  # creates handed to the executor at once
+BATCH_SIZE = 1000  # creates handed to the executor at once (a whole Bulk request at the default maxOperations)
 
 
 def _op_references(op: dict[str, Any]) -> set[str]:
