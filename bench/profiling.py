@@ -92,9 +92,9 @@ def _area(where: str) -> str:
 
 
 # Frames every sample of a thread passes through (start-up, the event loop's own loop): no information.
-_PLUMBING = ("<frozen runpy>", "gateway/cli.py", "aiohttp/web.py", "stdlib threading.py")
+_PLUMBING = ("<frozen runpy>", "gateway/cli/", "aiohttp/web.py", "stdlib threading.py")
 # Our own pass-through layers: a sample is charged to the code that called them.
-_WRAPPERS = ("gateway/inline_sqlite.py", "gateway/cli.py")
+_WRAPPERS = ("gateway/inline_sqlite.py", "gateway/cli/")
 _LOOP = {"BaseEventLoop.run_forever", "BaseEventLoop._run_once", "BaseEventLoop.run_until_complete", "Handle._run"}
 
 
@@ -132,7 +132,7 @@ def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
         leaf, leaf_where, leaf_func, leaf_line = names[-1]
         group["self"][leaf] += count
         group["lines"][f"{leaf_where}:{leaf_line} ({leaf_func})"] += count
-        ours = next(((f, w, ln) for _, w, f, ln in reversed(names) if w.startswith(("gateway/", "plugins/")) and w not in _WRAPPERS), None)
+        ours = next(((f, w, ln) for _, w, f, ln in reversed(names) if w.startswith(("gateway/", "plugins/")) and not w.startswith(_WRAPPERS)), None)
         group["ours"][f"{ours[1]}:{ours[2]} ({ours[0]})" if ours else "(none of ours on the stack: event loop, aiohttp, SQLAlchemy inside its greenlets)"] += count
         areas[_area(leaf_where)] += count
         for name in {n for n, where, func, _ in names if not where.startswith(_PLUMBING) and func not in _LOOP}:

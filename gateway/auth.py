@@ -1,8 +1,9 @@
 """Inbound authentication of one app: static bearer tokens (as SHA-256 digests) and, optionally, signed JWTs (`auth.jwt`).
 
 `AppAuth.authenticate` answers with the credential's identity (never the secret): a static token's name, `cli-<hex>`
-for a `serve --token` token, `jwt:<issuer>:<client>` for a JWT. A refusal is a ScimError 401 whose detail names
-the reason and never echoes the token; a JWKS that cannot be fetched (and no keys cached) is a 503.
+for a `serve --token` token, `jwt:<issuer>:<client>` for a JWT. A refusal is `Refused` (the HTTP layer answers 401),
+whose detail names the reason and never echoes the token; a JWKS that cannot be fetched (and no keys cached) is
+`CannotJudge` (503: the client is not at fault).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from pydantic import SecretStr
 
 from .mapping.compile import CompiledMapping
 from .mapping.model import JwtConfig
-from .scim.errors import ScimError
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +46,34 @@ _KEY_TYPES = {
 }
 
 
-class Refused(ScimError):
-    """A 401: no credential, or one this app does not accept. `reason` is a short code for the audit log."""
+class AuthError(Exception):
+    """The request is not let in. `reason` is a short code for the audit log; `detail` never holds the credential."""
+
+    reason: str
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Refused(AuthError):
+    """No credential, or one this app does not accept; `challenge` is the WWW-Authenticate to answer with."""
 
     def __init__(self, reason: str, detail: str, *, challenge: str = _INVALID) -> None:
-        super().__init__(401, detail, headers={"WWW-Authenticate": challenge})
+        super().__init__(detail)
         self.reason = reason
+        self.challenge = challenge
 
 
 class JwksUnavailable(Exception):
     """The app's signing keys cannot be had: neither fetched nor cached."""
 
 
-class CannotJudge(ScimError):
-    """A 503: the gateway cannot check the token (no signing keys); the client is not at fault and should retry."""
+class CannotJudge(AuthError):
+    """The gateway cannot check the token (no signing keys): the client is not at fault and should retry."""
 
     reason = "jwks_unavailable"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(503, detail, headers={"Retry-After": str(JWKS_RETRY_AFTER_SECONDS)})
+    retry_after = JWKS_RETRY_AFTER_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,4 +352,4 @@ def create_app_auth(mapping: CompiledMapping, cli_tokens: list[SecretStr]) -> Ap
     return AppAuth(mapping.app, tokens, verifier)
 
 
-__all__ = ["AppAuth", "CannotJudge", "JwksKeys", "JwtVerifier", "Refused", "create_app_auth", "jwks_file_problem", "parse_jwks"]
+__all__ = ["AppAuth", "AuthError", "CannotJudge", "JwksKeys", "JwtVerifier", "Refused", "create_app_auth", "jwks_file_problem", "parse_jwks"]

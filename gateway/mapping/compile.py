@@ -8,23 +8,21 @@ problem is collected and reported as FILE:LINE:COL: dotted.path: message.
 
 from __future__ import annotations
 
-import copy
 import difflib
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
 import jinja2
 from jinja2 import meta
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from scim2_models.path import AttrPath, CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
 from scim2_models.path import Path as ScimPath
 
-from ..connectors.base import Connector
+from ..connectors.base import Capabilities, Connector
 from ..connectors.registry import ConnectorRegistry
-from ..scim.schema import (
+from ..schema import (
     CORE_GROUP,
     CORE_USER,
     ENTERPRISE_USER,
@@ -41,6 +39,7 @@ from ..secrets import SecretRef
 from .loader import Document, Loc, MappingFileError, Problem, read_document
 from .model import AttributeRule, DeactivateConfig, MappingConfig, MembersConfig, ResourceConfig
 from .transforms import TemplateEnvironment, create_environment
+from .validate import validate_document
 
 KNOWN_EXTENSIONS: dict[str, Callable[[], Schema]] = {ENTERPRISE_USER: lambda: builtin_schema("enterprise_user")}
 DEFAULT_MATCH = UNIQUE_ATTRIBUTES
@@ -157,86 +156,7 @@ def _compile_template(
     return Transform(source, fn)
 
 
-# ---------------------------------------------------------------- pydantic errors with line marks
-
-
-def _unwrap(annotation: Any) -> Any:
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        return _unwrap(args[0]) if len(args) == 1 else annotation
-    return annotation
-
-
-def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
-    """The valid keys of the object at `loc` (for 'valid: ...' and 'did you mean')."""
-    current: Any = model
-    for part in loc:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            info = current.model_fields.get(str(part))
-            if info is None:
-                return []
-            current = info.annotation
-        elif get_origin(current) in (list, dict):
-            current = get_args(current)[-1]
-        else:
-            return []
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _validation_problems(exc: ValidationError, model: type[BaseModel], doc: Document, prefix: Loc = ()) -> list[Problem]:
-    problems = []
-    for error in exc.errors(include_url=False):
-        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        path = (*prefix, *loc)
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            valid = _fields_at(model, loc[:-1])
-            message = f"unknown key {loc[-1]!r}"
-            near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            if near:
-                message += f" (did you mean {near[0]}?)"
-            if valid:
-                message += f" (valid: {', '.join(valid)})"
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        elif message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        problems.append(doc.problem(path, message, at_key=error["type"] == "extra_forbidden"))
-    return problems
-
-
-# ---------------------------------------------------------------- the three steps
-
-
-def validate_document(doc: Document, registry: ConnectorRegistry) -> tuple[MappingConfig | None, BaseModel | None, type[Connector] | None, list[Problem]]:
-    """Step 2: the document against the mapping models and its connector's own model."""
-    problems: list[Problem] = []
-    if not isinstance(doc.data, dict):
-        return None, None, None, [doc.problem((), "a mapping file must be a YAML mapping (key: value)")]
-    source = copy.deepcopy(doc.data)  # validation must never mutate the caller's data
-    config = None
-    try:
-        config = MappingConfig.model_validate(source)
-    except ValidationError as exc:
-        problems.extend(_validation_problems(exc, MappingConfig, doc))
-    connector_block = doc.data.get("connector")
-    connector_cls = connector_config = None
-    if isinstance(connector_block, dict) and isinstance(connector_block.get("type"), str):
-        try:
-            connector_cls = registry.get(connector_block["type"])
-        except LookupError as exc:
-            problems.append(doc.problem(("connector", "type"), str(exc)))
-        else:
-            try:
-                connector_config = connector_cls.Config.model_validate(copy.deepcopy(connector_block))
-            except ValidationError as exc:
-                problems.extend(_validation_problems(exc, connector_cls.Config, doc, ("connector",)))
-    return config, connector_config, connector_cls, problems
+# ---------------------------------------------------------------- step 3: compile
 
 
 def _custom_schemas(config: MappingConfig, doc: Document, problems: list[Problem]) -> dict[str, Schema]:
@@ -351,77 +271,133 @@ def compile_mapping(doc: Document, registry: ConnectorRegistry, *, require_secre
     config, connector_config, connector_cls, problems = validate_document(doc, registry)
     if config is None or connector_config is None or connector_cls is None:
         raise MappingFileError(problems)
-    resources: dict[str, CompiledResource] = {}
-    env = create_environment(config.lookups)
+    step = _ResourceCompiler(doc, config, create_environment(config.lookups), connector_cls.capabilities_for(connector_config), problems)
     custom = _custom_schemas(config, doc, problems)
-    caps = connector_cls.capabilities_for(connector_config)
+    resources: dict[str, CompiledResource] = {}
     for name, rc in config.resources.items():
+        compiled = step.compile(name, rc, _resource_type(name, rc, custom, doc, problems))
+        if compiled is not None:
+            resources[name] = compiled
+    if require_secrets:
+        problems.extend(_secret_problems(connector_config, doc))
+    digests = _token_digests(config, doc, require_secrets, problems)
+    if problems:
+        raise MappingFileError(problems)
+    return CompiledMapping(doc.file, config, connector_cls, connector_config, resources, digests)
+
+
+@dataclass(slots=True)
+class _ResourceCompiler:
+    """Compiles one resource type's block of a mapping; every problem goes to `problems`."""
+
+    doc: Document
+    config: MappingConfig
+    env: TemplateEnvironment
+    caps: Capabilities
+    problems: list[Problem]
+
+    @property
+    def connector_type(self) -> str:
+        return str(self.config.connector["type"])
+
+    def compile(self, name: str, rc: ResourceConfig, rtype: ResourceType) -> CompiledResource | None:
         base: Loc = ("resources", name)
-        rtype = _resource_type(name, rc, custom, doc, problems)
+        rules, computed = self._rules(rc, rtype, base)
+        match_rule = self._match_rule(name, rc, rtype, rules, base)
+        if match_rule is None:
+            return None
+        self._check_members(name, rc, base)
+        self._check_deactivate(rc, base)
+        pushdown = self._pushdown(name, rc, rtype, rules, base)
+        return CompiledResource(
+            name, rtype, rules, match_rule, DEFAULT_MATCH[name], rc.delete, rc.members,
+            deactivate=rc.deactivate, reads_live=rc.reads == "live" and self.caps.read, pushdown=pushdown, computed=computed,
+        )
+
+    def _rules(self, rc: ResourceConfig, rtype: ResourceType, base: Loc) -> tuple[list[CompiledRule], list[ComputedField]]:
+        """Attribute rules and computed fields, each app field written by one rule at most."""
         rules: list[CompiledRule] = []
         computed: list[ComputedField] = []
         fields_seen: dict[str, int] = {}
         for i, rule in enumerate(rc.attributes):
             loc = (*base, "attributes", i)
-            if rule.field in fields_seen and rule.direction != "to_scim":
-                problems.append(doc.problem((*loc, "field"), f"field {rule.field!r} is already written by attributes[{fields_seen[rule.field]}]"))
             if rule.direction != "to_scim":
+                if rule.field in fields_seen:
+                    message = f"field {rule.field!r} is already written by attributes[{fields_seen[rule.field]}]"
+                    self.problems.append(self.doc.problem((*loc, "field"), message))
                 fields_seen.setdefault(rule.field, i)
             if rule.scim is None:
                 assert rule.to_app is not None
-                transform = _compile_template(env, rule.to_app, {"resource"}, doc, (*loc, "to_app"), problems)
+                transform = _compile_template(self.env, rule.to_app, {"resource"}, self.doc, (*loc, "to_app"), self.problems)
                 if transform is not None:
                     computed.append(ComputedField(rule.field, transform))
                 continue
-            compiled = _compile_rule(env, rule, rtype, doc, loc, problems)
+            compiled = _compile_rule(self.env, rule, rtype, self.doc, loc, self.problems)
             if compiled is not None:
                 rules.append(compiled)
+        return rules, computed
+
+    def _match_rule(self, name: str, rc: ResourceConfig, rtype: ResourceType, rules: list[CompiledRule], base: Loc) -> CompiledRule | None:
+        """The rule of the attribute that finds the app's record (adoption, recovery); it must be mapped."""
         match_name = rc.match or DEFAULT_MATCH[name]
         match_resolved = rtype.resolve_dotted(match_name)
-        match_rule = next((r for r in rules if match_resolved is not None and r.resolved == match_resolved and r.selector is None), None)
-        if match_rule is None:
-            problems.append(
-                doc.problem(
-                    (*base, "match") if rc.match else (*base, "attributes"),
-                    f"{match_name} must be mapped to an app field: it finds the app's record for adoption and crash recovery",
-                )
+        found = next((r for r in rules if match_resolved is not None and r.resolved == match_resolved and r.selector is None), None)
+        if found is None:
+            where = (*base, "match") if rc.match else (*base, "attributes")
+            self.problems.append(
+                self.doc.problem(where, f"{match_name} must be mapped to an app field: it finds the app's record for adoption and crash recovery")
             )
-            continue
-        if rc.members is not None:
-            if name != "Group":
-                problems.append(doc.problem((*base, "members"), "only Group has members"))
-            elif rc.members.via == "connector" and not caps.membership:
-                problems.append(
-                    doc.problem((*base, "members", "via"), f"connector {config.connector['type']!r} has no member calls (valid: group_field, user_field)")
-                )
-            elif rc.members.via == "user_field" and "User" not in config.resources:
-                problems.append(doc.problem((*base, "members", "via"), "user_field keeps membership on user records: map User too"))
-        if rc.deactivate.via == "action":
-            for key in ("disable", "enable"):
-                action = getattr(rc.deactivate, key)
-                if action not in caps.actions:
-                    valid = ", ".join(sorted(caps.actions)) or "none: declare actions in the connector block"
-                    problems.append(doc.problem((*base, "deactivate", key), f"the connector has no action {action!r} (valid: {valid})"))
+        return found
+
+    def _check_members(self, name: str, rc: ResourceConfig, base: Loc) -> None:
+        if rc.members is None:
+            return
+        if name != "Group":
+            self.problems.append(self.doc.problem((*base, "members"), "only Group has members"))
+        elif rc.members.via == "connector" and not self.caps.membership:
+            message = f"connector {self.connector_type!r} has no member calls (valid: group_field, user_field)"
+            self.problems.append(self.doc.problem((*base, "members", "via"), message))
+        elif rc.members.via == "user_field" and "User" not in self.config.resources:
+            self.problems.append(self.doc.problem((*base, "members", "via"), "user_field keeps membership on user records: map User too"))
+
+    def _check_deactivate(self, rc: ResourceConfig, base: Loc) -> None:
+        if rc.deactivate.via != "action":
+            return
+        for key in ("disable", "enable"):
+            action = getattr(rc.deactivate, key)
+            if action not in self.caps.actions:
+                valid = ", ".join(sorted(self.caps.actions)) or "none: declare actions in the connector block"
+                self.problems.append(self.doc.problem((*base, "deactivate", key), f"the connector has no action {action!r} (valid: {valid})"))
+
+    def _pushdown(self, name: str, rc: ResourceConfig, rtype: ResourceType, rules: list[CompiledRule], base: Loc) -> list[CompiledRule]:
+        """The rules of the attributes whose filters are first asked of the app."""
         pushdown: list[CompiledRule] = []
         for i, attr in enumerate(rc.pushdown):
             resolved = rtype.resolve_dotted(attr)
             target = next((r for r in rules if resolved is not None and r.resolved == resolved and r.selector is None and r.reads), None)
             if target is None:
-                problems.append(doc.problem((*base, "pushdown", i), f"{attr!r} is not a mapped {name} attribute (valid: {', '.join(r.resolved.dotted for r in rules if r.selector is None)})"))
-            elif not caps.search:
-                problems.append(doc.problem((*base, "pushdown", i), f"connector {config.connector['type']!r} cannot search the app"))
+                valid = ", ".join(r.resolved.dotted for r in rules if r.selector is None)
+                self.problems.append(self.doc.problem((*base, "pushdown", i), f"{attr!r} is not a mapped {name} attribute (valid: {valid})"))
+            elif not self.caps.search:
+                self.problems.append(self.doc.problem((*base, "pushdown", i), f"connector {self.connector_type!r} cannot search the app"))
             else:
                 pushdown.append(target)
-        resources[name] = CompiledResource(
-            name, rtype, rules, match_rule, DEFAULT_MATCH[name], rc.delete, rc.members,
-            deactivate=rc.deactivate, reads_live=rc.reads == "live" and caps.read, pushdown=pushdown, computed=computed,
-        )
-    if require_secrets:
-        for loc, ref in _secret_refs(connector_config, ("connector",)):
-            try:
-                ref.resolve()
-            except ValueError as exc:
-                problems.append(doc.problem(loc, str(exc)))
+        return pushdown
+
+
+def _secret_problems(connector_config: BaseModel, doc: Document) -> list[Problem]:
+    """Every secret reference of the connector's options that resolves to nothing."""
+    problems = []
+    for loc, ref in _secret_refs(connector_config, ("connector",)):
+        try:
+            ref.resolve()
+        except ValueError as exc:
+            problems.append(doc.problem(loc, str(exc)))
+    return problems
+
+
+def _token_digests(config: MappingConfig, doc: Document, require_secrets: bool, problems: list[Problem]) -> list[bytes]:
+    """The SHA-256 of each inbound bearer token (only the configured digests when secrets are not resolved)."""
     digests = []
     for i, token in enumerate(config.auth.bearer):
         digest = token.digest() if require_secrets or token.sha256 else b""
@@ -432,9 +408,7 @@ def compile_mapping(doc: Document, registry: ConnectorRegistry, *, require_secre
         else:
             where = f"environment variable {token.env}" if token.env else f"file {token.file}"
             problems.append(doc.problem(("auth", "bearer", i), f"the token's {where} is not set"))
-    if problems:
-        raise MappingFileError(problems)
-    return CompiledMapping(doc.file, config, connector_cls, connector_config, resources, digests)
+    return digests
 
 
 def _secret_refs(value: Any, loc: Loc) -> list[tuple[Loc, SecretRef]]:

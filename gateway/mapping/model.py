@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
@@ -42,7 +43,7 @@ class BearerTokenConfig(_Strict):
         if self.sha256 is not None:
             return bytes.fromhex(self.sha256)
         try:
-            secret = SecretRef(env=self.env, file=self.file).resolve()
+            secret = SecretRef(env=self.env, file=Path(self.file) if self.file else None).resolve()
         except ValueError:
             return None
         return hashlib.sha256(secret.get_secret_value().encode()).digest()
@@ -62,7 +63,7 @@ class JwtConfig(_Strict):
     jwks_url: str | None = Field(None, description="https URL of the IdP's signing keys (JWKS): fetched, cached, fetched again on an unknown kid")
     jwks_file: str | None = Field(None, description="A JWKS file (JSON) instead of a URL; read again every jwks_ttl_seconds")
     algorithms: list[JwtAlgorithm] = Field(
-        default_factory=lambda: ["RS256"], min_length=1, description="Signature algorithms accepted (public-key ones only)"
+        default_factory=lambda: list[JwtAlgorithm](["RS256"]), min_length=1, description="Signature algorithms accepted (public-key ones only)"
     )
     leeway_seconds: int = Field(60, ge=0, le=600, description="Clock skew allowed when checking exp, nbf and iat")
     jwks_ttl_seconds: int = Field(3600, ge=1, le=7 * 86400, description="How long fetched keys are used before they are fetched again")

@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2.environment import TemplateExpression
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 MAX_SIZE = 100_000  # longest string or list one operation may build
@@ -118,6 +119,20 @@ def _check_join(separator: Any, items: list[Any]) -> None:
         _too_large(len(separator) * (len(items) - 1) + weight(items, MAX_SIZE))
 
 
+class BudgetedExpression(TemplateExpression):
+    """A compiled expression whose every call runs under a fresh budget of BUDGET items (it delegates to jinja2's)."""
+
+    def __init__(self, inner: TemplateExpression) -> None:
+        self._inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        token = _budget.set([BUDGET])
+        try:
+            return self._inner(*args, **kwargs)
+        finally:
+            _budget.reset(token)
+
+
 class TemplateEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
@@ -150,21 +165,12 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
                 raise TemplateSyntaxError("{% %} statements (include, import, for, macro, set, ...) are not allowed: write one expression", 1) from None
             raise
 
-    def compile_expression(self, source: str, undefined_to_none: bool = True) -> Callable[..., Any]:
+    def compile_expression(self, source: str, undefined_to_none: bool = True) -> TemplateExpression:
         """The compiled expression; each call runs under a fresh budget of BUDGET items."""
         try:
-            expression = super().compile_expression(source, undefined_to_none)
+            return BudgetedExpression(super().compile_expression(source, undefined_to_none))
         except (RecursionError, SyntaxError):  # the compiler, or Python compiling its output, out of depth
             raise TemplateSyntaxError("the expression nests too deeply", 1) from None
-
-        def evaluate(*args: Any, **kwargs: Any) -> Any:
-            token = _budget.set([BUDGET])
-            try:
-                return expression(*args, **kwargs)
-            finally:
-                _budget.reset(token)
-
-        return evaluate
 
     # -------------------------------------------------------------- load-time checks
 
@@ -175,7 +181,7 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         if not (len(body) == 1 and isinstance(body[0], nodes.Output) and len(body[0].nodes) == 1):
             return ["only one expression is allowed (no {% %} statements, no text around it)"]
         for node in parsed.find_all((nodes.Getattr, nodes.Getitem)):
-            name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+            name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None) if isinstance(node, nodes.Getitem) else None
             if isinstance(name, str) and name.startswith("_"):
                 problems.append(f"private attribute {name!r} is not allowed")
         for node in parsed.find_all(nodes.Name):

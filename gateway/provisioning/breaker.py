@@ -233,7 +233,7 @@ class GuardedConnector(Connector):
     async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
         return await self._guard(lambda: self.inner.find(kind, field, value, op))
 
-    async def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:  # type: ignore[override]
+    async def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:
         probe = self._admit()
         answered = False
         try:

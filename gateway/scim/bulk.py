@@ -1,4 +1,10 @@
-"""Bulk (RFC 7644 §3.7): operations in dependency order, bulkId references, failOnErrors."""
+"""Bulk (RFC 7644 §3.7): operations in dependency order, bulkId references, failOnErrors.
+
+`run_bulk` validates the BulkRequest and decides what runs when; an executor (service.py) runs each
+operation against the app. Each operation's fate is also kept as a `BulkEntry`, for the audit log, in
+request order: written as it starts, completed as it ends, so a request that fails as a whole midway still
+says what ran.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import ScimError, invalid_syntax, invalid_value
-from .schema import BULK_REQUEST, BULK_RESPONSE
+from ..schema import BULK_REQUEST, BULK_RESPONSE
+from .errors import ScimError, invalid_path, invalid_syntax, invalid_value
 
 _BULK_REF = re.compile(r"^bulkId:(.+)$")
+_PATH_REFS = re.compile(r"bulkId:([^/]+)")
+BATCH_SIZE = 1000  # creates handed to the executor at once (a whole Bulk request at the default maxOperations)
 
 
 @dataclass(slots=True)
@@ -20,15 +28,35 @@ class BulkResult:
     resource_id: str | None = None
 
 
-class BulkExecutor(Protocol):
-    async def bulk_operation(self, method: str, path: str, data: Any, if_match: str | None) -> BulkResult: ...
+@dataclass(slots=True)
+class BulkEntry:
+    """One operation as the audit log records it; `status` None: it started and never finished."""
 
-    async def bulk_create_many(self, path: str, datas: list[dict[str, Any]]) -> list[BulkResult | ScimError]:
-        """POST each of `datas` to `path`, in order, as bulk_operation would one by one (an import, at once)."""
+    method: Any
+    resource_type: str | None
+    resource_id: str | None
+    bulk_id: Any
+    status: int | None = None
+    scim_type: str | None = None
+
+
+def path_segments(path: str) -> list[str]:
+    """`/Users/2819c223` -> ["Users", "2819c223"]."""
+    return [p for p in path.split("/") if p]
+
+
+class BulkExecutor(Protocol):
+    def target(self, path: str) -> tuple[str | None, str | None]:
+        """The resource type (its name) and id an operation's path names, as far as it names them."""
         ...
 
+    async def operation(self, method: str, path: str, data: Any, version: str | None) -> BulkResult:
+        """Run one operation; raises ScimError as the same request alone would be answered."""
+        ...
 
-BATCH_SIZE = 1000  # creates handed to the executor at once (a whole Bulk request at the default maxOperations)
+    async def create_many(self, path: str, datas: list[dict[str, Any]]) -> list[BulkResult | ScimError]:
+        """POST each of `datas` to `path`, in order, as `operation` would one by one (an import, at once)."""
+        ...
 
 
 def _op_references(op: dict[str, Any]) -> set[str]:
@@ -36,7 +64,7 @@ def _op_references(op: dict[str, Any]) -> set[str]:
     refs = _references(op.get("data"))
     path = op.get("path")
     if isinstance(path, str):
-        refs |= set(re.findall(r"bulkId:([^/]+)", path))
+        refs |= set(_PATH_REFS.findall(path))
     return refs
 
 
@@ -67,11 +95,12 @@ def _substitute(value: Any, ids: dict[str, str]) -> Any:
     return value
 
 
-def _error(status: int, detail: str, scim_type: str | None = None) -> dict[str, Any]:
-    return ScimError(status, detail, scim_type).to_json()
+def _resolved_path(path: str, ids: dict[str, str]) -> str:
+    return _PATH_REFS.sub(lambda m: ids.get(m.group(1), m.group(0)), path)
 
 
-async def run_bulk(executor: BulkExecutor, body: Any, *, max_operations: int) -> dict[str, Any]:
+def _check_request(body: Any, max_operations: int) -> tuple[list[dict[str, Any]], int | None]:
+    """The operations and failOnErrors of a valid BulkRequest; the request refused as a whole otherwise."""
     if not isinstance(body, dict):
         raise invalid_syntax("a BulkRequest must be a JSON object")
     schemas = body.get("schemas")
@@ -92,81 +121,131 @@ async def run_bulk(executor: BulkExecutor, body: Any, *, max_operations: int) ->
     bulk_ids = [op.get("bulkId") for op in operations if op.get("bulkId") is not None]
     if len(bulk_ids) != len(set(map(str, bulk_ids))):
         raise invalid_value("bulkId values must be unique within a request")
+    return operations, fail_on_errors
 
-    results: list[dict[str, Any] | None] = [None] * len(operations)
-    ids: dict[str, str] = {}
-    failed_ids: set[str] = set()
-    errors = 0
+
+class _Run:
+    """One BulkRequest being run: its results and audit entries by operation, the bulkIds created so far."""
+
+    def __init__(self, executor: BulkExecutor, operations: list[dict[str, Any]], entries: list[BulkEntry | None]) -> None:
+        self.executor = executor
+        self.operations = operations
+        self.results: list[dict[str, Any] | None] = [None] * len(operations)
+        self.entries = entries
+        entries[:] = [None] * len(operations)
+        self.ids: dict[str, str] = {}
+        self.failed_ids: set[str] = set()
+        self.errors = 0
+
+    def start(self, i: int) -> None:
+        op = self.operations[i]
+        path = op.get("path")
+        rtype, rid = self.executor.target(_resolved_path(path, self.ids)) if isinstance(path, str) else (None, None)
+        self.entries[i] = BulkEntry(op.get("method"), rtype, rid, op.get("bulkId"))
+
+    def finish(self, i: int, result: BulkResult | ScimError) -> None:
+        op = self.operations[i]
+        if self.entries[i] is None:
+            self.start(i)
+        entry = self.entries[i]
+        assert entry is not None
+        if isinstance(result, ScimError):
+            self.results[i] = _result(op, result.to_json())
+            entry.status, entry.scim_type = result.status, result.scim_type
+            self.errors += 1
+            if op.get("bulkId") is not None:
+                self.failed_ids.add(str(op["bulkId"]))
+            return
+        self.results[i] = _result(op, result=result)
+        entry.status = result.status
+        if result.resource_id is not None:
+            entry.resource_id = result.resource_id
+            if _is_post(op):
+                self.ids[str(op["bulkId"])] = result.resource_id
+
+    async def one(self, i: int) -> None:
+        op = self.operations[i]
+        method, path = op.get("method"), op.get("path")
+        if not isinstance(method, str) or method.upper() not in ("POST", "PUT", "PATCH", "DELETE"):
+            return self.finish(i, invalid_value(f"method must be POST, PUT, PATCH or DELETE, got {method!r}"))
+        method = method.upper()
+        if not isinstance(path, str) or not path.startswith("/"):
+            return self.finish(i, invalid_path(f"path must be a resource path such as /Users, got {path!r}"))
+        if method == "POST" and op.get("bulkId") is None:
+            return self.finish(i, invalid_value("a POST operation needs a bulkId"))
+        data = _substitute(op.get("data"), self.ids)
+        if method != "DELETE" and data is None:
+            return self.finish(i, invalid_syntax(f"a {method} operation needs data"))
+        self.start(i)
+        try:
+            outcome: BulkResult | ScimError = await self.executor.operation(method, _resolved_path(path, self.ids), data, op.get("version"))
+        except ScimError as exc:
+            outcome = exc
+        self.finish(i, outcome)
+
+    async def many(self, batch: list[int]) -> None:
+        for j in batch:
+            self.start(j)
+        first = self.operations[batch[0]]
+        outcomes = await self.executor.create_many(first["path"], [self.operations[j]["data"] for j in batch])
+        for j, outcome in zip(batch, outcomes, strict=True):
+            self.finish(j, outcome)
+
+
+async def run_bulk(executor: BulkExecutor, body: Any, *, max_operations: int, entries: list[BulkEntry | None]) -> dict[str, Any]:
+    """The BulkResponse; `entries` (filled in place, by operation) say what ran, also when this raises."""
+    operations, fail_on_errors = _check_request(body, max_operations)
+    run = _Run(executor, operations, entries)
     needs = [_op_references(op) for op in operations]
     remaining = list(range(len(operations)))
     while remaining:
         # Request order, except that an operation waits for the bulkIds it refers to
         # (RFC 7644 §3.7: the result must be as if processed in order).
-        known = set(ids) | failed_ids
+        known = set(run.ids) | run.failed_ids
         i = next((i for i in remaining if needs[i] <= known), None)
         if i is None:
             # What is left refers in a circle or to bulkIds that never appear.
             for j in remaining:
-                missing = sorted(needs[j] - set(ids))
-                results[j] = _result(operations[j], _error(409, f"unresolved bulkId reference {missing[0]!r}", "invalidValue"))
+                missing = sorted(needs[j] - set(run.ids))
+                run.finish(j, ScimError(409, f"unresolved bulkId reference {missing[0]!r}", "invalidValue"))
             break
         if fail_on_errors is None:
             # A run of creates that depend on nothing (an import) goes at once; with failOnErrors each must be
             # counted before the next runs, so they go one by one.
-            run = _create_run(operations, needs, remaining, i)
-            if len(run) > 1:
-                for j in run:
+            batch = _independent_posts(operations, needs, remaining, i)
+            if len(batch) > 1:
+                for j in batch:
                     remaining.remove(j)
-                outcomes = await executor.bulk_create_many(operations[i]["path"], [operations[j]["data"] for j in run])
-                for j, outcome in zip(run, outcomes, strict=True):
-                    op = operations[j]
-                    if isinstance(outcome, ScimError):
-                        results[j] = _result(op, outcome.to_json())
-                        errors += 1
-                        _mark_failed(op, failed_ids)
-                    else:
-                        results[j] = _result(op, result=outcome)
-                        if outcome.resource_id is not None:
-                            ids[str(op["bulkId"])] = outcome.resource_id
+                await run.many(batch)
                 continue
         remaining.remove(i)
-        op = operations[i]
-        if needs[i] & failed_ids:
-            bad = sorted(needs[i] & failed_ids)[0]
-            results[i] = _result(op, _error(409, f"bulkId {bad!r} failed, so this operation cannot run", "invalidValue"))
-            errors += 1
-            _mark_failed(op, failed_ids)
+        if needs[i] & run.failed_ids:
+            bad = sorted(needs[i] & run.failed_ids)[0]
+            run.finish(i, ScimError(409, f"bulkId {bad!r} failed, so this operation cannot run", "invalidValue"))
         else:
-            outcome = await _one(executor, op, ids)
-            results[i] = outcome
-            if int(outcome["status"]) >= 400:
-                errors += 1
-                _mark_failed(op, failed_ids)
-        if fail_on_errors is not None and errors >= fail_on_errors:
+            await run.one(i)
+        if fail_on_errors is not None and run.errors >= fail_on_errors:
             break
-    return {"schemas": [BULK_RESPONSE], "Operations": [r for r in results if r is not None]}
+    return {"schemas": [BULK_RESPONSE], "Operations": [r for r in run.results if r is not None]}
 
 
-def _create_run(operations: list[dict[str, Any]], needs: list[set[str]], remaining: list[int], first: int) -> list[int]:
+def _independent_posts(operations: list[dict[str, Any]], needs: list[set[str]], remaining: list[int], first: int) -> list[int]:
     """`first` and the operations after it in `remaining` that POST to the same path and refer to no bulkId."""
     path = operations[first].get("path")
-    run: list[int] = []
+    batch: list[int] = []
     for j in remaining[remaining.index(first) :]:
         op = operations[j]
-        method = op.get("method")
         if (
-            needs[j] or not isinstance(method, str) or method.upper() != "POST" or op.get("path") != path
-            or not isinstance(path, str) or op.get("bulkId") is None or not isinstance(op.get("data"), dict)
-            or len(run) == BATCH_SIZE
+            needs[j] or not _is_post(op) or op.get("path") != path or not isinstance(path, str) or op.get("bulkId") is None
+            or not isinstance(op.get("data"), dict) or len(batch) == BATCH_SIZE
         ):
             break
-        run.append(j)
-    return run
+        batch.append(j)
+    return batch
 
 
-def _mark_failed(op: dict[str, Any], failed: set[str]) -> None:
-    if op.get("bulkId") is not None:
-        failed.add(str(op["bulkId"]))
+def _is_post(op: dict[str, Any]) -> bool:
+    return isinstance(op.get("method"), str) and op["method"].upper() == "POST"
 
 
 def _result(op: dict[str, Any], response: dict[str, Any] | None = None, result: BulkResult | None = None) -> dict[str, Any]:
@@ -186,26 +265,4 @@ def _result(op: dict[str, Any], response: dict[str, Any] | None = None, result: 
     return out
 
 
-async def _one(executor: BulkExecutor, op: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
-    method = op.get("method")
-    path = op.get("path")
-    if not isinstance(method, str) or method.upper() not in ("POST", "PUT", "PATCH", "DELETE"):
-        return _result(op, _error(400, f"method must be POST, PUT, PATCH or DELETE, got {method!r}", "invalidValue"))
-    method = method.upper()
-    if not isinstance(path, str) or not path.startswith("/"):
-        return _result(op, _error(400, f"path must be a resource path such as /Users, got {path!r}", "invalidPath"))
-    if method == "POST" and op.get("bulkId") is None:
-        return _result(op, _error(400, "a POST operation needs a bulkId", "invalidValue"))
-    for ref in re.findall(r"bulkId:([^/]+)", path):
-        if ref in ids:
-            path = path.replace(f"bulkId:{ref}", ids[ref])
-    data = _substitute(op.get("data"), ids)
-    if method != "DELETE" and data is None:
-        return _result(op, _error(400, f"a {method} operation needs data", "invalidSyntax"))
-    try:
-        outcome = await executor.bulk_operation(method, path, data, op.get("version"))
-    except ScimError as exc:
-        return _result(op, exc.to_json())
-    if method == "POST" and outcome.resource_id is not None:
-        ids[str(op["bulkId"])] = outcome.resource_id
-    return _result(op, result=outcome)
+__all__ = ["BATCH_SIZE", "BulkEntry", "BulkExecutor", "BulkResult", "path_segments", "run_bulk"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import LIST_RESPONSE, SPC_SCHEMA, ResourceType, Schema
+from ..schema import LIST_RESPONSE, SPC_SCHEMA, ResourceType, Schema
 
 
 def service_provider_config(base_url: str, *, bulk_max_operations: int, max_payload: int, max_results: int) -> dict[str, Any]:

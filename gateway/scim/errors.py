@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import ERROR
+from ..schema import ERROR
 
 
 class ScimError(Exception):
@@ -68,3 +68,11 @@ def not_found(detail: str) -> ScimError:
 
 def unavailable(detail: str, retry_after: int = 5) -> ScimError:
     return ScimError(503, detail, headers={"Retry-After": str(retry_after)})
+
+
+def precondition_failed(detail: str) -> ScimError:
+    return ScimError(412, detail)
+
+
+def bad_gateway(detail: str) -> ScimError:
+    return ScimError(502, detail)

@@ -3,8 +3,8 @@
 The grammar is scim2-models' (lark); this module only checks the parsed tree
 against *our* resource types (so an attribute the app does not have is a 400
 invalidFilter, never silently dropped) and evaluates it on plain dict resources
-with the schema's case rules. The store translates the same validated tree to
-SQL (gateway/store/sqlfilter.py).
+with the schema's case rules. scim/search.py compiles the same validated tree,
+once, into what the store and the provisioner need of it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from scim2_models.path import (
     ValuePath,
 )
 
+from ..schema import Attribute, Resolved, ResourceType
 from .errors import invalid_filter
-from .schema import Attribute, Resolved, ResourceType
 
 MAX_FILTER_LENGTH = 4096
 MAX_FILTER_DEPTH = 32

@@ -15,8 +15,6 @@ resource. Where Entra or Okta deviate from the RFC they win:
 from __future__ import annotations
 
 import copy
-import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +31,11 @@ from scim2_models.path import (
     ValuePath,
 )
 
-from .errors import ScimError, invalid_path, invalid_syntax, invalid_value, mutability, no_target
+from ..schema import Attribute, Resolved, ResourceType
+from .errors import invalid_path, invalid_syntax, invalid_value, mutability, no_target
 from .filter import compare, matches_value
+from .patchop import json_type, patch_operations
 from .resource import check_required, is_read_only, normalize_value
-from .schema import PATCH_OP, Attribute, Resolved, ResourceType
 
 _OPS = ("add", "remove", "replace")
 
@@ -56,7 +55,7 @@ def apply_patch(resource: dict[str, Any], body: Any, rtype: ResourceType) -> dic
     `resource` is never modified. Raises ScimError 400 on the first failing
     operation, and when the result lacks a required attribute.
     """
-    operations = _operations(body)
+    operations = patch_operations(body)
     result = copy.deepcopy(resource)
     extensions_before = {urn for urn in rtype.schema_ids[1:] if urn in result}
     for operation in operations:
@@ -65,50 +64,6 @@ def apply_patch(resource: dict[str, Any], body: Any, rtype: ResourceType) -> dic
     check_required(result, rtype)
     _sync_schemas(result, rtype, extensions_before)
     return result
-
-
-def _operations(body: Any) -> list[dict[str, Any]]:
-    if not isinstance(body, dict):
-        raise invalid_syntax("the PATCH body must be a JSON object")
-    fields = {key.lower(): value for key, value in body.items()}
-    schemas = fields.get("schemas")
-    if not isinstance(schemas, list) or not any(
-        isinstance(s, str) and s.lower() == PATCH_OP.lower() for s in schemas
-    ):
-        raise invalid_syntax(f"schemas must contain {PATCH_OP}")
-    operations = fields.get("operations")
-    if not isinstance(operations, list) or not operations:
-        raise invalid_syntax("Operations must be a non-empty list")
-    for operation in operations:
-        if not isinstance(operation, dict):
-            raise invalid_syntax(f"each operation must be a JSON object, got a {_json_type(operation)}")
-    return operations
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
-
-
-def check_patch_limits(body: Any, *, max_operations: int, max_values: int) -> None:
-    """Refuse, before anything is read or written, a PATCH too large to apply (413, as Bulk's maxOperations).
-
-    Values count the entries of every list an operation carries (members, emails, ...),
-    also inside a path-less value object; any other value counts one.
-    """
-    operations = _operations(body)
-    if len(operations) > max_operations:
-        raise ScimError(413, f"the PATCH request has {len(operations)} operations, more than max_patch_operations {max_operations}")
-    values = 0
-    for operation in operations:
-        value = next((v for k, v in operation.items() if isinstance(k, str) and k.lower() == "value"), None)
-        if isinstance(value, list):
-            values += len(value)
-        elif isinstance(value, dict):
-            values += sum(len(v) if isinstance(v, list) else 1 for v in value.values())
-        else:
-            values += 1
-    if values > max_values:
-        raise ScimError(413, f"the PATCH request carries {values} values across its operations, more than max_patch_values {max_values}")
 
 
 def _apply_operation(resource: dict[str, Any], operation: dict[str, Any], rtype: ResourceType) -> None:
@@ -161,7 +116,7 @@ def _apply_to_schema(
 def _apply_without_path(resource: dict[str, Any], op: str, value: Any, rtype: ResourceType) -> None:
     if not isinstance(value, dict):
         # The value's type only: a path-less value may be anything the IdP sends, a password too.
-        raise invalid_value(f"{op} without a path needs an object value, got a {_json_type(value)}")
+        raise invalid_value(f"{op} without a path needs an object value, got a {json_type(value)}")
     for key, item in value.items():
         split = rtype.split_urn(key)
         if split is None:
@@ -179,7 +134,7 @@ def _apply_schema_object(resource: dict[str, Any], op: str, urn: str, value: Any
             resource.pop(urn, None)
         return
     if not isinstance(value, dict):
-        raise invalid_value(f"{urn}: expected an object, got a {_json_type(value)}")
+        raise invalid_value(f"{urn}: expected an object, got a {json_type(value)}")
     for key, item in value.items():
         _apply_key(resource, op, f"{urn}:{key}", urn, key, item, rtype)
 
@@ -521,52 +476,3 @@ def _sync_schemas(resource: dict[str, Any], rtype: ResourceType, before: set[str
             schemas.append(urn)
         elif not present and urn in before and urn in schemas:
             schemas.remove(urn)
-
-
-# `members[value eq "id"]`, optionally URN-qualified: the path Entra and Okta use to remove one member.
-_MEMBER_VALUE_PATH = re.compile(
-    r'^\s*(?:urn:ietf:params:scim:schemas:core:2\.0:group:)?members\s*\[\s*value\s+eq\s+"((?:[^"\\]|\\.)*)"\s*\]\s*$', re.I
-)
-_MEMBERS_PATH = re.compile(r"^\s*(?:urn:ietf:params:scim:schemas:core:2\.0:group:)?members\s*$", re.I)
-
-
-def member_changes(body: Any) -> dict[str, dict[str, Any] | None] | None:
-    """A Group PATCH that only adds or removes members by id, as {id: member object to add, or None to remove}.
-
-    This is what IdPs send for every membership change (Entra in parallel, one
-    member each). It lets the provisioner touch just those members, whatever
-    the group's size, instead of applying the PATCH to the whole member list.
-    Anything else (replace, a remove of all members, another attribute, an
-    element that is not a plain `{"value": id}`) answers None: the general path.
-    The last operation naming an id wins, as applying them in order would.
-    """
-    try:
-        operations = _operations(body)
-    except ScimError:
-        return None
-    changes: dict[str, dict[str, Any] | None] = {}
-    for operation in operations:
-        fields = {key.lower(): value for key, value in operation.items() if isinstance(key, str)}
-        op, path, value = fields.get("op"), fields.get("path"), fields.get("value")
-        if not isinstance(op, str) or not isinstance(path, str) or set(fields) - {"op", "path", "value"}:
-            return None
-        op = op.lower()
-        single = _MEMBER_VALUE_PATH.match(path)
-        if op == "remove" and single is not None and value is None:
-            try:
-                member_id = json.loads(f'"{single.group(1)}"')
-            except ValueError:
-                return None
-            changes.pop(member_id, None)
-            changes[member_id] = None
-            continue
-        if op not in ("add", "remove") or not _MEMBERS_PATH.match(path) or not isinstance(value, list) or not value:
-            return None
-        for item in value:
-            if not isinstance(item, dict) or not isinstance(item.get("value"), str) or set(item) - {"value", "display", "type", "$ref"}:
-                return None
-            if item.get("type") not in (None, "User", "Group") or not all(isinstance(v, str) for v in item.values()):
-                return None
-            changes.pop(item["value"], None)  # re-inserted last: the order of the last mention is the order applied
-            changes[item["value"]] = item if op == "add" else None
-    return changes

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..schema import Resolved, ResourceType
 from .errors import invalid_value
-from .schema import Resolved, ResourceType
 
 
 def check_attribute_list_size(text: str | None, parameter: str, limit: int) -> None:
@@ -43,6 +43,28 @@ def parse_attribute_list(text: str | None, rtype: ResourceType) -> list[Resolved
             found = [] if resolved is None else [resolved]
         out.extend(r for r in found if r not in out)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """A request's `attributes` / `excludedAttributes`, parsed for one resource type."""
+
+    attributes: list[Resolved] | None = None
+    excluded: list[Resolved] | None = None
+
+    @classmethod
+    def parse(cls, rtype: ResourceType, attributes: str | None, excluded: str | None) -> Projection:
+        return cls(parse_attribute_list(attributes, rtype), parse_attribute_list(excluded, rtype))
+
+    @property
+    def shows_membership(self) -> bool:
+        """Whether the answer shows members / groups, so that the store is not asked for them in vain."""
+        if self.attributes is not None:
+            return any(r.attribute.name in ("members", "groups") for r in self.attributes)
+        return not any(r.attribute.name in ("members", "groups") and r.sub is None for r in self.excluded or [])
+
+    def apply(self, resource: dict[str, Any], rtype: ResourceType) -> dict[str, Any]:
+        return project(resource, rtype, self.attributes, self.excluded)
 
 
 def project(

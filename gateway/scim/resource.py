@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ..schema import Attribute, Resolved, ResourceType
 from .errors import invalid_syntax, invalid_value
-from .schema import Attribute, Resolved, ResourceType
 
 # The caller owns these; a body may carry them but they are never taken from it.
 _CALLER_OWNED = frozenset({"schemas", "id", "meta"})

@@ -1,96 +1,40 @@
-"""The correlation store for many gateway processes: one PostgreSQL database (asyncpg pool, numbered migrations).
+"""The correlation store's database for many gateway processes: PostgreSQL (asyncpg pool).
 
-Same contract and semantics as SqliteStore. Nothing here relies on being the
-only process: every invariant is carried by the database itself.
-
-- Uniqueness: UNIQUE (app, type, unique_key) and (app, type, native_id); two
-  processes inserting one key race on the index and the loser gets
-  UniqueConflict.
-- Claims: begin_write locks the resource row (SELECT ... FOR UPDATE), checks
-  state, claim and version, and claims it in the same transaction; a second
-  writer anywhere waits on the row lock, then sees the claim (Busy) or the new
-  version (VersionMismatch).
-- Settling: the journal entry is locked (FOR UPDATE) and must still be
-  pending, so a settle and a peer's recovery of the same entry cannot both win.
-
-Connection loss, a server that is down or a lock held past `lock_timeout`
-raise StoreUnavailable (the API answers 503 with Retry-After).
+Nothing relies on being the only process: uniqueness is the database's unique indexes, a claim is checked
+and set under the resource's row lock (SELECT ... FOR UPDATE), and a journal entry is settled under its own,
+so a settle and a peer's recovery of one entry cannot both win. Connection loss, a server that is down or a
+lock held past `lock_timeout` raise StoreUnavailable (the IdP is answered 503 with Retry-After).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from ..scim.schema import ResourceType
-from .base import Busy, Gone, Member, NativeConflict, Pending, Query, Row, StoreUnavailable, UniqueConflict, VersionMismatch
-from .sqlfilter import PostgresFilter
+from .base import StoreUnavailable
+from .correlation import Store
+from .dialect import Conn, DbRow, Dialect, Duplicate
+from .migrations import migrations
 
 log = logging.getLogger(__name__)
-
-# A member's display name from the gateway copy, computed by the server (as `r.data ->> ...` below).
-_DISPLAY = "COALESCE(NULLIF(r.data ->> 'displayName', ''), NULLIF(r.data ->> 'userName', ''))"
-
 T = TypeVar("T")
 
+# Every text column in "C": byte order compares and sorts as SQLite and the in-memory evaluator do.
+TYPES = {
+    "key": "BIGSERIAL PRIMARY KEY", "text": 'TEXT COLLATE "C"', "json": "JSONB", "int64": "BIGINT", "float": "DOUBLE PRECISION",
+    "now": " DEFAULT extract(epoch FROM clock_timestamp())", "member_seq": "seq BIGSERIAL NOT NULL,",
+}
+MIGRATIONS = migrations(TYPES)
 # pg_advisory_xact_lock key for migrations: processes starting together apply them one at a time.
 MIGRATION_LOCK = 0x5C1D_6A7E_0001
-
-# Every text column in "C": byte order compares and sorts as SQLite and the in-memory evaluator do.
-MIGRATIONS: list[str] = [
-    # 1: resources, membership, journal
-    """
-    CREATE TABLE resources (
-        seq BIGSERIAL PRIMARY KEY,
-        app TEXT COLLATE "C" NOT NULL,
-        type TEXT COLLATE "C" NOT NULL,
-        id TEXT COLLATE "C" NOT NULL UNIQUE,
-        native_id TEXT COLLATE "C",
-        unique_key TEXT COLLATE "C" NOT NULL,
-        version INTEGER NOT NULL DEFAULT 1,
-        created TEXT COLLATE "C" NOT NULL,
-        last_modified TEXT COLLATE "C" NOT NULL,
-        data JSONB NOT NULL,
-        state TEXT COLLATE "C" NOT NULL DEFAULT 'active',
-        pending_seq BIGINT,
-        UNIQUE (app, type, unique_key),
-        UNIQUE (app, type, native_id)
-    );
-    CREATE TABLE members (
-        seq BIGSERIAL NOT NULL,
-        app TEXT COLLATE "C" NOT NULL,
-        group_id TEXT COLLATE "C" NOT NULL,
-        member_id TEXT COLLATE "C" NOT NULL,
-        member_type TEXT COLLATE "C" NOT NULL,
-        display TEXT,
-        PRIMARY KEY (app, group_id, member_id)
-    );
-    CREATE INDEX members_by_member ON members (app, member_id);
-    CREATE TABLE journal (
-        seq BIGSERIAL PRIMARY KEY,
-        at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM clock_timestamp()),
-        app TEXT COLLATE "C" NOT NULL,
-        type TEXT COLLATE "C" NOT NULL,
-        resource_id TEXT COLLATE "C" NOT NULL,
-        op TEXT COLLATE "C" NOT NULL,
-        state TEXT COLLATE "C" NOT NULL,
-        payload JSONB NOT NULL DEFAULT '{}',
-        detail TEXT
-    );
-    CREATE INDEX journal_pending ON journal (app, state);
-    """,
-    # 2: lists page through an app's resources of one type in creation order; the index answers the
-    # WHERE, the ORDER BY and the count without reading every row or sorting them.
-    """
-    CREATE INDEX resources_listing ON resources (app, type, state, seq);
-    """,
-]
 
 # The server or the connection failed, or a lock was not granted in time: the IdP should retry.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -106,6 +50,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.SerializationError,
 )
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+_PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\?")  # a `?` outside quoted literals
 
 
 def mask_url(url: str) -> str:
@@ -124,27 +69,84 @@ def mask_url(url: str) -> str:
         return "postgresql://***"
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+@lru_cache(maxsize=4096)
+def numbered(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$1, $2, ...`."""
+    count = 0
+
+    def number(match: re.Match[str]) -> str:
+        nonlocal count
+        if match.group(0) != "?":
+            return match.group(0)
+        count += 1
+        return f"${count}"
+
+    return _PLACEHOLDER.sub(number, sql)
 
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-class PostgresStore:
-    def __init__(
-        self, url: str, *, pool_size: int = 10, lock_timeout: float = 10.0, connect_timeout: float = 10.0
-    ) -> None:
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def _pg_path(keys: tuple[str, ...]) -> str:
+    """A text[] literal for #> / #>>, every key quoted (URNs hold ':' and '.')."""
+    items = ",".join('"' + k.replace("\\", "\\\\").replace('"', '\\"') + '"' for k in keys)
+    return "'{" + items.replace("'", "''") + "}'"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class _Connection:
+    """A pooled asyncpg connection as the store uses it."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        try:
+            status: str = await self.conn.execute(numbered(sql), *params)
+        except asyncpg.UniqueViolationError as exc:
+            raise Duplicate(str(exc)) from None
+        last = status.rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else 0
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.conn.executemany(numbered(sql), rows)
+
+    async def fetchrow(self, sql: str, *params: Any) -> DbRow | None:
+        try:
+            rec: DbRow | None = await self.conn.fetchrow(numbered(sql), *params)
+        except asyncpg.UniqueViolationError as exc:
+            raise Duplicate(str(exc)) from None
+        return rec
+
+    async def fetch(self, sql: str, *params: Any) -> list[DbRow]:
+        return list(await self.conn.fetch(numbered(sql), *params))
+
+
+class PostgresDialect(Dialect):
+    """Text compares and sorts in "C" (code point order, as SQLite and the in-memory evaluator do); case
+    folding uses `fold_collation`, one whose lower() knows more than ASCII."""
+
+    false = "false"
+    no_limit = None
+    for_update = " FOR UPDATE"
+    member_order = "m.seq"
+    clock = "extract(epoch FROM clock_timestamp())"
+
+    def __init__(self, url: str, *, pool_size: int = 10, lock_timeout: float = 10.0, connect_timeout: float = 10.0) -> None:
         self.url = url
         self.pool_size = pool_size
         self.lock_timeout = lock_timeout
         self.connect_timeout = connect_timeout
         self.fold_collation = "default"
         self._pool: asyncpg.Pool | None = None
-
-    def __repr__(self) -> str:
-        return f"PostgresStore({mask_url(self.url)!r})"
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -155,16 +157,10 @@ class PostgresStore:
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.url,
-                min_size=min(2, self.pool_size),
-                max_size=self.pool_size,
-                timeout=self.connect_timeout,
+                self.url, min_size=min(2, self.pool_size), max_size=self.pool_size, timeout=self.connect_timeout,
                 init=_init_connection,
-                server_settings={
-                    "application_name": "scim-gateway",
-                    # A row lock held by a stuck peer becomes a 503, not a hung request.
-                    "lock_timeout": str(int(self.lock_timeout * 1000)),
-                },
+                # A row lock held by a stuck peer becomes a 503, not a hung request.
+                server_settings={"application_name": "scim-gateway", "lock_timeout": str(int(self.lock_timeout * 1000))},
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot reach the PostgreSQL store at {mask_url(self.url)}: {exc}") from None
@@ -184,20 +180,19 @@ class PostgresStore:
             await pool.close()
 
     async def _migrate(self) -> None:
-        async with self._access() as conn, conn.transaction():
+        async with self._acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
             for number, script in enumerate(MIGRATIONS, start=1):
-                if number <= current:
-                    continue
-                await conn.execute(script)
-                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
-                log.info("PostgreSQL store %s: applied migration %d", mask_url(self.url), number)
+                if number > current:
+                    await conn.execute(script)
+                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+                    log.info("PostgreSQL store %s: applied migration %d", mask_url(self.url), number)
 
     async def _choose_fold_collation(self) -> None:
         """SCIM compares case-insensitively beyond ASCII; a database created with LC_CTYPE=C folds only ASCII."""
-        async with self._access() as conn:
+        async with self._acquire() as conn:
             if await conn.fetchval("SELECT lower('ÄÖÜ') = 'äöü'"):
                 return
             if await conn.fetchval("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'"):
@@ -206,7 +201,7 @@ class PostgresStore:
         log.warning("PostgreSQL store: the database folds only ASCII case (LC_CTYPE C, no ICU); filters compare other letters exactly")
 
     @asynccontextmanager
-    async def _access(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; a database that fails is StoreUnavailable (503)."""
         try:
             async with self.pool.acquire(timeout=self.connect_timeout) as conn:
@@ -215,366 +210,75 @@ class PostgresStore:
             raise StoreUnavailable(f"the correlation store failed: {type(exc).__name__}: {exc}") from exc
 
     @asynccontextmanager
-    async def batch(self) -> AsyncIterator[None]:
-        """Store writes inside stay one transaction each here: a server round trip costs little next to a local fsync."""
-        yield
+    async def access(self) -> AsyncIterator[Conn]:
+        async with self._acquire() as conn:
+            yield _Connection(conn)
 
-    async def _tx(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `work(conn)` in one transaction; retried when PostgreSQL picked it as a deadlock victim."""
+    async def transaction(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """`work` in one transaction; retried when PostgreSQL picked it as a deadlock victim."""
         for attempt in range(3):
             try:
-                async with self._access() as conn, conn.transaction():
-                    return await work(conn)
+                async with self._acquire() as conn, conn.transaction():
+                    return await work(_Connection(conn))
             except StoreUnavailable as exc:
                 if attempt == 2 or not isinstance(exc.__cause__, _RETRYABLE):
                     raise
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _row(rec: asyncpg.Record) -> Row:
-        return Row(
-            app=rec["app"],
-            type=rec["type"],
-            id=rec["id"],
-            native_id=rec["native_id"],
-            unique_key=rec["unique_key"],
-            version=rec["version"],
-            created=rec["created"],
-            last_modified=rec["last_modified"],
-            data=rec["data"],
-            state=rec["state"],
-        )
+    # -- values (the jsonb codec turns dicts to JSON and back)
+    def among(self, column: str, items: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?::text[])", [list(items)]
 
-    @staticmethod
-    async def _journal(conn: asyncpg.Connection, app: str, rtype: str, rid: str, op: str, payload: dict[str, Any]) -> int:
-        seq: int = await conn.fetchval(
-            "INSERT INTO journal (app, type, resource_id, op, state, payload) VALUES ($1, $2, $3, $4, 'pending', $5) RETURNING seq",
-            app, rtype, rid, op, payload,
-        )
-        return seq
+    # -- the query renderer's hooks (JSONB)
+    def extract(self, source: str, keys: tuple[str, ...], kind: str = "text") -> str:
+        path = _pg_path(keys)
+        if kind == "text":
+            return f'(({source} #>> {path}) COLLATE "C")'
+        raw = f"({source} #> {path})"
+        cast = "numeric" if kind == "number" else "boolean"
+        # A value of another JSON type reads as missing rather than failing the whole query on a cast.
+        return f"(CASE WHEN jsonb_typeof{raw} = '{kind}' THEN {raw}::{cast} END)"
 
-    @staticmethod
-    async def _entry(conn: asyncpg.Connection, seq: int) -> asyncpg.Record:
-        # FOR UPDATE: a settle and a peer's recovery (or abort) of one entry take turns; the second finds it done.
-        rec = await conn.fetchrow("SELECT * FROM journal WHERE seq = $1 FOR UPDATE", seq)
-        if rec is None or rec["state"] != "pending":
-            raise Gone(f"journal entry {seq} is not pending")
-        return rec
+    def each(self, source: str, keys: tuple[str, ...]) -> str:
+        raw = f"({source} #> {_pg_path(keys)})"
+        array = f"CASE WHEN jsonb_typeof{raw} = 'array' THEN {raw} ELSE '[]'::jsonb END"
+        return f"jsonb_array_elements({array}) WITH ORDINALITY AS e(value, key)"
 
-    # ------------------------------------------------------------------ creates
+    def primary_last(self) -> str:
+        return "(e.value -> 'primary') IS DISTINCT FROM 'true'::jsonb"
 
-    async def begin_create(self, app: str, rtype: str, rid: str, unique_key: str, data: dict[str, Any], now: str) -> int:
-        async def work(conn: asyncpg.Connection) -> int:
-            seq = await self._journal(conn, app, rtype, rid, "create", {"unique_key": unique_key})
-            try:
-                await conn.execute(
-                    "INSERT INTO resources (app, type, id, unique_key, created, last_modified, data, state, pending_seq)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8)",
-                    app, rtype, rid, unique_key, now, now, data, seq,
-                )
-            except asyncpg.UniqueViolationError as exc:
-                raise UniqueConflict(str(exc)) from None
-            return seq
+    def fold(self, expr: str) -> str:
+        return f'(lower(({expr}) COLLATE "{self.fold_collation}") COLLATE "C")'
 
-        return await self._tx(work)
+    def _like(self, expr: str, pattern: str, ph: Callable[[Any], str]) -> str:
+        return f"COALESCE({expr} LIKE {ph(pattern)} ESCAPE '\\', false)"
 
-    async def settle_create(self, seq: int, native_id: str | None, data: dict[str, Any], members: list[Member]) -> Row:
-        async def work(conn: asyncpg.Connection) -> Row:
-            entry = await self._entry(conn, seq)
-            try:
-                rec = await conn.fetchrow(
-                    "UPDATE resources SET native_id = $1, data = $2, state = 'active', pending_seq = NULL WHERE id = $3 RETURNING *",
-                    native_id, data, entry["resource_id"],
-                )
-            except asyncpg.UniqueViolationError as exc:
-                raise NativeConflict(str(exc)) from None
-            await self._add_members(conn, entry["app"], entry["resource_id"], members)
-            await conn.execute("UPDATE journal SET state = 'done' WHERE seq = $1", seq)
-            return self._row(rec)
+    def contains(self, expr: str, text: str, ph: Callable[[Any], str]) -> str:
+        return self._like(expr, f"%{_like_escape(text)}%", ph)
 
-        return await self._tx(work)
+    def starts_with(self, expr: str, text: str, ph: Callable[[Any], str]) -> str:
+        return self._like(expr, f"{_like_escape(text)}%", ph)
 
-    async def link(
-        self, app: str, rtype: str, rid: str, native_id: str, unique_key: str, data: dict[str, Any], now: str,
-        members: list[Member] = [],  # noqa: B006 - never mutated
-    ) -> Row:
-        """Adopt an app record that exists but has no SCIM id yet. UniqueConflict when the name or the record is taken."""
+    def ends_with(self, expr: str, text: str, ph: Callable[[Any], str]) -> str:
+        return self._like(expr, f"%{_like_escape(text)}", ph)
 
-        async def work(conn: asyncpg.Connection) -> Row:
-            try:
-                rec = await conn.fetchrow(
-                    "INSERT INTO resources (app, type, id, native_id, unique_key, created, last_modified, data)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
-                    app, rtype, rid, native_id, unique_key, now, now, data,
-                )
-            except asyncpg.UniqueViolationError as exc:
-                raise UniqueConflict(str(exc)) from None
-            await self._add_members(conn, app, rid, members)
-            return self._row(rec)
 
-        return await self._tx(work)
+class PostgresStore(Store):
+    """The correlation store on a PostgreSQL database, shared by every gateway process that uses the URL."""
 
-    # ------------------------------------------------------------------ updates and deletes
+    def __init__(
+        self, url: str, *, pool_size: int = 10, lock_timeout: float = 10.0, connect_timeout: float = 10.0, labels: Sequence[str] = ()
+    ) -> None:
+        self.pg = PostgresDialect(url, pool_size=pool_size, lock_timeout=lock_timeout, connect_timeout=connect_timeout)
+        super().__init__(self.pg, labels=labels)
+        self.url = url
 
-    async def begin_write(
-        self,
-        app: str,
-        rtype: str,
-        rid: str,
-        op: str,
-        *,
-        if_match: int | None = None,
-        new_unique_key: str | None = None,
-        payload: dict[str, Any] | None = None,
-    ) -> tuple[int, Row]:
-        async def work(conn: asyncpg.Connection) -> tuple[int, Row]:
-            # The row lock makes check-then-claim atomic across processes: a concurrent writer
-            # waits here and then reads the claimed row (Busy) or the settled version (VersionMismatch).
-            rec = await conn.fetchrow(
-                "SELECT * FROM resources WHERE id = $1 AND app = $2 AND type = $3 FOR UPDATE", rid, app, rtype
-            )
-            if rec is None or rec["state"] != "active":
-                raise Gone(rid)
-            if rec["pending_seq"] is not None:
-                raise Busy(rid)
-            if if_match is not None and rec["version"] != if_match:
-                raise VersionMismatch(f"version is {rec['version']}")
-            body = dict(payload or {})
-            body["old_unique_key"] = rec["unique_key"]
-            seq = await self._journal(conn, app, rtype, rid, op, body)
-            try:
-                await conn.execute(
-                    "UPDATE resources SET pending_seq = $1, unique_key = $2 WHERE id = $3",
-                    seq, new_unique_key if new_unique_key is not None else rec["unique_key"], rid,
-                )
-            except asyncpg.UniqueViolationError as exc:
-                raise UniqueConflict(str(exc)) from None
-            return seq, self._row(rec)
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.pg.pool
 
-        return await self._tx(work)
+    def __repr__(self) -> str:
+        return f"PostgresStore({mask_url(self.url)!r})"
 
-    async def settle_update(
-        self,
-        seq: int,
-        data: dict[str, Any],
-        now: str,
-        unique_key: str,
-        *,
-        add_members: list[Member] = [],  # noqa: B006 - never mutated
-        remove_members: list[str] = [],  # noqa: B006
-        replace_members: list[Member] | None = None,
-        relink: bool = False,
-        native_id: str | None = None,
-    ) -> Row:
-        """Settle an update; with `relink`, the resource's native id becomes `native_id` (None: no app record now)."""
-        async def work(conn: asyncpg.Connection) -> Row:
-            entry = await self._entry(conn, seq)
-            app, rid = entry["app"], entry["resource_id"]
-            try:
-                rec = await conn.fetchrow(
-                    "UPDATE resources SET data = $1, version = version + 1, last_modified = $2, unique_key = $3, pending_seq = NULL"
-                    " WHERE id = $4 RETURNING *",
-                    data, now, unique_key, rid,
-                )
-            except asyncpg.UniqueViolationError as exc:  # recovery settling a name that another pending write holds
-                raise UniqueConflict(str(exc)) from None
-            if relink:
-                try:
-                    rec = await conn.fetchrow("UPDATE resources SET native_id = $1 WHERE id = $2 RETURNING *", native_id, rid)
-                except asyncpg.UniqueViolationError as exc:
-                    raise NativeConflict(str(exc)) from None
-            if replace_members is not None:
-                await conn.execute("DELETE FROM members WHERE app = $1 AND group_id = $2", app, rid)
-                await self._add_members(conn, app, rid, replace_members)
-            else:
-                if remove_members:
-                    await conn.execute(
-                        "DELETE FROM members WHERE app = $1 AND group_id = $2 AND member_id = ANY($3::text[])",
-                        app, rid, list(remove_members),
-                    )
-                await self._add_members(conn, app, rid, add_members)
-            await conn.execute("UPDATE journal SET state = 'done' WHERE seq = $1", seq)
-            return self._row(rec)
 
-        return await self._tx(work)
-
-    @staticmethod
-    async def _add_members(conn: asyncpg.Connection, app: str, group_id: str, members: list[Member]) -> None:
-        if members:
-            # One row per member, in the order given; existing rows are left as they are.
-            await conn.execute(
-                "INSERT INTO members (app, group_id, member_id, member_type, display)"
-                " SELECT $1, $2, m.id, m.type, m.display FROM unnest($3::text[], $4::text[], $5::text[])"
-                " WITH ORDINALITY AS m(id, type, display, n) ORDER BY m.n"
-                " ON CONFLICT DO NOTHING",
-                app, group_id, [m.id for m in members], [m.type for m in members], [m.display for m in members],
-            )
-
-    async def settle_delete(self, seq: int) -> None:
-        async def work(conn: asyncpg.Connection) -> None:
-            entry = await self._entry(conn, seq)
-            app, rid = entry["app"], entry["resource_id"]
-            await conn.execute("DELETE FROM resources WHERE id = $1", rid)
-            await conn.execute("DELETE FROM members WHERE app = $1 AND (group_id = $2 OR member_id = $2)", app, rid)
-            await conn.execute("UPDATE journal SET state = 'done' WHERE seq = $1", seq)
-
-        await self._tx(work)
-
-    async def abort(self, seq: int, reason: str) -> None:
-        """The app call failed (or never happened): undo the claim, keep the resource as it was."""
-
-        async def work(conn: asyncpg.Connection) -> None:
-            entry = await self._entry(conn, seq)
-            rid = entry["resource_id"]
-            if entry["op"] == "create":
-                await conn.execute("DELETE FROM resources WHERE id = $1 AND state = 'creating'", rid)
-            else:
-                try:
-                    await conn.execute(
-                        "UPDATE resources SET pending_seq = NULL, unique_key = $1 WHERE id = $2 AND pending_seq = $3",
-                        entry["payload"]["old_unique_key"], rid, seq,
-                    )
-                except asyncpg.UniqueViolationError as exc:  # the name it gave up is held now by another write in flight
-                    raise UniqueConflict(str(exc)) from None
-            await conn.execute("UPDATE journal SET state = 'aborted', detail = $1 WHERE seq = $2", reason[:500], seq)
-
-        await self._tx(work)
-
-    async def refresh(self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str, unique_key: str | None = None) -> Row | None:
-        """Replace the gateway copy of a settled resource (not one in flight) with a new version; None when busy or gone.
-
-        A `unique_key` renamed in the app follows, unless another resource holds it (then the old key stays).
-        """
-        sql = (
-            "UPDATE resources SET data = $1, version = version + 1, last_modified = $2, unique_key = COALESCE($6, unique_key)"
-            " WHERE app = $3 AND type = $4 AND id = $5 AND state = 'active' AND pending_seq IS NULL RETURNING *"
-        )
-        async with self._access() as conn:
-            try:
-                rec = await conn.fetchrow(sql, data, now, app, rtype, rid, unique_key)
-            except asyncpg.UniqueViolationError:
-                rec = await conn.fetchrow(sql, data, now, app, rtype, rid, None)
-        return None if rec is None else self._row(rec)
-
-    async def pending(self, app: str, older_than: float | None = None) -> list[Pending]:
-        """Unsettled journal entries, oldest first; with `older_than`, only those at least that many seconds old.
-
-        Age is measured on the database server's clock, so hosts with skewed clocks agree.
-        """
-        async with self._access() as conn:
-            recs = await conn.fetch(
-                "SELECT * FROM journal WHERE app = $1 AND state = 'pending'"
-                " AND at <= extract(epoch FROM clock_timestamp()) - $2 ORDER BY seq",
-                app, float(older_than or 0.0),
-            )
-        return [Pending(r["seq"], r["app"], r["type"], r["resource_id"], r["op"], r["payload"]) for r in recs]
-
-    async def get_any(self, rid: str) -> Row | None:
-        """A row in any state (recovery needs the ones being created)."""
-        async with self._access() as conn:
-            rec = await conn.fetchrow("SELECT * FROM resources WHERE id = $1", rid)
-        return None if rec is None else self._row(rec)
-
-    # ------------------------------------------------------------------ reads
-
-    async def get(self, app: str, rtype: str, rid: str) -> Row | None:
-        async with self._access() as conn:
-            rec = await conn.fetchrow(
-                "SELECT * FROM resources WHERE id = $1 AND app = $2 AND type = $3 AND state = 'active'", rid, app, rtype
-            )
-        return None if rec is None else self._row(rec)
-
-    async def by_native(self, app: str, rtype: str, native_id: str) -> Row | None:
-        async with self._access() as conn:
-            rec = await conn.fetchrow(
-                "SELECT * FROM resources WHERE app = $1 AND type = $2 AND native_id = $3 AND state = 'active'",
-                app, rtype, native_id,
-            )
-        return None if rec is None else self._row(rec)
-
-    async def native_ids(self, app: str, rtype: str | None, rids: list[str]) -> dict[str, tuple[str, str]]:
-        """SCIM id -> (resource type, native id) for the given ids that exist (any type when rtype is None)."""
-        if not rids:
-            return {}
-        async with self._access() as conn:
-            recs = await conn.fetch(
-                "SELECT id, type, native_id FROM resources WHERE app = $1 AND state = 'active' AND id = ANY($2::text[])"
-                " AND ($3::text IS NULL OR type = $3)",
-                app, list(rids), rtype,
-            )
-        return {r["id"]: (r["type"], r["native_id"]) for r in recs}
-
-    async def scim_ids(self, app: str, rtype: str, native_ids: list[str]) -> dict[str, str]:
-        if not native_ids:
-            return {}
-        async with self._access() as conn:
-            recs = await conn.fetch(
-                "SELECT id, native_id FROM resources WHERE app = $1 AND type = $2 AND state = 'active' AND native_id = ANY($3::text[])",
-                app, rtype, list(native_ids),
-            )
-        return {r["native_id"]: r["id"] for r in recs}
-
-    async def members(self, app: str, group_id: str) -> list[Member]:
-        return (await self.members_of_many(app, [group_id])).get(group_id, [])
-
-    async def groups_of(self, app: str, member_id: str) -> list[Member]:
-        return (await self.groups_of_many(app, [member_id])).get(member_id, [])
-
-    async def member_ids_among(self, app: str, group_id: str, ids: list[str]) -> set[str]:
-        """Which of `ids` are members of the group: a lookup by key, whatever the group's size."""
-        async with self._access() as conn:
-            recs = await conn.fetch(
-                "SELECT member_id FROM members WHERE app = $1 AND group_id = $2 AND member_id = ANY($3::text[])", app, group_id, list(ids)
-            )
-        return {r["member_id"] for r in recs}
-
-    async def members_of_many(self, app: str, group_ids: list[str]) -> dict[str, list[Member]]:
-        """Each group's members, in the order they joined: one query for a whole page of groups."""
-        async with self._access() as conn:
-            recs = await conn.fetch(
-                f"SELECT m.group_id, m.member_id, m.member_type, COALESCE(NULLIF(m.display, ''), {_DISPLAY}) AS display"
-                " FROM members m JOIN resources r ON r.id = m.member_id"
-                " WHERE m.app = $1 AND m.group_id = ANY($2::text[]) ORDER BY m.seq",
-                app, list(group_ids),
-            )
-        out: dict[str, list[Member]] = {}
-        for r in recs:
-            out.setdefault(r["group_id"], []).append(Member(r["member_id"], r["member_type"], r["display"]))
-        return out
-
-    async def groups_of_many(self, app: str, member_ids: list[str]) -> dict[str, list[Member]]:
-        """Each resource's groups: one query for a whole page of users (no query per user)."""
-        async with self._access() as conn:
-            recs = await conn.fetch(
-                f"SELECT m.member_id, m.group_id, {_DISPLAY} AS display FROM members m JOIN resources r ON r.id = m.group_id"
-                " WHERE m.app = $1 AND m.member_id = ANY($2::text[]) ORDER BY m.seq",
-                app, list(member_ids),
-            )
-        out: dict[str, list[Member]] = {}
-        for r in recs:
-            out.setdefault(r["member_id"], []).append(Member(r["group_id"], "Group", r["display"]))
-        return out
-
-    async def query(self, app: str, rtype: ResourceType, query: Query) -> tuple[int, list[Row]]:
-        builder = PostgresFilter(rtype, first_param=3, fold_collation=self.fold_collation)
-        where = "r.app = $1 AND r.type = $2 AND r.state = 'active'"
-        if query.filter is not None:
-            where += " AND " + builder.where(query.filter)
-        params: list[Any] = [app, rtype.name, *builder.params]
-        order = "r.seq"
-        if query.sort_by:
-            expr = PostgresFilter(rtype, fold_collation=self.fold_collation).sort_expression(query.sort_by)
-            direction = "DESC" if query.descending else "ASC"
-            # RFC 7644 §3.4.2.3: resources without the attribute come last ascending, first descending.
-            order = f"({expr}) IS NULL {direction}, {expr} {direction}, r.seq"
-        n = len(params)
-        async with self._access() as conn:
-            total: int = await conn.fetchval(f"SELECT count(*) FROM resources r WHERE {where}", *params)
-            rows: list[Row] = []
-            if query.count is None or query.count > 0:
-                recs = await conn.fetch(
-                    f"SELECT r.* FROM resources r WHERE {where} ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}",
-                    *params, query.count, max(query.start_index, 1) - 1,
-                )
-                rows = [self._row(rec) for rec in recs]
-        return total, rows
+__all__ = ["MIGRATIONS", "PostgresDialect", "PostgresStore", "mask_url"]

@@ -14,7 +14,7 @@ import base64
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -830,7 +830,7 @@ class RestConnector(Connector):
                 raise AppBadResponse(f"{kind}: a record in the app's list carries no id at {k.id!r}")
             yield native_id, self._record(kind, item)
 
-    async def _items(self, call: ListCallConfig, query: Mapping[str, str], ids: Mapping[str, str]) -> AsyncIterator[Any]:
+    async def _items(self, call: ListCallConfig, query: Mapping[str, str], ids: Mapping[str, str]) -> AsyncGenerator[Any]:
         """Every item of a list call, page after page, until an empty page or no next page."""
         http = self._client()
         p = call.pagination

@@ -547,7 +547,7 @@ class SqlConnector(Connector):
         elif op in ("add_members", "remove_members") and t.members is not None:
             m = t.members
             for _kind, member in members or []:
-                params = {"group": native_id or "<new key>", "member": member}
+                params: dict[str, Any] = {"group": native_id or "<new key>", "member": member}
                 if op == "add_members":
                     stmt(f"INSERT INTO {m.table} ({m.group_column}, {m.member_column}) VALUES (:group, :member)", params)
                 else:
@@ -713,7 +713,8 @@ class SqlConnector(Connector):
                     stmt = stmt.returning(k.key)
             result = await conn.execute(stmt)
             if strategy == "autoincrement":
-                key = result.scalar_one() if returning else result.inserted_primary_key[0]
+                inserted = None if returning else result.inserted_primary_key
+                key = result.scalar_one() if returning else (inserted[0] if inserted else None)
         if key is None:
             raise AppBadResponse(f"{k.table.name}: the database assigned no {k.key.name}")
         await _write_children(conn, k, key, children, creating=True)
@@ -925,8 +926,7 @@ _PYTHON_TYPES: weakref.WeakKeyDictionary[Column[Any], type | None] = weakref.Wea
 
 def _parse_id(column: Column[Any], native_id: NativeId) -> Any:
     """`native_id` as the column's Python type; None when no row can have it ("abc" for an INTEGER)."""
-    if not isinstance(native_id, str):
-        native_id = str(native_id)
+    native_id = str(native_id)  # a connector's caller may hand an int from the app's own lists
     kind = _python_type(column)
     if kind is int:
         # Only the form we hand out (str(int)): "007" or "7.0" name no row.
@@ -1126,7 +1126,7 @@ def _where(table: Table | None) -> str:
 def _driver_message(exc: DBAPIError) -> str:
     """The driver's own one-line message: str(exc) would append the SQL and its parameters."""
     orig = exc.orig
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = getattr(orig, "args", ())
     if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):  # PyMySQL: (errno, message)
         text = args[1].strip().splitlines()
     else:

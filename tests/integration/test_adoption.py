@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.app import APPS
 from gateway.connectors import AppUnavailable
+from gateway.http.keys import APPS
 from tests.conftest import PATCH_URN, Scim, user_body
 from tests.demo_rows import count, employee, q
 

@@ -34,8 +34,10 @@ from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 from yarl import URL
 
-from gateway.app import APPS, AppRuntime, create_app
+from gateway.app import create_app
 from gateway.demo import demo_mapping_path, ensure_demo_database
+from gateway.http.keys import APPS
+from gateway.runtime import AppRuntime
 from gateway.settings import GatewaySettings
 from tests.conftest import BASE, TOKEN, LiveGateway, Scim, free_port, user_body
 from tests.fakes.black_hole import BlackHole

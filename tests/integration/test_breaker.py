@@ -18,10 +18,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
-from gateway.app import APPS, create_app
+from gateway.app import create_app
 from gateway.connectors.base import Connector
 from gateway.connectors.errors import AppBadResponse, AppConflict, AppInvalid, AppNotFound, AppUnavailable
 from gateway.demo import demo_mapping_path, ensure_demo_database
+from gateway.http.keys import APPS
 from gateway.mapping.model import BreakerConfig
 from gateway.provisioning.breaker import Breaker, CircuitOpen, GuardedConnector
 from gateway.settings import GatewaySettings

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.app import APPS
 from gateway.connectors.errors import AppUnavailable
+from gateway.http.keys import APPS
 from tests.conftest import USER_URN, Scim, user_body
 from tests.demo_rows import logins
 from tests.integration.test_bulk import bulk, post_bulk

@@ -43,8 +43,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.app import APPS, create_app
-from gateway.provisioning.provisioner import utc_now
+from gateway.app import create_app
+from gateway.http.keys import APPS
+from gateway.provisioning.pipeline import utc_now
 from tests.conftest import GROUP_URN, PATCH_URN, USER_URN, Scim, demo_settings, free_port, user_body
 from tests.fakes.serve import HR_API_KEY
 
@@ -59,7 +60,7 @@ WORKERS = 8  # requests in flight at once
 FORK_SERVER = """
 import os, signal, sys, threading, time
 import aiohttp.web
-import gateway.api, gateway.app, gateway.cli, gateway.demo
+import gateway.app, gateway.cli, gateway.demo
 import sqlalchemy.dialects.sqlite.aiosqlite  # what the demo's connector opens
 from gateway.connectors.registry import load_registry
 

@@ -190,6 +190,8 @@ class Gateway:
         self.store_db: Any = sqlite3.connect(self.data_dir / "gateway.db") if url is None else _PgStoreDb(PgView(self, url.get_secret_value()))
         self.ids: dict[str, str] = {}
         self._serial = itertools.count(1)
+        self.before: dict[str, list[tuple[Any, ...]]] | None = None  # the rows before the first write `attack` sends
+        self.watching = False
         self.ensure_victims()
 
     def run(self, coro: Any) -> Any:
@@ -217,10 +219,16 @@ class Gateway:
             text = await resp.text(errors="replace")
             return Reply(method, str(url), resp.status, resp.content_type, text, data[:500] if data else data)
 
+    def _before(self, method: str) -> None:
+        """Inside `attack`, the rows as they are just before its first write goes out (a read needs no copy)."""
+        if self.watching and self.before is None and method.upper() in WRITES:
+            self.before = self.snapshot()
+
     def request(
         self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
         params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
     ) -> Reply:
+        self._before(method)
         url = self.client.make_url(BASE + path)
         if params:
             url = url.with_query(params)
@@ -228,11 +236,13 @@ class Gateway:
 
     def request_encoded(self, method: str, encoded_path_and_query: str, body: Any = None, *, raw: bytes | None = None) -> Reply:
         """Send a path (and query) exactly as given, percent-escapes and all."""
+        self._before(method)
         root = str(self.client.make_url("/")).rstrip("/")
         return self.run(no_hang(self._send(method, URL(root + encoded_path_and_query, encoded=True), body, raw, None)))
 
     def request_bytes(self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> Reply:
         """One HTTP/1.1 request written byte for byte on a socket: header values that no HTTP client would send."""
+        self._before(method)
 
         async def exchange() -> bytes:
             reader, writer = await asyncio.open_connection(self.client.host, self.client.port)
@@ -344,11 +354,16 @@ def attack(gw: Gateway, send: Any, refused: Any = None) -> Reply:
 
     `refused(reply)` says whether a write was refused as a whole (default: a 4xx status); a refused write must change nothing.
     """
-    before = gw.snapshot()
-    reply = send()
+    gw.before, gw.watching = None, True
+    try:
+        reply = send()
+    finally:
+        gw.watching = False
+    before = gw.before
     check_reply(reply)
     event(f"{reply.method} -> {reply.status}" + (f" {reply.data.get('scimType')}" if reply.status >= 400 and reply.method != "HEAD" else ""))
     if reply.method in WRITES and (reply.status >= 400 or (refused is not None and refused(reply))):
+        assert before is not None, (reply, "a write went out without the rows before it recorded")
         after = gw.snapshot()
         changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
         assert not changed, (reply, "a refused write changed rows", changed)

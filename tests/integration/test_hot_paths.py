@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.app import APPS
-from gateway.scim.patch import member_changes
+from gateway.http.keys import APPS
+from gateway.scim.patchop import member_changes
 from tests.conftest import GROUP_URN, PATCH_URN, Scim, user_body
 from tests.demo_rows import q, team_pairs
 

@@ -116,7 +116,7 @@ CASES = [
          body={"schemas": [SEARCH_URN], "attributes": NAMES6.split(",")}),
     Case("excluded-attributes-search-root", "POST", "/.search", 400, "invalidValue", ["excludedAttributes", "6 attributes"],
          body={"schemas": [SEARCH_URN], "excludedAttributes": NAMES6}),
-    # ---- JSON nesting (MAX_JSON_DEPTH in gateway/api.py)
+    # ---- JSON nesting (MAX_JSON_DEPTH in gateway/http/body.py)
     Case("json-depth", "POST", "/Users", 400, "invalidSyntax", ["deeper than 64 levels"],
          raw=('{"userName": "deep@example.com", "title": ' + "[" * 70 + "]" * 70 + "}").encode()),
     # ---- startIndex and count that are no integers

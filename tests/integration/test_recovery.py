@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.app import APPS, create_app
-from gateway.provisioning.provisioner import utc_now
+from gateway.app import create_app
+from gateway.http.keys import APPS
+from gateway.provisioning.pipeline import utc_now
 from tests.conftest import Scim, demo_settings, user_body
 
 
@@ -139,10 +140,9 @@ async def test_the_sweep_leaves_writes_in_flight_alone(aiohttp_client: Any, data
     client = await aiohttp_client(create_app(demo_settings(data_dir)))
     provisioner = client.app[APPS]["demo"].provisioner
     seq = await provisioner.store.begin_create("demo", "User", "44444444-4444-4444-8444-444444444444", "busy", {"userName": "busy"}, utc_now())
-    provisioner._inflight.add(seq)
-    assert await provisioner.recover(older_than=0) == 0
-    assert [p.seq for p in await provisioner.store.pending("demo")] == [seq]
-    provisioner._inflight.discard(seq)
+    with provisioner.pipeline.tracking([seq]):  # as while its app call runs
+        assert await provisioner.recover(older_than=0) == 0
+        assert [p.seq for p in await provisioner.store.pending("demo")] == [seq]
     assert await provisioner.recover(older_than=0) == 1
 
 

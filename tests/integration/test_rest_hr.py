@@ -17,7 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
-from gateway.app import APPS, create_app
+from gateway.app import create_app
+from gateway.http.keys import APPS
 from gateway.settings import GatewaySettings
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, Scim
 from tests.demo_rows import q

@@ -98,14 +98,18 @@ async def test_a_client_that_does_not_trust_the_certificate_refuses_it(tls_gatew
                 await resp.read()
 
 
-def tls_options_fail(capsys: pytest.CaptureFixture[str], *tls: str) -> str:
-    from gateway.cli import _tls_context, build_parser
+def tls_options_fail(*tls: str) -> str:
+    from gateway.cli import build_parser
+    from gateway.cli.common import Stop
+    from gateway.cli.serve import tls_context
 
-    assert _tls_context(build_parser().parse_args(["serve", *tls])) == 2
-    return capsys.readouterr().err
+    with pytest.raises(Stop) as stopped:
+        tls_context(build_parser().parse_args(["serve", *tls]))
+    assert stopped.value.status == 2
+    return str(stopped.value)
 
 
-def test_half_or_bad_tls_options_are_a_clear_error(tmp_path: Path, cert: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_half_or_bad_tls_options_are_a_clear_error(tmp_path: Path, cert: tuple[Path, Path]) -> None:
     certificate, key = map(str, cert)
     # Once through the real command: it stops before serving, exit status 2.
     run = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path / "data"), "--port", "1", "--tls-cert", certificate],
@@ -113,11 +117,11 @@ def test_half_or_bad_tls_options_are_a_clear_error(tmp_path: Path, cert: tuple[P
     assert run.returncode == 2 and "SCIM base URL" not in run.stdout, (run.stdout, run.stderr)
     assert "--tls-cert and --tls-key go together" in run.stderr
     # The rest on the same function the command calls.
-    assert "--tls-cert and --tls-key go together" in tls_options_fail(capsys, "--tls-key", key)
-    assert "No such file or directory" in tls_options_fail(capsys, "--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", key)
-    assert "its own private key" in tls_options_fail(capsys, "--tls-cert", key, "--tls-key", certificate)
+    assert "--tls-cert and --tls-key go together" in tls_options_fail("--tls-key", key)
+    assert "No such file or directory" in tls_options_fail("--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", key)
+    assert "its own private key" in tls_options_fail("--tls-cert", key, "--tls-key", certificate)
     encrypted = tmp_path / "encrypted.pem"
     subprocess.run(["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:pw", "-out", str(encrypted)], check=True, timeout=30)
-    message = tls_options_fail(capsys, "--tls-cert", certificate, "--tls-key", str(encrypted))
+    message = tls_options_fail("--tls-cert", certificate, "--tls-key", str(encrypted))
     assert "the private key is encrypted" in message  # and no passphrase prompt: a service has no terminal
     assert "BEGIN" not in message  # no key material echoed

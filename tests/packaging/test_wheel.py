@@ -30,9 +30,9 @@ def test_wheel_ships_the_demo_and_schemas(wheel: zipfile.ZipFile) -> None:
     for needed in (
         "gateway/demo/demo.yaml",
         "gateway/demo/schema.sql",
-        "gateway/scim/schemas/user.json",
-        "gateway/scim/schemas/group.json",
-        "gateway/scim/schemas/enterprise_user.json",
+        "gateway/schema/data/user.json",
+        "gateway/schema/data/group.json",
+        "gateway/schema/data/enterprise_user.json",
         "scim_gateway_plugins/sql/connector.py",
     ):
         assert needed in names, needed

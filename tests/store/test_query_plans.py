@@ -10,26 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gateway.schema import user_resource_type
 from gateway.scim.filter import parse_filter
-from gateway.scim.query import Query
-from gateway.scim.schema import user_resource_type
+from gateway.scim.search import store_condition
+from gateway.store import Query
 from gateway.store.sqlite import SqliteStore
 
 
 async def plans_of(store: SqliteStore, query: Query) -> list[str]:
     """The query plan of every statement `store.query` sends for `query`."""
     sent: list[tuple[str, Any]] = []
-    execute = store.db.execute
+    db = store.db
+    execute = db.execute
 
     async def recording(sql: str, parameters: Any = None) -> Any:
         sent.append((sql, parameters))
         return await execute(sql, parameters)
 
-    store.db.execute = recording  # type: ignore[method-assign]
+    db.execute = recording
     try:
-        await store.query("demo", user_resource_type(), query)
+        await store.query("demo", "User", query)
     finally:
-        store.db.execute = execute  # type: ignore[method-assign]
+        db.execute = execute
     plans = []
     for sql, parameters in sent:
         rows = await (await execute(f"EXPLAIN QUERY PLAN {sql}", parameters)).fetchall()
@@ -55,7 +57,7 @@ async def test_user_name_eq_is_a_lookup_of_the_unique_key(tmp_path: Path) -> Non
     await store.open()
     try:
         rtype = user_resource_type()
-        plans = await plans_of(store, Query(filter=parse_filter('userName eq "Alice"', rtype)))
+        plans = await plans_of(store, Query(where=store_condition(parse_filter('userName eq "Alice"', rtype), rtype)))
         for plan in plans:
             assert "SEARCH" in plan and "unique_key=?" in plan.replace(" ", ""), plan
     finally:

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from gateway.schema import DISPLAY_ATTRIBUTES, ENTERPRISE_USER, user_resource_type
 from gateway.scim.filter import matches, parse_filter
-from gateway.scim.schema import ENTERPRISE_USER, user_resource_type
-from gateway.store.base import Busy, Member, NativeConflict, Query, Store, UniqueConflict, VersionMismatch
+from gateway.scim.search import store_condition, store_sort
+from gateway.store import Busy, Member, NativeConflict, Query, Store, UniqueConflict, VersionMismatch
 from gateway.store.postgres import MIGRATIONS, PostgresStore
 from gateway.store.sqlite import SqliteStore
 from tests.proxy import TcpProxy
@@ -32,11 +33,11 @@ StoreFactory = Callable[[], Store]
 async def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Makes unopened stores over one backing database: each is what one more process would open."""
     if request.param == "sqlite":
-        yield lambda: SqliteStore(tmp_path / "store.db")
+        yield lambda: SqliteStore(tmp_path / "store.db", labels=DISPLAY_ATTRIBUTES)
         return
     name = await create_pg_database()
     try:
-        yield lambda: PostgresStore(pg_url(name), pool_size=4)
+        yield lambda: PostgresStore(pg_url(name), pool_size=4, labels=DISPLAY_ATTRIBUTES)
     finally:
         await drop_pg_database(name)
 
@@ -209,7 +210,7 @@ async def test_sql_filters_agree_with_the_in_memory_evaluator(store: Store, text
     for i, person in enumerate(PEOPLE):
         await make(store, f"u{i}", person["userName"], str(i), **{k: v for k, v in person.items() if k != "userName"})
     node = parse_filter(text, USERS)
-    _total, rows = await store.query("app", USERS, Query(filter=node))
+    _total, rows = await store.query("app", "User", Query(where=store_condition(node, USERS)))
     meta = {"created": NOW, "lastModified": NOW, "resourceType": "User"}
     expected = sorted(f"u{i}" for i, p in enumerate(PEOPLE) if matches(node, {"id": f"u{i}", **p, "meta": meta}, USERS))
     assert sorted(r.id for r in rows) == expected
@@ -218,12 +219,12 @@ async def test_sql_filters_agree_with_the_in_memory_evaluator(store: Store, text
 async def test_sorting_and_paging_are_stable(store: Store) -> None:
     for i, name in enumerate(["delta", "Alpha", "charlie", "bravo", "echo"]):
         await make(store, f"u{i}", name, str(i))
-    total, rows = await store.query("app", USERS, Query(sort_by="userName", start_index=2, count=2))
+    total, rows = await store.query("app", "User", Query(sort=store_sort("userName", USERS, False), start_index=2, count=2))
     assert total == 5
     assert [r.data["userName"] for r in rows] == ["bravo", "charlie"]
-    _, rows = await store.query("app", USERS, Query(sort_by="userName", descending=True, count=1))
+    _, rows = await store.query("app", "User", Query(sort=store_sort("userName", USERS, True), count=1))
     assert rows[0].data["userName"] == "echo"
-    _, rows = await store.query("app", USERS, Query(count=0))
+    _, rows = await store.query("app", "User", Query(count=0))
     assert rows == []
 
 
@@ -231,9 +232,9 @@ async def test_resources_without_the_sort_attribute_come_last_ascending_first_de
     await make(store, "u1", "b", "1", title="B")
     await make(store, "u2", "none", "2")
     await make(store, "u3", "a", "3", title="a")
-    _, rows = await store.query("app", USERS, Query(sort_by="title"))
+    _, rows = await store.query("app", "User", Query(sort=store_sort("title", USERS, False)))
     assert [r.id for r in rows] == ["u3", "u1", "u2"]
-    _, rows = await store.query("app", USERS, Query(sort_by="title", descending=True))
+    _, rows = await store.query("app", "User", Query(sort=store_sort("title", USERS, True)))
     assert [r.id for r in rows] == ["u2", "u1", "u3"]
 
 
@@ -374,7 +375,7 @@ async def test_pg_concurrent_member_adds_across_pools_lose_none(two_stores: tupl
 
 
 async def test_pg_one_settle_wins_over_a_peer_recovering_the_same_entry(two_stores: tuple[PostgresStore, PostgresStore]) -> None:
-    from gateway.store.base import Gone
+    from gateway.store import Gone
 
     a, b = two_stores
     await make(a, "u1", "a", "1")
@@ -386,7 +387,7 @@ async def test_pg_one_settle_wins_over_a_peer_recovering_the_same_entry(two_stor
 
 
 async def test_pg_server_unreachable_is_store_unavailable() -> None:
-    from gateway.store.base import StoreUnavailable
+    from gateway.store import StoreUnavailable
     from tests.conftest import free_port
 
     store = PostgresStore(f"postgresql://someone:s3cret@127.0.0.1:{free_port()}/nothing", connect_timeout=2)
@@ -396,7 +397,7 @@ async def test_pg_server_unreachable_is_store_unavailable() -> None:
 
 
 async def test_pg_server_going_away_is_store_unavailable_and_coming_back_heals(pg_database: str) -> None:
-    from gateway.store.base import StoreUnavailable
+    from gateway.store import StoreUnavailable
     from tests.services import PG_HOST, PG_PORT, PG_USER
 
     proxy = TcpProxy((PG_HOST, PG_PORT))

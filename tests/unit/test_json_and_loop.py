@@ -8,8 +8,8 @@ import json
 import pytest
 import uvloop
 
-from gateway.api import dump_json, load_json
-from gateway.cli import new_event_loop
+from gateway.cli.serve import new_event_loop
+from gateway.http.body import dump_json, load_json
 
 
 @pytest.mark.parametrize(

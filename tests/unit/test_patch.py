@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from gateway.schema import CORE_GROUP, CORE_USER, ENTERPRISE_USER, PATCH_OP, group_resource_type, user_resource_type
 from gateway.scim.errors import ScimError
 from gateway.scim.patch import apply_patch
-from gateway.scim.schema import CORE_GROUP, CORE_USER, ENTERPRISE_USER, PATCH_OP, group_resource_type, user_resource_type
 
 USER = user_resource_type()
 GROUP = group_resource_type()

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.scim.projection import parse_attribute_list, project
-from gateway.scim.schema import (
+from gateway.schema import (
     CORE_GROUP,
     CORE_USER,
     ENTERPRISE_USER,
@@ -19,6 +18,7 @@ from gateway.scim.schema import (
     group_resource_type,
     user_resource_type,
 )
+from gateway.scim.projection import parse_attribute_list, project
 
 USER = user_resource_type()
 GROUP = group_resource_type()

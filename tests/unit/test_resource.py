@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from gateway.schema import CORE_GROUP, CORE_USER, ENTERPRISE_USER, group_resource_type, user_resource_type
 from gateway.scim.errors import ScimError
 from gateway.scim.resource import normalize_resource, normalize_value
-from gateway.scim.schema import CORE_GROUP, CORE_USER, ENTERPRISE_USER, group_resource_type, user_resource_type
 
 USER = user_resource_type()
 GROUP = group_resource_type()
@@ -206,7 +206,7 @@ def test_enterprise_attributes_unknown_without_the_extension() -> None:
 # ---------------------------------------------------------------- typed attributes via a custom schema
 
 def _typed_resource_type() -> Any:
-    from gateway.scim.schema import Attribute, ResourceType, Schema
+    from gateway.schema import Attribute, ResourceType, Schema
 
     schema = Schema(
         "urn:example:params:scim:schemas:core:2.0:Device",

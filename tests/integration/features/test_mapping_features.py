@@ -11,7 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
-from gateway.app import APPS, create_app
+from gateway.app import create_app
+from gateway.http.keys import APPS
 from gateway.settings import GatewaySettings
 from tests.conftest import GROUP_URN, PATCH_URN, TOKEN, USER_URN, Scim
 from tests.demo_rows import q

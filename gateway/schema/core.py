@@ -1,4 +1,4 @@
-"""SCIM schemas and resource types as the protocol layer sees them (RFC 7643 §7).
+"""SCIM schemas and resource types (RFC 7643 §7): the vocabulary the protocol layer and the mapping share.
 
 The core User, Group and enterprise extension schemas ship as JSON data (dumped
 from the RFC definitions) and are loaded once. A resource type joins a core
@@ -155,6 +155,9 @@ _COMMON = {a.name.lower(): a for a in (ID_ATTRIBUTE, EXTERNAL_ID_ATTRIBUTE, META
 # displayName per app, as Entra matches groups on it). The store keeps it lower-cased as the resource's unique key.
 UNIQUE_ATTRIBUTES = {"User": "userName", "Group": "displayName"}
 
+# What a member or a group is shown as in `members[].display` / `groups[].display`: the first of these it has.
+DISPLAY_ATTRIBUTES = ("displayName", "userName")
+
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
@@ -176,6 +179,12 @@ class Resolved:
     def dotted(self) -> str:
         base = self.attribute.name if self.urn is None else f"{self.urn}:{self.attribute.name}"
         return f"{base}.{self.sub.name}" if self.sub else base
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Where the value sits in a resource held as a dict: (extension URN,) attribute name (, sub-attribute name)."""
+        names = (self.urn, self.attribute.name, self.sub.name if self.sub else None)
+        return tuple(n for n in names if n is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +294,7 @@ class ResourceType:
 @cache
 def builtin_schema(name: str) -> Schema:
     """One of the RFC schemas shipped as package data: user, group, enterprise_user."""
-    text = importlib_resources.files(__package__).joinpath(f"schemas/{name}.json").read_text("utf-8")
+    text = importlib_resources.files(__package__).joinpath(f"data/{name}.json").read_text("utf-8")
     return Schema.from_json(json.loads(text))
 
 

@@ -15,10 +15,11 @@ from typing import Any
 from ..connectors.base import AppContext, Connector
 from ..mapping.compile import CompiledMapping, CompiledResource, TemplateError
 from ..mapping.translate import UnresolvedReference, to_record
-from ..scim.errors import ScimError, invalid_value
-from ..scim.patch import apply_patch
-from ..scim.resource import normalize_resource
-from .membership import create_membership
+from ..provisioning.membership import create_membership
+from .bulk import path_segments
+from .errors import ScimError, invalid_value
+from .patch import apply_patch
+from .resource import normalize_resource
 
 MASK = "***"
 METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -35,10 +36,11 @@ class _PlaceholderRefs:
 
 
 def _kind_of(mapping: CompiledMapping, path: str) -> tuple[CompiledResource, str | None]:
-    parts = [p for p in path.strip("/").split("/") if p]
-    endpoints = {f"{kind}s".lower(): cres for kind, cres in mapping.resources.items()}
+    parts = path_segments(path)
+    endpoints = {cres.rtype.endpoint.lstrip("/").lower(): cres for cres in mapping.resources.values()}
     if not parts or parts[0].lower() not in endpoints or len(parts) > 2:
-        raise invalid_value(f"path {path!r}: expected /Users, /Groups, /Users/ID or /Groups/ID (valid here: {', '.join('/' + k + 's' for k in mapping.resources)})")
+        valid = ", ".join(cres.rtype.endpoint for cres in mapping.resources.values())
+        raise invalid_value(f"path {path!r}: expected /Users, /Groups, /Users/ID or /Groups/ID (valid here: {valid})")
     return endpoints[parts[0].lower()], parts[1] if len(parts) == 2 else None
 
 

@@ -1,0 +1,31 @@
+"""What the commands share: environment variable names, mapping files from the command line, a clean stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TOKEN_ENV = "SCIM_GATEWAY_TOKEN"
+STORE_ENV = "SCIM_GATEWAY_STORE"
+
+
+class Stop(Exception):
+    """A command cannot go on: print the message, exit with `status` (2: the command line is wrong; 1: it failed)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def mapping_files(configs: list[str]) -> list[Path]:
+    """The mapping files named on the command line, a folder standing for its *.yaml / *.yml files."""
+    files: list[Path] = []
+    for item in configs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+        else:
+            files.append(path)
+    return files
+
+
+__all__ = ["STORE_ENV", "TOKEN_ENV", "Stop", "mapping_files"]

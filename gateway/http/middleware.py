@@ -1,0 +1,136 @@
+"""The middlewares, outermost first: the audit log, the one error middleware, and the SCIM base URL's own
+(which app, who is asking, request limits).
+
+Every answer under a SCIM base URL is a SCIM body: errors raised anywhere (the router's 404 and 405 too)
+become RFC 7644 §3.12 Error bodies here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..auth import CannotJudge, Refused
+from ..scim.errors import ScimError, invalid_value, not_found
+from ..scim.failures import scim_error
+from ..scim.projection import check_attribute_list_size
+from ..store import StoreUnavailable
+from .audit import WRITE_OPS, AuditNote
+from .body import body_too_large, error_response
+from .keys import APPS, AUDIT, AUDIT_NOTE, RUNTIME, SETTINGS
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record every write and every refused authentication with the status finally answered (outside the errors)."""
+    status: int | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        note = request.get(AUDIT_NOTE)
+        if note is not None and note.op is not None:
+            request.app[AUDIT].write(note.final(status))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        check_url_length(request)
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = http_error(request, exc)
+    except Exception as exc:
+        found = scim_error(exc)
+        if found is None:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            found = ScimError(500, "internal error; the request may be retried")
+        elif isinstance(exc, StoreUnavailable):
+            log.error("%s %s: %s", request.method, request.path, exc)
+        error = found
+    note = request.get(AUDIT_NOTE)
+    if note is not None:
+        note.scim_type = error.scim_type
+    return error_response(error)
+
+
+def http_error(request: web.Request, exc: web.HTTPException) -> ScimError:
+    """aiohttp's own refusals (no route, a method the route lacks, a body past the limit) as SCIM errors."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return body_too_large(request, request.app[SETTINGS].limits.max_body_bytes)
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return ScimError(405, f"{request.method} is not allowed here (allowed: {allowed})", headers={"Allow": allowed})
+    if isinstance(exc, web.HTTPNotFound):
+        runtimes = request.app[APPS]
+        known = ", ".join(f"/apps/{name}/scim/v2" for name in sorted(runtimes))
+        return not_found(f"no SCIM endpoint at {request.path} (apps are served under {known or '/apps/{app}/scim/v2'})")
+    return ScimError(exc.status, exc.reason)
+
+
+def check_url_length(request: web.Request) -> None:
+    """Refuse a request line longer than max_url_bytes with a SCIM 414 (aiohttp's own cap, above it, answers in text/plain)."""
+    limit = request.app[SETTINGS].limits.max_url_bytes
+    size = len(request.raw_path)
+    if size > limit:
+        raise ScimError(414, f"the request URL is {size} bytes, longer than max_url_bytes {limit}: send long filters by POST .search")
+
+
+@web.middleware
+async def app_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Under /apps/{app}/scim/v2: the app, the caller's credential, the audit note, and the request's limits."""
+    name = request.match_info.get("app")
+    if name is None:  # not under a SCIM base URL (or no route at all)
+        return await handler(request)
+    runtime = request.app[APPS].get(name)
+    if runtime is None:
+        raise not_found(f"no app named {name!r}")
+    note = request[AUDIT_NOTE] = AuditNote(name, request.remote, request.method)
+    try:
+        note.credential = await runtime.auth.authenticate(request.headers.get("Authorization", ""))
+    except Refused as exc:
+        note.op, note.reason = "auth", exc.reason
+        raise ScimError(401, exc.detail, headers={"WWW-Authenticate": exc.challenge}) from None
+    except CannotJudge as exc:
+        note.op, note.reason = "auth", exc.reason
+        raise ScimError(503, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from None
+    except Exception:
+        note.op = "auth"  # keys not to be had, or the unexpected: recorded too
+        raise
+    request[RUNTIME] = runtime
+    _note_target(request, note)
+    if "\x00" in request.path or "\x00" in request.query_string:
+        # No id, filter or parameter holds U+0000; PostgreSQL cannot even compare text with it.
+        raise invalid_value("the URL holds a NUL character (%00)")
+    limit = request.app[SETTINGS].limits.max_attribute_names
+    for parameter in ("attributes", "excludedAttributes"):
+        # Before anything runs: a write must not happen and then fail on its response's projection.
+        check_attribute_list_size(request.query.get(parameter), parameter, limit)
+    return await handler(request)
+
+
+def _note_target(request: web.Request, note: AuditNote) -> None:
+    """What the audit log records of this request: every write attempt, whatever its fate; nothing for a read."""
+    kind = getattr(request.match_info.handler, "audited", "resource")
+    if kind == "bulk":
+        note.op = "bulk"
+        return
+    op = WRITE_OPS.get(request.method)
+    if op is None or kind != "resource":
+        return
+    runtime = request[RUNTIME]
+    endpoint = request.match_info.get("endpoint")
+    rtype = runtime.service.find_resource_type(endpoint) if endpoint else None
+    note.op, note.resource_type, note.resource_id = op, rtype.name if rtype else None, request.match_info.get("id")
+
+
+__all__ = ["app_middleware", "audit_middleware", "error_middleware"]

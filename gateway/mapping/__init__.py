@@ -1,0 +1,1 @@
+"""Mapping files: load (line marks), validate (pydantic), compile (templates, attribute paths); run both ways."""

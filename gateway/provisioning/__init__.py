@@ -1,0 +1,1 @@
+"""Provisioning: one app's operations in order, with the journal and recovery (see provisioner.py)."""

@@ -1,0 +1,77 @@
+"""Adoption: records the app already has that no SCIM resource is linked to get a SCIM id, instead of a duplicate.
+
+Three ways in: `scim-gateway import` (every record, `import_existing`), an IdP's lookup by unique name before
+it creates (search.py), and a pushed-down filter that finds a record the gateway has never seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ..mapping.compile import CompiledResource
+from ..store import Member, Row, UniqueConflict
+from .context import Context
+from .errors import Unsupported
+from .pipeline import utc_now
+
+log = logging.getLogger(__name__)
+
+
+class Adoption:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def link(self, cres: CompiledResource, native_id: str, record: dict[str, Any]) -> Row | None:
+        """A new SCIM id for an app record the gateway has never linked, its attributes read from the record.
+
+        None when the record has no unique name, or the name (or the record) is another resource's by now.
+        """
+        ctx = self.ctx
+        data = await ctx.overlay(cres, {}, record)
+        name = data.get(cres.unique_attr)
+        if not isinstance(name, str) or not name.strip():
+            return None
+        members: list[Member] = []
+        if cres.name == "Group" and cres.members:
+            members = await ctx.call(f"reading the members of the app's group {native_id}", lambda: ctx.members_from_app(native_id))
+        try:
+            row = await ctx.store.link(ctx.app, cres.name, str(uuid.uuid4()), native_id, name.lower(), data, utc_now(), members)
+        except UniqueConflict:
+            return None  # linked meanwhile by another request, or the name belongs to another resource
+        log.info("%s: adopted the app's existing %s %s as %s", ctx.app, cres.name, native_id, row.id)
+        return row
+
+    async def import_existing(self, kind: str, progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
+        """Link every record the app already has that no SCIM resource is linked to (`scim-gateway import`).
+
+        Idempotent: a record already linked is counted and left alone. A record whose unique name another
+        resource already holds is a conflict, reported, not linked.
+        """
+        ctx = self.ctx
+        cres = ctx.resource(kind)
+        if not ctx.connector.caps.list_all:
+            raise Unsupported(f"the {ctx.mapping.config.connector['type']} connector of {ctx.app} cannot list records")
+        counts = {"read": 0, "linked": 0, "already": 0, "conflicts": 0, "unnamed": 0}
+        async for native_id, record in ctx.connector.list_all(kind):
+            counts["read"] += 1
+            if await ctx.store.by_native(ctx.app, kind, native_id) is not None:
+                counts["already"] += 1
+            else:
+                name = (await ctx.overlay(cres, {}, record)).get(cres.unique_attr)
+                if not isinstance(name, str) or not name.strip():
+                    counts["unnamed"] += 1
+                    log.warning("%s: %s %s has no %s: not imported", ctx.app, kind, native_id, cres.unique_attr)
+                elif await self.link(cres, native_id, record) is None:
+                    counts["conflicts"] += 1
+                    log.warning("%s: %s %s: %s %r is already taken by another resource", ctx.app, kind, native_id, cres.unique_attr, name)
+                else:
+                    counts["linked"] += 1
+            if progress is not None:
+                progress(counts)
+        return counts
+
+
+__all__ = ["Adoption"]

@@ -1,0 +1,162 @@
+"""The write pipeline: claim -> the app's call -> settle, or abort. The one owner of a write's consistency.
+
+A write is journaled and its resource claimed in the store before the app is called, and settled (or
+aborted) after the app answers; nothing else in the provisioner changes a journal entry's state, except
+recovery, which settles what a crash left pending through the same calls. While this process runs a write's
+call, its entry is "in flight" and the recovery sweep leaves it alone.
+
+- A failure before the app answered (refused, down, the breaker open, a bug) aborts the claim: the store is
+  as it was, the resource's old name is free again.
+- A crash between claim and settle leaves the entry pending for recovery.
+- Each write is admitted by the app's breaker once, so the circuit never cuts it between two app calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from ..connectors.errors import AppError
+from ..store import Busy, Gone, Member, Row, Store, UniqueConflict
+from .breaker import Breaker, CircuitOpen
+from .errors import AppFailed, NotFound, Taken, Unavailable
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BUSY_RETRY_SECONDS = 10.0  # how long a write waits for another one (maybe in another process) to release a resource
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def hide(exc: AppError, values: Iterable[str]) -> AppError:
+    """An app that echoes what it refused (a password it found too weak) must not get it into the journal or the answer."""
+    for value in values:
+        exc.detail = exc.detail.replace(value, "***")
+    return exc
+
+
+class WritePipeline:
+    def __init__(self, app: str, store: Store, breaker: Breaker | None) -> None:
+        self.app = app
+        self.store = store
+        self.breaker = breaker
+        self._inflight: set[int] = set()  # journal entries this process is working on right now
+
+    def in_flight(self, seq: int) -> bool:
+        return seq in self._inflight
+
+    @contextlib.contextmanager
+    def tracking(self, seqs: Iterable[int]) -> Iterator[None]:
+        """The entries count as in flight meanwhile: the recovery sweep does not take them."""
+        seqs = list(seqs)
+        self._inflight.update(seqs)
+        try:
+            yield
+        finally:
+            self._inflight.difference_update(seqs)
+
+    def admission(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The breaker's one admission for a write's calls: refused (CircuitOpen) before the first, never between two."""
+        return self.breaker.admission() if self.breaker is not None else contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ claims
+
+    async def claim_create(self, kind: str, rid: str, unique_key: str, data: dict[str, Any], *, name: str) -> int:
+        """Journal a create and hold its unique name; Taken when another resource holds it (`name` says which)."""
+        try:
+            return await self.store.begin_create(self.app, kind, rid, unique_key, data, utc_now())
+        except UniqueConflict:
+            raise Taken(f"{name} is already taken") from None
+
+    async def claim(self, kind: str, rid: str, op: str, *, name: str | None = None, **kwargs: Any) -> tuple[int, Row]:
+        """Journal an update or delete and claim the resource, waiting (bounded) while another write holds it.
+
+        NotFound when it is gone; Taken (naming `name`) when its new unique name is held; the store's
+        VersionMismatch when it is not at `if_match`, for the caller to retry or refuse.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_RETRY_SECONDS
+        delay = 0.01
+        while True:
+            try:
+                return await self.store.begin_write(self.app, kind, rid, op, **kwargs)
+            except Gone:
+                raise NotFound(f"{kind} {rid} not found") from None
+            except UniqueConflict:
+                raise Taken(f"{name or 'its name'} is already taken") from None
+            except Busy:
+                if loop.time() > deadline:
+                    raise Unavailable(f"{kind} {rid} is being changed by another request; retry", 2) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    # ------------------------------------------------------------------ the app's call
+
+    async def run(
+        self, seq: int, what: str, call: Callable[[], Awaitable[T]], settle: Callable[[T], Awaitable[R]], hidden: Sequence[str] = (),
+    ) -> R:
+        """The app's call for a claimed write, then its settle. Any failure of the call aborts the claim.
+
+        `hidden`: values (a password) to mask in what the app answered, before it is journaled or shown.
+        """
+        with self.tracking([seq]):
+            try:
+                async with self.admission():
+                    result = await call()
+            except AppError as exc:  # refused, down, or the breaker open (CircuitOpen: the app was not called)
+                hide(exc, hidden)
+                await self.store.abort(seq, f"{'not sent' if isinstance(exc, CircuitOpen) else 'app refused'}: {exc.detail}")
+                raise AppFailed(what, exc) from None
+            except Exception as exc:
+                await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
+                raise
+            return await settle(result)
+
+    # ------------------------------------------------------------------ settling (also recovery's)
+
+    async def settle_create(self, seq: int, native_id: str | None, data: dict[str, Any], members: Sequence[Member] = ()) -> Row:
+        return await self.store.settle_create(seq, native_id, data, members)
+
+    async def settle_update(self, seq: int, data: dict[str, Any], unique_key: str, **changes: Any) -> Row:
+        return await self.store.settle_update(seq, data, utc_now(), unique_key, **changes)
+
+    async def settle_delete(self, seq: int) -> None:
+        await self.store.settle_delete(seq)
+
+    async def abort(self, seq: int, reason: str) -> None:
+        await self.store.abort(seq, reason)
+
+    async def forget(self, kind: str, rid: str) -> bool:
+        """The app deleted the record itself: the resource goes (its id and name released). False when a write holds it."""
+        try:
+            seq, _ = await self.store.begin_write(self.app, kind, rid, "delete")
+        except (Busy, Gone):
+            return False  # another request is settling it
+        await self.store.settle_delete(seq)
+        return True
+
+    @asynccontextmanager
+    async def user_claim(self, native_id: str) -> AsyncIterator[None]:
+        """Hold a user while its own group list (membership via: user_field) is edited: one edit at a time, in
+        every process. Its groups change, so settling makes a new version of the user."""
+        user = await self.store.by_native(self.app, "User", native_id)
+        if user is None:  # a user the gateway does not know: nothing to serialize against
+            yield
+            return
+        seq, claimed = await self.claim("User", user.id, "update", payload={"membership": True})
+        try:
+            yield
+        except BaseException:
+            await self.store.abort(seq, "membership edit failed")
+            raise
+        await self.settle_update(seq, claimed.data, claimed.unique_key)
+
+
+__all__ = ["BUSY_RETRY_SECONDS", "WritePipeline", "hide", "utc_now"]

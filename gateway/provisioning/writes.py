@@ -1,0 +1,307 @@
+"""Writes of one resource: create, replace (PUT), patch, delete, each through the write pipeline.
+
+Each validates and translates first (nothing touched yet), then claims, calls the app, reads back and
+settles. Writes to one resource are serialized: in this process by a lock, across processes by the claim
+and its version check (a write that loses the race recomputes on the new version, or is refused with
+If-Match). What deactivate means is the mapping's: a field, the app's own disable call, or deleting the
+app's record (and creating it again on reactivation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..connectors.errors import AppNotFound
+from ..mapping.compile import CompiledResource
+from ..store import Member, NativeConflict, Row, VersionMismatch
+from .context import Context, copy_of, write_only_values
+from .errors import BadAnswer, Invalid, NotFound, Stale, Unavailable
+from .membership import UserFieldMembership
+from .reads import Reads
+from .resource import Resource
+
+VERSION_RETRIES = 20
+
+
+class Writes:
+    def __init__(self, ctx: Context, reads: Reads) -> None:
+        self.ctx = ctx
+        self.reads = reads
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, rid: str) -> asyncio.Lock:
+        lock = self._locks.get(rid)
+        if lock is None:
+            lock = self._locks[rid] = asyncio.Lock()
+        return lock
+
+    async def _answer(self, cres: CompiledResource, row: Row, members: bool = True) -> Resource:
+        return Resource(row, row.data, await self.reads.related(cres.name, row.id) if members else None)
+
+    # ------------------------------------------------------------------ create
+
+    async def create(self, kind: str, resource: dict[str, Any]) -> Resource:
+        ctx = self.ctx
+        cres = ctx.resource(kind)
+        unique_key = ctx.unique_key(cres, resource)
+        members = await ctx.members_for_write(resource) if cres.name == "Group" else []
+        if members and not cres.members:
+            raise Invalid("members: this app's mapping does not manage group membership")
+        record = await ctx.record(cres, resource)
+        data = copy_of(resource)
+        seq = await ctx.pipeline.claim_create(kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resource))
+
+        async def call() -> str | None:
+            if resource.get("active") is False and cres.deactivate.via == "delete":
+                return None  # an inactive account has no record in this app until it is activated
+            native_id: str = await ctx.memberships[kind].create(record, await ctx.natives(members))
+            if resource.get("active") is False:
+                await self.set_active(cres, native_id, False)
+            return native_id
+
+        async def settle(native_id: str | None) -> Row:
+            settled = data if native_id is None else await self.reads.read_back(cres, native_id, data)
+            try:
+                return await ctx.pipeline.settle_create(seq, native_id, settled, members)
+            except NativeConflict:
+                # The app answered with an id another resource already has: it did not create a new record.
+                await ctx.pipeline.abort(seq, "app returned a native id that is already linked")
+                raise BadAnswer(f"creating {kind}: the app returned the id of an existing record") from None
+
+        row = await ctx.pipeline.run(seq, f"creating {kind}", call, settle, write_only_values(cres, resource, record))
+        return await self._answer(cres, row)
+
+    # ------------------------------------------------------------------ updates
+
+    async def replace(self, kind: str, rid: str, resource: dict[str, Any], if_match: int | None = None, *, with_members: bool = True) -> Resource:
+        """PUT: the resource becomes `resource`; membership is replaced only when the body names `members`."""
+        return await self._update(kind, rid, lambda _current: resource, if_match, replace_members=with_members)
+
+    async def patch(
+        self, kind: str, rid: str, apply: Callable[[dict[str, Any]], dict[str, Any]], if_match: int | None = None,
+        *, member_changes: dict[str, dict[str, Any] | None] | None = None, with_members: bool = True,
+    ) -> Resource:
+        """PATCH by `apply` on the whole resource, or, for a Group PATCH that only adds or removes members
+        (`member_changes`: id -> member to add, or None to remove), on just those members: the same result,
+        whatever the group's size. `with_members=False`: the answer will not show members, so they are not read."""
+        if member_changes is not None and kind == "Group" and self.ctx.resource(kind).members is not None:
+            return await self._patch_members(kind, rid, member_changes, if_match, with_members)
+        return await self._update(kind, rid, apply, if_match, replace_members=True)
+
+    async def _current(self, kind: str, rid: str, if_match: int | None) -> Row:
+        """The resource to update: NotFound when it does not exist, Stale when If-Match names another version."""
+        row = await self.ctx.store.get(self.ctx.app, kind, rid)
+        if row is None:
+            raise NotFound(f"{kind} {rid} not found")
+        if if_match is not None and row.version != if_match:
+            raise Stale(f"{kind} {rid} has changed", row.version)
+        return row
+
+    async def _claim_at(self, row: Row, if_match: int | None, **kwargs: Any) -> tuple[int, Row] | None:
+        """Claim the resource for an update computed on `row`'s version; None when another write got in first
+        (the caller recomputes), Stale when the client named that version (If-Match)."""
+        try:
+            return await self.ctx.pipeline.claim(row.type, row.id, "update", if_match=row.version, **kwargs)
+        except VersionMismatch:
+            if if_match is not None:
+                raise Stale(f"{row.type} {row.id} has changed") from None
+            return None
+
+    async def _optimistic(self, kind: str, rid: str, if_match: int | None, attempt: Callable[[Row], Awaitable[Resource | None]]) -> Resource:
+        """Run `attempt` on the resource as it is now until no other write overtakes it (None: overtaken; bounded)."""
+        async with self._lock(rid):
+            for _attempt in range(VERSION_RETRIES):
+                done = await attempt(await self._current(kind, rid, if_match))
+                if done is not None:
+                    return done
+            raise Unavailable(f"{kind} {rid} is changing too often to update; retry", 2)
+
+    async def _patch_members(
+        self, kind: str, rid: str, changes: dict[str, dict[str, Any] | None], if_match: int | None, with_members: bool
+    ) -> Resource:
+        ctx = self.ctx
+        cres = ctx.resource(kind)
+
+        async def attempt(row: Row) -> Resource | None:
+            present = await ctx.store.member_ids_among(ctx.app, rid, list(changes))
+            wanted = await ctx.members_for_write({"members": [item for item in changes.values() if item is not None]})
+            add = [m for m in wanted if m.id not in present]
+            remove = [Member(i, "User", None) for i, item in changes.items() if item is None and i in present]
+            if not add and not remove:
+                return await self._answer(cres, row, with_members)
+            claim = await self._claim_at(
+                row, if_match, new_unique_key=row.unique_key, payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
+            )
+            if claim is None:
+                return None
+            seq, claimed = claim
+            # No record change: the app is asked only to add and remove these members.
+            written = await self._apply(cres, seq, claimed, {}, row.data, row.unique_key, add, remove)
+            return await self._answer(cres, written, with_members)
+
+        return await self._optimistic(kind, rid, if_match, attempt)
+
+    async def _update(
+        self, kind: str, rid: str, compute: Callable[[dict[str, Any]], dict[str, Any]], if_match: int | None, *, replace_members: bool,
+    ) -> Resource:
+        ctx = self.ctx
+        cres = ctx.resource(kind)
+
+        async def attempt(row: Row) -> Resource | None:
+            # Start from what the app holds now, not only the copy: a change made in the app (or a reference it
+            # cleared) must not be reverted by a PATCH about something else.
+            live = await self.reads.live_data(cres, row)
+            current = {"id": row.id, **copy.deepcopy(live)}
+            old_members: list[Member] = []
+            if cres.name == "Group":
+                old_members = await ctx.store.members(ctx.app, rid)
+                if old_members:
+                    current["members"] = [{"value": m.id, "type": m.type} for m in old_members]
+            new = compute(current)
+            unique_key = ctx.unique_key(cres, new)
+            add: list[Member] = []
+            remove: list[Member] = []
+            if cres.name == "Group" and replace_members:
+                wanted = await ctx.members_for_write(new)
+                if wanted and not cres.members:
+                    raise Invalid("members: this app's mapping does not manage group membership")
+                old_ids, new_ids = {m.id for m in old_members}, {m.id for m in wanted}
+                add = [m for m in wanted if m.id not in old_ids]
+                remove = [m for m in old_members if m.id not in new_ids]
+            record = await ctx.record(cres, new)
+            data = copy_of(new)
+            if not add and not remove and "password" not in new and data == copy_of(current):
+                # Nothing to change: no app call and no new version (beyond catching up with the app).
+                return await self._answer(cres, await self.reads.sync_copy(cres, row, live))
+            switch = None if current.get("active") is new.get("active") or new.get("active") is None else bool(new.get("active"))
+            relink = _relink(cres, row, switch)
+            claim = await self._claim_at(
+                row, if_match, new_unique_key=unique_key, name=ctx.unique_name(cres, new),
+                payload={"add": [m.id for m in add], "remove": [m.id for m in remove], **({"relink": relink} if relink else {})},
+            )
+            if claim is None:
+                return None
+            seq, claimed = claim
+            written = await self._apply(cres, seq, claimed, record, data, unique_key, add, remove, switch, relink)
+            return await self._answer(cres, written)
+
+        return await self._optimistic(kind, rid, if_match, attempt)
+
+    async def _apply(
+        self, cres: CompiledResource, seq: int, row: Row, record: dict[str, Any], data: dict[str, Any], unique_key: str,
+        add: list[Member], remove: list[Member], switch: bool | None = None, relink: str | None = None,
+    ) -> Row:
+        """The claimed update's app calls and settle."""
+        ctx = self.ctx
+        native_id, rid = row.native_id, row.id
+
+        async def call() -> str | None:
+            if relink == "drop":
+                assert native_id is not None
+                try:
+                    await ctx.connector.delete(cres.name, native_id)
+                except AppNotFound:
+                    pass
+                return None
+            if relink == "create":
+                created: str = await ctx.memberships[cres.name].create(record, [])
+                await self.rejoin_groups(rid, created)
+                return created
+            if native_id is None:
+                return None  # deactivated by deleting it in the app: only the gateway's copy changes
+            await ctx.memberships[cres.name].write(native_id, record, await ctx.natives(add), await ctx.natives(remove))
+            if switch is not None:
+                await self.set_active(cres, native_id, switch)
+            return native_id
+
+        async def settle(current_native: str | None) -> Row:
+            settled = data if current_native is None else await self.reads.read_back(cres, current_native, data)
+            try:
+                return await ctx.pipeline.settle_update(
+                    seq, settled, unique_key, add_members=add, remove_members=[m.id for m in remove],
+                    relink=relink is not None, native_id=current_native,
+                )
+            except NativeConflict:
+                await ctx.pipeline.abort(seq, "app returned a native id that is already linked")
+                raise BadAnswer(f"re-creating {cres.name} {rid}: the app returned the id of an existing record") from None
+
+        return await ctx.pipeline.run(seq, f"updating {cres.name} {rid}", call, settle, write_only_values(cres, {}, record))
+
+    # ------------------------------------------------------------------ delete
+
+    async def delete(self, kind: str, rid: str, if_match: int | None = None) -> None:
+        ctx = self.ctx
+        cres = ctx.resource(kind)
+        async with self._lock(rid):
+            try:
+                seq, row = await ctx.pipeline.claim(kind, rid, "delete", if_match=if_match)
+            except VersionMismatch:
+                raise Stale(f"{kind} {rid} has changed") from None
+            native_id = row.native_id
+
+            async def call() -> None:
+                if native_id is None:
+                    return  # deactivated by deleting it in the app: nothing left there
+                try:
+                    if cres.delete_mode == "deactivate" and cres.deactivate.via == "delete":
+                        await ctx.connector.delete(kind, native_id)
+                    elif cres.delete_mode == "deactivate" and cres.deactivate.via == "action":
+                        await self.set_active(cres, native_id, False)
+                    elif cres.delete_mode == "deactivate":
+                        await ctx.connector.update(kind, native_id, await ctx.record(cres, {**row.data, "active": False}))
+                    else:
+                        await ctx.connector.delete(kind, native_id)
+                except AppNotFound:
+                    pass  # already gone in the app: the delete's goal holds
+
+            async def settle(_: None) -> None:
+                await ctx.pipeline.settle_delete(seq)
+
+            await ctx.pipeline.run(seq, f"deleting {kind} {rid}", call, settle)
+        await self.reads.forget_references(kind, rid)
+
+    # ------------------------------------------------------------------ what deactivation means in this app
+
+    async def set_active(self, cres: CompiledResource, native_id: str, active: bool) -> None:
+        """`deactivate: {via: action}`: the app's own disable / enable call (a field rule needs nothing more)."""
+        if cres.deactivate.via != "action":
+            return
+        action = cres.deactivate.enable if active else cres.deactivate.disable
+        assert action is not None
+        await self.ctx.connector.action(cres.name, native_id, action)
+
+    async def rejoin_groups(self, rid: str, native_id: str) -> None:
+        """A user created again in the app (reactivation) rejoins the groups the gateway still lists it in."""
+        ctx = self.ctx
+        groups = ctx.memberships.get("Group")
+        if groups is None:
+            return
+        listed = [g.id for g in await ctx.store.groups_of(ctx.app, rid)]
+        found = await ctx.store.native_ids(ctx.app, "Group", listed)
+        natives = [native for g in listed if g in found and (native := found[g][1]) is not None]
+        if isinstance(groups, UserFieldMembership):
+            # The list lives on the re-created record itself: one update sets it, not one edit per group.
+            if natives:
+                await ctx.connector.update("User", native_id, {groups.field: groups.ids.render(natives)})
+            return
+        for group_native in natives:
+            await groups.write(group_native, {}, [("User", native_id)], [])
+
+
+def _relink(cres: CompiledResource, row: Row, switch: bool | None) -> str | None:
+    """`deactivate: {via: delete}`: "drop" the app's record on deactivation, "create" it again on reactivation."""
+    if cres.deactivate.via != "delete":
+        return None
+    if switch is False and row.native_id is not None:
+        return "drop"
+    if switch is True and row.native_id is None:
+        return "create"
+    return None
+
+
+__all__ = ["Writes"]

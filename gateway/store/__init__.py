@@ -1,0 +1,28 @@
+"""The correlation store: SCIM ids <-> native ids, the gateway's copy of each resource, and the write journal.
+
+One `Store` over a SQL dialect: SQLite (one file, the embedded default) or PostgreSQL (many processes).
+`create_store` picks one from the gateway's settings.
+"""
+
+from .base import Busy, Gone, Member, NativeConflict, Pending, Row, StoreError, StoreUnavailable, UniqueConflict, VersionMismatch
+from .correlation import Store
+from .postgres import PostgresStore
+from .query import Query
+from .sqlite import SqliteStore
+
+__all__ = [
+    "Busy",
+    "Gone",
+    "Member",
+    "NativeConflict",
+    "Pending",
+    "PostgresStore",
+    "Query",
+    "Row",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "UniqueConflict",
+    "VersionMismatch",
+]

@@ -1,0 +1,73 @@
+"""The store's tables, as numbered migrations written once; each dialect fills in its column types.
+
+A migration is never edited once released: a change is a new one at the end. A dialect's `types` give
+`key` (an auto-numbered primary key), `text` (compared byte by byte), `json`, `int64`, `float`, `now`
+(a default of the current epoch time, or nothing) and `member_seq` (a column numbering membership rows,
+or nothing where the database numbers rows itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+_MIGRATIONS: list[str] = [
+    # 1: resources, membership, journal
+    """
+    CREATE TABLE resources (
+        seq {key},
+        app {text} NOT NULL,
+        type {text} NOT NULL,
+        id {text} NOT NULL UNIQUE,
+        native_id {text},
+        unique_key {text} NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        created {text} NOT NULL,
+        last_modified {text} NOT NULL,
+        data {json} NOT NULL,
+        state {text} NOT NULL DEFAULT 'active',
+        pending_seq {int64},
+        UNIQUE (app, type, unique_key),
+        UNIQUE (app, type, native_id)
+    );
+    CREATE TABLE members (
+        {member_seq}
+        app {text} NOT NULL,
+        group_id {text} NOT NULL,
+        member_id {text} NOT NULL,
+        member_type {text} NOT NULL,
+        display TEXT,
+        PRIMARY KEY (app, group_id, member_id)
+    );
+    CREATE INDEX members_by_member ON members (app, member_id);
+    CREATE TABLE journal (
+        seq {key},
+        at {float} NOT NULL{now},
+        app {text} NOT NULL,
+        type {text} NOT NULL,
+        resource_id {text} NOT NULL,
+        op {text} NOT NULL,
+        state {text} NOT NULL,
+        payload {json} NOT NULL DEFAULT '{{}}',
+        detail TEXT
+    );
+    CREATE INDEX journal_pending ON journal (app, state);
+    """,
+    # 2: lists page through an app's resources of one type in creation order; the index answers the
+    # WHERE, the ORDER BY and the count without reading every row or sorting them.
+    """
+    CREATE INDEX resources_listing ON resources (app, type, state, seq);
+    """,
+]
+
+
+def migrations(types: Mapping[str, str]) -> list[str]:
+    """Every migration, in order, in one dialect's column types: each a script of `;`-separated statements."""
+    return [script.format_map(types) for script in _MIGRATIONS]
+
+
+def statements(script: str) -> list[str]:
+    """A migration's statements, one by one (for drivers that run one statement per call)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+__all__ = ["migrations", "statements"]
