@@ -16,7 +16,9 @@ from aiohttp import web
 
 def create_baseline_app(token: str, body: bytes) -> web.Application:
     expected = f"Bearer {token}".encode()
-    unauthorized = b'{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],"status":"401","detail":"a bearer token is required"}'
+    unauthorized = (
+        b'{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],"status":"401","detail":"a bearer token is required"}'
+    )
 
     async def user(request: web.Request) -> web.Response:
         if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):

@@ -25,10 +25,54 @@ GROUP_URN = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH_URN = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 BULK_URN = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 
-GIVEN = ["Ada", "Alan", "Barbara", "Claude", "Dennis", "Edsger", "Frances", "Grace", "Guido", "Hedy", "Ivan", "Jean",
-         "Ken", "Linus", "Margaret", "Niklaus", "Ole", "Radia", "Shafi", "Tim", "Ursula", "Whitfield", "Xavier", "Yukihiro"]
-FAMILY = ["Lovelace", "Turing", "Liskov", "Shannon", "Ritchie", "Dijkstra", "Allen", "Hopper", "Rossum", "Lamarr",
-          "Sutherland", "Sammet", "Thompson", "Torvalds", "Hamilton", "Wirth", "Dahl", "Perlman", "Goldwasser", "Berners-Lee"]
+GIVEN = [
+    "Ada",
+    "Alan",
+    "Barbara",
+    "Claude",
+    "Dennis",
+    "Edsger",
+    "Frances",
+    "Grace",
+    "Guido",
+    "Hedy",
+    "Ivan",
+    "Jean",
+    "Ken",
+    "Linus",
+    "Margaret",
+    "Niklaus",
+    "Ole",
+    "Radia",
+    "Shafi",
+    "Tim",
+    "Ursula",
+    "Whitfield",
+    "Xavier",
+    "Yukihiro",
+]
+FAMILY = [
+    "Lovelace",
+    "Turing",
+    "Liskov",
+    "Shannon",
+    "Ritchie",
+    "Dijkstra",
+    "Allen",
+    "Hopper",
+    "Rossum",
+    "Lamarr",
+    "Sutherland",
+    "Sammet",
+    "Thompson",
+    "Torvalds",
+    "Hamilton",
+    "Wirth",
+    "Dahl",
+    "Perlman",
+    "Goldwasser",
+    "Berners-Lee",
+]
 DEPARTMENTS = ["Sales", "Engineering", "Finance", "Support", "Legal", "Operations"]
 TITLES = ["Engineer", "Analyst", "Manager", "Director", "Consultant", "Associate"]
 
@@ -56,8 +100,9 @@ def _percentile(values: list[float], pct: float) -> float:
 
 def _session(token: str, connections: int) -> aiohttp.ClientSession:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
-    return aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=connections),
-                                 timeout=aiohttp.ClientTimeout(total=600))
+    return aiohttp.ClientSession(
+        headers=headers, connector=aiohttp.TCPConnector(limit=connections), timeout=aiohttp.ClientTimeout(total=600)
+    )
 
 
 async def bulk(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,12 +141,20 @@ async def bulk(args: argparse.Namespace) -> dict[str, Any]:
     created = [(i, rid) for i, rid in enumerate(ids) if rid is not None]
     (out / "ids.txt").write_text("".join(f"{rid}\n" for _, rid in created))
     (out / "names.txt").write_text("".join(f"{bodies[i]['userName']}\n" for i, _ in created))
-    (out / "filters.txt").write_text("".join(
-        urllib.parse.quote(f'userName eq "{bodies[i]["userName"]}"', safe="") + "\n" for i, _ in created))
+    (out / "filters.txt").write_text(
+        "".join(urllib.parse.quote(f'userName eq "{bodies[i]["userName"]}"', safe="") + "\n" for i, _ in created)
+    )
     return {
-        "users": args.users, "created": len(created), "wall_s": wall, "users_per_s": len(created) / wall if wall else 0,
-        "requests": len(batches), "batch": args.batch, "concurrency": args.concurrency,
-        "request_p50_s": _percentile(latencies, 50), "request_max_s": max(latencies, default=0.0), "failures": failures[:20],
+        "users": args.users,
+        "created": len(created),
+        "wall_s": wall,
+        "users_per_s": len(created) / wall if wall else 0,
+        "requests": len(batches),
+        "batch": args.batch,
+        "concurrency": args.concurrency,
+        "request_p50_s": _percentile(latencies, 50),
+        "request_max_s": max(latencies, default=0.0),
+        "failures": failures[:20],
     }
 
 
@@ -134,7 +187,10 @@ async def groups(args: argparse.Namespace) -> dict[str, Any]:
         big = await create("bench-big", [])
         for s in range(0, len(big_members), args.batch):
             chunk = big_members[s : s + args.batch]
-            body = {"schemas": [PATCH_URN], "Operations": [{"op": "add", "path": "members", "value": [{"value": m} for m in chunk]}]}
+            body = {
+                "schemas": [PATCH_URN],
+                "Operations": [{"op": "add", "path": "members", "value": [{"value": m} for m in chunk]}],
+            }
             t0 = time.perf_counter()
             async with session.patch(f"{args.url}/Groups/{big}?excludedAttributes=members", data=json.dumps(body)) as resp:
                 text = await resp.text()
@@ -143,17 +199,28 @@ async def groups(args: argparse.Namespace) -> dict[str, Any]:
             add_latencies.append(time.perf_counter() - t0)
         big_s = time.perf_counter() - started
         started = time.perf_counter()
-        small = [await create(f"bench-small-{k:03d}", small_members[k * args.small_size : (k + 1) * args.small_size])
-                 for k in range(args.small_groups)]
+        small = [
+            await create(f"bench-small-{k:03d}", small_members[k * args.small_size : (k + 1) * args.small_size])
+            for k in range(args.small_groups)
+        ]
         small_s = time.perf_counter() - started
     out = Path(args.out)
     (out / "members-big.txt").write_text("".join(f"{big}\t{u}\n" for u in pool_big))
     (out / "members-big-full.txt").write_text("".join(f"{big}\t{u}\n" for u in pool_full))
     (out / "members-small.txt").write_text("".join(f"{small[k % len(small)]}\t{u}\n" for k, u in enumerate(pool_small)))
-    return {"big_group": big, "big_size": len(big_members), "seed_big_s": big_s, "seed_big_batch_p50_s": _percentile(add_latencies, 50),
-            "seed_big_batch_last_s": add_latencies[-1] if add_latencies else 0.0, "small_groups": len(small),
-            "small_size": args.small_size, "seed_small_s": small_s, "pool_big": len(pool_big), "pool_small": len(pool_small),
-            "pool_full": len(pool_full)}
+    return {
+        "big_group": big,
+        "big_size": len(big_members),
+        "seed_big_s": big_s,
+        "seed_big_batch_p50_s": _percentile(add_latencies, 50),
+        "seed_big_batch_last_s": add_latencies[-1] if add_latencies else 0.0,
+        "small_groups": len(small),
+        "small_size": args.small_size,
+        "seed_small_s": small_s,
+        "pool_big": len(pool_big),
+        "pool_small": len(pool_small),
+        "pool_full": len(pool_full),
+    }
 
 
 async def page(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,10 +247,19 @@ async def page(args: argparse.Namespace) -> dict[str, Any]:
             start += got
         wall = time.perf_counter() - started
     tenth = max(1, len(latencies) // 10)
-    return {"count": args.count, "pages": len(latencies), "resources": seen, "total": total, "wall_s": wall,
-            "pages_per_s": len(latencies) / wall if wall else 0, "resources_per_s": seen / wall if wall else 0,
-            "page_p50_ms": _percentile(latencies, 50) * 1000, "page_p99_ms": _percentile(latencies, 99) * 1000,
-            "first_tenth_mean_ms": sum(latencies[:tenth]) / tenth * 1000, "last_tenth_mean_ms": sum(latencies[-tenth:]) / tenth * 1000}
+    return {
+        "count": args.count,
+        "pages": len(latencies),
+        "resources": seen,
+        "total": total,
+        "wall_s": wall,
+        "pages_per_s": len(latencies) / wall if wall else 0,
+        "resources_per_s": seen / wall if wall else 0,
+        "page_p50_ms": _percentile(latencies, 50) * 1000,
+        "page_p99_ms": _percentile(latencies, 99) * 1000,
+        "first_tenth_mean_ms": sum(latencies[:tenth]) / tenth * 1000,
+        "last_tenth_mean_ms": sum(latencies[-tenth:]) / tenth * 1000,
+    }
 
 
 async def hr_ids(args: argparse.Namespace) -> dict[str, Any]:

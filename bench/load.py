@@ -59,7 +59,9 @@ class LoadResult:
 class Generator:
     name: str
 
-    def run(self, url: str, spec: LoadSpec, *, connections: int, duration: float, workdir: Path, cpus: set[int] | None) -> LoadResult:
+    def run(
+        self, url: str, spec: LoadSpec, *, connections: int, duration: float, workdir: Path, cpus: set[int] | None
+    ) -> LoadResult:
         raise NotImplementedError
 
 
@@ -74,12 +76,22 @@ class Wrk(Generator):
         self.path = path
         self.threads = threads
         version = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-        self.name = f"wrk ({(version.stdout or version.stderr).split(' [')[0].strip()}, -t{threads}, Lua script bench/request.lua)"
+        self.name = (
+            f"wrk ({(version.stdout or version.stderr).split(' [')[0].strip()}, -t{threads}, Lua script bench/request.lua)"
+        )
 
-    def run(self, url: str, spec: LoadSpec, *, connections: int, duration: float, workdir: Path, cpus: set[int] | None) -> LoadResult:
+    def run(
+        self, url: str, spec: LoadSpec, *, connections: int, duration: float, workdir: Path, cpus: set[int] | None
+    ) -> LoadResult:
         spec_file = workdir / f"wrk-spec-{spec.nonce}.tsv"
-        lines = [f"method\t{spec.method}", f"path\t{spec.path}", f"pick\t{spec.pick}", f"threads\t{self.threads}",
-                 f"nonce\t{spec.nonce}", f"seed\t{spec.seed}"]
+        lines = [
+            f"method\t{spec.method}",
+            f"path\t{spec.path}",
+            f"pick\t{spec.pick}",
+            f"threads\t{self.threads}",
+            f"nonce\t{spec.nonce}",
+            f"seed\t{spec.seed}",
+        ]
         if spec.body is not None:
             lines.append(f"body\t{spec.body}")
         if spec.items is not None:
@@ -87,8 +99,19 @@ class Wrk(Generator):
         lines += [f"header\t{name}: {value}" for name, value in spec.headers.items()]
         assert not any("\n" in line for line in lines), "spec values are one line each"
         spec_file.write_text("\n".join(lines) + "\n")
-        cmd = [self.path, f"-t{self.threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-               "-s", str(LUA_SCRIPT), url, "--", str(spec_file)]
+        cmd = [
+            self.path,
+            f"-t{self.threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA_SCRIPT),
+            url,
+            "--",
+            str(spec_file),
+        ]
         proc = subprocess.run(cmd, capture_output=True, check=False, preexec_fn=_pin(cpus))
         out = proc.stdout.decode("utf-8", "replace")
         line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -96,10 +119,19 @@ class Wrk(Generator):
             raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-2000:]} {proc.stderr.decode('utf-8', 'replace')[-2000:]}")
         data = json.loads(line.removeprefix("BENCH_JSON "))
         return LoadResult(
-            requests=data["requests"], duration_s=data["duration_us"] / 1e6, ok=data["ok"], bad=data["bad"],
-            socket_errors=data["socket_errors"], timeouts=data["timeouts"],
-            p50_ms=data["p50_us"] / 1000, p90_ms=data["p90_us"] / 1000, p99_ms=data["p99_us"] / 1000,
-            max_ms=data["max_us"] / 1000, mean_ms=data["mean_us"] / 1000, exhausted=bool(data["exhausted"]), first_bad=data["first_bad"],
+            requests=data["requests"],
+            duration_s=data["duration_us"] / 1e6,
+            ok=data["ok"],
+            bad=data["bad"],
+            socket_errors=data["socket_errors"],
+            timeouts=data["timeouts"],
+            p50_ms=data["p50_us"] / 1000,
+            p90_ms=data["p90_us"] / 1000,
+            p99_ms=data["p99_us"] / 1000,
+            max_ms=data["max_us"] / 1000,
+            mean_ms=data["mean_us"] / 1000,
+            exhausted=bool(data["exhausted"]),
+            first_bad=data["first_bad"],
         )
 
 
@@ -108,10 +140,22 @@ class PythonLoad(Generator):
 
     name = "Python aiohttp load generator (bench/pyload.py, one process): caps the baseline far below wrk, so ratios flatter the gateway"
 
-    def run(self, url: str, spec: LoadSpec, *, connections: int, duration: float, workdir: Path, cpus: set[int] | None) -> LoadResult:
+    def run(
+        self, url: str, spec: LoadSpec, *, connections: int, duration: float, workdir: Path, cpus: set[int] | None
+    ) -> LoadResult:
         spec_file = workdir / f"py-spec-{spec.nonce}.json"
         spec_file.write_text(json.dumps(asdict(spec), default=str))
-        cmd = [sys.executable, "-m", "bench.pyload", url, str(spec_file), "--connections", str(connections), "--duration", str(duration)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.pyload",
+            url,
+            str(spec_file),
+            "--connections",
+            str(connections),
+            "--duration",
+            str(duration),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, preexec_fn=_pin(cpus))
         if proc.returncode != 0:
             raise RuntimeError(f"pyload failed ({proc.returncode}): {proc.stderr[-2000:]}")

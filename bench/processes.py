@@ -130,7 +130,15 @@ class Server:
             except OSError:
                 continue
             text = b" ".join(args).decode("utf-8", "replace")
-            kind = ("worker" if "spawn_main" in text else "tracker" if "resource_tracker" in text else "parent" if p == self.pid else "child")
+            kind = (
+                "worker"
+                if "spawn_main" in text
+                else "tracker"
+                if "resource_tracker" in text
+                else "parent"
+                if p == self.pid
+                else "child"
+            )
             out.append({"pid": p, "kind": kind, "peak_rss_mib": round(_status_kib(p, "VmHWM") / 1024, 1)})
         return out
 
@@ -186,8 +194,17 @@ class Server:
                 self.proc.wait()
 
 
-def start(name: str, cmd: list[str], *, port: int, log: Path, cpus: set[int] | None, env: dict[str, str] | None = None,
-          cwd: Path = ROOT, workers: int = 1) -> Server:
+def start(
+    name: str,
+    cmd: list[str],
+    *,
+    port: int,
+    log: Path,
+    cpus: set[int] | None,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    workers: int = 1,
+) -> Server:
     pin: Callable[[], None] | None = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     full_env = {k: v for k, v in os.environ.items() if k not in ("SCIM_GATEWAY_TOKEN", "SCIM_GATEWAY_STORE")} | (env or {})
     with open(log, "ab") as out:
@@ -196,7 +213,18 @@ def start(name: str, cmd: list[str], *, port: int, log: Path, cpus: set[int] | N
 
 
 def gateway_cmd(*, port: int, data_dir: Path, token: str | None, config: Path | None = None, workers: int = 1) -> list[str]:
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "warning",
+    ]
     if token:
         cmd += ["--token", token]
     if config is not None:

@@ -25,7 +25,9 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
 def py_spy() -> str | None:
-    return shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy") if (Path(sys.executable).parent / "py-spy").exists() else None)
+    return shutil.which("py-spy") or (
+        str(Path(sys.executable).parent / "py-spy") if (Path(sys.executable).parent / "py-spy").exists() else None
+    )
 
 
 def pyinstrument_available() -> bool:
@@ -49,7 +51,20 @@ def start_py_spy(exe: str, pid: int, name: str, stamp: str, *, subprocesses: boo
     svg, raw = PROFILES / f"{name}-{stamp}.svg", PROFILES / f"{name}-{stamp}.txt"
     procs = []
     for fmt, out in (("flamegraph", svg), ("raw", raw)):
-        cmd = [exe, "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--full-filenames", "--format", fmt, "-o", str(out)]
+        cmd = [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--full-filenames",
+            "--format",
+            fmt,
+            "-o",
+            str(out),
+        ]
         if subprocesses:
             cmd.append("--subprocesses")
         if gil:
@@ -111,7 +126,9 @@ def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
     queue's get() shows so, and is the cost of handing each query to that thread and back.
     """
     groups: dict[str, dict[str, Counter[str]]] = {
-        g: {"self": Counter(), "lines": Counter(), "ours": Counter(), "inclusive": Counter()} for g in ("event loop", "other threads")}
+        g: {"self": Counter(), "lines": Counter(), "ours": Counter(), "inclusive": Counter()}
+        for g in ("event loop", "other threads")
+    }
     areas: Counter[str] = Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
@@ -132,8 +149,19 @@ def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
         leaf, leaf_where, leaf_func, leaf_line = names[-1]
         group["self"][leaf] += count
         group["lines"][f"{leaf_where}:{leaf_line} ({leaf_func})"] += count
-        ours = next(((f, w, ln) for _, w, f, ln in reversed(names) if w.startswith(("gateway/", "plugins/")) and not w.startswith(_WRAPPERS)), None)
-        group["ours"][f"{ours[1]}:{ours[2]} ({ours[0]})" if ours else "(none of ours on the stack: event loop, aiohttp, SQLAlchemy inside its greenlets)"] += count
+        ours = next(
+            (
+                (f, w, ln)
+                for _, w, f, ln in reversed(names)
+                if w.startswith(("gateway/", "plugins/")) and not w.startswith(_WRAPPERS)
+            ),
+            None,
+        )
+        group["ours"][
+            f"{ours[1]}:{ours[2]} ({ours[0]})"
+            if ours
+            else "(none of ours on the stack: event loop, aiohttp, SQLAlchemy inside its greenlets)"
+        ] += count
         areas[_area(leaf_where)] += count
         for name in {n for n, where, func, _ in names if not where.startswith(_PLUMBING) and func not in _LOOP}:
             group["inclusive"][name] += count
@@ -144,16 +172,26 @@ def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
     threads = {}
     for g, c in groups.items():
         n = sum(c["self"].values())
-        threads[g] = {"samples": n, "share": round(100 * n / total, 1) if total else 0.0, "self": shares(c["self"], top, n),
-                      "lines": shares(c["lines"], 8, n), "ours": shares(c["ours"], top, n),
-                      "inclusive": shares(c["inclusive"], 25 if g == "event loop" else 0, n)}
+        threads[g] = {
+            "samples": n,
+            "share": round(100 * n / total, 1) if total else 0.0,
+            "self": shares(c["self"], top, n),
+            "lines": shares(c["lines"], 8, n),
+            "ours": shares(c["ours"], top, n),
+            "inclusive": shares(c["inclusive"], 25 if g == "event loop" else 0, n),
+        }
     return {"samples": total, "threads": threads, "areas": shares(areas, top, total)}
 
 
 def format_summary(name: str, summary: dict[str, Any]) -> str:
     out = [f"## {name}: {summary['samples']} samples of busy threads (py-spy, 200 Hz)"]
     for group, data in summary["threads"].items():
-        out += ["", f"### {group}: {data['samples']} samples ({data['share']}% of all); shares below are of these", "", "Self (top of stack):"]
+        out += [
+            "",
+            f"### {group}: {data['samples']} samples ({data['share']}% of all); shares below are of these",
+            "",
+            "Self (top of stack):",
+        ]
         out += [f"  {pct:5.1f}%  {fn}" for fn, pct in data["self"]]
         out += ["", "Hottest lines (self):"]
         out += [f"  {pct:5.1f}%  {ln}" for ln, pct in data["lines"]]

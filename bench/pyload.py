@@ -89,11 +89,19 @@ async def run(url: str, spec: dict[str, Any], connections: int, duration: float)
     latencies.sort()
     ms = [v * 1000 for v in latencies]
     return {
-        "requests": len(latencies), "duration_s": elapsed, "ok": state["ok"], "bad": state["bad"],
-        "socket_errors": state["errors"], "timeouts": state["timeouts"],
-        "p50_ms": _percentile(ms, 50), "p90_ms": _percentile(ms, 90), "p99_ms": _percentile(ms, 99),
-        "max_ms": ms[-1] if ms else 0.0, "mean_ms": sum(ms) / len(ms) if ms else 0.0,
-        "exhausted": state["exhausted"], "first_bad": state["first_bad"],
+        "requests": len(latencies),
+        "duration_s": elapsed,
+        "ok": state["ok"],
+        "bad": state["bad"],
+        "socket_errors": state["errors"],
+        "timeouts": state["timeouts"],
+        "p50_ms": _percentile(ms, 50),
+        "p90_ms": _percentile(ms, 90),
+        "p99_ms": _percentile(ms, 99),
+        "max_ms": ms[-1] if ms else 0.0,
+        "mean_ms": sum(ms) / len(ms) if ms else 0.0,
+        "exhausted": state["exhausted"],
+        "first_bad": state["first_bad"],
     }
 
 

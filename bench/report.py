@@ -26,7 +26,7 @@ ROWS: list[tuple[str, str]] = [
     ("get", "GET /Users/{id}, live (reads the demo SQLite app)"),
     ("cached", "GET /Users/{id}, cached (`reads: cached`, the gateway's copy)"),
     ("filter", 'GET /Users?filter=userName eq "..." (random seeded names)'),
-    ("filter_1", 'The same filter, 1 connection (service time, no queueing)'),
+    ("filter_1", "The same filter, 1 connection (service time, no queueing)"),
     ("post", "POST /Users (unique bodies)"),
     ("patch", "PATCH /Users/{id} replace title"),
     ("members_big_1c", "PATCH /Groups/{id} add 1 member: big group, 1 connection (`excludedAttributes=members`)"),
@@ -65,8 +65,14 @@ def evaluate(results: dict[str, Any], users: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(target: str, measured: str | None, ok: bool | None, note: str = "") -> None:
-        out.append({"target": target, "measured": measured or "not run", "verdict": "n/a" if ok is None else ("pass" if ok else "FAIL"),
-                    "note": note})
+        out.append(
+            {
+                "target": target,
+                "measured": measured or "not run",
+                "verdict": "n/a" if ok is None else ("pass" if ok else "FAIL"),
+                "note": note,
+            }
+        )
 
     r = _ratio(results, "cached")
     add("cached GET >= 25% of baseline req/s", f"{r:.1%}" if r is not None else None, None if r is None else r >= 0.25)
@@ -74,31 +80,49 @@ def evaluate(results: dict[str, Any], users: int) -> list[dict[str, Any]]:
     add("live GET >= 10% of baseline req/s", f"{r:.1%}" if r is not None else None, None if r is None else r >= 0.10)
     f, f1 = results.get("filter"), results.get("filter_1")
     one = f"; at 1 connection p99 {f1['p99_ms']:.2f} ms" if f1 else ""
-    add("filter userName eq: p99 < 10 ms at 100,000 users (32 connections)", f"p99 {f['p99_ms']:.2f} ms{one}" if f else None,
-        None if not f else f["p99_ms"] < 10, size_note if f else "")
+    add(
+        "filter userName eq: p99 < 10 ms at 100,000 users (32 connections)",
+        f"p99 {f['p99_ms']:.2f} ms{one}" if f else None,
+        None if not f else f["p99_ms"] < 10,
+        size_note if f else "",
+    )
     b = results.get("bulk")
     if b:
-        add("Bulk import of 100,000 users < 60 s", f"{b['wall_s']:.1f} s for {b['created']:,} ({b['users_per_s']:,.0f} users/s)",
-            b["wall_s"] < 60 and b["created"] == b["users"], size_note)
-        add("Bulk import peak RSS < 300 MB", f"{b['peak_rss_mib']:.0f} MiB ({b['peak_rss_mib'] / MB:.0f} MB)",
-            b["peak_rss_mib"] / MB < 300, size_note)
+        add(
+            "Bulk import of 100,000 users < 60 s",
+            f"{b['wall_s']:.1f} s for {b['created']:,} ({b['users_per_s']:,.0f} users/s)",
+            b["wall_s"] < 60 and b["created"] == b["users"],
+            size_note,
+        )
+        add(
+            "Bulk import peak RSS < 300 MB",
+            f"{b['peak_rss_mib']:.0f} MiB ({b['peak_rss_mib'] / MB:.0f} MB)",
+            b["peak_rss_mib"] / MB < 300,
+            size_note,
+        )
     else:
         add("Bulk import of 100,000 users < 60 s", None, None)
         add("Bulk import peak RSS < 300 MB", None, None)
     big, small = results.get("members_big_1c"), results.get("members_small_1c")
     if big and small and small.get("rps"):
         ratio = big["rps"] / small["rps"]
-        add("member add to a 10,000-member group ≈ to a 10-member group (1 connection; at most 20% slower in req/s and p50)",
+        add(
+            "member add to a 10,000-member group ≈ to a 10-member group (1 connection; at most 20% slower in req/s and p50)",
             f"{ratio:.2f}× the small groups' req/s; p50 {big['p50_ms']:.2f} vs {small['p50_ms']:.2f} ms",
             ratio >= 0.8 and big["p50_ms"] <= 1.25 * small["p50_ms"],
-            "" if big.get("group_size_start", 0) >= 10_000 else f"big group of {big.get('group_size_start', 0):,}: indicative only")
+            ""
+            if big.get("group_size_start", 0) >= 10_000
+            else f"big group of {big.get('group_size_start', 0):,}: indicative only",
+        )
     else:
         add("member add to a 10,000-member group ≈ to a 10-member group", None, None)
     s = results.get("soak")
-    add("memory flat after warm-up (growth <= 10 MiB over the run)",
+    add(
+        "memory flat after warm-up (growth <= 10 MiB over the run)",
         f"{s['growth_mib']:+.1f} MiB over {s['requests']:,} GETs ({s['growth_bytes_per_request']:+.1f} B/request)" if s else None,
         None if not s else s["growth_mib"] <= 10,
-        "" if not s or s["requests"] >= 1_000_000 else f"{s['requests']:,} GETs, not 1,000,000: indicative only")
+        "" if not s or s["requests"] >= 1_000_000 else f"{s['requests']:,} GETs, not 1,000,000: indicative only",
+    )
     w1, w2 = results.get("workers_1"), results.get("workers_2")
     if w1 and w2 and w1.get("rps"):
         ratio = w2["rps"] / w1["rps"]
@@ -152,30 +176,42 @@ def render(doc: dict[str, Any]) -> str:
             parts = ", ".join(f"{x['kind']} {x['peak_rss_mib']:.0f}" for x in r.get("peak_rss_by_process", []))
             notes.append(f"{r['rps'] / res['workers_1']['rps']:.2f}× one worker; RSS summed over the processes ({parts} MiB)")
         if name == "soak":
-            notes.append(f"{r['requests']:,} requests; p50 the median chunk's, p99 the worst chunk's; RSS {r['rss_warm_mib']} →"
-                         f" {r['rss_end_mib']} MiB after warm-up")
+            notes.append(
+                f"{r['requests']:,} requests; p50 the median chunk's, p99 the worst chunk's; RSS {r['rss_warm_mib']} →"
+                f" {r['rss_end_mib']} MiB after warm-up"
+            )
         if name in ("filter", "filter_1"):
             notes.append(f"{r.get('directory', 0):,} users")
         if name == "baseline":
             notes.append(f"{r.get('body_bytes', 0):,}-byte body")
-        lines.append(f"| {label} | {_f(r.get('rps'))} | {_f(r.get('p50_ms'), 2)} | {_f(r.get('p99_ms'), 2)} | {_f(r.get('peak_rss_mib'))}"
-                     f" | {_f(ratio, 3) if ratio is not None else '—'} | {'; '.join(notes)} |")
+        lines.append(
+            f"| {label} | {_f(r.get('rps'))} | {_f(r.get('p50_ms'), 2)} | {_f(r.get('p99_ms'), 2)} | {_f(r.get('peak_rss_mib'))}"
+            f" | {_f(ratio, 3) if ratio is not None else '—'} | {'; '.join(notes)} |"
+        )
     lines += ["", "## Bulk import, paging, seeding", "", "| what | figures |", "|---|---|"]
     if b := res.get("bulk"):
-        lines.append(f"| Bulk import {b['users']:,} users | {b['wall_s']:.1f} s wall, {b['users_per_s']:,.0f} users/s, {b['created']:,} created,"
-                     f" peak RSS {b['peak_rss_mib']:.0f} MiB; {b['requests']} requests of {b['batch']} ops, {b['concurrency']} in flight,"
-                     f" request p50 {b['request_p50_s']:.2f} s, max {b['request_max_s']:.2f} s |")
+        lines.append(
+            f"| Bulk import {b['users']:,} users | {b['wall_s']:.1f} s wall, {b['users_per_s']:,.0f} users/s, {b['created']:,} created,"
+            f" peak RSS {b['peak_rss_mib']:.0f} MiB; {b['requests']} requests of {b['batch']} ops, {b['concurrency']} in flight,"
+            f" request p50 {b['request_p50_s']:.2f} s, max {b['request_max_s']:.2f} s |"
+        )
     if p := res.get("paging"):
-        lines.append(f"| Paging all users, count={p['count']} | {p['wall_s']:.1f} s for {p['pages']:,} pages ({p['pages_per_s']:,.1f} pages/s,"
-                     f" {p['resources_per_s']:,.0f} users/s), {p['resources']:,} of {p['total']:,} seen; page p50 {p['page_p50_ms']:.1f} ms,"
-                     f" p99 {p['page_p99_ms']:.1f} ms; first tenth of pages {p['first_tenth_mean_ms']:.1f} ms, last tenth"
-                     f" {p['last_tenth_mean_ms']:.1f} ms; peak RSS {p['peak_rss_mib']:.0f} MiB |")
+        lines.append(
+            f"| Paging all users, count={p['count']} | {p['wall_s']:.1f} s for {p['pages']:,} pages ({p['pages_per_s']:,.1f} pages/s,"
+            f" {p['resources_per_s']:,.0f} users/s), {p['resources']:,} of {p['total']:,} seen; page p50 {p['page_p50_ms']:.1f} ms,"
+            f" p99 {p['page_p99_ms']:.1f} ms; first tenth of pages {p['first_tenth_mean_ms']:.1f} ms, last tenth"
+            f" {p['last_tenth_mean_ms']:.1f} ms; peak RSS {p['peak_rss_mib']:.0f} MiB |"
+        )
     if g := res.get("members_seed"):
-        lines.append(f"| Seeding groups | {g['big_size']:,}-member group in {g['seed_big_s']:.2f} s (PATCH add 1,000 at a time: p50"
-                     f" {g['seed_big_batch_p50_s']:.2f} s, last {g['seed_big_batch_last_s']:.2f} s); {g['small_groups']} groups of"
-                     f" {g['small_size']} in {g['seed_small_s']:.1f} s |")
+        lines.append(
+            f"| Seeding groups | {g['big_size']:,}-member group in {g['seed_big_s']:.2f} s (PATCH add 1,000 at a time: p50"
+            f" {g['seed_big_batch_p50_s']:.2f} s, last {g['seed_big_batch_last_s']:.2f} s); {g['small_groups']} groups of"
+            f" {g['small_size']} in {g['seed_small_s']:.1f} s |"
+        )
     if s := res.get("rest_seed"):
-        lines.append(f"| Seeding the hr REST app | {s['created']:,} users by Bulk in {s['wall_s']:.1f} s ({s['users_per_s']:,.0f} users/s) |")
+        lines.append(
+            f"| Seeding the hr REST app | {s['created']:,} users by Bulk in {s['wall_s']:.1f} s ({s['users_per_s']:,.0f} users/s) |"
+        )
     if s := res.get("soak"):
         trail = ", ".join(f"{x['rss_mib']}" for x in s["samples"])
         lines.append(f"| Memory run RSS samples (MiB; after warm-up, then each chunk) | {trail} |")

@@ -41,39 +41,83 @@ USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
 DEMO = "/apps/demo/scim/v2"
 HR = "/apps/hr/scim/v2"
 
-FULL = {"users": 100_000, "duration": 15.0, "warmup": 3.0, "soak_requests": 1_000_000, "soak_chunk": 60.0,
-        "big_group": 10_000, "small_groups": 100, "hr_users": 1000, "page_count": 100}
-QUICK = {"users": 10_000, "duration": 3.0, "warmup": 1.0, "soak_requests": 30_000, "soak_chunk": 5.0,
-         "big_group": 1000, "small_groups": 20, "hr_users": 200, "page_count": 100}
+FULL = {
+    "users": 100_000,
+    "duration": 15.0,
+    "warmup": 3.0,
+    "soak_requests": 1_000_000,
+    "soak_chunk": 60.0,
+    "big_group": 10_000,
+    "small_groups": 100,
+    "hr_users": 1000,
+    "page_count": 100,
+}
+QUICK = {
+    "users": 10_000,
+    "duration": 3.0,
+    "warmup": 1.0,
+    "soak_requests": 30_000,
+    "soak_chunk": 5.0,
+    "big_group": 1000,
+    "small_groups": 20,
+    "hr_users": 200,
+    "page_count": 100,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes and short runs, to check the harness (figures indicative only)")
-    parser.add_argument("--scenarios", help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: all; bulk always runs"
-                        " when a demo scenario needs the directory)")
-    parser.add_argument("--profile", metavar="SCENARIO[,SCENARIO]", help="run only these scenarios, with the gateway under"
-                        " py-spy (pyinstrument without it) during each; writes bench/profiles/, not RESULTS.md")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and short runs, to check the harness (figures indicative only)"
+    )
+    parser.add_argument(
+        "--scenarios",
+        help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: all; bulk always runs"
+        " when a demo scenario needs the directory)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="SCENARIO[,SCENARIO]",
+        help="run only these scenarios, with the gateway under"
+        " py-spy (pyinstrument without it) during each; writes bench/profiles/, not RESULTS.md",
+    )
     parser.add_argument("--profiler", choices=["auto", "py-spy", "pyinstrument"], default="auto")
-    parser.add_argument("--profile-gil", action="store_true", help="py-spy: keep only samples holding the GIL (Python's own work)")
+    parser.add_argument(
+        "--profile-gil", action="store_true", help="py-spy: keep only samples holding the GIL (Python's own work)"
+    )
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto", help="auto: wrk if installed")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=float, help="seconds per measured rate run (full 15, quick 3)")
     parser.add_argument("--warmup", type=float, help="seconds of unmeasured load before each read scenario (full 3, quick 1)")
-    parser.add_argument("--users", type=int, help="users created by Bulk import, the directory the other scenarios use (full 100000, quick 10000)")
-    parser.add_argument("--bulk-batch", type=int, default=1000, help="operations per Bulk request (the gateway's maxOperations is 1000)")
+    parser.add_argument(
+        "--users", type=int, help="users created by Bulk import, the directory the other scenarios use (full 100000, quick 10000)"
+    )
+    parser.add_argument(
+        "--bulk-batch", type=int, default=1000, help="operations per Bulk request (the gateway's maxOperations is 1000)"
+    )
     parser.add_argument("--bulk-concurrency", type=int, default=4, help="Bulk requests in flight")
     parser.add_argument("--big-group", type=int, help="members of the big group (full 10000, quick 1000)")
-    parser.add_argument("--small-groups", type=int, help="how many 10-member groups the small-group adds rotate over (full 100, quick 20)")
+    parser.add_argument(
+        "--small-groups", type=int, help="how many 10-member groups the small-group adds rotate over (full 100, quick 20)"
+    )
     parser.add_argument("--page-count", type=int, help="count per page when paging (default 100)")
     parser.add_argument("--soak-requests", type=int, help="GETs in the memory run (full 1000000, quick 30000)")
     parser.add_argument("--soak-chunk", type=float, help="seconds between memory samples in the memory run (full 60, quick 5)")
     parser.add_argument("--hr-users", type=int, help="users created in the hr REST app (full 1000, quick 200)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server and the load generator to separate cores")
-    parser.add_argument("--store", metavar="URL", help="run the gateways on this postgresql:// store (passed as SCIM_GATEWAY_STORE);"
-                        " it must be empty (default: SQLite in a fresh data dir)")
-    parser.add_argument("--workdir", help="where data, logs and generated mappings go (default: a new temporary directory,"
-                        " removed after a run without failures)")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="run the gateways on this postgresql:// store (passed as SCIM_GATEWAY_STORE);"
+        " it must be empty (default: SQLite in a fresh data dir)",
+    )
+    parser.add_argument(
+        "--workdir",
+        help="where data, logs and generated mappings go (default: a new temporary directory,"
+        " removed after a run without failures)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory even when every scenario ran")
     parser.add_argument("--results", default=str(BENCH), help="folder for RESULTS.md and results.json (default bench/)")
     args = parser.parse_args(argv)
@@ -134,23 +178,56 @@ class Bench:
     def headers(self, body: bool = False) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN}"} | ({"Content-Type": "application/scim+json"} if body else {})
 
-    def spec(self, method: str, path: str, body: Any = None, items: Path | None = None, pick: str = "random",
-             headers: dict[str, str] | None = None) -> LoadSpec:
+    def spec(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        items: Path | None = None,
+        pick: str = "random",
+        headers: dict[str, str] | None = None,
+    ) -> LoadSpec:
         self.nonce += 1
         text = json.dumps(body, separators=(",", ":")) if body is not None else None
-        return LoadSpec(method, path, text, headers if headers is not None else self.headers(body is not None), items, pick,
-                        nonce=f"{self.stamp}-{self.nonce}", seed=self.nonce)
+        return LoadSpec(
+            method,
+            path,
+            text,
+            headers if headers is not None else self.headers(body is not None),
+            items,
+            pick,
+            nonce=f"{self.stamp}-{self.nonce}",
+            seed=self.nonce,
+        )
 
-    def start_gateway(self, name: str, data_dir: Path, *, config: Path | None = None, workers: int = 1, pinned: bool = True,
-                      env: dict[str, str] | None = None, token: str | None = TOKEN, app: str = "demo", profile_as: str | None = None) -> Server:
+    def start_gateway(
+        self,
+        name: str,
+        data_dir: Path,
+        *,
+        config: Path | None = None,
+        workers: int = 1,
+        pinned: bool = True,
+        env: dict[str, str] | None = None,
+        token: str | None = TOKEN,
+        app: str = "demo",
+        profile_as: str | None = None,
+    ) -> Server:
         port = free_port()
         cmd = gateway_cmd(port=port, data_dir=data_dir, token=token, config=config, workers=workers)
         if profile_as and self.profiler == "pyinstrument":
             prefix, out = profiling.pyinstrument_prefix(profile_as, self.stamp)
             cmd = [*prefix, "-m", *cmd[2:]]
             self.profiles[profile_as] = {"html": str(out.relative_to(ROOT))}
-        server = start(name, cmd, port=port, log=self.workdir / f"{name}.log", cpus=self.server_cpus if pinned else self.all_cpus,
-                       env=self.store_env | (env or {}), workers=workers)
+        server = start(
+            name,
+            cmd,
+            port=port,
+            log=self.workdir / f"{name}.log",
+            cpus=self.server_cpus if pinned else self.all_cpus,
+            env=self.store_env | (env or {}),
+            workers=workers,
+        )
         server.wait_ready(f"/apps/{app}/scim/v2/ServiceProviderConfig", self.headers())
         return server
 
@@ -162,8 +239,9 @@ class Bench:
             return
         exe = profiling.py_spy()
         assert exe is not None
-        recording = profiling.start_py_spy(exe, server.pid, name, self.stamp, subprocesses=server.workers > 1,
-                                               gil=self.args.profile_gil)
+        recording = profiling.start_py_spy(
+            exe, server.pid, name, self.stamp, subprocesses=server.workers > 1, gil=self.args.profile_gil
+        )
         time.sleep(1.0)  # py-spy attaches before the load starts
         try:
             yield
@@ -171,13 +249,27 @@ class Bench:
             profiling.stop_py_spy(recording)
             if recording.raw.exists():
                 summary = profiling.summarize(recording.raw)
-                self.profiles[name] = {"svg": str(recording.svg.relative_to(ROOT)), "raw": str(recording.raw.relative_to(ROOT)), **summary}
+                self.profiles[name] = {
+                    "svg": str(recording.svg.relative_to(ROOT)),
+                    "raw": str(recording.raw.relative_to(ROOT)),
+                    **summary,
+                }
                 text = profiling.format_summary(name, summary)
                 recording.raw.with_suffix(".top.txt").write_text(text)
                 print(text, flush=True)
 
-    def drive(self, name: str, server: Server, spec: LoadSpec, *, warmup: float = 0.0, duration: float | None = None,
-              cpus: set[int] | None | str = "load", scenario: str | None = None, connections: int | None = None) -> dict[str, Any]:
+    def drive(
+        self,
+        name: str,
+        server: Server,
+        spec: LoadSpec,
+        *,
+        warmup: float = 0.0,
+        duration: float | None = None,
+        cpus: set[int] | None | str = "load",
+        scenario: str | None = None,
+        connections: int | None = None,
+    ) -> dict[str, Any]:
         """One measured rate run against `server`: figures, its peak RSS, and a warning for any failed request."""
         load_cpus = self.load_cpus if cpus == "load" else cpus or self.all_cpus
         run = self.generator.run
@@ -196,23 +288,44 @@ class Bench:
     def check(self, name: str, figures: dict[str, Any]) -> None:
         failed = figures.get("bad", 0) + figures.get("socket_errors", 0) + figures.get("timeouts", 0)
         if failed:
-            self.say(f"  WARNING {name}: {failed} of {figures.get('requests')} requests failed; first: {figures.get('first_bad', '')[:300]}")
+            self.say(
+                f"  WARNING {name}: {failed} of {figures.get('requests')} requests failed; first: {figures.get('first_bad', '')[:300]}"
+            )
         if figures.get("exhausted"):
             self.say(f"  WARNING {name}: the item pool ran out before the run ended; its rate is understated")
 
     def client(self, command: str, *args: str) -> dict[str, Any]:
         """bench/clients.py in its own process, pinned with the load generator."""
         pin = (lambda: os.sched_setaffinity(0, self.load_cpus)) if self.load_cpus else None
-        proc = subprocess.run([sys.executable, "-m", "bench.clients", command, *args], cwd=ROOT, capture_output=True, text=True,
-                              check=False, preexec_fn=pin)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.clients", command, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            preexec_fn=pin,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"bench.clients {command} failed ({proc.returncode}): {proc.stderr[-3000:]} {proc.stdout[-1000:]}")
         return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
     def record(self, name: str, figures: dict[str, Any]) -> None:
         self.results[name] = figures
-        shown = {k: figures[k] for k in ("rps", "p50_ms", "p99_ms", "peak_rss_mib", "wall_s", "users_per_s", "pages_per_s", "growth_mib", "seed_big_s")
-                 if k in figures}
+        shown = {
+            k: figures[k]
+            for k in (
+                "rps",
+                "p50_ms",
+                "p99_ms",
+                "peak_rss_mib",
+                "wall_s",
+                "users_per_s",
+                "pages_per_s",
+                "growth_mib",
+                "seed_big_s",
+            )
+            if k in figures
+        }
         self.say(f"  {name}: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
 
     def attempt(self, name: str, step: Callable[[], None]) -> None:
@@ -228,8 +341,10 @@ class Bench:
     def run(self) -> int:
         a = self.args
         self.say(f"workdir {self.workdir}; generator: {self.generator.name}")
-        self.say(f"server cores {self.server_cpus or 'any'}, load generator cores {self.load_cpus or 'any'}; "
-                 f"{'quick' if a.quick else 'full'} sizes: {a.users} users, {a.duration:g} s per run, {a.connections} connections")
+        self.say(
+            f"server cores {self.server_cpus or 'any'}, load generator cores {self.load_cpus or 'any'}; "
+            f"{'quick' if a.quick else 'full'} sizes: {a.users} users, {a.duration:g} s per run, {a.connections} connections"
+        )
         if self.load_cpus:
             os.sched_setaffinity(0, self.load_cpus)  # the harness itself stays off the server's core
         self.load_before = _loadavg()
@@ -263,8 +378,13 @@ class Bench:
         data = self.workdir / "demo-data"
         seed = self.workdir / "demo-seed"
         seed.mkdir(exist_ok=True)
-        gateway = self.start_gateway("gateway-demo", data, profile_as=next((s for s in a.selected if s in ("bulk", "get", "filter",
-                                     "paging", "post", "patch", "members", "soak")), None))
+        gateway = self.start_gateway(
+            "gateway-demo",
+            data,
+            profile_as=next(
+                (s for s in a.selected if s in ("bulk", "get", "filter", "paging", "post", "patch", "members", "soak")), None
+            ),
+        )
         try:
             self.attempt("bulk", lambda: self.bulk(gateway, seed))
             if not (seed / "ids.txt").exists() or not (seed / "ids.txt").read_text().strip():
@@ -272,8 +392,15 @@ class Bench:
                 return
             if self.wanted("baseline") or (RATE_SCENARIOS & set(a.selected) and not a.profile):
                 self.attempt("baseline", lambda: self.baseline(gateway, seed))
-            for name, step in (("get", self.get), ("filter", self.filter), ("paging", self.paging), ("post", self.post),
-                               ("patch", self.patch), ("members", self.members), ("soak", self.soak)):
+            for name, step in (
+                ("get", self.get),
+                ("filter", self.filter),
+                ("paging", self.paging),
+                ("post", self.post),
+                ("patch", self.patch),
+                ("members", self.members),
+                ("soak", self.soak),
+            ):
                 if self.wanted(name):
                     self.say(f"{name} ...")
                     self.attempt(name, lambda step=step: step(gateway, seed))  # type: ignore[misc]
@@ -288,14 +415,31 @@ class Bench:
 
     def bulk(self, gateway: Server, seed: Path) -> None:
         a = self.args
-        self.say(f"bulk: importing {a.users} users through {gateway.url}{DEMO}/Bulk ({a.bulk_batch} ops a request, {a.bulk_concurrency} in flight) ...")
+        self.say(
+            f"bulk: importing {a.users} users through {gateway.url}{DEMO}/Bulk ({a.bulk_batch} ops a request, {a.bulk_concurrency} in flight) ..."
+        )
         gateway.reset_peak()
         with self.profiled("bulk", gateway):
-            figures = self.client("bulk", "--url", gateway.url + DEMO, "--token", TOKEN, "--users", str(a.users),
-                                  "--batch", str(a.bulk_batch), "--concurrency", str(a.bulk_concurrency), "--out", str(seed))
+            figures = self.client(
+                "bulk",
+                "--url",
+                gateway.url + DEMO,
+                "--token",
+                TOKEN,
+                "--users",
+                str(a.users),
+                "--batch",
+                str(a.bulk_batch),
+                "--concurrency",
+                str(a.bulk_concurrency),
+                "--out",
+                str(seed),
+            )
         figures |= {"peak_rss_mib": round(gateway.peak_mib(), 1), "rss_end_mib": round(gateway.rss_mib(), 1)}
         if figures["failures"]:
-            self.say(f"  WARNING bulk: {figures['users'] - figures['created']} users not created; first: {figures['failures'][0]}")
+            self.say(
+                f"  WARNING bulk: {figures['users'] - figures['created']} users not created; first: {figures['failures'][0]}"
+            )
         self.record("bulk", figures)
 
     def baseline(self, gateway: Server, seed: Path) -> None:
@@ -308,18 +452,28 @@ class Bench:
         body_file.write_bytes(body)
         self.say(f"baseline: bare aiohttp handler, {len(body)}-byte SCIM User ...")
         port = free_port()
-        server = start("baseline", [sys.executable, "-m", "bench.baseline", str(port), TOKEN, str(body_file)], port=port,
-                       log=self.workdir / "baseline.log", cpus=self.server_cpus)
+        server = start(
+            "baseline",
+            [sys.executable, "-m", "bench.baseline", str(port), TOKEN, str(body_file)],
+            port=port,
+            log=self.workdir / "baseline.log",
+            cpus=self.server_cpus,
+        )
         try:
             server.wait_ready(f"{DEMO}/ServiceProviderConfig", self.headers())
-            figures = self.drive("baseline", server, self.spec("GET", DEMO + "/Users/{1}", items=seed / "ids.txt"), warmup=self.args.warmup)
+            figures = self.drive(
+                "baseline", server, self.spec("GET", DEMO + "/Users/{1}", items=seed / "ids.txt"), warmup=self.args.warmup
+            )
             figures["body_bytes"] = len(body)
             self.record("baseline", figures)
         finally:
             server.stop()
 
     def get(self, gateway: Server, seed: Path) -> None:
-        self.record("get", self.drive("get", gateway, self.spec("GET", DEMO + "/Users/{1}", items=seed / "ids.txt"), warmup=self.args.warmup))
+        self.record(
+            "get",
+            self.drive("get", gateway, self.spec("GET", DEMO + "/Users/{1}", items=seed / "ids.txt"), warmup=self.args.warmup),
+        )
 
     def filter(self, gateway: Server, seed: Path) -> None:
         spec = self.spec("GET", DEMO + "/Users?filter={1}", items=seed / "filters.txt")
@@ -336,8 +490,14 @@ class Bench:
         self.record("paging", figures | {"peak_rss_mib": round(gateway.peak_mib(), 1)})
 
     def post(self, gateway: Server, seed: Path) -> None:
-        body = {"schemas": [USER_URN], "userName": "bench.post.{n}", "name": {"givenName": "Post", "familyName": "Bench {n}"},
-                "emails": [{"type": "work", "value": "bench.post.{n}@example.org"}], "title": "Engineer", "active": True}
+        body = {
+            "schemas": [USER_URN],
+            "userName": "bench.post.{n}",
+            "name": {"givenName": "Post", "familyName": "Bench {n}"},
+            "emails": [{"type": "work", "value": "bench.post.{n}@example.org"}],
+            "title": "Engineer",
+            "active": True,
+        }
         self.record("post", self.drive("post", gateway, self.spec("POST", DEMO + "/Users", body)))
 
     def patch(self, gateway: Server, seed: Path) -> None:
@@ -347,8 +507,23 @@ class Bench:
     def members(self, gateway: Server, seed: Path) -> None:
         a = self.args
         self.say(f"members: seeding a group of {a.big_group} and {a.small_groups} groups of 10 ...")
-        groups = self.client("groups", "--url", gateway.url + DEMO, "--token", TOKEN, "--ids", str(seed / "ids.txt"),
-                             "--big", str(a.big_group), "--small-groups", str(a.small_groups), "--small-size", "10", "--out", str(seed))
+        groups = self.client(
+            "groups",
+            "--url",
+            gateway.url + DEMO,
+            "--token",
+            TOKEN,
+            "--ids",
+            str(seed / "ids.txt"),
+            "--big",
+            str(a.big_group),
+            "--small-groups",
+            str(a.small_groups),
+            "--small-size",
+            "10",
+            "--out",
+            str(seed),
+        )
         self.record("members_seed", groups)
         add = {"schemas": [PATCH_URN], "Operations": [{"op": "add", "path": "members", "value": [{"value": "{2}"}]}]}
         big_size = groups["big_size"]
@@ -404,10 +579,20 @@ class Bench:
                 samples.append({"requests": warm.requests + done, "rss_mib": round(gateway.rss_mib(), 1)})
         rss_end = samples[-1]["rss_mib"]
         growth = rss_end - round(rss_warm, 1)
-        figures = {"requests": done, "duration_s": seconds, "rps": round(done / seconds, 1), "bad": bad,
-                   "p50_ms": sorted(p50s)[len(p50s) // 2], "p99_ms": max(p99s), "rss_warm_mib": round(rss_warm, 1), "rss_end_mib": rss_end,
-                   "growth_mib": round(growth, 1), "growth_bytes_per_request": round(growth * 1048576 / done, 2),
-                   "peak_rss_mib": round(gateway.peak_mib(), 1), "samples": samples}
+        figures = {
+            "requests": done,
+            "duration_s": seconds,
+            "rps": round(done / seconds, 1),
+            "bad": bad,
+            "p50_ms": sorted(p50s)[len(p50s) // 2],
+            "p99_ms": max(p99s),
+            "rss_warm_mib": round(rss_warm, 1),
+            "rss_end_mib": rss_end,
+            "growth_mib": round(growth, 1),
+            "growth_bytes_per_request": round(growth * 1048576 / done, 2),
+            "peak_rss_mib": round(gateway.peak_mib(), 1),
+            "samples": samples,
+        }
         self.check("soak", figures)
         self.record("soak", figures)
 
@@ -418,10 +603,16 @@ class Bench:
         config = self.workdir / "demo-cached.yaml"
         config.write_text(yaml.safe_dump(mapping, sort_keys=False))
         self.say("cached: gateway restarted on the same data with reads: cached on User ...")
-        gateway = self.start_gateway("gateway-cached", data, config=config, profile_as="cached" if self.profiling("cached") else None)
+        gateway = self.start_gateway(
+            "gateway-cached", data, config=config, profile_as="cached" if self.profiling("cached") else None
+        )
         try:
-            self.record("cached", self.drive("cached", gateway, self.spec("GET", DEMO + "/Users/{1}", items=seed / "ids.txt"),
-                                             warmup=self.args.warmup))
+            self.record(
+                "cached",
+                self.drive(
+                    "cached", gateway, self.spec("GET", DEMO + "/Users/{1}", items=seed / "ids.txt"), warmup=self.args.warmup
+                ),
+            )
         finally:
             gateway.stop()
 
@@ -429,12 +620,23 @@ class Bench:
         """Live GET by id, one worker then `--workers 2`, neither pinned (the load generator shares the cores)."""
         for count in (1, 2):
             self.say(f"workers: live GET with --workers {count}, no pinning ...")
-            gateway = self.start_gateway(f"gateway-workers-{count}", data, workers=count, pinned=False,
-                                         profile_as="workers" if count == 2 and self.profiling("workers") else None)
+            gateway = self.start_gateway(
+                f"gateway-workers-{count}",
+                data,
+                workers=count,
+                pinned=False,
+                profile_as="workers" if count == 2 and self.profiling("workers") else None,
+            )
             try:
                 spec = self.spec("GET", DEMO + "/Users/{1}", items=seed / "ids.txt")
-                figures = self.drive(f"workers_{count}", gateway, spec, warmup=self.args.warmup, cpus=None,
-                                     scenario="workers" if count == 2 else "workers_1")
+                figures = self.drive(
+                    f"workers_{count}",
+                    gateway,
+                    spec,
+                    warmup=self.args.warmup,
+                    cpus=None,
+                    scenario="workers" if count == 2 else "workers_1",
+                )
                 self.record(f"workers_{count}", figures | {"workers": count})
             finally:
                 gateway.stop()
@@ -447,8 +649,13 @@ class Bench:
 
         a = self.args
         fake_port = free_port()
-        fake = start("hr-fake", [sys.executable, "-m", "tests.fakes.serve", "hr", str(fake_port)], port=fake_port,
-                     log=self.workdir / "hr-fake.log", cpus=self.load_cpus)
+        fake = start(
+            "hr-fake",
+            [sys.executable, "-m", "tests.fakes.serve", "hr", str(fake_port)],
+            port=fake_port,
+            log=self.workdir / "hr-fake.log",
+            cpus=self.load_cpus,
+        )
         gateway: Server | None = None
         try:
             fake.wait_ready("/api/users", {"X-API-Key": HR_API_KEY})
@@ -460,12 +667,32 @@ class Bench:
             config.write_text(yaml.safe_dump(mapping, sort_keys=False))
             env = {"HR_API_URL": f"{fake.url}/api", "HR_API_KEY": HR_API_KEY, "HR_SCIM_TOKEN": TOKEN}
             self.say(f"rest: hr gateway before the fake hr app, seeding {a.hr_users} users through Bulk ...")
-            gateway = self.start_gateway("gateway-hr", self.workdir / "hr-data", config=config, env=env, token=None, app="hr",
-                                         profile_as="rest" if self.profiling("rest") else None)
+            gateway = self.start_gateway(
+                "gateway-hr",
+                self.workdir / "hr-data",
+                config=config,
+                env=env,
+                token=None,
+                app="hr",
+                profile_as="rest" if self.profiling("rest") else None,
+            )
             seed = self.workdir / "hr-seed"
             seed.mkdir(exist_ok=True)
-            seeded = self.client("bulk", "--url", gateway.url + HR, "--token", TOKEN, "--users", str(a.hr_users),
-                                 "--batch", str(min(a.bulk_batch, a.hr_users)), "--concurrency", "2", "--out", str(seed))
+            seeded = self.client(
+                "bulk",
+                "--url",
+                gateway.url + HR,
+                "--token",
+                TOKEN,
+                "--users",
+                str(a.hr_users),
+                "--batch",
+                str(min(a.bulk_batch, a.hr_users)),
+                "--concurrency",
+                "2",
+                "--out",
+                str(seed),
+            )
             self.client("hr-ids", "--api", f"{fake.url}/api", "--key", HR_API_KEY, "--out", str(seed / "native-ids.txt"))
             self.record("rest_seed", seeded)
             spec = self.spec("GET", HR + "/Users/{1}", items=seed / "ids.txt")
@@ -497,7 +724,8 @@ class Bench:
             "duration_s": a.duration,
             "warmup_s": a.warmup,
             "pinning": f"server on core {sorted(self.server_cpus)[0]}, load generator and clients on core {sorted(self.load_cpus)[0]}"
-            if self.server_cpus and self.load_cpus else "none",
+            if self.server_cpus and self.load_cpus
+            else "none",
             "store": "PostgreSQL (--store)" if a.store else "SQLite (fresh data dir)",
             "sizes": {k: getattr(a, k) for k in (*FULL, "bulk_batch", "bulk_concurrency")},
             "scenarios": self.results,
@@ -528,8 +756,14 @@ def machine() -> dict[str, Any]:
         mem = f"{kib / 1048576:.1f} GiB"
     except (OSError, StopIteration):
         pass
-    return {"cores": os.cpu_count(), "cpu_model": model, "memory": mem, "python": platform.python_version(),
-            "kernel": platform.release(), "aiohttp": _version("aiohttp")}
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory": mem,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "aiohttp": _version("aiohttp"),
+    }
 
 
 def _version(package: str) -> str:

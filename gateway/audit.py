@@ -85,7 +85,9 @@ class AuditLog:
             now = time.monotonic()
             if now - self._error_logged_at >= _ERROR_LOG_SECONDS:
                 self._error_logged_at = now
-                log.error("audit log %s: cannot write (%s); %d record(s) lost so far", self.path, exc.strerror or exc, self._dropped)
+                log.error(
+                    "audit log %s: cannot write (%s); %d record(s) lost so far", self.path, exc.strerror or exc, self._dropped
+                )
 
     def _reopen_if_rotated(self) -> None:
         """Follow a log rotation that renamed or removed the file: write on to a new file at the path."""

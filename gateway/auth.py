@@ -41,8 +41,12 @@ _INVALID = 'Bearer realm="scim-gateway", error="invalid_token"'
 
 # The key type each algorithm needs (a kid naming a key of another type is refused, whatever its alg says).
 _KEY_TYPES = {
-    "RS": ("RSA", None), "PS": ("RSA", None), "EdDSA": ("OKP", None),
-    "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"), "ES512": ("EC", "P-521"),
+    "RS": ("RSA", None),
+    "PS": ("RSA", None),
+    "EdDSA": ("OKP", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
 }
 
 
@@ -148,7 +152,11 @@ class JwksKeys:
         jwk_data = self._keys[index]
         kty, crv = _KEY_TYPES.get(alg, _KEY_TYPES.get(alg[:2], (None, None)))
         declared = jwk_data.get("alg")
-        if jwk_data.get("kty") != kty or (crv is not None and jwk_data.get("crv") != crv) or (declared is not None and declared != alg):
+        if (
+            jwk_data.get("kty") != kty
+            or (crv is not None and jwk_data.get("crv") != crv)
+            or (declared is not None and declared != alg)
+        ):
             raise Refused("algorithm", f"the token's algorithm {alg} does not fit the key it names")
         try:
             key = jwt.PyJWK(jwk_data, algorithm=alg).key
@@ -183,7 +191,9 @@ def parse_jwks(data: Any) -> list[dict[str, Any]]:
     """The signature keys of a JWKS document. Symmetric (`oct`) keys are dropped: a JWKS is public."""
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError("not a JWKS (a JSON object with a `keys` list)")
-    keys = [k for k in data["keys"] if isinstance(k, dict) and k.get("kty") in ("RSA", "EC", "OKP") and k.get("use", "sig") == "sig"]
+    keys = [
+        k for k in data["keys"] if isinstance(k, dict) and k.get("kty") in ("RSA", "EC", "OKP") and k.get("use", "sig") == "sig"
+    ]
     if not keys:
         raise ValueError("the JWKS holds no public signature keys")
     return keys
@@ -248,7 +258,9 @@ class JwtVerifier:
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in self.config.algorithms:
             shown = f" {alg}" if isinstance(alg, str) and _ALG_SHOWN.match(alg) else ""
-            raise Refused("algorithm", f"the token's algorithm{shown} is not allowed (allowed: {', '.join(self.config.algorithms)})")
+            raise Refused(
+                "algorithm", f"the token's algorithm{shown} is not allowed (allowed: {', '.join(self.config.algorithms)})"
+            )
         if kid is not None and not isinstance(kid, str):
             raise Refused("malformed", "the token's key id (kid) is not a string")
         key = await self.keys.key_for(kid, alg)
@@ -352,4 +364,14 @@ def create_app_auth(mapping: CompiledMapping, cli_tokens: list[SecretStr]) -> Ap
     return AppAuth(mapping.app, tokens, verifier)
 
 
-__all__ = ["AppAuth", "AuthError", "CannotJudge", "JwksKeys", "JwtVerifier", "Refused", "create_app_auth", "jwks_file_problem", "parse_jwks"]
+__all__ = [
+    "AppAuth",
+    "AuthError",
+    "CannotJudge",
+    "JwksKeys",
+    "JwtVerifier",
+    "Refused",
+    "create_app_auth",
+    "jwks_file_problem",
+    "parse_jwks",
+]

@@ -54,7 +54,9 @@ class AppRuntime:
         if self.not_connected is None:
             return None
         wait = max(1, math.ceil(self.next_attempt - asyncio.get_running_loop().time()))
-        return unavailable(f"app {self.name} is unavailable: not connected ({self.not_connected}); next attempt in {wait} s", wait)
+        return unavailable(
+            f"app {self.name} is unavailable: not connected ({self.not_connected}); next attempt in {wait} s", wait
+        )
 
 
 def create_runtime(mapping: CompiledMapping, settings: GatewaySettings, store: Store, cli_tokens: list[SecretStr]) -> AppRuntime:
@@ -80,8 +82,13 @@ async def start(runtime: AppRuntime, settings: GatewaySettings) -> None:
         delay = mapping.config.breaker.reset_after
         runtime.not_connected = exc.detail
         runtime.next_attempt = asyncio.get_running_loop().time() + delay
-        log.warning("app %s (%s) cannot be reached: %s; it answers 503 until it opens (next attempt in %g s)",
-                    mapping.app, mapping.file, exc.detail, delay)
+        log.warning(
+            "app %s (%s) cannot be reached: %s; it answers 503 until it opens (next attempt in %g s)",
+            mapping.app,
+            mapping.file,
+            exc.detail,
+            delay,
+        )
         runtime.tasks.append(asyncio.create_task(_open_later(runtime, settings, delay), name=f"open:{mapping.app}"))
         return
     except ConnectorSetupError as exc:
@@ -113,7 +120,9 @@ async def _start_serving(runtime: AppRuntime, settings: GatewaySettings, *, late
         repaired = 0
     if repaired:
         log.info("app %s: recovery settled %d unfinished writes", runtime.name, repaired)
-    runtime.tasks.append(asyncio.create_task(_recovery_sweep(provisioner, settings.recovery_interval), name=f"recovery:{runtime.name}"))
+    runtime.tasks.append(
+        asyncio.create_task(_recovery_sweep(provisioner, settings.recovery_interval), name=f"recovery:{runtime.name}")
+    )
     runtime.not_connected = None
     runtime.serving.set()
 

@@ -17,9 +17,13 @@ class LimitsConfig(BaseModel):
     # Entra sends group membership changes in batches of PATCH operations: keep these generous.
     max_patch_operations: int = Field(1000, ge=1, description="Most Operations in one PATCH request (else 413)")
     max_patch_values: int = Field(
-        10_000, ge=1, description="Most values (members, emails, ... list entries) across one PATCH request's operations (else 413)"
+        10_000,
+        ge=1,
+        description="Most values (members, emails, ... list entries) across one PATCH request's operations (else 413)",
     )
-    max_attribute_names: int = Field(200, ge=1, description="Most names in an attributes or excludedAttributes parameter (else 400)")
+    max_attribute_names: int = Field(
+        200, ge=1, description="Most names in an attributes or excludedAttributes parameter (else 400)"
+    )
     max_url_bytes: int = Field(16_384, ge=1024, description="Longest request path and query string, percent-encoded (else 414)")
 
 

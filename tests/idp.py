@@ -12,8 +12,15 @@ PASSWORD = "Okta-Sup3r-S3cret-Pa55!"  # what Okta sends with password sync on; m
 
 
 def entra_user(
-    user_name: str, given: str, family: str, *, mail: str | None = None, title: str = "Engineer", department: str = "R&D",
-    external_id: str | None = None, manager: str | None = None,
+    user_name: str,
+    given: str,
+    family: str,
+    *,
+    mail: str | None = None,
+    title: str = "Engineer",
+    department: str = "R&D",
+    external_id: str | None = None,
+    manager: str | None = None,
 ) -> dict[str, Any]:
     """The body Entra POSTs to /Users (boolean `active`, both schema URNs, externalId, meta.resourceType, empty roles)."""
     enterprise: dict[str, Any] = {"department": department}
@@ -34,7 +41,9 @@ def entra_user(
     }
 
 
-def okta_user(user_name: str, given: str = "Test", family: str = "User", *, password: str | None = PASSWORD, **extra: Any) -> dict[str, Any]:
+def okta_user(
+    user_name: str, given: str = "Test", family: str = "User", *, password: str | None = PASSWORD, **extra: Any
+) -> dict[str, Any]:
     """The body Okta POSTs (and, with id, PUTs): core schema only, groups [], password when sync is on."""
     body: dict[str, Any] = {
         "schemas": [USER_URN],

@@ -23,20 +23,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="the gateway's URL as IdPs reach it (for Location headers)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
-        "--store", metavar="URL",
+        "--store",
+        metavar="URL",
         help=f"a postgresql:// store shared by several gateway processes (default: ${STORE_ENV}, else SQLite in --data-dir);"
         f" a URL with a password only by ${STORE_ENV}",
     )
-    serve.add_argument("--store-pool-size", type=int, default=10, metavar="N", help="connections per process to a PostgreSQL store")
+    serve.add_argument(
+        "--store-pool-size", type=int, default=10, metavar="N", help="connections per process to a PostgreSQL store"
+    )
     serve.add_argument("--workers", type=int, default=1, metavar="N", help="serving processes sharing the port (SO_REUSEPORT)")
     serve.add_argument(
-        "--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
         help="event loop: uvloop (libuv, faster) or Python's asyncio; auto: uvloop where it is installed",
     )
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS: the certificate chain (PEM), with --tls-key")
-    serve.add_argument("--tls-key", metavar="FILE", help="serve HTTPS: the certificate's private key (PEM, unencrypted), with --tls-cert")
     serve.add_argument(
-        "--audit-log", metavar="PATH",
+        "--tls-key", metavar="FILE", help="serve HTTPS: the certificate's private key (PEM, unencrypted), with --tls-cert"
+    )
+    serve.add_argument(
+        "--audit-log",
+        metavar="PATH",
         help="append-only audit log of every provisioning operation (default DATA_DIR/audit.log; off: none)",
     )
     serve.set_defaults(func=cmd_serve)
@@ -49,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     translate = sub.add_parser("translate", help="dry run: print the app calls a SCIM request would make, calling nothing")
     translate.add_argument("app", help="the app's name (its mapping's `app`)")
-    translate.add_argument("request", metavar="REQUEST.json", help="a SCIM resource (a create), or {method, path, body[, current]}; - for stdin")
+    translate.add_argument(
+        "request", metavar="REQUEST.json", help="a SCIM resource (a create), or {method, path, body[, current]}; - for stdin"
+    )
     translate.add_argument("--config", action="append", metavar="FILE", help="mapping files or folders (default: the demo)")
     translate.add_argument("--data-dir", default="data", help=argparse.SUPPRESS)
     translate.set_defaults(func=cmd_translate)

@@ -87,13 +87,21 @@ def _field_problems(doc: Document, compiled: CompiledMapping, connector: Connect
             if rule.field not in known:
                 message = f"the app's {kind} records have no field {rule.field!r}"
                 near = difflib.get_close_matches(rule.field, sorted(known), n=1)
-                problems.append(doc.problem(("resources", kind, "attributes", i, "field"), message + (f" (did you mean {near[0]}?)" if near else "")))
+                problems.append(
+                    doc.problem(
+                        ("resources", kind, "attributes", i, "field"), message + (f" (did you mean {near[0]}?)" if near else "")
+                    )
+                )
         members = rc.members
         if members is not None and members.field is not None:
             holder = "User" if members.via == "user_field" else kind
             holder_fields = connector.fields(holder)
             if holder_fields is not None and members.field not in holder_fields:
-                problems.append(doc.problem(("resources", kind, "members", "field"), f"the app's {holder} records have no field {members.field!r}"))
+                problems.append(
+                    doc.problem(
+                        ("resources", kind, "members", "field"), f"the app's {holder} records have no field {members.field!r}"
+                    )
+                )
     return problems
 
 

@@ -126,7 +126,9 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(args.tls_cert, args.tls_key, password=no_passphrase)
     except ssl.SSLError as exc:  # a file that is no PEM, a key that does not match the certificate
-        raise Stop(2, f"cannot use {both}: {exc.reason or exc}: they must be a PEM certificate (chain) and its own private key") from None
+        raise Stop(
+            2, f"cannot use {both}: {exc.reason or exc}: they must be a PEM certificate (chain) and its own private key"
+        ) from None
     except OSError as exc:
         raise Stop(2, f"cannot use {both}: {exc.strerror or exc}") from None
     except ValueError as exc:
@@ -157,8 +159,11 @@ def _settings(args: argparse.Namespace, files: list[Path], store_url: str | None
         audit["audit_log"] = None if args.audit_log == "off" else Path(args.audit_log).expanduser().absolute()
     return GatewaySettings(
         **audit,  # type: ignore[arg-type]
-        mappings=files, data_dir=Path(args.data_dir), public_url=args.public_url,
-        store_url=SecretStr(store_url) if store_url else None, store_pool_size=args.store_pool_size,
+        mappings=files,
+        data_dir=Path(args.data_dir),
+        public_url=args.public_url,
+        store_url=SecretStr(store_url) if store_url else None,
+        store_pool_size=args.store_pool_size,
         shared_store=args.workers > 1 or bool(getattr(args, "worker_index", 0)),
     )
 
@@ -174,7 +179,9 @@ def _probe_audit_log(settings: GatewaySettings) -> None:
         probe.open()
         probe.close()
     except OSError as exc:
-        raise Stop(1, f"cannot open the audit log {settings.audit_file}: {exc.strerror or exc} (choose another with --audit-log)") from None
+        raise Stop(
+            1, f"cannot open the audit log {settings.audit_file}: {exc.strerror or exc} (choose another with --audit-log)"
+        ) from None
 
 
 def _compile(settings: GatewaySettings) -> tuple[ConnectorRegistry, list[CompiledMapping]]:
@@ -268,8 +275,15 @@ def run_gateway(args: argparse.Namespace, plan: ServePlan) -> int:
     try:
         # Workers share the port (SO_REUSEPORT): the kernel spreads connections over them.
         web.run_app(
-            app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None, reuse_port=bool(worker) or None,
-            ssl_context=plan.tls, loop=new_event_loop(args.loop),
+            app,
+            host=args.host,
+            port=args.port,
+            print=None,
+            shutdown_timeout=30,
+            access_log=None,
+            reuse_port=bool(worker) or None,
+            ssl_context=plan.tls,
+            loop=new_event_loop(args.loop),
         )
     except StoreUnavailable as exc:
         print(f"cannot open the correlation store: {exc}", file=sys.stderr)

@@ -58,7 +58,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     try:
         plan = asyncio.run(plan_request(mapping, request, Path(args.data_dir)))
     except ScimError as exc:
-        print(f"{args.request}: the gateway would answer {exc.status}{' ' + exc.scim_type if exc.scim_type else ''}: {exc.detail}", file=sys.stderr)
+        print(
+            f"{args.request}: the gateway would answer {exc.status}{' ' + exc.scim_type if exc.scim_type else ''}: {exc.detail}",
+            file=sys.stderr,
+        )
         return 1
     except LookupError as exc:  # the connector's options lack the call this request needs
         print(f"{args.request}: {exc}", file=sys.stderr)

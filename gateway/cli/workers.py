@@ -44,7 +44,9 @@ def serve_workers(args: argparse.Namespace, worker: Callable[[argparse.Namespace
                 break
             child_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
             child_args.workers, child_args.worker_index = 1, index
-            proc: multiprocessing.process.BaseProcess = context.Process(target=worker, args=(child_args,), name=f"scim-gateway-worker-{index}")
+            proc: multiprocessing.process.BaseProcess = context.Process(
+                target=worker, args=(child_args,), name=f"scim-gateway-worker-{index}"
+            )
             proc.start()
             procs[index] = proc
             if stopping.is_set() and proc.pid not in told and proc.pid is not None:
@@ -63,8 +65,13 @@ def serve_workers(args: argparse.Namespace, worker: Callable[[argparse.Namespace
                 stopped = running_proc.exitcode == 0 or running_proc.exitcode == -signal.SIGTERM
                 if not (stopping.is_set() and stopped):
                     failed = True
-                    log.error("worker %d (pid %s) exited with code %s%s", index, running_proc.pid, running_proc.exitcode,
-                              "" if stopping.is_set() else ": stopping the others")
+                    log.error(
+                        "worker %d (pid %s) exited with code %s%s",
+                        index,
+                        running_proc.pid,
+                        running_proc.exitcode,
+                        "" if stopping.is_set() else ": stopping the others",
+                    )
                 if not stopping.is_set():
                     stop_all(signal.SIGTERM)
             if stopping.is_set() and deadline is None:

@@ -130,7 +130,11 @@ class Connector(ABC):
         return None
 
     def plan(
-        self, op: str, kind: str, native_id: NativeId | None = None, record: Record | None = None,
+        self,
+        op: str,
+        kind: str,
+        native_id: NativeId | None = None,
+        record: Record | None = None,
         members: list[tuple[str, NativeId]] | None = None,
     ) -> list[dict[str, Any]]:
         """For `scim-gateway translate` (a dry run): the app calls `op` would make, calling nothing.

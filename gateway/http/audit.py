@@ -31,13 +31,26 @@ class AuditNote:
     operations: int | None = None  # Bulk: how many operation records precede the request's own
 
     def record(
-        self, op: str | None, resource_type: str | None, resource_id: Any, status: int | None, scim_type: str | None,
-        method: str | None = None, duration_ms: float | None = None, **extra: Any,
+        self,
+        op: str | None,
+        resource_type: str | None,
+        resource_id: Any,
+        status: int | None,
+        scim_type: str | None,
+        method: str | None = None,
+        duration_ms: float | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
         """One audit line: who (credential, client), what (op on resource_type/id), how it ended (status, scim_type)."""
         out: dict[str, Any] = {
-            "app": self.app, "credential": self.credential, "client": self.client, "method": method or self.method,
-            "op": op, "resource_type": resource_type, "id": clip(resource_id), "status": status,
+            "app": self.app,
+            "credential": self.credential,
+            "client": self.client,
+            "method": method or self.method,
+            "op": op,
+            "resource_type": resource_type,
+            "id": clip(resource_id),
+            "status": status,
         }
         if scim_type:
             out["scim_type"] = scim_type
@@ -56,16 +69,33 @@ class AuditNote:
                 continue
             method = entry.method
             op = WRITE_OPS.get(method.upper()) if isinstance(method, str) else None
-            out.append(self.record(op, entry.resource_type, entry.resource_id, entry.status, entry.scim_type,
-                                   method=clip(method), bulk_id=clip(entry.bulk_id)))
+            out.append(
+                self.record(
+                    op,
+                    entry.resource_type,
+                    entry.resource_id,
+                    entry.status,
+                    entry.scim_type,
+                    method=clip(method),
+                    bulk_id=clip(entry.bulk_id),
+                )
+            )
         self.operations = len(out)
         return out
 
     def final(self, status: int | None) -> dict[str, Any]:
         """The request's own line."""
         duration = round((time.monotonic() - self.started) * 1000, 1)
-        return self.record(self.op, self.resource_type, self.resource_id, status, self.scim_type,
-                           reason=self.reason, operations=self.operations, duration_ms=duration)
+        return self.record(
+            self.op,
+            self.resource_type,
+            self.resource_id,
+            status,
+            self.scim_type,
+            reason=self.reason,
+            operations=self.operations,
+            duration_ms=duration,
+        )
 
 
 __all__ = ["WRITE_OPS", "AuditNote"]

@@ -93,9 +93,13 @@ def check_json(body: Any) -> None:
         value, where, depth = stack.pop()
         if isinstance(value, str):
             if _SURROGATE.search(value):
-                raise invalid_syntax(f"the request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) in the value at {_where(where)}: text must be valid Unicode")
+                raise invalid_syntax(
+                    f"the request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) in the value at {_where(where)}: text must be valid Unicode"
+                )
             if "\x00" in value:
-                raise invalid_value(f"the value at {_where(where)} holds a NUL character (\\u0000), which no store or app keeps as text")
+                raise invalid_value(
+                    f"the value at {_where(where)} holds a NUL character (\\u0000), which no store or app keeps as text"
+                )
             continue
         if not isinstance(value, (dict, list)):
             continue
@@ -104,7 +108,9 @@ def check_json(body: Any) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 if _SURROGATE.search(key) or "\x00" in key:
-                    raise invalid_syntax(f"the request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) or a NUL character in a member name at {_where(where)}")
+                    raise invalid_syntax(
+                        f"the request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) or a NUL character in a member name at {_where(where)}"
+                    )
                 stack.append((item, f"{where}.{key}" if where else key, depth + 1))
         else:
             stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
@@ -116,4 +122,14 @@ def _where(path: str) -> str:
     return path if len(path) <= 120 else path[:60] + "..." + path[-57:]
 
 
-__all__ = ["SCIM_CONTENT_TYPE", "body_too_large", "check_json", "dump_json", "error_response", "load_json", "read_json", "reply_response", "scim_response"]
+__all__ = [
+    "SCIM_CONTENT_TYPE",
+    "body_too_large",
+    "check_json",
+    "dump_json",
+    "error_response",
+    "load_json",
+    "read_json",
+    "reply_response",
+    "scim_response",
+]

@@ -82,7 +82,9 @@ def check_url_length(request: web.Request) -> None:
     limit = request.app[SETTINGS].limits.max_url_bytes
     size = len(request.raw_path)
     if size > limit:
-        raise ScimError(414, f"the request URL is {size} bytes, longer than max_url_bytes {limit}: send long filters by POST .search")
+        raise ScimError(
+            414, f"the request URL is {size} bytes, longer than max_url_bytes {limit}: send long filters by POST .search"
+        )
 
 
 @web.middleware

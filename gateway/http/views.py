@@ -116,20 +116,34 @@ class ResourceView(ScimView):
 
     async def get(self) -> web.StreamResponse:
         service = self.serving()
-        reply = await service.get(self.base, self.resource_type(), self.rid, **self.projection(), if_none_match=self.request.headers.get("If-None-Match"))
+        reply = await service.get(
+            self.base,
+            self.resource_type(),
+            self.rid,
+            **self.projection(),
+            if_none_match=self.request.headers.get("If-None-Match"),
+        )
         return reply_response(reply)
 
     async def put(self) -> web.StreamResponse:
         service = self.serving()
         rtype = self.resource_type()
         body = await self.json()
-        return reply_response(await service.replace(self.base, rtype, self.rid, body, if_match=self.request.headers.get("If-Match"), **self.projection()))
+        return reply_response(
+            await service.replace(
+                self.base, rtype, self.rid, body, if_match=self.request.headers.get("If-Match"), **self.projection()
+            )
+        )
 
     async def patch(self) -> web.StreamResponse:
         service = self.serving()
         rtype = self.resource_type()
         body = await self.json()
-        return reply_response(await service.patch(self.base, rtype, self.rid, body, if_match=self.request.headers.get("If-Match"), **self.projection()))
+        return reply_response(
+            await service.patch(
+                self.base, rtype, self.rid, body, if_match=self.request.headers.get("If-Match"), **self.projection()
+            )
+        )
 
     async def delete(self) -> web.StreamResponse:
         service = self.serving()

@@ -233,7 +233,9 @@ def _compile_rule(
             problems.append(doc.problem(scim_loc, f"{resolved.dotted} is complex: map one of its sub-attributes"))
             return None
     if resolved.attribute.multi_valued and resolved.sub is None and resolved.attribute.type == "complex":
-        problems.append(doc.problem(scim_loc, f"{resolved.dotted} is multi-valued: map a sub-attribute such as {rule.scim}.value"))
+        problems.append(
+            doc.problem(scim_loc, f"{resolved.dotted} is multi-valued: map a sub-attribute such as {rule.scim}.value")
+        )
         return None
     if resolved.urn is None and resolved.attribute.name in READ_ONLY_TOP and rule.direction != "to_scim":
         problems.append(doc.problem(scim_loc, f"{resolved.dotted} is read-only in SCIM; use direction: to_scim"))
@@ -242,16 +244,27 @@ def _compile_rule(
         problems.append(doc.problem((*loc, "ref"), f"{resolved.dotted} is not an id-valued attribute"))
         return None
     to_app = _compile_template(env, rule.to_app, {"value", "resource"}, doc, (*loc, "to_app"), problems) if rule.to_app else None
-    to_scim = _compile_template(env, rule.to_scim, {"value", "record"}, doc, (*loc, "to_scim"), problems) if rule.to_scim else None
+    to_scim = (
+        _compile_template(env, rule.to_scim, {"value", "record"}, doc, (*loc, "to_scim"), problems) if rule.to_scim else None
+    )
     return CompiledRule(rule, resolved, selector, to_app, to_scim)
 
 
 def _selector(node: ValuePath, attribute: Attribute, doc: Document, loc: Loc, problems: list[Problem]) -> dict[str, Any] | None:
     """`emails[type eq "work"]` selects (and, when writing, creates) the element {"type": "work"}."""
-    terms = node.val_filter.terms if isinstance(node.val_filter, LogicalExpr) and node.val_filter.op == LogicalOperator.and_ else (node.val_filter,)
+    terms = (
+        node.val_filter.terms
+        if isinstance(node.val_filter, LogicalExpr) and node.val_filter.op == LogicalOperator.and_
+        else (node.val_filter,)
+    )
     out: dict[str, Any] = {}
     for term in terms:
-        if not (isinstance(term, Comparison) and term.op == CompareOperator.eq and term.attr_path.uri is None and term.attr_path.sub_attr is None):
+        if not (
+            isinstance(term, Comparison)
+            and term.op == CompareOperator.eq
+            and term.attr_path.uri is None
+            and term.attr_path.sub_attr is None
+        ):
             problems.append(doc.problem(loc, "a mapped value filter may only join `sub eq value` terms with and"))
             return None
         sub = attribute.sub(term.attr_path.attr)
@@ -271,7 +284,9 @@ def compile_mapping(doc: Document, registry: ConnectorRegistry, *, require_secre
     config, connector_config, connector_cls, problems = validate_document(doc, registry)
     if config is None or connector_config is None or connector_cls is None:
         raise MappingFileError(problems)
-    step = _ResourceCompiler(doc, config, create_environment(config.lookups), connector_cls.capabilities_for(connector_config), problems)
+    step = _ResourceCompiler(
+        doc, config, create_environment(config.lookups), connector_cls.capabilities_for(connector_config), problems
+    )
     custom = _custom_schemas(config, doc, problems)
     resources: dict[str, CompiledResource] = {}
     for name, rc in config.resources.items():
@@ -310,8 +325,17 @@ class _ResourceCompiler:
         self._check_deactivate(rc, base)
         pushdown = self._pushdown(name, rc, rtype, rules, base)
         return CompiledResource(
-            name, rtype, rules, match_rule, DEFAULT_MATCH[name], rc.delete, rc.members,
-            deactivate=rc.deactivate, reads_live=rc.reads == "live" and self.caps.read, pushdown=pushdown, computed=computed,
+            name,
+            rtype,
+            rules,
+            match_rule,
+            DEFAULT_MATCH[name],
+            rc.delete,
+            rc.members,
+            deactivate=rc.deactivate,
+            reads_live=rc.reads == "live" and self.caps.read,
+            pushdown=pushdown,
+            computed=computed,
         )
 
     def _rules(self, rc: ResourceConfig, rtype: ResourceType, base: Loc) -> tuple[list[CompiledRule], list[ComputedField]]:
@@ -337,15 +361,22 @@ class _ResourceCompiler:
                 rules.append(compiled)
         return rules, computed
 
-    def _match_rule(self, name: str, rc: ResourceConfig, rtype: ResourceType, rules: list[CompiledRule], base: Loc) -> CompiledRule | None:
+    def _match_rule(
+        self, name: str, rc: ResourceConfig, rtype: ResourceType, rules: list[CompiledRule], base: Loc
+    ) -> CompiledRule | None:
         """The rule of the attribute that finds the app's record (adoption, recovery); it must be mapped."""
         match_name = rc.match or DEFAULT_MATCH[name]
         match_resolved = rtype.resolve_dotted(match_name)
-        found = next((r for r in rules if match_resolved is not None and r.resolved == match_resolved and r.selector is None), None)
+        found = next(
+            (r for r in rules if match_resolved is not None and r.resolved == match_resolved and r.selector is None), None
+        )
         if found is None:
             where = (*base, "match") if rc.match else (*base, "attributes")
             self.problems.append(
-                self.doc.problem(where, f"{match_name} must be mapped to an app field: it finds the app's record for adoption and crash recovery")
+                self.doc.problem(
+                    where,
+                    f"{match_name} must be mapped to an app field: it finds the app's record for adoption and crash recovery",
+                )
             )
         return found
 
@@ -358,7 +389,9 @@ class _ResourceCompiler:
             message = f"connector {self.connector_type!r} has no member calls (valid: group_field, user_field)"
             self.problems.append(self.doc.problem((*base, "members", "via"), message))
         elif rc.members.via == "user_field" and "User" not in self.config.resources:
-            self.problems.append(self.doc.problem((*base, "members", "via"), "user_field keeps membership on user records: map User too"))
+            self.problems.append(
+                self.doc.problem((*base, "members", "via"), "user_field keeps membership on user records: map User too")
+            )
 
     def _check_deactivate(self, rc: ResourceConfig, base: Loc) -> None:
         if rc.deactivate.via != "action":
@@ -367,19 +400,29 @@ class _ResourceCompiler:
             action = getattr(rc.deactivate, key)
             if action not in self.caps.actions:
                 valid = ", ".join(sorted(self.caps.actions)) or "none: declare actions in the connector block"
-                self.problems.append(self.doc.problem((*base, "deactivate", key), f"the connector has no action {action!r} (valid: {valid})"))
+                self.problems.append(
+                    self.doc.problem((*base, "deactivate", key), f"the connector has no action {action!r} (valid: {valid})")
+                )
 
-    def _pushdown(self, name: str, rc: ResourceConfig, rtype: ResourceType, rules: list[CompiledRule], base: Loc) -> list[CompiledRule]:
+    def _pushdown(
+        self, name: str, rc: ResourceConfig, rtype: ResourceType, rules: list[CompiledRule], base: Loc
+    ) -> list[CompiledRule]:
         """The rules of the attributes whose filters are first asked of the app."""
         pushdown: list[CompiledRule] = []
         for i, attr in enumerate(rc.pushdown):
             resolved = rtype.resolve_dotted(attr)
-            target = next((r for r in rules if resolved is not None and r.resolved == resolved and r.selector is None and r.reads), None)
+            target = next(
+                (r for r in rules if resolved is not None and r.resolved == resolved and r.selector is None and r.reads), None
+            )
             if target is None:
                 valid = ", ".join(r.resolved.dotted for r in rules if r.selector is None)
-                self.problems.append(self.doc.problem((*base, "pushdown", i), f"{attr!r} is not a mapped {name} attribute (valid: {valid})"))
+                self.problems.append(
+                    self.doc.problem((*base, "pushdown", i), f"{attr!r} is not a mapped {name} attribute (valid: {valid})")
+                )
             elif not self.caps.search:
-                self.problems.append(self.doc.problem((*base, "pushdown", i), f"connector {self.connector_type!r} cannot search the app"))
+                self.problems.append(
+                    self.doc.problem((*base, "pushdown", i), f"connector {self.connector_type!r} cannot search the app")
+                )
             else:
                 pushdown.append(target)
         return pushdown
@@ -428,4 +471,12 @@ def load_mapping(path: Path, registry: ConnectorRegistry, *, require_secrets: bo
     return compile_mapping(read_document(path), registry, require_secrets=require_secrets)
 
 
-__all__ = ["CompiledMapping", "CompiledResource", "CompiledRule", "ComputedField", "TemplateError", "compile_mapping", "load_mapping"]
+__all__ = [
+    "CompiledMapping",
+    "CompiledResource",
+    "CompiledRule",
+    "ComputedField",
+    "TemplateError",
+    "compile_mapping",
+    "load_mapping",
+]

@@ -59,14 +59,22 @@ class JwtConfig(_Strict):
     """Signed OAuth2 access tokens (JWT) the IdP may send instead of a static token (Entra ID, Okta)."""
 
     issuer: str = Field(min_length=1, description="The exact `iss` the tokens carry, e.g. https://sts.windows.net/{tenant}/")
-    audience: str | list[str] = Field(description="The `aud` the tokens must carry: one value, or a list of which any one will do")
-    jwks_url: str | None = Field(None, description="https URL of the IdP's signing keys (JWKS): fetched, cached, fetched again on an unknown kid")
+    audience: str | list[str] = Field(
+        description="The `aud` the tokens must carry: one value, or a list of which any one will do"
+    )
+    jwks_url: str | None = Field(
+        None, description="https URL of the IdP's signing keys (JWKS): fetched, cached, fetched again on an unknown kid"
+    )
     jwks_file: str | None = Field(None, description="A JWKS file (JSON) instead of a URL; read again every jwks_ttl_seconds")
     algorithms: list[JwtAlgorithm] = Field(
-        default_factory=lambda: list[JwtAlgorithm](["RS256"]), min_length=1, description="Signature algorithms accepted (public-key ones only)"
+        default_factory=lambda: list[JwtAlgorithm](["RS256"]),
+        min_length=1,
+        description="Signature algorithms accepted (public-key ones only)",
     )
     leeway_seconds: int = Field(60, ge=0, le=600, description="Clock skew allowed when checking exp, nbf and iat")
-    jwks_ttl_seconds: int = Field(3600, ge=1, le=7 * 86400, description="How long fetched keys are used before they are fetched again")
+    jwks_ttl_seconds: int = Field(
+        3600, ge=1, le=7 * 86400, description="How long fetched keys are used before they are fetched again"
+    )
     client_id_claims: list[str] = Field(
         default_factory=lambda: ["azp", "appid", "sub"],
         min_length=1,
@@ -81,7 +89,9 @@ class JwtConfig(_Strict):
     def _public_key_only(cls, value: Any) -> Any:
         for alg in value if isinstance(value, list) else []:
             if isinstance(alg, str) and (alg.lower() == "none" or alg.upper().startswith("HS")):
-                raise ValueError(f"{alg} is refused: only public-key algorithms are accepted (an HMAC or 'none' token could be forged)")
+                raise ValueError(
+                    f"{alg} is refused: only public-key algorithms are accepted (an HMAC or 'none' token could be forged)"
+                )
         return value
 
     @field_validator("audience")
@@ -128,7 +138,9 @@ class AttributeRule(_Strict):
     field: str = Field(description="The app's field (column, JSON key; dotted for a nested JSON key)")
     to_app: str | None = Field(None, description="Jinja2 expression turning the SCIM `value` into the app's (also `resource`)")
     to_scim: str | None = Field(None, description="Jinja2 expression turning the app's `value` into SCIM (also `record`)")
-    ref: Literal["User", "Group"] | None = Field(None, description="The value is an id of this resource type: SCIM id <-> native id")
+    ref: Literal["User", "Group"] | None = Field(
+        None, description="The value is an id of this resource type: SCIM id <-> native id"
+    )
     direction: Literal["both", "to_app", "to_scim"] = "both"
 
     @model_validator(mode="after")
@@ -151,7 +163,9 @@ class MembersConfig(_Strict):
     )
     field: str | None = Field(None, description="group_field / user_field: the record field holding the id list")
     separator: str | None = Field(
-        None, min_length=1, description="When the field is text (a column), the ids are joined by this, e.g. \",\"; default: a JSON list"
+        None,
+        min_length=1,
+        description='When the field is text (a column), the ids are joined by this, e.g. ","; default: a JSON list',
     )
 
     @model_validator(mode="after")
@@ -220,7 +234,8 @@ class SchemaConfig(_Strict):
 class ResourceConfig(_Strict):
     extensions: list[str] = Field(default_factory=list, description="Extension schema URNs this resource type carries")
     match: str | None = Field(
-        None, description="SCIM attribute that identifies an existing app record (adoption, recovery); default userName / displayName"
+        None,
+        description="SCIM attribute that identifies an existing app record (adoption, recovery); default userName / displayName",
     )
     attributes: list[AttributeRule]
     members: MembersConfig | None = None
@@ -251,11 +266,15 @@ class BreakerConfig(_Strict):
     """When the gateway stops calling an app that keeps failing, and when it tries again."""
 
     failures: int = Field(
-        5, ge=1, le=1000,
+        5,
+        ge=1,
+        le=1000,
         description="Consecutive failures meaning the app is unavailable (down, timed out, 5xx, 429, an unreadable answer) "
         "that open the circuit: the app's SCIM requests then answer 503 at once, without calling it",
     )
-    reset_after: float = Field(10.0, gt=0, le=3600, description="Seconds the circuit stays open before one probe call is let through")
+    reset_after: float = Field(
+        10.0, gt=0, le=3600, description="Seconds the circuit stays open before one probe call is let through"
+    )
     max_reset_after: float = Field(
         300.0, gt=0, le=86400, description="Longest cool-down: each failed probe doubles the previous one, up to this"
     )
@@ -270,7 +289,9 @@ class BreakerConfig(_Strict):
 class MappingConfig(_Strict):
     """One app: its name, inbound auth, connector, and resource types."""
 
-    app: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="The app's name, used in its base URL /apps/{app}/scim/v2")
+    app: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="The app's name, used in its base URL /apps/{app}/scim/v2"
+    )
     description: str = ""
     auth: AuthConfig = Field(default_factory=AuthConfig)
     connector: dict[str, Any] = Field(description="The connector block; `type` selects the connector, the rest is its own")
@@ -298,6 +319,10 @@ def mapping_json_schema(connector_configs: list[type[BaseModel]]) -> dict[str, A
     """The JSON Schema of mapping files, with each installed connector's block tagged by `type`."""
     if not connector_configs:
         return MappingConfig.model_json_schema()
-    union: Any = connector_configs[0] if len(connector_configs) == 1 else Annotated[Union[tuple(connector_configs)], Field(discriminator="type")]  # noqa: UP007
+    union: Any = (
+        connector_configs[0]
+        if len(connector_configs) == 1
+        else Annotated[Union[tuple(connector_configs)], Field(discriminator="type")]  # noqa: UP007 - a union built at run time
+    )
     model = create_model("MappingConfig", __base__=MappingConfig, connector=(union, ...))
     return model.model_json_schema()

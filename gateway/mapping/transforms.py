@@ -40,12 +40,45 @@ MAX_POWER = 64
 BUDGET = 2_000_000  # items (characters, list entries) one evaluation may build in all
 
 # The methods an expression may call, by the type of the value they belong to (anything else: refused).
-_STR_METHODS = frozenset({
-    "capitalize", "casefold", "count", "endswith", "find", "index", "isalnum", "isalpha", "isascii", "isdecimal", "isdigit",
-    "islower", "isnumeric", "isspace", "istitle", "isupper", "join", "lower", "lstrip", "partition", "removeprefix",
-    "removesuffix", "replace", "rfind", "rindex", "rpartition", "rsplit", "rstrip", "split", "splitlines", "startswith",
-    "strip", "swapcase", "title", "upper",
-})
+_STR_METHODS = frozenset(
+    {
+        "capitalize",
+        "casefold",
+        "count",
+        "endswith",
+        "find",
+        "index",
+        "isalnum",
+        "isalpha",
+        "isascii",
+        "isdecimal",
+        "isdigit",
+        "islower",
+        "isnumeric",
+        "isspace",
+        "istitle",
+        "isupper",
+        "join",
+        "lower",
+        "lstrip",
+        "partition",
+        "removeprefix",
+        "removesuffix",
+        "replace",
+        "rfind",
+        "rindex",
+        "rpartition",
+        "rsplit",
+        "rstrip",
+        "split",
+        "splitlines",
+        "startswith",
+        "strip",
+        "swapcase",
+        "title",
+        "upper",
+    }
+)
 _METHODS: tuple[tuple[type | tuple[type, ...], frozenset[str]], ...] = (
     (str, _STR_METHODS),
     ((list, tuple), frozenset({"count", "index"})),
@@ -162,7 +195,9 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
             raise TemplateSyntaxError("the expression nests too deeply", 1) from None
         except TemplateSyntaxError:
             if _has_statement(self, source):
-                raise TemplateSyntaxError("{% %} statements (include, import, for, macro, set, ...) are not allowed: write one expression", 1) from None
+                raise TemplateSyntaxError(
+                    "{% %} statements (include, import, for, macro, set, ...) are not allowed: write one expression", 1
+                ) from None
             raise
 
     def compile_expression(self, source: str, undefined_to_none: bool = True) -> TemplateExpression:
@@ -181,7 +216,13 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         if not (len(body) == 1 and isinstance(body[0], nodes.Output) and len(body[0].nodes) == 1):
             return ["only one expression is allowed (no {% %} statements, no text around it)"]
         for node in parsed.find_all((nodes.Getattr, nodes.Getitem)):
-            name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None) if isinstance(node, nodes.Getitem) else None
+            name = (
+                node.attr
+                if isinstance(node, nodes.Getattr)
+                else getattr(node.arg, "value", None)
+                if isinstance(node, nodes.Getitem)
+                else None
+            )
             if isinstance(name, str) and name.startswith("_"):
                 problems.append(f"private attribute {name!r} is not allowed")
         for node in parsed.find_all(nodes.Name):
@@ -267,7 +308,9 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
             return super().call(__context, __obj, *args, **kwargs)  # StrictUndefined: its own error, naming the attribute
         owner = getattr(__obj, "__self__", None)
         name = getattr(__obj, "__name__", None)
-        allowed = next((names for kind, names in _METHODS if isinstance(owner, kind) and not isinstance(owner, type)), frozenset())
+        allowed = next(
+            (names for kind, names in _METHODS if isinstance(owner, kind) and not isinstance(owner, type)), frozenset()
+        )
         if name not in allowed:
             what = f"{type(owner).__name__}.{name}()" if owner is not None and name else repr(__obj)
             raise SecurityError(f"calling {what} is not allowed")

@@ -156,4 +156,3 @@ async def overlay(cres: CompiledResource, resource: dict[str, Any], record: Reco
             value = None
         write_rule(out, rule, value)
     return out
-

@@ -69,7 +69,9 @@ def _validation_problems(exc: ValidationError, model: type[BaseModel], doc: Docu
     return problems
 
 
-def validate_document(doc: Document, registry: ConnectorRegistry) -> tuple[MappingConfig | None, BaseModel | None, type[Connector] | None, list[Problem]]:
+def validate_document(
+    doc: Document, registry: ConnectorRegistry
+) -> tuple[MappingConfig | None, BaseModel | None, type[Connector] | None, list[Problem]]:
     """Step 2: the document against the mapping models and its connector's own model."""
     problems: list[Problem] = []
     if not isinstance(doc.data, dict):

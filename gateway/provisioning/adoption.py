@@ -36,7 +36,9 @@ class Adoption:
             return None
         members: list[Member] = []
         if cres.name == "Group" and cres.members:
-            members = await ctx.call(f"reading the members of the app's group {native_id}", lambda: ctx.members_from_app(native_id))
+            members = await ctx.call(
+                f"reading the members of the app's group {native_id}", lambda: ctx.members_from_app(native_id)
+            )
         try:
             row = await ctx.store.link(ctx.app, cres.name, str(uuid.uuid4()), native_id, name.lower(), data, utc_now(), members)
         except UniqueConflict:
@@ -66,7 +68,9 @@ class Adoption:
                     log.warning("%s: %s %s has no %s: not imported", ctx.app, kind, native_id, cres.unique_attr)
                 elif await self.link(cres, native_id, record) is None:
                     counts["conflicts"] += 1
-                    log.warning("%s: %s %s: %s %r is already taken by another resource", ctx.app, kind, native_id, cres.unique_attr, name)
+                    log.warning(
+                        "%s: %s %s: %s %r is already taken by another resource", ctx.app, kind, native_id, cres.unique_attr, name
+                    )
                 else:
                     counts["linked"] += 1
             if progress is not None:

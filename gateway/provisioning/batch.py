@@ -58,14 +58,18 @@ class BatchCreate:
         prepared: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []  # (index, unique key, record, data)
         for i in batch:
             try:
-                prepared.append((i, ctx.unique_key(cres, resources[i]), await ctx.record(cres, resources[i]), copy_of(resources[i])))
+                prepared.append(
+                    (i, ctx.unique_key(cres, resources[i]), await ctx.record(cres, resources[i]), copy_of(resources[i]))
+                )
             except ProvisioningError as exc:
                 out[i] = exc
         claimed: list[tuple[int, int, dict[str, Any], dict[str, Any]]] = []  # (index, seq, record, data)
         async with ctx.store.batch():
             for i, unique_key, record, data in prepared:
                 try:
-                    seq = await ctx.pipeline.claim_create(kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resources[i]))
+                    seq = await ctx.pipeline.claim_create(
+                        kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resources[i])
+                    )
                 except Taken as exc:
                     out[i] = exc
                     continue
@@ -101,8 +105,12 @@ class BatchCreate:
                         out[i] = Resource(row, row.data)
 
     async def _give_up(
-        self, cres: CompiledResource, resources: list[dict[str, Any]], claimed: list[tuple[int, int, dict[str, Any], dict[str, Any]]],
-        exc: Exception, out: list[Answer | None],
+        self,
+        cres: CompiledResource,
+        resources: list[dict[str, Any]],
+        claimed: list[tuple[int, int, dict[str, Any], dict[str, Any]]],
+        exc: Exception,
+        out: list[Answer | None],
     ) -> None:
         """The batch call failed as a whole: abort every claim; each create is answered with the app's failure."""
         if isinstance(exc, AppError):

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-
 class _Admitted:
     """A write admitted as a whole (Breaker.admission): its breaker, and whether it called the app at all."""
 
@@ -119,7 +118,9 @@ class Breaker:
         now = self.clock() if now is None else now
         cause = f"{self.failures} consecutive failure{'s' if self.failures != 1 else ''} (last: {self.last})"
         if self.state == "half_open":
-            return CircuitOpen(f"app {self.app} is unavailable: circuit half-open after {cause}; a probe call is testing it", retry_after=1)
+            return CircuitOpen(
+                f"app {self.app} is unavailable: circuit half-open after {cause}; a probe call is testing it", retry_after=1
+            )
         wait = max(1, math.ceil(self.probe_at - now))
         return CircuitOpen(f"app {self.app} is unavailable: circuit open after {cause}; next probe in {wait} s", retry_after=wait)
 
@@ -157,7 +158,10 @@ class Breaker:
         self.probe_at = self.clock() + self.cooldown
         log.warning(
             "app %s: circuit open after %d consecutive failures (last: %s); next probe in %g s",
-            self.app, self.failures, reason, self.cooldown,
+            self.app,
+            self.failures,
+            reason,
+            self.cooldown,
         )
 
     def abandoned(self, probe: bool) -> None:
@@ -286,7 +290,11 @@ class GuardedConnector(Connector):
         return self.inner.fields(kind)
 
     def plan(
-        self, op: str, kind: str, native_id: NativeId | None = None, record: Record | None = None,
+        self,
+        op: str,
+        kind: str,
+        native_id: NativeId | None = None,
+        record: Record | None = None,
         members: list[tuple[str, NativeId]] | None = None,
     ) -> list[dict[str, Any]]:
         return self.inner.plan(op, kind, native_id, record, members)

@@ -78,7 +78,8 @@ class Context:
         self.refs = StoreRefs(store, self.app)
         self.pipeline = WritePipeline(self.app, store, breaker)
         self.memberships: dict[str, Membership] = {
-            kind: create_membership(self.connector, kind, cres.members, self.pipeline.user_claim) for kind, cres in mapping.resources.items()
+            kind: create_membership(self.connector, kind, cres.members, self.pipeline.user_claim)
+            for kind, cres in mapping.resources.items()
         }
 
     def resource(self, kind: str) -> CompiledResource:
@@ -160,7 +161,9 @@ class Context:
 
     # ------------------------------------------------------------------ the app's records by value
 
-    async def find(self, cres: CompiledResource, rule: CompiledRule, scim_value: Any, op: str = "eq") -> list[tuple[NativeId, dict[str, Any]]]:
+    async def find(
+        self, cres: CompiledResource, rule: CompiledRule, scim_value: Any, op: str = "eq"
+    ) -> list[tuple[NativeId, dict[str, Any]]]:
         """The app's records whose `rule` field matches a SCIM value, the value first put through the rule's to_app."""
         if scim_value is None:
             return []

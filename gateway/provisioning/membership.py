@@ -63,7 +63,9 @@ class Membership:
     async def members_of(self, native_id: NativeId) -> list[Pair]:
         return await self.connector.list_members(self.kind, native_id)
 
-    def plan(self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]) -> list[dict[str, Any]]:
+    def plan(
+        self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]
+    ) -> list[dict[str, Any]]:
         calls = []
         if record:
             calls += self.connector.plan("create" if native_id is None else "update", self.kind, native_id, record)
@@ -104,7 +106,9 @@ class GroupFieldMembership(Membership):
         record = await self.connector.get(self.kind, native_id)
         return [(self.member_kind, i) for i in self.ids.parse(record.get(self.field))] if record else []
 
-    def plan(self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]) -> list[dict[str, Any]]:
+    def plan(
+        self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]
+    ) -> list[dict[str, Any]]:
         record = dict(record or {})
         if add or remove:
             record[self.field] = {"add": [n for _k, n in add], "remove": [n for _k, n in remove]}
@@ -181,10 +185,16 @@ class UserFieldMembership(Membership):
 
     async def members_of(self, native_id: NativeId) -> list[Pair]:
         if self.connector.caps.list_all:
-            return [(self.user_kind, n) async for n, rec in self.connector.list_all(self.user_kind) if native_id in self.ids.parse(rec.get(self.field))]
+            return [
+                (self.user_kind, n)
+                async for n, rec in self.connector.list_all(self.user_kind)
+                if native_id in self.ids.parse(rec.get(self.field))
+            ]
         return []
 
-    def plan(self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]) -> list[dict[str, Any]]:
+    def plan(
+        self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]
+    ) -> list[dict[str, Any]]:
         calls = []
         if record:
             calls += self.connector.plan("create" if native_id is None else "update", self.kind, native_id, record)

@@ -100,7 +100,12 @@ class WritePipeline:
     # ------------------------------------------------------------------ the app's call
 
     async def run(
-        self, seq: int, what: str, call: Callable[[], Awaitable[T]], settle: Callable[[T], Awaitable[R]], hidden: Sequence[str] = (),
+        self,
+        seq: int,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        settle: Callable[[T], Awaitable[R]],
+        hidden: Sequence[str] = (),
     ) -> R:
         """The app's call for a claimed write, then its settle. Any failure of the call aborts the claim.
 

@@ -55,7 +55,9 @@ class Provisioner:
     async def get(self, kind: str, rid: str, *, live: bool = True, members: bool = True) -> Resource:
         return await self.reads.get(kind, rid, live=live, members=members)
 
-    async def query(self, kind: str, query: Query, lookup: Lookup | None = None, *, members: bool = True) -> tuple[int, list[Resource]]:
+    async def query(
+        self, kind: str, query: Query, lookup: Lookup | None = None, *, members: bool = True
+    ) -> tuple[int, list[Resource]]:
         return await self.search.query(kind, query, lookup, members=members)
 
     # -- writes
@@ -65,12 +67,20 @@ class Provisioner:
     async def create_many(self, kind: str, resources: list[dict[str, Any]]) -> list[Answer]:
         return await self.batch.create_many(kind, resources)
 
-    async def replace(self, kind: str, rid: str, resource: dict[str, Any], if_match: int | None = None, *, with_members: bool = True) -> Resource:
+    async def replace(
+        self, kind: str, rid: str, resource: dict[str, Any], if_match: int | None = None, *, with_members: bool = True
+    ) -> Resource:
         return await self.writes.replace(kind, rid, resource, if_match, with_members=with_members)
 
     async def patch(
-        self, kind: str, rid: str, apply: Callable[[dict[str, Any]], dict[str, Any]], if_match: int | None = None,
-        *, member_changes: dict[str, dict[str, Any] | None] | None = None, with_members: bool = True,
+        self,
+        kind: str,
+        rid: str,
+        apply: Callable[[dict[str, Any]], dict[str, Any]],
+        if_match: int | None = None,
+        *,
+        member_changes: dict[str, dict[str, Any] | None] | None = None,
+        with_members: bool = True,
     ) -> Resource:
         return await self.writes.patch(kind, rid, apply, if_match, member_changes=member_changes, with_members=with_members)
 

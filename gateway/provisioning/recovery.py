@@ -50,8 +50,13 @@ class Recovery:
                     log.exception("%s: recovery of journal entry %s failed; it is retried by the next sweep", ctx.app, entry.seq)
             if len(waiting) == len(todo):
                 for entry in waiting:  # held by a write of another process, or names swapped crosswise: the next sweep
-                    log.warning("%s: recovery of journal entry %s waits: the unique name of %s %s is held by another write",
-                                ctx.app, entry.seq, entry.type, entry.resource_id)
+                    log.warning(
+                        "%s: recovery of journal entry %s waits: the unique name of %s %s is held by another write",
+                        ctx.app,
+                        entry.seq,
+                        entry.type,
+                        entry.resource_id,
+                    )
                 break
             todo = waiting
         return repaired

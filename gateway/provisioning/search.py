@@ -30,7 +30,9 @@ class Search:
         self.reads = reads
         self.adoption = adoption
 
-    async def query(self, kind: str, query: Query, lookup: Lookup | None = None, *, members: bool = True) -> tuple[int, list[Resource]]:
+    async def query(
+        self, kind: str, query: Query, lookup: Lookup | None = None, *, members: bool = True
+    ) -> tuple[int, list[Resource]]:
         """How many resources match, and the page asked for; `lookup`: what of the filter the app may be asked."""
         ctx = self.ctx
         cres = ctx.resource(kind)

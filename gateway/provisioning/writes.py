@@ -78,13 +78,21 @@ class Writes:
 
     # ------------------------------------------------------------------ updates
 
-    async def replace(self, kind: str, rid: str, resource: dict[str, Any], if_match: int | None = None, *, with_members: bool = True) -> Resource:
+    async def replace(
+        self, kind: str, rid: str, resource: dict[str, Any], if_match: int | None = None, *, with_members: bool = True
+    ) -> Resource:
         """PUT: the resource becomes `resource`; membership is replaced only when the body names `members`."""
         return await self._update(kind, rid, lambda _current: resource, if_match, replace_members=with_members)
 
     async def patch(
-        self, kind: str, rid: str, apply: Callable[[dict[str, Any]], dict[str, Any]], if_match: int | None = None,
-        *, member_changes: dict[str, dict[str, Any] | None] | None = None, with_members: bool = True,
+        self,
+        kind: str,
+        rid: str,
+        apply: Callable[[dict[str, Any]], dict[str, Any]],
+        if_match: int | None = None,
+        *,
+        member_changes: dict[str, dict[str, Any] | None] | None = None,
+        with_members: bool = True,
     ) -> Resource:
         """PATCH by `apply` on the whole resource, or, for a Group PATCH that only adds or removes members
         (`member_changes`: id -> member to add, or None to remove), on just those members: the same result,
@@ -112,7 +120,9 @@ class Writes:
                 raise Stale(f"{row.type} {row.id} has changed") from None
             return None
 
-    async def _optimistic(self, kind: str, rid: str, if_match: int | None, attempt: Callable[[Row], Awaitable[Resource | None]]) -> Resource:
+    async def _optimistic(
+        self, kind: str, rid: str, if_match: int | None, attempt: Callable[[Row], Awaitable[Resource | None]]
+    ) -> Resource:
         """Run `attempt` on the resource as it is now until no other write overtakes it (None: overtaken; bounded)."""
         async with self._lock(rid):
             for _attempt in range(VERSION_RETRIES):
@@ -135,7 +145,10 @@ class Writes:
             if not add and not remove:
                 return await self._answer(cres, row, with_members)
             claim = await self._claim_at(
-                row, if_match, new_unique_key=row.unique_key, payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
+                row,
+                if_match,
+                new_unique_key=row.unique_key,
+                payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
             )
             if claim is None:
                 return None
@@ -147,7 +160,13 @@ class Writes:
         return await self._optimistic(kind, rid, if_match, attempt)
 
     async def _update(
-        self, kind: str, rid: str, compute: Callable[[dict[str, Any]], dict[str, Any]], if_match: int | None, *, replace_members: bool,
+        self,
+        kind: str,
+        rid: str,
+        compute: Callable[[dict[str, Any]], dict[str, Any]],
+        if_match: int | None,
+        *,
+        replace_members: bool,
     ) -> Resource:
         ctx = self.ctx
         cres = ctx.resource(kind)
@@ -181,7 +200,10 @@ class Writes:
             switch = None if current.get("active") is new.get("active") or new.get("active") is None else bool(new.get("active"))
             relink = _relink(cres, row, switch)
             claim = await self._claim_at(
-                row, if_match, new_unique_key=unique_key, name=ctx.unique_name(cres, new),
+                row,
+                if_match,
+                new_unique_key=unique_key,
+                name=ctx.unique_name(cres, new),
                 payload={"add": [m.id for m in add], "remove": [m.id for m in remove], **({"relink": relink} if relink else {})},
             )
             if claim is None:
@@ -193,8 +215,17 @@ class Writes:
         return await self._optimistic(kind, rid, if_match, attempt)
 
     async def _apply(
-        self, cres: CompiledResource, seq: int, row: Row, record: dict[str, Any], data: dict[str, Any], unique_key: str,
-        add: list[Member], remove: list[Member], switch: bool | None = None, relink: str | None = None,
+        self,
+        cres: CompiledResource,
+        seq: int,
+        row: Row,
+        record: dict[str, Any],
+        data: dict[str, Any],
+        unique_key: str,
+        add: list[Member],
+        remove: list[Member],
+        switch: bool | None = None,
+        relink: str | None = None,
     ) -> Row:
         """The claimed update's app calls and settle."""
         ctx = self.ctx
@@ -223,8 +254,13 @@ class Writes:
             settled = data if current_native is None else await self.reads.read_back(cres, current_native, data)
             try:
                 return await ctx.pipeline.settle_update(
-                    seq, settled, unique_key, add_members=add, remove_members=[m.id for m in remove],
-                    relink=relink is not None, native_id=current_native,
+                    seq,
+                    settled,
+                    unique_key,
+                    add_members=add,
+                    remove_members=[m.id for m in remove],
+                    relink=relink is not None,
+                    native_id=current_native,
                 )
             except NativeConflict:
                 await ctx.pipeline.abort(seq, "app returned a native id that is already linked")

@@ -113,7 +113,9 @@ def _check_request(body: Any, max_operations: int) -> tuple[list[dict[str, Any]]
         # RFC 7644 §3.7.4: 413 with a detail; it defines no scimType for it.
         raise ScimError(413, f"{len(operations)} operations exceed maxOperations {max_operations}")
     fail_on_errors = body.get("failOnErrors")
-    if fail_on_errors is not None and (isinstance(fail_on_errors, bool) or not isinstance(fail_on_errors, int) or fail_on_errors < 1):
+    if fail_on_errors is not None and (
+        isinstance(fail_on_errors, bool) or not isinstance(fail_on_errors, int) or fail_on_errors < 1
+    ):
         raise invalid_value("failOnErrors must be a positive integer")
     for i, op in enumerate(operations):
         if not isinstance(op, dict):
@@ -178,7 +180,9 @@ class _Run:
             return self.finish(i, invalid_syntax(f"a {method} operation needs data"))
         self.start(i)
         try:
-            outcome: BulkResult | ScimError = await self.executor.operation(method, _resolved_path(path, self.ids), data, op.get("version"))
+            outcome: BulkResult | ScimError = await self.executor.operation(
+                method, _resolved_path(path, self.ids), data, op.get("version")
+            )
         except ScimError as exc:
             outcome = exc
         self.finish(i, outcome)
@@ -236,8 +240,13 @@ def _independent_posts(operations: list[dict[str, Any]], needs: list[set[str]], 
     for j in remaining[remaining.index(first) :]:
         op = operations[j]
         if (
-            needs[j] or not _is_post(op) or op.get("path") != path or not isinstance(path, str) or op.get("bulkId") is None
-            or not isinstance(op.get("data"), dict) or len(batch) == BATCH_SIZE
+            needs[j]
+            or not _is_post(op)
+            or op.get("path") != path
+            or not isinstance(path, str)
+            or op.get("bulkId") is None
+            or not isinstance(op.get("data"), dict)
+            or len(batch) == BATCH_SIZE
         ):
             break
         batch.append(j)

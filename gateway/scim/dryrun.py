@@ -55,7 +55,11 @@ def _mask_secrets(cres: CompiledResource, record: dict[str, Any]) -> dict[str, A
 async def plan_request(mapping: CompiledMapping, request: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     """What `request` would do in the app: {operation, record, calls}. Raises ScimError as serving would."""
     if "schemas" in request and "method" not in request:  # a bare resource: a create
-        kinds = [k for k, c in mapping.resources.items() if any(s.lower() == c.rtype.schema.id.lower() for s in request.get("schemas", []))]
+        kinds = [
+            k
+            for k, c in mapping.resources.items()
+            if any(s.lower() == c.rtype.schema.id.lower() for s in request.get("schemas", []))
+        ]
         if not kinds:
             raise invalid_value("the resource's schemas name no resource type of this app")
         request = {"method": "POST", "path": f"/{kinds[0]}s", "body": request}
@@ -73,7 +77,9 @@ async def plan_request(mapping: CompiledMapping, request: dict[str, Any], data_d
         return {"app": mapping.app, "operation": f"delete {cres.name}", "record": None, "calls": calls}
     body = request.get("body")
     if method == "PATCH":
-        current = normalize_resource(request.get("current") or {"schemas": [cres.rtype.schema.id], cres.unique_attr: "<current>"}, cres.rtype)
+        current = normalize_resource(
+            request.get("current") or {"schemas": [cres.rtype.schema.id], cres.unique_attr: "<current>"}, cres.rtype
+        )
         resource = apply_patch(copy.deepcopy(current), body, cres.rtype)
     else:
         resource = normalize_resource(body, cres.rtype)
@@ -83,10 +89,16 @@ async def plan_request(mapping: CompiledMapping, request: dict[str, Any], data_d
         raise invalid_value(str(exc)) from None
     except TemplateError as exc:
         raise invalid_value(f"a transform of this app's mapping failed on the value: {exc}") from None
-    members = [("User", f"<native id of member {m['value']}>") for m in resource.get("members") or [] if isinstance(m, dict) and m.get("value")]
+    members = [
+        ("User", f"<native id of member {m['value']}>")
+        for m in resource.get("members") or []
+        if isinstance(m, dict) and m.get("value")
+    ]
     record = _mask_secrets(cres, record)
-    calls = membership.plan(native_id, record, members, []) if cres.name == "Group" and cres.members else connector.plan(
-        "create" if native_id is None else "update", cres.name, native_id, record
+    calls = (
+        membership.plan(native_id, record, members, [])
+        if cres.name == "Group" and cres.members
+        else connector.plan("create" if native_id is None else "update", cres.name, native_id, record)
     )
     if cres.deactivate.via == "action" and resource.get("active") is False:
         calls += connector.plan(cres.deactivate.disable or "", cres.name, native_id or "<new id>")

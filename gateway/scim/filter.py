@@ -142,11 +142,11 @@ def _check_comparison(node: Comparison, target: Attribute) -> None:
                 raise invalid_filter(f"{node.attr_path} is a number; {value!r} is not")
     elif target.type == "dateTime":
         if node.op in (Op.co, Op.sw, Op.ew):
-            raise invalid_filter(f"{node.attr_path} is a dateTime; {node.op.value} applies to strings only (use eq, ne, gt, ge, lt, le)")
-        if not isinstance(value, str) or _parse_datetime(value) is None:
             raise invalid_filter(
-                f"{node.attr_path} is a dateTime; {value!r} is not an ISO 8601 date-time that converts to UTC"
+                f"{node.attr_path} is a dateTime; {node.op.value} applies to strings only (use eq, ne, gt, ge, lt, le)"
             )
+        if not isinstance(value, str) or _parse_datetime(value) is None:
+            raise invalid_filter(f"{node.attr_path} is a dateTime; {value!r} is not an ISO 8601 date-time that converts to UTC")
     elif target.type in ("string", "reference", "binary"):
         if value is not None and not isinstance(value, str):
             # Tolerated where harmless: a number compared with a string attribute compares as text.
@@ -211,9 +211,7 @@ def _lookup(obj: Any, urn: str | None, name: str) -> Any:
     return obj.get(name)
 
 
-def _values(
-    path: AttrPath, obj: Any, rtype: ResourceType | None, parent: Attribute | None
-) -> tuple[list[Any], Attribute]:
+def _values(path: AttrPath, obj: Any, rtype: ResourceType | None, parent: Attribute | None) -> tuple[list[Any], Attribute]:
     """All values a path designates: a multi-valued attribute yields each element's."""
     if parent is not None:
         sub = parent.sub(path.attr)

@@ -101,9 +101,7 @@ def _apply_operation(resource: dict[str, Any], operation: dict[str, Any], rtype:
     _apply(resource, op, target, value)
 
 
-def _apply_to_schema(
-    resource: dict[str, Any], op: str, urn: str, value: Any, rtype: ResourceType, path: str
-) -> None:
+def _apply_to_schema(resource: dict[str, Any], op: str, urn: str, value: Any, rtype: ResourceType, path: str) -> None:
     """A path that is a bare schema URN: the extension object as a whole."""
     if op == "remove":
         if urn == rtype.schema.id:
@@ -139,9 +137,7 @@ def _apply_schema_object(resource: dict[str, Any], op: str, urn: str, value: Any
         _apply_key(resource, op, f"{urn}:{key}", urn, key, item, rtype)
 
 
-def _apply_key(
-    resource: dict[str, Any], op: str, key: str, urn: str | None, rest: str, value: Any, rtype: ResourceType
-) -> None:
+def _apply_key(resource: dict[str, Any], op: str, key: str, urn: str | None, rest: str, value: Any, rtype: ResourceType) -> None:
     target = _parse_target(key, urn, rest, rtype)
     # Unknown and read-only keys are skipped, as in POST bodies: Okta renames a
     # group with {"id": ..., "displayName": ...}.
@@ -184,9 +180,7 @@ def _as_value_path(node: Comparison | Present, text: str) -> ValuePath:
     if attr_path.sub_attr is None:
         raise invalid_path(f"{text}: a comparison as a path must name a sub-attribute")
     inner = AttrPath(attr_path.sub_attr)
-    val_filter: FilterNode = (
-        Comparison(inner, node.op, node.value) if isinstance(node, Comparison) else Present(inner)
-    )
+    val_filter: FilterNode = Comparison(inner, node.op, node.value) if isinstance(node, Comparison) else Present(inner)
     return ValuePath(AttrPath(attr_path.attr, None, attr_path.uri), val_filter)
 
 
@@ -333,9 +327,7 @@ def _remove(resource: dict[str, Any], target: _Target, value: Any) -> None:
         # Entra: {"op": "Remove", "path": "members", "value": [{"value": id}]} removes those members only.
         patterns = normalize_value(value, resolved)
         items = current if isinstance(current, list) else [current]
-        container[attribute.name] = [
-            item for item in items if not any(_like(pattern, item, attribute) for pattern in patterns)
-        ]
+        container[attribute.name] = [item for item in items if not any(_like(pattern, item, attribute) for pattern in patterns)]
     else:
         del container[attribute.name]
 

@@ -18,9 +18,7 @@ def patch_operations(body: Any) -> list[dict[str, Any]]:
         raise invalid_syntax("the PATCH body must be a JSON object")
     fields = {key.lower(): value for key, value in body.items()}
     schemas = fields.get("schemas")
-    if not isinstance(schemas, list) or not any(
-        isinstance(s, str) and s.lower() == PATCH_OP.lower() for s in schemas
-    ):
+    if not isinstance(schemas, list) or not any(isinstance(s, str) and s.lower() == PATCH_OP.lower() for s in schemas):
         raise invalid_syntax(f"schemas must contain {PATCH_OP}")
     operations = fields.get("operations")
     if not isinstance(operations, list) or not operations:
@@ -44,7 +42,9 @@ def check_patch_limits(body: Any, *, max_operations: int, max_values: int) -> No
     """
     operations = patch_operations(body)
     if len(operations) > max_operations:
-        raise ScimError(413, f"the PATCH request has {len(operations)} operations, more than max_patch_operations {max_operations}")
+        raise ScimError(
+            413, f"the PATCH request has {len(operations)} operations, more than max_patch_operations {max_operations}"
+        )
     values = 0
     for operation in operations:
         value = next((v for k, v in operation.items() if isinstance(k, str) and k.lower() == "value"), None)
@@ -55,7 +55,9 @@ def check_patch_limits(body: Any, *, max_operations: int, max_values: int) -> No
         else:
             values += 1
     if values > max_values:
-        raise ScimError(413, f"the PATCH request carries {values} values across its operations, more than max_patch_values {max_values}")
+        raise ScimError(
+            413, f"the PATCH request carries {values} values across its operations, more than max_patch_values {max_values}"
+        )
 
 
 # `members[value eq "id"]`, optionally URN-qualified: the path Entra and Okta use to remove one member.
@@ -98,7 +100,11 @@ def member_changes(body: Any) -> dict[str, dict[str, Any] | None] | None:
         if op not in ("add", "remove") or not _MEMBERS_PATH.match(path) or not isinstance(value, list) or not value:
             return None
         for item in value:
-            if not isinstance(item, dict) or not isinstance(item.get("value"), str) or set(item) - {"value", "display", "type", "$ref"}:
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("value"), str)
+                or set(item) - {"value", "display", "type", "$ref"}
+            ):
                 return None
             if item.get("type") not in (None, "User", "Group") or not all(isinstance(v, str) for v in item.values()):
                 return None

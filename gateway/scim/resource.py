@@ -31,9 +31,7 @@ def is_empty(value: Any) -> bool:
 
 
 def is_read_only(resolved: Resolved) -> bool:
-    return resolved.attribute.mutability == "readOnly" or (
-        resolved.sub is not None and resolved.sub.mutability == "readOnly"
-    )
+    return resolved.attribute.mutability == "readOnly" or (resolved.sub is not None and resolved.sub.mutability == "readOnly")
 
 
 def normalize_resource(body: Any, rtype: ResourceType) -> dict[str, Any]:

@@ -71,8 +71,12 @@ def store_condition(node: FilterNode, rtype: ResourceType) -> q.Condition:
     resolved = resolve_attr_path(rtype, node.attr_path)
     attribute = resolved.attribute
     if (
-        isinstance(node, Comparison) and node.op == CompareOperator.eq and isinstance(node.value, str)
-        and resolved.urn is None and resolved.sub is None and attribute.name == UNIQUE_ATTRIBUTES.get(rtype.name)
+        isinstance(node, Comparison)
+        and node.op == CompareOperator.eq
+        and isinstance(node.value, str)
+        and resolved.urn is None
+        and resolved.sub is None
+        and attribute.name == UNIQUE_ATTRIBUTES.get(rtype.name)
     ):
         # The IdP's lookup before every create (`userName eq "x"`): the indexed unique key, not a scan of every
         # resource's attributes. The same answer: the key is the name lower-cased, as the fold compares it.
@@ -82,7 +86,9 @@ def store_condition(node: FilterNode, rtype: ResourceType) -> q.Condition:
         sub = resolved.sub or attribute.sub("value")
         if sub is None:
             raise invalid_filter(f"{node.attr_path} is complex; name one of its sub-attributes")
-        inner = Comparison(AttrPath(sub.name), node.op, node.value) if isinstance(node, Comparison) else Present(AttrPath(sub.name))
+        inner = (
+            Comparison(AttrPath(sub.name), node.op, node.value) if isinstance(node, Comparison) else Present(AttrPath(sub.name))
+        )
         return _any_element(rtype, Resolved(resolved.urn, attribute), inner)
     if attribute.type == "complex" and resolved.sub is None:
         value_sub = attribute.sub("value")

@@ -78,9 +78,14 @@ class ScimService:
 
     def service_provider_config(self, base: str) -> Reply:
         limits = self.limits
-        return Reply(service_provider_config(
-            base, bulk_max_operations=limits.bulk_max_operations, max_payload=limits.max_body_bytes, max_results=limits.max_page_size,
-        ))
+        return Reply(
+            service_provider_config(
+                base,
+                bulk_max_operations=limits.bulk_max_operations,
+                max_payload=limits.max_body_bytes,
+                max_results=limits.max_page_size,
+            )
+        )
 
     def resource_types(self, base: str, name: str | None = None) -> Reply:
         docs = {r.name: r.to_json(f"{base}/ResourceTypes/{r.name}") for r in self.rtypes.values()}
@@ -93,7 +98,13 @@ class ScimService:
     # ------------------------------------------------------------------ resources
 
     async def get(
-        self, base: str, rtype: ResourceType, rid: str, *, attributes: str | None = None, excluded: str | None = None,
+        self,
+        base: str,
+        rtype: ResourceType,
+        rid: str,
+        *,
+        attributes: str | None = None,
+        excluded: str | None = None,
         if_none_match: str | None = None,
     ) -> Reply:
         projection = Projection.parse(rtype, attributes, excluded)
@@ -106,7 +117,11 @@ class ScimService:
     def list_request(self, rtype: ResourceType, params: Mapping[str, Any]) -> ListRequest:
         limits = self.limits
         return parse_list_request(
-            params, rtype, default_count=limits.default_page_size, max_count=limits.max_page_size, max_attributes=limits.max_attribute_names,
+            params,
+            rtype,
+            default_count=limits.default_page_size,
+            max_count=limits.max_page_size,
+            max_attributes=limits.max_attribute_names,
         )
 
     async def search(self, base: str, rtype: ResourceType, params: Mapping[str, Any]) -> Reply:
@@ -153,13 +168,22 @@ class ScimService:
         page = found[start - 1 : start - 1 + (count if count is not None else len(found))]
         return Reply(list_response(page, total, start))
 
-    async def create(self, base: str, rtype: ResourceType, body: Any, *, attributes: str | None = None, excluded: str | None = None) -> Reply:
+    async def create(
+        self, base: str, rtype: ResourceType, body: Any, *, attributes: str | None = None, excluded: str | None = None
+    ) -> Reply:
         created = await self.write("POST", rtype, None, body)
         assert created is not None
         return self._written(base, rtype, created, Projection.parse(rtype, attributes, excluded), 201)
 
     async def replace(
-        self, base: str, rtype: ResourceType, rid: str, body: Any, *, if_match: str | None = None, attributes: str | None = None,
+        self,
+        base: str,
+        rtype: ResourceType,
+        rid: str,
+        body: Any,
+        *,
+        if_match: str | None = None,
+        attributes: str | None = None,
         excluded: str | None = None,
     ) -> Reply:
         updated = await self.write("PUT", rtype, rid, body, if_match)
@@ -167,7 +191,14 @@ class ScimService:
         return self._written(base, rtype, updated, Projection.parse(rtype, attributes, excluded))
 
     async def patch(
-        self, base: str, rtype: ResourceType, rid: str, body: Any, *, if_match: str | None = None, attributes: str | None = None,
+        self,
+        base: str,
+        rtype: ResourceType,
+        rid: str,
+        body: Any,
+        *,
+        if_match: str | None = None,
+        attributes: str | None = None,
         excluded: str | None = None,
     ) -> Reply:
         projection = Projection.parse(rtype, attributes, excluded)
@@ -180,7 +211,14 @@ class ScimService:
         return Reply(status=204)
 
     async def write(
-        self, method: str, rtype: ResourceType, rid: str | None, body: Any, if_match: str | None = None, *, with_members: bool = True,
+        self,
+        method: str,
+        rtype: ResourceType,
+        rid: str | None,
+        body: Any,
+        if_match: str | None = None,
+        *,
+        with_members: bool = True,
     ) -> Resource | None:
         """One write as POST, PUT, PATCH or DELETE ask it (a request alone, or one operation of a Bulk request).
 
@@ -195,14 +233,20 @@ class ScimService:
         if method == "PUT":
             if isinstance(body, dict) and body.get("id") not in (None, rid):
                 raise mutability(f"the body's id {body.get('id')!r} does not match the URL's {rid!r}")
-            return await provisioner.replace(kind, rid, normalize_resource(body, rtype), version, with_members=_names_members(body))
+            return await provisioner.replace(
+                kind, rid, normalize_resource(body, rtype), version, with_members=_names_members(body)
+            )
         if method == "PATCH":
             if not isinstance(body, dict):
                 raise invalid_syntax("a PATCH body must be a PatchOp JSON object")
             check_patch_limits(body, max_operations=self.limits.max_patch_operations, max_values=self.limits.max_patch_values)
             return await provisioner.patch(
-                kind, rid, lambda current: apply_patch(current, body, rtype), version,
-                member_changes=member_changes(body) if kind == "Group" else None, with_members=with_members,
+                kind,
+                rid,
+                lambda current: apply_patch(current, body, rtype),
+                version,
+                member_changes=member_changes(body) if kind == "Group" else None,
+                with_members=with_members,
             )
         assert method == "DELETE", method
         await provisioner.delete(kind, rid, version)
@@ -218,7 +262,9 @@ class ScimService:
 
     async def bulk(self, base: str, body: Any, entries: list[BulkEntry | None]) -> Reply:
         """Run a BulkRequest; `entries` (filled in place) say what each operation did, also when this raises."""
-        response = await run_bulk(_BulkOperations(self, base), body, max_operations=self.limits.bulk_max_operations, entries=entries)
+        response = await run_bulk(
+            _BulkOperations(self, base), body, max_operations=self.limits.bulk_max_operations, entries=entries
+        )
         return Reply(response)
 
 

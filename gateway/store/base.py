@@ -17,7 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Busy", "Gone", "Member", "NativeConflict", "Pending", "Row", "StoreError", "StoreUnavailable", "UniqueConflict", "VersionMismatch"]
+__all__ = [
+    "Busy",
+    "Gone",
+    "Member",
+    "NativeConflict",
+    "Pending",
+    "Row",
+    "StoreError",
+    "StoreUnavailable",
+    "UniqueConflict",
+    "VersionMismatch",
+]
 
 
 class StoreError(Exception):

@@ -48,15 +48,27 @@ class Store:
 
     def _row(self, rec: Any) -> Row:
         return Row(
-            rec["app"], rec["type"], rec["id"], rec["native_id"], rec["unique_key"], rec["version"], rec["created"],
-            rec["last_modified"], self.dialect.decode(rec["data"]), rec["state"],
+            rec["app"],
+            rec["type"],
+            rec["id"],
+            rec["native_id"],
+            rec["unique_key"],
+            rec["version"],
+            rec["created"],
+            rec["last_modified"],
+            self.dialect.decode(rec["data"]),
+            rec["state"],
         )
 
     async def _journal(self, conn: Conn, app: str, rtype: str, rid: str, op: str, payload: dict[str, Any]) -> int:
         rec = await conn.fetchrow(
             f"INSERT INTO journal (at, app, type, resource_id, op, state, payload) VALUES ({self.dialect.clock}, ?, ?, ?, ?, 'pending', ?)"
             " RETURNING seq",
-            app, rtype, rid, op, self.dialect.encode(payload),
+            app,
+            rtype,
+            rid,
+            op,
+            self.dialect.encode(payload),
         )
         assert rec is not None
         seq: int = rec["seq"]
@@ -83,7 +95,14 @@ class Store:
                 await conn.execute(
                     "INSERT INTO resources (app, type, id, unique_key, created, last_modified, data, state, pending_seq)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?)",
-                    app, rtype, rid, unique_key, now, now, self.dialect.encode(data), seq,
+                    app,
+                    rtype,
+                    rid,
+                    unique_key,
+                    now,
+                    now,
+                    self.dialect.encode(data),
+                    seq,
                 )
             except Duplicate as exc:
                 raise UniqueConflict(str(exc)) from None
@@ -99,7 +118,9 @@ class Store:
             try:
                 rec = await conn.fetchrow(
                     "UPDATE resources SET native_id = ?, data = ?, state = 'active', pending_seq = NULL WHERE id = ? RETURNING *",
-                    native_id, self.dialect.encode(data), entry["resource_id"],
+                    native_id,
+                    self.dialect.encode(data),
+                    entry["resource_id"],
                 )
             except Duplicate as exc:
                 raise NativeConflict(str(exc)) from None
@@ -110,7 +131,14 @@ class Store:
         return await self.dialect.transaction(work)
 
     async def link(
-        self, app: str, rtype: str, rid: str, native_id: str, unique_key: str, data: dict[str, Any], now: str,
+        self,
+        app: str,
+        rtype: str,
+        rid: str,
+        native_id: str,
+        unique_key: str,
+        data: dict[str, Any],
+        now: str,
         members: Sequence[Member] = (),
     ) -> Row:
         """Adopt an app record that exists but has no SCIM id yet. UniqueConflict when the name or the record is taken."""
@@ -120,7 +148,14 @@ class Store:
                 rec = await conn.fetchrow(
                     "INSERT INTO resources (app, type, id, native_id, unique_key, created, last_modified, data)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                    app, rtype, rid, native_id, unique_key, now, now, self.dialect.encode(data),
+                    app,
+                    rtype,
+                    rid,
+                    native_id,
+                    unique_key,
+                    now,
+                    now,
+                    self.dialect.encode(data),
                 )
             except Duplicate as exc:
                 raise UniqueConflict(str(exc)) from None
@@ -132,7 +167,14 @@ class Store:
     # ------------------------------------------------------------------ updates and deletes
 
     async def begin_write(
-        self, app: str, rtype: str, rid: str, op: str, *, if_match: int | None = None, new_unique_key: str | None = None,
+        self,
+        app: str,
+        rtype: str,
+        rid: str,
+        op: str,
+        *,
+        if_match: int | None = None,
+        new_unique_key: str | None = None,
         payload: dict[str, Any] | None = None,
     ) -> tuple[int, Row]:
         """Journal an update or delete and claim the resource (its new name held at once).
@@ -154,7 +196,9 @@ class Store:
             try:
                 await conn.execute(
                     "UPDATE resources SET pending_seq = ?, unique_key = ? WHERE id = ?",
-                    seq, rec["unique_key"] if new_unique_key is None else new_unique_key, rid,
+                    seq,
+                    rec["unique_key"] if new_unique_key is None else new_unique_key,
+                    rid,
                 )
             except Duplicate as exc:
                 raise UniqueConflict(str(exc)) from None
@@ -163,8 +207,16 @@ class Store:
         return await self.dialect.transaction(work)
 
     async def settle_update(
-        self, seq: int, data: dict[str, Any], now: str, unique_key: str, *, add_members: Sequence[Member] = (),
-        remove_members: Sequence[str] = (), replace_members: Sequence[Member] | None = None, relink: bool = False,
+        self,
+        seq: int,
+        data: dict[str, Any],
+        now: str,
+        unique_key: str,
+        *,
+        add_members: Sequence[Member] = (),
+        remove_members: Sequence[str] = (),
+        replace_members: Sequence[Member] | None = None,
+        relink: bool = False,
         native_id: str | None = None,
     ) -> Row:
         """Settle an update: a new version of the copy; with `relink`, the native id becomes `native_id` (None: no app record now)."""
@@ -176,7 +228,10 @@ class Store:
                 rec = await conn.fetchrow(
                     "UPDATE resources SET data = ?, version = version + 1, last_modified = ?, unique_key = ?, pending_seq = NULL"
                     " WHERE id = ? RETURNING *",
-                    self.dialect.encode(data), now, unique_key, rid,
+                    self.dialect.encode(data),
+                    now,
+                    unique_key,
+                    rid,
                 )
             except Duplicate as exc:  # recovery settling a name that another pending write holds
                 raise UniqueConflict(str(exc)) from None
@@ -228,7 +283,9 @@ class Store:
                 try:
                     await conn.execute(
                         "UPDATE resources SET pending_seq = NULL, unique_key = ? WHERE id = ? AND pending_seq = ?",
-                        self.dialect.decode(entry["payload"])["old_unique_key"], rid, seq,
+                        self.dialect.decode(entry["payload"])["old_unique_key"],
+                        rid,
+                        seq,
                     )
                 except Duplicate as exc:  # the name it gave up is held now by another write in flight
                     raise UniqueConflict(str(exc)) from None
@@ -236,7 +293,9 @@ class Store:
 
         await self.dialect.transaction(work)
 
-    async def refresh(self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str, unique_key: str | None = None) -> Row | None:
+    async def refresh(
+        self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str, unique_key: str | None = None
+    ) -> Row | None:
         """Replace the copy of a settled resource (not one in flight) with a new version; None when busy or gone.
 
         A `unique_key` renamed in the app follows, unless another resource holds it (then the old key stays).
@@ -246,7 +305,12 @@ class Store:
             rec = await conn.fetchrow(
                 "UPDATE resources SET data = ?, version = version + 1, last_modified = ?, unique_key = COALESCE(?, unique_key)"
                 " WHERE app = ? AND type = ? AND id = ? AND state = 'active' AND pending_seq IS NULL RETURNING *",
-                self.dialect.encode(data), now, key, app, rtype, rid,
+                self.dialect.encode(data),
+                now,
+                key,
+                app,
+                rtype,
+                rid,
             )
             return None if rec is None else self._row(rec)
 
@@ -263,9 +327,12 @@ class Store:
         async with self.dialect.access() as conn:
             recs = await conn.fetch(
                 f"SELECT * FROM journal WHERE app = ? AND state = 'pending' AND at <= {self.dialect.clock} - ? ORDER BY seq",
-                app, float(older_than or 0.0),
+                app,
+                float(older_than or 0.0),
             )
-        return [Pending(r["seq"], r["app"], r["type"], r["resource_id"], r["op"], self.dialect.decode(r["payload"])) for r in recs]
+        return [
+            Pending(r["seq"], r["app"], r["type"], r["resource_id"], r["op"], self.dialect.decode(r["payload"])) for r in recs
+        ]
 
     async def get_any(self, rid: str) -> Row | None:
         """A row in any state (recovery needs the ones being created)."""
@@ -282,7 +349,9 @@ class Store:
 
     async def by_native(self, app: str, rtype: str, native_id: str) -> Row | None:
         async with self.dialect.access() as conn:
-            rec = await conn.fetchrow(f"{_ROW} WHERE app = ? AND type = ? AND native_id = ? AND state = 'active'", app, rtype, native_id)
+            rec = await conn.fetchrow(
+                f"{_ROW} WHERE app = ? AND type = ? AND native_id = ? AND state = 'active'", app, rtype, native_id
+            )
         return None if rec is None else self._row(rec)
 
     async def native_ids(self, app: str, rtype: str | None, rids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
@@ -322,19 +391,25 @@ class Store:
         async with self.dialect.access() as conn:
             for chunk in self.dialect.chunks(ids):
                 among, params = self.dialect.among("member_id", chunk)
-                recs = await conn.fetch(f"SELECT member_id FROM members WHERE app = ? AND group_id = ? AND {among}", app, group_id, *params)
+                recs = await conn.fetch(
+                    f"SELECT member_id FROM members WHERE app = ? AND group_id = ? AND {among}", app, group_id, *params
+                )
                 found.update(rec["member_id"] for rec in recs)
         return found
 
     async def members_of_many(self, app: str, group_ids: Sequence[str]) -> dict[str, list[Member]]:
         """Each group's members, in the order they joined: one query for a whole page of groups."""
-        return await self._related(app, group_ids, "group_id", "member_id", "m.member_type", f"COALESCE(NULLIF(m.display, ''), {self._label})")
+        return await self._related(
+            app, group_ids, "group_id", "member_id", "m.member_type", f"COALESCE(NULLIF(m.display, ''), {self._label})"
+        )
 
     async def groups_of_many(self, app: str, member_ids: Sequence[str]) -> dict[str, list[Member]]:
         """Each resource's groups: one query for a whole page of users (no query per user)."""
         return await self._related(app, member_ids, "member_id", "group_id", "'Group'", self._label)
 
-    async def _related(self, app: str, ids: Sequence[str], own: str, other: str, kind: str, display: str) -> dict[str, list[Member]]:
+    async def _related(
+        self, app: str, ids: Sequence[str], own: str, other: str, kind: str, display: str
+    ) -> dict[str, list[Member]]:
         """For each of `ids` (the `own` end of membership rows), the `other` ends, with their type and display."""
         out: dict[str, list[Member]] = {}
         async with self.dialect.access() as conn:
@@ -343,7 +418,8 @@ class Store:
                 recs = await conn.fetch(
                     f"SELECT m.{own} AS own, m.{other} AS other, {kind} AS kind, {display} AS display FROM members m"
                     f" JOIN resources r ON r.id = m.{other} WHERE m.app = ? AND {among} ORDER BY {self.dialect.member_order}",
-                    app, *params,
+                    app,
+                    *params,
                 )
                 for rec in recs:
                     out.setdefault(rec["own"], []).append(Member(rec["other"], rec["kind"], rec["display"]))
@@ -365,7 +441,9 @@ class Store:
                 limit = self.dialect.no_limit if query.count is None else query.count
                 recs = await conn.fetch(
                     f"SELECT r.* FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
-                    *params, limit, max(query.start_index, 1) - 1,
+                    *params,
+                    limit,
+                    max(query.start_index, 1) - 1,
                 )
                 rows = [self._row(rec) for rec in recs]
         return count["n"], rows

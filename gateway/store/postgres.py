@@ -29,8 +29,13 @@ T = TypeVar("T")
 
 # Every text column in "C": byte order compares and sorts as SQLite and the in-memory evaluator do.
 TYPES = {
-    "key": "BIGSERIAL PRIMARY KEY", "text": 'TEXT COLLATE "C"', "json": "JSONB", "int64": "BIGINT", "float": "DOUBLE PRECISION",
-    "now": " DEFAULT extract(epoch FROM clock_timestamp())", "member_seq": "seq BIGSERIAL NOT NULL,",
+    "key": "BIGSERIAL PRIMARY KEY",
+    "text": 'TEXT COLLATE "C"',
+    "json": "JSONB",
+    "int64": "BIGINT",
+    "float": "DOUBLE PRECISION",
+    "now": " DEFAULT extract(epoch FROM clock_timestamp())",
+    "member_seq": "seq BIGSERIAL NOT NULL,",
 }
 MIGRATIONS = migrations(TYPES)
 # pg_advisory_xact_lock key for migrations: processes starting together apply them one at a time.
@@ -157,7 +162,10 @@ class PostgresDialect(Dialect):
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=min(2, self.pool_size), max_size=self.pool_size, timeout=self.connect_timeout,
+                self.url,
+                min_size=min(2, self.pool_size),
+                max_size=self.pool_size,
+                timeout=self.connect_timeout,
                 init=_init_connection,
                 # A row lock held by a stuck peer becomes a 503, not a hung request.
                 server_settings={"application_name": "scim-gateway", "lock_timeout": str(int(self.lock_timeout * 1000))},
@@ -198,7 +206,9 @@ class PostgresDialect(Dialect):
             if await conn.fetchval("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'"):
                 self.fold_collation = "und-x-icu"
                 return
-        log.warning("PostgreSQL store: the database folds only ASCII case (LC_CTYPE C, no ICU); filters compare other letters exactly")
+        log.warning(
+            "PostgreSQL store: the database folds only ASCII case (LC_CTYPE C, no ICU); filters compare other letters exactly"
+        )
 
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
@@ -267,7 +277,13 @@ class PostgresStore(Store):
     """The correlation store on a PostgreSQL database, shared by every gateway process that uses the URL."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, lock_timeout: float = 10.0, connect_timeout: float = 10.0, labels: Sequence[str] = ()
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        lock_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        labels: Sequence[str] = (),
     ) -> None:
         self.pg = PostgresDialect(url, pool_size=pool_size, lock_timeout=lock_timeout, connect_timeout=connect_timeout)
         super().__init__(self.pg, labels=labels)

@@ -27,7 +27,15 @@ from .migrations import migrations, statements
 
 T = TypeVar("T")
 
-TYPES = {"key": "INTEGER PRIMARY KEY AUTOINCREMENT", "text": "TEXT", "json": "TEXT", "int64": "INTEGER", "float": "REAL", "now": "", "member_seq": ""}
+TYPES = {
+    "key": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "text": "TEXT",
+    "json": "TEXT",
+    "int64": "INTEGER",
+    "float": "REAL",
+    "now": "",
+    "member_seq": "",
+}
 CHUNK = 500  # ids per IN (...) list
 _UNIQUE_ERRORS = {2067, 1555}  # SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
 

@@ -29,7 +29,13 @@ from .query import (
 )
 
 _SQL_OPS = {"eq": "=", "ne": "!=", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-_COLUMNS = {"id": "r.id", "unique_key": "r.unique_key", "created": "r.created", "last_modified": "r.last_modified", "type": "r.type"}
+_COLUMNS = {
+    "id": "r.id",
+    "unique_key": "r.unique_key",
+    "created": "r.created",
+    "last_modified": "r.last_modified",
+    "type": "r.type",
+}
 # Membership rows as seen from the resource: (its own column, the other end's column).
 _SIDES = {"members": ("group_id", "member_id"), "groups": ("member_id", "group_id")}
 

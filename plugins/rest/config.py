@@ -342,11 +342,15 @@ class RestConnectorConfig(BaseModel):
     timeout: float = Field(10.0, gt=0, le=300, description="Seconds per call before the app counts as unavailable")
     max_connections: int = Field(10, ge=1, le=1000, description="Pooled connections to the app")
     rate_limit: float | None = Field(None, gt=0, description="Calls per second at most, shared by all requests to this app")
-    retries: int = Field(2, ge=0, le=10, description="Extra attempts of idempotent calls (GET, PUT, DELETE) on failures worth retrying")
+    retries: int = Field(
+        2, ge=0, le=10, description="Extra attempts of idempotent calls (GET, PUT, DELETE) on failures worth retrying"
+    )
     max_retry_wait: float = Field(
         10.0, ge=0, le=300, description="Longest wait before a retry; a 429 asking for longer answers 503 with its Retry-After"
     )
-    headers: dict[str, StrOrRef] = Field(default_factory=dict, description="Headers sent on every call (values may be references)")
+    headers: dict[str, StrOrRef] = Field(
+        default_factory=dict, description="Headers sent on every call (values may be references)"
+    )
     auth: AuthConfig = Field(default_factory=lambda: NoAuthConfig(type="none"), description="How the gateway authenticates")
     resources: dict[str, RestResourceConfig] = Field(description="Per kind (the mapping's resource type name): its calls")
 

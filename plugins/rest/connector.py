@@ -240,7 +240,7 @@ class _Secrets:
 
 
 def _said(raw: bytes, secrets: _Secrets) -> str:
-    """": the app's message" (short, secrets masked), or nothing."""
+    """ ": the app's message" (short, secrets masked), or nothing."""
     message = _app_message(raw)
     return f": {_short(secrets.scrub(message))}" if message else ""
 
@@ -329,8 +329,9 @@ class _OAuth2Token:
             raise AppUnavailable(f"the token endpoint failed: {exc.detail}", retry_after=exc.retry_after) from None
         except AppError as exc:
             # Its 400/401 (invalid_client, invalid_scope): the gateway's own configuration, never the IdP's request.
-            raise AppUnavailable(f"the token endpoint refused the gateway's client credentials ({exc.detail})",
-                                 retry_after=RETRY_AFTER) from None
+            raise AppUnavailable(
+                f"the token endpoint refused the gateway's client credentials ({exc.detail})", retry_after=RETRY_AFTER
+            ) from None
         body = answer.body
         token = body.get("access_token") if isinstance(body, Mapping) else None
         if not isinstance(token, str) or not token:
@@ -356,8 +357,10 @@ class _Http:
         self.app = app
         self.secrets = _Secrets()
         self.base = _resolve_url(config.base_url, "base_url")
-        self.headers = {name: (self.secrets.add(_resolve(value, f"headers.{name}")) if isinstance(value, SecretRef) else value)
-                        for name, value in config.headers.items()}
+        self.headers = {
+            name: (self.secrets.add(_resolve(value, f"headers.{name}")) if isinstance(value, SecretRef) else value)
+            for name, value in config.headers.items()
+        }
         self.auth_headers: dict[str, str] = {}
         self.auth_query: dict[str, str] = {}
         self.oauth2: _OAuth2Token | None = None
@@ -440,8 +443,9 @@ class _Http:
                     raw = await _read(resp)
                     status, resp_headers, links = resp.status, resp.headers, _links(resp)
             except TimeoutError:
-                failure = AppUnavailable(f"the app did not answer {method} {url.path} within {self.config.timeout:g} s",
-                                         retry_after=RETRY_AFTER)
+                failure = AppUnavailable(
+                    f"the app did not answer {method} {url.path} within {self.config.timeout:g} s", retry_after=RETRY_AFTER
+                )
             except aiohttp.ClientConnectorError as exc:
                 failure = AppUnavailable(f"cannot connect to the app ({_os_reason(exc)})", retry_after=RETRY_AFTER)
                 unsent = True
@@ -487,7 +491,9 @@ class _Http:
         said = _said(raw, self.secrets)
         where = f"{method} {url.path}"
         if status in (401, 403):
-            return AppUnavailable(f"the app refused the gateway's credentials (HTTP {status} on {where})", retry_after=RETRY_AFTER)
+            return AppUnavailable(
+                f"the app refused the gateway's credentials (HTTP {status} on {where})", retry_after=RETRY_AFTER
+            )
         if status == 404 or status == 410:
             return AppNotFound(f"{where}: HTTP {status}{said}")
         if status == 409:
@@ -495,7 +501,9 @@ class _Http:
         if status in (400, 422):
             return AppInvalid(f"the app answered HTTP {status}{said}")
         if status == 429:
-            return AppUnavailable(f"the app is rate limiting the gateway (HTTP 429 on {where})", retry_after=retry_after or RETRY_AFTER)
+            return AppUnavailable(
+                f"the app is rate limiting the gateway (HTTP 429 on {where})", retry_after=retry_after or RETRY_AFTER
+            )
         if status >= 500:
             return AppUnavailable(f"the app failed (HTTP {status} on {where})", retry_after=retry_after or RETRY_AFTER)
         return AppError(f"the app answered HTTP {status} on {where}{said}")
@@ -662,7 +670,9 @@ class RestConnector(Connector):
         m = self._members(kind)
         for member_id in self._member_ids(m.member_kind, members, strict=True):
             try:
-                await self._op(m.add, {"id": group_id, "member": member_id}, fill(m.add.body, {"id": group_id, "member": member_id}))
+                await self._op(
+                    m.add, {"id": group_id, "member": member_id}, fill(m.add.body, {"id": group_id, "member": member_id})
+                )
             except AppConflict:
                 continue  # already a member
 
@@ -670,7 +680,9 @@ class RestConnector(Connector):
         m = self._members(kind)
         for member_id in self._member_ids(m.member_kind, members, strict=False):
             try:
-                await self._op(m.remove, {"id": group_id, "member": member_id}, fill(m.remove.body, {"id": group_id, "member": member_id}))
+                await self._op(
+                    m.remove, {"id": group_id, "member": member_id}, fill(m.remove.body, {"id": group_id, "member": member_id})
+                )
             except AppNotFound:
                 continue  # not a member (any more)
 
@@ -715,7 +727,11 @@ class RestConnector(Connector):
     # ------------------------------------------------------------ dry run
 
     def plan(
-        self, op: str, kind: str, native_id: NativeId | None = None, record: Record | None = None,
+        self,
+        op: str,
+        kind: str,
+        native_id: NativeId | None = None,
+        record: Record | None = None,
         members: list[tuple[str, NativeId]] | None = None,
     ) -> list[dict[str, Any]]:
         k = self._kind(kind, opened=False)
@@ -822,7 +838,9 @@ class RestConnector(Connector):
         url = http.url(_path(operation.path, ids), {key: _query_value(value, ids) for key, value in operation.query.items()})
         return await http.call(operation.method, url, headers=operation.headers, json_body=body)
 
-    async def _pages(self, kind: str, call: ListCallConfig, query: Mapping[str, str] | None = None) -> AsyncIterator[tuple[NativeId, Record]]:
+    async def _pages(
+        self, kind: str, call: ListCallConfig, query: Mapping[str, str] | None = None
+    ) -> AsyncIterator[tuple[NativeId, Record]]:
         k = self._kind(kind)
         async for item in self._items(call, query or {}, {}):
             native_id = _native_id(dig(item, k.id))
@@ -836,7 +854,11 @@ class RestConnector(Connector):
         p = call.pagination
         base_query = {key: _query_value(value, ids) for key, value in call.query.items()} | dict(query)
         first = http.url(_path(call.path, ids))
-        size_query = {p.size_param: str(p.size)} if isinstance(p, PagePagination | CursorPagination | NextLinkPagination | LinkHeaderPagination) and p.size_param else {}
+        size_query = (
+            {p.size_param: str(p.size)}
+            if isinstance(p, PagePagination | CursorPagination | NextLinkPagination | LinkHeaderPagination) and p.size_param
+            else {}
+        )
         page = p.start if isinstance(p, PagePagination) else 0
         offset = 0
         cursor: str | None = None

@@ -190,7 +190,9 @@ class SqlConnectorConfig(BaseModel):
         5.0, gt=0, le=300, description="Seconds to wait for a connection or a lock before the app counts as unavailable"
     )
     statement_timeout: float = Field(
-        30.0, gt=0, le=3600,
+        30.0,
+        gt=0,
+        le=3600,
         description="Seconds one statement may run (or the server stay silent) before the app counts as unavailable:"
         " PostgreSQL statement_timeout plus a client-side limit, MariaDB max_statement_time; not for SQLite (local)",
     )

@@ -500,7 +500,11 @@ class SqlConnector(Connector):
             last = rows[-1][k.key.name]
 
     def plan(
-        self, op: str, kind: str, native_id: NativeId | None = None, record: Record | None = None,
+        self,
+        op: str,
+        kind: str,
+        native_id: NativeId | None = None,
+        record: Record | None = None,
         members: list[tuple[str, NativeId]] | None = None,
     ) -> list[dict[str, Any]]:
         """The statements a write would run, with bound parameters (for `translate`; nothing is opened).
@@ -530,8 +534,10 @@ class SqlConnector(Connector):
             stmt(f"UPDATE {t.table} SET {sets} WHERE {t.key} = :key", {**main, **key_param})
         elif op == "delete":
             if t.soft_delete is not None:
-                stmt(f"UPDATE {t.table} SET {t.soft_delete.column} = :mark WHERE {t.key} = :key",
-                     {"mark": t.soft_delete.value if t.soft_delete.value is not None else "<now>", **key_param})
+                stmt(
+                    f"UPDATE {t.table} SET {t.soft_delete.column} = :mark WHERE {t.key} = :key",
+                    {"mark": t.soft_delete.value if t.soft_delete.value is not None else "<now>", **key_param},
+                )
             else:
                 for c in t.children:
                     stmt(f"DELETE FROM {c.table} WHERE {c.parent_column} = :key", key_param)
@@ -834,7 +840,9 @@ def _create_engine(url: URL, config: SqlConnectorConfig) -> AsyncEngine:
             # A statement the server runs too long is cancelled there; a server gone silent is given up client-side.
             "command_timeout": config.statement_timeout + 1,
             "server_settings": {
-                "lock_timeout": str(lock_ms), "statement_timeout": str(statement_ms), "application_name": "scim-gateway",
+                "lock_timeout": str(lock_ms),
+                "statement_timeout": str(statement_ms),
+                "application_name": "scim-gateway",
             },
         }
     elif backend in ("mysql", "mariadb"):

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.serve", name, str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.serve", name, str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -67,7 +69,12 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     env = (
         {"HR_API_URL": f"{api}/api", "HR_API_KEY": HR_API_KEY, "HR_SCIM_TOKEN": TOKEN}
         if name == "hr"
-        else {"CRM_API_URL": f"{api}/api/v1", "CRM_TOKEN_URL": f"{api}/oauth/token", "CRM_CLIENT_SECRET": CLIENT_SECRET, "CRM_SCIM_TOKEN": TOKEN}
+        else {
+            "CRM_API_URL": f"{api}/api/v1",
+            "CRM_TOKEN_URL": f"{api}/oauth/token",
+            "CRM_CLIENT_SECRET": CLIENT_SECRET,
+            "CRM_SCIM_TOKEN": TOKEN,
+        }
     )
     gateway = LiveGateway(root, token="", app=name, env=env)
     gateway.token = TOKEN  # accepted through the mapping's auth.bearer {env: ..._SCIM_TOKEN}

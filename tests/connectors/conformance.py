@@ -83,7 +83,9 @@ class ConnectorConformance:
         ids = [await connector.create(user_kind, self.sample_user(f"distinct{i}")) for i in range(3)]
         assert len(set(ids)) == 3
 
-    async def test_create_many_answers_each_record_in_order(self, connector: Connector, user_kind: str, unique_field: str) -> None:
+    async def test_create_many_answers_each_record_in_order(
+        self, connector: Connector, user_kind: str, unique_field: str
+    ) -> None:
         records = [self.sample_user(f"many{i}") for i in range(4)]
         taken = await connector.create(user_kind, self.sample_user("manytaken"))
         clash = self.sample_user("manyclash") | {unique_field: self.sample_user("manytaken")[unique_field]}

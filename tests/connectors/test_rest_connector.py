@@ -76,7 +76,12 @@ def hr_config(base_url: str | dict[str, str], page_size: int = 100, **changes: A
                     "member_kind": "User",
                     "add": {"path": "/groups/{id}/members", "body": {"user_id": "{member}"}},
                     "remove": {"path": "/groups/{id}/members/{member}"},
-                    "list": {"path": "/groups/{id}/members", "items": "data", "member_id": "user_id", "pagination": page(page_size)},
+                    "list": {
+                        "path": "/groups/{id}/members",
+                        "items": "data",
+                        "member_id": "user_id",
+                        "pagination": page(page_size),
+                    },
                 },
             },
         },
@@ -143,9 +148,6 @@ class TestRestConformance(ConnectorConformance):
         connector: RestConnector = await opened(hr_config(hr_url, page_size))
         return connector
 
-
-
-
     @pytest.fixture
     def text_field(self) -> str:
         return "title"
@@ -168,7 +170,12 @@ def test_registered_through_the_entry_point() -> None:
 def test_capabilities_follow_the_configuration() -> None:
     full = RestConnectorConfig.model_validate(hr_config(BASE))
     assert RestConnector.capabilities_for(full) == Capabilities(
-        membership=True, search=True, search_ops=frozenset({"eq"}), list_all=True, read=True, actions=frozenset({"disable", "enable"})
+        membership=True,
+        search=True,
+        search_ops=frozenset({"eq"}),
+        list_all=True,
+        read=True,
+        actions=frozenset({"disable", "enable"}),
     )
     bare = hr_config(BASE)
     for kind in bare["resources"].values():
@@ -184,11 +191,18 @@ def test_capabilities_follow_the_configuration() -> None:
     [
         (lambda c: c["resources"]["User"]["get"].update(path="/users/{ID}"), "unknown placeholder {ID} (valid: {id})"),
         (lambda c: c["resources"]["User"]["create"].update(path="/users/{id}"), "unknown placeholder {id} (valid: none here)"),
-        (lambda c: c["resources"]["User"].update(update={"method": "PUT", "path": "/users/{id}"}) or c["resources"]["User"].pop("get"),
-         "update with PUT sends the whole record, so it needs get"),
+        (
+            lambda c: (
+                c["resources"]["User"].update(update={"method": "PUT", "path": "/users/{id}"})
+                or c["resources"]["User"].pop("get")
+            ),
+            "update with PUT sends the whole record, so it needs get",
+        ),
         (lambda c: c["resources"]["Group"]["members"].update(member_kind="Person"), "unknown kind 'Person' (valid: Group, User)"),
-        (lambda c: c["resources"]["Group"]["members"]["add"].update(body={"user_id": "{mmber}"}),
-         'body.user_id: unknown placeholder {mmber} (valid: "{id}", "{id:int}", "{member}", "{member:int}")'),
+        (
+            lambda c: c["resources"]["Group"]["members"]["add"].update(body={"user_id": "{mmber}"}),
+            'body.user_id: unknown placeholder {mmber} (valid: "{id}", "{id:int}", "{member}", "{member:int}")',
+        ),
         (lambda c: c.update(base_url="ftp://hr.test/api"), "give an absolute http:// or https:// URL"),
         (lambda c: c.update(base_url="https://admin:hunter22@hr.test/api"), "the URL carries credentials"),
         (lambda c: c.update(auth={"type": "bearer", "token": "inline-token"}), "Input should be a valid dictionary"),
@@ -312,8 +326,13 @@ TOKEN_URL = "https://idp.test/oauth2/token"
 
 
 def oauth2(**extra: Any) -> dict[str, Any]:
-    return {"type": "oauth2_client_credentials", "token_url": TOKEN_URL, "client_id": "gw-client",
-            "client_secret": {"env": "HR_TEST_CLIENT_SECRET"}, **extra}
+    return {
+        "type": "oauth2_client_credentials",
+        "token_url": TOKEN_URL,
+        "client_id": "gw-client",
+        "client_secret": {"env": "HR_TEST_CLIENT_SECRET"},
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -331,8 +350,15 @@ async def test_oauth2_token_is_fetched_once_and_cached(opened: Any, client_secre
         await connector.get("User", "1")
         (token_call,) = sent(m, "POST", TOKEN_URL)
         calls = sent(m, "GET", f"{BASE}/users/1")
-    assert token_call.kwargs["data"] == {"grant_type": "client_credentials", "scope": "hr.read hr.write", "audience": "https://hr.test"}
-    assert token_call.kwargs["headers"]["Authorization"] == "Basic " + base64.b64encode(f"gw-client:{client_secret}".encode()).decode()
+    assert token_call.kwargs["data"] == {
+        "grant_type": "client_credentials",
+        "scope": "hr.read hr.write",
+        "audience": "https://hr.test",
+    }
+    assert (
+        token_call.kwargs["headers"]["Authorization"]
+        == "Basic " + base64.b64encode(f"gw-client:{client_secret}".encode()).decode()
+    )
     assert "X-Tenant" not in token_call.kwargs["headers"]  # the app's own headers never go to the IdP
     assert [c.kwargs["headers"]["Authorization"] for c in calls] == ["Bearer tok-1", "Bearer tok-1"]
 
@@ -355,7 +381,11 @@ async def test_oauth2_client_secret_in_the_body(opened: Any, client_secret: str)
         m.get(f"{BASE}/users/1", payload={"id": 1})
         await connector.get("User", "1")
         (token_call,) = sent(m, "POST", TOKEN_URL)
-    assert token_call.kwargs["data"] == {"grant_type": "client_credentials", "client_id": "gw-client", "client_secret": client_secret}
+    assert token_call.kwargs["data"] == {
+        "grant_type": "client_credentials",
+        "client_id": "gw-client",
+        "client_secret": client_secret,
+    }
     assert "Authorization" not in token_call.kwargs["headers"]
 
 
@@ -489,7 +519,11 @@ async def test_pagination_link_header(opened: Any) -> None:
     connector = await opened(paged_config({"type": "link_header", "size_param": "per_page", "size": 3}, items=None))
     with aioresponses() as m:
         m.get(f"{BASE}/users?per_page=3", payload=ITEMS[:3], headers={"Link": f'<{BASE}/users?per_page=3&page=2>; rel="next"'})
-        m.get(f"{BASE}/users?per_page=3&page=2", payload=ITEMS[3:], headers={"Link": f'<{BASE}/users?per_page=3&page=1>; rel="prev"'})
+        m.get(
+            f"{BASE}/users?per_page=3&page=2",
+            payload=ITEMS[3:],
+            headers={"Link": f'<{BASE}/users?per_page=3&page=1>; rel="prev"'},
+        )
         assert await listed(connector) == ["1", "2", "3", "4", "5"]
 
 
@@ -503,7 +537,12 @@ async def test_put_update_reads_merges_and_writes_the_whole_record(opened: Any) 
         m.put(f"{BASE}/users/4", payload={})
         await connector.update("User", "4", {"profile.name.last": "Lovelace", "title": None})
         (put,) = sent(m, "PUT", f"{BASE}/users/4")
-    assert put.kwargs["json"] == {"id": 4, "login": "ada", "profile": {"name": {"first": "Ada", "last": "Lovelace"}, "phones": ["1"]}, "title": None}
+    assert put.kwargs["json"] == {
+        "id": 4,
+        "login": "ada",
+        "profile": {"name": {"first": "Ada", "last": "Lovelace"}, "phones": ["1"]},
+        "title": None,
+    }
 
 
 async def test_put_update_of_a_missing_record_is_not_found(opened: Any) -> None:
@@ -553,7 +592,11 @@ async def test_member_and_action_bodies(opened: Any) -> None:
     config["resources"]["Group"] = copy.deepcopy(config["resources"]["User"]) | {
         "members": {
             "member_kind": "User",
-            "add": {"method": "PUT", "path": "/groups/{id}/members/{member}", "body": {"member": {"id": "{member:int}", "role": "user"}}},
+            "add": {
+                "method": "PUT",
+                "path": "/groups/{id}/members/{member}",
+                "body": {"member": {"id": "{member:int}", "role": "user"}},
+            },
             "remove": {"path": "/groups/{id}/members/{member}"},
             "list": {"path": "/groups/{id}/members", "member_id": "user.id"},
         },
@@ -818,7 +861,9 @@ async def test_a_post_that_never_connected_is_sent_again_once_the_app_listens(op
         await web.TCPSite(runner, "127.0.0.1", port).start()
 
     try:
-        connector = await opened(hr_config(f"http://127.0.0.1:{port}/api", retries=10))  # backoff is shortened here: ~0.5 s in all
+        connector = await opened(
+            hr_config(f"http://127.0.0.1:{port}/api", retries=10)
+        )  # backoff is shortened here: ~0.5 s in all
         starter = asyncio.create_task(come_up_later())
         native_id = await connector.create("User", user("late"))
         await starter

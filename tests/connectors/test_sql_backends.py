@@ -261,9 +261,6 @@ class TestHrConformance(ConnectorConformance):
         await connector.close()
         await drop(request.param, name)
 
-
-
-
     @pytest.fixture
     def text_field(self) -> str:
         return "display_nm"
@@ -282,9 +279,6 @@ class TestFeatureConformance(ConnectorConformance):
     async def connector(self, staff: SqlConnector, page_size: int) -> SqlConnector:
         staff.page_size = page_size
         return staff
-
-
-
 
     @pytest.fixture
     def text_field(self) -> str:

@@ -75,9 +75,6 @@ class TestSqliteConformance(ConnectorConformance):
         sql.page_size = page_size
         return sql
 
-
-
-
     @pytest.fixture
     def text_field(self) -> str:
         return "display_nm"
@@ -586,7 +583,15 @@ async def test_not_open_and_unknown_kind(tmp_path: Path, hr_db: Path) -> None:
 
 def test_config_json_schema_exports() -> None:
     schema = SqlConnectorConfig.model_json_schema()
-    assert set(schema["properties"]) == {"type", "dsn", "pool_size", "timeout", "statement_timeout", "sqlite_synchronous", "tables"}
+    assert set(schema["properties"]) == {
+        "type",
+        "dsn",
+        "pool_size",
+        "timeout",
+        "statement_timeout",
+        "sqlite_synchronous",
+        "tables",
+    }
 
 
 def test_config_is_frozen_and_defaults() -> None:

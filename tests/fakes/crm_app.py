@@ -148,8 +148,12 @@ async def _api_call(request: web.Request, handler: Handler, state: CrmState) -> 
         return _error(401, "unauthorized", "a bearer token is required", **{"WWW-Authenticate": 'Bearer realm="crm"'})
     expiry = state.tokens.get(token)
     if expiry is None or expiry <= time.monotonic():
-        return _error(401, "invalid_token", "the access token is unknown or expired",
-                      **{"WWW-Authenticate": 'Bearer realm="crm", error="invalid_token"'})
+        return _error(
+            401,
+            "invalid_token",
+            "the access token is unknown or expired",
+            **{"WWW-Authenticate": 'Bearer realm="crm", error="invalid_token"'},
+        )
     if state.faults:
         status = state.faults.popleft()
         return _error(status, "injected", f"injected fault {status}")
@@ -173,11 +177,17 @@ async def _token(request: web.Request) -> web.Response:
             return _error(400, "invalid_request", "malformed Basic credentials")
         method = "basic"
     scope = form.get("scope")
-    record = TokenRequest(str(client_id) if client_id is not None else None, str(scope) if scope is not None else None, method, False)
+    record = TokenRequest(
+        str(client_id) if client_id is not None else None, str(scope) if scope is not None else None, method, False
+    )
     state.token_requests.append(record)
     if form.get("grant_type") != "client_credentials":
         return _error(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
-    if client_id != state.client_id or not isinstance(client_secret, str) or not secrets.compare_digest(client_secret, state.client_secret):
+    if (
+        client_id != state.client_id
+        or not isinstance(client_secret, str)
+        or not secrets.compare_digest(client_secret, state.client_secret)
+    ):
         return _error(401, "invalid_client", "client authentication failed", **{"WWW-Authenticate": 'Basic realm="crm"'})
     if scope is not None and not set(str(scope).split()) <= SCOPES:
         return _error(400, "invalid_scope", f"unknown scope (valid: {' '.join(sorted(SCOPES))})")
@@ -222,7 +232,9 @@ def _string(value: Any, where: str) -> str | None:
     return value
 
 
-def _person_from_body(state: CrmState, body: dict[str, Any], pid: str, created: str, active_now: bool | None = None) -> dict[str, Any]:
+def _person_from_body(
+    state: CrmState, body: dict[str, Any], pid: str, created: str, active_now: bool | None = None
+) -> dict[str, Any]:
     """A complete person from a request body: what the body leaves out is cleared (a full replace).
 
     `account.active` is set on create only; afterwards it changes through
@@ -258,10 +270,16 @@ def _person_from_body(state: CrmState, body: dict[str, Any], pid: str, created: 
         "id": pid,
         "created": created,
         "person": {
-            "name": {"first": _string(name.get("first"), "person.name.first"), "last": _string(name.get("last"), "person.name.last")},
+            "name": {
+                "first": _string(name.get("first"), "person.name.first"),
+                "last": _string(name.get("last"), "person.name.last"),
+            },
             "title": _string(person.get("title"), "person.title"),
         },
-        "contact": {"email": _string(contact.get("email"), "contact.email"), "phone": _string(contact.get("phone"), "contact.phone")},
+        "contact": {
+            "email": _string(contact.get("email"), "contact.email"),
+            "phone": _string(contact.get("phone"), "contact.phone"),
+        },
         "account": {"username": username, "active": active},
         "roles": list(dict.fromkeys(roles)),  # a role held twice is held once
     }
@@ -325,7 +343,9 @@ async def _list_people(request: web.Request) -> web.Response:
     people = list(state.people.values())
     unknown = set(request.query) - {"cursor", "limit", "username", "email"}
     if unknown:
-        raise _Problem(400, "bad_query", f"unknown query parameter {sorted(unknown)[0]!r} (valid: cursor, limit, username, email)")
+        raise _Problem(
+            400, "bad_query", f"unknown query parameter {sorted(unknown)[0]!r} (valid: cursor, limit, username, email)"
+        )
     if "username" in request.query:
         wanted = request.query["username"].lower()
         people = [p for p in people if p["account"]["username"].lower() == wanted]
@@ -353,7 +373,9 @@ async def _get_person(request: web.Request) -> web.Response:
 async def _put_person(request: web.Request) -> web.Response:
     state = request.app[CRM_STATE]
     current = _get_or_404(state.people, request, "person")
-    record = _person_from_body(state, await _json_object(request), current["id"], current["created"], current["account"]["active"])
+    record = _person_from_body(
+        state, await _json_object(request), current["id"], current["created"], current["account"]["active"]
+    )
     state.people[current["id"]] = record
     return web.json_response(record)
 

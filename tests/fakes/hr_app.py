@@ -140,7 +140,9 @@ class _Hr:
                 if fault.hold is not None:
                     await fault.hold.wait()
                 if fault.status is not None:
-                    return web.Response(status=fault.status, text=fault.body, content_type=fault.content_type, headers=fault.headers)
+                    return web.Response(
+                        status=fault.status, text=fault.body, content_type=fault.content_type, headers=fault.headers
+                    )
                 break
         if request.headers.get("X-API-Key") != self.s.api_key:
             return _error(401, "missing or wrong API key")

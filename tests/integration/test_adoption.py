@@ -31,7 +31,12 @@ async def test_entra_lookup_adopts_an_existing_account_and_takes_it_over(scim: S
     resp, data = await scim.get("/Users?filter=" + q('userName eq "legacy@contoso.com"'))
     assert resp.status == 200 and data["totalResults"] == 1
     user = data["Resources"][0]
-    assert (user["userName"], user["name"]["givenName"], user["title"], user["active"]) == ("Legacy@Contoso.com", "Lee", "Clerk", True)
+    assert (user["userName"], user["name"]["givenName"], user["title"], user["active"]) == (
+        "Legacy@Contoso.com",
+        "Lee",
+        "Clerk",
+        True,
+    )
     # ...then updates it instead of creating a duplicate.
     resp, patched = await scim.patch(f"/Users/{user['id']}", [{"op": "Replace", "path": "title", "value": "Manager"}])
     assert resp.status == 200 and patched["title"] == "Manager"
@@ -46,13 +51,18 @@ async def test_entra_lookup_adopts_an_existing_account_and_takes_it_over(scim: S
 async def test_okta_group_lookup_adopts_an_existing_team_with_its_members(scim: Scim, demo_db: sqlite3.Connection) -> None:
     _, user = await scim.post("/Users", user_body("member@example.com"))
     team_id = demo_db.execute("INSERT INTO teams (team_name) VALUES ('Old Team')").lastrowid
-    demo_db.execute("INSERT INTO team_members (team_id, emp_no) SELECT ?, emp_no FROM employees WHERE login = 'member@example.com'", (team_id,))
+    demo_db.execute(
+        "INSERT INTO team_members (team_id, emp_no) SELECT ?, emp_no FROM employees WHERE login = 'member@example.com'",
+        (team_id,),
+    )
     demo_db.commit()
     resp, data = await scim.get("/Groups?filter=" + q('displayName eq "old team"'))
     assert data["totalResults"] == 1
     group = data["Resources"][0]
     assert [m["value"] for m in group["members"]] == [user["id"]]
-    resp, _ = await scim.request("PATCH", f"/Groups/{group['id']}", {"schemas": [PATCH_URN], "Operations": [{"op": "remove", "path": "members"}]})
+    resp, _ = await scim.request(
+        "PATCH", f"/Groups/{group['id']}", {"schemas": [PATCH_URN], "Operations": [{"op": "remove", "path": "members"}]}
+    )
     assert resp.status == 200
     assert count(demo_db, "team_members") == 0
 

@@ -30,7 +30,9 @@ async def test_an_edit_made_in_the_app_reaches_lists_and_etags(scim: Scim, demo_
     assert [r["id"] for r in listed["Resources"]] == [user["id"]]
 
 
-async def test_a_user_renamed_in_the_app_is_found_by_its_new_name_and_frees_the_old(scim: Scim, demo_db: sqlite3.Connection) -> None:
+async def test_a_user_renamed_in_the_app_is_found_by_its_new_name_and_frees_the_old(
+    scim: Scim, demo_db: sqlite3.Connection
+) -> None:
     _, user = await scim.post("/Users", user_body("Old.Name"))
     demo_db.execute("UPDATE employees SET login = 'New.Name' WHERE login = 'old.name' OR login = 'Old.Name'")
     demo_db.commit()

@@ -84,7 +84,9 @@ def store_rows(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """The correlation store's rows, read past the gateway."""
     with closing(sqlite3.connect(data_dir / "gateway.db")) as db:
         db.row_factory = sqlite3.Row
-        return {t: [dict(r) for r in db.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in ("resources", "members", "journal")}
+        return {
+            t: [dict(r) for r in db.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in ("resources", "members", "journal")
+        }
 
 
 def assert_nothing_recorded(
@@ -124,7 +126,9 @@ class HrGateway:
 
 
 @asynccontextmanager
-async def hr_gateway(aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, timeout: float = 5.0) -> AsyncIterator[HrGateway]:
+async def hr_gateway(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, timeout: float = 5.0
+) -> AsyncIterator[HrGateway]:
     """The fake HR app behind a TcpProxy, served by a gateway of its own."""
     hr = create_hr_app(api_key=HR_API_KEY)
     async with serve(hr) as url:
@@ -156,7 +160,12 @@ REST_FAULTS: dict[str, tuple[int, str | None, str]] = {
     "cut-short-json": (502, None, "cut short"),
 }
 # op -> the app call its fault is scripted on (method, path regex after /api)
-REST_CALLS = {"create": ("POST", "/users"), "patch": ("PATCH", r"/users/\d+"), "delete": ("DELETE", r"/users/\d+"), "get": ("GET", r"/users/\d+")}
+REST_CALLS = {
+    "create": ("POST", "/users"),
+    "patch": ("PATCH", r"/users/\d+"),
+    "delete": ("DELETE", r"/users/\d+"),
+    "get": ("GET", r"/users/\d+"),
+}
 
 
 def script_fault(state: HrState, fault: str, method: str, path: str) -> None:
@@ -277,7 +286,8 @@ async def pg_gateway(aiohttp_client: Any, tmp_path: Path, database: str, *, time
     await proxy.start()
     data_dir = tmp_path / "data"
     settings = GatewaySettings(
-        mappings=[pg_mapping(tmp_path, database, proxy.port, timeout=timeout)], data_dir=data_dir,
+        mappings=[pg_mapping(tmp_path, database, proxy.port, timeout=timeout)],
+        data_dir=data_dir,
         extra_tokens={"legacy_pg": [SecretStr(TOKEN)]},
     )
     client = await aiohttp_client(create_app(settings))
@@ -317,7 +327,10 @@ async def test_a_sql_app_fault_is_503_and_records_nothing(
     ops, phrase = SQL_FAULTS[fault]
     tag = uuid.uuid4().hex[:8]
     kept_login, new_login = f"kept-{tag}@contoso.com", f"new-{tag}@contoso.com"
-    async with pg_gateway(aiohttp_client, tmp_path, legacy_pg_database, timeout=0.5) as pg, pg_session(legacy_pg_database) as other:
+    async with (
+        pg_gateway(aiohttp_client, tmp_path, legacy_pg_database, timeout=0.5) as pg,
+        pg_session(legacy_pg_database) as other,
+    ):
         resp, kept = await pg.scim.post("/Users", entra_user(kept_login, "Kept", "Safe"))
         assert resp.status == 201, kept
         app_before = await pg.person(kept_login)
@@ -371,7 +384,8 @@ async def test_a_sql_app_fault_is_503_and_records_nothing(
 def demo_and_pg_settings(data_dir: Path, mapping: Path) -> GatewaySettings:
     ensure_demo_database(data_dir)
     return GatewaySettings(
-        mappings=[demo_mapping_path(), mapping], data_dir=data_dir,
+        mappings=[demo_mapping_path(), mapping],
+        data_dir=data_dir,
         extra_tokens={"demo": [SecretStr(TOKEN)], "legacy_pg": [SecretStr(TOKEN)]},
     )
 
@@ -411,8 +425,10 @@ async def test_an_app_unreachable_at_start_answers_503_until_it_opens_and_the_ot
             resp, data = await pg.request(method, path, body)
             assert_scim_error(resp, data, 503, f"{method} {path}")
             assert int(resp.headers["Retry-After"]) >= 1
-            assert re.match(r"app legacy_pg is unavailable: not connected \(the database is unreachable: \w+\); next attempt in \d+ s$",
-                            data["detail"]), data
+            assert re.match(
+                r"app legacy_pg is unavailable: not connected \(the database is unreachable: \w+\); next attempt in \d+ s$",
+                data["detail"],
+            ), data
             assert store_rows(data_dir) == before  # refused before anything: not even a claim
         # ... but discovery, from its mapping.
         for path in ("/ServiceProviderConfig", "/ResourceTypes", "/Schemas"):
@@ -427,7 +443,9 @@ async def test_an_app_unreachable_at_start_answers_503_until_it_opens_and_the_ot
             await runtime.serving.wait()
         # Start-up recovery ran once it opened: the write the app never got is rolled back.
         assert await runtime.provisioner.store.pending("legacy_pg") == []
-        assert [e["detail"] for e in store_rows(data_dir)["journal"] if e["app"] == "legacy_pg"] == ["recovery: the app has no such record"]
+        assert [e["detail"] for e in store_rows(data_dir)["journal"] if e["app"] == "legacy_pg"] == [
+            "recovery: the app has no such record"
+        ]
         resp, created = await pg.post("/Users", entra_user("early@contoso.com", "Early", "Bird"))
         assert resp.status == 201, created
         resp, listed = await pg.get("/Users")
@@ -438,7 +456,9 @@ async def test_an_app_unreachable_at_start_answers_503_until_it_opens_and_the_ot
             await proxy.stop()
 
 
-def test_serve_keeps_running_with_an_unreachable_app_and_prints_its_banner_after_opening(tmp_path: Path, legacy_pg_database: str) -> None:
+def test_serve_keeps_running_with_an_unreachable_app_and_prints_its_banner_after_opening(
+    tmp_path: Path, legacy_pg_database: str
+) -> None:
     mapping = pg_mapping(tmp_path, legacy_pg_database, free_port(), breaker={"reset_after": 60})
     gateway = LiveGateway(tmp_path / "live", app="legacy_pg")
     gateway.start("--config", str(mapping))
@@ -449,7 +469,9 @@ def test_serve_keeps_running_with_an_unreachable_app_and_prints_its_banner_after
         assert caught.value.code == 503 and caught.value.headers["Retry-After"]
         detail = json.loads(caught.value.read())["detail"]
         assert detail.startswith("app legacy_pg is unavailable: not connected (the database is unreachable"), detail
-        request = urllib.request.Request(f"{gateway.base_url}/ServiceProviderConfig", headers={"Authorization": f"Bearer {TOKEN}"})
+        request = urllib.request.Request(
+            f"{gateway.base_url}/ServiceProviderConfig", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 200
         log = gateway.log.read_text()

@@ -68,7 +68,20 @@ async def test_every_operation_writes_one_line_with_its_fields(scim: Scim, audit
         ("delete", "User", user["id"], 204, "DELETE"),
     ]
     for record in records:
-        assert list(record) == ["ts", "app", "credential", "client", "method", "op", "resource_type", "id", "status", "request_id", "duration_ms", "pid"]
+        assert list(record) == [
+            "ts",
+            "app",
+            "credential",
+            "client",
+            "method",
+            "op",
+            "resource_type",
+            "id",
+            "status",
+            "request_id",
+            "duration_ms",
+            "pid",
+        ]
         assert record["app"] == "demo" and record["credential"] == CLI_CREDENTIAL and record["client"] == "127.0.0.1"
         stamp = datetime.fromisoformat(record["ts"])
         assert record["ts"].endswith("Z") and stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0
@@ -78,7 +91,9 @@ async def test_every_operation_writes_one_line_with_its_fields(scim: Scim, audit
     assert len({r["request_id"] for r in records}) == len(records)
 
 
-async def test_failed_writes_are_recorded_with_their_status(scim: Scim, audit_file: Path, data_dir: Path, monkeypatch: Any) -> None:
+async def test_failed_writes_are_recorded_with_their_status(
+    scim: Scim, audit_file: Path, data_dir: Path, monkeypatch: Any
+) -> None:
     _, user = await scim.post("/Users", user_body("bob@example.com"))
     await scim.post("/Users", user_body("BOB@example.com"))  # 409 uniqueness
     await scim.patch("/Users/no-such-id", [{"op": "replace", "path": "title", "value": "x"}])  # 404
@@ -120,22 +135,37 @@ async def test_refused_authentications_are_recorded(client: Any, audit_file: Pat
         assert resp.status == 401
     records = lines(audit_file)
     assert [(r["op"], r["status"], r["reason"], r["credential"], r["method"]) for r in records] == [
-        ("auth", 401, "no_token", None, "GET"), ("auth", 401, "unknown_token", None, "GET"), ("auth", 401, "no_token", None, "GET"),
+        ("auth", 401, "no_token", None, "GET"),
+        ("auth", 401, "unknown_token", None, "GET"),
+        ("auth", 401, "no_token", None, "GET"),
     ]
 
 
 async def test_bulk_records_each_operation_with_its_bulk_id(scim: Scim, audit_file: Path) -> None:
     _, existing = await scim.post("/Users", user_body("dora@example.com"))
-    body = {"schemas": [BULK_REQUEST], "Operations": [
-        {"method": "PATCH", "path": "/Groups/bulkId:g1", "data": {"schemas": [PATCH_URN], "Operations": [
-            {"op": "add", "path": "members", "value": [{"value": "bulkId:u1"}]}]}},
-        {"method": "POST", "path": "/Users", "bulkId": "u1", "data": user_body("erik@example.com")},
-        {"method": "POST", "path": "/Groups", "bulkId": "g1", "data": {"schemas": [GROUP_URN], "displayName": "Bulk team"}},
-        {"method": "POST", "path": "/Users", "bulkId": "dup", "data": user_body("DORA@example.com")},  # 409
-        {"method": "PATCH", "path": "/Users/bulkId:dup", "data": {"schemas": [PATCH_URN], "Operations": []}},  # its dependency failed
-        {"method": "POST", "path": "/Users", "data": user_body("no.bulk.id@example.com")},  # 400: POST needs a bulkId
-        {"method": "DELETE", "path": f"/Users/{existing['id']}", "version": 'W/"1"'},
-    ]}
+    body = {
+        "schemas": [BULK_REQUEST],
+        "Operations": [
+            {
+                "method": "PATCH",
+                "path": "/Groups/bulkId:g1",
+                "data": {
+                    "schemas": [PATCH_URN],
+                    "Operations": [{"op": "add", "path": "members", "value": [{"value": "bulkId:u1"}]}],
+                },
+            },
+            {"method": "POST", "path": "/Users", "bulkId": "u1", "data": user_body("erik@example.com")},
+            {"method": "POST", "path": "/Groups", "bulkId": "g1", "data": {"schemas": [GROUP_URN], "displayName": "Bulk team"}},
+            {"method": "POST", "path": "/Users", "bulkId": "dup", "data": user_body("DORA@example.com")},  # 409
+            {
+                "method": "PATCH",
+                "path": "/Users/bulkId:dup",
+                "data": {"schemas": [PATCH_URN], "Operations": []},
+            },  # its dependency failed
+            {"method": "POST", "path": "/Users", "data": user_body("no.bulk.id@example.com")},  # 400: POST needs a bulkId
+            {"method": "DELETE", "path": f"/Users/{existing['id']}", "version": 'W/"1"'},
+        ],
+    }
     resp, answer = await scim.post("/Bulk", body)
     assert resp.status == 200, answer
     # The response is what it would be without the audit log: no bulkId where the client gave none.
@@ -166,11 +196,14 @@ async def test_a_bulk_request_failing_as_a_whole_still_records_what_ran(scim: Sc
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Provisioner, "delete", broken)
-    body = {"schemas": [BULK_REQUEST], "Operations": [
-        {"method": "POST", "path": "/Users", "bulkId": "u1", "data": user_body("fay@example.com")},
-        {"method": "DELETE", "path": "/Users/anything"},
-        {"method": "POST", "path": "/Users", "bulkId": "u2", "data": user_body("gus@example.com")},
-    ]}
+    body = {
+        "schemas": [BULK_REQUEST],
+        "Operations": [
+            {"method": "POST", "path": "/Users", "bulkId": "u1", "data": user_body("fay@example.com")},
+            {"method": "DELETE", "path": "/Users/anything"},
+            {"method": "POST", "path": "/Users", "bulkId": "u2", "data": user_body("gus@example.com")},
+        ],
+    }
     resp, _ = await scim.post("/Bulk", body)
     assert resp.status == 500
     created, deleting, request = lines(audit_file)
@@ -190,8 +223,15 @@ async def test_nothing_secret_is_recorded(aiohttp_client: Any, data_dir: Path, a
     scim = Scim(client)
     password, secret_title = "Pa55word-Never-Logged", "Secret Project Title"
     await scim.post("/Users", user_body("hans@example.com", password=password, title=secret_title, name={"givenName": "Hansel"}))
-    await scim.post("/Bulk", {"schemas": [BULK_REQUEST], "Operations": [
-        {"method": "POST", "path": "/Users", "bulkId": "b", "data": user_body("ida@example.com", password=password)}]})
+    await scim.post(
+        "/Bulk",
+        {
+            "schemas": [BULK_REQUEST],
+            "Operations": [
+                {"method": "POST", "path": "/Users", "bulkId": "b", "data": user_body("ida@example.com", password=password)}
+            ],
+        },
+    )
     wrong = "Bearer some-other-apps-token-value"
     await client.get("/apps/demo/scim/v2/Users", headers={"Authorization": wrong})
     text = audit_file.read_text()
@@ -293,7 +333,9 @@ async def test_serve_workers_share_the_log_line_by_line(tmp_path: Path) -> None:
             async def send(i: int) -> int:
                 token = TOKEN if i % 4 == 0 else f"wrong-{i}"
                 body = user_body(f"w{i}@example.com")
-                async with session.post(f"{gateway.base_url}/Users", json=body, headers={"Authorization": f"Bearer {token}"}) as resp:
+                async with session.post(
+                    f"{gateway.base_url}/Users", json=body, headers={"Authorization": f"Bearer {token}"}
+                ) as resp:
                     return resp.status
 
             statuses = await asyncio.gather(*(send(i) for i in range(160)))

@@ -66,7 +66,9 @@ async def test_each_app_accepts_only_its_own_token(aiohttp_client: Any, tmp_path
             assert token not in (body.get("detail") or "") or not token
 
 
-async def test_a_write_with_one_apps_token_never_reaches_another_app(aiohttp_client: Any, tmp_path: Path, monkeypatch: Any) -> None:
+async def test_a_write_with_one_apps_token_never_reaches_another_app(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
     client = await aiohttp_client(create_app(two_apps(tmp_path, monkeypatch)))
     body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "intruder"}
     resp = await client.post("/apps/hr/scim/v2/Users", json=body, headers={"Authorization": f"Bearer {DEMO_TOKEN}"})
@@ -90,9 +92,12 @@ def test_a_token_given_on_the_command_line_is_kept_as_a_secret(tmp_path: Path) -
 # ---------------------------------------------------------------- one app's credentials at every endpoint of another
 
 
-async def test_one_apps_token_and_jwt_are_refused_by_every_endpoint_of_another(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, monkeypatch: Any) -> None:
+async def test_one_apps_token_and_jwt_are_refused_by_every_endpoint_of_another(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
     """demo (A) and hr (B) in one gateway, both trusting one issuer (the same keys) for different audiences.
     A's static token and a JWT for A's audience get 401 from every kind of B endpoint, and B is unchanged."""
+
     async def serve_keys(_: web.Request) -> web.Response:
         return web.json_response({"keys": [public_jwk(rsa_key("k1"), "k1")]})
 
@@ -120,36 +125,54 @@ async def test_one_apps_token_and_jwt_are_refused_by_every_endpoint_of_another(a
     assert resp.status == 201
 
     async def b_state() -> Any:
-        got = [await (await client.get(f"{hr}/{kind}/{item['id']}", headers=headers(HR_TOKEN))).json(content_type=None)
-               for kind, item in (("Users", user), ("Groups", group))]
+        got = [
+            await (await client.get(f"{hr}/{kind}/{item['id']}", headers=headers(HR_TOKEN))).json(content_type=None)
+            for kind, item in (("Users", user), ("Groups", group))
+        ]
         with sqlite3.connect(tmp_path / "hr" / "demo.db") as db:
-            rows = [db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in ("employees", "teams", "team_members")]
+            rows = [
+                db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in ("employees", "teams", "team_members")
+            ]
         return got, rows
 
     before = await b_state()
     patch = {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "displayName", "value": "pwned"}]}
-    bulk = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": [
-        {"method": "POST", "path": "/Users", "bulkId": "x", "data": {"schemas": [USER_URN], "userName": "bulk.intruder"}},
-        {"method": "DELETE", "path": f"/Users/{user['id']}"}]}
+    bulk = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+        "Operations": [
+            {"method": "POST", "path": "/Users", "bulkId": "x", "data": {"schemas": [USER_URN], "userName": "bulk.intruder"}},
+            {"method": "DELETE", "path": f"/Users/{user['id']}"},
+        ],
+    }
     requests: list[tuple[str, str, Any]] = [
-        ("GET", "/Users", None), ("GET", f"/Users/{user['id']}", None), ("GET", "/Users?filter=userName eq \"b.user\"", None),
+        ("GET", "/Users", None),
+        ("GET", f"/Users/{user['id']}", None),
+        ("GET", '/Users?filter=userName eq "b.user"', None),
         ("POST", "/Users", {"schemas": [USER_URN], "userName": "intruder"}),
         ("PUT", f"/Users/{user['id']}", {"schemas": [USER_URN], "userName": "renamed"}),
-        ("PATCH", f"/Users/{user['id']}", patch), ("DELETE", f"/Users/{user['id']}", None),
-        ("GET", "/Groups", None), ("GET", f"/Groups/{group['id']}", None),
+        ("PATCH", f"/Users/{user['id']}", patch),
+        ("DELETE", f"/Users/{user['id']}", None),
+        ("GET", "/Groups", None),
+        ("GET", f"/Groups/{group['id']}", None),
         ("POST", "/Groups", {"schemas": [GROUP_URN], "displayName": "intruders"}),
         ("PUT", f"/Groups/{group['id']}", {"schemas": [GROUP_URN], "displayName": "renamed"}),
-        ("PATCH", f"/Groups/{group['id']}", patch), ("DELETE", f"/Groups/{group['id']}", None),
+        ("PATCH", f"/Groups/{group['id']}", patch),
+        ("DELETE", f"/Groups/{group['id']}", None),
         ("POST", "/.search", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}),
         ("POST", "/Users/.search", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}),
         ("POST", "/Bulk", bulk),
         # Discovery needs a token too: it shows the app's schema, which is the app's business.
-        ("GET", "/ServiceProviderConfig", None), ("GET", "/ResourceTypes", None), ("GET", "/ResourceTypes/User", None),
-        ("GET", "/Schemas", None), ("GET", f"/Schemas/{USER_URN}", None),
+        ("GET", "/ServiceProviderConfig", None),
+        ("GET", "/ResourceTypes", None),
+        ("GET", "/ResourceTypes/User", None),
+        ("GET", "/Schemas", None),
+        ("GET", f"/Schemas/{USER_URN}", None),
     ]
     for token, kind in ((DEMO_TOKEN, "A's static token"), (a_jwt, "a JWT for A's audience")):
         for method, path, body in requests:
-            resp = await client.request(method, hr + path, data=json.dumps(body) if body is not None else None, headers=headers(token))
+            resp = await client.request(
+                method, hr + path, data=json.dumps(body) if body is not None else None, headers=headers(token)
+            )
             answer = await resp.json(content_type=None)
             assert resp.status == 401, (kind, method, path, answer)
             assert resp.headers["WWW-Authenticate"].endswith('error="invalid_token"'), (kind, method, path)
@@ -161,25 +184,33 @@ async def test_one_apps_token_and_jwt_are_refused_by_every_endpoint_of_another(a
     records = [json.loads(line) for line in (tmp_path / "data" / "audit.log").read_text().splitlines()]
     b_records = [r for r in records if r["app"] == "hr"]
     assert [(r["op"], r["status"], r["credential"]) for r in b_records[2:]] == [("auth", 401, None)] * (2 * len(requests))
-    assert [(r["op"], r["status"], r["credential"]) for r in b_records[:2]] == [("create", 201, f"token-{hashlib.sha256(HR_TOKEN.encode()).hexdigest()[:8]}")] * 2
+    assert [(r["op"], r["status"], r["credential"]) for r in b_records[:2]] == [
+        ("create", 201, f"token-{hashlib.sha256(HR_TOKEN.encode()).hexdigest()[:8]}")
+    ] * 2
 
 
 # ---------------------------------------------------------------- which credential a request used
 
 
-async def test_each_request_knows_its_credential_by_name_never_by_secret(aiohttp_client: Any, tmp_path: Path, monkeypatch: Any) -> None:
+async def test_each_request_knows_its_credential_by_name_never_by_secret(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
     settings = two_apps(tmp_path, monkeypatch)
     hr = settings.mappings[1]
     digest = hashlib.sha256(HR_TOKEN.encode()).hexdigest()
     second = "hr-second-token-cccccccccc"
-    hr.write_text(hr.read_text().replace(
-        f"    - sha256: {digest}",
-        f"    - sha256: {digest}\n      name: entra-prod\n    - sha256: {hashlib.sha256(second.encode()).hexdigest()}",
-    ))
+    hr.write_text(
+        hr.read_text().replace(
+            f"    - sha256: {digest}",
+            f"    - sha256: {digest}\n      name: entra-prod\n    - sha256: {hashlib.sha256(second.encode()).hexdigest()}",
+        )
+    )
     client = await aiohttp_client(create_app(settings))
     user = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "named"}
     for app, token in (("hr", HR_TOKEN), ("hr", second), ("demo", DEMO_TOKEN)):
-        resp = await client.post(f"/apps/{app}/scim/v2/Users", json={**user, "userName": token}, headers={"Authorization": f"Bearer {token}"})
+        resp = await client.post(
+            f"/apps/{app}/scim/v2/Users", json={**user, "userName": token}, headers={"Authorization": f"Bearer {token}"}
+        )
         assert resp.status == 201
     records = [json.loads(line) for line in (tmp_path / "data" / "audit.log").read_text().splitlines()]
     assert [(r["app"], r["credential"]) for r in records] == [
@@ -192,7 +223,10 @@ async def test_each_request_knows_its_credential_by_name_never_by_secret(aiohttp
 def test_token_names_are_checked(tmp_path: Path) -> None:
     ensure_demo_database(tmp_path)
     for bearer, message in (
-        ("    - {sha256: " + "a" * 64 + ", name: idp}\n    - {sha256: " + "b" * 64 + ", name: idp}", "token names must be unique within an app: idp"),
+        (
+            "    - {sha256: " + "a" * 64 + ", name: idp}\n    - {sha256: " + "b" * 64 + ", name: idp}",
+            "token names must be unique within an app: idp",
+        ),
         ("    - {sha256: " + "a" * 64 + ", name: 'jwt:forged'}", "auth.bearer[0].name: String should match pattern"),
     ):
         path = tmp_path / "named.yaml"

@@ -51,72 +51,386 @@ CASES: list[Case] = [
     Case("create-json-string", "POST", "/Users", 400, "invalidSyntax", ["object"], body="userName"),
     Case("create-empty-body", "POST", "/Users", 400, "invalidSyntax", ["empty"], raw=b""),
     Case("create-not-utf8", "POST", "/Users", 400, "invalidSyntax", [], raw=b'{"userName": "\xff\xfe"}'),
-    Case("create-active-maybe", "POST", "/Users", 400, "invalidValue", ["active", "maybe"], body=user_body("m@example.com", active="maybe")),
+    Case(
+        "create-active-maybe",
+        "POST",
+        "/Users",
+        400,
+        "invalidValue",
+        ["active", "maybe"],
+        body=user_body("m@example.com", active="maybe"),
+    ),
     Case("create-active-number", "POST", "/Users", 400, "invalidValue", ["active"], body=user_body("m@example.com", active=2)),
-    Case("create-username-number", "POST", "/Users", 400, "invalidValue", ["userName"], body={"schemas": [USER_URN], "userName": 5}),
-    Case("create-emails-string", "POST", "/Users", 400, "invalidValue", ["emails"], body=user_body("m@example.com", emails="m@example.com")),
+    Case(
+        "create-username-number", "POST", "/Users", 400, "invalidValue", ["userName"], body={"schemas": [USER_URN], "userName": 5}
+    ),
+    Case(
+        "create-emails-string",
+        "POST",
+        "/Users",
+        400,
+        "invalidValue",
+        ["emails"],
+        body=user_body("m@example.com", emails="m@example.com"),
+    ),
     Case("create-emails-number", "POST", "/Users", 400, "invalidValue", ["emails"], body=user_body("m@example.com", emails=5)),
-    Case("create-emails-two-primaries", "POST", "/Users", 400, "invalidValue", ["primary"], body=user_body(
-        "m@example.com", emails=[{"value": "a@example.com", "primary": True}, {"value": "b@example.com", "primary": True}])),
-    Case("create-name-string", "POST", "/Users", 400, "invalidValue", ["name"], body=user_body("m@example.com", name="Alice Smith")),
-    Case("create-title-object", "POST", "/Users", 400, "invalidValue", ["title"], body=user_body("m@example.com", title={"x": 1})),
-    Case("create-missing-username", "POST", "/Users", 400, "invalidValue", ["userName"], body={"schemas": [USER_URN], "active": True}),
+    Case(
+        "create-emails-two-primaries",
+        "POST",
+        "/Users",
+        400,
+        "invalidValue",
+        ["primary"],
+        body=user_body(
+            "m@example.com", emails=[{"value": "a@example.com", "primary": True}, {"value": "b@example.com", "primary": True}]
+        ),
+    ),
+    Case(
+        "create-name-string", "POST", "/Users", 400, "invalidValue", ["name"], body=user_body("m@example.com", name="Alice Smith")
+    ),
+    Case(
+        "create-title-object", "POST", "/Users", 400, "invalidValue", ["title"], body=user_body("m@example.com", title={"x": 1})
+    ),
+    Case(
+        "create-missing-username",
+        "POST",
+        "/Users",
+        400,
+        "invalidValue",
+        ["userName"],
+        body={"schemas": [USER_URN], "active": True},
+    ),
     Case("create-blank-username", "POST", "/Users", 400, "invalidValue", ["userName"], body=user_body("   ")),
-    Case("create-null-username", "POST", "/Users", 400, "invalidValue", ["userName"], body={"schemas": [USER_URN], "userName": None}),
-    Case("create-enterprise-not-object", "POST", "/Users", 400, "invalidValue", [ENTERPRISE_URN], body={**user_body("m@example.com"), ENTERPRISE_URN: "Eng"}),
-    Case("create-unknown-manager", "POST", "/Users", 400, "invalidValue", ["manager"], body={
-        **user_body("m@example.com"), ENTERPRISE_URN: {"manager": {"value": "no-such-user"}}}),
+    Case(
+        "create-null-username",
+        "POST",
+        "/Users",
+        400,
+        "invalidValue",
+        ["userName"],
+        body={"schemas": [USER_URN], "userName": None},
+    ),
+    Case(
+        "create-enterprise-not-object",
+        "POST",
+        "/Users",
+        400,
+        "invalidValue",
+        [ENTERPRISE_URN],
+        body={**user_body("m@example.com"), ENTERPRISE_URN: "Eng"},
+    ),
+    Case(
+        "create-unknown-manager",
+        "POST",
+        "/Users",
+        400,
+        "invalidValue",
+        ["manager"],
+        body={**user_body("m@example.com"), ENTERPRISE_URN: {"manager": {"value": "no-such-user"}}},
+    ),
     Case("create-duplicate-username", "POST", "/Users", 409, "uniqueness", ["userName"], body=user_body("VICTIM@example.com")),
-    Case("create-text-plain", "POST", "/Users", 415, None, ["text/plain"], raw=json.dumps(user_body("t@example.com")).encode(), content_type="text/plain"),
+    Case(
+        "create-text-plain",
+        "POST",
+        "/Users",
+        415,
+        None,
+        ["text/plain"],
+        raw=json.dumps(user_body("t@example.com")).encode(),
+        content_type="text/plain",
+    ),
     # ---- POST /Groups
     Case("group-missing-displayname", "POST", "/Groups", 400, "invalidValue", ["displayName"], body={"schemas": [GROUP_URN]}),
-    Case("group-members-string", "POST", "/Groups", 400, "invalidValue", ["members"], body={"schemas": [GROUP_URN], "displayName": "G2", "members": "x"}),
-    Case("group-duplicate-name", "POST", "/Groups", 409, "uniqueness", ["displayName"], body={"schemas": [GROUP_URN], "displayName": "victims"}),
+    Case(
+        "group-members-string",
+        "POST",
+        "/Groups",
+        400,
+        "invalidValue",
+        ["members"],
+        body={"schemas": [GROUP_URN], "displayName": "G2", "members": "x"},
+    ),
+    Case(
+        "group-duplicate-name",
+        "POST",
+        "/Groups",
+        409,
+        "uniqueness",
+        ["displayName"],
+        body={"schemas": [GROUP_URN], "displayName": "victims"},
+    ),
     # ---- PATCH /Users/{uid}
     Case("patch-malformed-json", "PATCH", "/Users/{uid}", 400, "invalidSyntax", ["JSON"], raw=b'{"schemas": ['),
-    Case("patch-json-array", "PATCH", "/Users/{uid}", 400, "invalidSyntax", [], body=[{"op": "replace", "path": "title", "value": "x"}]),
-    Case("patch-no-schemas", "PATCH", "/Users/{uid}", 400, "invalidSyntax", ["schemas"], body={"Operations": [{"op": "replace", "path": "title", "value": "x"}]}),
+    Case(
+        "patch-json-array",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidSyntax",
+        [],
+        body=[{"op": "replace", "path": "title", "value": "x"}],
+    ),
+    Case(
+        "patch-no-schemas",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidSyntax",
+        ["schemas"],
+        body={"Operations": [{"op": "replace", "path": "title", "value": "x"}]},
+    ),
     Case("patch-no-operations", "PATCH", "/Users/{uid}", 400, "invalidSyntax", ["Operations"], body={"schemas": [PATCH_URN]}),
     Case("patch-empty-operations", "PATCH", "/Users/{uid}", 400, "invalidSyntax", ["Operations"], body=patch()),
     Case("patch-operation-not-object", "PATCH", "/Users/{uid}", 400, "invalidSyntax", [], body=patch("replace")),
-    Case("patch-op-explode", "PATCH", "/Users/{uid}", 400, "invalidSyntax", ["explode"], body=patch({"op": "explode", "path": "title", "value": "x"})),
+    Case(
+        "patch-op-explode",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidSyntax",
+        ["explode"],
+        body=patch({"op": "explode", "path": "title", "value": "x"}),
+    ),
     Case("patch-op-missing", "PATCH", "/Users/{uid}", 400, "invalidSyntax", ["op"], body=patch({"path": "title", "value": "x"})),
     Case("patch-remove-without-path", "PATCH", "/Users/{uid}", 400, "noTarget", ["path"], body=patch({"op": "remove"})),
-    Case("patch-replace-id", "PATCH", "/Users/{uid}", 400, "mutability", ["id"], body=patch({"op": "replace", "path": "id", "value": "new-id"})),
-    Case("patch-replace-meta", "PATCH", "/Users/{uid}", 400, "mutability", ["meta"], body=patch({"op": "replace", "path": "meta.created", "value": "2001-01-01T00:00:00Z"})),
-    Case("patch-add-groups", "PATCH", "/Users/{uid}", 400, "mutability", ["groups"], body=patch({"op": "add", "path": "groups", "value": [{"value": "g"}]})),
-    Case("patch-unknown-attribute", "PATCH", "/Users/{uid}", 400, "invalidPath", ["shoeSize"], body=patch({"op": "replace", "path": "shoeSize", "value": 42})),
-    Case("patch-unknown-sub-attribute", "PATCH", "/Users/{uid}", 400, "invalidPath", ["nickname"], body=patch({"op": "replace", "path": "name.nickname", "value": "x"})),
-    Case("patch-unterminated-filter", "PATCH", "/Users/{uid}", 400, "invalidPath", ["emails"], body=patch({"op": "replace", "path": 'emails[type eq "work"', "value": "x"})),
-    Case("patch-filter-on-single-valued", "PATCH", "/Users/{uid}", 400, "invalidPath", ["title"], body=patch({"op": "replace", "path": 'title[value eq "x"]', "value": "x"})),
-    Case("patch-path-not-string", "PATCH", "/Users/{uid}", 400, "invalidPath", [], body=patch({"op": "replace", "path": 5, "value": "x"})),
-    Case("patch-unknown-schema", "PATCH", "/Users/{uid}", 400, "invalidPath", [], body=patch({"op": "replace", "path": "urn:example:nope:attr", "value": "x"})),
-    Case("patch-add-without-value", "PATCH", "/Users/{uid}", 400, "invalidSyntax", ["value"], body=patch({"op": "add", "path": "title"})),
-    Case("patch-active-maybe", "PATCH", "/Users/{uid}", 400, "invalidValue", ["active"], body=patch({"op": "replace", "path": "active", "value": "maybe"})),
-    Case("patch-pathless-not-object", "PATCH", "/Users/{uid}", 400, "invalidValue", [], body=patch({"op": "replace", "value": "x"})),
-    Case("patch-remove-username", "PATCH", "/Users/{uid}", 400, "invalidValue", ["userName"], body=patch({"op": "remove", "path": "userName"})),
-    Case("patch-username-null", "PATCH", "/Users/{uid}", 400, "invalidValue", ["userName"], body=patch({"op": "replace", "path": "userName", "value": None})),
-    Case("patch-username-onto-other", "PATCH", "/Users/{uid}", 409, "uniqueness", ["userName"], body=patch({"op": "replace", "path": "userName", "value": "BYSTANDER@example.com"})),
+    Case(
+        "patch-replace-id",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["id"],
+        body=patch({"op": "replace", "path": "id", "value": "new-id"}),
+    ),
+    Case(
+        "patch-replace-meta",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["meta"],
+        body=patch({"op": "replace", "path": "meta.created", "value": "2001-01-01T00:00:00Z"}),
+    ),
+    Case(
+        "patch-add-groups",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["groups"],
+        body=patch({"op": "add", "path": "groups", "value": [{"value": "g"}]}),
+    ),
+    Case(
+        "patch-unknown-attribute",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidPath",
+        ["shoeSize"],
+        body=patch({"op": "replace", "path": "shoeSize", "value": 42}),
+    ),
+    Case(
+        "patch-unknown-sub-attribute",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidPath",
+        ["nickname"],
+        body=patch({"op": "replace", "path": "name.nickname", "value": "x"}),
+    ),
+    Case(
+        "patch-unterminated-filter",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidPath",
+        ["emails"],
+        body=patch({"op": "replace", "path": 'emails[type eq "work"', "value": "x"}),
+    ),
+    Case(
+        "patch-filter-on-single-valued",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidPath",
+        ["title"],
+        body=patch({"op": "replace", "path": 'title[value eq "x"]', "value": "x"}),
+    ),
+    Case(
+        "patch-path-not-string",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidPath",
+        [],
+        body=patch({"op": "replace", "path": 5, "value": "x"}),
+    ),
+    Case(
+        "patch-unknown-schema",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidPath",
+        [],
+        body=patch({"op": "replace", "path": "urn:example:nope:attr", "value": "x"}),
+    ),
+    Case(
+        "patch-add-without-value",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidSyntax",
+        ["value"],
+        body=patch({"op": "add", "path": "title"}),
+    ),
+    Case(
+        "patch-active-maybe",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidValue",
+        ["active"],
+        body=patch({"op": "replace", "path": "active", "value": "maybe"}),
+    ),
+    Case(
+        "patch-pathless-not-object", "PATCH", "/Users/{uid}", 400, "invalidValue", [], body=patch({"op": "replace", "value": "x"})
+    ),
+    Case(
+        "patch-remove-username",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidValue",
+        ["userName"],
+        body=patch({"op": "remove", "path": "userName"}),
+    ),
+    Case(
+        "patch-username-null",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidValue",
+        ["userName"],
+        body=patch({"op": "replace", "path": "userName", "value": None}),
+    ),
+    Case(
+        "patch-username-onto-other",
+        "PATCH",
+        "/Users/{uid}",
+        409,
+        "uniqueness",
+        ["userName"],
+        body=patch({"op": "replace", "path": "userName", "value": "BYSTANDER@example.com"}),
+    ),
     # All or nothing: a valid first operation does not survive an invalid second one.
-    Case("patch-second-op-invalid", "PATCH", "/Users/{uid}", 400, "invalidPath", ["shoeSize"], body=patch(
-        {"op": "replace", "path": "title", "value": "Half done"}, {"op": "replace", "path": "shoeSize", "value": 1})),
-    Case("patch-second-op-bad-value", "PATCH", "/Users/{uid}", 400, "invalidValue", ["active"], body=patch(
-        {"op": "replace", "path": "displayName", "value": "Half done"}, {"op": "replace", "path": "active", "value": "sometimes"})),
-    Case("patch-unknown-manager", "PATCH", "/Users/{uid}", 400, "invalidValue", ["manager"], body=patch(
-        {"op": "replace", "path": f"{ENTERPRISE_URN}:manager", "value": "no-such-user"})),
+    Case(
+        "patch-second-op-invalid",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidPath",
+        ["shoeSize"],
+        body=patch({"op": "replace", "path": "title", "value": "Half done"}, {"op": "replace", "path": "shoeSize", "value": 1}),
+    ),
+    Case(
+        "patch-second-op-bad-value",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidValue",
+        ["active"],
+        body=patch(
+            {"op": "replace", "path": "displayName", "value": "Half done"},
+            {"op": "replace", "path": "active", "value": "sometimes"},
+        ),
+    ),
+    Case(
+        "patch-unknown-manager",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "invalidValue",
+        ["manager"],
+        body=patch({"op": "replace", "path": f"{ENTERPRISE_URN}:manager", "value": "no-such-user"}),
+    ),
     # ---- PUT /Users/{uid}
-    Case("put-id-mismatch", "PUT", "/Users/{uid}", 400, "mutability", ["id"], body={**user_body("victim@example.com"), "id": "someone-else"}),
-    Case("put-missing-username", "PUT", "/Users/{uid}", 400, "invalidValue", ["userName"], body={"schemas": [USER_URN], "title": "x"}),
-    Case("put-active-maybe", "PUT", "/Users/{uid}", 400, "invalidValue", ["active"], body=user_body("victim@example.com", active="maybe")),
+    Case(
+        "put-id-mismatch",
+        "PUT",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["id"],
+        body={**user_body("victim@example.com"), "id": "someone-else"},
+    ),
+    Case(
+        "put-missing-username",
+        "PUT",
+        "/Users/{uid}",
+        400,
+        "invalidValue",
+        ["userName"],
+        body={"schemas": [USER_URN], "title": "x"},
+    ),
+    Case(
+        "put-active-maybe",
+        "PUT",
+        "/Users/{uid}",
+        400,
+        "invalidValue",
+        ["active"],
+        body=user_body("victim@example.com", active="maybe"),
+    ),
     Case("put-json-array", "PUT", "/Users/{uid}", 400, "invalidSyntax", [], body=[user_body("victim@example.com")]),
-    Case("put-username-onto-other", "PUT", "/Users/{uid}", 409, "uniqueness", ["userName"], body=user_body("bystander@example.com")),
+    Case(
+        "put-username-onto-other", "PUT", "/Users/{uid}", 409, "uniqueness", ["userName"], body=user_body("bystander@example.com")
+    ),
     # ---- PATCH / PUT /Groups/{gid}
-    Case("group-patch-members-not-list-of-objects", "PATCH", "/Groups/{gid}", 400, "invalidValue", ["members"], body=patch(
-        {"op": "add", "path": "members", "value": ["just-a-string"]})),
-    Case("group-patch-remove-displayname", "PATCH", "/Groups/{gid}", 400, "invalidValue", ["displayName"], body=patch({"op": "remove", "path": "displayName"})),
-    Case("group-patch-bad-member-filter", "PATCH", "/Groups/{gid}", 400, "invalidPath", ["members"], body=patch({"op": "remove", "path": 'members[value eq "x"'})),
-    Case("group-patch-member-filter-unknown-sub", "PATCH", "/Groups/{gid}", 400, "invalidPath", ["colour"], body=patch({"op": "remove", "path": 'members[colour eq "x"]'})),
-    Case("group-put-no-displayname", "PUT", "/Groups/{gid}", 400, "invalidValue", ["displayName"], body={"schemas": [GROUP_URN], "members": []}),
+    Case(
+        "group-patch-members-not-list-of-objects",
+        "PATCH",
+        "/Groups/{gid}",
+        400,
+        "invalidValue",
+        ["members"],
+        body=patch({"op": "add", "path": "members", "value": ["just-a-string"]}),
+    ),
+    Case(
+        "group-patch-remove-displayname",
+        "PATCH",
+        "/Groups/{gid}",
+        400,
+        "invalidValue",
+        ["displayName"],
+        body=patch({"op": "remove", "path": "displayName"}),
+    ),
+    Case(
+        "group-patch-bad-member-filter",
+        "PATCH",
+        "/Groups/{gid}",
+        400,
+        "invalidPath",
+        ["members"],
+        body=patch({"op": "remove", "path": 'members[value eq "x"'}),
+    ),
+    Case(
+        "group-patch-member-filter-unknown-sub",
+        "PATCH",
+        "/Groups/{gid}",
+        400,
+        "invalidPath",
+        ["colour"],
+        body=patch({"op": "remove", "path": 'members[colour eq "x"]'}),
+    ),
+    Case(
+        "group-put-no-displayname",
+        "PUT",
+        "/Groups/{gid}",
+        400,
+        "invalidValue",
+        ["displayName"],
+        body={"schemas": [GROUP_URN], "members": []},
+    ),
     # ---- search and lists
     Case("search-body-array", "POST", "/Users/.search", 400, None, [], body=[]),
     Case("search-bad-filter", "POST", "/Users/.search", 400, "invalidFilter", ["nope"], body={"filter": 'nope eq "x"'}),
@@ -126,24 +440,60 @@ CASES: list[Case] = [
     # ---- bulk bodies
     Case("bulk-not-object", "POST", "/Bulk", 400, "invalidSyntax", [], body=[]),
     Case("bulk-no-schemas", "POST", "/Bulk", 400, "invalidSyntax", ["schemas"], body={"Operations": []}),
-    Case("bulk-operations-not-list", "POST", "/Bulk", 400, "invalidSyntax", ["Operations"], body={"schemas": [BULK_URN], "Operations": {}}),
-    Case("bulk-fail-on-errors-zero", "POST", "/Bulk", 400, "invalidValue", ["failOnErrors"], body={"schemas": [BULK_URN], "failOnErrors": 0, "Operations": []}),
-    Case("bulk-duplicate-bulkid", "POST", "/Bulk", 400, "invalidValue", ["bulkId"], body={"schemas": [BULK_URN], "Operations": [
-        {"method": "POST", "path": "/Users", "bulkId": "a", "data": user_body("b1@example.com")},
-        {"method": "POST", "path": "/Users", "bulkId": "a", "data": user_body("b2@example.com")}]}),
+    Case(
+        "bulk-operations-not-list",
+        "POST",
+        "/Bulk",
+        400,
+        "invalidSyntax",
+        ["Operations"],
+        body={"schemas": [BULK_URN], "Operations": {}},
+    ),
+    Case(
+        "bulk-fail-on-errors-zero",
+        "POST",
+        "/Bulk",
+        400,
+        "invalidValue",
+        ["failOnErrors"],
+        body={"schemas": [BULK_URN], "failOnErrors": 0, "Operations": []},
+    ),
+    Case(
+        "bulk-duplicate-bulkid",
+        "POST",
+        "/Bulk",
+        400,
+        "invalidValue",
+        ["bulkId"],
+        body={
+            "schemas": [BULK_URN],
+            "Operations": [
+                {"method": "POST", "path": "/Users", "bulkId": "a", "data": user_body("b1@example.com")},
+                {"method": "POST", "path": "/Users", "bulkId": "a", "data": user_body("b2@example.com")},
+            ],
+        },
+    ),
 ]
 
 
 async def setup_victims(scim: Scim) -> dict[str, str]:
-    resp, victim = await scim.post("/Users", user_body(
-        "victim@example.com", title="Original", displayName="Victim", name={"givenName": "Vic", "familyName": "Tim"},
-        emails=[{"type": "work", "value": "victim@example.com", "primary": True}],
-        **{ENTERPRISE_URN: {"department": "Dept"}}))
+    resp, victim = await scim.post(
+        "/Users",
+        user_body(
+            "victim@example.com",
+            title="Original",
+            displayName="Victim",
+            name={"givenName": "Vic", "familyName": "Tim"},
+            emails=[{"type": "work", "value": "victim@example.com", "primary": True}],
+            **{ENTERPRISE_URN: {"department": "Dept"}},
+        ),
+    )
     assert resp.status == 201, victim
     resp, bystander = await scim.post("/Users", user_body("bystander@example.com"))
     assert resp.status == 201, bystander
-    resp, group = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Victims",
-                                              "members": [{"value": victim["id"]}]})
+    resp, group = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Victims", "members": [{"value": victim["id"]}]}
+    )
     assert resp.status == 201, group
     return {"uid": victim["id"], "gid": group["id"], "bystander": bystander["id"]}
 
@@ -157,7 +507,12 @@ def snapshot_db(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
 
 async def snapshot_scim(scim: Scim, ids: dict[str, str]) -> dict[str, Any]:
     out = {}
-    for key, path in (("user", f"/Users/{ids['uid']}"), ("group", f"/Groups/{ids['gid']}"), ("users", "/Users"), ("groups", "/Groups")):
+    for key, path in (
+        ("user", f"/Users/{ids['uid']}"),
+        ("group", f"/Groups/{ids['gid']}"),
+        ("users", "/Users"),
+        ("groups", "/Groups"),
+    ):
         resp, data = await scim.get(path)
         assert resp.status == 200, data
         out[key] = data
@@ -209,8 +564,13 @@ async def small_client(aiohttp_client: Any, data_dir: Path) -> TestClient:
     return await aiohttp_client(create_app(settings))
 
 
-@pytest.mark.parametrize(("method", "path"), [("POST", "/Users"), ("PATCH", "/Users/{uid}"), ("PUT", "/Users/{uid}"), ("POST", "/Bulk"), ("POST", "/Users/.search")])
-async def test_body_over_the_size_limit_is_413(small_client: TestClient, demo_db: sqlite3.Connection, method: str, path: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/Users"), ("PATCH", "/Users/{uid}"), ("PUT", "/Users/{uid}"), ("POST", "/Bulk"), ("POST", "/Users/.search")],
+)
+async def test_body_over_the_size_limit_is_413(
+    small_client: TestClient, demo_db: sqlite3.Connection, method: str, path: str
+) -> None:
     scim = Scim(small_client)
     resp, user = await scim.post("/Users", user_body("small@example.com", title="Kept"))
     assert resp.status == 201, user
@@ -218,13 +578,23 @@ async def test_body_over_the_size_limit_is_413(small_client: TestClient, demo_db
     padding = "x" * 12_000
     bodies = {
         "/Users": user_body("big@example.com", title=padding),
-        "/Users/{uid}": user_body("small@example.com", title=padding) if method == "PUT" else
-        {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": padding}]},
-        "/Bulk": {"schemas": [BULK_URN], "Operations": [{"method": "POST", "path": "/Users", "bulkId": "b", "data": user_body("big@example.com", title=padding)}]},
+        "/Users/{uid}": user_body("small@example.com", title=padding)
+        if method == "PUT"
+        else {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": padding}]},
+        "/Bulk": {
+            "schemas": [BULK_URN],
+            "Operations": [
+                {"method": "POST", "path": "/Users", "bulkId": "b", "data": user_body("big@example.com", title=padding)}
+            ],
+        },
         "/Users/.search": {"filter": f'userName eq "{padding}"'},
     }
-    resp = await small_client.request(method, BASE + path.format(uid=user["id"]), data=json.dumps(bodies[path]).encode(),
-                                      headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": SCIM_TYPE})
+    resp = await small_client.request(
+        method,
+        BASE + path.format(uid=user["id"]),
+        data=json.dumps(bodies[path]).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": SCIM_TYPE},
+    )
     text = await resp.text()
     assert resp.status == 413, text
     data = json.loads(text)
@@ -249,13 +619,32 @@ async def test_spc_advertises_the_configured_limit(small_client: TestClient) -> 
 
 
 WEIRD_BODIES: list[Any] = [
-    None, 0, 1.5, True, "", [], {}, [[]], {"schemas": None}, {"schemas": "x"}, {"userName": []},
-    {"userName": {"a": 1}}, {"userName": "ok@example.com", "name": []}, {"userName": "ok@example.com", "emails": [None, 5]},
-    {"userName": "ok@example.com", "emails": [{"value": 5}]}, {"userName": "ok@example.com", "emails": [{"primary": "yes", "value": "a@b"}]},
-    {"userName": "ok@example.com", ENTERPRISE_URN: []}, {"userName": "ok@example.com", ENTERPRISE_URN: {"manager": 5}},
-    {"userName": "ok@example.com", ENTERPRISE_URN: {"manager": []}}, {"userName": "ok@example.com", "meta": "x", "id": 5},
-    {"userName": "x" * 5000}, {"userName": "\u0000nul@example.com"}, {"Operations": None}, {"Operations": [None]},
-    {"schemas": [PATCH_URN], "Operations": [{"op": None}]}, {"schemas": [PATCH_URN], "Operations": [{"op": "add", "value": None}]},
+    None,
+    0,
+    1.5,
+    True,
+    "",
+    [],
+    {},
+    [[]],
+    {"schemas": None},
+    {"schemas": "x"},
+    {"userName": []},
+    {"userName": {"a": 1}},
+    {"userName": "ok@example.com", "name": []},
+    {"userName": "ok@example.com", "emails": [None, 5]},
+    {"userName": "ok@example.com", "emails": [{"value": 5}]},
+    {"userName": "ok@example.com", "emails": [{"primary": "yes", "value": "a@b"}]},
+    {"userName": "ok@example.com", ENTERPRISE_URN: []},
+    {"userName": "ok@example.com", ENTERPRISE_URN: {"manager": 5}},
+    {"userName": "ok@example.com", ENTERPRISE_URN: {"manager": []}},
+    {"userName": "ok@example.com", "meta": "x", "id": 5},
+    {"userName": "x" * 5000},
+    {"userName": "\u0000nul@example.com"},
+    {"Operations": None},
+    {"Operations": [None]},
+    {"schemas": [PATCH_URN], "Operations": [{"op": None}]},
+    {"schemas": [PATCH_URN], "Operations": [{"op": "add", "value": None}]},
     {"schemas": [PATCH_URN], "Operations": [{"op": "add", "path": "", "value": {}}]},
     {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "emails", "value": 5}]},
     {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "emails[type eq 5].value", "value": "a"}]},
@@ -275,8 +664,12 @@ async def test_never_a_500(client: TestClient, scim: Scim, demo_db: sqlite3.Conn
     for method in methods:
         for body in WEIRD_BODIES:
             rows_before = snapshot_db(demo_db)
-            resp = await client.request(method, BASE + target.format(**ids), data=json.dumps(body).encode(),
-                                        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": SCIM_TYPE})
+            resp = await client.request(
+                method,
+                BASE + target.format(**ids),
+                data=json.dumps(body).encode(),
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": SCIM_TYPE},
+            )
             text = await resp.text()
             assert resp.status < 500, (method, target, body, text)
             assert resp.content_type == SCIM_TYPE, (method, target, body)
@@ -287,9 +680,19 @@ async def test_never_a_500(client: TestClient, scim: Scim, demo_db: sqlite3.Conn
 
 async def test_weird_query_strings_never_500(scim: Scim) -> None:
     await setup_victims(scim)
-    for query in ("filter=%ff%fe", "filter=" + "(" * 200 + 'userName eq "x"' + ")" * 200, "filter=" + "a" * 5000,
-                  "count=-5", "startIndex=-1", "count=1e3", "sortBy=", "attributes=,,,", "excludedAttributes=urn:x:y",
-                  "filter=userName%20eq%20%22a%5C%22b%22", "filter=emails[type%20eq%20%22work%22]].value"):
+    for query in (
+        "filter=%ff%fe",
+        "filter=" + "(" * 200 + 'userName eq "x"' + ")" * 200,
+        "filter=" + "a" * 5000,
+        "count=-5",
+        "startIndex=-1",
+        "count=1e3",
+        "sortBy=",
+        "attributes=,,,",
+        "excludedAttributes=urn:x:y",
+        "filter=userName%20eq%20%22a%5C%22b%22",
+        "filter=emails[type%20eq%20%22work%22]].value",
+    ):
         resp, data = await scim.get(f"/Users?{query}")
         assert resp.status < 500, (query, data)
         assert resp.content_type == SCIM_TYPE, query

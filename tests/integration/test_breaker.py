@@ -141,8 +141,12 @@ async def test_an_open_circuit_calls_nothing_reads_writes_or_lists() -> None:
         await guarded.get("User", "1")
     assert inner.calls == ["get"]
     for call in (
-        guarded.get("User", "1"), guarded.create("User", {}), guarded.update("User", "1", {}), guarded.delete("User", "1"),
-        guarded.action("User", "1", "disable"), guarded.create_with_members("Group", {}, []),
+        guarded.get("User", "1"),
+        guarded.create("User", {}),
+        guarded.update("User", "1", {}),
+        guarded.delete("User", "1"),
+        guarded.action("User", "1", "disable"),
+        guarded.create_with_members("Group", {}, []),
     ):
         with pytest.raises(CircuitOpen):
             await call
@@ -267,7 +271,9 @@ async def hr_app() -> AsyncIterator[tuple[HrState, str]]:
         yield app[HR_STATE], url
 
 
-async def hr_gateway(aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, breaker: dict[str, Any]) -> TestClient:
+async def hr_gateway(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, breaker: dict[str, Any]
+) -> TestClient:
     monkeypatch.setenv("HR_API_KEY", HR_API_KEY)
     settings = GatewaySettings(
         mappings=[hr_mapping(tmp_path, url, breaker=breaker)], data_dir=tmp_path / "data", extra_tokens={"hr": [SecretStr(TOKEN)]}
@@ -308,8 +314,14 @@ async def test_the_circuit_opens_fails_fast_probes_once_and_closes(
     calls, before = app_calls(state), store_rows(tmp_path / "data")
     for method, path, body in (
         ("GET", f"/Users/{rid}", None),
-        ("PATCH", f"/Users/{rid}", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                                    "Operations": [{"op": "replace", "path": "title", "value": "X"}]}),
+        (
+            "PATCH",
+            f"/Users/{rid}",
+            {
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": "title", "value": "X"}],
+            },
+        ),
         ("DELETE", f"/Users/{rid}", None),
         ("POST", "/Users", entra_user("new@contoso.com", "New", "Comer")),
         ("GET", "/Users?filter=" + q('userName eq "someone.else@contoso.com"'), None),  # a lookup the app must answer
@@ -318,13 +330,17 @@ async def test_the_circuit_opens_fails_fast_probes_once_and_closes(
         assert_scim_error(resp, data, 503, f"{method} {path}")
         assert re.fullmatch(
             r"[a-z ]+ User.*: app hr is unavailable: circuit open after 2 consecutive failures "
-            r"\(last: the app failed \(HTTP 500 on GET /api/users/\d+\)\); next probe in 1 s", data["detail"],
+            r"\(last: the app failed \(HTTP 500 on GET /api/users/\d+\)\); next probe in 1 s",
+            data["detail"],
         ), data["detail"]
         assert resp.headers["Retry-After"] == "1"
     assert app_calls(state) == calls
     # The refused writes never touched the app, and left the store as it was (their claims aborted).
     assert_nothing_recorded(before, store_rows(tmp_path / "data"), "writes refused by the open circuit", writes=3)
-    assert [e["detail"].startswith("not sent: app hr is unavailable: circuit open") for e in store_rows(tmp_path / "data")["journal"][-2:]] == [True, True]
+    assert [
+        e["detail"].startswith("not sent: app hr is unavailable: circuit open")
+        for e in store_rows(tmp_path / "data")["journal"][-2:]
+    ] == [True, True]
     # What the gateway answers from its own copy needs no app call and still works.
     resp, data = await scim.get("/Users")
     assert (resp.status, data["totalResults"]) == (200, 1)
@@ -358,7 +374,9 @@ async def test_a_failed_probe_reopens_the_circuit_for_longer(
     aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hr_app: tuple[HrState, str]
 ) -> None:
     state, url = hr_app
-    client = await hr_gateway(aiohttp_client, tmp_path, monkeypatch, url, {"failures": 1, "reset_after": 0.1, "max_reset_after": 0.3})
+    client = await hr_gateway(
+        aiohttp_client, tmp_path, monkeypatch, url, {"failures": 1, "reset_after": 0.1, "max_reset_after": 0.3}
+    )
     b = client.app[APPS]["hr"].provisioner.breaker
     scim = Scim(client, TOKEN, HR_BASE)
     state.fault("POST", "/users", status=503, times=100)
@@ -415,9 +433,12 @@ async def test_an_app_that_hangs_never_slows_another_and_its_open_circuit_stops_
         ensure_demo_database(data_dir)
         monkeypatch.setenv("HR_API_KEY", HR_API_KEY)
         # A long timeout: the HR calls hang until the test lets the black hole answer, so no timing decides anything below.
-        mapping = hr_mapping(tmp_path, f"http://127.0.0.1:{hole.port}/api", timeout=60, breaker={"failures": 3, "reset_after": 60})
+        mapping = hr_mapping(
+            tmp_path, f"http://127.0.0.1:{hole.port}/api", timeout=60, breaker={"failures": 3, "reset_after": 60}
+        )
         settings = GatewaySettings(
-            mappings=[demo_mapping_path(), mapping], data_dir=data_dir,
+            mappings=[demo_mapping_path(), mapping],
+            data_dir=data_dir,
             extra_tokens={"demo": [SecretStr(TOKEN)], "hr": [SecretStr(TOKEN)]},
         )
         client = await aiohttp_client(create_app(settings))

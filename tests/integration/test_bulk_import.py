@@ -75,10 +75,19 @@ async def test_a_run_of_creates_answers_as_one_by_one(client: TestClient, scim: 
     one_by_one = await post_bulk(scim, bulk(*mixed("seq"), fail_on_errors=100))
     assert calls["create_many"] == 0, calls
 
-    assert summary(as_run) == summary(one_by_one) == [
-        ("a", "201", None), ("b", "201", None), ("c", "409", "uniqueness"), ("d", "400", "invalidValue"),
-        ("e", "409", "uniqueness"), ("f", "201", None), ("g", "201", None),
-    ]
+    assert (
+        summary(as_run)
+        == summary(one_by_one)
+        == [
+            ("a", "201", None),
+            ("b", "201", None),
+            ("c", "409", "uniqueness"),
+            ("d", "400", "invalidValue"),
+            ("e", "409", "uniqueness"),
+            ("f", "201", None),
+            ("g", "201", None),
+        ]
+    )
     for results, prefix in ((as_run, "run"), (one_by_one, "seq")):
         by_id = {r["bulkId"]: r for r in results}
         resp, user = await scim.get(by_id["g"]["location"].split("/v2", 1)[1])
@@ -95,7 +104,9 @@ async def test_a_run_of_creates_answers_as_one_by_one(client: TestClient, scim: 
     assert states["aborted"] == 2  # the app's refusal of ".inapp", once per request
 
 
-async def test_an_app_that_is_down_fails_the_whole_run_and_records_nothing(client: TestClient, scim: Scim, demo_db: sqlite3.Connection) -> None:
+async def test_an_app_that_is_down_fails_the_whole_run_and_records_nothing(
+    client: TestClient, scim: Scim, demo_db: sqlite3.Connection
+) -> None:
     connector = client.app[APPS]["demo"].connector
 
     async def down(kind: str, records: list[Any]) -> Any:
@@ -112,10 +123,22 @@ async def test_an_app_that_is_down_fails_the_whole_run_and_records_nothing(clien
     assert states["pending"] == 0 and states["aborted"] == 5
 
 
-async def test_a_run_and_single_creates_leave_the_same_rows(client: TestClient, scim: Scim, demo_db: sqlite3.Connection, tmp_path: Path) -> None:
-    await post_bulk(scim, bulk(*[post(f"r{i}", user_body(f"same.r{i}", title=f"T{i}", name={"givenName": "G", "familyName": f"F{i}"})) for i in range(30)]))
+async def test_a_run_and_single_creates_leave_the_same_rows(
+    client: TestClient, scim: Scim, demo_db: sqlite3.Connection, tmp_path: Path
+) -> None:
+    await post_bulk(
+        scim,
+        bulk(
+            *[
+                post(f"r{i}", user_body(f"same.r{i}", title=f"T{i}", name={"givenName": "G", "familyName": f"F{i}"}))
+                for i in range(30)
+            ]
+        ),
+    )
     for i in range(30):
-        resp, _ = await scim.post("/Users", user_body(f"same.s{i}", title=f"T{i}", name={"givenName": "G", "familyName": f"F{i}"}))
+        resp, _ = await scim.post(
+            "/Users", user_body(f"same.s{i}", title=f"T{i}", name={"givenName": "G", "familyName": f"F{i}"})
+        )
         assert resp.status == 201
 
     def rows(kind: str) -> list[tuple[Any, ...]]:

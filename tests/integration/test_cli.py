@@ -72,7 +72,9 @@ def test_a_busy_port_is_a_clear_message_not_a_traceback(tmp_path: Path, capsys: 
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "Traceback" not in err
 
 
-def test_serve_names_every_unset_connector_secret_before_starting(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_names_every_unset_connector_secret_before_starting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("HR_API_URL", "HR_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HR_SCIM_TOKEN", "t")
@@ -90,7 +92,7 @@ def test_serve_stops_with_one_line_when_the_app_does_not_fit_its_mapping(tmp_pat
 
     mapping = tmp_path / "typo.yaml"
     mapping.write_text(
-        "app: typo\nconnector:\n  type: sql\n  dsn: \"sqlite:///{data_dir}/typo.db\"\n  tables:\n    User: {table: employes, key: id}\n"
+        'app: typo\nconnector:\n  type: sql\n  dsn: "sqlite:///{data_dir}/typo.db"\n  tables:\n    User: {table: employes, key: id}\n'
         "resources:\n  User:\n    attributes:\n      - {scim: userName, field: login}\n"
     )
     (tmp_path / "data").mkdir()
@@ -98,9 +100,27 @@ def test_serve_stops_with_one_line_when_the_app_does_not_fit_its_mapping(tmp_pat
     db.executescript("CREATE TABLE employees (id INTEGER PRIMARY KEY, login TEXT);")
     db.close()
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(mapping), "--data-dir", str(tmp_path / "data"), "--token", "t", "--port", "0"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--config",
+            str(mapping),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--token",
+            "t",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert done.returncode == 1
-    assert "cannot start: app typo (" in done.stderr and "no table 'employes' (did you mean employees?)" in done.stderr, done.stderr
+    assert "cannot start: app typo (" in done.stderr and "no table 'employes' (did you mean employees?)" in done.stderr, (
+        done.stderr
+    )
     assert "Traceback" not in done.stderr

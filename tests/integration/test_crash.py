@@ -131,7 +131,11 @@ class GatewayProcess:
         with open(self.log, "ab") as log:
             self.server = subprocess.Popen(
                 [sys.executable, "-c", FORK_SERVER, *args],
-                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=_child_env(env or {}),
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=_child_env(env or {}),
             )
         self.pid: int | None = None
 
@@ -212,7 +216,10 @@ class HrFake:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.fakes.serve", "hr", str(self.port), *extra],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=_child_env({}),
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_child_env({}),
             )
 
     async def started(self) -> None:
@@ -582,7 +589,10 @@ class Driver:
         n = next(self.serial)
         values = {"userName": name, "title": f"title-{n}", "active": True}
         body = {
-            "schemas": [USER_URN], "userName": name, "title": values["title"], "active": True,
+            "schemas": [USER_URN],
+            "userName": name,
+            "title": values["title"],
+            "active": True,
             "name": {"givenName": "Crash", "familyName": f"Test{n}"},
             "emails": [{"type": "work", "value": f"user{n}@example.com", "primary": True}],
         }
@@ -741,7 +751,12 @@ class Tally:
 
 
 async def crash_loop(
-    gateway: GatewayProcess, app: str, model: Model, holdings: Callable[[], Awaitable[Holdings]], seed: int, kills: int,
+    gateway: GatewayProcess,
+    app: str,
+    model: Model,
+    holdings: Callable[[], Awaitable[Holdings]],
+    seed: int,
+    kills: int,
     app_idle: Callable[[], Awaitable[None]] | None = None,
 ) -> Tally:
     rng = random.Random(seed)

@@ -27,16 +27,15 @@ LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 # ---------------------------------------------------------------- helpers
 
 
-
-
-
-
-
-
 async def create_user(scim: Scim, user_name: str, **kw: Any) -> dict[str, Any]:
     parts = user_name.split("@")[0].split(".")
-    body = entra_user(user_name, given=kw.pop("given", parts[0].title()), family=kw.pop("family", parts[-1].title()),
-                      mail=kw.pop("mail", user_name), **kw)
+    body = entra_user(
+        user_name,
+        given=kw.pop("given", parts[0].title()),
+        family=kw.pop("family", parts[-1].title()),
+        mail=kw.pop("mail", user_name),
+        **kw,
+    )
     resp, data = await scim.post("/Users", body)
     assert resp.status == 201, data
     return data
@@ -62,8 +61,15 @@ async def test_entra_get_by_username_that_does_not_exist_is_an_empty_list(scim: 
 
 
 async def test_entra_create_user_writes_the_employee_row(scim: Scim, demo_db: sqlite3.Connection) -> None:
-    body = entra_user("Alice.Smith@Contoso.com", given="Alice", family="Smith", mail="Alice.Smith@Contoso.COM",
-                      title="Engineer", department="R&D", external_id="0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef")
+    body = entra_user(
+        "Alice.Smith@Contoso.com",
+        given="Alice",
+        family="Smith",
+        mail="Alice.Smith@Contoso.COM",
+        title="Engineer",
+        department="R&D",
+        external_id="0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef",
+    )
     resp, data = await scim.post("/Users", body)
     assert resp.status == 201, data
     assert data["userName"] == "Alice.Smith@Contoso.com"
@@ -118,12 +124,15 @@ async def test_entra_legacy_patch_shape(scim: Scim, demo_db: sqlite3.Connection)
     """Capitalised ops, emails[type eq "work"].value, manager as a plain id string."""
     manager = await create_user(scim, "manager@contoso.com")
     user = await create_user(scim, "legacy.patch@contoso.com", mail="legacy.patch@contoso.com")
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Replace", "path": "displayName", "value": "Legacy Renamed"},
-        {"op": "Add", "path": 'emails[type eq "work"].value', "value": "New.Address@Contoso.com"},
-        {"op": "Add", "path": f"{ENTERPRISE_URN}:manager", "value": manager["id"]},
-        {"op": "Replace", "path": "title", "value": "Lead"},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Replace", "path": "displayName", "value": "Legacy Renamed"},
+            {"op": "Add", "path": 'emails[type eq "work"].value', "value": "New.Address@Contoso.com"},
+            {"op": "Add", "path": f"{ENTERPRISE_URN}:manager", "value": manager["id"]},
+            {"op": "Replace", "path": "title", "value": "Lead"},
+        ],
+    )
     assert resp.status == 200, data
     assert data["id"] == user["id"]
     assert data["displayName"] == "Legacy Renamed"
@@ -143,9 +152,12 @@ async def test_entra_add_work_email_to_user_without_one_creates_it(scim: Scim, d
     resp, user = await scim.post("/Users", {"schemas": [USER_URN], "userName": "noemail@contoso.com", "active": True})
     assert resp.status == 201, user
     assert employee(demo_db, "noemail@contoso.com")["mail"] is None
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Add", "path": 'emails[type eq "work"].value', "value": "Fresh@Contoso.com"},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Add", "path": 'emails[type eq "work"].value', "value": "Fresh@Contoso.com"},
+        ],
+    )
     assert resp.status == 200, data
     assert data["emails"] == [{"type": "work", "value": "fresh@contoso.com"}]
     assert employee(demo_db, "noemail@contoso.com")["mail"] == "fresh@contoso.com"
@@ -156,15 +168,21 @@ async def test_entra_manager_replace_and_remove(scim: Scim, demo_db: sqlite3.Con
     m2 = await create_user(scim, "m2@contoso.com")
     user = await create_user(scim, "report@contoso.com", manager=m1["id"])
     assert employee(demo_db, "report@contoso.com")["mgr_emp_no"] == emp_no(demo_db, "m1@contoso.com")
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Replace", "path": f"{ENTERPRISE_URN}:manager", "value": m2["id"]},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Replace", "path": f"{ENTERPRISE_URN}:manager", "value": m2["id"]},
+        ],
+    )
     assert resp.status == 200, data
     assert employee(demo_db, "report@contoso.com")["mgr_emp_no"] == emp_no(demo_db, "m2@contoso.com")
     # Entra clears the manager with Remove on the URN path.
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Remove", "path": f"{ENTERPRISE_URN}:manager"},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Remove", "path": f"{ENTERPRISE_URN}:manager"},
+        ],
+    )
     assert resp.status == 200, data
     assert "manager" not in data.get(ENTERPRISE_URN, {})
     assert employee(demo_db, "report@contoso.com")["mgr_emp_no"] is None
@@ -173,9 +191,12 @@ async def test_entra_manager_replace_and_remove(scim: Scim, demo_db: sqlite3.Con
 async def test_entra_unknown_manager_id_is_refused_and_nothing_changes(scim: Scim, demo_db: sqlite3.Connection) -> None:
     user = await create_user(scim, "lonely@contoso.com")
     before = dict(employee(demo_db, "lonely@contoso.com"))
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Add", "path": f"{ENTERPRISE_URN}:manager", "value": "00000000-0000-0000-0000-000000000000"},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Add", "path": f"{ENTERPRISE_URN}:manager", "value": "00000000-0000-0000-0000-000000000000"},
+        ],
+    )
     assert resp.status == 400, data
     assert data["scimType"] == "invalidValue"
     assert "manager" in data["detail"]
@@ -184,13 +205,19 @@ async def test_entra_unknown_manager_id_is_refused_and_nothing_changes(scim: Sci
 
 async def test_entra_aadoptscim062020_pathless_patch(scim: Scim, demo_db: sqlite3.Connection) -> None:
     user = await create_user(scim, "new.shape@contoso.com", given="Old", family="Shape", department="Sales")
-    resp, data = await scim.patch(f"/Users/{user['id']}?aadOptscim062020", [
-        {"op": "replace", "value": {
-            "name.givenName": "Newgiven",
-            f"{ENTERPRISE_URN}:department": "Marketing",
-            "active": False,
-        }},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}?aadOptscim062020",
+        [
+            {
+                "op": "replace",
+                "value": {
+                    "name.givenName": "Newgiven",
+                    f"{ENTERPRISE_URN}:department": "Marketing",
+                    "active": False,
+                },
+            },
+        ],
+    )
     assert resp.status == 200, data
     assert data["name"]["givenName"] == "Newgiven"
     assert data["name"]["familyName"] == "Shape"  # a dotted key replaces only that sub-attribute
@@ -206,9 +233,12 @@ async def test_entra_aadoptscim062020_pathless_patch(scim: Scim, demo_db: sqlite
 async def test_entra_enterprise_dot_attr_key(scim: Scim, demo_db: sqlite3.Connection) -> None:
     """Entra also writes `URN.attr` (dot) for extension attributes in path-less values."""
     user = await create_user(scim, "dotted@contoso.com", department="Sales")
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Replace", "value": {f"{ENTERPRISE_URN}.department": "Legal", f"{ENTERPRISE_URN}:employeeNumber": "E-77"}},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Replace", "value": {f"{ENTERPRISE_URN}.department": "Legal", f"{ENTERPRISE_URN}:employeeNumber": "E-77"}},
+        ],
+    )
     assert resp.status == 200, data
     row = employee(demo_db, "dotted@contoso.com")
     assert row["dept"] == "Legal"
@@ -234,12 +264,15 @@ async def test_entra_disable_with_string_false(scim: Scim, demo_db: sqlite3.Conn
 
 
 async def test_entra_group_create_with_microsoft_schema_urn(scim: Scim, demo_db: sqlite3.Connection) -> None:
-    resp, data = await scim.post("/Groups", {
-        "schemas": [GROUP_URN, MS_GROUP_URN],
-        "externalId": "8aa1a0c0-c4c3-4bc0-b4a5-2ef676900159",
-        "displayName": "Engineering",
-        "meta": {"resourceType": "Group"},
-    })
+    resp, data = await scim.post(
+        "/Groups",
+        {
+            "schemas": [GROUP_URN, MS_GROUP_URN],
+            "externalId": "8aa1a0c0-c4c3-4bc0-b4a5-2ef676900159",
+            "displayName": "Engineering",
+            "meta": {"resourceType": "Group"},
+        },
+    )
     assert resp.status == 201, data
     assert data["displayName"] == "Engineering"
     assert data["schemas"] == [GROUP_URN]
@@ -275,9 +308,12 @@ async def test_entra_group_member_add_and_remove_by_value_list(scim: Scim, demo_
     resp, data = await scim.patch(f"/Groups/{g['id']}", [{"op": "Add", "path": "members", "value": [{"value": u1["id"]}]}])
     assert resp.status == 200, data
     assert team_pairs(demo_db) == {("Ops", "u1@contoso.com")}
-    resp, data = await scim.patch(f"/Groups/{g['id']}", [
-        {"op": "Add", "path": "members", "value": [{"value": u2["id"]}, {"value": u3["id"]}]},
-    ])
+    resp, data = await scim.patch(
+        f"/Groups/{g['id']}",
+        [
+            {"op": "Add", "path": "members", "value": [{"value": u2["id"]}, {"value": u3["id"]}]},
+        ],
+    )
     assert resp.status == 200, data
     assert {m["value"] for m in data["members"]} == {u1["id"], u2["id"], u3["id"]}
     assert team_pairs(demo_db) == {("Ops", "u1@contoso.com"), ("Ops", "u2@contoso.com"), ("Ops", "u3@contoso.com")}
@@ -367,14 +403,17 @@ async def test_entra_more_legacy_paths(scim: Scim, demo_db: sqlite3.Connection) 
     """userName rename, externalId, name.givenName, phoneNumbers[type eq "work"].value, replacing an existing work email."""
     user = await create_user(scim, "rename.me@contoso.com", mail="rename.me@contoso.com")
     emp = employee(demo_db, "rename.me@contoso.com")["emp_no"]
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Replace", "path": "userName", "value": "Renamed@Contoso.com"},
-        {"op": "Replace", "path": "externalId", "value": "new-ext-id"},
-        {"op": "Replace", "path": "name.givenName", "value": "Ren"},
-        {"op": "Add", "path": 'phoneNumbers[type eq "work"].value', "value": "+1 555 0100"},
-        {"op": "Replace", "path": 'emails[type eq "work"].value', "value": "Renamed@Contoso.com"},
-        {"op": "Replace", "path": f"{ENTERPRISE_URN}:employeeNumber", "value": "E-1"},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Replace", "path": "userName", "value": "Renamed@Contoso.com"},
+            {"op": "Replace", "path": "externalId", "value": "new-ext-id"},
+            {"op": "Replace", "path": "name.givenName", "value": "Ren"},
+            {"op": "Add", "path": 'phoneNumbers[type eq "work"].value', "value": "+1 555 0100"},
+            {"op": "Replace", "path": 'emails[type eq "work"].value', "value": "Renamed@Contoso.com"},
+            {"op": "Replace", "path": f"{ENTERPRISE_URN}:employeeNumber", "value": "E-1"},
+        ],
+    )
     assert resp.status == 200, data
     assert data["id"] == user["id"]
     assert data["userName"] == "Renamed@Contoso.com"
@@ -385,7 +424,12 @@ async def test_entra_more_legacy_paths(scim: Scim, demo_db: sqlite3.Connection) 
     row = employee(demo_db, "renamed@contoso.com")
     assert row["emp_no"] == emp
     assert (row["login"], row["first_nm"], row["mail"], row["phone"], row["emp_code"]) == (
-        "Renamed@Contoso.com", "Ren", "renamed@contoso.com", "+1 555 0100", "E-1")
+        "Renamed@Contoso.com",
+        "Ren",
+        "renamed@contoso.com",
+        "+1 555 0100",
+        "E-1",
+    )
     assert count(demo_db, "employees") == 1
     # Entra matches on externalId too (case-exact).
     resp, found = await scim.get("/Users?filter=" + q('externalId eq "new-ext-id"'))
@@ -413,9 +457,16 @@ async def test_entra_patch_group_add_member_unknown_to_gateway_is_ignored(scim: 
     """Entra sends members whose own provisioning failed: the known ones are added, the request succeeds."""
     known = await create_user(scim, "known@contoso.com")
     g = await create_group(scim, "Partly")
-    resp, data = await scim.patch(f"/Groups/{g['id']}", [
-        {"op": "Add", "path": "members", "value": [{"value": "11111111-2222-3333-4444-555555555555"}, {"value": known["id"]}]},
-    ])
+    resp, data = await scim.patch(
+        f"/Groups/{g['id']}",
+        [
+            {
+                "op": "Add",
+                "path": "members",
+                "value": [{"value": "11111111-2222-3333-4444-555555555555"}, {"value": known["id"]}],
+            },
+        ],
+    )
     assert resp.status == 200, data
     assert [m["value"] for m in data["members"]] == [known["id"]]
     assert team_pairs(demo_db) == {("Partly", "known@contoso.com")}
@@ -448,24 +499,36 @@ async def test_entra_full_sequence(scim: Scim, demo_db: sqlite3.Connection) -> N
     assert (resp.status, data["totalResults"]) == (200, 0)
     # 2. Create the manager and the user.
     mgr = await create_user(scim, "chief@contoso.com", given="Chief", family="Boss")
-    resp, user = await scim.post("/Users", entra_user("JDoe@contoso.com", given="John", family="Doe",
-                                                        mail="John.Doe@Contoso.com", department="Eng"))
+    resp, user = await scim.post(
+        "/Users", entra_user("JDoe@contoso.com", given="John", family="Doe", mail="John.Doe@Contoso.com", department="Eng")
+    )
     assert resp.status == 201, user
     row = employee(demo_db, "jdoe@contoso.com")
     assert (row["login"], row["first_nm"], row["mail"], row["status"], row["mgr_emp_no"]) == (
-        "JDoe@contoso.com", "John", "john.doe@contoso.com", "A", None)
+        "JDoe@contoso.com",
+        "John",
+        "john.doe@contoso.com",
+        "A",
+        None,
+    )
     # 3. Legacy PATCH shape: manager as plain id.
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Add", "path": f"{ENTERPRISE_URN}:manager", "value": mgr["id"]},
-        {"op": "Replace", "path": "displayName", "value": "Johnny Doe"},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Add", "path": f"{ENTERPRISE_URN}:manager", "value": mgr["id"]},
+            {"op": "Replace", "path": "displayName", "value": "Johnny Doe"},
+        ],
+    )
     assert resp.status == 200, data
     row = employee(demo_db, "jdoe@contoso.com")
     assert (row["display_nm"], row["mgr_emp_no"]) == ("Johnny Doe", emp_no(demo_db, "chief@contoso.com"))
     # 4. New PATCH shape.
-    resp, data = await scim.patch(f"/Users/{user['id']}?aadOptscim062020", [
-        {"op": "replace", "value": {"name.givenName": "Jon", f"{ENTERPRISE_URN}:department": "Platform"}},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}?aadOptscim062020",
+        [
+            {"op": "replace", "value": {"name.givenName": "Jon", f"{ENTERPRISE_URN}:department": "Platform"}},
+        ],
+    )
     assert resp.status == 200, data
     row = employee(demo_db, "jdoe@contoso.com")
     assert (row["first_nm"], row["dept"], row["mgr_emp_no"]) == ("Jon", "Platform", emp_no(demo_db, "chief@contoso.com"))
@@ -473,14 +536,20 @@ async def test_entra_full_sequence(scim: Scim, demo_db: sqlite3.Connection) -> N
     resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q('displayName eq "Platform Team"'))
     assert (resp.status, data["totalResults"]) == (200, 0)
     group = await create_group(scim, "Platform Team")
-    resp, data = await scim.patch(f"/Groups/{group['id']}", [
-        {"op": "Add", "path": "members", "value": [{"value": user["id"]}, {"value": mgr["id"]}]},
-    ])
+    resp, data = await scim.patch(
+        f"/Groups/{group['id']}",
+        [
+            {"op": "Add", "path": "members", "value": [{"value": user["id"]}, {"value": mgr["id"]}]},
+        ],
+    )
     assert resp.status == 200, data
     assert team_pairs(demo_db) == {("Platform Team", "JDoe@contoso.com"), ("Platform Team", "chief@contoso.com")}
-    resp, data = await scim.patch(f"/Groups/{group['id']}", [
-        {"op": "Remove", "path": "members", "value": [{"value": mgr["id"]}]},
-    ])
+    resp, data = await scim.patch(
+        f"/Groups/{group['id']}",
+        [
+            {"op": "Remove", "path": "members", "value": [{"value": mgr["id"]}]},
+        ],
+    )
     assert resp.status == 200, data
     assert team_pairs(demo_db) == {("Platform Team", "JDoe@contoso.com")}
     resp, data = await scim.patch(f"/Groups/{group['id']}", [{"op": "Replace", "path": "displayName", "value": "Platform"}])

@@ -82,7 +82,18 @@ BULK_URN = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 SEARCH_URN = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 SCIM_TYPE = "application/scim+json"
 # RFC 7644 §3.12, table 9.
-SCIM_TYPES = {"invalidFilter", "tooMany", "uniqueness", "mutability", "invalidSyntax", "invalidPath", "noTarget", "invalidValue", "invalidVers", "sensitive"}
+SCIM_TYPES = {
+    "invalidFilter",
+    "tooMany",
+    "uniqueness",
+    "mutability",
+    "invalidSyntax",
+    "invalidPath",
+    "noTarget",
+    "invalidValue",
+    "invalidVers",
+    "sensitive",
+}
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -150,7 +161,9 @@ class Reply:
         return json.loads(self.text) if self.text else None
 
     def __repr__(self) -> str:
-        return f"{self.method} {self.url[:300]} body={str(self.sent)[:500]!r} -> {self.status} {self.content_type} {self.text[:500]}"
+        return (
+            f"{self.method} {self.url[:300]} body={str(self.sent)[:500]!r} -> {self.status} {self.content_type} {self.text[:500]}"
+        )
 
 
 class PgView:
@@ -187,7 +200,9 @@ class Gateway:
         self.client: TestClient = self.run(self._start())
         self.app_db = sqlite3.connect(self.data_dir / "demo.db")
         url = self.store_overrides.get("store_url")
-        self.store_db: Any = sqlite3.connect(self.data_dir / "gateway.db") if url is None else _PgStoreDb(PgView(self, url.get_secret_value()))
+        self.store_db: Any = (
+            sqlite3.connect(self.data_dir / "gateway.db") if url is None else _PgStoreDb(PgView(self, url.get_secret_value()))
+        )
         self.ids: dict[str, str] = {}
         self._serial = itertools.count(1)
         self.before: dict[str, list[tuple[Any, ...]]] | None = None  # the rows before the first write `attack` sends
@@ -225,8 +240,14 @@ class Gateway:
             self.before = self.snapshot()
 
     def request(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-        params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Reply:
         self._before(method)
         url = self.client.make_url(BASE + path)
@@ -247,8 +268,13 @@ class Gateway:
         async def exchange() -> bytes:
             reader, writer = await asyncio.open_connection(self.client.host, self.client.port)
             try:
-                head = [f"{method} {BASE}{path} HTTP/1.1".encode(), b"Host: gateway", b"Connection: close",
-                        b"Content-Length: %d" % len(body), *(name + b": " + value for name, value in headers)]
+                head = [
+                    f"{method} {BASE}{path} HTTP/1.1".encode(),
+                    b"Host: gateway",
+                    b"Connection: close",
+                    b"Content-Length: %d" % len(body),
+                    *(name + b": " + value for name, value in headers),
+                ]
                 writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
                 await writer.drain()
                 return await reader.read()
@@ -269,16 +295,29 @@ class Gateway:
     def ensure_victims(self) -> None:
         live = {r[0] for r in self.store_db.execute("SELECT id FROM resources WHERE state = 'active'")}
         if self.ids.get("uid") not in live:
-            self.ids["uid"] = self._create("/Users", user_body(
-                "victim@example.com", title="Original", displayName="Victim", name={"givenName": "Vic", "familyName": "Tim"},
-                emails=[{"type": "work", "value": "victim@example.com", "primary": True}],
-                phoneNumbers=[{"type": "work", "value": "+1 555 0100"}],
-                **{ENTERPRISE_URN: {"department": "Dept", "employeeNumber": "E1"}}))
+            self.ids["uid"] = self._create(
+                "/Users",
+                user_body(
+                    "victim@example.com",
+                    title="Original",
+                    displayName="Victim",
+                    name={"givenName": "Vic", "familyName": "Tim"},
+                    emails=[{"type": "work", "value": "victim@example.com", "primary": True}],
+                    phoneNumbers=[{"type": "work", "value": "+1 555 0100"}],
+                    **{ENTERPRISE_URN: {"department": "Dept", "employeeNumber": "E1"}},
+                ),
+            )
         if self.ids.get("bystander") not in live:
             self.ids["bystander"] = self._create("/Users", user_body("bystander@example.com"))
         if self.ids.get("gid") not in live:
-            self.ids["gid"] = self._create("/Groups", {"schemas": [GROUP_URN], "displayName": "Victims",
-                                                       "members": [{"value": self.ids["uid"]}, {"value": self.ids["bystander"]}]})
+            self.ids["gid"] = self._create(
+                "/Groups",
+                {
+                    "schemas": [GROUP_URN],
+                    "displayName": "Victims",
+                    "members": [{"value": self.ids["uid"]}, {"value": self.ids["bystander"]}],
+                },
+            )
 
     def _create(self, path: str, body: dict[str, Any]) -> str:
         reply = self.request("POST", path, body)
@@ -293,7 +332,10 @@ class Gateway:
     # -- the two databases
 
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
-        out = {t: sorted(map(tuple, self.app_db.execute(f"SELECT * FROM {t}")), key=repr) for t in ("employees", "teams", "team_members")}
+        out = {
+            t: sorted(map(tuple, self.app_db.execute(f"SELECT * FROM {t}")), key=repr)
+            for t in ("employees", "teams", "team_members")
+        }
         out["resources"] = sorted(map(tuple, self.store_db.execute("SELECT * FROM resources")), key=repr)
         out["members"] = sorted(map(tuple, self.store_db.execute("SELECT * FROM members")), key=repr)
         return out
@@ -301,19 +343,33 @@ class Gateway:
     def assert_consistent(self, reply: Reply) -> None:
         pending = self.store_db.execute("SELECT seq, op, resource_id FROM journal WHERE state = 'pending'").fetchall()
         assert not pending, (reply, "journal entries left pending", pending)
-        odd = self.store_db.execute("SELECT id, state FROM resources WHERE state != 'active' OR pending_seq IS NOT NULL").fetchall()
+        odd = self.store_db.execute(
+            "SELECT id, state FROM resources WHERE state != 'active' OR pending_seq IS NOT NULL"
+        ).fetchall()
         assert not odd, (reply, "store rows left mid-write", odd)
         for kind, table, key, unique in (("User", "employees", "emp_no", "login"), ("Group", "teams", "team_id", "team_name")):
-            store = {r[0]: r[1] for r in self.store_db.execute("SELECT native_id, unique_key FROM resources WHERE type = ?", (kind,))}
+            store = {
+                r[0]: r[1] for r in self.store_db.execute("SELECT native_id, unique_key FROM resources WHERE type = ?", (kind,))
+            }
             app = {str(r[0]): r[1] for r in self.app_db.execute(f"SELECT {key}, {unique} FROM {table}")}
-            assert set(store) == set(app), (reply, f"{kind}: store native ids {sorted(set(store) - set(app))} not in {table}; "
-                                                   f"{table} rows {sorted(set(app) - set(store))} not linked")
+            assert set(store) == set(app), (
+                reply,
+                f"{kind}: store native ids {sorted(set(store) - set(app))} not in {table}; "
+                f"{table} rows {sorted(set(app) - set(store))} not linked",
+            )
             for native, unique_key in store.items():
-                assert unique_key == app[native].lower(), (reply, f"{kind} {native}: store key {unique_key!r}, app has {app[native]!r}")
+                assert unique_key == app[native].lower(), (
+                    reply,
+                    f"{kind} {native}: store key {unique_key!r}, app has {app[native]!r}",
+                )
         # The demo app's teams hold employees only: every membership the store records is a (team, employee) pair the app has too.
         linked = {r[0]: (r[1], r[2]) for r in self.store_db.execute("SELECT id, type, native_id FROM resources")}
-        store_pairs = {(linked.get(g), linked.get(m)) for g, m in self.store_db.execute("SELECT group_id, member_id FROM members")}
-        app_pairs = {(("Group", str(t)), ("User", str(e))) for t, e in self.app_db.execute("SELECT team_id, emp_no FROM team_members")}
+        store_pairs = {
+            (linked.get(g), linked.get(m)) for g, m in self.store_db.execute("SELECT group_id, member_id FROM members")
+        }
+        app_pairs = {
+            (("Group", str(t)), ("User", str(e))) for t, e in self.app_db.execute("SELECT team_id, emp_no FROM team_members")
+        }
         assert store_pairs == app_pairs, (reply, "membership differs", store_pairs ^ app_pairs)
 
 
@@ -361,7 +417,10 @@ def attack(gw: Gateway, send: Any, refused: Any = None) -> Reply:
         gw.watching = False
     before = gw.before
     check_reply(reply)
-    event(f"{reply.method} -> {reply.status}" + (f" {reply.data.get('scimType')}" if reply.status >= 400 and reply.method != "HEAD" else ""))
+    event(
+        f"{reply.method} -> {reply.status}"
+        + (f" {reply.data.get('scimType')}" if reply.status >= 400 and reply.method != "HEAD" else "")
+    )
     if reply.method in WRITES and (reply.status >= 400 or (refused is not None and refused(reply))):
         assert before is not None, (reply, "a write went out without the rows before it recorded")
         after = gw.snapshot()
@@ -409,25 +468,112 @@ def gw(tmp_path: Path, store_overrides: dict[str, Any]) -> Iterator[Gateway]:
 # garbage branches are there but rarer.
 
 USER_NAMES = [
-    "id", "externalId", "userName", "name", "name.givenName", "name.familyName", "name.formatted", "name.middleName",
-    "displayName", "nickName", "profileUrl", "title", "userType", "preferredLanguage", "locale", "timezone", "active",
-    "password", "emails", "emails.value", "emails.type", "emails.primary", "emails.display", "phoneNumbers",
-    "phoneNumbers.value", "phoneNumbers.type", "ims", "photos", "addresses", "addresses.streetAddress", "addresses.country",
-    "groups", "groups.value", "groups.display", "entitlements", "roles", "roles.value", "x509Certificates", "x509Certificates.value",
-    "meta", "meta.created", "meta.lastModified", "meta.resourceType", "meta.version", "meta.location", "schemas",
-    f"{ENTERPRISE_URN}:department", f"{ENTERPRISE_URN}:employeeNumber", f"{ENTERPRISE_URN}:costCenter",
-    f"{ENTERPRISE_URN}:manager", f"{ENTERPRISE_URN}:manager.value", f"{ENTERPRISE_URN}:manager.displayName",
-    f"{ENTERPRISE_URN}.department", f"{ENTERPRISE_URN}.manager", f"{USER_URN}:userName", f"{USER_URN}:name.givenName",
-    ENTERPRISE_URN, USER_URN,
+    "id",
+    "externalId",
+    "userName",
+    "name",
+    "name.givenName",
+    "name.familyName",
+    "name.formatted",
+    "name.middleName",
+    "displayName",
+    "nickName",
+    "profileUrl",
+    "title",
+    "userType",
+    "preferredLanguage",
+    "locale",
+    "timezone",
+    "active",
+    "password",
+    "emails",
+    "emails.value",
+    "emails.type",
+    "emails.primary",
+    "emails.display",
+    "phoneNumbers",
+    "phoneNumbers.value",
+    "phoneNumbers.type",
+    "ims",
+    "photos",
+    "addresses",
+    "addresses.streetAddress",
+    "addresses.country",
+    "groups",
+    "groups.value",
+    "groups.display",
+    "entitlements",
+    "roles",
+    "roles.value",
+    "x509Certificates",
+    "x509Certificates.value",
+    "meta",
+    "meta.created",
+    "meta.lastModified",
+    "meta.resourceType",
+    "meta.version",
+    "meta.location",
+    "schemas",
+    f"{ENTERPRISE_URN}:department",
+    f"{ENTERPRISE_URN}:employeeNumber",
+    f"{ENTERPRISE_URN}:costCenter",
+    f"{ENTERPRISE_URN}:manager",
+    f"{ENTERPRISE_URN}:manager.value",
+    f"{ENTERPRISE_URN}:manager.displayName",
+    f"{ENTERPRISE_URN}.department",
+    f"{ENTERPRISE_URN}.manager",
+    f"{USER_URN}:userName",
+    f"{USER_URN}:name.givenName",
+    ENTERPRISE_URN,
+    USER_URN,
 ]
-GROUP_NAMES = ["id", "externalId", "displayName", "members", "members.value", "members.display", "members.type", "members.$ref",
-               "meta", "meta.created", "meta.lastModified", f"{GROUP_URN}:displayName", f"{GROUP_URN}:members", GROUP_URN]
+GROUP_NAMES = [
+    "id",
+    "externalId",
+    "displayName",
+    "members",
+    "members.value",
+    "members.display",
+    "members.type",
+    "members.$ref",
+    "meta",
+    "meta.created",
+    "meta.lastModified",
+    f"{GROUP_URN}:displayName",
+    f"{GROUP_URN}:members",
+    GROUP_URN,
+]
 UNKNOWN_NAMES = [
-    "shoeSize", "name.nickname", "emails.colour", "urn:example:ext:1.0:User:foo", f"{ENTERPRISE_URN}:nope", f"{ENTERPRISE_URN}:",
-    f"{GROUP_URN}:displayName", "urn:", "urn:ietf", "urn:ietf:params:scim:schemas:core:2.0", "ENT.department", "a.b.c.d",
-    "$ref", "", " ", ".", "..", "name.", ".name", "üsername", "名前", "user name", "userName\u0000",
-    'emails[type eq "work"].value', 'members[value eq "x"]', "emails[", "]", "urn:microsoft:azure:ad:scim:2.0:Group",
-    f"{ENTERPRISE_URN}:manager.value.x", "name.givenName.extra",
+    "shoeSize",
+    "name.nickname",
+    "emails.colour",
+    "urn:example:ext:1.0:User:foo",
+    f"{ENTERPRISE_URN}:nope",
+    f"{ENTERPRISE_URN}:",
+    f"{GROUP_URN}:displayName",
+    "urn:",
+    "urn:ietf",
+    "urn:ietf:params:scim:schemas:core:2.0",
+    "ENT.department",
+    "a.b.c.d",
+    "$ref",
+    "",
+    " ",
+    ".",
+    "..",
+    "name.",
+    ".name",
+    "üsername",
+    "名前",
+    "user name",
+    "userName\u0000",
+    'emails[type eq "work"].value',
+    'members[value eq "x"]',
+    "emails[",
+    "]",
+    "urn:microsoft:azure:ad:scim:2.0:Group",
+    f"{ENTERPRISE_URN}:manager.value.x",
+    "name.givenName.extra",
 ]
 
 
@@ -454,18 +600,45 @@ user_names = st.sampled_from(USER_NAMES).flatmap(case_variants)
 group_names = st.sampled_from(GROUP_NAMES).flatmap(case_variants)
 names = st.one_of(st.sampled_from(USER_NAMES), st.sampled_from(GROUP_NAMES), user_names, st.sampled_from(UNKNOWN_NAMES))
 
-HOSTILE_CHARS = ["\u0000", "\ufeff", "\u202e", "\uffff", "\U0001f600", "\\", '"', "'", "%", "\n", "\t", "é", "ß", "İ", "\u212a", "\u0130", "ǅ"]
+HOSTILE_CHARS = [
+    "\u0000",
+    "\ufeff",
+    "\u202e",
+    "\uffff",
+    "\U0001f600",
+    "\\",
+    '"',
+    "'",
+    "%",
+    "\n",
+    "\t",
+    "é",
+    "ß",
+    "İ",
+    "\u212a",
+    "\u0130",
+    "ǅ",
+]
 plain_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=30)
 odd_text = st.text(alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from(HOSTILE_CHARS)), max_size=30)
 # Lone surrogates: JSON carries them as \ud800 escapes; they are text that is not Unicode.
 surrogate_text = st.tuples(plain_text, st.sampled_from(["\ud800", "\udfff", "\udc00"]), plain_text).map("".join)
-words = st.sampled_from(["alice", "Bob", "alice@example.com", "Engineering", "work", "home", "+1 555 0100", "", " ", "victim@example.com"])
+words = st.sampled_from(
+    ["alice", "Bob", "alice@example.com", "Engineering", "work", "home", "+1 555 0100", "", " ", "victim@example.com"]
+)
 texts = st.one_of(words, plain_text, odd_text)
 huge_ints = st.sampled_from([2**63, -(2**63) - 1, 10**30, -(10**30), 2**64, 10**400])
 floats = st.floats(allow_nan=False, allow_infinity=False)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), huge_ints, floats, texts,
-    st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e308, 5e-324]),  # Python's json reads and writes NaN and Infinity
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    huge_ints,
+    floats,
+    texts,
+    st.sampled_from(
+        [float("nan"), float("inf"), -float("inf"), 1e308, 5e-324]
+    ),  # Python's json reads and writes NaN and Infinity
     st.sampled_from(["True", "False", "true", "FALSE", "yes", "null", "2024-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00"]),
 )
 json_values = st.recursive(
@@ -475,9 +648,14 @@ json_values = st.recursive(
 )
 multi_item = st.fixed_dictionaries(
     {},
-    optional={"value": st.one_of(texts, scalars), "type": st.one_of(st.sampled_from(["work", "home", "Work", "other"]), scalars),
-              "primary": st.one_of(st.booleans(), st.sampled_from(["True", "false", "maybe"]), scalars),
-              "display": scalars, "$ref": scalars, "givenName": texts},
+    optional={
+        "value": st.one_of(texts, scalars),
+        "type": st.one_of(st.sampled_from(["work", "home", "Work", "other"]), scalars),
+        "primary": st.one_of(st.booleans(), st.sampled_from(["True", "false", "maybe"]), scalars),
+        "display": scalars,
+        "$ref": scalars,
+        "givenName": texts,
+    },
 )
 # Plausible values: what an attribute of some type could hold, right or wrong for the one at hand.
 values = st.one_of(texts, texts, st.booleans(), st.lists(multi_item, max_size=3), multi_item, json_values, scalars)
@@ -498,7 +676,10 @@ rare_values = st.one_of(
     huge_ints,
 )
 etags = st.one_of(
-    st.none(), st.none(), st.none(), st.none(),
+    st.none(),
+    st.none(),
+    st.none(),
+    st.none(),
     st.sampled_from(['W/"1"', '"1"', "*", 'W/"99999999999999999999999"', "garbage", 'W/""', "", 'W/"-1"', 'W/"1", W/"2"']),
     st.text(alphabet=string.printable.strip(), max_size=20),
 )
@@ -507,22 +688,64 @@ etags = st.one_of(
 # ---------------------------------------------------------------- strategies: filters
 
 USER_FILTER_ATTRS = {
-    "userName": "s", "displayName": "s", "title": "s", "active": "b", "emails": "s", "emails.value": "s", "emails.type": "s",
-    "emails.primary": "b", "name.givenName": "s", "name.familyName": "s", "phoneNumbers.value": "s", "meta.created": "d",
-    "meta.lastModified": "d", "meta.resourceType": "s", "id": "s", "externalId": "s", "groups": "s", "groups.value": "s",
-    f"{ENTERPRISE_URN}:department": "s", f"{ENTERPRISE_URN}:manager.value": "s", f"{ENTERPRISE_URN}:manager": "s",
-    f"{ENTERPRISE_URN}:employeeNumber": "s", "nickName": "s", "addresses.postalCode": "s", "x509Certificates.value": "s",
-    f"{USER_URN}:userName": "s", "name": "s",
+    "userName": "s",
+    "displayName": "s",
+    "title": "s",
+    "active": "b",
+    "emails": "s",
+    "emails.value": "s",
+    "emails.type": "s",
+    "emails.primary": "b",
+    "name.givenName": "s",
+    "name.familyName": "s",
+    "phoneNumbers.value": "s",
+    "meta.created": "d",
+    "meta.lastModified": "d",
+    "meta.resourceType": "s",
+    "id": "s",
+    "externalId": "s",
+    "groups": "s",
+    "groups.value": "s",
+    f"{ENTERPRISE_URN}:department": "s",
+    f"{ENTERPRISE_URN}:manager.value": "s",
+    f"{ENTERPRISE_URN}:manager": "s",
+    f"{ENTERPRISE_URN}:employeeNumber": "s",
+    "nickName": "s",
+    "addresses.postalCode": "s",
+    "x509Certificates.value": "s",
+    f"{USER_URN}:userName": "s",
+    "name": "s",
 }
 GROUP_FILTER_ATTRS = {
-    "displayName": "s", "members": "s", "members.value": "s", "members.display": "s", "members.type": "s", "id": "s", "externalId": "s",
-    "meta.created": "d", "meta.lastModified": "d", f"{GROUP_URN}:displayName": "s",
+    "displayName": "s",
+    "members": "s",
+    "members.value": "s",
+    "members.display": "s",
+    "members.type": "s",
+    "id": "s",
+    "externalId": "s",
+    "meta.created": "d",
+    "meta.lastModified": "d",
+    f"{GROUP_URN}:displayName": "s",
 }
 FILTER_ATTR_TYPES = {**USER_FILTER_ATTRS, **GROUP_FILTER_ATTRS}
 SUB_TYPES = {"value": "s", "type": "s", "primary": "b", "display": "s"}
-DATES = ['"2024-01-01T00:00:00Z"', '"2024-01-01T00:00:00"', '"2024-01-01"', '"0001-01-01T00:00:00+01:00"', '"9999-12-31T23:59:59-14:00"',
-         '"2024-13-45T00:00:00Z"', '"now"', '"2024-06-01T12:00:00.123456+05:30"', '"1970-01-01T00:00:00z"']
-OPS_BY_TYPE = {"s": ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"], "b": ["eq", "ne", "gt"], "d": ["eq", "gt", "ge", "lt", "le", "co"]}
+DATES = [
+    '"2024-01-01T00:00:00Z"',
+    '"2024-01-01T00:00:00"',
+    '"2024-01-01"',
+    '"0001-01-01T00:00:00+01:00"',
+    '"9999-12-31T23:59:59-14:00"',
+    '"2024-13-45T00:00:00Z"',
+    '"now"',
+    '"2024-06-01T12:00:00.123456+05:30"',
+    '"1970-01-01T00:00:00z"',
+]
+OPS_BY_TYPE = {
+    "s": ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"],
+    "b": ["eq", "ne", "gt"],
+    "d": ["eq", "gt", "ge", "lt", "le", "co"],
+}
 
 
 def typed_literal(kind: str) -> st.SearchStrategy[str]:
@@ -530,7 +753,9 @@ def typed_literal(kind: str) -> st.SearchStrategy[str]:
         return st.sampled_from(["true", "false", "True", "null", '"true"', "1"])
     if kind == "d":
         return st.sampled_from(DATES)
-    return st.one_of(texts.map(json.dumps), texts.map(lambda s: json.dumps(s, ensure_ascii=False)), st.sampled_from(["null", "5", "1.5"]))
+    return st.one_of(
+        texts.map(json.dumps), texts.map(lambda s: json.dumps(s, ensure_ascii=False)), st.sampled_from(["null", "5", "1.5"])
+    )
 
 
 def _typed_leaf(name: str, kind: str) -> st.SearchStrategy[str]:
@@ -563,14 +788,56 @@ def _combine_valid(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     )
 
 
-BAD_FILTER_ATTRS = ["shoeSize", "name.nick", "urn:foo:bar:baz", "urn:foo:bar:baz:attr", f"{ENTERPRISE_URN}:nope", "1abc", "a-b", "a..b",
-                    "emails.value.x", "_x", "ñame", "$ref", "members.$ref", f"{USER_URN}:userName", f"{GROUP_URN}:displayName", "password"]
+BAD_FILTER_ATTRS = [
+    "shoeSize",
+    "name.nick",
+    "urn:foo:bar:baz",
+    "urn:foo:bar:baz:attr",
+    f"{ENTERPRISE_URN}:nope",
+    "1abc",
+    "a-b",
+    "a..b",
+    "emails.value.x",
+    "_x",
+    "ñame",
+    "$ref",
+    "members.$ref",
+    f"{USER_URN}:userName",
+    f"{GROUP_URN}:displayName",
+    "password",
+]
 filter_attrs = st.one_of(st.sampled_from(sorted(FILTER_ATTR_TYPES)).flatmap(case_variants), st.sampled_from(BAD_FILTER_ATTRS))
 compare_ops = st.sampled_from(["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le", "EQ", "Eq", "like", "==", "in", "", "pr"])
 filter_values = st.one_of(
-    texts.map(json.dumps), st.integers().map(str), huge_ints.map(str), floats.map(repr),
-    st.sampled_from(["true", "false", "null", "True", "NULL", '"', '"abc', 'abc"', "'single'", '""', '"\\"', '"\\u00"', '"\\ud800"',
-                     "1e999", "-0", "0x10", "bare", "[", "]", "()", *DATES]),
+    texts.map(json.dumps),
+    st.integers().map(str),
+    huge_ints.map(str),
+    floats.map(repr),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "null",
+            "True",
+            "NULL",
+            '"',
+            '"abc',
+            'abc"',
+            "'single'",
+            '""',
+            '"\\"',
+            '"\\u00"',
+            '"\\ud800"',
+            "1e999",
+            "-0",
+            "0x10",
+            "bare",
+            "[",
+            "]",
+            "()",
+            *DATES,
+        ]
+    ),
 )
 mixed_leaf = st.one_of(st.tuples(filter_attrs, compare_ops, filter_values).map(" ".join), filter_attrs.map(lambda a: f"{a} pr"))
 
@@ -598,13 +865,37 @@ def _deep(parts: tuple[int, str, str]) -> str:
     return " and ".join([leaf] * depth)
 
 
-deep_filters = st.tuples(st.sampled_from([20, 33, 100, 400, 2000]), st.sampled_from(["parens", "not", "brackets", "chain"]), valid_leaf).map(_deep)
-TOKENS = ["userName", "eq", '"x"', "(", ")", "[", "]", "and", "or", "not", "pr", " ", ".", ":", "urn:x", '"', "\\", "emails", "value"]
+deep_filters = st.tuples(
+    st.sampled_from([20, 33, 100, 400, 2000]), st.sampled_from(["parens", "not", "brackets", "chain"]), valid_leaf
+).map(_deep)
+TOKENS = [
+    "userName",
+    "eq",
+    '"x"',
+    "(",
+    ")",
+    "[",
+    "]",
+    "and",
+    "or",
+    "not",
+    "pr",
+    " ",
+    ".",
+    ":",
+    "urn:x",
+    '"',
+    "\\",
+    "emails",
+    "value",
+]
 
 
 def filters(kind: str) -> st.SearchStrategy[str]:
     if kind == "Users":
-        leaves = st.one_of(valid_leaves(USER_FILTER_ATTRS), value_path_filters(["emails", "phoneNumbers", "groups", "addresses", "roles", "ims"]))
+        leaves = st.one_of(
+            valid_leaves(USER_FILTER_ATTRS), value_path_filters(["emails", "phoneNumbers", "groups", "addresses", "roles", "ims"])
+        )
     else:
         leaves = st.one_of(valid_leaves(GROUP_FILTER_ATTRS), value_path_filters(["members"]))
     return weighted(
@@ -622,8 +913,16 @@ def filters(kind: str) -> st.SearchStrategy[str]:
 @hostile(max_examples=600)
 @given(data=st.data())
 def test_filters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
-    how = data.draw(weighted((30, st.just("get-users")), (30, st.just("search-users")), (15, st.just("get-groups")),
-                             (15, st.just("search-groups")), (3, st.just("search-root"))), label="how")
+    how = data.draw(
+        weighted(
+            (30, st.just("get-users")),
+            (30, st.just("search-users")),
+            (15, st.just("get-groups")),
+            (15, st.just("search-groups")),
+            (3, st.just("search-root")),
+        ),
+        label="how",
+    )
     kind = "Groups" if "groups" in how else "Users"
     text = data.draw(filters(kind), label="filter")
     if how.startswith("get"):
@@ -646,15 +945,57 @@ def test_filters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
 
 
 USER_PATHS = [
-    "userName", "displayName", "title", "nickName", "name", "name.givenName", "name.familyName", "active", "emails", "phoneNumbers",
-    "emails.value", "emails.primary", 'emails[type eq "work"].value', 'emails[type eq "work"]', 'emails[type eq "work" and primary eq true].value',
-    'phoneNumbers[type eq "work"].value', 'emails[value co "@"]', 'emails.type eq "work"', "addresses", 'addresses[type eq "work"].locality',
-    "externalId", "roles", f"{ENTERPRISE_URN}:department", f"{ENTERPRISE_URN}:employeeNumber", f"{ENTERPRISE_URN}:manager",
-    f"{ENTERPRISE_URN}:manager.value", ENTERPRISE_URN, f"{USER_URN}:title", "password", "id", "meta.created", "groups", "urn:nope",
-    "emails[]", "emails[type eq work]", "emails[type eq \"work\"", "title[value eq \"x\"]", "members",
+    "userName",
+    "displayName",
+    "title",
+    "nickName",
+    "name",
+    "name.givenName",
+    "name.familyName",
+    "active",
+    "emails",
+    "phoneNumbers",
+    "emails.value",
+    "emails.primary",
+    'emails[type eq "work"].value',
+    'emails[type eq "work"]',
+    'emails[type eq "work" and primary eq true].value',
+    'phoneNumbers[type eq "work"].value',
+    'emails[value co "@"]',
+    'emails.type eq "work"',
+    "addresses",
+    'addresses[type eq "work"].locality',
+    "externalId",
+    "roles",
+    f"{ENTERPRISE_URN}:department",
+    f"{ENTERPRISE_URN}:employeeNumber",
+    f"{ENTERPRISE_URN}:manager",
+    f"{ENTERPRISE_URN}:manager.value",
+    ENTERPRISE_URN,
+    f"{USER_URN}:title",
+    "password",
+    "id",
+    "meta.created",
+    "groups",
+    "urn:nope",
+    "emails[]",
+    "emails[type eq work]",
+    'emails[type eq "work"',
+    'title[value eq "x"]',
+    "members",
 ]
-GROUP_PATHS = ["displayName", "members", 'members[value eq "nobody"]', "members[value pr]", "members.display", "externalId", "id",
-               f"{GROUP_URN}:displayName", GROUP_URN, "urn:microsoft:azure:ad:scim:2.0:Group:x"]
+GROUP_PATHS = [
+    "displayName",
+    "members",
+    'members[value eq "nobody"]',
+    "members[value pr]",
+    "members.display",
+    "externalId",
+    "id",
+    f"{GROUP_URN}:displayName",
+    GROUP_URN,
+    "urn:microsoft:azure:ad:scim:2.0:Group:x",
+]
 OPS = st.one_of(
     st.sampled_from(["add", "remove", "replace", "Add", "Replace", "Remove", "REPLACE"]),
     st.sampled_from(["add", "replace"]),
@@ -664,32 +1005,51 @@ OPS = st.one_of(
 valid_ops = st.sampled_from(["add", "remove", "replace", "Add", "Replace", "Remove"])
 patch_paths = st.one_of(
     st.sampled_from(USER_PATHS + GROUP_PATHS).flatmap(lambda p: st.sampled_from([p, p, p.lower(), p.upper()])),
-    st.tuples(st.sampled_from(["emails", "phoneNumbers", "members", "addresses", "roles", "title", "name", "groups"]),
-              st.recursive(sub_leaf, _combine_valid, max_leaves=3), st.sampled_from(["", ".value", ".type", ".primary", ".display", ".nope"]),
-              ).map(lambda t: f"{t[0]}[{t[1]}]{t[2]}"),
-    names, plain_text,
+    st.tuples(
+        st.sampled_from(["emails", "phoneNumbers", "members", "addresses", "roles", "title", "name", "groups"]),
+        st.recursive(sub_leaf, _combine_valid, max_leaves=3),
+        st.sampled_from(["", ".value", ".type", ".primary", ".display", ".nope"]),
+    ).map(lambda t: f"{t[0]}[{t[1]}]{t[2]}"),
+    names,
+    plain_text,
 )
 
 
 def some_id(ids: dict[str, str]) -> st.SearchStrategy[Any]:
-    return st.one_of(st.sampled_from(sorted(ids.values())), st.sampled_from(sorted(ids.values())), st.just("no-such-id"), texts, scalars)
+    return st.one_of(
+        st.sampled_from(sorted(ids.values())), st.sampled_from(sorted(ids.values())), st.just("no-such-id"), texts, scalars
+    )
 
 
 def entra_okta_ops(ids: dict[str, str]) -> st.SearchStrategy[dict[str, Any]]:
-    member_list = st.lists(st.fixed_dictionaries({"value": some_id(ids)}, optional={"display": scalars, "type": scalars}), max_size=3)
+    member_list = st.lists(
+        st.fixed_dictionaries({"value": some_id(ids)}, optional={"display": scalars, "type": scalars}), max_size=3
+    )
     return st.one_of(
-        st.builds(lambda v: {"op": "Replace", "path": "active", "value": v}, st.one_of(st.sampled_from(["False", "True", "maybe"]), scalars)),
+        st.builds(
+            lambda v: {"op": "Replace", "path": "active", "value": v},
+            st.one_of(st.sampled_from(["False", "True", "maybe"]), scalars),
+        ),
         st.builds(lambda v: {"op": "Add", "path": 'emails[type eq "work"].value', "value": v}, values),
-        st.builds(lambda g, d: {"op": "Replace", "value": {"name.givenName": g, f"{ENTERPRISE_URN}:department": d}}, values, values),
+        st.builds(
+            lambda g, d: {"op": "Replace", "value": {"name.givenName": g, f"{ENTERPRISE_URN}:department": d}}, values, values
+        ),
         st.builds(lambda m: {"op": "Remove", "path": "members", "value": m}, st.one_of(member_list, values)),
         st.builds(lambda m: {"op": "add", "path": "members", "value": m}, st.one_of(member_list, member_list, values)),
         st.builds(lambda i, n: {"op": "replace", "value": {"id": i, "displayName": n}}, some_id(ids), values),
         st.builds(lambda m: {"op": "Replace", "path": f"{ENTERPRISE_URN}:manager", "value": m}, st.one_of(some_id(ids), values)),
         st.builds(lambda i: {"op": "remove", "path": f'members[value eq "{i}"]'}, some_id(ids).map(str)),
-        st.builds(lambda v: {"op": "replace", "path": "userName", "value": v}, st.one_of(plain_text, st.just("BYSTANDER@example.com"), values)),
-        st.builds(lambda v: {"op": "replace", "path": "displayName", "value": v}, st.one_of(plain_text, st.just("victims"), values)),
+        st.builds(
+            lambda v: {"op": "replace", "path": "userName", "value": v},
+            st.one_of(plain_text, st.just("BYSTANDER@example.com"), values),
+        ),
+        st.builds(
+            lambda v: {"op": "replace", "path": "displayName", "value": v}, st.one_of(plain_text, st.just("victims"), values)
+        ),
         st.builds(lambda v: {"op": "replace", "value": v}, st.dictionaries(names, values, max_size=4)),
-        st.builds(lambda v: {"op": "add", "value": {ENTERPRISE_URN: v}}, st.one_of(st.dictionaries(names, values, max_size=3), values)),
+        st.builds(
+            lambda v: {"op": "add", "value": {ENTERPRISE_URN: v}}, st.one_of(st.dictionaries(names, values, max_size=3), values)
+        ),
     )
 
 
@@ -699,8 +1059,21 @@ def patch_ops(ids: dict[str, str]) -> st.SearchStrategy[Any]:
         (30, st.builds(lambda op, path, value: {"op": op, "path": path, "value": value}, valid_ops, patch_paths, values)),
         (10, st.builds(lambda path: {"op": "remove", "path": path}, patch_paths)),
         (4, st.builds(lambda path, value: {"op": "replace", "path": path, "value": value}, patch_paths, rare_values)),
-        (18, st.fixed_dictionaries({}, optional={"op": OPS, "path": st.one_of(patch_paths, scalars), "value": values, "Op": OPS,
-                                                 "PATH": patch_paths, "Value": values, "extra": scalars})),
+        (
+            18,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "op": OPS,
+                    "path": st.one_of(patch_paths, scalars),
+                    "value": values,
+                    "Op": OPS,
+                    "PATH": patch_paths,
+                    "Value": values,
+                    "extra": scalars,
+                },
+            ),
+        ),
         (3, scalars),
     )
 
@@ -710,7 +1083,12 @@ def patch_bodies(ids: dict[str, str]) -> st.SearchStrategy[Any]:
     return weighted(
         (80, operations.map(lambda ops: {"schemas": [PATCH_URN], "Operations": ops})),
         (5, operations.map(lambda ops: {"SCHEMAS": [PATCH_URN.upper()], "operations": ops})),
-        (10, st.fixed_dictionaries({}, optional={"schemas": st.one_of(st.just([PATCH_URN]), values), "Operations": st.one_of(operations, values)})),
+        (
+            10,
+            st.fixed_dictionaries(
+                {}, optional={"schemas": st.one_of(st.just([PATCH_URN]), values), "Operations": st.one_of(operations, values)}
+            ),
+        ),
         (5, values),
     )
 
@@ -750,13 +1128,27 @@ def resource_bodies(kind: str, ids: dict[str, str]) -> st.SearchStrategy[Any]:
         (35, st.tuples(fresh, attrs).map(lambda t: {"schemas": [core], key: t[0], **t[1]})),
         (12, st.tuples(fresh, wild_attrs).map(lambda t: {"schemas": [core], key: t[0], **t[1]})),
         (10, st.tuples(st.one_of(fresh, values), attrs).map(lambda t: {key: t[0], **t[1]})),
-        (10, st.tuples(fresh, st.sampled_from([ENTERPRISE_URN, "urn:example:ext", USER_URN, GROUP_URN]),
-                       st.one_of(values, st.dictionaries(names, values, max_size=3))).map(lambda t: {key: t[0], t[1]: t[2]})),
-        (10, st.tuples(fresh, st.lists(st.fixed_dictionaries({"value": some_id(ids)}, optional={"display": scalars}), max_size=3)).map(
-            lambda t: {key: t[0], "members": t[1]})),
+        (
+            10,
+            st.tuples(
+                fresh,
+                st.sampled_from([ENTERPRISE_URN, "urn:example:ext", USER_URN, GROUP_URN]),
+                st.one_of(values, st.dictionaries(names, values, max_size=3)),
+            ).map(lambda t: {key: t[0], t[1]: t[2]}),
+        ),
+        (
+            10,
+            st.tuples(
+                fresh, st.lists(st.fixed_dictionaries({"value": some_id(ids)}, optional={"display": scalars}), max_size=3)
+            ).map(lambda t: {key: t[0], "members": t[1]}),
+        ),
         (10, st.tuples(fresh, st.one_of(some_id(ids), values)).map(lambda t: {key: t[0], ENTERPRISE_URN: {"manager": t[1]}})),
-        (5, st.tuples(fresh, st.sampled_from(["title", "name", "emails", "members", "active", ENTERPRISE_URN]), rare_values).map(
-            lambda t: {key: t[0], t[1]: t[2]})),
+        (
+            5,
+            st.tuples(fresh, st.sampled_from(["title", "name", "emails", "members", "active", ENTERPRISE_URN]), rare_values).map(
+                lambda t: {key: t[0], t[1]: t[2]}
+            ),
+        ),
         (5, values),
     )
 
@@ -771,7 +1163,9 @@ def test_post_and_put_bodies_never_5xx(gw: Gateway, data: st.DataObject) -> None
     body = data.draw(resource_bodies(kind, gw.ids), label="body")
     if method == "PUT" and isinstance(body, dict) and data.draw(st.booleans(), label="with id"):
         body = {**body, "id": data.draw(st.one_of(st.just(gw.ids[what]), scalars), label="id")}
-    headers = {} if method == "POST" else {k: v for k, v in {"If-Match": data.draw(etags, label="If-Match")}.items() if v is not None}
+    headers = (
+        {} if method == "POST" else {k: v for k, v in {"If-Match": data.draw(etags, label="If-Match")}.items() if v is not None}
+    )
     path = f"/{kind}" if method == "POST" else f"/{kind}/{gw.ids[what]}"
     reply = attack(gw, lambda: gw.request(method, path, body, headers=headers))
     if reply.status in (200, 201):
@@ -783,8 +1177,13 @@ def test_post_and_put_bodies_never_5xx(gw: Gateway, data: st.DataObject) -> None
 
 
 def param_values(name: str) -> st.SearchStrategy[str]:
-    garbage = st.one_of(plain_text, odd_text, huge_ints.map(str), floats.map(repr),
-                        st.sampled_from(["", " ", "1e3", "0x10", "١٢", "+5", " 7 ", "NaN", "-0", ",", ",,,", "urn:x:y"]))
+    garbage = st.one_of(
+        plain_text,
+        odd_text,
+        huge_ints.map(str),
+        floats.map(repr),
+        st.sampled_from(["", " ", "1e3", "0x10", "١٢", "+5", " 7 ", "NaN", "-0", ",", ",,,", "urn:x:y"]),
+    )
     attribute_lists = st.lists(st.one_of(names, st.sampled_from(sorted(FILTER_ATTR_TYPES))), max_size=4).map(",".join)
     good = {
         "startindex": st.integers(min_value=-5, max_value=20).map(str),
@@ -798,24 +1197,47 @@ def param_values(name: str) -> st.SearchStrategy[str]:
     return st.one_of(good, good, garbage)
 
 
-PARAM_NAMES = ["startIndex", "count", "sortBy", "sortOrder", "attributes", "excludedAttributes", "filter", "STARTINDEX", "aadOptscim062020", "count "]
+PARAM_NAMES = [
+    "startIndex",
+    "count",
+    "sortBy",
+    "sortOrder",
+    "attributes",
+    "excludedAttributes",
+    "filter",
+    "STARTINDEX",
+    "aadOptscim062020",
+    "count ",
+]
 params_strategy = st.lists(st.sampled_from(PARAM_NAMES), max_size=5, unique=True).flatmap(
-    lambda keys: st.fixed_dictionaries({k: param_values(k) for k in keys}))
+    lambda keys: st.fixed_dictionaries({k: param_values(k) for k in keys})
+)
 
 
 @pytest.mark.both_stores  # the same attacks on the SQLite and the PostgreSQL store
 @hostile(max_examples=400)
 @given(data=st.data())
 def test_query_parameters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
-    target = data.draw(st.sampled_from(["/Users", "/Groups", "/Users/{uid}", "/Groups/{gid}", "search", "encoded", "write"]), label="target")
+    target = data.draw(
+        st.sampled_from(["/Users", "/Groups", "/Users/{uid}", "/Groups/{gid}", "search", "encoded", "write"]), label="target"
+    )
     if target == "write":
         # Parameters on writes: refused before the write (a 4xx changes nothing), or the write answers in full.
         params = data.draw(params_strategy, label="params")
-        method, path, body = data.draw(st.sampled_from([
-            ("POST", "/Users", user_body(f"params{next(gw._serial)}@example.com")),
-            ("PATCH", "/Users/{uid}", {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Params"}]}),
-            ("PUT", "/Groups/{gid}", {"schemas": [GROUP_URN], "displayName": "Victims", "members": [{"value": "{uid}"}]}),
-        ]), label="write")
+        method, path, body = data.draw(
+            st.sampled_from(
+                [
+                    ("POST", "/Users", user_body(f"params{next(gw._serial)}@example.com")),
+                    (
+                        "PATCH",
+                        "/Users/{uid}",
+                        {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Params"}]},
+                    ),
+                    ("PUT", "/Groups/{gid}", {"schemas": [GROUP_URN], "displayName": "Victims", "members": [{"value": "{uid}"}]}),
+                ]
+            ),
+            label="write",
+        )
         body = json.loads(json.dumps(body).replace("{uid}", gw.ids["uid"]))
         reply = attack(gw, lambda: gw.request(method, path.format(**gw.ids), body, params=params))
         if reply.status == 201:
@@ -826,15 +1248,49 @@ def test_query_parameters_never_5xx(gw: Gateway, data: st.DataObject) -> None:
         params = data.draw(params_strategy, label="params")
         body: dict[str, Any] = {"schemas": [SEARCH_URN], **params}
         for key in data.draw(st.lists(st.sampled_from(PARAM_NAMES + ["schemas"]), max_size=2), label="retyped"):
-            body[key] = data.draw(st.one_of(values, st.integers(), st.lists(st.one_of(names, st.integers()), max_size=3)), label=key)
+            body[key] = data.draw(
+                st.one_of(values, st.integers(), st.lists(st.one_of(names, st.integers()), max_size=3)), label=key
+            )
         attack(gw, lambda: gw.request("POST", f"{kind}/.search", body))
         return
     if target == "encoded":
         # Raw query strings: invalid percent-escapes and bytes that are not UTF-8.
-        raw = data.draw(st.lists(st.one_of(
-            st.sampled_from(["startIndex=", "count=", "sortBy=", "attributes=", "excludedAttributes=", "filter=", "&", "=", "%", "%ff", "%ED%A0%80",
-                             "%00", "%25", "+", "%2B", "%C3%28", "%E2%82", ";", "%%", "count=%31", "userName", "%20eq%20", "%22"]),
-            st.text(alphabet=string.ascii_letters + string.digits + "-._~", max_size=8)), max_size=10), label="query")
+        raw = data.draw(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(
+                        [
+                            "startIndex=",
+                            "count=",
+                            "sortBy=",
+                            "attributes=",
+                            "excludedAttributes=",
+                            "filter=",
+                            "&",
+                            "=",
+                            "%",
+                            "%ff",
+                            "%ED%A0%80",
+                            "%00",
+                            "%25",
+                            "+",
+                            "%2B",
+                            "%C3%28",
+                            "%E2%82",
+                            ";",
+                            "%%",
+                            "count=%31",
+                            "userName",
+                            "%20eq%20",
+                            "%22",
+                        ]
+                    ),
+                    st.text(alphabet=string.ascii_letters + string.digits + "-._~", max_size=8),
+                ),
+                max_size=10,
+            ),
+            label="query",
+        )
         attack(gw, lambda: gw.request_encoded("GET", f"{BASE}/Users?{''.join(raw)}"))
         return
     params = data.draw(params_strategy, label="params")
@@ -853,29 +1309,78 @@ _ABSENT = object()
 def bulk_operation(draw: st.DrawFn, ids: dict[str, str]) -> Any:
     """Mostly coherent (method, path and data agree on the resource type), sometimes not at all."""
     kind = draw(st.sampled_from(["Users", "Groups"]))
-    method = draw(weighted((85, st.sampled_from(["POST", "POST", "PUT", "PATCH", "PATCH", "DELETE"])),
-                           (10, st.sampled_from(["post", "Patch", "GET", "HEAD", ""])), (5, scalars)))
+    method = draw(
+        weighted(
+            (85, st.sampled_from(["POST", "POST", "PUT", "PATCH", "PATCH", "DELETE"])),
+            (10, st.sampled_from(["post", "Patch", "GET", "HEAD", ""])),
+            (5, scalars),
+        )
+    )
     target = draw(st.sampled_from(["uid", "bystander"] if kind == "Users" else ["gid"]))
     upper = method.upper() if isinstance(method, str) else None
-    good_path = f"/{kind}" if upper == "POST" else draw(st.sampled_from([f"/{kind}/{ids[target]}", f"/{kind}/{ids[target]}",
-                                                                       f"/{kind}/bulkId:a", f"/{kind}/bulkId:b"]))
-    path = draw(weighted(
-        (80, st.just(good_path)),
-        (12, st.sampled_from(["/Users/bulkId:nope", "Users", "/Users/x/y", "/Schemas", "/Bulk", "/", "", "/Users/", "/users", "/Users/bulkId:",
-                              "/Users/bulkId:a/x", "/Users/bulkId:bulkId:a", f"/Groups/{ids['uid']}", f"/Users/{ids['gid']}"])),
-        (8, st.one_of(plain_text, scalars)),
-    ))
+    good_path = (
+        f"/{kind}"
+        if upper == "POST"
+        else draw(st.sampled_from([f"/{kind}/{ids[target]}", f"/{kind}/{ids[target]}", f"/{kind}/bulkId:a", f"/{kind}/bulkId:b"]))
+    )
+    path = draw(
+        weighted(
+            (80, st.just(good_path)),
+            (
+                12,
+                st.sampled_from(
+                    [
+                        "/Users/bulkId:nope",
+                        "Users",
+                        "/Users/x/y",
+                        "/Schemas",
+                        "/Bulk",
+                        "/",
+                        "",
+                        "/Users/",
+                        "/users",
+                        "/Users/bulkId:",
+                        "/Users/bulkId:a/x",
+                        "/Users/bulkId:bulkId:a",
+                        f"/Groups/{ids['uid']}",
+                        f"/Users/{ids['gid']}",
+                    ]
+                ),
+            ),
+            (8, st.one_of(plain_text, scalars)),
+        )
+    )
     good_data = patch_bodies(ids) if upper == "PATCH" else resource_bodies(kind, ids)
-    data = draw(weighted(
-        (70, good_data),
-        (15, st.sampled_from([
-            {"schemas": [GROUP_URN], "displayName": "bulk group", "members": [{"value": "bulkId:a"}, {"value": "bulkId:c"}]},
-            {"schemas": [USER_URN], "userName": "bulk-report@example.com", ENTERPRISE_URN: {"manager": {"value": "bulkId:a"}}},
-            {"schemas": [USER_URN], "userName": "bulk-a@example.com"},
-            {"schemas": [PATCH_URN], "Operations": [{"op": "add", "path": "members", "value": [{"value": "bulkId:a"}]}]},
-        ])),
-        (5, rare_values), (5, st.just(_ABSENT)), (5, values),
-    ))
+    data = draw(
+        weighted(
+            (70, good_data),
+            (
+                15,
+                st.sampled_from(
+                    [
+                        {
+                            "schemas": [GROUP_URN],
+                            "displayName": "bulk group",
+                            "members": [{"value": "bulkId:a"}, {"value": "bulkId:c"}],
+                        },
+                        {
+                            "schemas": [USER_URN],
+                            "userName": "bulk-report@example.com",
+                            ENTERPRISE_URN: {"manager": {"value": "bulkId:a"}},
+                        },
+                        {"schemas": [USER_URN], "userName": "bulk-a@example.com"},
+                        {
+                            "schemas": [PATCH_URN],
+                            "Operations": [{"op": "add", "path": "members", "value": [{"value": "bulkId:a"}]}],
+                        },
+                    ]
+                ),
+            ),
+            (5, rare_values),
+            (5, st.just(_ABSENT)),
+            (5, values),
+        )
+    )
     bulk_id = draw(weighted((75, st.sampled_from(["a", "b", "c"])), (15, st.just(_ABSENT)), (10, scalars)))
     version = draw(weighted((85, st.just(_ABSENT)), (15, etags)))
     op = {"method": method, "path": path, "data": data, "bulkId": bulk_id, "version": version}
@@ -896,9 +1401,18 @@ def bulk_bodies(ids: dict[str, str]) -> st.SearchStrategy[Any]:
     operations = st.lists(weighted((92, bulk_operation(ids)), (8, scalars)), max_size=4)
     fail_on_errors = weighted((80, st.none()), (12, st.integers(1, 3)), (4, st.integers(-1, 0)), (4, scalars))
     return weighted(
-        (85, st.tuples(weighted((90, operations.map(_distinct_bulk_ids)), (10, operations)), fail_on_errors).map(
-            lambda t: {"schemas": [BULK_URN], "Operations": t[0], **({} if t[1] is None else {"failOnErrors": t[1]})})),
-        (10, st.fixed_dictionaries({}, optional={"schemas": values, "Operations": st.one_of(operations, values), "failOnErrors": values})),
+        (
+            85,
+            st.tuples(weighted((90, operations.map(_distinct_bulk_ids)), (10, operations)), fail_on_errors).map(
+                lambda t: {"schemas": [BULK_URN], "Operations": t[0], **({} if t[1] is None else {"failOnErrors": t[1]})}
+            ),
+        ),
+        (
+            10,
+            st.fixed_dictionaries(
+                {}, optional={"schemas": values, "Operations": st.one_of(operations, values), "failOnErrors": values}
+            ),
+        ),
         (5, values),
     )
 
@@ -909,8 +1423,11 @@ def bulk_bodies(ids: dict[str, str]) -> st.SearchStrategy[Any]:
 def test_bulk_never_5xx(gw: Gateway, data: st.DataObject) -> None:
     body = data.draw(bulk_bodies(gw.ids), label="body")
     # Every operation refused: nothing may have changed (each refused operation is all-or-nothing on its own).
-    reply = attack(gw, lambda: gw.request("POST", "/Bulk", body),
-                   refused=lambda r: r.status == 200 and all(int(o["status"]) >= 400 for o in r.data["Operations"]))
+    reply = attack(
+        gw,
+        lambda: gw.request("POST", "/Bulk", body),
+        refused=lambda r: r.status == 200 and all(int(o["status"]) >= 400 for o in r.data["Operations"]),
+    )
     if reply.status == 200:
         results = reply.data["Operations"]
         assert isinstance(results, list), reply
@@ -928,10 +1445,50 @@ def test_bulk_never_5xx(gw: Gateway, data: st.DataObject) -> None:
 
 
 segment = st.one_of(
-    st.sampled_from(["Users", "users", "USERS", "Groups", "Schemas", "ResourceTypes", "ServiceProviderConfig", "Bulk", ".search", "Me",
-                     "{uid}", "{gid}", "{uid}", "{gid}", ENTERPRISE_URN, quote(ENTERPRISE_URN, safe=""), "User", "Group"]),
-    st.sampled_from(["..", ".", "%2e%2e", "%2F", "%00", "%ff", "%ED%A0%80", "%", "%zz", "~", "*", "%7Buid%7D", ";x=1", "bulkId:a",
-                     "%20{uid}", "{uid}%20", "{uid}%00", "{uid}.json"]),
+    st.sampled_from(
+        [
+            "Users",
+            "users",
+            "USERS",
+            "Groups",
+            "Schemas",
+            "ResourceTypes",
+            "ServiceProviderConfig",
+            "Bulk",
+            ".search",
+            "Me",
+            "{uid}",
+            "{gid}",
+            "{uid}",
+            "{gid}",
+            ENTERPRISE_URN,
+            quote(ENTERPRISE_URN, safe=""),
+            "User",
+            "Group",
+        ]
+    ),
+    st.sampled_from(
+        [
+            "..",
+            ".",
+            "%2e%2e",
+            "%2F",
+            "%00",
+            "%ff",
+            "%ED%A0%80",
+            "%",
+            "%zz",
+            "~",
+            "*",
+            "%7Buid%7D",
+            ";x=1",
+            "bulkId:a",
+            "%20{uid}",
+            "{uid}%20",
+            "{uid}%00",
+            "{uid}.json",
+        ]
+    ),
     st.just("a" * 4000),
     st.just("b" * 17_000),  # over max_url_bytes: the gateway's SCIM 414
     st.text(max_size=30).map(lambda s: quote(s, safe="")),
@@ -943,10 +1500,18 @@ segment = st.one_of(
 @hostile(max_examples=400)
 @given(data=st.data())
 def test_raw_paths_never_5xx(gw: Gateway, data: st.DataObject) -> None:
-    prefix = data.draw(st.sampled_from([BASE] * 5 + ["/apps/nope/scim/v2", "/apps/demo/scim/v2x", "", "/apps/demo", "/apps/%64emo/scim/v2", "/APPS/demo/scim/v2"]), label="prefix")
+    prefix = data.draw(
+        st.sampled_from(
+            [BASE] * 5
+            + ["/apps/nope/scim/v2", "/apps/demo/scim/v2x", "", "/apps/demo", "/apps/%64emo/scim/v2", "/APPS/demo/scim/v2"]
+        ),
+        label="prefix",
+    )
     parts = data.draw(st.lists(segment, max_size=3), label="segments")
     trailing = data.draw(st.sampled_from(["", "", "/", "//", "?x=%ff", "?attributes=userName"]), label="trailing")
-    method = data.draw(st.sampled_from(["GET", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"]), label="method")
+    method = data.draw(
+        st.sampled_from(["GET", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"]), label="method"
+    )
     body = data.draw(st.one_of(st.none(), st.just(user_body("raw@example.com")), patch_bodies(gw.ids), values), label="body")
     path = prefix + "".join("/" + p.format(**gw.ids) for p in parts) + trailing
     if not path.startswith("/"):
@@ -967,13 +1532,37 @@ header_bytes = st.binary(max_size=40).map(lambda b: bytes(c for c in b if c >= 0
 @given(data=st.data())
 def test_raw_header_bytes_never_5xx(gw: Gateway, data: st.DataObject) -> None:
     token = f"Bearer {TOKEN}".encode()
-    auth = data.draw(weighted((70, st.just(token)), (10, header_bytes), (10, header_bytes.map(lambda b: b"Bearer " + b)),
-                              (10, header_bytes.map(lambda b: token + b))), label="Authorization")
-    ctype = data.draw(weighted((60, st.sampled_from([b"application/scim+json", b"application/json; charset=utf-8"])),
-                               (40, st.one_of(header_bytes, header_bytes.map(lambda b: b"application/" + b)))), label="Content-Type")
-    extra = data.draw(st.lists(st.tuples(st.sampled_from([b"If-Match", b"If-None-Match", b"Accept", b"Accept-Charset", b"X-Forwarded-Host"]),
-                                         header_bytes), max_size=2), label="more headers")
-    what = data.draw(st.sampled_from(["POST /Users", "PATCH /Users/{uid}", "PUT /Users/{uid}", "GET /Users/{uid}", "DELETE /Users/{bystander}"]), label="request")
+    auth = data.draw(
+        weighted(
+            (70, st.just(token)),
+            (10, header_bytes),
+            (10, header_bytes.map(lambda b: b"Bearer " + b)),
+            (10, header_bytes.map(lambda b: token + b)),
+        ),
+        label="Authorization",
+    )
+    ctype = data.draw(
+        weighted(
+            (60, st.sampled_from([b"application/scim+json", b"application/json; charset=utf-8"])),
+            (40, st.one_of(header_bytes, header_bytes.map(lambda b: b"application/" + b))),
+        ),
+        label="Content-Type",
+    )
+    extra = data.draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from([b"If-Match", b"If-None-Match", b"Accept", b"Accept-Charset", b"X-Forwarded-Host"]), header_bytes
+            ),
+            max_size=2,
+        ),
+        label="more headers",
+    )
+    what = data.draw(
+        st.sampled_from(
+            ["POST /Users", "PATCH /Users/{uid}", "PUT /Users/{uid}", "GET /Users/{uid}", "DELETE /Users/{bystander}"]
+        ),
+        label="request",
+    )
     method, path = what.split()
     path = path.format(**gw.ids)
     bodies = {
@@ -989,8 +1578,14 @@ def test_raw_header_bytes_never_5xx(gw: Gateway, data: st.DataObject) -> None:
 
 
 SMALL = LimitsConfig(
-    max_body_bytes=20_000, bulk_max_operations=5, default_page_size=3, max_page_size=10,
-    max_patch_operations=5, max_patch_values=20, max_attribute_names=5, max_url_bytes=8192,
+    max_body_bytes=20_000,
+    bulk_max_operations=5,
+    default_page_size=3,
+    max_page_size=10,
+    max_patch_operations=5,
+    max_patch_values=20,
+    max_attribute_names=5,
+    max_url_bytes=8192,
 )
 
 
@@ -1014,38 +1609,82 @@ def _limit_request(gw: Gateway, data: st.DataObject) -> tuple[str, str, Any, dic
     what = data.draw(st.sampled_from(["patch-ops", "patch-values", "bulk-ops", "attributes", "body", "url"]), label="limit")
     if what == "patch-ops":
         n = data.draw(around(SMALL.max_patch_operations), label="operations")
-        ops = data.draw(st.lists(entra_okta_ops(ids), min_size=n, max_size=n), label="ops") if data.draw(st.booleans(), label="wild") else \
-            [{"op": "replace", "path": "title", "value": f"t{i}"} for i in range(n)]
-        return "PATCH", f"/Users/{ids['uid']}", {"schemas": [PATCH_URN], "Operations": ops}, {}, 413 if n > SMALL.max_patch_operations else None, what
+        ops = (
+            data.draw(st.lists(entra_okta_ops(ids), min_size=n, max_size=n), label="ops")
+            if data.draw(st.booleans(), label="wild")
+            else [{"op": "replace", "path": "title", "value": f"t{i}"} for i in range(n)]
+        )
+        return (
+            "PATCH",
+            f"/Users/{ids['uid']}",
+            {"schemas": [PATCH_URN], "Operations": ops},
+            {},
+            413 if n > SMALL.max_patch_operations else None,
+            what,
+        )
     if what == "patch-values":
         n = data.draw(around(SMALL.max_patch_values), label="values")
         member = st.sampled_from([ids["uid"], ids["bystander"], "no-such-id"]).map(lambda v: {"value": v})
         values = data.draw(st.lists(member, min_size=n, max_size=n), label="members")
         op = data.draw(st.sampled_from(["add", "remove", "Add", "replace"]), label="op")
-        operation = {"op": op, "path": "members", "value": values} if data.draw(st.booleans(), label="with path") else \
-            {"op": op, "value": {"members": values}}
-        return "PATCH", f"/Groups/{ids['gid']}", {"schemas": [PATCH_URN], "Operations": [operation]}, {}, 413 if n > SMALL.max_patch_values else None, what
+        operation = (
+            {"op": op, "path": "members", "value": values}
+            if data.draw(st.booleans(), label="with path")
+            else {"op": op, "value": {"members": values}}
+        )
+        return (
+            "PATCH",
+            f"/Groups/{ids['gid']}",
+            {"schemas": [PATCH_URN], "Operations": [operation]},
+            {},
+            413 if n > SMALL.max_patch_values else None,
+            what,
+        )
     if what == "bulk-ops":
         n = data.draw(around(SMALL.bulk_max_operations), label="operations")
         simple = st.one_of(
-            st.integers(0, 10**6).map(lambda i: {"method": "POST", "path": "/Users", "bulkId": f"p{i}", "data": user_body(f"bulk{i}@example.com")}),
-            st.sampled_from(["uid", "bystander"]).map(lambda t: {"method": "PATCH", "path": f"/Users/{ids[t]}", "data": {
-                "schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Bulk"}]}}),
+            st.integers(0, 10**6).map(
+                lambda i: {"method": "POST", "path": "/Users", "bulkId": f"p{i}", "data": user_body(f"bulk{i}@example.com")}
+            ),
+            st.sampled_from(["uid", "bystander"]).map(
+                lambda t: {
+                    "method": "PATCH",
+                    "path": f"/Users/{ids[t]}",
+                    "data": {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Bulk"}]},
+                }
+            ),
             st.just({"method": "DELETE", "path": "/Users/no-such-id"}),
         )
         ops = data.draw(st.lists(simple, min_size=n, max_size=n).map(_distinct_bulk_ids), label="ops")
-        return "POST", "/Bulk", {"schemas": [BULK_URN], "Operations": ops}, {}, 413 if n > SMALL.bulk_max_operations else None, what
+        return (
+            "POST",
+            "/Bulk",
+            {"schemas": [BULK_URN], "Operations": ops},
+            {},
+            413 if n > SMALL.bulk_max_operations else None,
+            what,
+        )
     if what == "attributes":
         n = data.draw(around(SMALL.max_attribute_names), label="names")
         listed = ",".join(data.draw(st.lists(st.sampled_from(USER_NAMES), min_size=n, max_size=n), label="attributes"))
         param = data.draw(st.sampled_from(["attributes", "excludedAttributes"]), label="parameter")
-        method, path, body = data.draw(st.sampled_from([
-            ("GET", "/Users", None), ("GET", f"/Users/{ids['uid']}", None),
-            ("POST", "/Users", user_body(f"attrs{next(gw._serial)}@example.com")),
-            ("PATCH", f"/Users/{ids['uid']}", {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Attrs"}]}),
-            ("PUT", f"/Users/{ids['bystander']}", user_body("bystander@example.com", title="Put")),
-            ("DELETE", f"/Users/{ids['bystander']}", None),
-        ]), label="request")
+        method, path, body = data.draw(
+            st.sampled_from(
+                [
+                    ("GET", "/Users", None),
+                    ("GET", f"/Users/{ids['uid']}", None),
+                    ("POST", "/Users", user_body(f"attrs{next(gw._serial)}@example.com")),
+                    (
+                        "PATCH",
+                        f"/Users/{ids['uid']}",
+                        {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Attrs"}]},
+                    ),
+                    ("PUT", f"/Users/{ids['bystander']}", user_body("bystander@example.com", title="Put")),
+                    ("DELETE", f"/Users/{ids['bystander']}", None),
+                ]
+            ),
+            label="request",
+        )
         return method, path, body, {param: listed}, 400 if n > SMALL.max_attribute_names else None, what
     if what == "body":
         size = data.draw(around(SMALL.max_body_bytes, 40), label="bytes")
@@ -1053,7 +1692,9 @@ def _limit_request(gw: Gateway, data: st.DataObject) -> tuple[str, str, Any, dic
         pad = max(0, size - len(to_json(base).encode()))
         body = {**base, "title": "x" * pad}
         size = len(to_json(body).encode())
-        method, path = data.draw(st.sampled_from([("POST", "/Users"), ("PUT", f"/Users/{ids['uid']}"), ("POST", "/Users/.search")]), label="request")
+        method, path = data.draw(
+            st.sampled_from([("POST", "/Users"), ("PUT", f"/Users/{ids['uid']}"), ("POST", "/Users/.search")]), label="request"
+        )
         if method == "PUT":
             body = {**body, "userName": "victim@example.com"}
             size = len(to_json(body).encode())
@@ -1062,10 +1703,16 @@ def _limit_request(gw: Gateway, data: st.DataObject) -> tuple[str, str, Any, dic
             size = len(to_json(body).encode())
         return method, path, body, {}, 413 if size > SMALL.max_body_bytes else None, what
     size = data.draw(around(SMALL.max_url_bytes, 20), label="url bytes")
-    method, path, body = data.draw(st.sampled_from([
-        ("GET", "/Users", None), ("POST", "/Users", user_body(f"url{next(gw._serial)}@example.com")),
-        ("DELETE", f"/Users/{ids['bystander']}", None),
-    ]), label="request")
+    method, path, body = data.draw(
+        st.sampled_from(
+            [
+                ("GET", "/Users", None),
+                ("POST", "/Users", user_body(f"url{next(gw._serial)}@example.com")),
+                ("DELETE", f"/Users/{ids['bystander']}", None),
+            ]
+        ),
+        label="request",
+    )
     prefix = len(BASE + path + "?x=")
     return method, path, body, {"x": "u" * max(0, size - prefix)}, 414 if max(size, prefix) > SMALL.max_url_bytes else None, what
 
@@ -1084,10 +1731,16 @@ def test_limits_never_5xx_and_refusals_change_nothing(small_gw: Gateway, data: s
     if over is not None:
         # Over the limit: that limit's error.
         # (What a body's JSON breaks, syntax or a NUL character, is refused before: a 400 invalidSyntax or invalidValue.)
-        assert reply.status == over or (reply.status == 400 and reply.data.get("scimType") in ("invalidSyntax", "invalidValue")), (what, reply)
+        assert reply.status == over or (
+            reply.status == 400 and reply.data.get("scimType") in ("invalidSyntax", "invalidValue")
+        ), (what, reply)
         if reply.status != over:
             return
-        limit_names = {413: ("max_patch", "maxOperations", "max_body_bytes"), 414: ("max_url_bytes",), 400: ("max_attribute_names",)}[over]
+        limit_names = {
+            413: ("max_patch", "maxOperations", "max_body_bytes"),
+            414: ("max_url_bytes",),
+            400: ("max_attribute_names",),
+        }[over]
         assert any(name in reply.data["detail"] for name in limit_names), reply
     else:
         assert not (reply.status in (413, 414) or "max_attribute_names" in reply.text), (what, reply)
@@ -1117,7 +1770,10 @@ async def test_regression_create_asking_only_for_id_answers_201(scim: Any, data_
     # which `attributes=id` leaves without meta). Found by test_limits_never_5xx_and_refusals_change_nothing.
     resp, data = await scim.post("/Users?attributes=id", user_body("only-id@example.com"))
     assert resp.status == 201, data
-    assert set(data) == {"schemas", "id"} and resp.headers["Location"].endswith(f"/Users/{data['id']}"), (data, dict(resp.headers))
+    assert set(data) == {"schemas", "id"} and resp.headers["Location"].endswith(f"/Users/{data['id']}"), (
+        data,
+        dict(resp.headers),
+    )
     resp, got = await scim.get(resp.headers["Location"].partition("/scim/v2")[2])
     assert resp.status == 200 and got["userName"] == "only-id@example.com", got
 
@@ -1135,7 +1791,9 @@ def all_rows(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 
 async def send_raw(client: TestClient, method: str, path: str, raw: bytes) -> tuple[int, str, Any]:
-    resp = await client.request(method, BASE + path, data=raw, headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": SCIM_TYPE})
+    resp = await client.request(
+        method, BASE + path, data=raw, headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": SCIM_TYPE}
+    )
     text = await resp.text()
     return resp.status, resp.content_type, json.loads(text) if text else None
 
@@ -1182,7 +1840,9 @@ async def test_regression_string_operator_on_datetime_is_invalid_filter(scim: An
 
 @pytest.mark.parametrize("target", ["POST /Users", "PUT /Users/{uid}", "PATCH /Users/{uid}", "POST /Bulk", "POST /Users/.search"])
 @pytest.mark.parametrize("depth", [500, 990, 100_000])
-async def test_regression_deeply_nested_body_is_invalid_syntax(client: TestClient, scim: Any, data_dir: Path, target: str, depth: int) -> None:
+async def test_regression_deeply_nested_body_is_invalid_syntax(
+    client: TestClient, scim: Any, data_dir: Path, target: str, depth: int
+) -> None:
     # Was: 500, RecursionError: json.loads past ~1000 levels, the gateway's own recursive code (Bulk from ~500 levels, the rest ~990).
     resp, user = await scim.post("/Users", user_body("deep@example.com", title="Kept"))
     assert resp.status == 201, user
@@ -1191,8 +1851,9 @@ async def test_regression_deeply_nested_body_is_invalid_syntax(client: TestClien
     nest = "[" * depth + "]" * depth
     bodies = {
         "/Users": f'{{"schemas": ["{USER_URN}"], "userName": "deeper@example.com", "title": {nest}}}',
-        "/Users/{uid}": f'{{"schemas": ["{USER_URN}"], "userName": "deep@example.com", "title": {nest}}}' if method == "PUT" else
-        f'{{"schemas": ["{PATCH_URN}"], "Operations": [{{"op": "replace", "path": "title", "value": {nest}}}]}}',
+        "/Users/{uid}": f'{{"schemas": ["{USER_URN}"], "userName": "deep@example.com", "title": {nest}}}'
+        if method == "PUT"
+        else f'{{"schemas": ["{PATCH_URN}"], "Operations": [{{"op": "replace", "path": "title", "value": {nest}}}]}}',
         "/Bulk": f'{{"schemas": ["{BULK_URN}"], "Operations": [{{"method": "POST", "path": "/Users", "bulkId": "a", "data": {nest}}}]}}',
         "/Users/.search": f'{{"filter": {nest}}}',
     }
@@ -1205,10 +1866,18 @@ SURROGATE_BODIES = {
     "create": ("POST", "/Users", b'{"schemas": ["%s"], "userName": "x\\ud800y@example.com"}' % USER_URN.encode()),
     "create-key": ("POST", "/Users", b'{"userName": "k@example.com", "\\udfff": "x"}'),
     "put": ("PUT", "/Users/{uid}", b'{"userName": "surrogate@example.com", "title": "\\udc00"}'),
-    "patch": ("PATCH", "/Users/{uid}", b'{"schemas": ["%s"], "Operations": [{"op": "replace", "path": "title", "value": "\\ud83d"}]}' % PATCH_URN.encode()),
+    "patch": (
+        "PATCH",
+        "/Users/{uid}",
+        b'{"schemas": ["%s"], "Operations": [{"op": "replace", "path": "title", "value": "\\ud83d"}]}' % PATCH_URN.encode(),
+    ),
     "search": ("POST", "/Users/.search", b'{"filter": "userName eq \\"\\ud800\\""}'),
-    "bulk": ("POST", "/Bulk", b'{"schemas": ["%s"], "Operations": [{"method": "POST", "path": "/Users", "bulkId": "a", "data": {"userName": "\\ud800"}}]}'
-             % BULK_URN.encode()),
+    "bulk": (
+        "POST",
+        "/Bulk",
+        b'{"schemas": ["%s"], "Operations": [{"method": "POST", "path": "/Users", "bulkId": "a", "data": {"userName": "\\ud800"}}]}'
+        % BULK_URN.encode(),
+    ),
 }
 
 
@@ -1234,12 +1903,21 @@ async def test_regression_header_bytes_that_are_not_utf8(client: TestClient, dat
     # rendering a detail that quotes the Content-Type (the same, inside the error middleware) both failed.
     before = all_rows(data_dir)
     headers = [(b"Authorization", f"Bearer {TOKEN}".encode()), (b"Content-Type", b"application/scim+json")]
-    headers = [(name, (b"Bearer tok\xff\xfe" if name == b"Authorization" else b"text/\xff\xfe")) if name.decode() == header else (name, value)
-               for name, value in headers]
+    headers = [
+        (name, (b"Bearer tok\xff\xfe" if name == b"Authorization" else b"text/\xff\xfe"))
+        if name.decode() == header
+        else (name, value)
+        for name, value in headers
+    ]
     body = json.dumps(user_body("bytes@example.com")).encode()
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    head = [f"POST {BASE}/Users HTTP/1.1".encode(), b"Host: gateway", b"Connection: close", b"Content-Length: %d" % len(body),
-            *(name + b": " + value for name, value in headers)]
+    head = [
+        f"POST {BASE}/Users HTTP/1.1".encode(),
+        b"Host: gateway",
+        b"Connection: close",
+        b"Content-Length: %d" % len(body),
+        *(name + b": " + value for name, value in headers),
+    ]
     writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
     await writer.drain()
     answer = await reader.read()

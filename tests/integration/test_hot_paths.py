@@ -52,7 +52,9 @@ async def make_users(scim: Scim, prefix: str, n: int) -> list[str]:
 
 async def test_a_page_of_users_reads_their_groups_in_one_query(client: TestClient, scim: Scim) -> None:
     ids = await make_users(scim, "pager", 12)
-    resp, group = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Pagers", "members": [{"value": i} for i in ids[:5]]})
+    resp, group = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Pagers", "members": [{"value": i} for i in ids[:5]]}
+    )
     assert resp.status == 201
     store = client.app[APPS]["demo"].provisioner.store
     calls: Counter[str] = Counter()
@@ -60,7 +62,11 @@ async def test_a_page_of_users_reads_their_groups_in_one_query(client: TestClien
     resp, page = await scim.get("/Users?count=12&filter=" + q('userName sw "pager"'))
     assert resp.status == 200 and len(page["Resources"]) == 12
     assert calls == Counter({"groups_of_many": 1}), calls
-    with_groups = [u["id"] for u in page["Resources"] if [(g["value"], g["display"]) for g in u.get("groups", [])] == [(group["id"], "Pagers")]]
+    with_groups = [
+        u["id"]
+        for u in page["Resources"]
+        if [(g["value"], g["display"]) for g in u.get("groups", [])] == [(group["id"], "Pagers")]
+    ]
     assert sorted(with_groups) == sorted(ids[:5])
     calls.clear()
     resp, groups = await scim.get("/Groups?filter=" + q('displayName eq "Pagers"'))
@@ -73,14 +79,18 @@ async def test_adding_one_member_costs_the_same_whatever_the_group_size(
     client: TestClient, scim: Scim, demo_db: sqlite3.Connection, size: int
 ) -> None:
     ids = await make_users(scim, f"m{size}-", size + 1)
-    resp, group = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": f"Big{size}", "members": [{"value": i} for i in ids[:size]]})
+    resp, group = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": f"Big{size}", "members": [{"value": i} for i in ids[:size]]}
+    )
     assert resp.status == 201
     runtime = client.app[APPS]["demo"]
     calls: Counter[str] = Counter()
     sizes: dict[str, list[int]] = {}
     spy(runtime.provisioner.store, ["members", "members_of_many", "member_ids_among"], calls, sizes)
     spy(runtime.connector, ["write", "list_members", "add_members", "get"], calls, sizes)
-    resp, body = await scim.patch(f"/Groups/{group['id']}?excludedAttributes=members", [{"op": "add", "path": "members", "value": [{"value": ids[size]}]}])
+    resp, body = await scim.patch(
+        f"/Groups/{group['id']}?excludedAttributes=members", [{"op": "add", "path": "members", "value": [{"value": ids[size]}]}]
+    )
     assert resp.status == 200 and "members" not in body and body["meta"]["version"] == 'W/"2"'
     # The same calls for 3 members or 60: one membership lookup of the one id, one app write adding one member.
     assert calls == Counter({"member_ids_among": 1, "write": 1, "get": 1}), calls
@@ -91,17 +101,26 @@ async def test_adding_one_member_costs_the_same_whatever_the_group_size(
     assert len(full["members"]) == size + 1
 
 
-async def test_membership_patches_leave_the_state_the_general_path_leaves(client: TestClient, scim: Scim, demo_db: sqlite3.Connection) -> None:
+async def test_membership_patches_leave_the_state_the_general_path_leaves(
+    client: TestClient, scim: Scim, demo_db: sqlite3.Connection
+) -> None:
     ids = await make_users(scim, "eq", 6)
     groups = []
     for name in ("Fast", "General"):
-        resp, g = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": name, "members": [{"value": i} for i in ids[:3]]})
+        resp, g = await scim.post(
+            "/Groups", {"schemas": [GROUP_URN], "displayName": name, "members": [{"value": i} for i in ids[:3]]}
+        )
         groups.append(g["id"])
     steps: list[list[dict[str, Any]]] = [
         [{"op": "add", "path": "members", "value": [{"value": ids[3]}, {"value": ids[4], "display": "Four"}]}],
         [{"op": "Remove", "path": f'members[value eq "{ids[0]}"]'}],
-        [{"op": "remove", "path": "members", "value": [{"value": ids[1]}, {"value": "not-a-member"}]}],  # Entra's removal by value list
-        [{"op": "add", "path": "members", "value": [{"value": ids[0]}]}, {"op": "remove", "path": f'members[value eq "{ids[0]}"]'}],
+        [
+            {"op": "remove", "path": "members", "value": [{"value": ids[1]}, {"value": "not-a-member"}]}
+        ],  # Entra's removal by value list
+        [
+            {"op": "add", "path": "members", "value": [{"value": ids[0]}]},
+            {"op": "remove", "path": f'members[value eq "{ids[0]}"]'},
+        ],
         [{"op": "add", "path": "members", "value": [{"value": ids[5]}, {"value": "unknown-id"}]}],
         [{"op": "add", "path": "members", "value": [{"value": ids[5]}]}],  # already a member: no change, no new version
     ]
@@ -116,7 +135,11 @@ async def test_membership_patches_leave_the_state_the_general_path_leaves(client
         assert fast.get("members") == general.get("members"), operations
         assert fast["meta"]["version"] == general["meta"]["version"], operations
     pairs = team_pairs(demo_db)
-    assert {login for team, login in pairs if team == "Fast"} == {login for team, login in pairs if team == "General"} == {"eq2", "eq3", "eq4", "eq5"}
+    assert (
+        {login for team, login in pairs if team == "Fast"}
+        == {login for team, login in pairs if team == "General"}
+        == {"eq2", "eq3", "eq4", "eq5"}
+    )
 
 
 @pytest.mark.parametrize(

@@ -63,8 +63,15 @@ def mint(
     """A token as Entra ID issues it for the provisioning service (v1: appid; azp dropped), claims overridable (None drops one)."""
     now = int(time.time())
     body: dict[str, Any] = {
-        "iss": ISSUER, "aud": AUDIENCE, "iat": now - 10, "nbf": now - 10, "exp": now + 3600,
-        "appid": ENTRA_APP_ID, "sub": "0c5e8a0e-sub", "tid": TENANT, "roles": ["Provisioning"],
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now - 10,
+        "nbf": now - 10,
+        "exp": now + 3600,
+        "appid": ENTRA_APP_ID,
+        "sub": "0c5e8a0e-sub",
+        "tid": TENANT,
+        "roles": ["Provisioning"],
     }
     body.update(claims)
     body = {k: v for k, v in body.items() if v is not None}
@@ -125,7 +132,12 @@ async def jwks(aiohttp_server: Any) -> Jwks:
 
 
 def jwt_block(source: str, **options: Any) -> str:
-    lines = ["  jwt:", f"    issuer: {json.dumps(ISSUER)}", f"    audience: {json.dumps(options.pop('audience', AUDIENCE))}", f"    {source}"]
+    lines = [
+        "  jwt:",
+        f"    issuer: {json.dumps(ISSUER)}",
+        f"    audience: {json.dumps(options.pop('audience', AUDIENCE))}",
+        f"    {source}",
+    ]
     lines += [f"    {key}: {json.dumps(value)}" for key, value in options.items()]
     return "\n".join(lines)
 
@@ -175,13 +187,17 @@ async def refused(client: Any, token: str, detail: str, reason: str, tmp_path: P
 
 async def test_an_entra_token_is_accepted_and_names_its_client(aiohttp_client: Any, tmp_path: Path, jwks: Jwks) -> None:
     client = await gateway(aiohttp_client, tmp_path, jwks)
-    resp = await client.post("/apps/demo/scim/v2/Users", json={"schemas": [USER_URN], "userName": "jwt.user"}, headers=bearer(mint()))
+    resp = await client.post(
+        "/apps/demo/scim/v2/Users", json={"schemas": [USER_URN], "userName": "jwt.user"}, headers=bearer(mint())
+    )
     assert resp.status == 201, await resp.text()
     resp = await client.get("/apps/demo/scim/v2/Users", headers=bearer(mint()))
     assert resp.status == 200
     # v2 tokens name the client in azp, which wins over appid; sub is the last resort.
-    resp = await client.delete(f"/apps/demo/scim/v2/Users/{(await resp.json(content_type=None))['Resources'][0]['id']}",
-                               headers=bearer(mint(azp="v2-client", sub=None)))
+    resp = await client.delete(
+        f"/apps/demo/scim/v2/Users/{(await resp.json(content_type=None))['Resources'][0]['id']}",
+        headers=bearer(mint(azp="v2-client", sub=None)),
+    )
     assert resp.status == 204
     writes = [r for r in audit_lines(tmp_path) if r["op"] != "auth"]
     assert [(r["op"], r["credential"]) for r in writes] == [
@@ -224,7 +240,9 @@ def _hmac_with_the_public_key() -> str:
     """The classic alg confusion: HS256 'signed' with the RSA public key, which anyone can read from the JWKS."""
     pem = rsa_key("k1").public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     head = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode()).rstrip(b"=")
-    payload = base64.urlsafe_b64encode(json.dumps({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 600, "appid": "x"}).encode()).rstrip(b"=")
+    payload = base64.urlsafe_b64encode(
+        json.dumps({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 600, "appid": "x"}).encode()
+    ).rstrip(b"=")
     signature = base64.urlsafe_b64encode(hmac.new(pem, head + b"." + payload, hashlib.sha256).digest()).rstrip(b"=")
     return (head + b"." + payload + b"." + signature).decode()
 
@@ -239,7 +257,12 @@ REFUSALS: list[tuple[str, Callable[[], str], str, str]] = [
     ("no expiry", lambda: mint(exp=None), "lacks the exp claim", "claims"),
     ("bad signature", lambda: mint(rsa_key("attacker"), "k1"), "signature is not valid", "signature"),
     ("unknown key id", lambda: mint(rsa_key("attacker"), "k-unknown"), "key id (kid) is not among", "unknown_kid"),
-    ("alg none", lambda: _unsigned({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 600, "appid": "x"}), "algorithm none is not allowed", "algorithm"),
+    (
+        "alg none",
+        lambda: _unsigned({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 600, "appid": "x"}),
+        "algorithm none is not allowed",
+        "algorithm",
+    ),
     ("HS256 with the public key", _hmac_with_the_public_key, "algorithm HS256 is not allowed", "algorithm"),
     ("RS384 where only RS256 is configured", lambda: mint(alg="RS384"), "algorithm RS384 is not allowed", "algorithm"),
     ("malformed", lambda: "eyJub3QiOiJqc29u.eyJ9.c2ln", "malformed JWT", "malformed"),
@@ -286,7 +309,9 @@ async def test_concurrent_first_requests_share_one_fetch(aiohttp_client: Any, tm
     assert jwks.fetches == 1
 
 
-async def test_key_rotation_is_followed_but_forged_kids_cause_no_storm(aiohttp_client: Any, tmp_path: Path, jwks: Jwks, clock: Clock) -> None:
+async def test_key_rotation_is_followed_but_forged_kids_cause_no_storm(
+    aiohttp_client: Any, tmp_path: Path, jwks: Jwks, clock: Clock
+) -> None:
     client = await gateway(aiohttp_client, tmp_path, jwks)
     assert (await client.get("/apps/demo/scim/v2/Users", headers=bearer(mint()))).status == 200
     assert jwks.fetches == 1
@@ -332,8 +357,19 @@ async def test_jwks_outage_without_cached_keys_is_a_503_not_the_clients_fault(
     assert jwks.fetches == 1  # an outage is not retried on every request
     assert "cannot load the JWT signing keys" in caplog.text and "HTTP 500" in caplog.text
     assert audit_lines(tmp_path)[-1] | {"ts": None, "request_id": None, "pid": None, "duration_ms": None} == {
-        "ts": None, "app": "demo", "credential": None, "client": "127.0.0.1", "method": "GET", "op": "auth",
-        "resource_type": None, "id": None, "status": 503, "reason": "jwks_unavailable", "request_id": None, "pid": None, "duration_ms": None,
+        "ts": None,
+        "app": "demo",
+        "credential": None,
+        "client": "127.0.0.1",
+        "method": "GET",
+        "op": "auth",
+        "resource_type": None,
+        "id": None,
+        "status": 503,
+        "reason": "jwks_unavailable",
+        "request_id": None,
+        "pid": None,
+        "duration_ms": None,
     }
     # Static tokens do not depend on the IdP.
     assert (await client.get("/apps/demo/scim/v2/Users", headers=bearer(TOKEN))).status == 200
@@ -344,7 +380,9 @@ async def test_jwks_outage_without_cached_keys_is_a_503_not_the_clients_fault(
     assert jwks.fetches == 2
 
 
-async def test_an_outage_after_keys_were_fetched_keeps_using_them(aiohttp_client: Any, tmp_path: Path, jwks: Jwks, clock: Clock, caplog: Any) -> None:
+async def test_an_outage_after_keys_were_fetched_keeps_using_them(
+    aiohttp_client: Any, tmp_path: Path, jwks: Jwks, clock: Clock, caplog: Any
+) -> None:
     client = await gateway(aiohttp_client, tmp_path, jwks)
     assert (await client.get("/apps/demo/scim/v2/Users", headers=bearer(mint()))).status == 200
     assert jwks.server is not None
@@ -359,18 +397,33 @@ async def test_an_outage_after_keys_were_fetched_keeps_using_them(aiohttp_client
 
 async def test_keys_from_a_jwks_file(aiohttp_client: Any, tmp_path: Path) -> None:
     keys = tmp_path / "jwks.json"
-    keys.write_text(json.dumps({"keys": [public_jwk(rsa_key("k1"), "k1"), {"kty": "oct", "k": base64.urlsafe_b64encode(b"s" * 32).decode().rstrip("="), "kid": "sym"}]}))
+    keys.write_text(
+        json.dumps(
+            {
+                "keys": [
+                    public_jwk(rsa_key("k1"), "k1"),
+                    {"kty": "oct", "k": base64.urlsafe_b64encode(b"s" * 32).decode().rstrip("="), "kid": "sym"},
+                ]
+            }
+        )
+    )
     client = await aiohttp_client(create_app(jwt_settings(tmp_path, f"jwks_file: {keys}")))
     assert (await client.get("/apps/demo/scim/v2/Users", headers=bearer(mint()))).status == 200
     # A symmetric key in the set is never used: a token naming it is refused as naming an unknown key.
-    forged = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60, "appid": "x"}, "s" * 32, "HS256", headers={"kid": "sym"})
+    forged = jwt.encode(
+        {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60, "appid": "x"}, "s" * 32, "HS256", headers={"kid": "sym"}
+    )
     resp = await client.get("/apps/demo/scim/v2/Users", headers=bearer(forged))
     assert resp.status == 401
 
 
 def test_an_unusable_jwks_file_stops_the_gateway_from_starting(tmp_path: Path) -> None:
     ensure_demo_database(tmp_path / "data")
-    for content, message in ((None, "cannot read the JWKS file"), ('{"keys": []}', "no public signature keys"), ("{", "unusable")):
+    for content, message in (
+        (None, "cannot read the JWKS file"),
+        ('{"keys": []}', "no public signature keys"),
+        ("{", "unusable"),
+    ):
         keys = tmp_path / "jwks.json"
         keys.unlink(missing_ok=True)
         if content is not None:

@@ -29,8 +29,14 @@ SEARCH_URN = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 SCIM_TYPE = "application/scim+json"
 
 LIMITS = LimitsConfig(
-    max_body_bytes=20_000, bulk_max_operations=5, default_page_size=3, max_page_size=10,
-    max_patch_operations=5, max_patch_values=20, max_attribute_names=5, max_url_bytes=8192,
+    max_body_bytes=20_000,
+    bulk_max_operations=5,
+    default_page_size=3,
+    max_page_size=10,
+    max_patch_operations=5,
+    max_patch_values=20,
+    max_attribute_names=5,
+    max_url_bytes=8192,
 )
 
 
@@ -76,55 +82,219 @@ LONG_FILTER = 'userName eq "' + "a" * 5000 + '"'
 
 CASES = [
     # ---- body size (max_body_bytes, advertised as Bulk maxPayloadSize): refused before the body is read
-    Case("body-size-create", "POST", "/Users", 413, None, ["max_body_bytes", "20000", "maxPayloadSize", f"{len(BIG_CREATE)} bytes"], raw=BIG_CREATE),
+    Case(
+        "body-size-create",
+        "POST",
+        "/Users",
+        413,
+        None,
+        ["max_body_bytes", "20000", "maxPayloadSize", f"{len(BIG_CREATE)} bytes"],
+        raw=BIG_CREATE,
+    ),
     Case("body-size-chunked", "POST", "/Users", 413, None, ["max_body_bytes", "20000", "chunked"], raw=BIG_CREATE, chunked=True),
-    Case("body-size-put", "PUT", "/Users/{uid}", 413, None, ["max_body_bytes", "20000"], body=user_body("victim@example.com", title=BIG_TITLE)),
-    Case("body-size-patch", "PATCH", "/Users/{uid}", 413, None, ["max_body_bytes", "20000"],
-         body=patch({"op": "replace", "path": "title", "value": BIG_TITLE})),
-    Case("bulk-payload-size", "POST", "/Bulk", 413, None, ["max_body_bytes", "20000", "maxPayloadSize"],
-         body=bulk({**bulk_post(1), "data": user_body("b@example.com", title=BIG_TITLE)})),
+    Case(
+        "body-size-put",
+        "PUT",
+        "/Users/{uid}",
+        413,
+        None,
+        ["max_body_bytes", "20000"],
+        body=user_body("victim@example.com", title=BIG_TITLE),
+    ),
+    Case(
+        "body-size-patch",
+        "PATCH",
+        "/Users/{uid}",
+        413,
+        None,
+        ["max_body_bytes", "20000"],
+        body=patch({"op": "replace", "path": "title", "value": BIG_TITLE}),
+    ),
+    Case(
+        "bulk-payload-size",
+        "POST",
+        "/Bulk",
+        413,
+        None,
+        ["max_body_bytes", "20000", "maxPayloadSize"],
+        body=bulk({**bulk_post(1), "data": user_body("b@example.com", title=BIG_TITLE)}),
+    ),
     # ---- Bulk maxOperations (RFC 7644 §3.7.4: 413, no scimType)
-    Case("bulk-operations", "POST", "/Bulk", 413, None, ["maxOperations", "5", "6 operations"], body=bulk(*(bulk_post(i) for i in range(6)))),
+    Case(
+        "bulk-operations",
+        "POST",
+        "/Bulk",
+        413,
+        None,
+        ["maxOperations", "5", "6 operations"],
+        body=bulk(*(bulk_post(i) for i in range(6))),
+    ),
     # ---- filters: length and nesting depth (gateway/scim/filter.py)
-    Case("filter-length-get", "GET", "/Users?filter=userName%20eq%20%22" + "a" * 5000 + "%22", 400, "invalidFilter",
-         ["limit of 4096", f"{len(LONG_FILTER)} characters"]),
-    Case("filter-length-search", "POST", "/Users/.search", 400, "invalidFilter", ["limit of 4096", f"{len(LONG_FILTER)} characters"],
-         body={"schemas": [SEARCH_URN], "filter": LONG_FILTER}),
+    Case(
+        "filter-length-get",
+        "GET",
+        "/Users?filter=userName%20eq%20%22" + "a" * 5000 + "%22",
+        400,
+        "invalidFilter",
+        ["limit of 4096", f"{len(LONG_FILTER)} characters"],
+    ),
+    Case(
+        "filter-length-search",
+        "POST",
+        "/Users/.search",
+        400,
+        "invalidFilter",
+        ["limit of 4096", f"{len(LONG_FILTER)} characters"],
+        body={"schemas": [SEARCH_URN], "filter": LONG_FILTER},
+    ),
     # scim2-models refuses the nesting itself; its detail quotes the filter sent.
-    Case("filter-depth", "POST", "/Groups/.search", 400, "invalidFilter", ["more than 32", "not (not (not"],
-         body={"schemas": [SEARCH_URN], "filter": nested_not(40)}),
+    Case(
+        "filter-depth",
+        "POST",
+        "/Groups/.search",
+        400,
+        "invalidFilter",
+        ["more than 32", "not (not (not"],
+        body={"schemas": [SEARCH_URN], "filter": nested_not(40)},
+    ),
     # ---- PATCH: operations and values per request (413, like Bulk maxOperations)
-    Case("patch-operations", "PATCH", "/Users/{uid}", 413, None, ["max_patch_operations", "5", "6 operations"],
-         body=patch(*({"op": "replace", "path": "title", "value": f"t{i}"} for i in range(6)))),
-    Case("patch-values", "PATCH", "/Groups/{gid}", 413, None, ["max_patch_values", "20", "21 values"],
-         body=patch({"op": "add", "path": "members", "value": members(21)})),
-    Case("patch-values-across-operations", "PATCH", "/Groups/{gid}", 413, None, ["max_patch_values", "20", "22 values"],
-         body=patch({"op": "add", "path": "members", "value": members(11)}, {"op": "remove", "path": "members", "value": members(11)})),
-    Case("patch-values-pathless", "PATCH", "/Groups/{gid}", 413, None, ["max_patch_values", "20", "22 values"],
-         body=patch({"op": "add", "value": {"displayName": "Renamed", "members": members(21)}})),
-    Case("bulk-patch-operations", "POST", "/Bulk", 200, None, ["max_patch_operations", "6 operations"],
-         body=bulk({"method": "PATCH", "path": "/Users/{uid}", "data": patch(*({"op": "replace", "path": "title", "value": "t"} for _ in range(6)))})),
+    Case(
+        "patch-operations",
+        "PATCH",
+        "/Users/{uid}",
+        413,
+        None,
+        ["max_patch_operations", "5", "6 operations"],
+        body=patch(*({"op": "replace", "path": "title", "value": f"t{i}"} for i in range(6))),
+    ),
+    Case(
+        "patch-values",
+        "PATCH",
+        "/Groups/{gid}",
+        413,
+        None,
+        ["max_patch_values", "20", "21 values"],
+        body=patch({"op": "add", "path": "members", "value": members(21)}),
+    ),
+    Case(
+        "patch-values-across-operations",
+        "PATCH",
+        "/Groups/{gid}",
+        413,
+        None,
+        ["max_patch_values", "20", "22 values"],
+        body=patch(
+            {"op": "add", "path": "members", "value": members(11)}, {"op": "remove", "path": "members", "value": members(11)}
+        ),
+    ),
+    Case(
+        "patch-values-pathless",
+        "PATCH",
+        "/Groups/{gid}",
+        413,
+        None,
+        ["max_patch_values", "20", "22 values"],
+        body=patch({"op": "add", "value": {"displayName": "Renamed", "members": members(21)}}),
+    ),
+    Case(
+        "bulk-patch-operations",
+        "POST",
+        "/Bulk",
+        200,
+        None,
+        ["max_patch_operations", "6 operations"],
+        body=bulk(
+            {
+                "method": "PATCH",
+                "path": "/Users/{uid}",
+                "data": patch(*({"op": "replace", "path": "title", "value": "t"} for _ in range(6))),
+            }
+        ),
+    ),
     # ---- attributes / excludedAttributes: refused before the write, not after it
-    Case("attributes-get", "GET", f"/Users?attributes={NAMES6}", 400, "invalidValue", ["attributes", "max_attribute_names", "5", "6 attributes"]),
-    Case("excluded-attributes-get-one", "GET", f"/Users/{{uid}}?excludedAttributes={NAMES6}", 400, "invalidValue",
-         ["excludedAttributes", "max_attribute_names", "6 attributes"]),
-    Case("attributes-create", "POST", f"/Users?attributes={NAMES6}", 400, "invalidValue", ["attributes", "6 attributes"],
-         body=user_body("created-anyway@example.com")),
-    Case("attributes-patch", "PATCH", f"/Users/{{uid}}?attributes={NAMES6}", 400, "invalidValue", ["attributes", "6 attributes"],
-         body=patch({"op": "replace", "path": "title", "value": "Changed anyway"})),
-    Case("attributes-search-list", "POST", "/Users/.search", 400, "invalidValue", ["attributes", "6 attributes"],
-         body={"schemas": [SEARCH_URN], "attributes": NAMES6.split(",")}),
-    Case("excluded-attributes-search-root", "POST", "/.search", 400, "invalidValue", ["excludedAttributes", "6 attributes"],
-         body={"schemas": [SEARCH_URN], "excludedAttributes": NAMES6}),
+    Case(
+        "attributes-get",
+        "GET",
+        f"/Users?attributes={NAMES6}",
+        400,
+        "invalidValue",
+        ["attributes", "max_attribute_names", "5", "6 attributes"],
+    ),
+    Case(
+        "excluded-attributes-get-one",
+        "GET",
+        f"/Users/{{uid}}?excludedAttributes={NAMES6}",
+        400,
+        "invalidValue",
+        ["excludedAttributes", "max_attribute_names", "6 attributes"],
+    ),
+    Case(
+        "attributes-create",
+        "POST",
+        f"/Users?attributes={NAMES6}",
+        400,
+        "invalidValue",
+        ["attributes", "6 attributes"],
+        body=user_body("created-anyway@example.com"),
+    ),
+    Case(
+        "attributes-patch",
+        "PATCH",
+        f"/Users/{{uid}}?attributes={NAMES6}",
+        400,
+        "invalidValue",
+        ["attributes", "6 attributes"],
+        body=patch({"op": "replace", "path": "title", "value": "Changed anyway"}),
+    ),
+    Case(
+        "attributes-search-list",
+        "POST",
+        "/Users/.search",
+        400,
+        "invalidValue",
+        ["attributes", "6 attributes"],
+        body={"schemas": [SEARCH_URN], "attributes": NAMES6.split(",")},
+    ),
+    Case(
+        "excluded-attributes-search-root",
+        "POST",
+        "/.search",
+        400,
+        "invalidValue",
+        ["excludedAttributes", "6 attributes"],
+        body={"schemas": [SEARCH_URN], "excludedAttributes": NAMES6},
+    ),
     # ---- JSON nesting (MAX_JSON_DEPTH in gateway/http/body.py)
-    Case("json-depth", "POST", "/Users", 400, "invalidSyntax", ["deeper than 64 levels"],
-         raw=('{"userName": "deep@example.com", "title": ' + "[" * 70 + "]" * 70 + "}").encode()),
+    Case(
+        "json-depth",
+        "POST",
+        "/Users",
+        400,
+        "invalidSyntax",
+        ["deeper than 64 levels"],
+        raw=('{"userName": "deep@example.com", "title": ' + "[" * 70 + "]" * 70 + "}").encode(),
+    ),
     # ---- startIndex and count that are no integers
     Case("start-index-not-integer", "GET", "/Users?startIndex=1e3", 400, "invalidValue", ["startIndex", "1e3"]),
     Case("count-not-integer", "POST", "/Users/.search", 400, "invalidValue", ["count", "lots"], body={"count": "lots"}),
     # ---- the URL (path and query string, percent-encoded): the gateway's SCIM 414 below aiohttp's own cap
-    Case("url-get", "GET", "/Users?filter=" + "a" * 9000, 414, None, ["max_url_bytes", "8192", f"{len(BASE + '/Users?filter=') + 9000} bytes"]),
-    Case("url-create", "POST", "/Users?aadOptscim062020=" + "a" * 9000, 414, None, ["max_url_bytes", "8192"], body=user_body("long-url@example.com")),
+    Case(
+        "url-get",
+        "GET",
+        "/Users?filter=" + "a" * 9000,
+        414,
+        None,
+        ["max_url_bytes", "8192", f"{len(BASE + '/Users?filter=') + 9000} bytes"],
+    ),
+    Case(
+        "url-create",
+        "POST",
+        "/Users?aadOptscim062020=" + "a" * 9000,
+        414,
+        None,
+        ["max_url_bytes", "8192"],
+        body=user_body("long-url@example.com"),
+    ),
     Case("url-delete", "DELETE", "/Users/{uid}?x=" + "a" * 9000, 414, None, ["max_url_bytes"]),
     Case("url-not-under-base", "GET", "!/nowhere?" + "a" * 9000, 414, None, ["max_url_bytes", "9009 bytes"]),
 ]
@@ -132,7 +302,10 @@ CASES = [
 
 def all_rows(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
     out: dict[str, list[tuple[Any, ...]]] = {}
-    for db_name, tables in (("demo.db", ("employees", "teams", "team_members")), ("gateway.db", ("resources", "members", "journal"))):
+    for db_name, tables in (
+        ("demo.db", ("employees", "teams", "team_members")),
+        ("gateway.db", ("resources", "members", "journal")),
+    ):
         db = sqlite3.connect(data_dir / db_name)
         try:
             for table in tables:
@@ -150,7 +323,9 @@ async def small(aiohttp_client: Any, data_dir: Path) -> AsyncIterator[TestClient
 async def victims(scim: Scim) -> dict[str, str]:
     resp, victim = await scim.post("/Users", user_body("victim@example.com", title="Original"))
     assert resp.status == 201, victim
-    resp, group = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Victims", "members": [{"value": victim["id"]}]})
+    resp, group = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Victims", "members": [{"value": victim["id"]}]}
+    )
     assert resp.status == 201, group
     return {"uid": victim["id"], "gid": group["id"]}
 
@@ -217,13 +392,18 @@ async def test_just_under_each_limit_is_accepted(small: TestClient) -> None:
     """The limits are not off by one: at the limit, the request goes through."""
     scim = Scim(small)
     ids = await victims(scim)
-    resp, data = await scim.patch(f"/Users/{ids['uid']}", [{"op": "replace", "path": "title", "value": f"t{i}"} for i in range(5)])
+    resp, data = await scim.patch(
+        f"/Users/{ids['uid']}", [{"op": "replace", "path": "title", "value": f"t{i}"} for i in range(5)]
+    )
     assert resp.status == 200 and data["title"] == "t4", data
     users = []
     for i in range(19):
         resp, user = await scim.post("/Users", user_body(f"m{i}@example.com"))
         users.append({"value": user["id"]})
-    resp, data = await scim.patch(f"/Groups/{ids['gid']}", [{"op": "add", "path": "members", "value": users}, {"op": "replace", "path": "displayName", "value": "V2"}])
+    resp, data = await scim.patch(
+        f"/Groups/{ids['gid']}",
+        [{"op": "add", "path": "members", "value": users}, {"op": "replace", "path": "displayName", "value": "V2"}],
+    )
     assert resp.status == 200 and len(data["members"]) == 20, data
     resp, data = await scim.post("/Bulk", bulk(*(bulk_post(i) for i in range(5))))
     assert resp.status == 200 and all(op["status"] == "201" for op in data["Operations"]), data
@@ -264,7 +444,9 @@ async def test_request_line_over_aiohttps_own_cap_is_refused_by_aiohttp(small: T
     before = all_rows(data_dir)
     reader, writer = await asyncio.open_connection(small.host, small.port)
     line = f"POST {BASE}/Users?x={'a' * 70_000} HTTP/1.1".encode()
-    writer.write(line + b"\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    writer.write(
+        line + b"\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(), 30)
     writer.close()
@@ -273,4 +455,3 @@ async def test_request_line_over_aiohttps_own_cap_is_refused_by_aiohttp(small: T
     assert head.split(b"\r\n")[0].split()[1] == b"400", answer[:300]
     assert b"text/plain" in head.lower(), answer[:300]
     assert all_rows(data_dir) == before
-

@@ -133,7 +133,13 @@ def _worker_pids(gateway: LiveGateway, count: int, timeout: float = 30) -> list[
     """The pids the workers log as they start."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = sorted({int(line.split("(pid ")[1].split(")")[0]) for line in gateway.log.read_text().splitlines() if ") starting on" in line})
+        pids = sorted(
+            {
+                int(line.split("(pid ")[1].split(")")[0])
+                for line in gateway.log.read_text().splitlines()
+                if ") starting on" in line
+            }
+        )
         if len(pids) == count:
             return pids
         time.sleep(0.1)
@@ -285,18 +291,29 @@ async def test_group_lists_on_one_user_record_lose_no_edit_across_processes(
     root = Path(__file__).resolve().parents[2]
     fake, port = _start_fake("crm", tmp_path / "fake.log")
     api = f"http://127.0.0.1:{port}"
-    env = {"CRM_API_URL": f"{api}/api/v1", "CRM_TOKEN_URL": f"{api}/oauth/token", "CRM_CLIENT_SECRET": CLIENT_SECRET, "CRM_SCIM_TOKEN": TOKEN}
+    env = {
+        "CRM_API_URL": f"{api}/api/v1",
+        "CRM_TOKEN_URL": f"{api}/oauth/token",
+        "CRM_CLIENT_SECRET": CLIENT_SECRET,
+        "CRM_SCIM_TOKEN": TOKEN,
+    }
     a, b = (LiveGateway(tmp_path / name, token="", app="crm", env=env) for name in ("a", "b"))
     args = ("--config", str(root / "mappings" / "crm_rest.yaml"), "--store", pg_url(pg_database))
     try:
         await asyncio.gather(asyncio.to_thread(a.start, *args), asyncio.to_thread(b.start, *args))
         status, person, _ = await call(session, "POST", f"{a.base_url}/Users", user_body("shared@crm.example"))
         assert status == 201, person
-        results = await asyncio.gather(*(
-            call(session, "POST", f"{(a, b)[i % 2].base_url}/Groups",
-                 {"schemas": [GROUP_URN], "displayName": f"Role {i}", "members": [{"value": person["id"]}]})
-            for i in range(12)
-        ))
+        results = await asyncio.gather(
+            *(
+                call(
+                    session,
+                    "POST",
+                    f"{(a, b)[i % 2].base_url}/Groups",
+                    {"schemas": [GROUP_URN], "displayName": f"Role {i}", "members": [{"value": person["id"]}]},
+                )
+                for i in range(12)
+            )
+        )
         assert [s for s, _, _ in results] == [201] * 12, results
         for gateway in (a, b):
             _, got, _ = await call(session, "GET", f"{gateway.base_url}/Users/{person['id']}")
@@ -305,7 +322,9 @@ async def test_group_lists_on_one_user_record_lose_no_edit_across_processes(
         form = {"grant_type": "client_credentials", "client_id": "gateway", "client_secret": CLIENT_SECRET}
         async with session.post(f"{api}/oauth/token", data=form) as resp:
             token = (await resp.json())["access_token"]
-        async with session.get(f"{api}/api/v1/people", params={"username": "shared@crm.example"}, headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with session.get(
+            f"{api}/api/v1/people", params={"username": "shared@crm.example"}, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             [record] = (await resp.json())["items"]
         async with session.get(f"{api}/api/v1/roles", headers={"Authorization": f"Bearer {token}"}) as resp:
             roles = (await resp.json())["items"]

@@ -26,11 +26,6 @@ LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 # ---------------------------------------------------------------- helpers
 
 
-
-
-
-
-
 async def create_user(scim: Scim, user_name: str, given: str = "Test", family: str = "User") -> dict[str, Any]:
     resp, data = await scim.post("/Users", okta_user(user_name, given, family))
     assert resp.status == 201, data
@@ -101,7 +96,9 @@ async def test_okta_lookup_with_paging_params_empty(scim: Scim, demo_db: sqlite3
     assert data.get("Resources", []) == []
 
 
-async def test_okta_create_with_password_get_and_lookup(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]) -> None:
+async def test_okta_create_with_password_get_and_lookup(
+    scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]
+) -> None:
     resp, user = await scim.post("/Users", okta_user("Isaac.Brock@Okta.example", "Isaac", "Brock"))
     assert resp.status == 201, user
     assert_no_password(user)
@@ -110,7 +107,13 @@ async def test_okta_create_with_password_get_and_lookup(scim: Scim, demo_db: sql
     assert user["name"] == {"givenName": "Isaac", "familyName": "Brock"}
     row = employee(demo_db, "isaac.brock@okta.example")
     assert (row["login"], row["first_nm"], row["last_nm"], row["display_nm"], row["mail"], row["status"]) == (
-        "Isaac.Brock@Okta.example", "Isaac", "Brock", "Isaac Brock", "isaac.brock@okta.example", "A")
+        "Isaac.Brock@Okta.example",
+        "Isaac",
+        "Brock",
+        "Isaac Brock",
+        "isaac.brock@okta.example",
+        "A",
+    )
 
     resp, got = await scim.get(f"/Users/{user['id']}")
     assert resp.status == 200, got
@@ -133,7 +136,9 @@ async def test_okta_create_with_password_get_and_lookup(scim: Scim, demo_db: sql
     assert_password_not_stored(data_dir, demo_db, store_overrides)
 
 
-async def test_okta_put_full_replace_with_password(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]) -> None:
+async def test_okta_put_full_replace_with_password(
+    scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]
+) -> None:
     user = await create_user(scim, "put.me@okta.example", "Put", "Me")
     emp_no = employee(demo_db, "put.me@okta.example")["emp_no"]
     body = okta_user("put.me@okta.example", "Putnam", "Mee", title="Director")
@@ -149,12 +154,24 @@ async def test_okta_put_full_replace_with_password(scim: Scim, demo_db: sqlite3.
     row = employee(demo_db, "put.me@okta.example")
     assert row["emp_no"] == emp_no
     assert (row["first_nm"], row["last_nm"], row["display_nm"], row["mail"], row["job_title"], row["status"]) == (
-        "Putnam", "Mee", "Putnam Mee", "put.me2@okta.example", "Director", "A")
+        "Putnam",
+        "Mee",
+        "Putnam Mee",
+        "put.me2@okta.example",
+        "Director",
+        "A",
+    )
     assert count(demo_db, "employees") == 1
 
     # PUT replaces: what the body leaves out is cleared in the app.
-    body2 = {"schemas": [USER_URN], "id": user["id"], "userName": "put.me@okta.example", "active": True,
-             "name": {"givenName": "Only"}, "password": PASSWORD}
+    body2 = {
+        "schemas": [USER_URN],
+        "id": user["id"],
+        "userName": "put.me@okta.example",
+        "active": True,
+        "name": {"givenName": "Only"},
+        "password": PASSWORD,
+    }
     resp, data = await scim.put(f"/Users/{user['id']}", body2)
     assert resp.status == 200, data
     assert_no_password(data)
@@ -165,7 +182,9 @@ async def test_okta_put_full_replace_with_password(scim: Scim, demo_db: sqlite3.
     assert_password_not_stored(data_dir, demo_db, store_overrides)
 
 
-async def test_okta_password_change_by_patch_is_accepted_and_not_stored(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]) -> None:
+async def test_okta_password_change_by_patch_is_accepted_and_not_stored(
+    scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]
+) -> None:
     user = await create_user(scim, "pw.patch@okta.example")
     resp, data = await scim.patch(f"/Users/{user['id']}", [{"op": "replace", "value": {"password": PASSWORD}}])
     assert resp.status == 200, data
@@ -211,11 +230,14 @@ async def test_okta_group_push_sequence(scim: Scim, demo_db: sqlite3.Connection)
     d = await create_user(scim, "d@okta.example")
 
     # Push: create with members (Okta sends value + display).
-    resp, group = await scim.post("/Groups", {
-        "schemas": [GROUP_URN],
-        "displayName": "Okta Pushed",
-        "members": [{"value": a["id"], "display": "a@okta.example"}, {"value": b["id"], "display": "b@okta.example"}],
-    })
+    resp, group = await scim.post(
+        "/Groups",
+        {
+            "schemas": [GROUP_URN],
+            "displayName": "Okta Pushed",
+            "members": [{"value": a["id"], "display": "a@okta.example"}, {"value": b["id"], "display": "b@okta.example"}],
+        },
+    )
     assert resp.status == 201, group
     assert resp.headers["Location"] == group["meta"]["location"]
     assert {m["value"] for m in group["members"]} == {a["id"], b["id"]}
@@ -230,17 +252,30 @@ async def test_okta_group_push_sequence(scim: Scim, demo_db: sqlite3.Connection)
     assert {m["value"] for m in got["members"]} == {a["id"], b["id"]}
 
     # PATCH replace the whole member list.
-    resp, data = await scim.patch(f"/Groups/{gid}", [
-        {"op": "replace", "path": "members", "value": [{"value": b["id"], "display": "b"}, {"value": c["id"], "display": "c"}]},
-    ])
+    resp, data = await scim.patch(
+        f"/Groups/{gid}",
+        [
+            {
+                "op": "replace",
+                "path": "members",
+                "value": [{"value": b["id"], "display": "b"}, {"value": c["id"], "display": "c"}],
+            },
+        ],
+    )
     assert resp.status == 200, data
     assert {m["value"] for m in data["members"]} == {b["id"], c["id"]}
     assert team_pairs(demo_db) == {("Okta Pushed", "b@okta.example"), ("Okta Pushed", "c@okta.example")}
 
     # PATCH add.
-    resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "add", "path": "members", "value": [{"value": d["id"], "display": "d"}]}])
+    resp, data = await scim.patch(
+        f"/Groups/{gid}", [{"op": "add", "path": "members", "value": [{"value": d["id"], "display": "d"}]}]
+    )
     assert resp.status == 200, data
-    assert team_pairs(demo_db) == {("Okta Pushed", "b@okta.example"), ("Okta Pushed", "c@okta.example"), ("Okta Pushed", "d@okta.example")}
+    assert team_pairs(demo_db) == {
+        ("Okta Pushed", "b@okta.example"),
+        ("Okta Pushed", "c@okta.example"),
+        ("Okta Pushed", "d@okta.example"),
+    }
 
     # PATCH remove by value filter: only that member.
     resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "remove", "path": f'members[value eq "{c["id"]}"]'}])
@@ -262,10 +297,15 @@ async def test_okta_group_push_sequence(scim: Scim, demo_db: sqlite3.Connection)
     assert team_pairs(demo_db) == {("Okta Renamed", "b@okta.example"), ("Okta Renamed", "d@okta.example")}
 
     # PUT with displayName + members replaces both.
-    resp, data = await scim.put(f"/Groups/{gid}", {
-        "schemas": [GROUP_URN], "id": gid, "displayName": "Okta Final",
-        "members": [{"value": a["id"], "display": "a"}, {"value": d["id"], "display": "d"}],
-    })
+    resp, data = await scim.put(
+        f"/Groups/{gid}",
+        {
+            "schemas": [GROUP_URN],
+            "id": gid,
+            "displayName": "Okta Final",
+            "members": [{"value": a["id"], "display": "a"}, {"value": d["id"], "display": "d"}],
+        },
+    )
     assert resp.status == 200, data
     assert data["displayName"] == "Okta Final"
     assert {m["value"] for m in data["members"]} == {a["id"], d["id"]}
@@ -287,8 +327,9 @@ async def test_okta_group_put_with_empty_members_empties_the_group(scim: Scim, d
     """Okta pushes a group whose last member left as PUT with `members: []`."""
     a = await create_user(scim, "a@okta.example")
     b = await create_user(scim, "b@okta.example")
-    resp, group = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Emptied",
-                                              "members": [{"value": a["id"]}, {"value": b["id"]}]})
+    resp, group = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Emptied", "members": [{"value": a["id"]}, {"value": b["id"]}]}
+    )
     assert resp.status == 201, group
     assert count(demo_db, "team_members") == 2
     gid = group["id"]
@@ -312,7 +353,9 @@ async def test_okta_group_patch_replace_members_with_empty_list(scim: Scim, demo
     assert count(demo_db, "team_members") == 0
 
 
-async def test_okta_full_user_sequence(scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]) -> None:
+async def test_okta_full_user_sequence(
+    scim: Scim, demo_db: sqlite3.Connection, data_dir: Path, store_overrides: dict[str, Any]
+) -> None:
     resp, data = await scim.get("/Users?filter=" + q('userName eq "seq@okta.example"') + "&startIndex=1&count=100")
     assert (resp.status, data["totalResults"]) == (200, 0)
     resp, user = await scim.post("/Users", okta_user("seq@okta.example", "Seq", "Uence"))

@@ -68,8 +68,13 @@ async def seed_users(scim: Scim) -> dict[str, dict[str, Any]]:
     """Create the SEED users in order; return them keyed by the local part of userName, lower-cased."""
     out: dict[str, dict[str, Any]] = {}
     for user_name, given, family, title, mail, ext, dept, active, emp in SEED:
-        body = user_body(user_name, active=active, externalId=ext, displayName=f"{given} {family}",
-                         name={"givenName": given, "familyName": family})
+        body = user_body(
+            user_name,
+            active=active,
+            externalId=ext,
+            displayName=f"{given} {family}",
+            name={"givenName": given, "familyName": family},
+        )
         if title:
             body["title"] = title
         if mail:
@@ -189,7 +194,9 @@ async def test_group_filters(scim: Scim) -> None:
     alice, bob = users["alice"]["id"], users["bob"]["id"]
     created = {}
     for name, members in (("Engineering", [alice]), ("Sales", [bob]), ("Eng Leads", [alice, bob])):
-        resp, data = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": name, "members": [{"value": m} for m in members]})
+        resp, data = await scim.post(
+            "/Groups", {"schemas": [GROUP_URN], "displayName": name, "members": [{"value": m} for m in members]}
+        )
         assert resp.status == 201, data
         created[name] = data["id"]
     assert await filter_names(scim, 'displayName eq "sales"', "/Groups") == {"sales"}
@@ -238,9 +245,19 @@ async def test_sort_by_username_case_insensitive(scim: Scim) -> None:
     await seed_users(scim)
     resp, data = await scim.get("/Users?sortBy=userName")
     assert resp.status == 200, data
-    assert [r["userName"] for r in data["Resources"]] == ["alice@example.com", "Bob@example.com", "carol@corp.example", "dave@example.com"]
+    assert [r["userName"] for r in data["Resources"]] == [
+        "alice@example.com",
+        "Bob@example.com",
+        "carol@corp.example",
+        "dave@example.com",
+    ]
     resp, data = await scim.get("/Users?sortBy=userName&sortOrder=descending")
-    assert [r["userName"] for r in data["Resources"]] == ["dave@example.com", "carol@corp.example", "Bob@example.com", "alice@example.com"]
+    assert [r["userName"] for r in data["Resources"]] == [
+        "dave@example.com",
+        "carol@corp.example",
+        "Bob@example.com",
+        "alice@example.com",
+    ]
     resp, data = await scim.get("/Users?sortBy=userName&sortOrder=ascending")
     assert [r["userName"] for r in data["Resources"]][0] == "alice@example.com"
 
@@ -253,23 +270,45 @@ async def test_sort_by_sub_attribute_and_extension(scim: Scim) -> None:
     resp, data = await scim.get(f"/Users?sortBy={q(ENTERPRISE_URN + ':employeeNumber')}&sortOrder=descending")
     assert resp.status == 200, data
     # dave has no employeeNumber: RFC 7644 §3.4.2.3 puts him first when descending (last when ascending).
-    assert [r["userName"] for r in data["Resources"]] == ["dave@example.com", "carol@corp.example", "Bob@example.com", "alice@example.com"]
+    assert [r["userName"] for r in data["Resources"]] == [
+        "dave@example.com",
+        "carol@corp.example",
+        "Bob@example.com",
+        "alice@example.com",
+    ]
     resp, data = await scim.get(f"/Users?sortBy={q(ENTERPRISE_URN + ':employeeNumber')}")
-    assert [r["userName"] for r in data["Resources"]] == ["alice@example.com", "Bob@example.com", "carol@corp.example", "dave@example.com"]
+    assert [r["userName"] for r in data["Resources"]] == [
+        "alice@example.com",
+        "Bob@example.com",
+        "carol@corp.example",
+        "dave@example.com",
+    ]
 
 
 async def test_sort_by_meta_created(scim: Scim) -> None:
     await seed_users(scim)
     resp, data = await scim.get("/Users?sortBy=meta.created&sortOrder=descending")
     assert resp.status == 200, data
-    assert [r["userName"] for r in data["Resources"]] == ["dave@example.com", "carol@corp.example", "Bob@example.com", "alice@example.com"]
+    assert [r["userName"] for r in data["Resources"]] == [
+        "dave@example.com",
+        "carol@corp.example",
+        "Bob@example.com",
+        "alice@example.com",
+    ]
     resp, data = await scim.get("/Users?sortBy=meta.lastModified")
-    assert [r["userName"] for r in data["Resources"]] == ["alice@example.com", "Bob@example.com", "carol@corp.example", "dave@example.com"]
+    assert [r["userName"] for r in data["Resources"]] == [
+        "alice@example.com",
+        "Bob@example.com",
+        "carol@corp.example",
+        "dave@example.com",
+    ]
 
 
 async def test_sort_with_filter_and_paging(scim: Scim) -> None:
     await seed_users(scim)
-    resp, data = await scim.get("/Users?filter=" + q("active eq true") + "&sortBy=userName&sortOrder=descending&startIndex=2&count=1")
+    resp, data = await scim.get(
+        "/Users?filter=" + q("active eq true") + "&sortBy=userName&sortOrder=descending&startIndex=2&count=1"
+    )
     assert resp.status == 200, data
     assert data["totalResults"] == 3
     assert data["startIndex"] == 2
@@ -380,7 +419,12 @@ async def test_password_never_returned(scim: Scim, data_dir: Path) -> None:
     resp, data = await scim.post("/Users", user_body("pw@example.com", password="Hunter2-Secret!"))
     assert resp.status == 201, data
     assert "password" not in data
-    for path in (f"/Users/{data['id']}", f"/Users/{data['id']}?attributes=password", "/Users", "/Users?attributes=password,userName"):
+    for path in (
+        f"/Users/{data['id']}",
+        f"/Users/{data['id']}?attributes=password",
+        "/Users",
+        "/Users?attributes=password,userName",
+    ):
         resp, got = await scim.get(path)
         assert resp.status == 200, got
         assert "Hunter2-Secret!" not in await resp.text()
@@ -391,15 +435,18 @@ async def test_password_never_returned(scim: Scim, data_dir: Path) -> None:
 
 async def test_post_search(scim: Scim) -> None:
     users = await seed_users(scim)
-    resp, data = await scim.post("/Users/.search", {
-        "schemas": [SEARCH_URN],
-        "filter": 'userName ew "@example.com"',
-        "attributes": ["userName"],
-        "sortBy": "userName",
-        "sortOrder": "descending",
-        "startIndex": 1,
-        "count": 2,
-    })
+    resp, data = await scim.post(
+        "/Users/.search",
+        {
+            "schemas": [SEARCH_URN],
+            "filter": 'userName ew "@example.com"',
+            "attributes": ["userName"],
+            "sortBy": "userName",
+            "sortOrder": "descending",
+            "startIndex": 1,
+            "count": 2,
+        },
+    )
     assert resp.status == 200, data
     assert resp.content_type == SCIM_TYPE
     assert data["schemas"] == [LIST_URN]
@@ -409,7 +456,9 @@ async def test_post_search(scim: Scim) -> None:
     assert [r["id"] for r in data["Resources"]] == [users["dave"]["id"], users["bob"]["id"]]
     assert all("name" not in r for r in data["Resources"])
     # excludedAttributes as a list, on groups.
-    resp, data = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "G", "members": [{"value": users["bob"]["id"]}]})
+    resp, data = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "G", "members": [{"value": users["bob"]["id"]}]}
+    )
     assert resp.status == 201, data
     resp, data = await scim.post("/Groups/.search", {"schemas": [SEARCH_URN], "excludedAttributes": ["members"]})
     assert resp.status == 200, data
@@ -457,7 +506,9 @@ async def test_if_match_mismatch_is_412_and_nothing_changes(scim: Scim, demo_db:
     current = resp.headers["ETag"]
     stale = 'W/"999"'
     before = employee(demo_db, "im@example.com")
-    resp, data = await scim.patch(f"/Users/{user['id']}", [{"op": "replace", "path": "title", "value": "After"}], headers={"If-Match": stale})
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}", [{"op": "replace", "path": "title", "value": "After"}], headers={"If-Match": stale}
+    )
     assert_error(resp, data, 412)
     resp, data = await scim.put(f"/Users/{user['id']}", user_body("im@example.com", title="After"), headers={"If-Match": stale})
     assert_error(resp, data, 412)
@@ -468,7 +519,9 @@ async def test_if_match_mismatch_is_412_and_nothing_changes(scim: Scim, demo_db:
     assert resp.headers["ETag"] == current
     assert data["title"] == "Before"
     # The current ETag matches.
-    resp, data = await scim.patch(f"/Users/{user['id']}", [{"op": "replace", "path": "title", "value": "After"}], headers={"If-Match": current})
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}", [{"op": "replace", "path": "title", "value": "After"}], headers={"If-Match": current}
+    )
     assert resp.status == 200, data
     assert employee(demo_db, "im@example.com")["job_title"] == "After"
     # ...and is stale now.
@@ -545,9 +598,15 @@ async def test_application_json_requests_accepted(scim: Scim, demo_db: sqlite3.C
     resp, user = await scim.post("/Users", user_body("json@example.com"), headers=json_headers)
     assert resp.status == 201, user
     assert resp.content_type == SCIM_TYPE
-    resp, data = await scim.patch(f"/Users/{user['id']}", [{"op": "replace", "path": "title", "value": "J"}], headers=json_headers)
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}", [{"op": "replace", "path": "title", "value": "J"}], headers=json_headers
+    )
     assert resp.status == 200, data
-    resp, data = await scim.put(f"/Users/{user['id']}", user_body("json@example.com", title="K"), headers={"Content-Type": "application/json; charset=utf-8"})
+    resp, data = await scim.put(
+        f"/Users/{user['id']}",
+        user_body("json@example.com", title="K"),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
     assert resp.status == 200, data
     assert employee(demo_db, "json@example.com")["job_title"] == "K"
     # Accept headers Okta and Entra send do not matter.
@@ -606,9 +665,9 @@ async def test_concurrent_patches_lose_nothing(scim: Scim, demo_db: sqlite3.Conn
         users.append(u)
     resp, group = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Crowd"})
     # Entra sends membership changes in parallel, one member each.
-    results = await asyncio.gather(*(
-        scim.patch(f"/Groups/{group['id']}", [{"op": "add", "path": "members", "value": [{"value": u["id"]}]}]) for u in users
-    ))
+    results = await asyncio.gather(
+        *(scim.patch(f"/Groups/{group['id']}", [{"op": "add", "path": "members", "value": [{"value": u["id"]}]}]) for u in users)
+    )
     assert [resp.status for resp, _ in results] == [200] * 100
     assert count(demo_db, "team_members") == 100
     resp, data = await scim.get(f"/Groups/{group['id']}")
@@ -796,10 +855,15 @@ async def test_reads_reflect_changes_made_in_the_app(scim: Scim, demo_db: sqlite
 
 
 async def test_patch_complex_and_multi_valued_semantics(scim: Scim, demo_db: sqlite3.Connection) -> None:
-    resp, user = await scim.post("/Users", user_body(
-        "sem@example.com", name={"givenName": "Sam", "familyName": "Semantic"},
-        emails=[{"type": "work", "value": "sem@example.com", "primary": True}],
-        phoneNumbers=[{"type": "work", "value": "+1 555 0199"}]))
+    resp, user = await scim.post(
+        "/Users",
+        user_body(
+            "sem@example.com",
+            name={"givenName": "Sam", "familyName": "Semantic"},
+            emails=[{"type": "work", "value": "sem@example.com", "primary": True}],
+            phoneNumbers=[{"type": "work", "value": "+1 555 0199"}],
+        ),
+    )
     assert resp.status == 201, user
     uid = user["id"]
     # replace on a complex attribute leaves sub-attributes not given unchanged (RFC 7644 §3.5.2.3).
@@ -819,7 +883,9 @@ async def test_patch_complex_and_multi_valued_semantics(scim: Scim, demo_db: sql
     assert "emails" not in data
     assert employee(demo_db, "sem@example.com")["mail"] is None
     # replace the whole multi-valued attribute.
-    resp, data = await scim.patch(f"/Users/{uid}", [{"op": "replace", "path": "phoneNumbers", "value": [{"type": "work", "value": "+44 20 7946 0000"}]}])
+    resp, data = await scim.patch(
+        f"/Users/{uid}", [{"op": "replace", "path": "phoneNumbers", "value": [{"type": "work", "value": "+44 20 7946 0000"}]}]
+    )
     assert resp.status == 200, data
     assert employee(demo_db, "sem@example.com")["phone"] == "+44 20 7946 0000"
     # remove a whole attribute.
@@ -836,8 +902,15 @@ async def test_patch_complex_and_multi_valued_semantics(scim: Scim, demo_db: sql
 
 async def test_unmapped_attributes_round_trip(scim: Scim, demo_db: sqlite3.Connection) -> None:
     """Attributes the app has no column for are kept by the gateway and returned."""
-    resp, user = await scim.post("/Users", user_body("rt@example.com", nickName="Nick", locale="de-CH",
-                                                      emails=[{"type": "work", "value": "rt@example.com"}, {"type": "home", "value": "rt@home.example"}]))
+    resp, user = await scim.post(
+        "/Users",
+        user_body(
+            "rt@example.com",
+            nickName="Nick",
+            locale="de-CH",
+            emails=[{"type": "work", "value": "rt@example.com"}, {"type": "home", "value": "rt@home.example"}],
+        ),
+    )
     assert resp.status == 201, user
     resp, got = await scim.get(f"/Users/{user['id']}")
     assert got["nickName"] == "Nick"
@@ -868,10 +941,14 @@ async def test_group_etag_and_if_match(scim: Scim, demo_db: sqlite3.Connection) 
     resp, g = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Tagged"})
     etag = resp.headers["ETag"]
     assert etag == g["meta"]["version"]
-    resp, data = await scim.patch(f"/Groups/{g['id']}", [{"op": "replace", "path": "displayName", "value": "Stale"}], headers={"If-Match": 'W/"42"'})
+    resp, data = await scim.patch(
+        f"/Groups/{g['id']}", [{"op": "replace", "path": "displayName", "value": "Stale"}], headers={"If-Match": 'W/"42"'}
+    )
     assert_error(resp, data, 412)
     assert [r[0] for r in demo_db.execute("SELECT team_name FROM teams")] == ["Tagged"]
-    resp, data = await scim.patch(f"/Groups/{g['id']}", [{"op": "replace", "path": "displayName", "value": "Fresh"}], headers={"If-Match": etag})
+    resp, data = await scim.patch(
+        f"/Groups/{g['id']}", [{"op": "replace", "path": "displayName", "value": "Fresh"}], headers={"If-Match": etag}
+    )
     assert resp.status == 200, data
     assert [r[0] for r in demo_db.execute("SELECT team_name FROM teams")] == ["Fresh"]
 

@@ -36,10 +36,19 @@ async def restart(aiohttp_client: Any, client: TestClient, data_dir: Path, store
 
 
 @pytest.mark.both_stores
-async def test_create_that_reached_the_app_is_linked(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any) -> None:
+async def test_create_that_reached_the_app_is_linked(
+    store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any
+) -> None:
     runtime = client.app[APPS]["demo"]
     store, connector = runtime.provisioner.store, runtime.connector
-    seq = await store.begin_create("demo", "User", "11111111-1111-4111-8111-111111111111", "crash.create", {"userName": "crash.create", "title": "kept"}, utc_now())
+    seq = await store.begin_create(
+        "demo",
+        "User",
+        "11111111-1111-4111-8111-111111111111",
+        "crash.create",
+        {"userName": "crash.create", "title": "kept"},
+        utc_now(),
+    )
     native = await connector.create("User", {"login": "crash.create", "job_title": "kept"})
     assert seq and native  # crash here: the app has the record, the store has a pending create
 
@@ -56,7 +65,9 @@ async def test_create_that_reached_the_app_is_linked(store_overrides: dict[str, 
 
 
 @pytest.mark.both_stores
-async def test_create_that_never_reached_the_app_is_rolled_back(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any) -> None:
+async def test_create_that_never_reached_the_app_is_rolled_back(
+    store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any
+) -> None:
     store = client.app[APPS]["demo"].provisioner.store
     await store.begin_create("demo", "User", "22222222-2222-4222-8222-222222222222", "ghost", {"userName": "ghost"}, utc_now())
 
@@ -72,7 +83,9 @@ async def test_create_that_never_reached_the_app_is_rolled_back(store_overrides:
 
 
 @pytest.mark.both_stores
-async def test_update_that_reached_the_app_is_settled_from_the_app(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
+async def test_update_that_reached_the_app_is_settled_from_the_app(
+    store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path
+) -> None:
     scim = Scim(client)
     _, user = await scim.post("/Users", user_body("upd", title="before"))
     runtime = client.app[APPS]["demo"]
@@ -90,7 +103,9 @@ async def test_update_that_reached_the_app_is_settled_from_the_app(store_overrid
 
 
 @pytest.mark.both_stores
-async def test_delete_that_reached_the_app_is_finished(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any) -> None:
+async def test_delete_that_reached_the_app_is_finished(
+    store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path, demo_db: Any
+) -> None:
     scim = Scim(client)
     _, user = await scim.post("/Users", user_body("gone"))
     runtime = client.app[APPS]["demo"]
@@ -105,7 +120,9 @@ async def test_delete_that_reached_the_app_is_finished(store_overrides: dict[str
 
 
 @pytest.mark.both_stores
-async def test_delete_that_never_reached_the_app_keeps_the_resource(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
+async def test_delete_that_never_reached_the_app_keeps_the_resource(
+    store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path
+) -> None:
     scim = Scim(client)
     _, user = await scim.post("/Users", user_body("stays"))
     await client.app[APPS]["demo"].provisioner.store.begin_write("demo", "User", user["id"], "delete")
@@ -139,7 +156,9 @@ async def test_a_write_left_pending_while_serving_is_settled_by_the_sweep(aiohtt
 async def test_the_sweep_leaves_writes_in_flight_alone(aiohttp_client: Any, data_dir: Path) -> None:
     client = await aiohttp_client(create_app(demo_settings(data_dir)))
     provisioner = client.app[APPS]["demo"].provisioner
-    seq = await provisioner.store.begin_create("demo", "User", "44444444-4444-4444-8444-444444444444", "busy", {"userName": "busy"}, utc_now())
+    seq = await provisioner.store.begin_create(
+        "demo", "User", "44444444-4444-4444-8444-444444444444", "busy", {"userName": "busy"}, utc_now()
+    )
     with provisioner.pipeline.tracking([seq]):  # as while its app call runs
         assert await provisioner.recover(older_than=0) == 0
         assert [p.seq for p in await provisioner.store.pending("demo")] == [seq]
@@ -147,13 +166,17 @@ async def test_the_sweep_leaves_writes_in_flight_alone(aiohttp_client: Any, data
 
 
 @pytest.mark.both_stores
-async def test_recovery_does_not_steal_a_record_linked_to_another_resource(store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
+async def test_recovery_does_not_steal_a_record_linked_to_another_resource(
+    store_overrides: dict[str, Any], aiohttp_client: Any, client: TestClient, data_dir: Path
+) -> None:
     scim = Scim(client)
     _, owner = await scim.post("/Users", user_body("taken"))
     store = client.app[APPS]["demo"].provisioner.store
     # A pending create of the same login in another app type slot cannot happen through the API (the
     # store's unique key refuses it); reproduce what a crash between two processes could leave behind.
-    seq = await store.begin_create("demo", "User", "55555555-5555-4555-8555-555555555555", "taken-2", {"userName": "TAKEN"}, utc_now())
+    seq = await store.begin_create(
+        "demo", "User", "55555555-5555-4555-8555-555555555555", "taken-2", {"userName": "TAKEN"}, utc_now()
+    )
 
     scim = await restart(aiohttp_client, client, data_dir, store_overrides)
     assert await scim.client.app[APPS]["demo"].provisioner.store.pending("demo") == []
@@ -164,7 +187,9 @@ async def test_recovery_does_not_steal_a_record_linked_to_another_resource(store
     assert seq
 
 
-async def test_a_shared_store_leaves_a_peers_fresh_write_alone_at_start_up(aiohttp_client: Any, client: TestClient, data_dir: Path) -> None:
+async def test_a_shared_store_leaves_a_peers_fresh_write_alone_at_start_up(
+    aiohttp_client: Any, client: TestClient, data_dir: Path
+) -> None:
     """With --workers or PostgreSQL, a starting process must not settle what a live peer is doing right now."""
     store = client.app[APPS]["demo"].provisioner.store
     rid = "33333333-3333-4333-8333-333333333333"

@@ -90,8 +90,13 @@ def state(crm: Crm) -> CrmState:
 
 async def entra_create(scim: Scim, user_name: str, **kw: Any) -> dict[str, Any]:
     parts = user_name.split("@")[0].split(".")
-    body = entra_user(user_name, given=kw.pop("given", parts[0].title()), family=kw.pop("family", parts[-1].title()),
-                      mail=kw.pop("mail", user_name), **kw)
+    body = entra_user(
+        user_name,
+        given=kw.pop("given", parts[0].title()),
+        family=kw.pop("family", parts[-1].title()),
+        mail=kw.pop("mail", user_name),
+        **kw,
+    )
     resp, data = await scim.post("/Users", body)
     assert resp.status == 201, data
     return data
@@ -124,9 +129,13 @@ def role_id(state: CrmState, name: str) -> str:
 def flat(record: dict[str, Any]) -> dict[str, Any]:
     """The person's fields under short names, for compact asserts."""
     return {
-        "first": record["person"]["name"]["first"], "last": record["person"]["name"]["last"], "title": record["person"]["title"],
-        "email": record["contact"]["email"], "phone": record["contact"]["phone"],
-        "username": record["account"]["username"], "active": record["account"]["active"],
+        "first": record["person"]["name"]["first"],
+        "last": record["person"]["name"]["last"],
+        "title": record["person"]["title"],
+        "email": record["contact"]["email"],
+        "phone": record["contact"]["phone"],
+        "username": record["account"]["username"],
+        "active": record["account"]["active"],
     }
 
 
@@ -149,7 +158,9 @@ async def fake(aiohttp_client: Any) -> TestClient:
 
 
 async def fake_token(fake: TestClient, secret: str = CLIENT_SECRET) -> str:
-    resp = await fake.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": "gateway", "client_secret": secret})
+    resp = await fake.post(
+        "/oauth/token", data={"grant_type": "client_credentials", "client_id": "gateway", "client_secret": secret}
+    )
     assert resp.status == 200, await resp.text()
     body = await resp.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] > 0
@@ -164,13 +175,20 @@ async def test_fake_token_endpoint(fake: TestClient) -> None:
     assert await resp.json() == {"items": [], "next_cursor": None}
     # HTTP Basic client authentication works too (RFC 6749 2.3.1).
     basic = base64.b64encode(f"gateway:{CLIENT_SECRET}".encode()).decode()
-    resp = await fake.post("/oauth/token", data={"grant_type": "client_credentials", "scope": "users.rw"},
-                           headers={"Authorization": f"Basic {basic}"})
+    resp = await fake.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "users.rw"},
+        headers={"Authorization": f"Basic {basic}"},
+    )
     assert resp.status == 200
     # Refusals.
-    resp = await fake.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": "gateway", "client_secret": "wrong"})
+    resp = await fake.post(
+        "/oauth/token", data={"grant_type": "client_credentials", "client_id": "gateway", "client_secret": "wrong"}
+    )
     assert resp.status == 401 and (await resp.json())["error"] == "invalid_client"
-    resp = await fake.post("/oauth/token", data={"grant_type": "password", "client_id": "gateway", "client_secret": CLIENT_SECRET})
+    resp = await fake.post(
+        "/oauth/token", data={"grant_type": "password", "client_id": "gateway", "client_secret": CLIENT_SECRET}
+    )
     assert resp.status == 400 and (await resp.json())["error"] == "unsupported_grant_type"
     resp = await fake.post("/oauth/token", json={"grant_type": "client_credentials"})
     assert resp.status == 400
@@ -194,8 +212,12 @@ async def test_fake_people_nested_unique_paged_and_searchable(fake: TestClient) 
     assert role["id"].startswith("r-")
     assert (await fake.post(f"{API}/roles", json={"name": "SALES"}, headers=auth)).status == 409
 
-    body = {"person": {"name": {"first": "Ann", "last": "Lee"}, "title": "Rep"}, "contact": {"email": "ann@crm.example"},
-            "account": {"username": "Ann.Lee"}, "roles": [role["id"]]}
+    body = {
+        "person": {"name": {"first": "Ann", "last": "Lee"}, "title": "Rep"},
+        "contact": {"email": "ann@crm.example"},
+        "account": {"username": "Ann.Lee"},
+        "roles": [role["id"]],
+    }
     resp = await fake.post(f"{API}/people", json=body, headers=auth)
     assert resp.status == 201, await resp.text()
     ann = await resp.json()
@@ -208,7 +230,9 @@ async def test_fake_people_nested_unique_paged_and_searchable(fake: TestClient) 
     assert (await fake.post(f"{API}/people", json=dup, headers=auth)).status == 409
     flattened = {"account.username": "x", "account": {"username": "x"}}
     assert (await fake.post(f"{API}/people", json=flattened, headers=auth)).status == 400
-    assert (await fake.post(f"{API}/people", json={"account": {"username": "y"}, "roles": ["r-nope"]}, headers=auth)).status == 422
+    assert (
+        await fake.post(f"{API}/people", json={"account": {"username": "y"}, "roles": ["r-nope"]}, headers=auth)
+    ).status == 422
     assert len(state.people) == 1
 
     # PUT is a full replace: what the body leaves out is cleared; `created` is the CRM's; active is kept.
@@ -230,7 +254,9 @@ async def test_fake_people_nested_unique_paged_and_searchable(fake: TestClient) 
 
     # Paging with an opaque cursor; search by username and by email, case-insensitively.
     for i in range(4):
-        await fake.post(f"{API}/people", json={"account": {"username": f"u{i}"}, "contact": {"email": f"U{i}@crm.example"}}, headers=auth)
+        await fake.post(
+            f"{API}/people", json={"account": {"username": f"u{i}"}, "contact": {"email": f"U{i}@crm.example"}}, headers=auth
+        )
     seen: list[str] = []
     cursor: str | None = None
     pages = 0
@@ -299,8 +325,15 @@ async def test_entra_create_user_writes_a_nested_person(scim: Scim, state: CrmSt
 
     rec = person(state, "alice.smith@contoso.com")
     assert rec["id"].startswith("p-")
-    assert flat(rec) == {"first": "Alice", "last": "Smith", "title": "Engineer", "email": "alice.smith@contoso.com",
-                         "phone": None, "username": "Alice.Smith@Contoso.com", "active": True}
+    assert flat(rec) == {
+        "first": "Alice",
+        "last": "Smith",
+        "title": "Engineer",
+        "email": "alice.smith@contoso.com",
+        "phone": None,
+        "username": "Alice.Smith@Contoso.com",
+        "active": True,
+    }
     assert rec["roles"] == []
     assert len(state.people) == 1
 
@@ -315,25 +348,41 @@ async def test_entra_legacy_patch_shape(scim: Scim, state: CrmState) -> None:
     user = await entra_create(scim, "legacy.patch@contoso.com")
     before = person(state, "legacy.patch@contoso.com")
     pid, created = before["id"], before["created"]
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Replace", "path": "displayName", "value": "Legacy Renamed"},
-        {"op": "Add", "path": 'emails[type eq "work"].value', "value": "New.Address@Contoso.com"},
-        {"op": "Add", "path": 'phoneNumbers[type eq "work"].value', "value": "+1 555 0100"},
-        {"op": "Replace", "path": "title", "value": "Lead"},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Replace", "path": "displayName", "value": "Legacy Renamed"},
+            {"op": "Add", "path": 'emails[type eq "work"].value', "value": "New.Address@Contoso.com"},
+            {"op": "Add", "path": 'phoneNumbers[type eq "work"].value', "value": "+1 555 0100"},
+            {"op": "Replace", "path": "title", "value": "Lead"},
+        ],
+    )
     assert resp.status == 200, data
     assert data["displayName"] == "Legacy Renamed"
     rec = person(state, "legacy.patch@contoso.com")
     assert (rec["id"], rec["created"]) == (pid, created)
-    assert flat(rec) == {"first": "Legacy", "last": "Patch", "title": "Lead", "email": "new.address@contoso.com",
-                         "phone": "+1 555 0100", "username": "legacy.patch@contoso.com", "active": True}
+    assert flat(rec) == {
+        "first": "Legacy",
+        "last": "Patch",
+        "title": "Lead",
+        "email": "new.address@contoso.com",
+        "phone": "+1 555 0100",
+        "username": "legacy.patch@contoso.com",
+        "active": True,
+    }
 
 
 async def test_entra_pathless_patch_with_dotted_keys(scim: Scim, state: CrmState) -> None:
     user = await entra_create(scim, "new.shape@contoso.com", given="Old", family="Shape")
-    resp, data = await scim.patch(f"/Users/{user['id']}?aadOptscim062020", [
-        {"op": "replace", "value": {"name.givenName": "Newgiven", f"{ENTERPRISE_URN}:department": "Marketing", "active": False}},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}?aadOptscim062020",
+        [
+            {
+                "op": "replace",
+                "value": {"name.givenName": "Newgiven", f"{ENTERPRISE_URN}:department": "Marketing", "active": False},
+            },
+        ],
+    )
     assert resp.status == 200, data
     assert (data["name"]["givenName"], data["name"]["familyName"], data["active"]) == ("Newgiven", "Shape", False)
     rec = person(state, "new.shape@contoso.com")
@@ -360,10 +409,13 @@ async def test_entra_disable_and_enable_with_strings(scim: Scim, state: CrmState
 async def test_entra_rename_user(scim: Scim, state: CrmState) -> None:
     user = await entra_create(scim, "rename.me@contoso.com")
     pid = person(state, "rename.me@contoso.com")["id"]
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Replace", "path": "userName", "value": "Renamed@Contoso.com"},
-        {"op": "Replace", "path": 'emails[type eq "work"].value', "value": "Renamed@Contoso.com"},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Replace", "path": "userName", "value": "Renamed@Contoso.com"},
+            {"op": "Replace", "path": 'emails[type eq "work"].value', "value": "Renamed@Contoso.com"},
+        ],
+    )
     assert resp.status == 200, data
     assert data["userName"] == "Renamed@Contoso.com"
     assert state.person("rename.me@contoso.com") is None
@@ -376,9 +428,15 @@ async def test_entra_rename_user(scim: Scim, state: CrmState) -> None:
 async def test_entra_group_create_and_lookup(scim: Scim, state: CrmState) -> None:
     resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q('displayName eq "Engineering"'))
     assert (resp.status, data["totalResults"]) == (200, 0)
-    resp, group = await scim.post("/Groups", {
-        "schemas": [GROUP_URN, MS_GROUP_URN], "externalId": "8aa1a0c0", "displayName": "Engineering", "meta": {"resourceType": "Group"},
-    })
+    resp, group = await scim.post(
+        "/Groups",
+        {
+            "schemas": [GROUP_URN, MS_GROUP_URN],
+            "externalId": "8aa1a0c0",
+            "displayName": "Engineering",
+            "meta": {"resourceType": "Group"},
+        },
+    )
     assert resp.status == 201, group
     assert group["schemas"] == [GROUP_URN]
     role = state.role("Engineering")
@@ -402,9 +460,12 @@ async def test_entra_group_members_land_in_each_persons_roles(scim: Scim, state:
     assert person(state, "u1@contoso.com")["roles"] == [rid]
     assert state.holders("Ops") == {"u1@contoso.com"}
 
-    resp, data = await scim.patch(f"/Groups/{g['id']}", [
-        {"op": "Add", "path": "members", "value": [{"value": u2["id"]}, {"value": u3["id"]}]},
-    ])
+    resp, data = await scim.patch(
+        f"/Groups/{g['id']}",
+        [
+            {"op": "Add", "path": "members", "value": [{"value": u2["id"]}, {"value": u3["id"]}]},
+        ],
+    )
     assert resp.status == 200, data
     assert {m["value"] for m in data["members"]} == {u1["id"], u2["id"], u3["id"]}
     assert state.holders("Ops") == {"u1@contoso.com", "u2@contoso.com", "u3@contoso.com"}
@@ -498,32 +559,51 @@ async def test_entra_full_sequence(scim: Scim, state: CrmState) -> None:
     resp, data = await scim.get("/Users?filter=" + q('userName eq "jdoe@contoso.com"'))
     assert (resp.status, data["totalResults"]) == (200, 0)
     chief = await entra_create(scim, "chief@contoso.com", given="Chief", family="Boss")
-    resp, user = await scim.post("/Users", entra_user("JDoe@contoso.com", given="John", family="Doe", mail="John.Doe@Contoso.com"))
+    resp, user = await scim.post(
+        "/Users", entra_user("JDoe@contoso.com", given="John", family="Doe", mail="John.Doe@Contoso.com")
+    )
     assert resp.status == 201, user
-    assert flat(person(state, "jdoe@contoso.com")) == {"first": "John", "last": "Doe", "title": "Engineer",
-                                                       "email": "john.doe@contoso.com", "phone": None,
-                                                       "username": "JDoe@contoso.com", "active": True}
-    resp, data = await scim.patch(f"/Users/{user['id']}", [
-        {"op": "Replace", "path": "displayName", "value": "Johnny Doe"},
-        {"op": "Replace", "path": "title", "value": "Staff Engineer"},
-    ])
+    assert flat(person(state, "jdoe@contoso.com")) == {
+        "first": "John",
+        "last": "Doe",
+        "title": "Engineer",
+        "email": "john.doe@contoso.com",
+        "phone": None,
+        "username": "JDoe@contoso.com",
+        "active": True,
+    }
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}",
+        [
+            {"op": "Replace", "path": "displayName", "value": "Johnny Doe"},
+            {"op": "Replace", "path": "title", "value": "Staff Engineer"},
+        ],
+    )
     assert resp.status == 200, data
     assert person(state, "jdoe@contoso.com")["person"]["title"] == "Staff Engineer"
-    resp, data = await scim.patch(f"/Users/{user['id']}?aadOptscim062020", [
-        {"op": "replace", "value": {"name.givenName": "Jon", "name.familyName": "Doe-Smith"}},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{user['id']}?aadOptscim062020",
+        [
+            {"op": "replace", "value": {"name.givenName": "Jon", "name.familyName": "Doe-Smith"}},
+        ],
+    )
     assert resp.status == 200, data
     assert person(state, "jdoe@contoso.com")["person"]["name"] == {"first": "Jon", "last": "Doe-Smith"}
 
     resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q('displayName eq "Platform Team"'))
     assert (resp.status, data["totalResults"]) == (200, 0)
     group = await entra_group(scim, "Platform Team")
-    resp, data = await scim.patch(f"/Groups/{group['id']}", [
-        {"op": "Add", "path": "members", "value": [{"value": user["id"]}, {"value": chief["id"]}]},
-    ])
+    resp, data = await scim.patch(
+        f"/Groups/{group['id']}",
+        [
+            {"op": "Add", "path": "members", "value": [{"value": user["id"]}, {"value": chief["id"]}]},
+        ],
+    )
     assert resp.status == 200, data
     assert state.holders("Platform Team") == {"JDoe@contoso.com", "chief@contoso.com"}
-    resp, data = await scim.patch(f"/Groups/{group['id']}", [{"op": "Remove", "path": "members", "value": [{"value": chief["id"]}]}])
+    resp, data = await scim.patch(
+        f"/Groups/{group['id']}", [{"op": "Remove", "path": "members", "value": [{"value": chief["id"]}]}]
+    )
     assert resp.status == 200, data
     assert state.holders("Platform Team") == {"JDoe@contoso.com"}
     assert person(state, "chief@contoso.com")["roles"] == []
@@ -569,8 +649,15 @@ async def test_okta_create_get_lookup_and_no_password_in_the_crm(scim: Scim, sta
     assert resp.status == 201, user
     assert_no_password(user)
     rec = person(state, "isaac.brock@okta.example")
-    assert flat(rec) == {"first": "Isaac", "last": "Brock", "title": None, "email": "isaac.brock@okta.example",
-                         "phone": None, "username": "Isaac.Brock@Okta.example", "active": True}
+    assert flat(rec) == {
+        "first": "Isaac",
+        "last": "Brock",
+        "title": None,
+        "email": "isaac.brock@okta.example",
+        "phone": None,
+        "username": "Isaac.Brock@Okta.example",
+        "active": True,
+    }
     resp, got = await scim.get(f"/Users/{user['id']}")
     assert resp.status == 200, got
     assert_no_password(got)
@@ -597,16 +684,36 @@ async def test_okta_put_full_replace(scim: Scim, state: CrmState) -> None:
     assert_no_password(data)
     rec = person(state, "put.me@okta.example")
     assert rec["id"] == pid
-    assert flat(rec) == {"first": "Putnam", "last": "Mee", "title": "Director", "email": "put.me2@okta.example",
-                         "phone": None, "username": "put.me@okta.example", "active": True}
+    assert flat(rec) == {
+        "first": "Putnam",
+        "last": "Mee",
+        "title": "Director",
+        "email": "put.me2@okta.example",
+        "phone": None,
+        "username": "put.me@okta.example",
+        "active": True,
+    }
     # PUT replaces: what the body leaves out is cleared in the CRM.
-    body2 = {"schemas": [USER_URN], "id": user["id"], "userName": "put.me@okta.example", "active": True,
-             "name": {"givenName": "Only"}, "password": PASSWORD}
+    body2 = {
+        "schemas": [USER_URN],
+        "id": user["id"],
+        "userName": "put.me@okta.example",
+        "active": True,
+        "name": {"givenName": "Only"},
+        "password": PASSWORD,
+    }
     resp, data = await scim.put(f"/Users/{user['id']}", body2)
     assert resp.status == 200, data
     assert "title" not in data and "emails" not in data
-    assert flat(person(state, "put.me@okta.example")) == {"first": "Only", "last": None, "title": None, "email": None,
-                                                          "phone": None, "username": "put.me@okta.example", "active": True}
+    assert flat(person(state, "put.me@okta.example")) == {
+        "first": "Only",
+        "last": None,
+        "title": None,
+        "email": None,
+        "phone": None,
+        "username": "put.me@okta.example",
+        "active": True,
+    }
     # ...but a user's PUT is not about its groups: the CRM's roles list stays (Okta's `groups: []` is read-only).
     assert person(state, "put.me@okta.example")["roles"] == [rid]
     assert len(state.people) == 1
@@ -640,10 +747,14 @@ async def test_okta_group_push_sequence(scim: Scim, state: CrmState) -> None:
     c = await okta_create(scim, "c@okta.example")
     d = await okta_create(scim, "d@okta.example")
 
-    resp, group = await scim.post("/Groups", {
-        "schemas": [GROUP_URN], "displayName": "Okta Pushed",
-        "members": [{"value": a["id"], "display": "a@okta.example"}, {"value": b["id"], "display": "b@okta.example"}],
-    })
+    resp, group = await scim.post(
+        "/Groups",
+        {
+            "schemas": [GROUP_URN],
+            "displayName": "Okta Pushed",
+            "members": [{"value": a["id"], "display": "a@okta.example"}, {"value": b["id"], "display": "b@okta.example"}],
+        },
+    )
     assert resp.status == 201, group
     assert {m["value"] for m in group["members"]} == {a["id"], b["id"]}
     gid = group["id"]
@@ -654,15 +765,24 @@ async def test_okta_group_push_sequence(scim: Scim, state: CrmState) -> None:
     resp, got = await scim.get(f"/Groups/{gid}")
     assert {m["value"] for m in got["members"]} == {a["id"], b["id"]}
 
-    resp, data = await scim.patch(f"/Groups/{gid}", [
-        {"op": "replace", "path": "members", "value": [{"value": b["id"], "display": "b"}, {"value": c["id"], "display": "c"}]},
-    ])
+    resp, data = await scim.patch(
+        f"/Groups/{gid}",
+        [
+            {
+                "op": "replace",
+                "path": "members",
+                "value": [{"value": b["id"], "display": "b"}, {"value": c["id"], "display": "c"}],
+            },
+        ],
+    )
     assert resp.status == 200, data
     assert {m["value"] for m in data["members"]} == {b["id"], c["id"]}
     assert state.holders("Okta Pushed") == {"b@okta.example", "c@okta.example"}
     assert person(state, "a@okta.example")["roles"] == []
 
-    resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "add", "path": "members", "value": [{"value": d["id"], "display": "d"}]}])
+    resp, data = await scim.patch(
+        f"/Groups/{gid}", [{"op": "add", "path": "members", "value": [{"value": d["id"], "display": "d"}]}]
+    )
     assert resp.status == 200, data
     assert state.holders("Okta Pushed") == {"b@okta.example", "c@okta.example", "d@okta.example"}
 
@@ -679,10 +799,15 @@ async def test_okta_group_push_sequence(scim: Scim, state: CrmState) -> None:
     assert role_id(state, "Okta Renamed") == rid
     assert state.holders("Okta Renamed") == {"b@okta.example", "d@okta.example"}
 
-    resp, data = await scim.put(f"/Groups/{gid}", {
-        "schemas": [GROUP_URN], "id": gid, "displayName": "Okta Final",
-        "members": [{"value": a["id"], "display": "a"}, {"value": d["id"], "display": "d"}],
-    })
+    resp, data = await scim.put(
+        f"/Groups/{gid}",
+        {
+            "schemas": [GROUP_URN],
+            "id": gid,
+            "displayName": "Okta Final",
+            "members": [{"value": a["id"], "display": "a"}, {"value": d["id"], "display": "d"}],
+        },
+    )
     assert resp.status == 200, data
     assert {m["value"] for m in data["members"]} == {a["id"], d["id"]}
     assert [r["name"] for r in state.roles.values()] == ["Okta Final"]
@@ -700,8 +825,9 @@ async def test_okta_group_push_sequence(scim: Scim, state: CrmState) -> None:
 async def test_okta_group_put_with_empty_members_empties_the_role(scim: Scim, state: CrmState) -> None:
     a = await okta_create(scim, "a@okta.example")
     b = await okta_create(scim, "b@okta.example")
-    resp, group = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Emptied",
-                                              "members": [{"value": a["id"]}, {"value": b["id"]}]})
+    resp, group = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Emptied", "members": [{"value": a["id"]}, {"value": b["id"]}]}
+    )
     assert resp.status == 201, group
     assert state.holders("Emptied") == {"a@okta.example", "b@okta.example"}
     gid = group["id"]
@@ -753,7 +879,9 @@ async def test_token_is_fetched_once_and_reused(scim: Scim, state: CrmState) -> 
     assert len(state.calls) >= 5 and no_401s(state)
 
 
-async def test_client_secret_basic_works_too(aiohttp_client: Any, mapping: Path, data_dir: Path, state: CrmState, tmp_path: Path) -> None:
+async def test_client_secret_basic_works_too(
+    aiohttp_client: Any, mapping: Path, data_dir: Path, state: CrmState, tmp_path: Path
+) -> None:
     """Without `client_auth: body` the connector authenticates with HTTP Basic (RFC 6749's default), which the CRM takes too."""
     text = mapping.read_text()
     assert "    client_auth: body" in text
@@ -846,8 +974,12 @@ async def test_a_create_the_crm_fails_leaves_nothing_and_can_be_retried(scim: Sc
 async def test_creating_a_name_the_crm_already_has_is_a_conflict_not_a_duplicate(scim: Scim, state: CrmState) -> None:
     pid = "p-legacy-0003"
     state.people[pid] = {
-        "id": pid, "created": "2020-01-01T00:00:00Z", "person": {"name": {"first": "Pre", "last": "Existing"}, "title": None},
-        "contact": {"email": None, "phone": None}, "account": {"username": "Taken@Okta.example", "active": True}, "roles": [],
+        "id": pid,
+        "created": "2020-01-01T00:00:00Z",
+        "person": {"name": {"first": "Pre", "last": "Existing"}, "title": None},
+        "contact": {"email": None, "phone": None},
+        "account": {"username": "Taken@Okta.example", "active": True},
+        "roles": [],
     }
     resp, data = await scim.post("/Users", okta_user("taken@okta.example"))
     assert resp.status == 409, data  # the CRM's 409 is `uniqueness`, as in the demo app
@@ -860,15 +992,22 @@ async def test_an_existing_crm_person_is_adopted_on_lookup(scim: Scim, state: Cr
     """Search pushdown: the gateway asks the CRM ?username= and links the account instead of duplicating it."""
     pid = "p-legacy-0001"
     state.people[pid] = {
-        "id": pid, "created": "2020-01-01T00:00:00Z",
+        "id": pid,
+        "created": "2020-01-01T00:00:00Z",
         "person": {"name": {"first": "Lee", "last": "Gacy"}, "title": "Clerk"},
         "contact": {"email": "legacy@contoso.com", "phone": None},
-        "account": {"username": "Legacy@Contoso.com", "active": True}, "roles": [],
+        "account": {"username": "Legacy@Contoso.com", "active": True},
+        "roles": [],
     }
     resp, data = await scim.get("/Users?filter=" + q('userName eq "legacy@contoso.com"'))
     assert resp.status == 200 and data["totalResults"] == 1, data
     user = data["Resources"][0]
-    assert (user["userName"], user["name"]["givenName"], user["title"], user["active"]) == ("Legacy@Contoso.com", "Lee", "Clerk", True)
+    assert (user["userName"], user["name"]["givenName"], user["title"], user["active"]) == (
+        "Legacy@Contoso.com",
+        "Lee",
+        "Clerk",
+        True,
+    )
     assert any(path.startswith(f"{API}/people?") and "username=" in path for _, path, _ in state.calls), state.calls
     resp, patched = await scim.patch(f"/Users/{user['id']}", [{"op": "Replace", "path": "title", "value": "Manager"}])
     assert resp.status == 200, patched
@@ -889,10 +1028,12 @@ async def test_concurrent_groups_all_land_in_one_persons_roles(scim: Scim, state
     assert len(data.get("groups", [])) == 6
     # ...and concurrent removals leave nothing behind.
     _, listed = await scim.get("/Groups?count=100")
-    await asyncio.gather(*(
-        scim.patch(f"/Groups/{g['id']}", [{"op": "Remove", "path": "members", "value": [{"value": user["id"]}]}])
-        for g in listed["Resources"]
-    ))
+    await asyncio.gather(
+        *(
+            scim.patch(f"/Groups/{g['id']}", [{"op": "Remove", "path": "members", "value": [{"value": user["id"]}]}])
+            for g in listed["Resources"]
+        )
+    )
     assert person(state, "popular@okta.example")["roles"] == []
 
 
@@ -901,8 +1042,12 @@ async def test_an_existing_role_is_adopted_with_its_holders(scim: Scim, state: C
     rid, pid = "r-legacy-0001", "p-legacy-0002"
     state.roles[rid] = {"id": rid, "created": "2020-01-01T00:00:00Z", "name": "Old Role"}
     state.people[pid] = {
-        "id": pid, "created": "2020-01-01T00:00:00Z", "person": {"name": {"first": "Hol", "last": "Der"}, "title": None},
-        "contact": {"email": None, "phone": None}, "account": {"username": "holder@okta.example", "active": True}, "roles": [rid],
+        "id": pid,
+        "created": "2020-01-01T00:00:00Z",
+        "person": {"name": {"first": "Hol", "last": "Der"}, "title": None},
+        "contact": {"email": None, "phone": None},
+        "account": {"username": "holder@okta.example", "active": True},
+        "roles": [rid],
     }
     _, found = await scim.get("/Users?filter=" + q('userName eq "holder@okta.example"'))
     assert found["totalResults"] == 1, found
@@ -922,8 +1067,12 @@ async def test_list_all_walks_every_cursor_page(client: TestClient, state: CrmSt
     for i in range(120):
         pid = f"p-bulk-{i:04d}"
         state.people[pid] = {
-            "id": pid, "created": "2020-01-01T00:00:00Z", "person": {"name": {"first": f"F{i}", "last": None}, "title": None},
-            "contact": {"email": None, "phone": None}, "account": {"username": f"bulk{i}", "active": True}, "roles": [],
+            "id": pid,
+            "created": "2020-01-01T00:00:00Z",
+            "person": {"name": {"first": f"F{i}", "last": None}, "title": None},
+            "contact": {"email": None, "phone": None},
+            "account": {"username": f"bulk{i}", "active": True},
+            "roles": [],
         }
     connector = client.server.app[APPS]["crm"].connector
     seen = [(native_id, record) async for native_id, record in connector.list_all("User")]

@@ -105,15 +105,22 @@ async def test_entra_sequence(scim: Scim, state: HrState) -> None:
 
     # 3. GET, and the follow-up lookup, in another case.
     resp, got = await scim.get(f"/Users/{alice['id']}?aadOptscim062020")
-    assert (resp.status, got["userName"], got["emails"][0]["value"]) == (200, "Alice.Smith@Contoso.com", "alice.smith@contoso.com")
+    assert (resp.status, got["userName"], got["emails"][0]["value"]) == (
+        200,
+        "Alice.Smith@Contoso.com",
+        "alice.smith@contoso.com",
+    )
     resp, found = await scim.get("/Users?filter=" + q('userName eq "alice.smith@contoso.com"'))
     assert [r["id"] for r in found["Resources"]] == [alice["id"]]
 
     # 4. Entra's PATCH dialect: "Replace" capitalised, a path-less value with dotted and URN keys.
-    resp, data = await scim.patch(f"/Users/{alice['id']}", [
-        {"op": "Replace", "path": "title", "value": "Lead"},
-        {"op": "Replace", "value": {"name.givenName": "Alicia", f"{ENTERPRISE_URN}:department": "Platform"}},
-    ])
+    resp, data = await scim.patch(
+        f"/Users/{alice['id']}",
+        [
+            {"op": "Replace", "path": "title", "value": "Lead"},
+            {"op": "Replace", "value": {"name.givenName": "Alicia", f"{ENTERPRISE_URN}:department": "Platform"}},
+        ],
+    )
     assert resp.status == 200, data
     row = app_user(state, "alice.smith@contoso.com")
     assert (row["title"], row["first_name"], row["last_name"], row["department"]) == ("Lead", "Alicia", "Smith", "Platform")
@@ -132,14 +139,19 @@ async def test_entra_sequence(scim: Scim, state: HrState) -> None:
     bob = await create(scim, "/Users", entra_user("bob.jones@contoso.com", "Bob", "Jones"))
     resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q('displayName eq "Engineering"'))
     assert (resp.status, data["totalResults"]) == (200, 0)
-    group = await create(scim, "/Groups", {"schemas": [GROUP_URN, MS_GROUP_URN], "externalId": "g-1", "displayName": "Engineering"})
+    group = await create(
+        scim, "/Groups", {"schemas": [GROUP_URN, MS_GROUP_URN], "externalId": "g-1", "displayName": "Engineering"}
+    )
     assert state.group_by_name("Engineering") is not None and state.member_logins("Engineering") == []
     resp, data = await scim.get("/Groups?excludedAttributes=members&filter=" + q('displayName eq "Engineering"'))
     assert [r["id"] for r in data["Resources"]] == [group["id"]] and "members" not in data["Resources"][0]
 
-    resp, data = await scim.patch(f"/Groups/{group['id']}", [
-        {"op": "Add", "path": "members", "value": [{"value": alice["id"]}, {"value": bob["id"]}]},
-    ])
+    resp, data = await scim.patch(
+        f"/Groups/{group['id']}",
+        [
+            {"op": "Add", "path": "members", "value": [{"value": alice["id"]}, {"value": bob["id"]}]},
+        ],
+    )
     assert resp.status == 200, data
     assert {m["value"] for m in data["members"]} == {alice["id"], bob["id"]}
     assert state.member_logins("Engineering") == ["Alice.Smith@Contoso.com", "bob.jones@contoso.com"]
@@ -147,7 +159,9 @@ async def test_entra_sequence(scim: Scim, state: HrState) -> None:
     resp, data = await scim.patch(f"/Groups/{group['id']}", [{"op": "Add", "path": "members", "value": [{"value": bob["id"]}]}])
     assert resp.status == 200, data
     assert state.member_logins("Engineering") == ["Alice.Smith@Contoso.com", "bob.jones@contoso.com"]
-    resp, data = await scim.patch(f"/Groups/{group['id']}", [{"op": "Remove", "path": "members", "value": [{"value": alice["id"]}]}])
+    resp, data = await scim.patch(
+        f"/Groups/{group['id']}", [{"op": "Remove", "path": "members", "value": [{"value": alice["id"]}]}]
+    )
     assert resp.status == 200, data
     assert [m["value"] for m in data["members"]] == [bob["id"]]
     assert state.member_logins("Engineering") == ["bob.jones@contoso.com"]
@@ -190,7 +204,12 @@ async def test_okta_sequence(scim: Scim, state: HrState) -> None:
     assert "password" not in isaac
     row = app_user(state, "isaac@okta.example")
     assert (row["login"], row["first_name"], row["last_name"], row["email"], row["status"]) == (
-        "Isaac@Okta.example", "Isaac", "Brock", "isaac@okta.example", "enabled")
+        "Isaac@Okta.example",
+        "Isaac",
+        "Brock",
+        "isaac@okta.example",
+        "enabled",
+    )
     assert PASSWORD not in repr(state.users)
     resp, got = await scim.get(f"/Users/{isaac['id']}")
     assert (resp.status, got["name"]) == (200, {"givenName": "Isaac", "familyName": "Brock"})
@@ -218,11 +237,20 @@ async def test_okta_sequence(scim: Scim, state: HrState) -> None:
 
     # Group Push: create with members, replace members, add, remove by value filter, rename, PUT, DELETE.
     a, b, c = [await create(scim, "/Users", okta_user(f"{n}@okta.example")) for n in "abc"]
-    group = await create(scim, "/Groups", {"schemas": [GROUP_URN], "displayName": "Okta Pushed",
-                                           "members": [{"value": a["id"], "display": "a"}, {"value": b["id"], "display": "b"}]})
+    group = await create(
+        scim,
+        "/Groups",
+        {
+            "schemas": [GROUP_URN],
+            "displayName": "Okta Pushed",
+            "members": [{"value": a["id"], "display": "a"}, {"value": b["id"], "display": "b"}],
+        },
+    )
     assert state.member_logins("Okta Pushed") == ["a@okta.example", "b@okta.example"]
     gid = group["id"]
-    resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "replace", "path": "members", "value": [{"value": b["id"]}, {"value": c["id"]}]}])
+    resp, data = await scim.patch(
+        f"/Groups/{gid}", [{"op": "replace", "path": "members", "value": [{"value": b["id"]}, {"value": c["id"]}]}]
+    )
     assert resp.status == 200, data
     assert state.member_logins("Okta Pushed") == ["b@okta.example", "c@okta.example"]
     resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "add", "path": "members", "value": [{"value": isaac["id"]}]}])
@@ -236,8 +264,9 @@ async def test_okta_sequence(scim: Scim, state: HrState) -> None:
     resp, data = await scim.patch(f"/Groups/{gid}", [{"op": "replace", "value": {"id": gid, "displayName": "Okta Renamed"}}])
     assert resp.status == 200, data
     assert state.member_logins("Okta Renamed") == ["Isaac@Okta.example", "b@okta.example"]
-    resp, data = await scim.put(f"/Groups/{gid}", {"schemas": [GROUP_URN], "id": gid, "displayName": "Okta Final",
-                                                  "members": [{"value": a["id"]}]})
+    resp, data = await scim.put(
+        f"/Groups/{gid}", {"schemas": [GROUP_URN], "id": gid, "displayName": "Okta Final", "members": [{"value": a["id"]}]}
+    )
     assert resp.status == 200, data
     assert state.member_logins("Okta Final") == ["a@okta.example"]
     assert len(state.groups) == 1
@@ -256,7 +285,9 @@ async def test_the_mappings_env_token_is_accepted_too(client: TestClient, state:
 # ---------------------------------------------------------------- the app's faults
 
 
-async def test_app_500_on_create_is_503_with_retry_after_and_nothing_recorded(scim: Scim, client: TestClient, state: HrState) -> None:
+async def test_app_500_on_create_is_503_with_retry_after_and_nothing_recorded(
+    scim: Scim, client: TestClient, state: HrState
+) -> None:
     state.fault("POST", "/users", status=500, body='{"error": "database is down"}')
     resp, data = await scim.post("/Users", entra_user("down@contoso.com", "Down", "Time"))
     assert resp.status == 503, data

@@ -77,7 +77,9 @@ class Written:
     texts: dict[str, bytes] = field(default_factory=dict)
 
     def add(self, where: str, data: bytes | str) -> None:
-        self.texts[where] = self.texts.get(where, b"") + (data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
+        self.texts[where] = self.texts.get(where, b"") + (
+            data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+        )
 
     def leaks(self) -> list[str]:
         found = []
@@ -87,7 +89,7 @@ class Written:
                 for where, data in self.texts.items():
                     if needle in data:
                         at = data.index(needle)
-                        found.append(f"{name} ({form!r}) in {where}: ...{data[max(0, at - 150): at + 60]!r}...")
+                        found.append(f"{name} ({form!r}) in {where}: ...{data[max(0, at - 150) : at + 60]!r}...")
         return found
 
 
@@ -99,8 +101,15 @@ class Idp:
         self.written = written
         self.n = 0
 
-    async def call(self, method: str, url: str, token: str | None, body: Any = None, raw: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def call(
+        self,
+        method: str,
+        url: str,
+        token: str | None,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         hdrs = {"Content-Type": "application/scim+json", **(headers or {})}
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
@@ -130,9 +139,13 @@ async def fakes() -> AsyncIterator[Fakes]:
     await hr.start_server()
     await crm.start_server()
     env = {
-        "HR_API_URL": str(hr.make_url("/api")), "HR_API_KEY": S["hr api key"], "HR_SCIM_TOKEN": S["hr inbound token"],
-        "CRM_API_URL": str(crm.make_url(CRM_API)), "CRM_TOKEN_URL": str(crm.make_url("/oauth/token")),
-        "CRM_CLIENT_SECRET": S["crm client secret"], "CRM_SCIM_TOKEN": S["crm inbound token"],
+        "HR_API_URL": str(hr.make_url("/api")),
+        "HR_API_KEY": S["hr api key"],
+        "HR_SCIM_TOKEN": S["hr inbound token"],
+        "CRM_API_URL": str(crm.make_url(CRM_API)),
+        "CRM_TOKEN_URL": str(crm.make_url("/oauth/token")),
+        "CRM_CLIENT_SECRET": S["crm client secret"],
+        "CRM_SCIM_TOKEN": S["crm inbound token"],
     }
     try:
         yield Fakes(hr, crm, env)
@@ -151,8 +164,14 @@ async def store_db() -> AsyncIterator[str]:
 async def run_cli(written: Written, env: dict[str, str], cwd: Path, *argv: str) -> tuple[int, str]:
     """One `scim-gateway` command as its own process (the fakes in this process keep answering meanwhile)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", *argv, cwd=cwd, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        *argv,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     written.add(f"stdout of scim-gateway {' '.join(argv)[:150]}", out)
@@ -178,9 +197,14 @@ def scan_dir(written: Written, root: Path) -> None:
 
 
 def user(login: str, password: str | None = None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"schemas": [USER_URN, ENTERPRISE_URN], "userName": login, "active": True,
-                            "name": {"givenName": "Given", "familyName": "Family"}, "emails": [{"type": "work", "value": login, "primary": True}],
-                            ENTERPRISE_URN: {"department": "R&D"}}
+    body: dict[str, Any] = {
+        "schemas": [USER_URN, ENTERPRISE_URN],
+        "userName": login,
+        "active": True,
+        "name": {"givenName": "Given", "familyName": "Family"},
+        "emails": [{"type": "work", "value": login, "primary": True}],
+        ENTERPRISE_URN: {"department": "R&D"},
+    }
     if password is not None:
         body["password"] = password
     return body | extra
@@ -201,37 +225,100 @@ async def drive_app(idp: Idp, base: str, token: str, other_token: str, tag: str)
         ("GET", f"/Users?filter=userName%20eq%20%22{tag}.one@example.com%22", None, 200),
         ("PUT", f"/Users/{uid}", user(f"{tag}.one@example.com", S["password in PUT"], title="Put"), 200),
         ("PATCH", f"/Users/{uid}", patch({"op": "replace", "path": "password", "value": S["password in PATCH"]}), 200),
-        ("PATCH", f"/Users/{uid}", patch({"op": "Replace", "value": {"password": S["password in path-less PATCH"], "title": "T"}}), 200),
-        ("POST", "/Bulk", {"schemas": [BULK_URN], "Operations": [
-            {"method": "POST", "path": "/Users", "bulkId": "b1", "data": user(f"{tag}.bulk@example.com", S["password in Bulk"])},
-            {"method": "PATCH", "path": f"/Users/{uid}", "data": patch({"op": "replace", "path": "password", "value": S["password in Bulk"]})},
-        ]}, 200),
+        (
+            "PATCH",
+            f"/Users/{uid}",
+            patch({"op": "Replace", "value": {"password": S["password in path-less PATCH"], "title": "T"}}),
+            200,
+        ),
+        (
+            "POST",
+            "/Bulk",
+            {
+                "schemas": [BULK_URN],
+                "Operations": [
+                    {
+                        "method": "POST",
+                        "path": "/Users",
+                        "bulkId": "b1",
+                        "data": user(f"{tag}.bulk@example.com", S["password in Bulk"]),
+                    },
+                    {
+                        "method": "PATCH",
+                        "path": f"/Users/{uid}",
+                        "data": patch({"op": "replace", "path": "password", "value": S["password in Bulk"]}),
+                    },
+                ],
+            },
+            200,
+        ),
         # refused bodies carrying a password, in every way we could think of a detail might echo it
         ("POST", "/Users", user(f"{tag}.bad@example.com", [S["password in a refused body"]]), 400),  # type: ignore[arg-type]
         ("POST", "/Users", user(f"{tag}.bad@example.com", {"value": S["password in a refused body"]}), 400),  # type: ignore[arg-type]
         ("POST", "/Users", {"userName": 5, "password": S["password in a refused body"]}, 400),
-        ("PATCH", f"/Users/{uid}", patch({"op": "replace", "path": "password", "value": [S["password in a refused PATCH"]]}), 400),
-        ("PATCH", f"/Users/{uid}", patch({"op": "replace", "path": "password", "value": {"x": S["password in a refused PATCH"]}}), 400),
+        (
+            "PATCH",
+            f"/Users/{uid}",
+            patch({"op": "replace", "path": "password", "value": [S["password in a refused PATCH"]]}),
+            400,
+        ),
+        (
+            "PATCH",
+            f"/Users/{uid}",
+            patch({"op": "replace", "path": "password", "value": {"x": S["password in a refused PATCH"]}}),
+            400,
+        ),
         ("PATCH", f"/Users/{uid}", patch({"op": "explode", "path": "password", "value": S["password in a refused PATCH"]}), 400),
         ("PATCH", f"/Users/{uid}", patch({"op": "replace", "path": "password"}), 400),
         ("PATCH", f"/Users/{uid}", patch({"op": "replace", "value": S["password in a refused PATCH"]}), 400),
-        ("PATCH", f"/Users/{uid}", patch({"op": "replace", "path": 'password[value eq "x"]', "value": S["password in a refused PATCH"]}), 400),
-        ("PATCH", f"/Users/{uid}", patch({"op": "replace", "value": {"password": S["password in a refused PATCH"], "active": "maybe"}}), 400),
-        ("POST", "/Bulk", {"schemas": [BULK_URN], "Operations": [
-            {"method": "POST", "path": "/Users", "bulkId": "x", "data": user(f"{tag}.bulkbad@example.com", [S["password in a refused body"]])},  # type: ignore[arg-type]
-            {"method": "PATCH", "path": f"/Users/{uid}", "data": patch({"op": "replace", "value": S["password in a refused PATCH"]})},
-        ]}, 200),
+        (
+            "PATCH",
+            f"/Users/{uid}",
+            patch({"op": "replace", "path": 'password[value eq "x"]', "value": S["password in a refused PATCH"]}),
+            400,
+        ),
+        (
+            "PATCH",
+            f"/Users/{uid}",
+            patch({"op": "replace", "value": {"password": S["password in a refused PATCH"], "active": "maybe"}}),
+            400,
+        ),
+        (
+            "POST",
+            "/Bulk",
+            {
+                "schemas": [BULK_URN],
+                "Operations": [
+                    {
+                        "method": "POST",
+                        "path": "/Users",
+                        "bulkId": "x",
+                        "data": user(f"{tag}.bulkbad@example.com", [S["password in a refused body"]]),
+                    },  # type: ignore[arg-type]
+                    {
+                        "method": "PATCH",
+                        "path": f"/Users/{uid}",
+                        "data": patch({"op": "replace", "value": S["password in a refused PATCH"]}),
+                    },
+                ],
+            },
+            200,
+        ),
     ):
         status, data = await idp.call(method, base + path, token, body)
         assert status == want, (method, path, data)
     # A body that is not JSON, with a password in it.
-    status, _ = await idp.call("POST", f"{base}/Users", token, raw=f'{{"userName": "x", "password": "{S["password in a refused body"]}"'.encode())
+    status, _ = await idp.call(
+        "POST", f"{base}/Users", token, raw=f'{{"userName": "x", "password": "{S["password in a refused body"]}"'.encode()
+    )
     assert status == 400
     # Bad tokens: missing, wrong, the other app's, a near miss around the real one, the real one as Basic.
     for bad in (None, "wrong-token", other_token, token + "x", "x" + token, token[:-1]):
         status, _ = await idp.call("GET", f"{base}/Users", bad)
         assert status == 401
-    status, _ = await idp.call("GET", f"{base}/Users", None, headers={"Authorization": "Basic " + base64.b64encode(f"idp:{token}".encode()).decode()})
+    status, _ = await idp.call(
+        "GET", f"{base}/Users", None, headers={"Authorization": "Basic " + base64.b64encode(f"idp:{token}".encode()).decode()}
+    )
     assert status == 401
     return uid
 
@@ -246,22 +333,28 @@ async def test_no_secret_is_written_anywhere(fakes: Fakes, store_db: str, tmp_pa
     gateway = LiveGateway(tmp_path / "serve", token="", app="hr", env=env)
     # A second gateway, started alongside: the demo, its token from the environment.
     demo = LiveGateway(tmp_path / "demo", token="", env={"SCIM_GATEWAY_TOKEN": S["env token (SCIM_GATEWAY_TOKEN)"]})
-    await asyncio.gather(asyncio.to_thread(gateway.start, "--config", hr_yaml, "--config", crm_yaml, "--log-level", "debug"),
-                         asyncio.to_thread(demo.start, "--log-level", "debug"))
+    await asyncio.gather(
+        asyncio.to_thread(gateway.start, "--config", hr_yaml, "--config", crm_yaml, "--log-level", "debug"),
+        asyncio.to_thread(demo.start, "--log-level", "debug"),
+    )
     try:
         async with aiohttp.ClientSession() as session:
             idp = Idp(session, written)
             hr, crm = f"{gateway.url}/apps/hr/scim/v2", f"{gateway.url}/apps/crm/scim/v2"
             hr_uid = await drive_app(idp, hr, S["hr inbound token"], S["crm inbound token"], "hr")
             await drive_app(idp, crm, S["crm inbound token"], S["hr inbound token"], "crm")
-            status, group = await idp.call("POST", f"{hr}/Groups", S["hr inbound token"], {"displayName": "Leakers", "members": [{"value": hr_uid}]})
+            status, group = await idp.call(
+                "POST", f"{hr}/Groups", S["hr inbound token"], {"displayName": "Leakers", "members": [{"value": hr_uid}]}
+            )
             assert status == 201, group
 
             # The app's own errors, their bodies echoing the app's secret and a password.
             echo = json.dumps({"error": f"rejected: X-API-Key {S['hr api key']} password {S['password in POST']}"})
             for fault_status, want in ((400, 400), (409, 409), (422, 400), (500, 503), (401, 503)):
                 hr_state.fault("POST", "/users$", status=fault_status, body=echo)
-                status, data = await idp.call("POST", f"{hr}/Users", S["hr inbound token"], user(f"fault{fault_status}@example.com", S["password in POST"]))
+                status, data = await idp.call(
+                    "POST", f"{hr}/Users", S["hr inbound token"], user(f"fault{fault_status}@example.com", S["password in POST"])
+                )
                 assert status == want, (fault_status, data)
 
             # The CRM refusing the client secret (tokens expired, the secret rotated on its side): the token call fails.
@@ -273,13 +366,23 @@ async def test_no_secret_is_written_anywhere(fakes: Fakes, store_db: str, tmp_pa
 
             # The CLI, apps up: check, check --connect, translate (with a mapped password and without), import.
             with_password = tmp_path / "hr_password.yaml"
-            with_password.write_text(Path(hr_yaml).read_text().replace(
-                "      - scim: userName\n        field: login\n",
-                "      - scim: userName\n        field: login\n      - scim: password\n        field: password\n        direction: to_app\n", 1))
+            with_password.write_text(
+                Path(hr_yaml)
+                .read_text()
+                .replace(
+                    "      - scim: userName\n        field: login\n",
+                    "      - scim: userName\n        field: login\n      - scim: password\n        field: password\n        direction: to_app\n",
+                    1,
+                )
+            )
             requests = {
                 "create": user("translate@example.com", S["password in translate"]),
-                "patch": {"method": "PATCH", "path": "/Users/x", "current": user("translate@example.com"),
-                          "body": patch({"op": "replace", "path": "password", "value": S["password in translate"]})},
+                "patch": {
+                    "method": "PATCH",
+                    "path": "/Users/x",
+                    "current": user("translate@example.com"),
+                    "body": patch({"op": "replace", "path": "password", "value": S["password in translate"]}),
+                },
             }
             for name, body in requests.items():
                 (tmp_path / f"{name}.json").write_text(json.dumps(body))
@@ -297,8 +400,11 @@ async def test_no_secret_is_written_anywhere(fakes: Fakes, store_db: str, tmp_pa
 
             # The hr app goes down: requests are 503, and `check --connect` says so.
             await fakes.hr.close()
-            for method, path, body in (("GET", f"/Users/{hr_uid}", None), ("POST", "/Users", user("down@example.com", S["password in POST"])),
-                                       ("PATCH", f"/Users/{hr_uid}", patch({"op": "replace", "path": "password", "value": S["password in PATCH"]}))):
+            for method, path, body in (
+                ("GET", f"/Users/{hr_uid}", None),
+                ("POST", "/Users", user("down@example.com", S["password in POST"])),
+                ("PATCH", f"/Users/{hr_uid}", patch({"op": "replace", "path": "password", "value": S["password in PATCH"]})),
+            ):
                 status, data = await idp.call(method, hr + path, S["hr inbound token"], body)
                 assert status == 503, (method, path, data)
             # Meanwhile: the CLI against the app that is down, and `serve` refusing a store URL with a password on its command line.
@@ -307,8 +413,16 @@ async def test_no_secret_is_written_anywhere(fakes: Fakes, store_db: str, tmp_pa
                 run_cli(written, env, tmp_path, "check", "--connect", hr_yaml, "--data-dir", cli),
                 run_cli(written, env, tmp_path, "import", "hr", "--config", hr_yaml, "--data-dir", cli),
                 run_cli(written, {}, tmp_path, "serve", "--store", store_url, "--data-dir", refused, "--port", "1"),
-                run_cli(written, {"SCIM_GATEWAY_STORE": store_url.replace("postgresql://", "mysql://")}, tmp_path, "serve",
-                        "--data-dir", refused, "--port", "1"),
+                run_cli(
+                    written,
+                    {"SCIM_GATEWAY_STORE": store_url.replace("postgresql://", "mysql://")},
+                    tmp_path,
+                    "serve",
+                    "--data-dir",
+                    refused,
+                    "--port",
+                    "1",
+                ),
             )
             assert code == 1 and code2 == 1, (out, out2)
             assert code3 == 2 and "--store must not carry a password" in out3, out3

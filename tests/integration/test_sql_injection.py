@@ -84,34 +84,69 @@ class AppSpec:
 SPECS = {
     "demo": AppSpec(
         "SELECT login, first_nm, last_nm, display_nm, mail, phone, job_title, dept, emp_code FROM employees",
-        "SELECT team_name FROM teams", "employees", ("employees", "teams", "team_members"),
-        (Column("userName", "login", 200), Column("givenName", "first_nm", 200), Column("familyName", "last_nm", 200),
-         Column("displayName", "display_nm", 200), Column("workEmail", "mail", 200, True), Column("workPhone", "phone", 200),
-         Column("title", "job_title", 200), Column("department", "dept", 200), Column("employeeNumber", "emp_code", 200)),
+        "SELECT team_name FROM teams",
+        "employees",
+        ("employees", "teams", "team_members"),
+        (
+            Column("userName", "login", 200),
+            Column("givenName", "first_nm", 200),
+            Column("familyName", "last_nm", 200),
+            Column("displayName", "display_nm", 200),
+            Column("workEmail", "mail", 200, True),
+            Column("workPhone", "phone", 200),
+            Column("title", "job_title", 200),
+            Column("department", "dept", 200),
+            Column("employeeNumber", "emp_code", 200),
+        ),
     ),
     "legacy_pg": AppSpec(
         """SELECT p.account_name, p.given_name, p.surname, p.full_name, w.email_address, h.email_address, p.job_title, p.department,
                   p.employee_no FROM hr_person p
            LEFT JOIN hr_person_email w ON w.person_id = p.person_id AND w.email_type = 'WORK'
            LEFT JOIN hr_person_email h ON h.person_id = p.person_id AND h.email_type = 'HOME'""",
-        "SELECT unit_name FROM hr_org_unit", "hr_person", ("hr_person", "hr_person_email", "hr_org_unit", "hr_unit_member", "hr_audit"),
-        (Column("userName", "account_name", 64), Column("givenName", "given_name", 80), Column("familyName", "surname", 80),
-         Column("displayName", "full_name", 160), Column("workEmail", "work", 254, True), Column("homeEmail", "home", 254),
-         Column("title", "job_title", 120), Column("department", "department", 120), Column("employeeNumber", "employee_no", 20)),
+        "SELECT unit_name FROM hr_org_unit",
+        "hr_person",
+        ("hr_person", "hr_person_email", "hr_org_unit", "hr_unit_member", "hr_audit"),
+        (
+            Column("userName", "account_name", 64),
+            Column("givenName", "given_name", 80),
+            Column("familyName", "surname", 80),
+            Column("displayName", "full_name", 160),
+            Column("workEmail", "work", 254, True),
+            Column("homeEmail", "home", 254),
+            Column("title", "job_title", 120),
+            Column("department", "department", 120),
+            Column("employeeNumber", "employee_no", 20),
+        ),
     ),
     "legacy_mariadb": AppSpec(
         "SELECT usr_login, usr_fname, usr_lname, usr_display, usr_email, usr_phone, usr_title FROM usr",
-        "SELECT grp_name FROM grp", "usr", ("usr", "grp", "usr_grp"),
-        (Column("userName", "usr_login", 80), Column("givenName", "usr_fname", 60), Column("familyName", "usr_lname", 60),
-         Column("displayName", "usr_display", 120), Column("workEmail", "usr_email", 190, True), Column("workPhone", "usr_phone", 40),
-         Column("title", "usr_title", 100)),
+        "SELECT grp_name FROM grp",
+        "usr",
+        ("usr", "grp", "usr_grp"),
+        (
+            Column("userName", "usr_login", 80),
+            Column("givenName", "usr_fname", 60),
+            Column("familyName", "usr_lname", 60),
+            Column("displayName", "usr_display", 120),
+            Column("workEmail", "usr_email", 190, True),
+            Column("workPhone", "usr_phone", 40),
+            Column("title", "usr_title", 100),
+        ),
     ),
 }
 
 PATHS = {
-    "givenName": "name.givenName", "familyName": "name.familyName", "displayName": "displayName", "title": "title",
-    "workEmail": 'emails[type eq "work"].value', "homeEmail": 'emails[type eq "home"].value', "workPhone": 'phoneNumbers[type eq "work"].value',
-    "department": f"{ENTERPRISE_URN}:department", "employeeNumber": f"{ENTERPRISE_URN}:employeeNumber", "userName": "userName",
+    "givenName": "name.givenName",
+    "familyName": "name.familyName",
+    "displayName": "displayName",
+    "title": "title",
+    "workEmail": 'emails[type eq "work"].value',
+    "homeEmail": 'emails[type eq "home"].value',
+    "workPhone": 'phoneNumbers[type eq "work"].value',
+    "department": f"{ENTERPRISE_URN}:department",
+    "employeeNumber": f"{ENTERPRISE_URN}:employeeNumber",
+    "userName": "userName",
 }
 
 
@@ -184,7 +219,11 @@ class Served:
 
 @pytest.fixture(params=["demo", "legacy_pg", "legacy_mariadb"])
 async def served(
-    request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_overrides: dict[str, Any]
+    request: pytest.FixtureRequest,
+    aiohttp_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store_overrides: dict[str, Any],
 ) -> AsyncIterator[Served]:
     app = str(request.param)
     data_dir = tmp_path / "data"
@@ -201,11 +240,19 @@ async def served(
         monkeypatch.setenv(f"{app.upper()}_SCIM_TOKEN", "the-mapping's-own-token")
         mapping = with_pushdown(ROOT / "mappings" / f"{app}.yaml", tmp_path / f"{app}.yaml")
     try:
-        settings = GatewaySettings(mappings=[mapping], data_dir=data_dir, extra_tokens={app: [SecretStr(TOKEN)]}, **store_overrides)
+        settings = GatewaySettings(
+            mappings=[mapping], data_dir=data_dir, extra_tokens={app: [SecretStr(TOKEN)]}, **store_overrides
+        )
         client = await aiohttp_client(create_app(settings))
         url = store_overrides.get("store_url")
-        yield Served(app, SPECS[app], Scim(client, base=f"/apps/{app}/scim/v2"), dsn,
-                     url.get_secret_value() if url is not None else None, settings.store_file)
+        yield Served(
+            app,
+            SPECS[app],
+            Scim(client, base=f"/apps/{app}/scim/v2"),
+            dsn,
+            url.get_secret_value() if url is not None else None,
+            settings.store_file,
+        )
         await client.close()
     finally:
         if database is not None:
@@ -253,7 +300,9 @@ async def test_payloads_land_verbatim_and_filters_match_only_verbatim(served: Se
     groups: dict[str, str] = {}
     for i, payload in enumerate(PAYLOADS):
         name = f"{payload.format(table=spec.table)}#g{i}"
-        resp, data = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": name, "members": [{"value": next(iter(users))}]})
+        resp, data = await scim.post(
+            "/Groups", {"schemas": [GROUP_URN], "displayName": name, "members": [{"value": next(iter(users))}]}
+        )
         assert resp.status == 201, (name, data)
         groups[data["id"]] = name
     assert await served.group_names() == sorted(groups.values())
@@ -266,9 +315,17 @@ async def test_payloads_land_verbatim_and_filters_match_only_verbatim(served: Se
         assert await listed(scim, "/Users", f"userName eq {json.dumps(name + chr(39) + ' OR 1=1 --')}", search=search) == set()
     for op in ("co", "sw", "ew"):
         for needle in ("%", "_", "\\", "'", "%(", "a%b_c", "\\%", "#1", "?", ":", "$1", "{{", "’"):
-            filters = [(f"userName {op} {json.dumps(needle)}", {v["userName"] for v in users.values() if matches(op, v["userName"], needle)}),
-                       (f"title {op} {json.dumps(needle)}", {v["userName"] for v in users.values() if matches(op, v["title"], needle)}),
-                       (f"displayName {op} {json.dumps(needle)}", {v["userName"] for v in users.values() if matches(op, v["displayName"], needle)})]
+            filters = [
+                (
+                    f"userName {op} {json.dumps(needle)}",
+                    {v["userName"] for v in users.values() if matches(op, v["userName"], needle)},
+                ),
+                (f"title {op} {json.dumps(needle)}", {v["userName"] for v in users.values() if matches(op, v["title"], needle)}),
+                (
+                    f"displayName {op} {json.dumps(needle)}",
+                    {v["userName"] for v in users.values() if matches(op, v["displayName"], needle)},
+                ),
+            ]
             for text, want in filters:
                 assert await listed(scim, "/Users", text, search=op == "co") == want, text
             want_groups = {g for g in groups.values() if matches(op, g, needle)}

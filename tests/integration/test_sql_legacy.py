@@ -155,7 +155,11 @@ async def test_the_database_going_away_is_503_and_loses_nothing_acknowledged(
             for method, path, body in (
                 ("POST", "/Users", entra_user("lost@contoso.com", "Lost", "Never")),
                 ("GET", f"/Users/{kept['id']}", None),
-                ("PATCH", f"/Users/{kept['id']}", {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "X"}]}),
+                (
+                    "PATCH",
+                    f"/Users/{kept['id']}",
+                    {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "X"}]},
+                ),
                 ("DELETE", f"/Users/{kept['id']}", None),
             ):
                 resp, err = await scim.request(method, path, body)

@@ -31,15 +31,37 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tls")
     key, cert = root / "key.pem", root / "cert.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
-         "-out", str(cert), "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True, timeout=30,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return cert, key
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "workers-2"])
-def tls_gateway(request: pytest.FixtureRequest, cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+def tls_gateway(
+    request: pytest.FixtureRequest, cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveGateway]:
     gateway = LiveGateway(tmp_path_factory.mktemp("live-tls"))
     gateway.start("--tls-cert", str(cert[0]), "--tls-key", str(cert[1]), "--workers", str(request.param))
     yield gateway
@@ -59,7 +81,9 @@ async def test_https_with_a_verifying_client_and_https_locations(tls_gateway: Li
     base = https(tls_gateway)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting(cert))) as session:
         for i in range(4):  # several connections: with --workers 2 the kernel spreads them over both processes
-            async with session.post(f"{base}/Users", json=user_body(f"tls{i}-{tls_gateway.port}@example.com"), headers=headers) as resp:
+            async with session.post(
+                f"{base}/Users", json=user_body(f"tls{i}-{tls_gateway.port}@example.com"), headers=headers
+            ) as resp:
                 body = await resp.json(content_type=None)
                 assert resp.status == 201, body
                 assert resp.headers["Location"] == f"{base}/Users/{body['id']}"
@@ -78,8 +102,9 @@ async def test_https_with_a_verifying_client_and_https_locations(tls_gateway: Li
 async def test_plain_http_to_the_tls_port_fails(tls_gateway: LiveGateway) -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientError):
-            async with session.get(f"http://127.0.0.1:{tls_gateway.port}/apps/demo/scim/v2/Users",
-                                   headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            async with session.get(
+                f"http://127.0.0.1:{tls_gateway.port}/apps/demo/scim/v2/Users", headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as resp:
                 await resp.read()
     # Byte for byte: no HTTP answer comes back to a plain-text request.
     reader, writer = await asyncio.open_connection("127.0.0.1", tls_gateway.port)
@@ -112,8 +137,24 @@ def tls_options_fail(*tls: str) -> str:
 def test_half_or_bad_tls_options_are_a_clear_error(tmp_path: Path, cert: tuple[Path, Path]) -> None:
     certificate, key = map(str, cert)
     # Once through the real command: it stops before serving, exit status 2.
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path / "data"), "--port", "1", "--tls-cert", certificate],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            "1",
+            "--tls-cert",
+            certificate,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert run.returncode == 2 and "SCIM base URL" not in run.stdout, (run.stdout, run.stderr)
     assert "--tls-cert and --tls-key go together" in run.stderr
     # The rest on the same function the command calls.
@@ -121,7 +162,9 @@ def test_half_or_bad_tls_options_are_a_clear_error(tmp_path: Path, cert: tuple[P
     assert "No such file or directory" in tls_options_fail("--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", key)
     assert "its own private key" in tls_options_fail("--tls-cert", key, "--tls-key", certificate)
     encrypted = tmp_path / "encrypted.pem"
-    subprocess.run(["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:pw", "-out", str(encrypted)], check=True, timeout=30)
+    subprocess.run(
+        ["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:pw", "-out", str(encrypted)], check=True, timeout=30
+    )
     message = tls_options_fail("--tls-cert", certificate, "--tls-key", str(encrypted))
     assert "the private key is encrypted" in message  # and no passphrase prompt: a service has no terminal
     assert "BEGIN" not in message  # no key material echoed

@@ -42,11 +42,17 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, 
 def test_translate_shows_the_record_and_calls_and_touches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ensure_demo_database(tmp_path)
     request = tmp_path / "req.json"
-    request.write_text(json.dumps({
-        "schemas": [USER_URN], "userName": "Jane", "active": False,
-        "emails": [{"type": "work", "value": "Jane@Example.org"}],
-        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"manager": {"value": "mgr-1"}},
-    }))
+    request.write_text(
+        json.dumps(
+            {
+                "schemas": [USER_URN],
+                "userName": "Jane",
+                "active": False,
+                "emails": [{"type": "work", "value": "Jane@Example.org"}],
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"manager": {"value": "mgr-1"}},
+            }
+        )
+    )
     before = sqlite3.connect(tmp_path / "demo.db")
     status, plan, _ = run_json(capsys, "translate", "demo", str(request), "--data-dir", str(tmp_path))
     assert status == 0
@@ -61,11 +67,19 @@ def test_translate_shows_the_record_and_calls_and_touches_nothing(tmp_path: Path
 def test_translate_applies_patch_dialects_and_refuses_bad_requests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ensure_demo_database(tmp_path)
     request = tmp_path / "patch.json"
-    request.write_text(json.dumps({
-        "method": "PATCH", "path": "/Users/abc",
-        "current": {"schemas": [USER_URN], "userName": "jo", "active": True, "title": "Clerk"},
-        "body": {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "Replace", "path": "active", "value": "False"}]},
-    }))
+    request.write_text(
+        json.dumps(
+            {
+                "method": "PATCH",
+                "path": "/Users/abc",
+                "current": {"schemas": [USER_URN], "userName": "jo", "active": True, "title": "Clerk"},
+                "body": {
+                    "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                    "Operations": [{"op": "Replace", "path": "active", "value": "False"}],
+                },
+            }
+        )
+    )
     status, plan, _ = run_json(capsys, "translate", "demo", str(request), "--data-dir", str(tmp_path))
     assert status == 0 and plan["record"]["status"] == "I" and plan["record"]["job_title"] == "Clerk"
     request.write_text(json.dumps({"method": "POST", "path": "/Users", "body": {"schemas": [USER_URN]}}))
@@ -90,14 +104,18 @@ def test_translate_masks_the_password(tmp_path: Path, capsys: pytest.CaptureFixt
 def seed_employees(data_dir: Path, n: int) -> None:
     ensure_demo_database(data_dir)
     db = sqlite3.connect(data_dir / "demo.db")
-    db.executemany("INSERT INTO employees (login, first_nm, status) VALUES (?, ?, 'A')", [(f"old{i}", f"Old{i}") for i in range(n)])
+    db.executemany(
+        "INSERT INTO employees (login, first_nm, status) VALUES (?, ?, 'A')", [(f"old{i}", f"Old{i}") for i in range(n)]
+    )
     db.execute("INSERT INTO teams (team_name) VALUES ('Veterans')")
     db.executemany("INSERT INTO team_members (team_id, emp_no) SELECT team_id, ? FROM teams", [(1,), (2,)])
     db.commit()
     db.close()
 
 
-async def test_import_links_existing_accounts_once(tmp_path: Path, capsys: pytest.CaptureFixture[str], aiohttp_client: Any) -> None:
+async def test_import_links_existing_accounts_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], aiohttp_client: Any
+) -> None:
     seed_employees(tmp_path, 25)
     assert await asyncio.to_thread(main, ["import", "demo", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -139,7 +157,9 @@ def test_translate_shows_sql_statements_with_bound_parameters(tmp_path: Path, ca
 def test_import_reports_a_name_taken_twice_as_a_conflict_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An app without a unique login can hold two accounts the gateway would give one userName: one is linked, one reported."""
     db = sqlite3.connect(tmp_path / "loose.db")
-    db.executescript("CREATE TABLE users (id INTEGER PRIMARY KEY, login TEXT); INSERT INTO users (login) VALUES ('dup'), ('DUP'), ('solo');")
+    db.executescript(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, login TEXT); INSERT INTO users (login) VALUES ('dup'), ('DUP'), ('solo');"
+    )
     db.close()
     mapping = tmp_path / "loose.yaml"
     mapping.write_text(

@@ -100,7 +100,9 @@ def with_title_transform(tmp_path: Path, expression: str) -> Path:
 
 
 @pytest.mark.parametrize(("expression", "message"), REFUSED_AT_LOAD, ids=[e[:50] for e, _ in REFUSED_AT_LOAD])
-def test_check_refuses_the_expression_at_load(tmp_path: Path, capsys: pytest.CaptureFixture[str], expression: str, message: str) -> None:
+def test_check_refuses_the_expression_at_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], expression: str, message: str
+) -> None:
     path = with_title_transform(tmp_path, expression)
     grows = any(word in message for word in ("large", "bits", "exponent", "items", "fails"))  # run at load: watch its memory
     if grows:
@@ -180,7 +182,10 @@ def test_ordinary_transforms_still_work() -> None:
 
     assert run("value | lower if value else none", value="A@Example.COM") == "a@example.com"
     assert run("value.split(',') | map('trim') | join(';')", value="a, b") == "a;b"
-    assert run("(r.name.givenName[0] ~ r.name.familyName) | ascii | lower", r={"name": {"givenName": "Émile", "familyName": "Zola"}}) == "ezola"
+    assert (
+        run("(r.name.givenName[0] ~ r.name.familyName) | ascii | lower", r={"name": {"givenName": "Émile", "familyName": "Zola"}})
+        == "ezola"
+    )
     assert run("value | replace('-', '') | upper", value="ab-cd") == "ABCD"
     assert run("value.replace('-', '').strip()", value=" ab-cd ") == "abcd"
     assert run("value | lookup('d')", value="sales") == "S01"

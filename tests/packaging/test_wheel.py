@@ -17,7 +17,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode != 0:
         pytest.fail(f"building the wheel failed:\n{proc.stderr[-3000:]}")
@@ -51,5 +53,8 @@ def test_every_package_directory_is_listed_in_pyproject(wheel: zipfile.ZipFile) 
     # pyproject lists packages by hand (plugins/ installs as scim_gateway_plugins): a new one must not be forgotten.
     shipped = {str(Path(n).parent) for n in wheel.namelist() if n.endswith("__init__.py")}
     on_disk = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "gateway").rglob("__init__.py")}
-    on_disk |= {str(p.parent.relative_to(ROOT)).replace("plugins", "scim_gateway_plugins", 1) for p in (ROOT / "plugins").rglob("__init__.py")}
+    on_disk |= {
+        str(p.parent.relative_to(ROOT)).replace("plugins", "scim_gateway_plugins", 1)
+        for p in (ROOT / "plugins").rglob("__init__.py")
+    }
     assert on_disk <= shipped, on_disk - shipped

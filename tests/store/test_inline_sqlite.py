@@ -74,7 +74,9 @@ async def test_the_sql_connector_runs_sqlite_statements_inline(tmp_path: Path) -
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    config = SqlConnectorConfig.model_validate({"type": "sql", "dsn": "sqlite:///app.db", "tables": {"User": {"table": "t", "key": "id"}}})
+    config = SqlConnectorConfig.model_validate(
+        {"type": "sql", "dsn": "sqlite:///app.db", "tables": {"User": {"table": "t", "key": "id"}}}
+    )
     engine = _create_engine(make_url(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), config)
     try:
         async with engine.connect() as conn:

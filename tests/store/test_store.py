@@ -162,11 +162,27 @@ async def test_members_and_delete_cascade(store: Store) -> None:
 
 
 PEOPLE: list[dict[str, Any]] = [
-    {"userName": "alice", "name": {"givenName": "Alice", "familyName": "Smith"}, "active": True, "title": "Engineer",
-     "emails": [{"type": "work", "value": "alice@corp.example", "primary": True}, {"type": "home", "value": "al@home.example"}],
-     "externalId": "EXT-1", ENTERPRISE_USER: {"department": "R&D", "employeeNumber": "100"}},
-    {"userName": "Bob_O'Neil", "name": {"givenName": "Bob"}, "active": False, "title": "100% sales",
-     "emails": [{"type": "work", "value": "bob@corp.example"}], "externalId": "ext-2", ENTERPRISE_USER: {"department": "Sales"}},
+    {
+        "userName": "alice",
+        "name": {"givenName": "Alice", "familyName": "Smith"},
+        "active": True,
+        "title": "Engineer",
+        "emails": [
+            {"type": "work", "value": "alice@corp.example", "primary": True},
+            {"type": "home", "value": "al@home.example"},
+        ],
+        "externalId": "EXT-1",
+        ENTERPRISE_USER: {"department": "R&D", "employeeNumber": "100"},
+    },
+    {
+        "userName": "Bob_O'Neil",
+        "name": {"givenName": "Bob"},
+        "active": False,
+        "title": "100% sales",
+        "emails": [{"type": "work", "value": "bob@corp.example"}],
+        "externalId": "ext-2",
+        ENTERPRISE_USER: {"department": "Sales"},
+    },
     {"userName": "carol", "active": True, "emails": [{"type": "home", "value": "carol@else.example"}], "title": ""},
     {"userName": "dave;drop", "name": {"familyName": "Ünïcode"}, "nickName": "d_v"},
 ]
@@ -201,7 +217,7 @@ FILTERS = [
     '(userName eq "alice" or userName eq "carol") and active eq true',
     'meta.created ge "2026-01-01T00:00:00Z"',
     'meta.created lt "2025-01-01T00:00:00+01:00"',
-    'id pr',
+    "id pr",
 ]
 
 
@@ -303,7 +319,9 @@ async def test_pg_migrations_run_once_when_processes_start_together(two_stores: 
     assert versions == list(range(1, len(MIGRATIONS) + 1))
 
 
-async def test_pg_concurrent_creates_of_one_key_across_pools_yield_exactly_one(two_stores: tuple[PostgresStore, PostgresStore]) -> None:
+async def test_pg_concurrent_creates_of_one_key_across_pools_yield_exactly_one(
+    two_stores: tuple[PostgresStore, PostgresStore],
+) -> None:
     async def attempt(store: PostgresStore, i: int) -> bool:
         try:
             await store.begin_create("app", "User", f"u{i}", "same", {"userName": "same"}, NOW)
@@ -428,7 +446,8 @@ async def test_pg_a_terminated_connection_is_replaced_by_the_pool(pg_url_for_tes
         admin = await asyncpg.connect(pg_url("postgres"))
         try:
             await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", pg_database
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                pg_database,
             )
         finally:
             await admin.close()
@@ -441,5 +460,8 @@ async def test_pg_a_terminated_connection_is_replaced_by_the_pool(pg_url_for_tes
 def test_mask_url_hides_the_password() -> None:
     from gateway.store.postgres import mask_url
 
-    assert mask_url("postgresql://gw:p%40ss@db.example:5433/scim?sslmode=require") == "postgresql://gw:***@db.example:5433/scim?sslmode=require"
+    assert (
+        mask_url("postgresql://gw:p%40ss@db.example:5433/scim?sslmode=require")
+        == "postgresql://gw:***@db.example:5433/scim?sslmode=require"
+    )
     assert mask_url("postgresql://gw@db/scim") == "postgresql://gw@db/scim"

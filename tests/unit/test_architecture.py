@@ -90,7 +90,10 @@ def test_no_module_imports_a_layer_above_its_own(name: str) -> None:
 
 def test_the_store_knows_no_scim() -> None:
     store = {n: p for n, p in GATEWAY.items() if n.startswith("gateway.store")}
-    offenders = {n: sorted(m for m in _gateway_imports(n, p) if m.startswith(("gateway.scim", "gateway.schema", "gateway.mapping"))) for n, p in store.items()}
+    offenders = {
+        n: sorted(m for m in _gateway_imports(n, p) if m.startswith(("gateway.scim", "gateway.schema", "gateway.mapping")))
+        for n, p in store.items()
+    }
     assert {n: found for n, found in offenders.items() if found} == {}
     for name, path in store.items():
         text = path.read_text(encoding="utf-8")
@@ -128,5 +131,7 @@ def test_no_import_cycle() -> None:
 
 
 def test_no_module_is_longer_than_a_reader_can_hold() -> None:
-    long = {name: n for name, path in GATEWAY.items() if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    long = {
+        name: n for name, path in GATEWAY.items() if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
     assert long == {}

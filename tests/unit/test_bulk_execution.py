@@ -70,11 +70,16 @@ async def test_an_operation_waits_for_the_bulk_ids_it_names_and_gets_their_ids()
     executor = Recorder()
     entries: list[BulkEntry | None] = []
     add_member = {"schemas": [PATCH_URN], "Operations": [{"op": "add", "path": "members", "value": [{"value": "bulkId:u"}]}]}
-    response = await run_bulk(executor, bulk(
-        {"method": "PATCH", "path": "/Groups/bulkId:g", "data": add_member},
-        post("g", "/Groups", displayName="team", members=[{"value": "bulkId:u"}]),
-        post("u"),
-    ), max_operations=10, entries=entries)
+    response = await run_bulk(
+        executor,
+        bulk(
+            {"method": "PATCH", "path": "/Groups/bulkId:g", "data": add_member},
+            post("g", "/Groups", displayName="team", members=[{"value": "bulkId:u"}]),
+            post("u"),
+        ),
+        max_operations=10,
+        entries=entries,
+    )
     # The user first (the group names it), then the group, then the PATCH of the group; bulkIds replaced by ids.
     assert executor.calls == [
         ("POST", "/Users", {"userName": "u"}),
@@ -84,7 +89,9 @@ async def test_an_operation_waits_for_the_bulk_ids_it_names_and_gets_their_ids()
     # The answer and the audit entries keep the request's order.
     assert [(o.get("bulkId"), o["status"]) for o in response["Operations"]] == [(None, "200"), ("g", "201"), ("u", "201")]
     assert [(e.method, e.resource_type, e.resource_id, e.status) for e in entries if e] == [
-        ("PATCH", "Group", "id2", 200), ("POST", "Group", "id2", 201), ("POST", "User", "id1", 201),
+        ("PATCH", "Group", "id2", 200),
+        ("POST", "Group", "id2", 201),
+        ("POST", "User", "id1", 201),
     ]
 
 
@@ -95,7 +102,12 @@ async def test_independent_creates_go_to_the_executor_as_one_batch() -> None:
     entries: list[BulkEntry | None] = []
     response = await run_bulk(executor, bulk(*operations), max_operations=len(operations), entries=entries)
     # Runs of POSTs to one path split by the DELETE and by the batch size; each answered as one by one.
-    assert executor.calls == [("POST*", "/Users", 3), ("DELETE", "/Users/old", None), ("POST*", "/Users", BATCH_SIZE), ("POST", "/Users", {"userName": f"u{BATCH_SIZE + 3}"})]
+    assert executor.calls == [
+        ("POST*", "/Users", 3),
+        ("DELETE", "/Users/old", None),
+        ("POST*", "/Users", BATCH_SIZE),
+        ("POST", "/Users", {"userName": f"u{BATCH_SIZE + 3}"}),
+    ]
     assert [o["status"] for o in response["Operations"]].count("201") == BATCH_SIZE + 4
     assert all(e is not None and e.status in (201, 204) for e in entries)
 
@@ -103,23 +115,43 @@ async def test_independent_creates_go_to_the_executor_as_one_batch() -> None:
 async def test_a_failed_operation_fails_what_depends_on_it_and_fail_on_errors_stops_the_rest() -> None:
     executor = Recorder(fail={"/Users": uniqueness("userName 'dup' is already taken")})
     entries: list[BulkEntry | None] = []
-    response = await run_bulk(executor, bulk(
-        post("dup"),
-        {"method": "PATCH", "path": "/Users/bulkId:dup", "data": {"schemas": [PATCH_URN], "Operations": []}},
-        {"method": "DELETE", "path": "/Users/x"},
-        {"method": "DELETE", "path": "/Users/y"},
-        fail_on_errors=2,
-    ), max_operations=10, entries=entries)
-    assert [(o["status"], o.get("response", {}).get("scimType")) for o in response["Operations"]] == [("409", "uniqueness"), ("409", "invalidValue")]
+    response = await run_bulk(
+        executor,
+        bulk(
+            post("dup"),
+            {"method": "PATCH", "path": "/Users/bulkId:dup", "data": {"schemas": [PATCH_URN], "Operations": []}},
+            {"method": "DELETE", "path": "/Users/x"},
+            {"method": "DELETE", "path": "/Users/y"},
+            fail_on_errors=2,
+        ),
+        max_operations=10,
+        entries=entries,
+    )
+    assert [(o["status"], o.get("response", {}).get("scimType")) for o in response["Operations"]] == [
+        ("409", "uniqueness"),
+        ("409", "invalidValue"),
+    ]
     assert [c[:2] for c in executor.calls] == [("POST", "/Users")]  # the PATCH never ran, nor anything after the second error
-    assert [(e.resource_id, e.status, e.scim_type) if e else None for e in entries] == [(None, 409, "uniqueness"), ("bulkId:dup", 409, "invalidValue"), None, None]
+    assert [(e.resource_id, e.status, e.scim_type) if e else None for e in entries] == [
+        (None, 409, "uniqueness"),
+        ("bulkId:dup", 409, "invalidValue"),
+        None,
+        None,
+    ]
 
 
 async def test_operations_that_refer_in_a_circle_are_refused_without_running() -> None:
     executor = Recorder()
-    response = await run_bulk(executor, bulk(
-        post("a", displayName="bulkId:b"), post("b", displayName="bulkId:a"), post("c"),
-    ), max_operations=10, entries=[])
+    response = await run_bulk(
+        executor,
+        bulk(
+            post("a", displayName="bulkId:b"),
+            post("b", displayName="bulkId:a"),
+            post("c"),
+        ),
+        max_operations=10,
+        entries=[],
+    )
     assert executor.calls == [("POST", "/Users", {"userName": "c"})]
     assert [(o["bulkId"], o["status"]) for o in response["Operations"]] == [("a", "409"), ("b", "409"), ("c", "201")]
     assert "unresolved bulkId reference" in response["Operations"][0]["response"]["detail"]
@@ -129,17 +161,29 @@ async def test_when_the_request_fails_as_a_whole_the_entries_say_what_ran() -> N
     executor = Recorder(crash_on="/Users/boom")
     entries: list[BulkEntry | None] = []
     with pytest.raises(RuntimeError):
-        await run_bulk(executor, bulk(post("u1"), {"method": "DELETE", "path": "/Users/boom"}, post("u2")), max_operations=10, entries=entries)
-    assert [(e.method, e.resource_id, e.status) if e else None for e in entries] == [("POST", "id1", 201), ("DELETE", "boom", None), None]
+        await run_bulk(
+            executor,
+            bulk(post("u1"), {"method": "DELETE", "path": "/Users/boom"}, post("u2")),
+            max_operations=10,
+            entries=entries,
+        )
+    assert [(e.method, e.resource_id, e.status) if e else None for e in entries] == [
+        ("POST", "id1", 201),
+        ("DELETE", "boom", None),
+        None,
+    ]
 
 
-@pytest.mark.parametrize(("body", "status", "scim_type"), [
-    ({"schemas": ["wrong"], "Operations": []}, 400, "invalidSyntax"),
-    ({"schemas": [BULK]}, 400, "invalidSyntax"),
-    (bulk(*[post(f"u{i}") for i in range(3)]), 413, None),
-    (bulk(post("x"), post("x")), 400, "invalidValue"),
-    (bulk(post("x"), fail_on_errors=0), 400, "invalidValue"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "scim_type"),
+    [
+        ({"schemas": ["wrong"], "Operations": []}, 400, "invalidSyntax"),
+        ({"schemas": [BULK]}, 400, "invalidSyntax"),
+        (bulk(*[post(f"u{i}") for i in range(3)]), 413, None),
+        (bulk(post("x"), post("x")), 400, "invalidValue"),
+        (bulk(post("x"), fail_on_errors=0), 400, "invalidValue"),
+    ],
+)
 async def test_a_bad_bulk_request_is_refused_as_a_whole(body: dict[str, Any], status: int, scim_type: str | None) -> None:
     executor = Recorder()
     entries: list[BulkEntry | None] = []
@@ -172,26 +216,63 @@ async def service(tmp_path: Path) -> AsyncIterator[ScimService]:
 
 async def test_a_bulk_request_provisions_users_and_a_group_into_the_app(service: ScimService, tmp_path: Path) -> None:
     entries: list[BulkEntry | None] = []
-    reply = await service.bulk("https://gw/apps/demo/scim/v2", bulk(
-        {"method": "POST", "path": "/Users", "bulkId": "ann", "data": user_body("ann@example.com", title="Lead")},
-        {"method": "POST", "path": "/Users", "bulkId": "bob", "data": user_body("bob@example.com")},
-        {"method": "POST", "path": "/Users", "bulkId": "dup", "data": user_body("ANN@example.com")},
-        {"method": "POST", "path": "/Users", "bulkId": "bad", "data": {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"]}},
-        {"method": "POST", "path": "/Groups", "bulkId": "team", "data": {"schemas": [GROUP_URN], "displayName": "Team",
-                                                                        "members": [{"value": "bulkId:ann"}, {"value": "bulkId:bob"}]}},
-        {"method": "PATCH", "path": "/Users/bulkId:bob", "data": {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Dev"}]}},
-    ), entries)
+    reply = await service.bulk(
+        "https://gw/apps/demo/scim/v2",
+        bulk(
+            {"method": "POST", "path": "/Users", "bulkId": "ann", "data": user_body("ann@example.com", title="Lead")},
+            {"method": "POST", "path": "/Users", "bulkId": "bob", "data": user_body("bob@example.com")},
+            {"method": "POST", "path": "/Users", "bulkId": "dup", "data": user_body("ANN@example.com")},
+            {
+                "method": "POST",
+                "path": "/Users",
+                "bulkId": "bad",
+                "data": {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"]},
+            },
+            {
+                "method": "POST",
+                "path": "/Groups",
+                "bulkId": "team",
+                "data": {
+                    "schemas": [GROUP_URN],
+                    "displayName": "Team",
+                    "members": [{"value": "bulkId:ann"}, {"value": "bulkId:bob"}],
+                },
+            },
+            {
+                "method": "PATCH",
+                "path": "/Users/bulkId:bob",
+                "data": {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Dev"}]},
+            },
+        ),
+        entries,
+    )
     answers = reply.body["Operations"]
     assert [(o["bulkId"] if "bulkId" in o else None, o["status"]) for o in answers] == [
-        ("ann", "201"), ("bob", "201"), ("dup", "409"), ("bad", "400"), ("team", "201"), (None, "200"),
+        ("ann", "201"),
+        ("bob", "201"),
+        ("dup", "409"),
+        ("bad", "400"),
+        ("team", "201"),
+        (None, "200"),
     ]
     assert answers[2]["response"]["scimType"] == "uniqueness" and "userName" in answers[3]["response"]["detail"]
     assert all(o["location"].startswith("https://gw/apps/demo/scim/v2/") for o in answers if o["status"] in ("200", "201"))
     with sqlite3.connect(tmp_path / "demo.db") as db:
         people = dict(db.execute("SELECT login, job_title FROM employees"))
-        members = sorted(login for (login,) in db.execute(
-            "SELECT e.login FROM team_members m JOIN employees e USING (emp_no) JOIN teams t USING (team_id) WHERE t.team_name = 'Team'"))
+        members = sorted(
+            login
+            for (login,) in db.execute(
+                "SELECT e.login FROM team_members m JOIN employees e USING (emp_no) JOIN teams t USING (team_id) WHERE t.team_name = 'Team'"
+            )
+        )
     assert people == {"ann@example.com": "Lead", "bob@example.com": "Dev"}  # nothing of the refused two
     assert members == ["ann@example.com", "bob@example.com"]
     assert await service.provisioner.store.pending("demo") == []
-    assert [(e.resource_type, e.status) for e in entries if e] == [("User", 201), ("User", 201), ("User", 409), ("User", 400), ("Group", 201), ("User", 200)]
+    assert [(e.resource_type, e.status) for e in entries if e] == [
+        ("User", 201),
+        ("User", 201),
+        ("User", 409),
+        ("User", 400),
+        ("Group", 201),
+        ("User", 200),
+    ]

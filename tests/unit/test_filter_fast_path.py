@@ -25,7 +25,9 @@ def grammar(text: str) -> object:
 
 @settings(max_examples=300, derandomize=True, deadline=None)
 @given(NAME, st.none() | NAME, OP, TEXT, SPACE, SPACE)
-def test_simple_comparisons_parse_as_the_grammar_does(attr: str, sub: str | None, op: str, value: str, lead: str, trail: str) -> None:
+def test_simple_comparisons_parse_as_the_grammar_does(
+    attr: str, sub: str | None, op: str, value: str, lead: str, trail: str
+) -> None:
     text = f'{lead}{attr}{"." + sub if sub else ""} {op} "{value}"{trail}'
     expected = grammar(text)
     scim_filter.parse_filter_syntax.cache_clear()
@@ -39,7 +41,12 @@ def test_simple_comparisons_parse_as_the_grammar_does(attr: str, sub: str | None
 
 @pytest.mark.parametrize(
     "text",
-    ['userName eq "bjensen@example.com"', 'displayName eq "Sales – EMEA (Zürich)"', 'name.familyName sw "O\'Brien"', "externalId Eq \"a b\""],
+    [
+        'userName eq "bjensen@example.com"',
+        'displayName eq "Sales – EMEA (Zürich)"',
+        'name.familyName sw "O\'Brien"',
+        'externalId Eq "a b"',
+    ],
 )
 def test_the_lookups_idps_send_take_the_fast_path(text: str) -> None:
     assert scim_filter._SIMPLE_COMPARISON.fullmatch(text) is not None
@@ -56,7 +63,7 @@ def test_the_lookups_idps_send_take_the_fast_path(text: str) -> None:
         "active eq true",
         'urn:ietf:params:scim:schemas:core:2.0:User:userName eq "x"',
         'not (userName eq "x")',
-        'userName pr',
+        "userName pr",
     ],
 )
 def test_everything_else_goes_to_the_grammar(text: str) -> None:

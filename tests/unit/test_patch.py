@@ -122,9 +122,7 @@ def test_entra_patch_add_to_matched_value_path_sets_the_sub_attribute() -> None:
 
 
 def test_entra_patch_unmatched_value_path_with_and_filter_creates_entry() -> None:
-    result = patched(
-        BASE_USER, {"op": "Add", "path": 'phoneNumbers[type eq "work" and primary eq true].value', "value": "123"}
-    )
+    result = patched(BASE_USER, {"op": "Add", "path": 'phoneNumbers[type eq "work" and primary eq true].value', "value": "123"})
     assert result["phoneNumbers"] == [{"type": "work", "primary": True, "value": "123"}]
 
 
@@ -397,9 +395,7 @@ ADD, REPLACE, REMOVE = "add", "replace", "remove"
         pytest.param([{"op": REMOVE, "path": "emails"}], {"emails": DELETE}, id="remove-all-of-multi-valued"),
         pytest.param([{"op": REMOVE, "path": "nickName"}], {}, id="remove-absent-attribute-is-a-no-op"),
         pytest.param([{"op": REMOVE, "path": "externalId"}], {"externalId": DELETE}, id="remove-external-id"),
-        pytest.param(
-            [{"op": REPLACE, "path": "displayName", "value": None}], {"displayName": DELETE}, id="replace-null-removes"
-        ),
+        pytest.param([{"op": REPLACE, "path": "displayName", "value": None}], {"displayName": DELETE}, id="replace-null-removes"),
         pytest.param(
             [{"op": REPLACE, "value": {"displayName": None, "title": "Guide"}}],
             {"displayName": DELETE, "title": "Guide"},
@@ -447,9 +443,7 @@ def test_remove_bare_extension_urn_drops_extension_and_schema() -> None:
 
 
 def test_remove_all_members() -> None:
-    assert patched(BASE_GROUP, {"op": "remove", "path": "members"}, rtype=GROUP) == changed(
-        BASE_GROUP, {"members": DELETE}
-    )
+    assert patched(BASE_GROUP, {"op": "remove", "path": "members"}, rtype=GROUP) == changed(BASE_GROUP, {"members": DELETE})
 
 
 def test_id_and_meta_are_kept_untouched() -> None:
@@ -488,15 +482,24 @@ def test_operations_key_and_schema_urn_in_other_case() -> None:
         ),
         pytest.param({"schemas": [PATCH_OP]}, "invalidSyntax", "Operations", id="no-operations"),
         pytest.param({"schemas": [PATCH_OP], "Operations": []}, "invalidSyntax", "Operations", id="empty-operations"),
-        pytest.param({"schemas": [PATCH_OP], "Operations": {"op": "add"}}, "invalidSyntax", "Operations", id="operations-not-list"),
+        pytest.param(
+            {"schemas": [PATCH_OP], "Operations": {"op": "add"}}, "invalidSyntax", "Operations", id="operations-not-list"
+        ),
         pytest.param(body("add"), "invalidSyntax", "JSON object", id="operation-not-object"),
         pytest.param(body({"op": "move", "path": "title", "value": "x"}), "invalidSyntax", "'move'", id="unknown-op"),
         pytest.param(body({"path": "title", "value": "x"}), "invalidSyntax", "None", id="missing-op"),
         pytest.param(body({"op": "add", "path": "title"}), "invalidSyntax", "title", id="add-without-value"),
         pytest.param(body({"op": "remove"}), "noTarget", "remove needs a path", id="remove-without-path"),
         pytest.param(body({"op": "Remove", "path": ""}), "noTarget", "remove needs a path", id="remove-empty-path"),
-        pytest.param(body({"op": "add", "path": "favouriteColour", "value": "x"}), "invalidPath", "favouriteColour", id="unknown-attribute"),
-        pytest.param(body({"op": "replace", "path": "name.nickname", "value": "x"}), "invalidPath", "name.nickname", id="unknown-sub-attribute"),
+        pytest.param(
+            body({"op": "add", "path": "favouriteColour", "value": "x"}), "invalidPath", "favouriteColour", id="unknown-attribute"
+        ),
+        pytest.param(
+            body({"op": "replace", "path": "name.nickname", "value": "x"}),
+            "invalidPath",
+            "name.nickname",
+            id="unknown-sub-attribute",
+        ),
         pytest.param(
             body({"op": "add", "path": 'emails[type eq "work"].label', "value": "x"}),
             "invalidPath",
@@ -511,24 +514,57 @@ def test_operations_key_and_schema_urn_in_other_case() -> None:
         ),
         pytest.param(body({"op": "replace", "path": "id", "value": "x"}), "mutability", "id", id="id-read-only"),
         pytest.param(body({"op": "remove", "path": "meta"}), "mutability", "meta", id="meta-read-only"),
-        pytest.param(body({"op": "replace", "path": "meta.lastModified", "value": "2024-01-01T00:00:00Z"}), "mutability", "meta.lastModified", id="meta-sub-read-only"),
-        pytest.param(body({"op": "add", "path": "groups", "value": [{"value": "g"}]}), "mutability", "groups", id="groups-read-only"),
+        pytest.param(
+            body({"op": "replace", "path": "meta.lastModified", "value": "2024-01-01T00:00:00Z"}),
+            "mutability",
+            "meta.lastModified",
+            id="meta-sub-read-only",
+        ),
+        pytest.param(
+            body({"op": "add", "path": "groups", "value": [{"value": "g"}]}), "mutability", "groups", id="groups-read-only"
+        ),
         pytest.param(
             body({"op": "replace", "path": f"{ENTERPRISE_USER}:manager.displayName", "value": "x"}),
             "mutability",
             "manager.displayName",
             id="read-only-sub-attribute",
         ),
-        pytest.param(body({"op": "add", "path": 'name[givenName eq "x"].familyName', "value": "y"}), "invalidPath", "name", id="filter-on-single-valued-complex"),
-        pytest.param(body({"op": "remove", "path": 'userName[value eq "x"]'}), "invalidPath", "userName", id="filter-on-simple-attribute"),
-        pytest.param(body({"op": "remove", "path": 'emails[label eq "x"]'}), "invalidPath", "label", id="filter-on-unknown-sub-attribute"),
-        pytest.param(body({"op": "remove", "path": 'emails[type eq "work"'}), "invalidPath", 'emails[type eq "work"', id="malformed-path"),
+        pytest.param(
+            body({"op": "add", "path": 'name[givenName eq "x"].familyName', "value": "y"}),
+            "invalidPath",
+            "name",
+            id="filter-on-single-valued-complex",
+        ),
+        pytest.param(
+            body({"op": "remove", "path": 'userName[value eq "x"]'}), "invalidPath", "userName", id="filter-on-simple-attribute"
+        ),
+        pytest.param(
+            body({"op": "remove", "path": 'emails[label eq "x"]'}), "invalidPath", "label", id="filter-on-unknown-sub-attribute"
+        ),
+        pytest.param(
+            body({"op": "remove", "path": 'emails[type eq "work"'}), "invalidPath", 'emails[type eq "work"', id="malformed-path"
+        ),
         pytest.param(body({"op": "remove", "path": "display name"}), "invalidPath", "display name", id="malformed-path-space"),
         pytest.param(body({"op": "add", "path": 42, "value": "x"}), "invalidPath", "42", id="path-not-string"),
         pytest.param(body({"op": "remove", "path": CORE_USER}), "invalidPath", "core schema", id="remove-core-schema"),
-        pytest.param(body({"op": "replace", "path": "active", "value": "maybe"}), "invalidValue", "active: expected a boolean, got 'maybe'", id="bad-boolean"),
-        pytest.param(body({"op": "replace", "path": "name.givenName", "value": 5}), "invalidValue", "name.givenName: expected a string", id="bad-sub-value"),
-        pytest.param(body({"op": "replace", "path": "name", "value": "Barbara"}), "invalidValue", "name: expected an object", id="bad-complex-value"),
+        pytest.param(
+            body({"op": "replace", "path": "active", "value": "maybe"}),
+            "invalidValue",
+            "active: expected a boolean, got 'maybe'",
+            id="bad-boolean",
+        ),
+        pytest.param(
+            body({"op": "replace", "path": "name.givenName", "value": 5}),
+            "invalidValue",
+            "name.givenName: expected a string",
+            id="bad-sub-value",
+        ),
+        pytest.param(
+            body({"op": "replace", "path": "name", "value": "Barbara"}),
+            "invalidValue",
+            "name: expected an object",
+            id="bad-complex-value",
+        ),
         pytest.param(
             body({"op": "add", "path": 'emails[type eq "work"].primary', "value": "yes"}),
             "invalidValue",
@@ -537,7 +573,9 @@ def test_operations_key_and_schema_urn_in_other_case() -> None:
         ),
         pytest.param(body({"op": "replace", "value": {"active": "nope"}}), "invalidValue", "active", id="bad-pathless-value"),
         pytest.param(body({"op": "replace", "value": "active"}), "invalidValue", "object value", id="pathless-value-not-object"),
-        pytest.param(body({"op": "replace", "value": {ENTERPRISE_USER: "Sales"}}), "invalidValue", ENTERPRISE_USER, id="urn-key-not-object"),
+        pytest.param(
+            body({"op": "replace", "value": {ENTERPRISE_USER: "Sales"}}), "invalidValue", ENTERPRISE_USER, id="urn-key-not-object"
+        ),
         pytest.param(
             body({"op": "add", "path": "emails", "value": [{"value": "a", "primary": True}, {"value": "b", "primary": True}]}),
             "invalidValue",
@@ -545,8 +583,12 @@ def test_operations_key_and_schema_urn_in_other_case() -> None:
             id="two-primaries-in-one-value",
         ),
         pytest.param(body({"op": "remove", "path": "userName"}), "invalidValue", "userName is required", id="remove-required"),
-        pytest.param(body({"op": "replace", "path": "userName", "value": None}), "invalidValue", "userName is required", id="null-required"),
-        pytest.param(body({"op": "replace", "value": {"userName": ""}}), "invalidValue", "userName is required", id="empty-required"),
+        pytest.param(
+            body({"op": "replace", "path": "userName", "value": None}), "invalidValue", "userName is required", id="null-required"
+        ),
+        pytest.param(
+            body({"op": "replace", "value": {"userName": ""}}), "invalidValue", "userName is required", id="empty-required"
+        ),
         pytest.param(
             body({"op": "add", "path": 'emails[value co "zzz"].type', "value": "work"}),
             "noTarget",

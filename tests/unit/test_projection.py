@@ -114,7 +114,10 @@ def test_attributes(attributes: str, expected: dict[str, Any]) -> None:
         ("name.givenName,name.familyName", without(STORED_USER, "password", "name")),
         (
             "emails.primary",
-            {**without(STORED_USER, "password"), "emails": [{"value": "b@work", "type": "work"}, {"value": "b@home", "type": "home"}]},
+            {
+                **without(STORED_USER, "password"),
+                "emails": [{"value": "b@work", "type": "work"}, {"value": "b@home", "type": "home"}],
+            },
         ),
         (
             f"{ENTERPRISE_USER}:department",

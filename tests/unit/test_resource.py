@@ -97,7 +97,10 @@ def test_input_is_not_mutated(body: dict[str, Any]) -> None:
     [
         # names in any case become canonical
         ({"USERNAME": "a", "Name": {"GIVENNAME": "G"}}, {"userName": "a", "name": {"givenName": "G"}}),
-        ({"userName": "a", "emails": [{"VALUE": "x@y", "Type": "work"}]}, {"userName": "a", "emails": [{"value": "x@y", "type": "work"}]}),
+        (
+            {"userName": "a", "emails": [{"VALUE": "x@y", "Type": "work"}]},
+            {"userName": "a", "emails": [{"value": "x@y", "type": "work"}]},
+        ),
         # unknown attributes, sub-attributes and schema URNs are tolerated and dropped
         ({"userName": "a", "favouriteColour": "blue"}, {"userName": "a"}),
         ({"userName": "a", "name": {"givenName": "G", "nickname": "x"}}, {"userName": "a", "name": {"givenName": "G"}}),
@@ -174,7 +177,11 @@ def test_normalize_resource(body: dict[str, Any], expected: dict[str, Any]) -> N
             "emails: at most one element may have primary true",
         ),
         ({"userName": "a", ENTERPRISE_USER: "Sales"}, "invalidValue", f"{ENTERPRISE_USER}: expected an object"),
-        ({"userName": "a", ENTERPRISE_USER: {"department": 5}}, "invalidValue", f"{ENTERPRISE_USER}:department: expected a string"),
+        (
+            {"userName": "a", ENTERPRISE_USER: {"department": 5}},
+            "invalidValue",
+            f"{ENTERPRISE_USER}:department: expected a string",
+        ),
         ({"userName": "a", f"{ENTERPRISE_USER}:manager": 5}, "invalidValue", f"{ENTERPRISE_USER}:manager: expected an object"),
     ],
 )
@@ -204,6 +211,7 @@ def test_enterprise_attributes_unknown_without_the_extension() -> None:
 
 
 # ---------------------------------------------------------------- typed attributes via a custom schema
+
 
 def _typed_resource_type() -> Any:
     from gateway.schema import Attribute, ResourceType, Schema

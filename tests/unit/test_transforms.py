@@ -41,13 +41,18 @@ def test_dates_parse_and_format() -> None:
 def test_ascii_split_join_and_computed_names() -> None:
     assert run("value | ascii", value="Zoë Ñandú") == "Zoe Nandu"
     assert run("value.split(',')", value="a,b") == ["a", "b"]
-    assert run("(r.name.givenName[0] ~ r.name.familyName) | ascii | lower", r={"name": {"givenName": "Émile", "familyName": "Zola"}}) == "ezola"
+    assert (
+        run("(r.name.givenName[0] ~ r.name.familyName) | ascii | lower", r={"name": {"givenName": "Émile", "familyName": "Zola"}})
+        == "ezola"
+    )
 
 
 def test_load_time_refusals() -> None:
     assert problems("value.__class__") == ["private attribute '__class__' is not allowed"]
     assert problems("value['_secret']") == ["private attribute '_secret' is not allowed"]
-    assert problems("value }}{% include 'x' %}{{ value") == ["only one expression is allowed (no {% %} statements, no text around it)"]
+    assert problems("value }}{% include 'x' %}{{ value") == [
+        "only one expression is allowed (no {% %} statements, no text around it)"
+    ]
     assert problems("value | lookup(name)") == ["lookup needs the table's name as a quoted string: value | lookup('departments')"]
     assert "did you mean departments?" in problems("value | lookup('department')")[0]
 

@@ -133,7 +133,11 @@ async def test_a_value_missing_from_a_lookup_is_a_clear_400_and_changes_nothing(
 async def test_the_custom_schema_is_discoverable(acme: Scim) -> None:
     _, schema = await acme.get(f"/Schemas/{ACME_URN}")
     assert schema["name"] == "AcmeUser"
-    assert {a["name"]: a["type"] for a in schema["attributes"]} == {"costCenter": "string", "hireDate": "dateTime", "badges": "string"}
+    assert {a["name"]: a["type"] for a in schema["attributes"]} == {
+        "costCenter": "string",
+        "hireDate": "dateTime",
+        "badges": "string",
+    }
     _, rtype = await acme.get("/ResourceTypes/User")
     assert {"schema": ACME_URN, "required": False} in rtype["schemaExtensions"]
 
@@ -142,7 +146,9 @@ async def test_custom_extension_attributes_filter_and_patch(acme: Scim, data_dir
     _, user = await acme.post("/Users", zoe())
     _, found = await acme.get("/Users?filter=" + q(f'{ACME_URN}:costCenter eq "CC-7"'))
     assert [u["id"] for u in found["Resources"]] == [user["id"]]
-    resp, patched = await acme.patch(f"/Users/{user['id']}", [{"op": "replace", "path": f"{ACME_URN}:costCenter", "value": "CC-9"}])
+    resp, patched = await acme.patch(
+        f"/Users/{user['id']}", [{"op": "replace", "path": f"{ACME_URN}:costCenter", "value": "CC-9"}]
+    )
     assert resp.status == 200 and patched[ACME_URN]["costCenter"] == "CC-9"
     assert rows(data_dir, "acme.db", "SELECT cost_center FROM staff")[0][0] == "CC-9"
 
@@ -169,10 +175,17 @@ async def test_group_field_membership_is_the_id_list_on_the_group_row(acme: Scim
     resp, group = await acme.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Crew", "members": [{"value": ids[0]}]})
     assert resp.status == 201, group
     assert rows(data_dir, "acme.db", "SELECT member_ids FROM crews")[0][0] == str(natives[0])
-    resp, _ = await acme.request("PATCH", f"/Groups/{group['id']}", {"schemas": [PATCH_URN], "Operations": [
-        {"op": "add", "path": "members", "value": [{"value": ids[1]}, {"value": ids[2]}]},
-        {"op": "remove", "path": f'members[value eq "{ids[0]}"]'},
-    ]})
+    resp, _ = await acme.request(
+        "PATCH",
+        f"/Groups/{group['id']}",
+        {
+            "schemas": [PATCH_URN],
+            "Operations": [
+                {"op": "add", "path": "members", "value": [{"value": ids[1]}, {"value": ids[2]}]},
+                {"op": "remove", "path": f'members[value eq "{ids[0]}"]'},
+            ],
+        },
+    )
     assert resp.status == 200
     assert rows(data_dir, "acme.db", "SELECT member_ids FROM crews")[0][0] == f"{natives[1]},{natives[2]}"
     _, got = await acme.get(f"/Groups/{group['id']}")
@@ -184,7 +197,9 @@ async def test_user_field_membership_is_the_group_list_on_each_user_row(crews: S
     _, bob = await crews.post("/Users", {"schemas": [USER_URN], "userName": "bob"})
     resp, red = await crews.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Red", "members": [{"value": ann["id"]}]})
     assert resp.status == 201, red
-    _, blue = await crews.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Blue", "members": [{"value": ann["id"]}, {"value": bob["id"]}]})
+    _, blue = await crews.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Blue", "members": [{"value": ann["id"]}, {"value": bob["id"]}]}
+    )
     teams = {r["name"]: str(r["id"]) for r in rows(data_dir, "crews.db", "SELECT id, name FROM teams")}
     people = {r["login"]: r["team_ids"] for r in rows(data_dir, "crews.db", "SELECT login, team_ids FROM people")}
     assert people == {"ann": f"{teams['Red']},{teams['Blue']}", "bob": teams["Blue"]}
@@ -206,13 +221,14 @@ async def test_cached_reads_answer_from_the_gateway_copy(crews: Scim, data_dir: 
     assert rows(data_dir, "crews.db", "SELECT title FROM people")[0][0] == "Lead"
 
 
-
 async def test_deactivate_by_delete_removes_the_app_record_and_reactivation_recreates_it(lease: Scim, data_dir: Path) -> None:
     def accounts() -> dict[str, tuple[int, str | None]]:
         return {r["login"]: (r["id"], r["title"]) for r in rows(data_dir, "lease.db", "SELECT * FROM accounts")}
 
     def squad_logins() -> list[str]:
-        return [r[0] for r in rows(data_dir, "lease.db", "SELECT a.login FROM squad_members m JOIN accounts a ON a.id = m.account_id")]
+        return [
+            r[0] for r in rows(data_dir, "lease.db", "SELECT a.login FROM squad_members m JOIN accounts a ON a.id = m.account_id")
+        ]
 
     _, ann = await lease.post("/Users", {"schemas": [USER_URN], "userName": "ann", "title": "Clerk", "active": True})
     _, squad = await lease.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Night", "members": [{"value": ann["id"]}]})
@@ -265,7 +281,8 @@ async def test_a_deactivation_by_delete_cut_short_is_finished_by_recovery(
     await connector.delete("User", row.native_id)  # the crash comes here: the app's record is gone, nothing settled
     await client.close()
     settings = GatewaySettings(
-        mappings=[HERE / "acme.yaml", HERE / "crews.yaml", HERE / "lease.yaml"], data_dir=data_dir,
+        mappings=[HERE / "acme.yaml", HERE / "crews.yaml", HERE / "lease.yaml"],
+        data_dir=data_dir,
         extra_tokens={"lease": [SecretStr(TOKEN)]},
     )
     again = Scim(await aiohttp_client(create_app(settings)), base="/apps/lease/scim/v2")
