@@ -39,7 +39,8 @@ def load_json(raw: bytes) -> Any:
 
 
 def scim_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=dump_json(body), status=status, content_type=SCIM_CONTENT_TYPE, charset="utf-8", headers=headers)
+    # No charset parameter: the SCIM media type defines none (JSON is UTF-8), and clients compare the exact string.
+    return web.Response(body=dump_json(body), status=status, content_type=SCIM_CONTENT_TYPE, headers=headers)
 
 
 def error_response(error: ScimError) -> web.Response:

@@ -579,6 +579,21 @@ async def test_content_type_on_every_response(scim: Scim, client: TestClient) ->
     assert resp.headers["WWW-Authenticate"].lower().startswith("bearer")
 
 
+async def test_content_type_is_exactly_the_scim_media_type(scim: Scim, client: TestClient) -> None:
+    """The header as sent, not as parsed: some clients' test collections compare the exact string, and the
+    SCIM media type (RFC 7644 §8.1) defines no parameters, so no `; charset=utf-8`."""
+    resp, user = await scim.post("/Users", user_body("exact-ct@example.com"))
+    answers = [resp, (await scim.get(f"/Users/{user['id']}"))[0], (await scim.get("/Users?filter=" + q("bogus")))[0]]
+    answers += [await client.get(f"{BASE}/Users"), await client.get("/nowhere")]
+    assert [(r.status, r.headers["Content-Type"]) for r in answers] == [
+        (201, SCIM_TYPE),
+        (200, SCIM_TYPE),
+        (400, SCIM_TYPE),
+        (401, SCIM_TYPE),
+        (404, SCIM_TYPE),
+    ]
+
+
 async def test_unknown_paths_are_scim_404(scim: Scim, client: TestClient) -> None:
     resp, data = await scim.get("/Nope")
     assert_error(resp, data, 404, mentions="Nope")
