@@ -73,16 +73,20 @@ class Document:
         return Problem(self.file, self.mark(path, at_key=at_key), path, message)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (a silent override hides mistakes)."""
+# libyaml's parser where PyYAML has it (the same nodes and marks, several times faster); a file it refuses is
+# parsed again by the pure-Python one, whose messages are the ones documented.
+_FAST_COMPOSER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _build(node: yaml.Node, path: Loc, marks: dict[Loc, Mark], key_marks: dict[Loc, Mark], problems: list[str]) -> Any:
+def _build(
+    node: yaml.Node, path: Loc, marks: dict[Loc, Mark], key_marks: dict[Loc, Mark], problems: list[str], loader: yaml.SafeLoader
+) -> Any:
+    """Plain data from the node tree, recording each value's and key's mark; duplicate and non-string keys are problems."""
     marks[path] = Mark(node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _Loader.construct_scalar(_Loader(""), key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            key = loader.construct_scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 problems.append(f"{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}: keys must be strings")
                 continue
@@ -90,18 +94,20 @@ def _build(node: yaml.Node, path: Loc, marks: dict[Loc, Mark], key_marks: dict[L
                 problems.append(f"{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}: duplicate key {key!r}")
                 continue
             key_marks[(*path, key)] = Mark(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _build(value_node, (*path, key), marks, key_marks, problems)
+            out[key] = _build(value_node, (*path, key), marks, key_marks, problems, loader)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), marks, key_marks, problems) for i, item in enumerate(node.value)]
-    loader = _Loader("")
+        return [_build(item, (*path, i), marks, key_marks, problems, loader) for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
 def parse_yaml(text: str, file: str) -> Document:
     """Parse YAML text into plain data plus line marks; raises MappingFileError on syntax errors."""
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        try:
+            root = yaml.compose(text, Loader=_FAST_COMPOSER)
+        except yaml.YAMLError:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)  # raises, with the pure-Python parser's message
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         problem = Problem(
@@ -116,7 +122,7 @@ def parse_yaml(text: str, file: str) -> Document:
         raise MappingFileError([Problem(file, Mark(1, 1), (), "the file is empty")])
     syntax: list[str] = []
     key_marks: dict[Loc, Mark] = {}
-    data = _build(root, (), marks, key_marks, syntax)
+    data = _build(root, (), marks, key_marks, syntax, yaml.SafeLoader(""))
     if syntax:
         problems = []
         for text_problem in syntax:
