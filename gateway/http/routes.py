@@ -27,9 +27,18 @@ def word(name: str, var: str = "_w") -> str:
     return f"{{{var}:(?i:{name})}}"
 
 
+# The fixed endpoints: no resource endpoint has their names, so resource routes, tried first, leave them alone.
+FIXED = r"(?i:ServiceProviderConfig|ResourceTypes|Schemas|Bulk|Me|\.search)"
+ENDPOINT = f"{{endpoint:(?!{FIXED}(?:/|$))[^/]+}}"
+ID = r"{id:(?!\.search(?:/|$))[^/]+}"
+
+
 def setup_routes(app: web.Application) -> None:
     router = app.router
-    router.add_route("*", under_base(), views.base_url)
+    # Most requests first: the router tries routes in order.
+    router.add_view(under_base(ENDPOINT, ID), views.ResourceView)
+    router.add_view(under_base(ENDPOINT), views.ResourcesView)
+    router.add_view(under_base(ENDPOINT, ".search"), views.ResourceSearchView)
     router.add_view(under_base(word("ServiceProviderConfig")), views.ServiceProviderConfigView)
     router.add_view(under_base(word("ResourceTypes")), views.ResourceTypesView)
     router.add_view(under_base(word("ResourceTypes"), "{name}"), views.ResourceTypesView)
@@ -38,9 +47,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_view(under_base(word("Bulk")), views.BulkView)
     router.add_view(under_base(word(r"\.search")), views.SearchAllView)
     router.add_route("*", under_base(word("Me")) + "{tail:(/.*)?}", views.me)
-    router.add_view(under_base("{endpoint}"), views.ResourcesView)
-    router.add_view(under_base("{endpoint}", ".search"), views.ResourceSearchView)
-    router.add_view(under_base("{endpoint}", "{id}"), views.ResourceView)
+    router.add_route("*", under_base(), views.base_url)
     router.add_route("*", BASE + "/{tail:.*}", views.no_endpoint)
     # Anything else is the router's 404, answered as a SCIM error by the error middleware.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..schema import Resolved
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Probe:
     """`attribute op "value"`: one question the app might answer."""
 
@@ -22,14 +22,14 @@ class Probe:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Both:
     """Every match satisfies all of `parts` (an `and`; the parts that are no probe left out)."""
 
     parts: tuple[Lookup, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Either:
     """Every match satisfies one of `options` (an `or` whose every term is a lookup)."""
 

@@ -196,6 +196,8 @@ class ResourceType:
     schema: Schema
     extensions: tuple[tuple[Schema, bool], ...] = ()
     description: str = ""
+    # resolve()'s answers: every request resolves the same few paths again and again.
+    _resolved: dict[tuple[str, str | None, str | None], Resolved | None] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def schema_ids(self) -> tuple[str, ...]:
@@ -214,6 +216,17 @@ class ResourceType:
 
     def resolve(self, attr: str, sub: str | None = None, uri: str | None = None) -> Resolved | None:
         """Resolve `[uri:]attr[.sub]`; None when the resource type has no such attribute."""
+        key = (attr, sub, uri)
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
+        found = self._resolve(attr, sub, uri)
+        if len(self._resolved) < 10_000:  # bounded: names a client invents are not kept for ever
+            self._resolved[key] = found
+        return found
+
+    def _resolve(self, attr: str, sub: str | None, uri: str | None) -> Resolved | None:
         urn: str | None = None
         if uri is None:
             found = _COMMON.get(attr.lower()) or self.schema.attr(attr)

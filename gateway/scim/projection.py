@@ -54,6 +54,8 @@ class Projection:
 
     @classmethod
     def parse(cls, rtype: ResourceType, attributes: str | None, excluded: str | None) -> Projection:
+        if not attributes and not excluded:
+            return _DEFAULT  # the usual request: nothing to parse
         return cls(parse_attribute_list(attributes, rtype), parse_attribute_list(excluded, rtype))
 
     @property
@@ -65,6 +67,9 @@ class Projection:
 
     def apply(self, resource: dict[str, Any], rtype: ResourceType) -> dict[str, Any]:
         return project(resource, rtype, self.attributes, self.excluded)
+
+
+_DEFAULT = Projection()
 
 
 def project(

@@ -1,5 +1,7 @@
 """A query over an app's stored resources, in the store's own terms: which rows, in which order, which page.
 
+Plain values, built once per request and not changed after (not frozen: they are built on every list request).
+
 The protocol layer compiles a SCIM filter and sortBy into this once (gateway/scim/search.py); the store renders
 it as SQL for its dialect (sqlquery.py). Nothing here is SCIM: a condition names row columns, keys of the
 stored attributes (JSON), elements of a stored list, and membership rows. Values arrive ready to compare
@@ -16,7 +18,7 @@ Operator = Literal["eq", "ne", "gt", "ge", "lt", "le", "co", "sw", "ew"]
 Value = str | int | float | bool | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Column:
     """A column of the resource row (text)."""
 
@@ -24,7 +26,7 @@ class Column:
     kind: Kind = "text"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Field:
     """A value among the stored attributes, by its key path (`("name", "givenName")`)."""
 
@@ -32,7 +34,7 @@ class Field:
     kind: Kind = "text"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Element:
     """Inside `AnyElement`: the list element itself (`keys` empty) or a key of it."""
 
@@ -40,7 +42,7 @@ class Element:
     kind: Kind = "text"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Link:
     """Inside `Related`: the other end of a membership row (its id) or the member's type."""
 
@@ -51,7 +53,7 @@ class Link:
 Operand = Column | Field | Element | Link
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Compare:
     """`operand op value`; a missing operand (or one of another kind) compares false. `value` None: is (not) null."""
 
@@ -61,7 +63,7 @@ class Compare:
     fold: bool = False  # compare lower-cased (the value is given lower-cased)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Present:
     """The operand has a value; with `nonempty`, a text that is not empty."""
 
@@ -69,7 +71,7 @@ class Present:
     nonempty: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AnyElement:
     """Some element of the stored list at `keys` satisfies `where` (over `Element` operands)."""
 
@@ -77,7 +79,7 @@ class AnyElement:
     where: Condition
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Related:
     """Some membership row of the resource satisfies `where` (over `Link` operands).
 
@@ -88,17 +90,17 @@ class Related:
     where: Condition
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class All:
     terms: tuple[Condition, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AnyOf:
     terms: tuple[Condition, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Not:
     term: Condition
 
@@ -106,7 +108,7 @@ class Not:
 Condition = Compare | Present | AnyElement | Related | All | AnyOf | Not
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FirstElement:
     """For sorting: `key` of the list at `keys`, from its element marked primary, else its first."""
 
@@ -115,7 +117,7 @@ class FirstElement:
     kind: Kind = "text"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sort:
     """Order by `operand` (resources without it last ascending, first descending), then creation order."""
 
@@ -124,7 +126,7 @@ class Sort:
     fold: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Query:
     """Rows of one app and type: those matching `where`, ordered by `sort` (else creation), one page of them."""
 
