@@ -107,14 +107,6 @@ class CompiledResource:
     pushdown: list[CompiledRule] = field(default_factory=list)
     computed: list[ComputedField] = field(default_factory=list)
 
-    @property
-    def match_field(self) -> str:
-        return self.match_rule.field
-
-    def rule_for(self, resolved: Resolved) -> CompiledRule | None:
-        """The plain (no value filter) rule mapping this attribute, if any."""
-        return next((r for r in self.rules if r.resolved == resolved and r.selector is None), None)
-
 
 @dataclass(slots=True)
 class CompiledMapping:

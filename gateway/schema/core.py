@@ -54,10 +54,6 @@ class Attribute:
     def sub(self, name: str) -> Attribute | None:
         return self._index.get(name.lower())
 
-    @property
-    def writable(self) -> bool:
-        return self.mutability in ("readWrite", "writeOnly", "immutable")
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Attribute:
         return cls(
