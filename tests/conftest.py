@@ -216,3 +216,26 @@ def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGatew
     gateway.start()
     yield gateway
     gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An OpenLDAP server for the whole run (of this xdist worker); tests take subtrees of their own (`Slapd.subtree`)."""
+    from tests.directories import Slapd
+
+    server = Slapd(tmp_path_factory.mktemp("slapd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An Active Directory domain (Samba) for the whole run of this xdist worker: provisioned once, a few seconds."""
+    from tests.directories import SambaDc, dc_address
+
+    dc = SambaDc(tmp_path_factory.mktemp("samba"), dc_address())
+    dc.provision()
+    dc.start()
+    yield dc
+    dc.stop()
