@@ -258,7 +258,7 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
     def _constant_problems(self, expr: nodes.Expr) -> list[str]:
         """Run, once at load, each largest part that uses no variable: what fails there fails for every value."""
         if not isinstance(expr, nodes.Name) and not any(True for _ in expr.find_all(nodes.Name)):
-            if isinstance(expr, nodes.Const):
+            if isinstance(expr, nodes.Const | nodes.Slice):  # a slice (`[:20]`) is no expression on its own
                 return []
             template = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)], lineno=1)
             template.set_environment(self)

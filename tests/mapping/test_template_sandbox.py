@@ -171,6 +171,17 @@ def test_what_passes_load_is_bounded_at_run_time(expression: str, variables: dic
     assert peak < 64 * 2**20, f"built {peak} bytes before refusing"
 
 
+@pytest.mark.parametrize(
+    "expression",
+    ["value.split('@')[0][:20]", "value[1:]", "value[::2] ~ 'x'", "(value or '')[:3] | upper"],
+)
+def test_check_accepts_slices(tmp_path: Path, capsys: pytest.CaptureFixture[str], expression: str) -> None:
+    """A slice is no expression on its own: the load-time run of constant parts must not try it alone."""
+    status = main(["check", str(with_title_transform(tmp_path, expression))])
+    out = capsys.readouterr().out
+    assert status == 0, out
+
+
 def test_ordinary_transforms_still_work() -> None:
     from gateway.mapping.compile import Transform
     from gateway.mapping.transforms import create_environment
@@ -192,6 +203,7 @@ def test_ordinary_transforms_still_work() -> None:
     assert run("(value | parse_date).isoformat()", value="2024-01-02T03:04:05Z") == "2024-01-02T03:04:05+00:00"
     assert run("record.get('x', 'none') ~ (n * 2) ~ (n ** 3) ~ (n % 5)", record={}, n=7) == "none14343" + "2"
     assert run("value * 3", value="ab") == "ababab"
+    assert run("value.split('@')[0][:5]", value="alexander@example.com") == "alexa"
     assert run("value | map(attribute='value') | join(',')", value=[{"value": "a"}, {"value": "b"}]) == "a,b"
 
 
