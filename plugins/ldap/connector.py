@@ -310,7 +310,11 @@ class LdapConnector(Connector):
     async def update(self, kind: str, native_id: NativeId, changes: Record) -> None:
         r = self.resource(kind)
         changes = dict(changes)
+        renamed = await self._renamed_names(kind, native_id, changes)
+        old_dn = await self._dn(kind, native_id)
         dn = await self._move(kind, native_id, r, changes)
+        if dn_key(dn) != dn_key(old_dn):
+            await self._follow(kind, "dn", old_dn, dn)
         modifications: dict[str, list[tuple[str, list[Any]]]] = {
             attribute: [(ldap3.MODIFY_REPLACE, values)] for attribute, values in (await self._values(kind, changes)).items()
         }
@@ -327,6 +331,57 @@ class LdapConnector(Connector):
             f"updating {kind} {dn}",
             lambda entry_dn: self.ldap.write(f"updating {kind} {entry_dn}", lambda conn: conn.modify(entry_dn, modifications)),
         )
+        for attribute, (old_name, new_name) in renamed.items():
+            await self._follow(kind, attribute, old_name, new_name)
+
+    async def _renamed_names(self, kind: str, native_id: NativeId, changes: Record) -> dict[str, tuple[str, str]]:
+        """The names groups list this entry by (posixGroup's memberUid) that the changes give a new value: old, new."""
+        if self.ad:
+            return {}
+        wanted: dict[str, str] = {}
+        for g in self.config.resources.values():
+            m = g.members
+            if m is None or m.values != "name" or m.member_kind != kind:
+                continue
+            new = next((v for k, v in changes.items() if k.lower() == m.name_attribute.lower()), None)
+            new = new[0] if isinstance(new, list) and new else new
+            if new not in (None, "", []):
+                wanted[m.name_attribute] = str(new)
+        if not wanted:
+            return {}
+        entry = await self._find_entry(kind, native_id, sorted(wanted))
+        if entry is None:
+            return {}
+        olds = {a: entry.get(a)[0].decode("utf-8") for a in wanted if entry.get(a)}
+        return {a: (olds[a], new) for a, new in wanted.items() if a in olds and olds[a] != new}
+
+    async def _follow(self, kind: str, by: str, old: str, new: str) -> None:
+        """An entry renamed or moved: the groups listing it, and the entries referring to it, name it anew.
+
+        Active Directory keeps its linked attributes (member, manager) right itself; OpenLDAP does only with the
+        refint overlay, and where that overlay did it first the search below finds nothing left to change.
+        `by` is "dn" (member DN lists, DN references) or the name attribute posixGroups list members by.
+        """
+        if self.ad:
+            return
+        holders: list[tuple[str, LdapResourceConfig, str]] = []
+        for other_kind, o in self.config.resources.items():
+            m = o.members
+            if m is not None and m.member_kind == kind and ((m.values == "dn") if by == "dn" else m.name_attribute == by):
+                holders.append((other_kind, o, m.attribute))
+            if by == "dn":
+                holders += [(other_kind, o, a) for a, target in o.references.items() if target == kind]
+        for other_kind, o, attribute in holders:
+            search = self._kind_filter(o, f"({attribute}={filter_value(old)})")
+            for holder in await self.ldap.search(o.base, search, ["1.1"], what="finding the entries that name a renamed one"):
+                what = f"renaming a value of {attribute} in {other_kind} {holder.dn}"
+                for operation, value, tolerated in ((ldap3.MODIFY_ADD, new, _PRESENT), (ldap3.MODIFY_DELETE, old, _ABSENT)):
+                    change = {attribute: [(operation, [value])]}
+                    try:
+                        await self.ldap.write(what, lambda conn, h=holder.dn, c=change: conn.modify(h, c))
+                    except LdapFailure as failure:
+                        if failure.code not in tolerated:
+                            raise app_error(what, failure) from None
 
     async def _move(self, kind: str, native_id: NativeId, r: LdapResourceConfig, changes: Record) -> str:
         """A change of the naming attribute renames the entry (modrdn), a change of the placement field moves it."""
