@@ -378,7 +378,7 @@ class LdapConnector(Connector):
                 for operation, value, tolerated in ((ldap3.MODIFY_ADD, new, _PRESENT), (ldap3.MODIFY_DELETE, old, _ABSENT)):
                     change = {attribute: [(operation, [value])]}
                     try:
-                        await self.ldap.write(what, lambda conn, h=holder.dn, c=change: conn.modify(h, c))
+                        await self.ldap.write(what, _modify(holder.dn, change))
                     except LdapFailure as failure:
                         if failure.code not in tolerated:
                             raise app_error(what, failure) from None
@@ -729,6 +729,11 @@ class LdapConnector(Connector):
                 }
             ]
         return super().plan(op, kind, native_id, record, members)
+
+
+def _modify(dn: str, change: dict[str, Any]) -> Any:
+    """A client call modifying one entry (bound now, not by a loop's later values)."""
+    return lambda conn: conn.modify(dn, change)
 
 
 class _DnCache:
