@@ -140,6 +140,7 @@ class LdapClient:
             status, result, _r, _q = conn.bind()
         except lx.LDAPException as exc:
             _drop(conn)
+            _close_socket(conn)  # ldap3 2.9.1 leaves the socket of a refused connect open
             raise AppUnavailable(f"cannot reach the directory at {self.where}: {_reason(exc)}", retry_after=RETRY_AFTER) from None
         if not status:
             _drop(conn)
@@ -270,6 +271,15 @@ class LdapClient:
             return conn.server.schema
         finally:
             _drop(conn)
+
+
+def _close_socket(conn: ldap3.Connection) -> None:
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 def _drop(conn: ldap3.Connection | None) -> None:
