@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 # legacy_pg is left out on purpose: its hr_person.employee_no is VARCHAR(20), and scim2-tester's random values
 # are longer, so its writes are refused (400 invalidValue, as they should be) in a varying set of checks.
-@pytest.fixture(scope="module", params=["demo", "demo-pg-store", "hr", "crm", "legacy_mariadb"])
+@pytest.fixture(scope="module", params=["demo", "demo-pg-store", "hr", "crm", "legacy_mariadb", "openldap"])
 def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """A gateway process for one app: the demo (SQLite store, or PostgreSQL store), or a REST example app before its fake."""
     name = request.param
@@ -63,6 +64,9 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         return
     if name.startswith("legacy_"):
         yield from _legacy_gateway(name, root)
+        return
+    if name == "openldap":
+        yield from _openldap_gateway(request.getfixturevalue("slapd"), root)
         return
     fake, port = _start_fake(name, root / "fake.log")
     api = f"http://127.0.0.1:{port}"
@@ -116,3 +120,20 @@ def _legacy_gateway(name: str, root: Path) -> Iterator[LiveGateway]:
             gateway.stop()
     finally:
         asyncio.run(drop_pg_database(database) if pg else drop_mariadb_database(database))
+
+
+def _openldap_gateway(slapd: Any, root: Path) -> Iterator[LiveGateway]:
+    """The shipped mappings/openldap.yaml on a subtree of its own of the test run's slapd, behind a gateway process."""
+    from tests.directories import ADMIN_PASSWORD
+    from tests.integration.test_ldap_openldap import shipped_mapping
+
+    top = slapd.subtree("people", "groups")
+    slapd.add("\n".join(f"dn: ou={ou},ou=people,{top}\nobjectClass: organizationalUnit\nou: {ou}\n" for ou in ("rnd", "sales")))
+    env = {"OPENLDAP_URL": slapd.url, "OPENLDAP_BIND_PASSWORD": ADMIN_PASSWORD, "OPENLDAP_SCIM_TOKEN": TOKEN}
+    gateway = LiveGateway(root, token="", app="openldap", env=env)
+    gateway.token = TOKEN
+    try:
+        gateway.start("--config", str(shipped_mapping(top, root)))
+        yield gateway
+    finally:
+        gateway.stop()
