@@ -322,15 +322,16 @@ class LdapConnector(Connector):
         if self.ad and ad.enabled_field and changes.get(ad.enabled_field) is not None:
             flags = await self._flags(kind, native_id)
             modifications[UAC] = [(ldap3.MODIFY_REPLACE, [str(with_enabled(flags, bool(changes[ad.enabled_field])))])]
-        if not modifications:
-            return
-        # Deleting a value the entry does not have is harmless: REPLACE with no values clears, present or not.
-        await self._on_entry(
-            kind,
-            native_id,
-            f"updating {kind} {dn}",
-            lambda entry_dn: self.ldap.write(f"updating {kind} {entry_dn}", lambda conn: conn.modify(entry_dn, modifications)),
-        )
+        if modifications:
+            # Deleting a value the entry does not have is harmless: REPLACE with no values clears, present or not.
+            await self._on_entry(
+                kind,
+                native_id,
+                f"updating {kind} {dn}",
+                lambda entry_dn: self.ldap.write(
+                    f"updating {kind} {entry_dn}", lambda conn: conn.modify(entry_dn, modifications)
+                ),
+            )
         for attribute, (old_name, new_name) in renamed.items():
             await self._follow(kind, attribute, old_name, new_name)
 
