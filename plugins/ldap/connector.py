@@ -662,6 +662,9 @@ class LdapConnector(Connector):
         r = self.config.resources.get(kind)
         if schema is None or r is None:
             return None
+        known = {name.lower() for name in schema.object_classes}
+        if any(oc.lower() not in known for oc in r.object_classes):
+            return None  # reported as an unknown object class; its fields cannot be judged
         names: set[str] = set()
         pending = list(r.object_classes)
         seen: set[str] = set()

@@ -142,13 +142,23 @@ async def test_check_connect_reads_the_directory_schema(
     bad.write_text(
         directory.mapping.read_text()
         .replace("object_classes: [inetOrgPerson]", "object_classes: [inetOrgPersn]")
-        .replace("field: telephoneNumber", "field: telephonNumber")
         .replace(f"base: ou=groups,{directory.top}", f"base: ou=grups,{directory.top}")
     )
-    assert await asyncio.to_thread(main, ["check", "--connect", str(bad)]) == 1
-    out = capsys.readouterr().out
-    assert "the directory has no object class 'inetOrgPersn' (did you mean inetOrgPerson?)" in out, out
-    assert f"the directory has no entry ou=grups,{directory.top}" in out, out
+    field = tmp_path / "field.yaml"
+    field.write_text(directory.mapping.read_text().replace("field: telephoneNumber", "field: telephonNumber"))
+    assert await asyncio.to_thread(main, ["check", "--connect", str(bad), str(field)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [
+        f"{bad}:{line_of(bad, 'inetOrgPersn')}:24: connector.resources.User.object_classes[0]: "
+        "the directory has no object class 'inetOrgPersn' (did you mean inetOrgPerson?)",
+        f"{bad}:{line_of(bad, 'ou=grups')}:13: connector.resources.Group.base: the directory has no entry ou=grups,{directory.top}",
+        f"{field}:{line_of(field, 'telephonNumber')}:16: resources.User.attributes[6].field: "
+        "the app's User records have no field 'telephonNumber' (did you mean telephoneNumber?)",
+    ]  # fmt: skip
+
+
+def line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
 def test_translate_shows_the_ldap_operations(directory: Directory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -177,3 +187,26 @@ def test_import_links_the_directory_entries(directory: Directory, tmp_path: Path
     out = capsys.readouterr().out
     assert status == 0, out
     assert "User: 7 in the app, 7 linked now" in out and "Group: 1 in the app, 1 linked now" in out, out
+
+
+def test_translate_masks_the_active_directory_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """translate needs no directory: the AD mapping's add, with the DN escaped and the password masked."""
+    monkeypatch.setenv("AD_URL", f"ldaps://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AD_BIND_PASSWORD", "bind-secret-1")
+    request = tmp_path / "req.json"
+    body = user_body("zed@example.com", displayName="Zed, Jr.", password="Hunter2-very-secret")
+    request.write_text(json.dumps(body))
+    mapping = Path(openldap.ROOT) / "mappings" / "active_directory.yaml"
+    status = main(["translate", "active_directory", str(request), "--config", str(mapping), "--data-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert "Hunter2-very-secret" not in out.out + out.err and "bind-secret-1" not in out.out + out.err
+    [add] = json.loads(out.out)["calls"]
+    assert add["dn"] == "cn=Zed\\, Jr.,OU=Users,OU=SCIM,DC=example,DC=com"
+    assert (add["attributes"]["unicodePwd"], add["attributes"]["sAMAccountName"], add["attributes"]["enabled"]) == (
+        "***",
+        "zed",
+        True,
+    )
