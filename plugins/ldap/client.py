@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import ssl
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -119,11 +120,16 @@ class LdapClient:
 
     def _connect(self, get_schema: bool = False) -> ldap3.Connection:
         """A new bound connection (on a worker thread); AppUnavailable when the directory cannot be reached or refuses the bind."""
-        server = self.server
-        if get_schema:
-            server = ldap3.Server(
-                self.options.url, use_ssl=server.ssl, tls=server.tls, get_info=ldap3.SCHEMA, connect_timeout=self.options.timeout
-            )
+        # A Server of its own for each connection: ldap3 remembers an address that refused a connect as unavailable
+        # for RESET_AVAILABILITY_TIMEOUT seconds ("invalid server address"); when to try again is the breaker's call.
+        base = self.server
+        server = ldap3.Server(
+            self.options.url,
+            use_ssl=base.ssl,
+            tls=base.tls,
+            get_info=ldap3.SCHEMA if get_schema else ldap3.NONE,
+            connect_timeout=self.options.timeout,
+        )
         conn = ldap3.Connection(
             server,
             self.options.bind_dn,
@@ -169,6 +175,9 @@ class LdapClient:
             raise AppUnavailable(f"{what}: the directory connection is not open", retry_after=RETRY_AFTER)
         loop = asyncio.get_running_loop()
         conn = await self._idle.get()
+        if conn is not None and not _still_open(conn):
+            _drop(conn)  # the server closed it while it was idle (a restart): a new one, before anything is sent
+            conn = None
         try:
             for attempt in (1, 2):
                 try:
@@ -271,6 +280,19 @@ class LdapClient:
             return conn.server.schema
         finally:
             _drop(conn)
+
+
+def _still_open(conn: ldap3.Connection) -> bool:
+    """Whether an idle connection may still be used: a server has nothing to say on an idle LDAP connection
+    but its end (EOF, a reset or a notice of disconnection), so an idle socket with anything to read is closed."""
+    sock = getattr(conn, "socket", None)
+    if sock is None or conn.closed:
+        return False
+    try:
+        readable, _w, _x = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def _close_socket(conn: ldap3.Connection) -> None:

@@ -210,3 +210,39 @@ def test_translate_masks_the_active_directory_password(
         "zed",
         True,
     )
+
+
+async def test_a_directory_stopped_then_back(aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped: 503 with Retry-After and nothing recorded, nothing half-written. Back: the pool reconnects, it heals."""
+    from tests.directories import ADMIN_PASSWORD, Slapd
+
+    own = Slapd(tmp_path / "slapd")  # a server of this test's own, to stop and start
+    own.start()
+    try:
+        top = own.subtree("people", "groups")
+        own.add("\n".join(f"dn: ou={ou},ou=people,{top}\nobjectClass: organizationalUnit\nou: {ou}\n" for ou in ("rnd", "sales")))
+        monkeypatch.setenv("OPENLDAP_URL", own.url)
+        monkeypatch.setenv("OPENLDAP_BIND_PASSWORD", ADMIN_PASSWORD)
+        monkeypatch.setenv("OPENLDAP_SCIM_TOKEN", TOKEN)
+        here = Directory(own, top, openldap.shipped_mapping(top, tmp_path))
+        scim = await gateway(aiohttp_client, here.mapping, tmp_path / "data")
+        gina = await create(scim, "/Users", user_body("gina", title="Before"))
+
+        own.stop()
+        resp, data = await scim.post("/Users", user_body("hal"))
+        assert (resp.status, bool(resp.headers.get("Retry-After"))) == (503, True), data
+        resp, data = await scim.patch(f"/Users/{gina['id']}", [{"op": "replace", "path": "title", "value": "During"}])
+        assert resp.status == 503, data
+        resp, data = await scim.get("/Users")
+        assert [u["userName"] for u in data["Resources"]] == ["gina"]  # nothing recorded for hal
+        assert data["Resources"][0]["title"] == "Before"  # nor half of the PATCH
+
+        own.start()
+        resp, data = await scim.post("/Users", user_body("hal"))
+        assert resp.status == 201, data
+        resp, data = await scim.patch(f"/Users/{gina['id']}", [{"op": "replace", "path": "title", "value": "After"}])
+        assert (resp.status, data.get("title")) == (200, "After"), data
+        assert sorted(e["uid"][0] for e in here.people()) == ["gina", "hal"]
+        assert here.person("gina")["title"] == ["After"]
+    finally:
+        own.stop()
