@@ -59,6 +59,9 @@ class LdapFailure(Exception):
 def app_error(what: str, failure: LdapFailure) -> AppError:
     """The directory's refusal as the provisioner understands it; the detail is the server's own words."""
     detail = f"{what}: {failure.description}" + (f": {failure.message.strip()}" if failure.message.strip() else "")
+    if failure.code == CONSTRAINT and ("052d" in failure.message.lower() or "password" in failure.message.lower()):
+        # AD's (and Samba's) refusal of a password by its policy is a constraint violation too: the value is at fault.
+        return AppInvalid(f"{what}: the directory's password policy refused the password ({failure.message.strip()})")
     if failure.code in (ALREADY_EXISTS, CONSTRAINT, VALUE_EXISTS):
         return AppConflict(detail)
     if failure.code == NO_SUCH_OBJECT:

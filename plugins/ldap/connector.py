@@ -335,26 +335,36 @@ class LdapConnector(Connector):
         for attribute, (old_name, new_name) in renamed.items():
             await self._follow(kind, attribute, old_name, new_name)
 
-    async def _renamed_names(self, kind: str, native_id: NativeId, changes: Record) -> dict[str, tuple[str, str]]:
-        """The names groups list this entry by (posixGroup's memberUid) that the changes give a new value: old, new."""
+    def _name_attributes(self, kind: str) -> set[str]:
+        """The attributes groups list entries of `kind` by (posixGroup's memberUid lists uids); none on AD."""
         if self.ad:
-            return {}
-        wanted: dict[str, str] = {}
-        for g in self.config.resources.values():
-            m = g.members
-            if m is None or m.values != "name" or m.member_kind != kind:
-                continue
-            new = next((v for k, v in changes.items() if k.lower() == m.name_attribute.lower()), None)
-            new = new[0] if isinstance(new, list) and new else new
-            if new not in (None, "", []):
-                wanted[m.name_attribute] = str(new)
+            return set()
+        return {
+            g.members.name_attribute
+            for g in self.config.resources.values()
+            if g.members is not None and g.members.values == "name" and g.members.member_kind == kind
+        }
+
+    async def _listed_names(self, kind: str, native_id: NativeId, only: set[str] | None = None) -> dict[str, str]:
+        """The entry's current values of those attributes (of `only` among them)."""
+        wanted = self._name_attributes(kind) if only is None else only
         if not wanted:
             return {}
         entry = await self._find_entry(kind, native_id, sorted(wanted))
         if entry is None:
             return {}
-        olds = {a: entry.get(a)[0].decode("utf-8") for a in wanted if entry.get(a)}
-        return {a: (olds[a], new) for a, new in wanted.items() if a in olds and olds[a] != new}
+        return {a: entry.get(a)[0].decode("utf-8") for a in wanted if entry.get(a)}
+
+    async def _renamed_names(self, kind: str, native_id: NativeId, changes: Record) -> dict[str, tuple[str, str]]:
+        """The names groups list this entry by that the changes give a new value: old, new."""
+        new_names: dict[str, str] = {}
+        for attribute in self._name_attributes(kind):
+            new = next((v for k, v in changes.items() if k.lower() == attribute.lower()), None)
+            new = new[0] if isinstance(new, list) and new else new
+            if new not in (None, "", []):
+                new_names[attribute] = str(new)
+        olds = await self._listed_names(kind, native_id, set(new_names))
+        return {a: (olds[a], new) for a, new in new_names.items() if a in olds and olds[a] != new}
 
     async def _follow(self, kind: str, by: str, old: str, new: str) -> None:
         """An entry renamed or moved: the groups listing it, and the entries referring to it, name it anew.
@@ -422,34 +432,39 @@ class LdapConnector(Connector):
         return int(values[0]) if values else 0x200
 
     async def delete(self, kind: str, native_id: NativeId) -> None:
+        names = await self._listed_names(kind, native_id)
         try:
-            dn = await self._dn(kind, native_id)
+            dn = await self._on_entry(
+                kind,
+                native_id,
+                f"deleting {kind}",
+                lambda entry_dn: self.ldap.write(f"deleting {kind} {entry_dn}", lambda conn: conn.delete(entry_dn)),
+            )
         except AppNotFound:
             return  # already gone
-        try:
-            await self.ldap.write(f"deleting {kind} {dn}", lambda conn: conn.delete(dn))
-        except LdapFailure as failure:
-            if failure.code != NO_SUCH_OBJECT:
-                raise app_error(f"deleting {kind} {dn}", failure) from None
         self.dns.drop(kind, native_id)
-        await self._forget_member(kind, dn)
+        await self._forget_member(kind, dn, names)
 
-    async def _forget_member(self, kind: str, dn: str) -> None:
-        """A deleted entry leaves the groups that list it (AD does this itself; OpenLDAP without refint does not)."""
+    async def _forget_member(self, kind: str, dn: str, names: dict[str, str]) -> None:
+        """A deleted entry leaves the groups that list it, by DN or by name (AD does this itself; OpenLDAP without
+        the refint overlay does not, and never for posixGroup's memberUid)."""
         if self.ad:
             return
         for group_kind, g in self.config.resources.items():
             members = g.members
-            if members is None or members.member_kind != kind or members.values != "dn":
+            if members is None or members.member_kind != kind:
+                continue
+            value = dn if members.values == "dn" else names.get(members.name_attribute)
+            if value is None:
                 continue
             holding = await self.ldap.search(
                 g.base,
-                self._kind_filter(g, f"({members.attribute}={filter_value(dn)})"),
+                self._kind_filter(g, f"({members.attribute}={filter_value(value)})"),
                 ["1.1"],
                 what="finding the groups of a deleted entry",
             )
             for group in holding:
-                await self._change_members(group_kind, g, group.dn, [], [dn])
+                await self._change_members(group_kind, g, group.dn, [], [value])
 
     # ------------------------------------------------------------------ search and lists
 

@@ -198,3 +198,35 @@ async def test_a_large_group_changes_by_single_values(opened: Any, slapd: Any) -
     await connector.remove_members("Group", group, [members[0]])
     assert [len(values) for change in sent for ops in change.values() for _op, values in ops] == [1]
     assert len(slapd.search(f"ou=groups,{top}", "(cn=big)")[0]["member"]) == 299
+
+
+async def test_a_deleted_user_leaves_posix_groups(opened: Any, slapd: Any) -> None:
+    connector = await opened(
+        resources={
+            "User": {"base": "ou=people,TOP", "object_classes": ["inetOrgPerson"], "rdn": "uid"},
+            "Group": {
+                "base": "ou=groups,TOP",
+                "object_classes": ["posixGroup"],
+                "rdn": "cn",
+                "members": {"attribute": "memberUid", "values": "name", "name_attribute": "uid"},
+            },
+        }
+    )
+    dee = await connector.create("User", {"uid": "dee", "cn": "Dee", "sn": "D"})
+    eve = await connector.create("User", {"uid": "eve", "cn": "Eve", "sn": "E"})
+    await connector.create_with_members("Group", {"cn": "ops", "gidNumber": "5001"}, [("User", dee), ("User", eve)])
+    await connector.delete("User", dee)
+    [entry] = slapd.search(f"ou=groups,{connector.top}", "(cn=ops)")
+    assert entry["memberUid"] == ["eve"]
+
+
+def test_a_password_refused_by_policy_is_invalid_not_a_conflict() -> None:
+    from scim_gateway_plugins.ldap.client import CONSTRAINT, LdapFailure, app_error
+
+    from gateway.connectors import AppConflict
+
+    policy = LdapFailure(CONSTRAINT, "constraintViolation", "0000052D: Constraint violation - check_password_restrictions")
+    assert isinstance(app_error("creating User x", policy), AppInvalid)
+    assert "password policy" in str(app_error("creating User x", policy))
+    taken = LdapFailure(CONSTRAINT, "constraintViolation", "attribute 'userPrincipalName': value is not unique")
+    assert isinstance(app_error("creating User x", taken), AppConflict)
