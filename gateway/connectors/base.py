@@ -26,7 +26,7 @@ class Capabilities:
 
     membership: bool = False  # add_members / remove_members / list_members are implemented
     search: bool = False  # find() by one field's value (adoption, crash recovery, filter pushdown)
-    search_ops: frozenset[str] = frozenset({"eq"})  # the operators find() understands: eq, co, sw, ew
+    search_ops: frozenset[str] = frozenset({"eq"})  # the operators find() understands: eq, co, sw, ew, pr (value "")
     list_all: bool = False  # iterate every record (import, reconcile)
     read: bool = True  # get() returns the app's record; False for apps that cannot be read back
     actions: frozenset[str] = frozenset()  # named calls for action() (e.g. disable / enable an account)
@@ -91,7 +91,7 @@ class Connector(ABC):
 
         eq: equal (case-insensitively where the app compares so); co / sw / ew:
         contains / starts with / ends with, the value taken literally (a `%` or
-        `_` in it is data, never a wildcard).
+        `_` in it is data, never a wildcard); pr: the field has a value (`value` is "").
         """
         raise NotImplementedError
 

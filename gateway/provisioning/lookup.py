@@ -15,10 +15,10 @@ from ..schema import Resolved
 
 @dataclass(slots=True)
 class Probe:
-    """`attribute op "value"`: one question the app might answer."""
+    """`attribute op "value"` (or `attribute pr`, its value ""): one question the app might answer."""
 
     attribute: Resolved
-    op: str  # eq, ne, co, sw, ew, gt, ge, lt, le
+    op: str  # eq, ne, co, sw, ew, gt, ge, lt, le, pr
     value: str
 
 

@@ -202,6 +202,9 @@ def app_lookup(node: FilterNode, rtype: ResourceType) -> Lookup | None:
         if resolved is None or not isinstance(node.value, str):
             return None
         return Probe(resolved, node.op.value.lower(), node.value)
+    if isinstance(node, Present):
+        resolved = rtype.resolve(node.attr_path.attr, node.attr_path.sub_attr, node.attr_path.uri)
+        return None if resolved is None else Probe(resolved, "pr", "")
     if isinstance(node, LogicalExpr):
         found = [app_lookup(t, rtype) for t in node.terms]
         if node.op == LogicalOperator.and_:

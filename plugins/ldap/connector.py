@@ -67,7 +67,7 @@ class LdapConnector(Connector):
     capabilities: ClassVar[Capabilities] = Capabilities(
         membership=True,
         search=True,
-        search_ops=frozenset({"eq", "co", "sw", "ew"}),
+        search_ops=frozenset({"eq", "co", "sw", "ew", "pr"}),
         list_all=True,
         actions=frozenset({"disable", "enable"}),
     )
@@ -90,7 +90,7 @@ class LdapConnector(Connector):
         return Capabilities(
             membership=any(r.members is not None for r in config.resources.values()),
             search=True,
-            search_ops=frozenset({"eq", "co", "sw", "ew"}),
+            search_ops=frozenset({"eq", "co", "sw", "ew", "pr"}),
             list_all=True,
             read=True,
             actions=frozenset({"disable", "enable"}) if config.directory == "active_directory" else frozenset(),
@@ -471,7 +471,7 @@ class LdapConnector(Connector):
     async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
         r = self.resource(kind)
         text = filter_value(str(value))
-        pattern = {"eq": text, "sw": f"{text}*", "ew": f"*{text}", "co": f"*{text}*"}[op]
+        pattern = {"eq": text, "sw": f"{text}*", "ew": f"*{text}", "co": f"*{text}*", "pr": "*"}[op]
         entries = await self.ldap.search(
             r.base, self._kind_filter(r, f"({field}={pattern})"), self._attributes(r), what=f"searching {kind}"
         )

@@ -98,6 +98,10 @@ async def test_an_existing_entry_is_found_and_adopted_not_duplicated(scim: Scim,
     resp, data = await scim.patch(f"/Users/{carol['id']}", [{"op": "replace", "path": "title", "value": "Boss"}])
     assert resp.status == 200, data
     assert [e["title"] for e in directory.people("(uid=carol)")] == [["Boss"]]
+    # `pr` is asked of the directory too: an entry made there since is found (and linked) by it.
+    directory.slapd.add(f"dn: uid=dan,ou=people,{directory.top}\nobjectClass: inetOrgPerson\nuid: dan\ncn: Dan\nsn: D\n")
+    resp, data = await scim.get("/Users?filter=" + q("userName pr"))
+    assert sorted(r["userName"] for r in data["Resources"]) == ["carol", "dan"], data
     # A change made in the directory shows at once (reads are live).
     directory.slapd.modify(f"dn: uid=carol,ou=people,{directory.top}\nchangetype: modify\nreplace: title\ntitle: Chief\n")
     resp, data = await scim.get(f"/Users/{carol['id']}")
