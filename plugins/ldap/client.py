@@ -58,7 +58,8 @@ class LdapFailure(Exception):
 
 def app_error(what: str, failure: LdapFailure) -> AppError:
     """The directory's refusal as the provisioner understands it; the detail is the server's own words."""
-    detail = f"{what}: {failure.description}" + (f": {failure.message.strip()}" if failure.message.strip() else "")
+    words = failure.description + (f": {failure.message.strip()}" if failure.message.strip() else "")
+    detail = f"{what}: {words}"
     if failure.code == CONSTRAINT and ("052d" in failure.message.lower() or "password" in failure.message.lower()):
         # AD's (and Samba's) refusal of a password by its policy is a constraint violation too: the value is at fault.
         return AppInvalid(f"{what}: the directory's password policy refused the password ({failure.message.strip()})")
@@ -69,9 +70,9 @@ def app_error(what: str, failure: LdapFailure) -> AppError:
     if failure.code in _INVALID:
         return AppInvalid(detail)
     if failure.code == INVALID_CREDENTIALS:
-        return AppUnavailable(f"{what}: the directory refused the gateway's bind ({detail})", retry_after=RETRY_AFTER)
+        return AppUnavailable(f"{what}: the directory refused the gateway's bind ({words})", retry_after=RETRY_AFTER)
     if failure.code == INSUFFICIENT_ACCESS:
-        return AppUnavailable(f"{what}: the gateway's bind DN may not do this ({detail})", retry_after=RETRY_AFTER)
+        return AppUnavailable(f"{what}: the gateway's bind DN may not do this ({words})", retry_after=RETRY_AFTER)
     if failure.code in _UNAVAILABLE:
         return AppUnavailable(detail, retry_after=RETRY_AFTER)
     return AppError(detail)
