@@ -9,6 +9,7 @@ problem is collected and reported as FILE:LINE:COL: dotted.path: message.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,11 @@ class Transform:
     def __call__(self, **variables: Any) -> Any:
         try:
             return self._fn(**variables)
+        except jinja2.UndefinedError as exc:
+            # `resource.displayName` of a request without one: say how to read an attribute that may be absent.
+            missing = re.search(r"has no attribute '([^']+)'", str(exc))
+            hint = f" (an attribute the request may lack is read with get: resource.get('{missing.group(1)}'))" if missing else ""
+            raise TemplateError(f"{self.source!r}: {exc}{hint}") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"{self.source!r}: {exc}") from None
         except (TypeError, ValueError, ArithmeticError, LookupError) as exc:

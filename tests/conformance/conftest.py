@@ -41,7 +41,7 @@ def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 # legacy_pg is left out on purpose: its hr_person.employee_no is VARCHAR(20), and scim2-tester's random values
 # are longer, so its writes are refused (400 invalidValue, as they should be) in a varying set of checks.
-@pytest.fixture(scope="module", params=["demo", "demo-pg-store", "hr", "crm", "legacy_mariadb", "openldap"])
+@pytest.fixture(scope="module", params=["demo", "demo-pg-store", "hr", "crm", "legacy_mariadb", "openldap", "active_directory"])
 def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """A gateway process for one app: the demo (SQLite store, or PostgreSQL store), or a REST example app before its fake."""
     name = request.param
@@ -67,6 +67,9 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         return
     if name == "openldap":
         yield from _openldap_gateway(request.getfixturevalue("slapd"), root)
+        return
+    if name == "active_directory":
+        yield from _ad_gateway(request.getfixturevalue("samba_dc"), root)
         return
     fake, port = _start_fake(name, root / "fake.log")
     api = f"http://127.0.0.1:{port}"
@@ -134,6 +137,22 @@ def _openldap_gateway(slapd: Any, root: Path) -> Iterator[LiveGateway]:
     gateway.token = TOKEN
     try:
         gateway.start("--config", str(shipped_mapping(top, root)))
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def _ad_gateway(dc: Any, root: Path) -> Iterator[LiveGateway]:
+    """The shipped mappings/active_directory.yaml on a subtree of its own of the test run's Samba domain."""
+    from tests.directories import AD_PASSWORD
+    from tests.integration.test_ldap_ad import shipped_mapping
+
+    top = dc.subtree("Users", "Groups")
+    env = {"AD_URL": dc.url, "AD_BIND_PASSWORD": AD_PASSWORD, "AD_SCIM_TOKEN": TOKEN}
+    gateway = LiveGateway(root, token="", app="active_directory", env=env)
+    gateway.token = TOKEN
+    try:
+        gateway.start("--config", str(shipped_mapping(dc, top, root)))
         yield gateway
     finally:
         gateway.stop()
