@@ -95,6 +95,11 @@ class ActiveDirectoryConfig(BaseModel):
         description="The field a password is written to (map `password` to it): sent as AD wants it (quoted UTF-16LE), "
         "over an encrypted connection only, never read back, logged or shown",
     )
+    new_password: Literal["random", "none"] = Field(
+        "random",
+        description="An account created enabled without a password (Entra sends none): random: given a random password "
+        "no one knows, as AD requires (the user's first password is a reset); none: sent without one",
+    )
 
 
 class LdapConnectorConfig(BaseModel):

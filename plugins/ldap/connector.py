@@ -41,6 +41,7 @@ from .values import (
     id_filter_value,
     id_to_text,
     parent_of,
+    random_password,
     rdn,
     rdn_of,
     to_ldap,
@@ -277,6 +278,15 @@ class LdapConnector(Connector):
         if enabled is not None:
             # A new AD account is disabled; enabled here when asked (it needs its password in the same add).
             attributes[UAC] = [str(with_enabled(0x200, bool(enabled)))]
+            if (
+                enabled
+                and "unicodePwd" not in attributes
+                and self.config.active_directory.new_password == "random"
+                and self.encrypted
+            ):
+                # Entra sends no password: AD refuses an enabled account without one under any password policy.
+                # A random one no one knows (never kept, logged or shown); the user's first password is a reset.
+                attributes["unicodePwd"] = [ad_password(random_password())]
         try:
             await self.ldap.write(f"creating {kind} {dn}", lambda conn: conn.add(dn, attributes=attributes))
         except LdapFailure as failure:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import uuid
 from typing import Any
 
@@ -135,3 +136,8 @@ __all__ = [
     "to_ldap",
     "with_enabled",
 ]
+
+
+def random_password() -> str:
+    """A password no one knows that meets AD's complexity rules (four kinds of character, 36 long)."""
+    return secrets.token_urlsafe(24) + "Aa1!"

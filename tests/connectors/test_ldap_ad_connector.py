@@ -72,3 +72,15 @@ class TestActiveDirectoryConformance(ConnectorConformance):
 
     def sample_group(self, tag: str) -> Record:
         return {"cn": f"group-{tag}", "description": f"the {tag} group"}
+
+
+@pytest.mark.parametrize(("new_password", "has_password"), [("random", True), ("none", False)])
+async def test_an_account_enabled_without_a_password(
+    ad_opened: Any, samba_dc: Any, new_password: str, has_password: bool
+) -> None:
+    """Entra sends no password: by default the new enabled account gets a random one (Windows AD requires one)."""
+    connector = await ad_opened(active_directory={"new_password": new_password})
+    await connector.create("User", {"cn": f"np-{new_password}", "sn": "N", "enabled": True})
+    [entry] = samba_dc.search(f"OU=people,{connector.top}", f"(cn=np-{new_password})", "pwdLastSet", "userAccountControl")
+    assert int(entry["userAccountControl"][0]) & 0x2 == 0
+    assert (entry["pwdLastSet"] != ["0"]) is has_password, entry

@@ -145,10 +145,9 @@ async def test_entra_sequence(scim: Scim, directory: Directory) -> None:
         "displayName": ["Alice Smith"], "givenName": ["Alice"], "sn": ["Smith"],
     }  # fmt: skip
     assert (entry["mail"], entry["title"], entry["department"]) == (["Alice.Smith@contoso.com"], ["Engineer"], ["R&D"])
-    # Entra sends no password: Samba enables the account all the same (NORMAL_ACCOUNT, no ACCOUNTDISABLE), with no
-    # password set (pwdLastSet 0: one must be set before anyone can log on). Windows AD, under a password policy,
-    # refuses to enable an account without a password; this domain cannot show that.
-    assert int(entry["userAccountControl"][0]) == 0x200 and entry["pwdLastSet"] == ["0"]
+    # Entra sends no password: AD refuses an enabled account without one under a password policy, so the
+    # connector gives it a random one no one knows (new_password: random): enabled, with a password set.
+    assert int(entry["userAccountControl"][0]) == 0x200 and entry["pwdLastSet"] != ["0"], entry
     assert await native_id(scim, "User", alice["id"]) == entry["objectGUID"][0]  # the link: the entry's objectGUID
     resp, got = await scim.get(f"/Users/{alice['id']}")
     assert (resp.status, got["userName"], got["active"]) == (200, alice_upn, True), got
