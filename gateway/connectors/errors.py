@@ -14,10 +14,13 @@ class ConnectorSetupError(RuntimeError):
 class AppError(Exception):
     """The app refused or failed an operation. `detail` must carry no secret."""
 
-    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
+    def __init__(self, detail: str, *, retry_after: int | None = None, answer: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
+        # The app's whole answer (bounded, the connector's secrets masked), for the operator's log; the
+        # provisioner masks the request's write-only values in it too before anything logs it.
+        self.answer = answer
 
 
 class AppConflict(AppError):

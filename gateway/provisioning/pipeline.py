@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -35,10 +36,15 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+log = logging.getLogger(__name__)
+
+
 def hide(exc: AppError, values: Iterable[str]) -> AppError:
     """An app that echoes what it refused (a password it found too weak) must not get it into the journal or the answer."""
     for value in values:
         exc.detail = exc.detail.replace(value, "***")
+        if exc.answer is not None:
+            exc.answer = exc.answer.replace(value, "***")
     return exc
 
 
@@ -117,6 +123,8 @@ class WritePipeline:
                     result = await call()
             except AppError as exc:  # refused, down, or the breaker open (CircuitOpen: the app was not called)
                 hide(exc, hidden)
+                if exc.answer:
+                    log.warning("app %s: %s: the app answered: %s", self.app, what, exc.answer)
                 await self.store.abort(seq, f"{'not sent' if isinstance(exc, CircuitOpen) else 'app refused'}: {exc.detail}")
                 raise AppFailed(what, exc) from None
             except Exception as exc:

@@ -88,7 +88,13 @@ class BearerAuthConfig(BaseModel):
     model_config = _STRICT
 
     type: Literal["bearer"]
-    token: SecretRef = Field(description="The static bearer token, by reference")
+    token: SecretRef = Field(description="The static token, by reference: the secret alone, without its scheme")
+    scheme: str = Field(
+        "Bearer",
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]*$",
+        description='The word before the token: Bearer, Token (Django REST), SSWS (Okta), ... ("": the token alone)',
+    )
+    header: str = Field("Authorization", min_length=1, description="The header carrying it")
 
 
 class ApiKeyAuthConfig(BaseModel):
@@ -98,6 +104,7 @@ class ApiKeyAuthConfig(BaseModel):
     in_: Literal["header", "query"] = Field("header", alias="in", description="Where the key goes: a header or a query parameter")
     name: str = Field("X-API-Key", min_length=1, description="The header or query parameter's name")
     key: SecretRef = Field(description="The API key, by reference")
+    prefix: str = Field("", description='Text sent before the key, e.g. "Key " (default none)')
 
 
 class OAuth2ClientCredentialsConfig(BaseModel):
@@ -213,6 +220,12 @@ class OffsetPagination(BaseModel):
     offset_param: str = Field("offset", min_length=1, description="Query parameter of the first item's offset (from 0)")
     limit_param: str = Field("limit", min_length=1, description="Query parameter of the page size")
     size: int = Field(100, ge=1, le=10_000, description="Items asked for per page")
+    total: str | None = Field(None, description="Dotted path of the app's total item count in each answer: no call past it")
+    has_more: str | None = Field(None, description="Dotted path of the app's more-pages flag: false ends the list")
+    short_page_ends: bool = Field(
+        False,
+        description="A page with fewer items than asked for is the last (only for apps that never answer fewer before the end)",
+    )
 
 
 class PagePagination(BaseModel):
@@ -223,6 +236,13 @@ class PagePagination(BaseModel):
     size_param: str | None = Field("per_page", description="Query parameter of the page size (null: send none)")
     size: int = Field(100, ge=1, le=10_000, description="Items asked for per page")
     start: int = Field(1, ge=0, description="The first page's number (1, or 0 for zero-based apps)")
+    total_pages: str | None = Field(None, description="Dotted path of the app's page count in each answer: no call past it")
+    total: str | None = Field(None, description="Dotted path of the app's total item count in each answer: no call past it")
+    has_more: str | None = Field(None, description="Dotted path of the app's more-pages flag: false ends the list")
+    short_page_ends: bool = Field(
+        False,
+        description="A page with fewer items than asked for is the last (only for apps that never answer fewer before the end)",
+    )
 
 
 class CursorPagination(BaseModel):
@@ -233,6 +253,7 @@ class CursorPagination(BaseModel):
     next_cursor: str = Field(min_length=1, description="Dotted path of the next cursor in the response body")
     size_param: str | None = Field(None, description="Query parameter of the page size (null: send none)")
     size: int = Field(100, ge=1, le=10_000, description="Items asked for per page")
+    has_more: str | None = Field(None, description="Dotted path of the app's more-pages flag: false ends the list")
 
 
 class NextLinkPagination(BaseModel):
@@ -288,7 +309,11 @@ class SearchConfig(ListCallConfig):
 
 
 class MembersListConfig(ListCallConfig):
-    member_id: str = Field("id", min_length=1, description="Dotted path of the member's native id in each item")
+    member_id: str | None = Field(
+        "id",
+        min_length=1,
+        description='Dotted path of the member\'s native id in each item; null: each item is the id itself ({"uids": [7, 9]})',
+    )
 
     @field_validator("path")
     @classmethod

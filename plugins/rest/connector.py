@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -50,6 +51,7 @@ from .config import (
     OAuth2ClientCredentialsConfig,
     OffsetPagination,
     PagePagination,
+    PaginationConfig,
     RestConnectorConfig,
     RestMembersConfig,
     RestResourceConfig,
@@ -59,7 +61,10 @@ from .config import (
 RETRY_AFTER = 5  # seconds the IdP is asked to wait when the app names no time itself
 MAX_BODY = 16 * 1024 * 1024  # bytes of one answer; more is not a record, it is a fault
 MAX_PAGES = 100_000  # a guard against an app whose pagination never ends
+log = logging.getLogger(__name__)
+
 DETAIL_CHARS = 200
+LOGGED_BYTES = 4000  # of an app's error answer, in the log
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "HEAD", "OPTIONS"})
 MASK = "***"
 BACKOFF_BASE = 0.25  # seconds before the first retry; doubled each time, with jitter
@@ -205,20 +210,64 @@ def _app_message(raw: bytes) -> str:
     return _message_in(body)
 
 
+_MESSAGE_KEYS = ("message", "error_description", "detail", "error", "title", "errors", "description", "msg", "reason")
+_FIELD_KEYS = ("field", "attribute", "param", "parameter", "property", "path", "loc", "pointer", "source")
+_CODE_KEYS = ("code", "error_code", "errorCode", "key")
+
+
 def _message_in(body: Any, depth: int = 0) -> str:
-    if depth > 3:
+    """The app's own words in an error body: its message, with the field and code it names
+    (`email: is invalid (invalid_format)`), in the shapes apps use: a message field, a list of errors,
+    Rails' {"errors": {"email": ["is invalid"]}}, JSON:API's source.pointer, FastAPI's loc."""
+    if depth > 4:
         return ""
     if isinstance(body, str):
         return body
     if isinstance(body, list):
         return "; ".join(filter(None, (_message_in(item, depth + 1) for item in body[:3])))
-    if isinstance(body, Mapping):
-        for key in ("message", "error_description", "detail", "error", "title", "errors", "description", "msg"):
-            if key in body:
-                found = _message_in(body[key], depth + 1)
-                if found:
-                    return found
-    return ""
+    if not isinstance(body, Mapping):
+        return ""
+    message, used = "", ""
+    for key in _MESSAGE_KEYS:
+        if key in body:
+            message = _message_in(body[key], depth + 1)
+            if message:
+                used = key
+                break
+    if used and used != "errors" and "errors" in body:
+        more = _message_in(body["errors"], depth + 1)  # "Validation failed", and what failed
+        if more and more != message:
+            message = f"{message}: {more}"
+    field = next((name for k in _FIELD_KEYS if k in body and (name := _field_name(body[k]))), "")
+    code = next(
+        (str(body[k]) for k in _CODE_KEYS if isinstance(body.get(k), str | int) and not isinstance(body.get(k), bool)), ""
+    )
+    if not message:
+        if field or code:
+            return f"{field}: {code}" if field and code else field or code
+        # {"email": ["is invalid"], "name": "is required"}: field -> its messages
+        named = [
+            f"{key}: {_message_in(value, depth + 1)}"
+            for key, value in list(body.items())[:3]
+            if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
+        ]
+        return "; ".join(named)
+    if field and not message.lower().startswith(field.lower()):
+        message = f"{field}: {message}"
+    if code and code not in message:
+        message = f"{message} ({code})"
+    return message
+
+
+def _field_name(value: Any) -> str:
+    """A field an error names: "email", ["body", "email"] (FastAPI), {"pointer": "/data/attributes/email"} (JSON:API)."""
+    if isinstance(value, Mapping):
+        value = value.get("pointer") or value.get("parameter") or ""
+    if isinstance(value, list):
+        value = ".".join(str(v) for v in value if v not in ("body", "query"))
+    if not isinstance(value, str):
+        return ""
+    return value.removeprefix("/data/attributes/").strip("/").replace("/", ".")
 
 
 class _Secrets:
@@ -369,10 +418,11 @@ class _Http:
             password = self.secrets.add(_resolve(auth.password, "auth.password"))
             self.auth_headers["Authorization"] = basic_auth(auth.username, password)
         elif isinstance(auth, BearerAuthConfig):
-            self.auth_headers["Authorization"] = "Bearer " + self.secrets.add(_resolve(auth.token, "auth.token"))
+            token = self.secrets.add(_resolve(auth.token, "auth.token"))
+            self.auth_headers[auth.header] = f"{auth.scheme} {token}" if auth.scheme else token
         elif isinstance(auth, ApiKeyAuthConfig):
             key = self.secrets.add(_resolve(auth.key, "auth.key"))
-            (self.auth_headers if auth.in_ == "header" else self.auth_query)[auth.name] = key
+            (self.auth_headers if auth.in_ == "header" else self.auth_query)[auth.name] = auth.prefix + key
         elif isinstance(auth, OAuth2ClientCredentialsConfig):
             token_url = _resolve_url(auth.token_url, "auth.token_url")
             self.oauth2 = _OAuth2Token(auth, token_url, self.secrets.add(_resolve(auth.client_secret, "auth.client_secret")))
@@ -494,12 +544,14 @@ class _Http:
             return AppUnavailable(
                 f"the app refused the gateway's credentials (HTTP {status} on {where})", retry_after=RETRY_AFTER
             )
+        # The IdP gets the app's words in short; the operator's log its whole answer (bounded, secrets masked).
+        answer = f"{where} HTTP {status}: " + self.secrets.scrub(raw[:LOGGED_BYTES].decode("utf-8", "replace"))
         if status == 404 or status == 410:
-            return AppNotFound(f"{where}: HTTP {status}{said}")
+            return AppNotFound(f"{where}: HTTP {status}{said}", answer=answer)
         if status == 409:
-            return AppConflict(f"the app answered HTTP 409{said}")
+            return AppConflict(f"the app answered HTTP 409{said}", answer=answer)
         if status in (400, 422):
-            return AppInvalid(f"the app answered HTTP {status}{said}")
+            return AppInvalid(f"the app answered HTTP {status}{said}", answer=answer)
         if status == 429:
             return AppUnavailable(
                 f"the app is rate limiting the gateway (HTTP 429 on {where})", retry_after=retry_after or RETRY_AFTER
@@ -693,7 +745,8 @@ class RestConnector(Connector):
         async for item in self._items(m.list, {}, {"id": group_id}):
             member_id = _native_id(dig(item, m.list.member_id))
             if member_id is None:
-                raise AppBadResponse(f"{kind}: a member in the app's list carries no id at {m.list.member_id!r}")
+                at = f"at {m.list.member_id!r}" if m.list.member_id else "(each item should be an id)"
+                raise AppBadResponse(f"{kind}: a member in the app's list carries no id {at}")
             if member_id not in seen:
                 seen.add(member_id)
                 out.append((m.member_kind, member_id))
@@ -777,10 +830,12 @@ class RestConnector(Connector):
         auth = config.auth
         if isinstance(auth, BasicAuthConfig):
             headers["Authorization"] = f"Basic {MASK}"
-        elif isinstance(auth, BearerAuthConfig | OAuth2ClientCredentialsConfig):
+        elif isinstance(auth, BearerAuthConfig):
+            headers[auth.header] = f"{auth.scheme} {MASK}" if auth.scheme else MASK
+        elif isinstance(auth, OAuth2ClientCredentialsConfig):
             headers["Authorization"] = f"Bearer {MASK}"
         elif isinstance(auth, ApiKeyAuthConfig):
-            (headers if auth.in_ == "header" else query)[auth.name] = MASK
+            (headers if auth.in_ == "header" else query)[auth.name] = auth.prefix + MASK
         if url.password:
             url = url.with_password(MASK)
         if query:
@@ -864,6 +919,7 @@ class RestConnector(Connector):
         cursor: str | None = None
         next_url: URL | None = None
         previous: list[Any] | None = None
+        fetched_pages = fetched_items = 0
         for _ in range(MAX_PAGES):
             if next_url is not None:
                 url = next_url
@@ -890,6 +946,10 @@ class RestConnector(Connector):
                 yield item
             if isinstance(p, NoPagination):
                 return
+            fetched_pages += 1
+            fetched_items += len(items)
+            if _last_page(p, answer.body, fetched_pages, fetched_items, len(items)):
+                return  # the app said so: no call for an empty page
             if isinstance(p, OffsetPagination):
                 offset += len(items)  # what it gave, not what was asked: an app may cap the page size
             elif isinstance(p, PagePagination):
@@ -913,6 +973,19 @@ class RestConnector(Connector):
                 if http.auth_query:
                     next_url = next_url.without_query_params(*http.auth_query)
         raise AppBadResponse(f"GET {call.path}: more than {MAX_PAGES} pages")
+
+
+def _last_page(p: PaginationConfig, body: Any, pages: int, items: int, on_page: int) -> bool:
+    """Whether the app's own signals say this page was the last: its flag, its page count, its total, a short page."""
+    flag = getattr(p, "has_more", None)
+    if flag is not None and dig(body, flag) is False:
+        return True
+    for path, done in ((getattr(p, "total_pages", None), pages), (getattr(p, "total", None), items)):
+        if path is not None:
+            count = dig(body, path)
+            if isinstance(count, int | str) and not isinstance(count, bool) and str(count).isdigit() and done >= int(count):
+                return True
+    return bool(getattr(p, "short_page_ends", False)) and on_page < getattr(p, "size", 0)
 
 
 def _covered(name: str, changes: Record) -> bool:

@@ -322,6 +322,39 @@ async def test_bearer_auth(opened: Any, monkeypatch: pytest.MonkeyPatch) -> None
     assert call.kwargs["headers"]["Authorization"] == "Bearer static-token-xyz"
 
 
+@pytest.mark.parametrize(
+    ("auth", "header", "sent_value"),
+    [
+        ({"scheme": "Token"}, "Authorization", "Token static-token-xyz"),  # Django REST framework
+        ({"scheme": "SSWS"}, "Authorization", "SSWS static-token-xyz"),  # Okta's own API
+        ({"scheme": "", "header": "X-Auth-Token"}, "X-Auth-Token", "static-token-xyz"),
+    ],
+)
+async def test_token_schemes(
+    opened: Any, monkeypatch: pytest.MonkeyPatch, auth: dict[str, str], header: str, sent_value: str
+) -> None:
+    """The secret holds only the secret: the scheme and the header are options."""
+    monkeypatch.setenv("HR_TEST_TOKEN", "static-token-xyz")
+    connector = await opened(rest_config(type="bearer", token={"env": "HR_TEST_TOKEN"}, **auth))
+    with aioresponses() as m:
+        m.get(f"{BASE}/users/1", payload={"id": 1})
+        await connector.get("User", "1")
+        (call,) = sent(m, "GET", f"{BASE}/users/1")
+    assert call.kwargs["headers"][header] == sent_value
+    [planned] = connector.plan("get", "User", "1")  # translate's view
+    assert "static-token-xyz" not in repr(planned) and planned["headers"][header].endswith("***")
+
+
+async def test_api_key_prefix(opened: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HR_TEST_KEY", "k-123")
+    connector = await opened(rest_config(type="api_key", name="Authorization", prefix="Key ", key={"env": "HR_TEST_KEY"}))
+    with aioresponses() as m:
+        m.get(f"{BASE}/users/1", payload={"id": 1})
+        await connector.get("User", "1")
+        (call,) = sent(m, "GET", f"{BASE}/users/1")
+    assert call.kwargs["headers"]["Authorization"] == "Key k-123"
+
+
 TOKEN_URL = "https://idp.test/oauth2/token"
 
 
@@ -480,6 +513,37 @@ async def test_pagination_page(opened: Any) -> None:
         assert await listed(connector) == ["1", "2", "3", "4", "5"]
 
 
+@pytest.mark.parametrize(
+    ("pagination", "pages"),
+    [
+        # page numbers with the app's page count (GitHub-style apps, Zendesk's page_count)
+        ({"type": "page", "size": 2, "total_pages": "meta.pages"}, [{"meta": {"pages": 3}}] * 3),
+        # page numbers with a total of items
+        ({"type": "page", "size": 2, "total": "total"}, [{"total": 5}] * 3),
+        # offsets with a total (Jira, Atlassian: total; Freshservice-like)
+        ({"type": "offset", "size": 2, "total": "total"}, [{"total": 5}] * 3),
+        # a more-pages flag (Slack's has_more, Stripe's has_more)
+        ({"type": "offset", "size": 2, "has_more": "has_more"}, [{"has_more": True}, {"has_more": True}, {"has_more": False}]),
+        # a short page is the last, where the app says it never answers fewer before the end
+        ({"type": "page", "size": 2, "short_page_ends": True}, [{}, {}, {}]),
+    ],
+    ids=["page-count", "page-total", "offset-total", "has-more", "short-page"],
+)
+async def test_pagination_stops_on_the_apps_signal(opened: Any, pagination: dict[str, Any], pages: list[dict[str, Any]]) -> None:
+    """Five records in pages of two: three calls, never a fourth for an empty page (aioresponses refuses any call
+    it was not given)."""
+    connector = await opened(paged_config(pagination))
+    with aioresponses() as m:
+        for i, extra in enumerate(pages):
+            if pagination["type"] == "page":
+                url = f"{BASE}/users?page={i + 1}&per_page=2"
+            else:
+                url = f"{BASE}/users?offset={2 * i}&limit=2"
+            m.get(url, payload={"data": ITEMS[2 * i : 2 * i + 2], **extra})
+        assert await listed(connector) == ["1", "2", "3", "4", "5"]
+        assert sum(len(calls) for calls in m.requests.values()) == 3
+
+
 async def test_pagination_page_that_ignores_the_page_parameter_is_refused(opened: Any) -> None:
     connector = await opened(paged_config({"type": "page", "size": 2}))
     with aioresponses() as m:
@@ -585,6 +649,26 @@ async def test_ids_are_quoted_in_paths(opened: Any) -> None:
     with aioresponses() as m:
         m.get(f"{BASE}/users/a%2Fb%3Fc%20d", payload={"id": "a/b?c d"})
         assert await connector.get("User", "a/b?c d") == {"id": "a/b?c d"}
+
+
+async def test_a_member_list_of_bare_ids(opened: Any) -> None:
+    """A team's members answered as {"uids": [7, 9]}: `member_id: null` says each item is the id itself."""
+    config = rest_config()
+    config["resources"]["Group"] = copy.deepcopy(config["resources"]["User"]) | {
+        "members": {
+            "member_kind": "User",
+            "add": {"path": "/teams/{id}/members/{member}", "method": "PUT"},
+            "remove": {"path": "/teams/{id}/members/{member}"},
+            "list": {"path": "/teams/{id}/members", "items": "uids", "member_id": None},
+        }
+    }
+    connector = await opened(config)
+    with aioresponses() as m:
+        m.get(f"{BASE}/teams/5/members", payload={"uids": [7, "9", 7]})
+        assert await connector.list_members("Group", "5") == [("User", "7"), ("User", "9")]
+        m.get(f"{BASE}/teams/5/members", payload={"uids": [{"id": 7}]})
+        with pytest.raises(AppBadResponse, match="each item should be an id"):
+            await connector.list_members("Group", "5")
 
 
 async def test_member_and_action_bodies(opened: Any) -> None:

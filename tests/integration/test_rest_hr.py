@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from gateway.app import create_app
 from gateway.http.keys import APPS
 from gateway.settings import GatewaySettings
-from tests.conftest import ENTERPRISE_URN, GROUP_URN, Scim
+from tests.conftest import ENTERPRISE_URN, GROUP_URN, USER_URN, Scim
 from tests.demo_rows import q
 from tests.fakes.hr_app import HR_STATE, HrState, create_hr_app, serve
 from tests.idp import MS_GROUP_URN, PASSWORD, entra_user, okta_user
@@ -344,3 +344,44 @@ async def test_app_garbage_on_create_is_502_naming_it_and_nothing_recorded(
     assert data["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"] and named in data["detail"], data
     assert "hr-api-key" not in data["detail"]
     await assert_nothing_recorded(scim, client)
+
+
+async def test_listing_stops_at_the_apps_total(scim: Scim, state: HrState, client: TestClient) -> None:
+    """The app answers its total: a list of every user costs one call per page, and no call for an empty page."""
+    for name in ("p1", "p2", "p3"):
+        await create(scim, "/Users", {"schemas": [USER_URN], "userName": f"{name}@x.example"})
+    state.calls.clear()
+    connector = client.app[APPS]["hr"].connector
+    listed = [native async for native, _record in connector.list_all("User")]
+    assert len(listed) == 3
+    assert [c for c in state.calls if c[1].startswith("/users")] == [("GET", "/users?page=1&per_page=100")]
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (
+            '{"errors": [{"field": "email", "message": "is not allowed", "code": "blocked_domain"}]}',
+            "email: is not allowed (blocked_domain)",
+        ),
+        ('{"errors": {"email": ["is invalid"], "login": ["is too long"]}}', "email: is invalid; login: is too long"),  # Rails
+        (
+            '{"detail": [{"loc": ["body", "email"], "msg": "value is not a valid email", "type": "value_error"}]}',
+            "email: value is not a valid email",
+        ),  # FastAPI
+        ('{"errors": [{"source": {"pointer": "/data/attributes/email"}, "detail": "is taken"}]}', "email: is taken"),  # JSON:API
+    ],
+    ids=["errors-list", "rails", "fastapi", "jsonapi"],
+)
+async def test_the_apps_refusal_reaches_the_idp_in_its_own_words(
+    scim: Scim, state: HrState, body: str, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The IdP's detail names what the app named; the operator's log has the app's whole answer."""
+    from tests.fakes.hr_app import Fault
+
+    state.faults.append(Fault("POST", r"^/users$", status=422, body=body))
+    resp, data = await scim.post("/Users", {"schemas": [USER_URN], "userName": "refused@x.example"})
+    assert (resp.status, data["scimType"]) == (400, "invalidValue"), data
+    assert named in data["detail"], data
+    assert state.users == {}
+    assert any(body in r.getMessage() and "HTTP 422" in r.getMessage() for r in caplog.records), caplog.text
