@@ -112,6 +112,11 @@ class CompiledResource:
     reads_live: bool = True
     pushdown: list[CompiledRule] = field(default_factory=list)
     computed: list[ComputedField] = field(default_factory=list)
+    # What writes send (translate.create_body / update_body): fields sent as null when absent from a create,
+    # the value a cleared field is sent as, and whether updates send every field.
+    null_when_absent: frozenset[str] = frozenset()
+    cleared: dict[str, Any] = field(default_factory=dict)
+    whole_updates: bool = False
 
 
 @dataclass(slots=True)
@@ -334,6 +339,9 @@ class _ResourceCompiler:
             reads_live=rc.reads == "live" and self.caps.read,
             pushdown=pushdown,
             computed=computed,
+            null_when_absent=frozenset(a.field for a in rc.attributes if a.absent == "null"),
+            cleared={a.field: a.cleared for a in rc.attributes if a.cleared is not None},
+            whole_updates=rc.updates == "whole",
         )
 
     def _rules(self, rc: ResourceConfig, rtype: ResourceType, base: Loc) -> tuple[list[CompiledRule], list[ComputedField]]:

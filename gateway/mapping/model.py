@@ -142,6 +142,16 @@ class AttributeRule(_Strict):
         None, description="The value is an id of this resource type: SCIM id <-> native id"
     )
     direction: Literal["both", "to_app", "to_scim"] = "both"
+    absent: Literal["omit", "null"] = Field(
+        "omit",
+        description="A create whose resource has no value for this field: omit (default) leaves the field out of the "
+        "app's record, so the app's own default applies; null sends it as null",
+    )
+    cleared: Any = Field(
+        None,
+        description='What an update sends when the value is cleared (PATCH remove, replace with null, Entra\'s ""): '
+        'null (default), "" or any value the app understands as none',
+    )
 
     @model_validator(mode="after")
     def _computed(self) -> AttributeRule:
@@ -247,6 +257,11 @@ class ResourceConfig(_Strict):
         "live",
         description="live: GET by id and every write read the app's record; cached: answer from the gateway's "
         "last-known copy (for apps that cannot be read back)",
+    )
+    updates: Literal["changed", "whole"] = Field(
+        "changed",
+        description="changed: an update sends the app the fields whose value changed; whole: every mapped field, "
+        "for an app that resets what a write leaves out",
     )
     pushdown: list[str] = Field(
         default_factory=list,

@@ -141,6 +141,22 @@ async def to_record(cres: CompiledResource, resource: dict[str, Any], refs: RefR
     return record
 
 
+def create_body(cres: CompiledResource, record: Record) -> Record:
+    """What a create sends: the record without the fields the resource has no value for (unless a rule says null)."""
+    return {field: value for field, value in record.items() if value is not None or field in cres.null_when_absent}
+
+
+def update_body(cres: CompiledResource, before: Record | None, after: Record) -> Record:
+    """What an update sends: the fields whose value changed (all of them with `updates: whole`, or when the record
+    before is unknown), a cleared one as its rule's `cleared` value. A write-only field (a password) is never
+    read back, so it goes whenever the request gives it."""
+    if before is None or cres.whole_updates:
+        body = dict(after)
+    else:
+        body = {field: value for field, value in after.items() if before.get(field) != value}
+    return {field: (cres.cleared.get(field) if value is None else value) for field, value in body.items()}
+
+
 async def overlay(cres: CompiledResource, resource: dict[str, Any], record: Record, refs: RefResolver) -> dict[str, Any]:
     """The SCIM resource with every mapped attribute taken from the app's record (a new dict)."""
     out = copy.deepcopy(resource)

@@ -59,7 +59,7 @@ class BatchCreate:
         for i in batch:
             try:
                 prepared.append(
-                    (i, ctx.unique_key(cres, resources[i]), await ctx.record(cres, resources[i]), copy_of(resources[i]))
+                    (i, ctx.unique_key(cres, resources[i]), await ctx.create_record(cres, resources[i]), copy_of(resources[i]))
                 )
             except ProvisioningError as exc:
                 out[i] = exc

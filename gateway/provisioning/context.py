@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from ..connectors.base import Connector, NativeId
 from ..connectors.errors import AppError
 from ..mapping.compile import CompiledMapping, CompiledResource, CompiledRule, TemplateError
-from ..mapping.translate import UnresolvedReference, overlay, to_record, write_rule
+from ..mapping.translate import UnresolvedReference, create_body, overlay, to_record, update_body, write_rule
 from ..store import Member, Store
 from .breaker import Breaker, guard
 from .errors import AppFailed, BadAnswer, Invalid, NotFound
@@ -110,6 +110,19 @@ class Context:
             raise Invalid(str(exc)) from None
         except TemplateError as exc:
             raise Invalid(f"a transform of this app's mapping failed on the value: {exc}") from None
+
+    async def create_record(self, cres: CompiledResource, resource: dict[str, Any]) -> dict[str, Any]:
+        """What a create sends the app: the record without the fields the resource has no value for."""
+        return create_body(cres, await self.record(cres, resource))
+
+    async def update_record(self, cres: CompiledResource, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """What an update sends the app: the fields the change gives a new value (every one with `updates: whole`)."""
+        record = await self.record(cres, after)
+        try:
+            old = await self.record(cres, before)
+        except Invalid:
+            old = None  # the record before cannot be computed (a transform refuses it): send every field
+        return update_body(cres, old, record)
 
     async def overlay(self, cres: CompiledResource, data: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
         """`data` with every mapped attribute as the app's record has it."""

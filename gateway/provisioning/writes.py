@@ -52,7 +52,7 @@ class Writes:
         members = await ctx.members_for_write(resource) if cres.name == "Group" else []
         if members and not cres.members:
             raise Invalid("members: this app's mapping does not manage group membership")
-        record = await ctx.record(cres, resource)
+        record = await ctx.create_record(cres, resource)
         data = copy_of(resource)
         seq = await ctx.pipeline.claim_create(kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resource))
 
@@ -192,13 +192,17 @@ class Writes:
                 old_ids, new_ids = {m.id for m in old_members}, {m.id for m in wanted}
                 add = [m for m in wanted if m.id not in old_ids]
                 remove = [m for m in old_members if m.id not in new_ids]
-            record = await ctx.record(cres, new)
+            switch = None if current.get("active") is new.get("active") or new.get("active") is None else bool(new.get("active"))
+            relink = _relink(cres, row, switch)
+            # What the app is sent: the fields that change (for a record created again, every field it has).
+            if relink == "create":
+                record = await ctx.create_record(cres, new)
+            else:
+                record = await ctx.update_record(cres, current, new)
             data = copy_of(new)
             if not add and not remove and "password" not in new and data == copy_of(current):
                 # Nothing to change: no app call and no new version (beyond catching up with the app).
                 return await self._answer(cres, await self.reads.sync_copy(cres, row, live))
-            switch = None if current.get("active") is new.get("active") or new.get("active") is None else bool(new.get("active"))
-            relink = _relink(cres, row, switch)
             claim = await self._claim_at(
                 row,
                 if_match,

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..connectors.base import AppContext, Connector
 from ..mapping.compile import CompiledMapping, CompiledResource, TemplateError
-from ..mapping.translate import UnresolvedReference, to_record
+from ..mapping.translate import UnresolvedReference, create_body, to_record, update_body
 from ..provisioning.membership import create_membership
 from .bulk import path_segments
 from .errors import ScimError, invalid_value
@@ -76,15 +76,20 @@ async def plan_request(mapping: CompiledMapping, request: dict[str, Any], data_d
         calls = connector.plan("delete" if cres.delete_mode == "delete" else "update", cres.name, native_id)
         return {"app": mapping.app, "operation": f"delete {cres.name}", "record": None, "calls": calls}
     body = request.get("body")
+    given = request.get("current")  # the resource as it is now: an update then shows only what it changes
+    current = normalize_resource(given, cres.rtype) if isinstance(given, dict) else None
     if method == "PATCH":
-        current = normalize_resource(
-            request.get("current") or {"schemas": [cres.rtype.schema.id], cres.unique_attr: "<current>"}, cres.rtype
-        )
-        resource = apply_patch(copy.deepcopy(current), body, cres.rtype)
+        before = current or normalize_resource({"schemas": [cres.rtype.schema.id], cres.unique_attr: "<current>"}, cres.rtype)
+        resource = apply_patch(copy.deepcopy(before), body, cres.rtype)
     else:
         resource = normalize_resource(body, cres.rtype)
     try:
         record = await to_record(cres, resource, _PlaceholderRefs())
+        if method == "POST":
+            record = create_body(cres, record)
+        else:
+            old = await to_record(cres, current, _PlaceholderRefs()) if current is not None else None
+            record = update_body(cres, old, record)
     except UnresolvedReference as exc:
         raise invalid_value(str(exc)) from None
     except TemplateError as exc:

@@ -64,6 +64,7 @@ class HrState:
     groups: dict[int, dict[str, Any]] = field(default_factory=dict)
     members: dict[int, list[int]] = field(default_factory=dict)  # group id -> user ids, in the order added
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, path with query) of every call
+    bodies: list[tuple[str, str, Any]] = field(default_factory=list)  # (method, path, JSON body) of every write
     faults: list[Fault] = field(default_factory=list)
     next_user: int = 1
     next_group: int = 1
@@ -128,6 +129,11 @@ class _Hr:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path.removeprefix("/api")
         self.s.calls.append((request.method, path + (f"?{request.query_string}" if request.query_string else "")))
+        if request.method in ("POST", "PUT", "PATCH") and request.can_read_body:
+            try:
+                self.s.bodies.append((request.method, path, await request.json()))
+            except ValueError:
+                self.s.bodies.append((request.method, path, await request.text()))
         for fault in self.s.faults:
             if fault.method == request.method and re.fullmatch(fault.path, path) and fault.times > 0:
                 fault.times -= 1

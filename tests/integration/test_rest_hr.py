@@ -385,3 +385,19 @@ async def test_the_apps_refusal_reaches_the_idp_in_its_own_words(
     assert named in data["detail"], data
     assert state.users == {}
     assert any(body in r.getMessage() and "HTTP 422" in r.getMessage() for r in caplog.records), caplog.text
+
+
+async def test_writes_send_what_the_request_means(scim: Scim, state: HrState) -> None:
+    """Absent is not sent, a change sends only itself, a clear sends null: the app sees each for what it is."""
+    user = await create(scim, "/Users", {"schemas": [USER_URN], "userName": "lean@x.example", "title": "Clerk"})
+    [(method, path, body)] = [b for b in state.bodies if b[1] == "/users"]
+    assert method == "POST" and body == {"login": "lean@x.example", "title": "Clerk"}, body  # no nulls for the rest
+    state.bodies.clear()
+    resp, data = await scim.patch(f"/Users/{user['id']}", [{"op": "replace", "path": "title", "value": "Lead"}])
+    assert resp.status == 200, data
+    assert [b[2] for b in state.bodies] == [{"title": "Lead"}]
+    state.bodies.clear()
+    resp, data = await scim.patch(f"/Users/{user['id']}", [{"op": "remove", "path": "title"}])
+    assert resp.status == 200 and "title" not in data, data
+    assert [b[2] for b in state.bodies] == [{"title": None}]
+    assert app_user(state, "lean@x.example")["title"] is None

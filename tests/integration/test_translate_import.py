@@ -81,7 +81,10 @@ def test_translate_applies_patch_dialects_and_refuses_bad_requests(tmp_path: Pat
         )
     )
     status, plan, _ = run_json(capsys, "translate", "demo", str(request), "--data-dir", str(tmp_path))
-    assert status == 0 and plan["record"]["status"] == "I" and plan["record"]["job_title"] == "Clerk"
+    # The update sends what the PATCH changes, given the resource as it is now: the status, not the title.
+    assert status == 0 and plan["record"] == {"status": "I"}, plan
+    [update] = plan["calls"]
+    assert update["statement"].startswith("UPDATE employees SET status = :status") and "job_title" not in update["statement"]
     request.write_text(json.dumps({"method": "POST", "path": "/Users", "body": {"schemas": [USER_URN]}}))
     status, _, err = run_json(capsys, "translate", "demo", str(request), "--data-dir", str(tmp_path))
     assert status == 1 and "400" in err and "userName" in err
@@ -144,7 +147,8 @@ def test_translate_shows_sql_statements_with_bound_parameters(tmp_path: Path, ca
     status, plan, _ = run_json(capsys, "translate", "demo", str(request), "--data-dir", str(tmp_path))
     assert status == 0
     [insert] = plan["calls"]
-    assert insert["statement"].startswith("INSERT INTO employees (login, ") and ":login" in insert["statement"]
+    # A create sends the fields the resource has values for: here only the login.
+    assert insert["statement"] == "INSERT INTO employees (login) VALUES (:login)", insert
     assert "DROP" not in insert["statement"] and insert["parameters"]["login"] == "x'; DROP TABLE employees; --"
     request.write_text(json.dumps({"method": "DELETE", "path": "/Groups/g1"}))
     status, plan, _ = run_json(capsys, "translate", "demo", str(request), "--data-dir", str(tmp_path))
