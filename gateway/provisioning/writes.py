@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..connectors.errors import AppNotFound
+from ..connectors.errors import AppBadResponse, AppError, AppNotFound
 from ..mapping.compile import CompiledResource
+from ..mapping.translate import read_rule
 from ..store import Member, NativeConflict, Row, VersionMismatch
 from .context import Context, copy_of, write_only_values
 from .errors import BadAnswer, Invalid, NotFound, Stale, Unavailable
@@ -26,6 +28,9 @@ from .reads import Reads
 from .resource import Resource
 
 VERSION_RETRIES = 20
+
+
+log = logging.getLogger(__name__)
 
 
 class Writes:
@@ -59,7 +64,10 @@ class Writes:
         async def call() -> str | None:
             if resource.get("active") is False and cres.deactivate.via == "delete":
                 return None  # an inactive account has no record in this app until it is activated
-            native_id: str = await ctx.memberships[kind].create(record, await ctx.natives(members))
+            try:
+                native_id: str = await ctx.memberships[kind].create(record, await ctx.natives(members))
+            except AppBadResponse as exc:
+                native_id = await self._created_anyway(cres, resource, exc)
             if resource.get("active") is False:
                 await self.set_active(cres, native_id, False)
             return native_id
@@ -75,6 +83,32 @@ class Writes:
 
         row = await ctx.pipeline.run(seq, f"creating {kind}", call, settle, write_only_values(cres, resource, record))
         return await self._answer(cres, row)
+
+    async def _created_anyway(self, cres: CompiledResource, resource: dict[str, Any], exc: AppBadResponse) -> str:
+        """A create the app answered with something unreadable (no id where the mapping says, a body cut short)
+        may have made the record: find it by the match attribute, as recovery does, and link it, rather than
+        leave an orphan in the app; if it cannot be found, say where to look."""
+        ctx = self.ctx
+        value = read_rule(resource, cres.match_rule)
+        try:
+            found = await ctx.find_by_match(cres, value)
+        except AppError:
+            found = None
+        if found is not None and len(found) == 1 and await ctx.store.by_native(ctx.app, cres.name, found[0][0]) is None:
+            log.warning(
+                "%s: the app's answer to creating %s could not be read (%s); linked its record %s, found by %s",
+                ctx.app,
+                cres.name,
+                exc.detail,
+                found[0][0],
+                cres.match_rule.resolved,
+            )
+            return found[0][0]
+        if found == []:
+            raise exc  # the app holds no such record: nothing was created
+        where = f"{cres.match_rule.field} = {value!r}"
+        log.error("%s: creating %s: %s; the app may hold an orphan record at %s", ctx.app, cres.name, exc.detail, where)
+        raise AppBadResponse(f"{exc.detail}; the app may have created the record: look for {where}") from None
 
     # ------------------------------------------------------------------ updates
 

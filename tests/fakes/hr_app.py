@@ -55,6 +55,7 @@ class Fault:
     times: int = 1
     late: bool = False  # with status None: do the call at once, answer only after the delay (it lands, the caller gave up)
     hold: asyncio.Event | None = None  # wait for the test to set it before answering (a call held in flight)
+    garble: str | None = None  # with status None: do the call, then answer this body instead (one the gateway cannot read)
 
 
 @dataclass
@@ -137,6 +138,9 @@ class _Hr:
         for fault in self.s.faults:
             if fault.method == request.method and re.fullmatch(fault.path, path) and fault.times > 0:
                 fault.times -= 1
+                if fault.garble is not None:
+                    done = await handler(request)
+                    return web.Response(status=done.status, text=fault.garble, content_type=fault.content_type)
                 if fault.late:
                     answer = await handler(request)
                     await asyncio.sleep(fault.delay)

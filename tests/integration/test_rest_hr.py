@@ -401,3 +401,32 @@ async def test_writes_send_what_the_request_means(scim: Scim, state: HrState) ->
     assert resp.status == 200 and "title" not in data, data
     assert [b[2] for b in state.bodies] == [{"title": None}]
     assert app_user(state, "lean@x.example")["title"] is None
+
+
+@pytest.mark.parametrize("garble", ['{"created": true}', '{"id": 12, "login": "cut sh'], ids=["no-id", "cut-short"])
+async def test_a_create_answered_unreadably_is_linked_not_orphaned(
+    scim: Scim, state: HrState, client: TestClient, garble: str
+) -> None:
+    """The app made the record but its answer cannot be read: the gateway finds the record by userName and links
+    it, so there is no orphan in the app and no 409 on the IdP's retry."""
+    from tests.fakes.hr_app import Fault
+
+    state.faults.append(Fault("POST", r"^/users$", status=None, garble=garble))
+    user = await create(scim, "/Users", {"schemas": [USER_URN], "userName": "garbled@x.example", "title": "T"})
+    row = app_user(state, "garbled@x.example")
+    stored = await client.app[APPS]["hr"].provisioner.store.get("hr", "User", user["id"])
+    assert stored is not None and stored.native_id == str(row["id"])
+    assert len(state.users) == 1
+    resp, data = await scim.post("/Users", {"schemas": [USER_URN], "userName": "garbled@x.example"})
+    assert (resp.status, data["scimType"]) == (409, "uniqueness"), data  # already linked: the retry finds it
+    assert len(state.users) == 1
+
+
+async def test_a_create_answered_unreadably_and_not_made_changes_nothing(scim: Scim, state: HrState, client: TestClient) -> None:
+    from tests.fakes.hr_app import Fault
+
+    state.faults.append(Fault("POST", r"^/users$", status=201, body='{"created": true}'))  # answered, not made
+    resp, data = await scim.post("/Users", {"schemas": [USER_URN], "userName": "ghost@x.example"})
+    assert resp.status == 502, data
+    assert state.users == {}
+    await assert_nothing_recorded(scim, client)
