@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import difflib
 import json
 import logging
 import random
@@ -64,6 +65,8 @@ MAX_PAGES = 100_000  # a guard against an app whose pagination never ends
 log = logging.getLogger(__name__)
 
 DETAIL_CHARS = 200
+SAMPLE = 100  # records of each kind check --connect reads
+SAMPLE_GROUPS = 5  # groups whose member lists it reads, for one that is not empty
 LOGGED_BYTES = 4000  # of an app's error answer, in the log
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "HEAD", "OPTIONS"})
 MASK = "***"
@@ -621,6 +624,7 @@ class RestConnector(Connector):
     def __init__(self, config: RestConnectorConfig, context: AppContext) -> None:
         super().__init__(config, context)
         self._http: _Http | None = None
+        self._seen_fields: dict[str, set[str]] = {}  # per kind, the fields check_schema saw on the app's records
 
     @classmethod
     def capabilities_for(cls, config: BaseModel) -> Capabilities:
@@ -761,21 +765,119 @@ class RestConnector(Connector):
         await self._op(operation, {"id": native_id}, fill(operation.body, {"id": native_id}))
 
     async def check_schema(self) -> list[tuple[tuple[str | int, ...], str]]:
-        """Read the first page of every list call: a wrong path or refused credentials shows before the first IdP request."""
+        """Read the first page of every list call, and where the app has records, check the mapping against one:
+        its id path, the get call's record path, the member list's shape. A wrong path shows here, before an IdP
+        request finds it (as a 502 after the app made a record). The fields the records carry are kept for fields()."""
         problems: list[tuple[tuple[str | int, ...], str]] = []
+        self._seen_fields = {}
         for kind, k in self.config.resources.items():
+            sample: list[Any] = []
             for name, call in (("list", k.list), ("search", k.search)):
                 if call is None:
                     continue
                 try:
                     async with aclosing(self._items(call, {}, {})) as items:
-                        async for _item in items:
-                            break
+                        async for item in items:
+                            sample.append(item)
+                            if len(sample) >= SAMPLE:
+                                break
                 except AppNotFound:
                     problems.append((("resources", kind, name, "path"), f"the app has no {call.path} (HTTP 404)"))
                 except AppError as exc:
                     problems.append((("resources", kind, name), exc.detail))
+                if sample:
+                    break
+            if sample:
+                problems += await self._check_records(kind, k, sample)
         return problems
+
+    async def _check_records(
+        self, kind: str, k: RestResourceConfig, sample: list[Any]
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """The mapping's paths against records the app holds."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        records = [flatten(item) for item in sample if isinstance(item, Mapping)]
+        if not records:
+            return [(("resources", kind, "list", "items"), f"the app's {kind} list holds no objects: is `items` right?")]
+        keys = sorted({key for record in records for key in record})
+        ids = [_native_id(dig(item, k.id)) for item in sample]
+        if not any(ids):
+            problems.append((("resources", kind, "id"), _missing(f"the app's {kind} records have no id at {k.id!r}", k.id, keys)))
+            return problems
+        self._seen_fields[kind] = set(keys)
+        native_id = next(i for i in ids if i)
+        if k.get is not None:
+            try:
+                answer = await self._op(k.get, {"id": native_id})
+                found = dig(answer.body, k.record)
+                if not isinstance(found, Mapping):
+                    top = sorted(answer.body) if isinstance(answer.body, Mapping) else []
+                    where: tuple[str | int, ...] = ("resources", kind, "record") if k.record else ("resources", kind, "get")
+                    problems.append(
+                        (
+                            where,
+                            _missing(
+                                f"GET {k.get.path} answers no record at {k.record or 'the top level'!r}", k.record or "", top
+                            ),
+                        )
+                    )
+                elif _native_id(dig(found, k.id)) != native_id:
+                    problems.append(
+                        (
+                            ("resources", kind, "record"),
+                            f"GET {k.get.path} answers a record without its id at {k.id!r}: is `record` right?",
+                        )
+                    )
+                else:
+                    self._seen_fields[kind] |= set(flatten(found))
+            except AppNotFound:
+                problems.append(
+                    (("resources", kind, "get", "path"), f"GET {k.get.path} answers 404 for a listed record ({native_id})")
+                )
+            except AppError as exc:
+                problems.append((("resources", kind, "get"), exc.detail))
+        m = k.members
+        if m is not None:
+            for group_id in [i for i in ids if i][:SAMPLE_GROUPS]:
+                try:
+                    async with aclosing(self._items(m.list, {}, {"id": group_id})) as items:
+                        item = await anext(aiter(items), None)
+                except AppNotFound:
+                    problems.append((("resources", kind, "members", "list", "path"), f"the app has no {m.list.path} (HTTP 404)"))
+                    break
+                except AppError as exc:
+                    problems.append((("resources", kind, "members", "list"), exc.detail))
+                    break
+                if item is None:
+                    continue  # an empty group says nothing of the shape
+                where = ("resources", kind, "members", "list", "member_id")
+                if m.list.member_id is None and isinstance(item, Mapping):
+                    problems.append(
+                        (
+                            where,
+                            f"the app's member list holds objects (keys: {', '.join(sorted(flatten(item)))}): name the id's path",
+                        )
+                    )
+                elif m.list.member_id is not None and not isinstance(item, Mapping):
+                    problems.append((where, "the app's member list holds the ids themselves: set member_id: null"))
+                elif m.list.member_id is not None and _native_id(dig(item, m.list.member_id)) is None:
+                    problems.append(
+                        (
+                            where,
+                            _missing(
+                                f"the app's member list items have no id at {m.list.member_id!r}",
+                                m.list.member_id,
+                                sorted(flatten(item)),
+                            ),
+                        )
+                    )
+                break
+        return problems
+
+    def fields(self, kind: str) -> set[str] | None:
+        """The fields seen on the app's records by check_schema() (None when the app had no record to show)."""
+        found = self._seen_fields.get(kind)
+        return None if not found else found
 
     # ------------------------------------------------------------ dry run
 
@@ -986,6 +1088,14 @@ def _last_page(p: PaginationConfig, body: Any, pages: int, items: int, on_page: 
             if isinstance(count, int | str) and not isinstance(count, bool) and str(count).isdigit() and done >= int(count):
                 return True
     return bool(getattr(p, "short_page_ends", False)) and on_page < getattr(p, "size", 0)
+
+
+def _missing(message: str, path: str, keys: list[str]) -> str:
+    """A path the app's answers lack: with the near miss and the keys they have."""
+    near = difflib.get_close_matches(path, keys, n=1)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    shown = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
+    return f"{message}{hint} (their keys: {shown})" if keys else message + hint
 
 
 def _covered(name: str, changes: Record) -> bool:

@@ -105,3 +105,57 @@ def test_without_connect_nothing_is_opened(monkeypatch: pytest.MonkeyPatch, caps
     monkeypatch.delenv("LEGACY_PG_DSN", raising=False)
     assert main(["check", str(ROOT / "mappings" / "legacy_pg.yaml")]) == 0
     assert capsys.readouterr().out.strip().endswith("ok (app legacy_pg: User, Group)")
+
+
+# ---------------------------------------------------------------- a REST app with records: the mapping's paths against them
+
+HR_MISFITS = [
+    # (what the integrator wrote instead, the text on the line it is on, the message)
+    (("      id: id\n", "      id: uid\n", 1), "id: uid",
+     "connector.resources.User.id: the app's User records have no id at 'uid' (did you mean id?) (their keys: "),
+    (("field: first_name", "field: frist_name", 1), "frist_name",
+     "resources.User.attributes[1].field: the app's User records have no field 'frist_name' (did you mean first_name?)"),
+    (("      get: {method: GET, path: \"/users/{id}\"}\n", "      get: {method: GET, path: \"/users/{id}\"}\n      record: user\n", 1),
+     "record: user", "connector.resources.User.record: GET /users/{id} answers no record at 'user' (their keys: "),
+    (("member_id: user_id", "member_id: userid", 1), "member_id: userid",
+     "connector.resources.Group.members.list.member_id: the app's member list items have no id at 'userid' (did you mean user_id?)"),
+    (("member_id: user_id", "member_id: null", 1), "member_id: null",
+     "connector.resources.Group.members.list.member_id: the app's member list holds objects (keys: login, user_id): name the id's path"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("edit", "marker", "message"), HR_MISFITS, ids=["id", "field", "record", "member_id", "bare-ids"])
+async def test_rest_misfits_are_found_against_live_records(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    edit: tuple[str, str, int],
+    marker: str,
+    message: str,
+) -> None:
+    import aiohttp
+
+    from tests.fakes.hr_app import create_hr_app, serve
+
+    async with serve(create_hr_app(api_key="k-check")) as url:
+        async with aiohttp.ClientSession(headers={"X-API-Key": "k-check"}) as http:
+            async with http.post(f"{url}/users", json={"login": "ann", "first_name": "Ann"}) as resp:
+                user = await resp.json()
+            async with http.post(f"{url}/groups", json={"name": "staff"}) as resp:
+                group = await resp.json()
+            async with http.post(f"{url}/groups/{group['id']}/members", json={"user_id": user["id"]}) as resp:
+                assert resp.status < 300
+        monkeypatch.setenv("HR_API_URL", url)
+        monkeypatch.setenv("HR_API_KEY", "k-check")
+        monkeypatch.setenv("HR_SCIM_TOKEN", "t-check-0123456789")
+        good = ROOT / "mappings" / "hr_rest.yaml"
+        assert await check("--connect", str(good)) == 0, capsys.readouterr().out
+        capsys.readouterr()
+        old, new, count = edit
+        text = good.read_text()
+        assert old in text, old
+        bad = tmp_path / "hr.yaml"
+        bad.write_text(text.replace(old, new, count))
+        assert await check("--connect", str(bad)) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith(f"{bad}:{line_of(bad, marker)}:") and message in line for line in out), out
