@@ -21,6 +21,9 @@ from gateway.app import create_app
 from gateway.demo import demo_mapping_path, ensure_demo_database
 from gateway.settings import GatewaySettings
 
+# The shipped connector conformance class asserts as a test module does: pytest shows the values when one fails.
+pytest.register_assert_rewrite("gateway.connectors.conformance")
+
 TOKEN = "test-token-0123456789"
 BASE = "/apps/demo/scim/v2"
 USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"

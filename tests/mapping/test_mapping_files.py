@@ -19,7 +19,11 @@ SHIPPED = sorted((ROOT / "mappings").glob("*.yaml"))
 
 
 def expectations(path: Path) -> list[str]:
-    return [m.group(1).strip() for m in re.finditer(r"^# expect: (.+)$", path.read_text(), re.M)]
+    # "{connector types}" is the installed ones: a plugin (the tests' own example among them) adds to the list.
+    types = ", ".join(load_registry().names())
+    return [
+        m.group(1).strip().replace("{connector types}", types) for m in re.finditer(r"^# expect: (.+)$", path.read_text(), re.M)
+    ]
 
 
 @pytest.mark.parametrize("path", sorted(BAD.glob("*.yaml")), ids=lambda p: p.stem)

@@ -107,6 +107,14 @@ def test_connectors_use_only_the_connector_contract(name: str) -> None:
     assert sorted(m for m in used if not m.startswith(tuple(CONNECTOR_MAY_IMPORT))) == []
 
 
+def test_only_the_shipped_conformance_class_imports_pytest() -> None:
+    # Test code in the package, for plugin authors' tests: the gateway itself never imports it, nor pytest.
+    conformance = "gateway.connectors.conformance"
+    users = {n: p for n, p in GATEWAY.items() if n != conformance}
+    assert sorted(n for n, p in users.items() if any(m.split(".")[0] == "pytest" for m in _imports(n, p))) == []
+    assert sorted(n for n, p in users.items() if conformance in _imports(n, p)) == []
+
+
 def test_no_import_cycle() -> None:
     graph = {name: _gateway_imports(name, path) - {name} for name, path in GATEWAY.items()}
     # A package's __init__ re-exporting its own modules is not a cycle between modules.
