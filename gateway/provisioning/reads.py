@@ -36,10 +36,27 @@ class Reads:
             raise NotFound(f"{kind} {rid} not found")
         if live:
             data = await self.live_data(cres, row)
-            row = await self.sync_copy(cres, row, data)
+            in_app = await self.app_members(cres, row) if members else None
+            row = await self.sync_copy(cres, row, data, in_app)
+            if in_app is not None:
+                return Resource(row, data, in_app)
         else:
             data = row.data
         return Resource(row, data, await self.related(kind, row.id) if members else None)
+
+    async def app_members(self, cres: CompiledResource, row: Row) -> list[Member] | None:
+        """A group's members as the app lists them now (those the gateway has linked), where the app can be asked
+        cheaply (its own member calls, or a member list on the group's record); None otherwise (`reads: cached`,
+        membership kept on each user's record, no app record)."""
+        if cres.name != "Group" or not cres.reads_live or row.native_id is None or cres.members is None:
+            return None
+        via = cres.members.via
+        if via == "user_field" or (via == "connector" and not self.ctx.connector.caps.membership):
+            return None
+        native_id = row.native_id
+        found = await self.ctx.call(f"reading the members of {cres.name} {row.id}", lambda: self.ctx.members_from_app(native_id))
+        copied = {m.id: m for m in await self.ctx.store.members(self.ctx.app, row.id)}
+        return [copied.get(m.id, m) for m in found]  # as the copy shows them (their display), where it has them
 
     async def related(self, kind: str, rid: str) -> list[Member]:
         """A group's members, or the groups a user is in."""
@@ -74,13 +91,16 @@ class Reads:
             log.info("%s: %s %s was deleted in the app; the gateway forgot it", self.ctx.app, cres.name, row.id)
             await self.forget_references(cres.name, row.id)
 
-    async def sync_copy(self, cres: CompiledResource, row: Row, live: dict[str, Any]) -> Row:
-        """Bring the copy up to what the app holds; a change is a new version (and a rename in the app follows)."""
-        if live == row.data:
+    async def sync_copy(self, cres: CompiledResource, row: Row, live: dict[str, Any], members: list[Member] | None = None) -> Row:
+        """Bring the copy up to what the app holds; a change is a new version (and a rename in the app follows).
+        `members`: the group's members as the app lists them; a member added or removed in the app is drift too."""
+        if members is not None and {m.id for m in members} == {m.id for m in await self.ctx.store.members(self.ctx.app, row.id)}:
+            members = None
+        if live == row.data and members is None:
             return row
         name = live.get(cres.unique_attr)
         key = name.lower() if isinstance(name, str) and name.strip() else None
-        refreshed = await self.ctx.store.refresh(self.ctx.app, cres.name, row.id, live, utc_now(), key)
+        refreshed = await self.ctx.store.refresh(self.ctx.app, cres.name, row.id, live, utc_now(), key, members)
         return refreshed or row
 
     async def read_back(self, cres: CompiledResource, native_id: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -176,6 +176,12 @@ class Writes:
             wanted = await ctx.members_for_write({"members": [item for item in changes.values() if item is not None]})
             add = [m for m in wanted if m.id not in present]
             remove = [Member(i, "User", None) for i, item in changes.items() if item is None and i in present]
+            # A member the IdP removes that the copy does not list may still be in the app (added there by hand):
+            # it is removed there too, at the cost of the change whatever the group's size. The copy does not
+            # change, so this call needs no claim; the app takes the removal of one it lacks as done.
+            unlisted = [i for i, item in changes.items() if item is None and i not in present]
+            if unlisted and row.native_id is not None:
+                await self._remove_in_app(cres, row.native_id, unlisted)
             if not add and not remove:
                 return await self._answer(cres, row, with_members)
             claim = await self._claim_at(
@@ -192,6 +198,14 @@ class Writes:
             return await self._answer(cres, written, with_members)
 
         return await self._optimistic(kind, rid, if_match, attempt)
+
+    async def _remove_in_app(self, cres: CompiledResource, group_native: str, member_ids: list[str]) -> None:
+        ctx = self.ctx
+        natives = await ctx.natives([Member(i, "User", None) for i in member_ids])
+        if natives:
+            await ctx.call(
+                f"removing members of {cres.name}", lambda: ctx.memberships[cres.name].write(group_native, {}, [], natives)
+            )
 
     async def _update(
         self,
@@ -211,8 +225,11 @@ class Writes:
             live = await self.reads.live_data(cres, row)
             current = {"id": row.id, **copy.deepcopy(live)}
             old_members: list[Member] = []
+            copied: list[Member] = []
             if cres.name == "Group":
-                old_members = await ctx.store.members(ctx.app, rid)
+                copied = await ctx.store.members(ctx.app, rid)
+                in_app = await self.reads.app_members(cres, row)
+                old_members = copied if in_app is None else in_app  # the app's members where it can be asked
                 if old_members:
                     current["members"] = [{"value": m.id, "type": m.type} for m in old_members]
             new = compute(current)
@@ -226,6 +243,14 @@ class Writes:
                 old_ids, new_ids = {m.id for m in old_members}, {m.id for m in wanted}
                 add = [m for m in wanted if m.id not in old_ids]
                 remove = [m for m in old_members if m.id not in new_ids]
+            # The copy follows the app: members the app dropped leave it, and ones it had that stay join it.
+            copy_ids = {m.id for m in copied}
+            app_ids = {m.id for m in old_members}
+            kept = {m.id for m in wanted} if cres.name == "Group" and replace_members else app_ids
+            copy_fix = (
+                [m for m in old_members if m.id not in copy_ids and m.id in kept],
+                [m.id for m in copied if m.id not in app_ids],
+            )
             switch = None if current.get("active") is new.get("active") or new.get("active") is None else bool(new.get("active"))
             relink = _relink(cres, row, switch)
             # What the app is sent: the fields that change (for a record created again, every field it has).
@@ -234,7 +259,7 @@ class Writes:
             else:
                 record = await ctx.update_record(cres, current, new)
             data = copy_of(new)
-            if not add and not remove and "password" not in new and data == copy_of(current):
+            if not add and not remove and "password" not in new and data == copy_of(current) and not any(copy_fix):
                 # Nothing to change: no app call and no new version (beyond catching up with the app).
                 return await self._answer(cres, await self.reads.sync_copy(cres, row, live))
             claim = await self._claim_at(
@@ -247,7 +272,7 @@ class Writes:
             if claim is None:
                 return None
             seq, claimed = claim
-            written = await self._apply(cres, seq, claimed, record, data, unique_key, add, remove, switch, relink)
+            written = await self._apply(cres, seq, claimed, record, data, unique_key, add, remove, switch, relink, copy_fix)
             return await self._answer(cres, written)
 
         return await self._optimistic(kind, rid, if_match, attempt)
@@ -264,8 +289,10 @@ class Writes:
         remove: list[Member],
         switch: bool | None = None,
         relink: str | None = None,
+        copy_fix: tuple[list[Member], list[str]] = ([], []),
     ) -> Row:
-        """The claimed update's app calls and settle."""
+        """The claimed update's app calls and settle; `copy_fix`: members the copy gains and loses to match the
+        app, beyond what the calls change."""
         ctx = self.ctx
         native_id, rid = row.native_id, row.id
 
@@ -295,8 +322,8 @@ class Writes:
                     seq,
                     settled,
                     unique_key,
-                    add_members=add,
-                    remove_members=[m.id for m in remove],
+                    add_members=[*add, *copy_fix[0]],
+                    remove_members=[m.id for m in remove] + copy_fix[1],
                     relink=relink is not None,
                     native_id=current_native,
                 )

@@ -294,11 +294,19 @@ class Store:
         await self.dialect.transaction(work)
 
     async def refresh(
-        self, app: str, rtype: str, rid: str, data: dict[str, Any], now: str, unique_key: str | None = None
+        self,
+        app: str,
+        rtype: str,
+        rid: str,
+        data: dict[str, Any],
+        now: str,
+        unique_key: str | None = None,
+        members: Sequence[Member] | None = None,
     ) -> Row | None:
         """Replace the copy of a settled resource (not one in flight) with a new version; None when busy or gone.
 
-        A `unique_key` renamed in the app follows, unless another resource holds it (then the old key stays).
+        A `unique_key` renamed in the app follows, unless another resource holds it (then the old key stays);
+        `members`: a group's members become these (as the app lists them), in the same transaction.
         """
 
         async def work(conn: Conn, key: str | None) -> Row | None:
@@ -312,6 +320,9 @@ class Store:
                 rtype,
                 rid,
             )
+            if rec is not None and members is not None:
+                await conn.execute("DELETE FROM members WHERE app = ? AND group_id = ?", app, rid)
+                await self._add_members(conn, app, rid, members)
             return None if rec is None else self._row(rec)
 
         try:

@@ -430,3 +430,31 @@ async def test_a_create_answered_unreadably_and_not_made_changes_nothing(scim: S
     assert resp.status == 502, data
     assert state.users == {}
     await assert_nothing_recorded(scim, client)
+
+
+async def test_membership_is_read_from_and_decided_against_the_app(scim: Scim, state: HrState) -> None:
+    """Members added or removed in the app itself show on GET, and the IdP's removals and replacements reach
+    them: the app never keeps access the IdP believes it removed."""
+    a, b, c = [await create(scim, "/Users", {"schemas": [USER_URN], "userName": f"{n}@m.example"}) for n in "abc"]
+    group = await create(scim, "/Groups", {"schemas": [GROUP_URN], "displayName": "Ops", "members": [{"value": a["id"]}]})
+    gid = state.group_by_name("Ops")["id"]  # type: ignore[index]
+    uid = {u["login"]: u["id"] for u in state.users.values()}
+    state.members[gid].append(uid["b@m.example"])  # an admin adds b in the app itself
+
+    resp, data = await scim.get(f"/Groups/{group['id']}")
+    assert sorted(m["value"] for m in data["members"]) == sorted([a["id"], b["id"]]), data
+    resp, data = await scim.get(f"/Users/{b['id']}")
+    assert [g["value"] for g in data["groups"]] == [group["id"]]
+
+    state.members[gid].append(uid["c@m.example"])  # and c, which the gateway has not seen yet
+    resp, data = await scim.patch(f"/Groups/{group['id']}", [{"op": "remove", "path": f'members[value eq "{c["id"]}"]'}])
+    assert resp.status == 200, data
+    assert state.member_logins("Ops") == ["a@m.example", "b@m.example"]
+
+    state.members[gid].append(uid["c@m.example"])
+    resp, data = await scim.put(
+        f"/Groups/{group['id']}", {"schemas": [GROUP_URN], "displayName": "Ops", "members": [{"value": a["id"]}]}
+    )
+    assert resp.status == 200, data
+    assert state.member_logins("Ops") == ["a@m.example"]  # exactly the given list, in the app
+    assert [m["value"] for m in data["members"]] == [a["id"]]
