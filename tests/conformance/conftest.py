@@ -41,7 +41,9 @@ def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 # legacy_pg is left out on purpose: its hr_person.employee_no is VARCHAR(20), and scim2-tester's random values
 # are longer, so its writes are refused (400 invalidValue, as they should be) in a varying set of checks.
-@pytest.fixture(scope="module", params=["demo", "demo-pg-store", "hr", "crm", "legacy_mariadb", "openldap", "active_directory"])
+@pytest.fixture(
+    scope="module", params=["demo", "demo-pg-store", "hr", "crm", "legacy_mariadb", "openldap", "active_directory", "scim_app"]
+)
 def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """A gateway process for one app: the demo (SQLite store, or PostgreSQL store), or a REST example app before its fake."""
     name = request.param
@@ -70,6 +72,9 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         return
     if name == "active_directory":
         yield from _ad_gateway(request.getfixturevalue("samba_dc"), root)
+        return
+    if name == "scim_app":
+        yield from _scim_gateway(root)
         return
     fake, port = _start_fake(name, root / "fake.log")
     api = f"http://127.0.0.1:{port}"
@@ -140,6 +145,23 @@ def _openldap_gateway(slapd: Any, root: Path) -> Iterator[LiveGateway]:
         yield gateway
     finally:
         gateway.stop()
+
+
+def _scim_gateway(root: Path) -> Iterator[LiveGateway]:
+    """The shipped mappings/scim_app.yaml in front of a real SCIM server by others (scim2-server), behind a gateway process."""
+    from tests.scim_target import TARGET_TOKEN, ScimTarget
+
+    target = ScimTarget(root)
+    target.start()
+    env = {"SCIM_APP_URL": target.tenant().base_url, "SCIM_APP_TOKEN": TARGET_TOKEN, "SCIM_APP_SCIM_TOKEN": TOKEN}
+    gateway = LiveGateway(root, token="", app="scim_app", env=env)
+    gateway.token = TOKEN
+    try:
+        gateway.start("--config", str(ROOT / "mappings" / "scim_app.yaml"))
+        yield gateway
+    finally:
+        gateway.stop()
+        target.stop()
 
 
 def _ad_gateway(dc: Any, root: Path) -> Iterator[LiveGateway]:
