@@ -128,6 +128,8 @@ async def to_record(cres: CompiledResource, resource: dict[str, Any], refs: RefR
         if not rule.writes:
             continue
         value = read_rule(resource, rule)
+        if rule.rule.ref is not None and value == "":
+            value = None  # Entra clears a manager by sending "" (or {"value": ""}): no reference
         if rule.rule.ref is not None and value is not None:
             native = (await refs.to_native(rule.rule.ref, [str(value)])).get(str(value))
             if native is None:

@@ -568,3 +568,23 @@ async def test_entra_full_sequence(scim: Scim, demo_db: sqlite3.Connection) -> N
     assert resp.status == 204
     assert count(demo_db, "teams") == 0
     assert [r["login"] for r in demo_db.execute("SELECT login FROM employees")] == ["chief@contoso.com"]
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        {"op": "Replace", "path": f"{ENTERPRISE_URN}:manager", "value": ""},
+        {"op": "Replace", "path": f"{ENTERPRISE_URN}:manager", "value": {"value": ""}},
+        {"op": "Replace", "path": f"{ENTERPRISE_URN}:manager", "value": None},
+    ],
+    ids=["empty-string", "empty-value", "null"],
+)
+async def test_entra_clears_the_manager_with_an_empty_value(
+    scim: Scim, demo_db: sqlite3.Connection, operation: dict[str, Any]
+) -> None:
+    boss = await create_user(scim, "boss-clear@contoso.com")
+    user = await create_user(scim, "report-clear@contoso.com", manager=boss["id"])
+    resp, data = await scim.patch(f"/Users/{user['id']}", [operation])
+    assert resp.status == 200, data
+    assert "manager" not in data.get(ENTERPRISE_URN, {}), data
+    assert employee(demo_db, "report-clear@contoso.com")["mgr_emp_no"] is None
