@@ -130,6 +130,7 @@ async def _import(args: argparse.Namespace, mapping: CompiledMapping) -> int:
             print(
                 f"{kind}: {counts['read']} in the app, {counts['linked']} linked now, {counts['already']} already linked, "
                 f"{counts['conflicts']} conflicts, {counts['unnamed']} without a {provisioner.resource(kind).unique_attr}"
+                + (f", {counts['repaired']} with their members brought up to date" if counts.get("repaired") else "")
             )
             status = status or (1 if counts["conflicts"] else 0)
         return status

@@ -56,11 +56,14 @@ class Adoption:
         cres = ctx.resource(kind)
         if not ctx.connector.caps.list_all:
             raise Unsupported(f"the {ctx.mapping.config.connector['type']} connector of {ctx.app} cannot list records")
-        counts = {"read": 0, "linked": 0, "already": 0, "conflicts": 0, "unnamed": 0}
+        counts = {"read": 0, "linked": 0, "already": 0, "conflicts": 0, "unnamed": 0, "repaired": 0}
         async for native_id, record in ctx.connector.list_all(kind):
             counts["read"] += 1
-            if await ctx.store.by_native(ctx.app, kind, native_id) is not None:
+            linked = await ctx.store.by_native(ctx.app, kind, native_id)
+            if linked is not None:
                 counts["already"] += 1
+                if await self._repair_members(cres, linked):
+                    counts["repaired"] += 1
             else:
                 name = (await ctx.overlay(cres, {}, record)).get(cres.unique_attr)
                 if not isinstance(name, str) or not name.strip():
@@ -76,6 +79,24 @@ class Adoption:
             if progress is not None:
                 progress(counts)
         return counts
+
+    async def _repair_members(self, cres: CompiledResource, row: Row) -> bool:
+        """A group linked before its members were (adopted on a lookup, then its users linked): its members in the
+        copy become the ones the app lists, now linked. Whether it changed anything."""
+        ctx = self.ctx
+        if cres.name != "Group" or cres.members is None or row.native_id is None or row.state != "active":
+            return False
+        if cres.members.via == "user_field":
+            return False  # every user's record would be read for each group: the users' own import links them
+        native_id = row.native_id
+        in_app = await ctx.call(f"reading the members of the app's group {native_id}", lambda: ctx.members_from_app(native_id))
+        copied = {m.id for m in await ctx.store.members(ctx.app, row.id)}
+        if {m.id for m in in_app} == copied:
+            return False
+        refreshed = await ctx.store.refresh(ctx.app, cres.name, row.id, row.data, utc_now(), None, in_app)
+        if refreshed is not None:
+            log.info("%s: %s %s now has the %d members the app lists", ctx.app, cres.name, row.id, len(in_app))
+        return refreshed is not None
 
 
 __all__ = ["Adoption"]

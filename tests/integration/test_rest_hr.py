@@ -8,6 +8,7 @@ the fake by environment variables. Every step asserts the HR app's own state
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -458,3 +459,39 @@ async def test_membership_is_read_from_and_decided_against_the_app(scim: Scim, s
     assert resp.status == 200, data
     assert state.member_logins("Ops") == ["a@m.example"]  # exactly the given list, in the app
     assert [m["value"] for m in data["members"]] == [a["id"]]
+
+
+async def test_a_group_adopted_before_its_members(
+    scim: Scim, state: HrState, client: TestClient, hr: Hr, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Entra looks the group up first (adopted, its members not linked yet), then its users: the group gains them
+    on its next read by id, and `import` repairs the copy of any group it has already linked."""
+    import aiohttp
+
+    from gateway.cli import main
+
+    async with aiohttp.ClientSession(headers={"X-API-Key": API_KEY}) as http:
+        async with http.post(f"{hr.url}/users", json={"login": "early@x.example"}) as resp:
+            user_id = (await resp.json())["id"]
+        for name in ("Early", "Later"):
+            async with http.post(f"{hr.url}/groups", json={"name": name}) as resp:
+                gid = (await resp.json())["id"]
+            async with http.post(f"{hr.url}/groups/{gid}/members", json={"user_id": user_id}) as resp:
+                assert resp.status < 300
+    groups = {}
+    for name in ("Early", "Later"):
+        resp, data = await scim.get("/Groups?filter=" + q(f'displayName eq "{name}"'))
+        [groups[name]] = data["Resources"]
+        assert groups[name].get("members", []) == []  # its member is no SCIM user yet
+    resp, data = await scim.get("/Users?filter=" + q('userName eq "early@x.example"'))
+    [user] = data["Resources"]
+    resp, data = await scim.get(f"/Groups/{groups['Early']['id']}")
+    assert [m["value"] for m in data["members"]] == [user["id"]]
+    store = client.app[APPS]["hr"].provisioner.store
+    assert [m.id for m in await store.members("hr", groups["Later"]["id"])] == []
+    # The CLI on the same data directory the serving gateway uses (the fixture's tmp_path / "data").
+    status = await asyncio.to_thread(main, ["import", "hr", "--config", str(MAPPING), "--data-dir", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "Group: 2 in the app, 0 linked now, 2 already linked" in out and "1 with their members brought up to date" in out, out
+    assert [m.id for m in await store.members("hr", groups["Later"]["id"])] == [user["id"]]
