@@ -19,6 +19,7 @@ from ..store import Member, Row
 from ..store import query as q
 from .context import Context
 from .errors import NotFound
+from .membership import UserFieldMembership
 from .pipeline import utc_now
 from .resource import Resource
 
@@ -35,9 +36,10 @@ class Reads:
         if row is None:
             raise NotFound(f"{kind} {rid} not found")
         if live:
-            data = await self.live_data(cres, row)
+            data, record = await self._live(cres, row)
             in_app = await self.app_members(cres, row) if members else None
-            row = await self.sync_copy(cres, row, data, in_app)
+            groups = await self._listed_groups(cres, record) if members else None
+            row = await self.sync_copy(cres, row, data, in_app, groups)
             if in_app is not None:
                 return Resource(row, data, in_app)
         else:
@@ -76,14 +78,28 @@ class Reads:
 
     async def live_data(self, cres: CompiledResource, row: Row) -> dict[str, Any]:
         """The copy with every mapped attribute as the app has it now (the copy itself for `reads: cached`)."""
+        return (await self._live(cres, row))[0]
+
+    async def _live(self, cres: CompiledResource, row: Row) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """`live_data`, and the app's record it came from (None: not read)."""
         if row.native_id is None or not cres.reads_live:
-            return row.data
+            return row.data, None
         native_id = row.native_id
         record = await self.ctx.call(f"reading {cres.name} {row.id}", lambda: self.ctx.connector.get(cres.name, native_id))
         if record is None:
             await self.forget_vanished(cres, row)
             raise NotFound(f"{cres.name} {row.id} no longer exists in the app")
-        return await self.ctx.overlay(cres, row.data, record)
+        return await self.ctx.overlay(cres, row.data, record), record
+
+    async def _listed_groups(self, cres: CompiledResource, record: dict[str, Any] | None) -> list[Member] | None:
+        """The groups a user's own record lists (membership kept on the user: `via: user_field`), as linked
+        groups; None where membership is kept elsewhere or the record was not read."""
+        membership = self.ctx.memberships.get("Group")
+        if record is None or cres.name != "User" or not isinstance(membership, UserFieldMembership):
+            return None
+        natives = membership.ids.parse(record.get(membership.field))
+        found = await self.ctx.store.scim_ids(self.ctx.app, "Group", natives)
+        return [Member(found[n], "Group") for n in natives if n in found]
 
     async def forget_vanished(self, cres: CompiledResource, row: Row) -> None:
         """The app deleted the record itself: the resource is gone, so its id and unique name are released."""
@@ -91,16 +107,27 @@ class Reads:
             log.info("%s: %s %s was deleted in the app; the gateway forgot it", self.ctx.app, cres.name, row.id)
             await self.forget_references(cres.name, row.id)
 
-    async def sync_copy(self, cres: CompiledResource, row: Row, live: dict[str, Any], members: list[Member] | None = None) -> Row:
+    async def sync_copy(
+        self,
+        cres: CompiledResource,
+        row: Row,
+        live: dict[str, Any],
+        members: list[Member] | None = None,
+        groups: list[Member] | None = None,
+    ) -> Row:
         """Bring the copy up to what the app holds; a change is a new version (and a rename in the app follows).
-        `members`: the group's members as the app lists them; a member added or removed in the app is drift too."""
-        if members is not None and {m.id for m in members} == {m.id for m in await self.ctx.store.members(self.ctx.app, row.id)}:
+        `members`: a group's members as the app lists them, `groups`: a user's groups as its record lists them;
+        a membership changed in the app is drift too."""
+        store, app = self.ctx.store, self.ctx.app
+        if members is not None and {m.id for m in members} == {m.id for m in await store.members(app, row.id)}:
             members = None
-        if live == row.data and members is None:
+        if groups is not None and {g.id for g in groups} == {g.id for g in await store.groups_of(app, row.id)}:
+            groups = None
+        if live == row.data and members is None and groups is None:
             return row
         name = live.get(cres.unique_attr)
         key = name.lower() if isinstance(name, str) and name.strip() else None
-        refreshed = await self.ctx.store.refresh(self.ctx.app, cres.name, row.id, live, utc_now(), key, members)
+        refreshed = await store.refresh(app, cres.name, row.id, live, utc_now(), key, members, groups)
         return refreshed or row
 
     async def read_back(self, cres: CompiledResource, native_id: str, data: dict[str, Any]) -> dict[str, Any]:

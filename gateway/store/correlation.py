@@ -302,11 +302,13 @@ class Store:
         now: str,
         unique_key: str | None = None,
         members: Sequence[Member] | None = None,
+        groups: Sequence[Member] | None = None,
     ) -> Row | None:
         """Replace the copy of a settled resource (not one in flight) with a new version; None when busy or gone.
 
         A `unique_key` renamed in the app follows, unless another resource holds it (then the old key stays);
-        `members`: a group's members become these (as the app lists them), in the same transaction.
+        `members`: a group's members become these (as the app lists them), in the same transaction; `groups`:
+        likewise the groups a member is in (as its own record lists them).
         """
 
         async def work(conn: Conn, key: str | None) -> Row | None:
@@ -323,6 +325,13 @@ class Store:
             if rec is not None and members is not None:
                 await conn.execute("DELETE FROM members WHERE app = ? AND group_id = ?", app, rid)
                 await self._add_members(conn, app, rid, members)
+            if rec is not None and groups is not None:
+                await conn.execute("DELETE FROM members WHERE app = ? AND member_id = ?", app, rid)
+                await conn.executemany(
+                    "INSERT INTO members (app, group_id, member_id, member_type, display) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    [(app, g.id, rid, rtype, g.display) for g in groups],
+                )
             return None if rec is None else self._row(rec)
 
         try:

@@ -1089,3 +1089,19 @@ async def test_the_env_token_from_the_mapping_is_accepted_and_others_are_not(cli
     assert resp.status == 200, data
     resp, data = await Scim(client, "wrong-token-000000000", BASE).get("/Users")
     assert resp.status == 401, data
+
+
+async def test_roles_given_or_taken_in_the_crm_show_on_the_users_groups(scim: Scim, state: CrmState) -> None:
+    """Membership kept on the person (`roles`): a user's GET by id reads its groups from its own record, so a
+    role given or taken in the CRM itself shows at once, with the group's name, and the copy follows."""
+    user = await entra_create(scim, "rita.roles@contoso.com")
+    sales = await entra_group(scim, "Sales")
+    ops = await entra_group(scim, "Ops", [user["id"]])
+    record = person(state, "rita.roles@contoso.com")
+    record["roles"] = [role_id(state, "Sales")]  # the CRM's admin swaps the role
+    resp, data = await scim.get(f"/Users/{user['id']}")
+    assert resp.status == 200, data
+    assert [(g["value"], g.get("display")) for g in data["groups"]] == [(sales["id"], "Sales")], data
+    resp, data = await scim.get("/Users?filter=" + q('userName eq "rita.roles@contoso.com"'))
+    assert [g["value"] for g in data["Resources"][0]["groups"]] == [sales["id"]]  # the copy followed
+    assert ops["id"] not in [g["value"] for g in data["Resources"][0]["groups"]]
