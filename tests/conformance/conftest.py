@@ -1,4 +1,4 @@
-"""Live gateways for the external suites: the demo (SQLite) and the two REST example apps, each a real process."""
+"""Live gateways for the external suites: the demo (SQLite) and the REST example apps, each a real process."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 
 from tests.conftest import TOKEN, LiveGateway, free_port
 from tests.fakes.crm_app import CLIENT_SECRET
+from tests.fakes.desk_app import API_TOKEN as DESK_API_TOKEN
 from tests.fakes.serve import HR_API_KEY
+from tests.fakes.staff_app import API_KEY as STAFF_API_KEY
 from tests.services import create_pg_database, drop_pg_database, pg_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +44,8 @@ def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
 # legacy_pg is left out on purpose: its hr_person.employee_no is VARCHAR(20), and scim2-tester's random values
 # are longer, so its writes are refused (400 invalidValue, as they should be) in a varying set of checks.
 @pytest.fixture(
-    scope="module", params=["demo", "demo-pg-store", "hr", "crm", "legacy_mariadb", "openldap", "active_directory", "scim_app"]
+    scope="module",
+    params=["demo", "demo-pg-store", "hr", "crm", "desk", "staff", "legacy_mariadb", "openldap", "active_directory", "scim_app"],
 )
 def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """A gateway process for one app: the demo (SQLite store, or PostgreSQL store), or a REST example app before its fake."""
@@ -78,16 +81,17 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         return
     fake, port = _start_fake(name, root / "fake.log")
     api = f"http://127.0.0.1:{port}"
-    env = (
-        {"HR_API_URL": f"{api}/api", "HR_API_KEY": HR_API_KEY, "HR_SCIM_TOKEN": TOKEN}
-        if name == "hr"
-        else {
+    env = {
+        "hr": {"HR_API_URL": f"{api}/api", "HR_API_KEY": HR_API_KEY, "HR_SCIM_TOKEN": TOKEN},
+        "crm": {
             "CRM_API_URL": f"{api}/api/v1",
             "CRM_TOKEN_URL": f"{api}/oauth/token",
             "CRM_CLIENT_SECRET": CLIENT_SECRET,
             "CRM_SCIM_TOKEN": TOKEN,
-        }
-    )
+        },
+        "desk": {"DESK_API_URL": f"{api}/api/v2", "DESK_API_TOKEN": DESK_API_TOKEN, "DESK_SCIM_TOKEN": TOKEN},
+        "staff": {"STAFF_API_URL": f"{api}/api", "STAFF_API_TOKEN": STAFF_API_KEY, "STAFF_SCIM_TOKEN": TOKEN},
+    }[name]
     gateway = LiveGateway(root, token="", app=name, env=env)
     gateway.token = TOKEN  # accepted through the mapping's auth.bearer {env: ..._SCIM_TOKEN}
     try:

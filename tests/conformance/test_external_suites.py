@@ -27,6 +27,18 @@ KNOWN_DEVIATIONS = {
         # always sets); `active` cannot be removed there, and the gateway answers what the app holds.
         "ERROR check_remove_attribute: PATCH modify() did not remove attribute 'active'",
     },
+    "staff": {
+        # is_active is a NOT NULL 0/1 column (the app's legacy table): every employee is active or not,
+        # so `active` cannot be removed, and the gateway answers what the app holds.
+        "ERROR check_remove_attribute: PATCH modify() did not remove attribute 'active'",
+    },
+    "desk": {
+        # Every desk user is suspended or not (a boolean the app always sets): `active` cannot be removed.
+        "ERROR check_remove_attribute: PATCH modify() did not remove attribute 'active'",
+        # The desk requires every user to have a name: a removed displayName becomes the userName again
+        # (the mapping's to_app), and the gateway answers what the desk holds.
+        "ERROR check_remove_attribute: PATCH modify() did not remove attribute 'displayName'",
+    },
     "active_directory": {
         # Every AD account is enabled or disabled (the ACCOUNTDISABLE bit of userAccountControl, always there);
         # `active` is read live from it, so it cannot be removed, and the gateway answers what AD holds.
