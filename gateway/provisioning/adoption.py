@@ -44,6 +44,9 @@ class Adoption:
         except UniqueConflict:
             return None  # linked meanwhile by another request, or the name belongs to another resource
         log.info("%s: adopted the app's existing %s %s as %s", ctx.app, cres.name, native_id, row.id)
+        groups = await ctx.listed_groups(cres, record)
+        if groups:  # membership kept on the user: the groups its record lists that the gateway has linked
+            row = await ctx.store.refresh(ctx.app, cres.name, row.id, row.data, utc_now(), None, None, groups) or row
         return row
 
     async def import_existing(self, kind: str, progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
@@ -62,7 +65,7 @@ class Adoption:
             linked = await ctx.store.by_native(ctx.app, kind, native_id)
             if linked is not None:
                 counts["already"] += 1
-                if await self._repair_members(cres, linked):
+                if await self._repair_members(cres, linked) or await self._repair_groups(cres, linked, record):
                     counts["repaired"] += 1
             else:
                 name = (await ctx.overlay(cres, {}, record)).get(cres.unique_attr)
@@ -79,6 +82,16 @@ class Adoption:
             if progress is not None:
                 progress(counts)
         return counts
+
+    async def _repair_groups(self, cres: CompiledResource, row: Row, record: dict[str, Any]) -> bool:
+        """A user whose record lists its groups (`via: user_field`): the copy's memberships become those."""
+        ctx = self.ctx
+        groups = await ctx.listed_groups(cres, record)
+        if groups is None or row.state != "active":
+            return False
+        if {g.id for g in groups} == {g.id for g in await ctx.store.groups_of(ctx.app, row.id)}:
+            return False
+        return await ctx.store.refresh(ctx.app, cres.name, row.id, row.data, utc_now(), None, None, groups) is not None
 
     async def _repair_members(self, cres: CompiledResource, row: Row) -> bool:
         """A group linked before its members were (adopted on a lookup, then its users linked): its members in the

@@ -18,7 +18,7 @@ from ..mapping.translate import UnresolvedReference, create_body, overlay, to_re
 from ..store import Member, Store
 from .breaker import Breaker, guard
 from .errors import AppFailed, BadAnswer, Invalid, NotFound
-from .membership import Membership, create_membership
+from .membership import Membership, UserFieldMembership, create_membership
 from .pipeline import WritePipeline
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,16 @@ class Context:
             ids = await self.store.scim_ids(self.app, kind, [n for k, n in pairs if k == kind])
             out.extend(Member(ids[n], kind) for k, n in pairs if k == kind and n in ids)
         return out
+
+    async def listed_groups(self, cres: CompiledResource, record: dict[str, Any] | None) -> list[Member] | None:
+        """The groups a user's own record lists (membership kept on the user: `via: user_field`), those the
+        gateway has linked; None where membership is kept elsewhere or there is no record."""
+        membership = self.memberships.get("Group")
+        if record is None or cres.name != "User" or not isinstance(membership, UserFieldMembership):
+            return None
+        natives = membership.ids.parse(record.get(membership.field))
+        found = await self.store.scim_ids(self.app, "Group", natives)
+        return [Member(found[n], "Group") for n in natives if n in found]
 
     # ------------------------------------------------------------------ the app's records by value
 

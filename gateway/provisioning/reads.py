@@ -19,7 +19,6 @@ from ..store import Member, Row
 from ..store import query as q
 from .context import Context
 from .errors import NotFound
-from .membership import UserFieldMembership
 from .pipeline import utc_now
 from .resource import Resource
 
@@ -38,7 +37,7 @@ class Reads:
         if live:
             data, record = await self._live(cres, row)
             in_app = await self.app_members(cres, row) if members else None
-            groups = await self._listed_groups(cres, record) if members else None
+            groups = await self.ctx.listed_groups(cres, record) if members else None
             row = await self.sync_copy(cres, row, data, in_app, groups)
             if in_app is not None:
                 return Resource(row, data, in_app)
@@ -90,16 +89,6 @@ class Reads:
             await self.forget_vanished(cres, row)
             raise NotFound(f"{cres.name} {row.id} no longer exists in the app")
         return await self.ctx.overlay(cres, row.data, record), record
-
-    async def _listed_groups(self, cres: CompiledResource, record: dict[str, Any] | None) -> list[Member] | None:
-        """The groups a user's own record lists (membership kept on the user: `via: user_field`), as linked
-        groups; None where membership is kept elsewhere or the record was not read."""
-        membership = self.ctx.memberships.get("Group")
-        if record is None or cres.name != "User" or not isinstance(membership, UserFieldMembership):
-            return None
-        natives = membership.ids.parse(record.get(membership.field))
-        found = await self.ctx.store.scim_ids(self.ctx.app, "Group", natives)
-        return [Member(found[n], "Group") for n in natives if n in found]
 
     async def forget_vanished(self, cres: CompiledResource, row: Row) -> None:
         """The app deleted the record itself: the resource is gone, so its id and unique name are released."""

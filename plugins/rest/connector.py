@@ -231,16 +231,21 @@ def _message_in(body: Any, depth: int = 0) -> str:
     if not isinstance(body, Mapping):
         return ""
     message, used = "", ""
+    if isinstance(body.get("description"), str) and isinstance(body.get("error"), str) and " " not in body["error"]:
+        # Zendesk's {"description": "Email: is invalid", "error": "InvalidFormat"}: the words, then the code
+        message, used = f"{body['description']} ({body['error']})", "description"
     for key in _MESSAGE_KEYS:
+        if message:
+            break
         if key in body:
             message = _message_in(body[key], depth + 1)
             if message:
                 used = key
-                break
-    if used and used != "errors" and "errors" in body:
-        more = _message_in(body["errors"], depth + 1)  # "Validation failed", and what failed
-        if more and more != message:
-            message = f"{message}: {more}"
+    for detailed in ("errors", "details"):  # "Validation failed" / "RecordInvalid", and what failed
+        if used and used != detailed and detailed in body:
+            more = _message_in(body[detailed], depth + 1)
+            if more and more != message:
+                message = f"{message}: {more}"
     field = next((name for k in _FIELD_KEYS if k in body and (name := _field_name(body[k]))), "")
     code = next(
         (str(body[k]) for k in _CODE_KEYS if isinstance(body.get(k), str | int) and not isinstance(body.get(k), bool)), ""
@@ -252,7 +257,7 @@ def _message_in(body: Any, depth: int = 0) -> str:
         named = [
             f"{key}: {_message_in(value, depth + 1)}"
             for key, value in list(body.items())[:3]
-            if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
+            if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str | Mapping) for v in value))
         ]
         return "; ".join(named)
     if field and not message.lower().startswith(field.lower()):

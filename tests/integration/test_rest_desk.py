@@ -240,9 +240,6 @@ async def test_the_desks_422_is_invalid_value_and_changes_nothing(scim: Scim, st
     assert data["totalResults"] == 0
 
 
-# The connector's summary of the app's error reads {"error": "RecordInvalid"} and stops: Zendesk's
-# "details": {"email": [{"description": ..., "error": ...}]} (field -> list of objects) is not read.
-@pytest.mark.xfail(strict=True, reason="connector: Zendesk's 422 `details` (field -> [{description, error}]) is not summarised")
 async def test_the_desks_422_reaches_the_idp_naming_the_field(scim: Scim, state: DeskState) -> None:
     resp, data = await scim.post(
         "/Users", {"schemas": [USER_URN], "userName": "x", "emails": [{"type": "work", "value": "not-an-email"}]}

@@ -218,7 +218,8 @@ async def test_clears_send_blank_and_the_drf_400_names_the_field(scim: Scim, sta
 
 USER_FIELD_LIVE_GAP = (
     "gateway: with members.via user_field a group's GET answers its members from the gateway's copy; it does not "
-    "read the users' lists in the app, so members added there (or linked after the group) do not show"
+    "read the users' lists in the app (that would read every user), so members added there do not show until "
+    "each member is read"
 )
 USER_FIELD_PUT_GAP = (
     "gateway: with members.via user_field a PUT (or full replace) of a group's members removes only the members "
@@ -309,7 +310,6 @@ async def test_members_added_in_the_app_show_on_the_groups_get(scim: Scim, state
     assert sorted(m["value"] for m in data["members"]) == sorted([a["id"], b["id"]]), data
 
 
-@pytest.mark.xfail(strict=True, reason=USER_FIELD_LIVE_GAP)
 async def test_group_adopted_before_its_members_shows_them_once_linked(scim: Scim, state: StaffState) -> None:
     """Entra looks the team up first (its members not yet linked), then each member: the team then shows them."""
     seed(state)
@@ -326,11 +326,6 @@ async def test_group_adopted_before_its_members_shows_them_once_linked(scim: Sci
     assert sorted(m["value"] for m in listed["Resources"][0].get("members", [])) == sorted(ids), listed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway: import does not repair a via user_field group adopted before its members "
-    "(Adoption._repair_members skips user_field; the users, already linked, are not read again)",
-)
 async def test_import_repairs_a_group_adopted_before_its_members(aiohttp_client: Any, state: StaffState, tmp_path: Path) -> None:
     """The same order (team first, then its members, by lookups), then `scim-gateway import`: the team shows them."""
     seed(state)
