@@ -80,7 +80,9 @@ class BasicAuthConfig(BaseModel):
     model_config = _STRICT
 
     type: Literal["basic"]
-    username: str = Field(min_length=1, description="The user name")
+    username: StrOrRef = Field(
+        description="The user name, inline or by reference (a per-tenant name, or an API key used as the name)"
+    )
     password: SecretRef = Field(description="The password, by reference")
 
 
@@ -181,7 +183,16 @@ class UpdateOperation(_Operation):
     method: Literal["PATCH", "PUT", "POST"] = Field(
         "PATCH", description="PATCH or POST send the changed fields; PUT sends the whole record (read, merged, written)"
     )
+    send: Literal["changed", "whole"] | None = Field(
+        None,
+        description="What the body holds: changed (the changed fields) or whole (the record read with get, the changes "
+        "merged in); default: whole for PUT, changed otherwise. A PUT that the app takes as a partial update: changed",
+    )
     PLACEHOLDERS: ClassVar[frozenset[str]] = frozenset({"id"})
+
+    @property
+    def sends_whole(self) -> bool:
+        return self.send == "whole" if self.send is not None else self.method == "PUT"
 
 
 class DeleteOperation(_Operation):
@@ -352,8 +363,8 @@ class RestResourceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _put_needs_get(self) -> RestResourceConfig:
-        if self.update.method == "PUT" and self.get is None:
-            raise ValueError("update with PUT sends the whole record, so it needs get to read it first")
+        if self.update.sends_whole and self.get is None:
+            raise ValueError("an update that sends the whole record (PUT, or send: whole) needs get to read it first")
         return self
 
 

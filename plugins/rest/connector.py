@@ -424,7 +424,10 @@ class _Http:
         auth = config.auth
         if isinstance(auth, BasicAuthConfig):
             password = self.secrets.add(_resolve(auth.password, "auth.password"))
-            self.auth_headers["Authorization"] = basic_auth(auth.username, password)
+            username = (
+                auth.username if isinstance(auth.username, str) else self.secrets.add(_resolve(auth.username, "auth.username"))
+            )
+            self.auth_headers["Authorization"] = basic_auth(username, password)
         elif isinstance(auth, BearerAuthConfig):
             token = self.secrets.add(_resolve(auth.token, "auth.token"))
             self.auth_headers[auth.header] = f"{auth.scheme} {token}" if auth.scheme else token
@@ -683,7 +686,7 @@ class RestConnector(Connector):
 
     async def update(self, kind: str, native_id: NativeId, changes: Record) -> None:
         k = self._kind(kind)
-        if k.update.method == "PUT":
+        if k.update.sends_whole:
             current = await self.get(kind, native_id)
             if current is None:
                 raise AppNotFound(f"{kind}: the app has no record {native_id!r}")
@@ -906,10 +909,10 @@ class RestConnector(Connector):
         if op == "update":
             calls = []
             body = self._body(k, record or {})
-            if k.update.method == "PUT":
+            if k.update.sends_whole:
                 assert k.get is not None
                 calls.append(self._plan_call(k.get, ids, None))
-                calls[-1]["note"] = "read first: PUT sends the whole record, these fields merged in"
+                calls[-1]["note"] = f"read first: {k.update.method} sends the whole record, these fields merged in"
             calls.append(self._plan_call(k.update, ids, body))
             return calls
         if op in ("add_members", "remove_members"):

@@ -201,7 +201,10 @@ class ScimHttp:
         auth = config.auth
         if isinstance(auth, BasicAuthConfig):
             password = self.secrets.add(resolve(auth.password, "auth.password"))
-            self.auth_headers["Authorization"] = basic_auth(auth.username, password)
+            username = (
+                auth.username if isinstance(auth.username, str) else self.secrets.add(resolve(auth.username, "auth.username"))
+            )
+            self.auth_headers["Authorization"] = basic_auth(username, password)
         elif isinstance(auth, BearerAuthConfig):
             token = self.secrets.add(resolve(auth.token, "auth.token"))
             self.auth_headers[auth.header] = f"{auth.scheme} {token}" if auth.scheme else token

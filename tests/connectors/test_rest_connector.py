@@ -355,6 +355,33 @@ async def test_api_key_prefix(opened: Any, monkeypatch: pytest.MonkeyPatch) -> N
     assert call.kwargs["headers"]["Authorization"] == "Key k-123"
 
 
+async def test_basic_auth_username_by_reference(opened: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zendesk's `{email}/token` or Freshservice's key-as-username: the user name is a secret too."""
+    monkeypatch.setenv("HR_TEST_USER", "agent@acme.example/token")
+    monkeypatch.setenv("HR_TEST_PASSWORD", "tok-9")
+    connector = await opened(rest_config(type="basic", username={"env": "HR_TEST_USER"}, password={"env": "HR_TEST_PASSWORD"}))
+    with aioresponses() as m:
+        m.get(f"{BASE}/users/1", payload={"id": 1})
+        await connector.get("User", "1")
+        (call,) = sent(m, "GET", f"{BASE}/users/1")
+    assert call.kwargs["headers"]["Authorization"] == "Basic " + base64.b64encode(b"agent@acme.example/token:tok-9").decode()
+
+
+@pytest.mark.parametrize(("send", "body"), [(None, {"id": 1, "login": "x", "title": "New"}), ("changed", {"title": "New"})])
+async def test_a_put_sends_the_whole_record_or_what_changed(opened: Any, send: str | None, body: dict[str, Any]) -> None:
+    """PUT reads, merges and writes the whole record; `send: changed` is for apps whose PUT is a partial update."""
+    config = rest_config()
+    config["resources"]["User"]["update"] = {"method": "PUT", "path": "/users/{id}", **({"send": send} if send else {})}
+    connector = await opened(config)
+    with aioresponses() as m:
+        m.get(f"{BASE}/users/1", payload={"id": 1, "login": "x", "title": "Old"})
+        m.put(f"{BASE}/users/1", payload={})
+        await connector.update("User", "1", {"title": "New"})
+        (call,) = sent(m, "PUT", f"{BASE}/users/1")
+        assert len(m.requests.get(("GET", URL(f"{BASE}/users/1")), [])) == (1 if send is None else 0)
+    assert call.kwargs["json"] == body
+
+
 TOKEN_URL = "https://idp.test/oauth2/token"
 
 
