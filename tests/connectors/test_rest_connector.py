@@ -196,7 +196,7 @@ def test_capabilities_follow_the_configuration() -> None:
                 c["resources"]["User"].update(update={"method": "PUT", "path": "/users/{id}"})
                 or c["resources"]["User"].pop("get")
             ),
-            "update with PUT sends the whole record, so it needs get",
+            "an update that sends the whole record (PUT, or send: whole) needs get",
         ),
         (lambda c: c["resources"]["Group"]["members"].update(member_kind="Person"), "unknown kind 'Person' (valid: Group, User)"),
         (
