@@ -18,6 +18,11 @@ class RefResolver(Protocol):
     async def to_native(self, kind: str, scim_ids: list[str]) -> dict[str, str]: ...
     async def to_scim(self, kind: str, native_ids: list[str]) -> dict[str, str]: ...
 
+    async def waiting(self, kind: str, scim_ids: list[str]) -> set[str]:
+        """Those of `scim_ids` that name a resource with no app record now (deactivated by deleting it): a
+        reference to one waits in the gateway's copy and reaches the app when the record is back."""
+        ...
+
 
 class UnresolvedReference(Exception):
     def __init__(self, rule: CompiledRule, value: str) -> None:
@@ -132,9 +137,9 @@ async def to_record(cres: CompiledResource, resource: dict[str, Any], refs: RefR
             value = None  # Entra clears a manager by sending "" (or {"value": ""}): no reference
         if rule.rule.ref is not None and value is not None:
             native = (await refs.to_native(rule.rule.ref, [str(value)])).get(str(value))
-            if native is None:
+            if native is None and str(value) not in await refs.waiting(rule.rule.ref, [str(value)]):
                 raise UnresolvedReference(rule, str(value))
-            value = native
+            value = native  # None while the referenced resource has no app record: the app is sent none
         if rule.to_app is not None:
             value = rule.to_app(value=value, resource=resource)
         record[rule.field] = value
@@ -172,5 +177,9 @@ async def overlay(cres: CompiledResource, resource: dict[str, Any], record: Reco
             value = (await refs.to_scim(rule.rule.ref, [str(value)])).get(str(value))
         if value == "":
             value = None
+        if value is None and rule.rule.ref is not None:
+            kept = read_rule(resource, rule)  # a reference waiting for its resource's app record stays in the copy
+            if kept not in (None, "") and str(kept) in await refs.waiting(rule.rule.ref, [str(kept)]):
+                continue
         write_rule(out, rule, value)
     return out

@@ -66,6 +66,10 @@ class StoreRefs:
     async def to_scim(self, kind: str, native_ids: list[str]) -> dict[str, str]:
         return await self.store.scim_ids(self.app, kind, native_ids)
 
+    async def waiting(self, kind: str, scim_ids: list[str]) -> set[str]:
+        found = await self.store.native_ids(self.app, kind, scim_ids)
+        return {rid for rid, (_t, native) in found.items() if native is None}
+
 
 class Context:
     def __init__(self, mapping: CompiledMapping, connector: Connector, store: Store, breaker: Breaker | None) -> None:

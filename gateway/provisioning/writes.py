@@ -21,6 +21,7 @@ from ..connectors.errors import AppBadResponse, AppError, AppNotFound
 from ..mapping.compile import CompiledResource
 from ..mapping.translate import read_rule
 from ..store import Member, NativeConflict, Row, VersionMismatch
+from ..store import query as q
 from .context import Context, copy_of, write_only_values
 from .errors import BadAnswer, Invalid, NotFound, Stale, Unavailable
 from .membership import UserFieldMembership
@@ -307,6 +308,7 @@ class Writes:
             if relink == "create":
                 created: str = await ctx.memberships[cres.name].create(record, [])
                 await self.rejoin_groups(rid, created)
+                await self.repoint_references(cres.name, rid, created)
                 return created
             if native_id is None:
                 return None  # deactivated by deleting it in the app: only the gateway's copy changes
@@ -375,6 +377,24 @@ class Writes:
         action = cres.deactivate.enable if active else cres.deactivate.disable
         assert action is not None
         await self.ctx.connector.action(cres.name, native_id, action)
+
+    async def repoint_references(self, kind: str, rid: str, native_id: str) -> None:
+        """A resource created again in the app (reactivation): the records whose copies refer to it (a manager)
+        and that the app was sent none for while it had no record get the reference back."""
+        ctx = self.ctx
+        for holder in ctx.mapping.resources.values():
+            for rule in holder.rules:
+                if rule.rule.ref != kind or not rule.writes:
+                    continue
+                _total, rows = await ctx.store.query(
+                    ctx.app, holder.name, q.Query(where=q.Compare(q.Field(rule.resolved.keys), "eq", rid))
+                )
+                for row in rows:
+                    if row.native_id is None or row.state != "active" or row.id == rid:
+                        continue
+                    value = rule.to_app(value=native_id, resource=row.data) if rule.to_app is not None else native_id
+                    await ctx.connector.update(holder.name, row.native_id, {rule.field: value})
+                    log.info("%s: %s %s refers to %s %s again in the app", ctx.app, holder.name, row.id, kind, rid)
 
     async def rejoin_groups(self, rid: str, native_id: str) -> None:
         """A user created again in the app (reactivation) rejoins the groups the gateway still lists it in."""

@@ -34,6 +34,9 @@ class _PlaceholderRefs:
     async def to_scim(self, kind: str, native_ids: list[str]) -> dict[str, str]:
         return {n: n for n in native_ids}
 
+    async def waiting(self, kind: str, scim_ids: list[str]) -> set[str]:
+        return set()
+
 
 def _kind_of(mapping: CompiledMapping, path: str) -> tuple[CompiledResource, str | None]:
     parts = path_segments(path)
