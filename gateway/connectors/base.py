@@ -98,6 +98,12 @@ class Connector(ABC):
     def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:
         raise NotImplementedError
 
+    def finds_by(self, kind: str, field: str) -> bool:
+        """Whether `find` on this field asks the app for the matches (a query, a filter, a search parameter)
+        rather than reading every record; the gateway asks only then where the answer must stay cheap (the
+        users holding a group in a list on their records). Default: whenever the connector can search."""
+        return self.caps.search
+
     async def add_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
         """Add members, each (member kind, member native id); adding a present member is not an error."""
         raise NotImplementedError

@@ -100,7 +100,7 @@ class Adoption:
         if cres.name != "Group" or cres.members is None or row.native_id is None or row.state != "active":
             return False
         if cres.members.via == "user_field":
-            return False  # every user's record would be read for each group: the users' own import links them
+            return False  # the users' own records carry it: import repairs them user by user (_repair_groups)
         native_id = row.native_id
         in_app = await ctx.call(f"reading the members of the app's group {native_id}", lambda: ctx.members_from_app(native_id))
         copied = {m.id for m in await ctx.store.members(ctx.app, row.id)}

@@ -286,6 +286,9 @@ class GuardedConnector(Connector):
     async def check_schema(self) -> list[tuple[tuple[str | int, ...], str]]:
         return await self.inner.check_schema()
 
+    def finds_by(self, kind: str, field: str) -> bool:
+        return self.inner.finds_by(kind, field)
+
     def fields(self, kind: str) -> set[str] | None:
         return self.inner.fields(kind)
 

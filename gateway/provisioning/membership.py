@@ -183,7 +183,18 @@ class UserFieldMembership(Membership):
         for _k, user in add:
             await self._edit(user, native_id, True)
 
+    @property
+    def lists_cheaply(self) -> bool:
+        """Whether a group's members can be found by asking the app for the users holding it (not reading all)."""
+        return self.connector.finds_by(self.user_kind, self.field)
+
     async def members_of(self, native_id: NativeId) -> list[Pair]:
+        if self.lists_cheaply:
+            # A search by the list field finds (at least) the users holding the group: a text list is searched
+            # as containing the id where the connector can, and every answer is checked against the parsed list.
+            op = "co" if "co" in self.connector.caps.search_ops else "eq"
+            found = await self.connector.find(self.user_kind, self.field, native_id, op)
+            return [(self.user_kind, n) for n, rec in found if native_id in self.ids.parse(rec.get(self.field))]
         if self.connector.caps.list_all:
             return [
                 (self.user_kind, n)

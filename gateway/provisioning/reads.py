@@ -19,6 +19,7 @@ from ..store import Member, Row
 from ..store import query as q
 from .context import Context
 from .errors import NotFound
+from .membership import UserFieldMembership
 from .pipeline import utc_now
 from .resource import Resource
 
@@ -52,8 +53,11 @@ class Reads:
         if cres.name != "Group" or not cres.reads_live or row.native_id is None or cres.members is None:
             return None
         via = cres.members.via
-        if via == "user_field" or (via == "connector" and not self.ctx.connector.caps.membership):
+        if via == "connector" and not self.ctx.connector.caps.membership:
             return None
+        membership = self.ctx.memberships.get("Group")
+        if via == "user_field" and not (isinstance(membership, UserFieldMembership) and membership.lists_cheaply):
+            return None  # finding the users that hold it would read every user
         native_id = row.native_id
         found = await self.ctx.call(f"reading the members of {cres.name} {row.id}", lambda: self.ctx.members_from_app(native_id))
         copied = {m.id: m for m in await self.ctx.store.members(self.ctx.app, row.id)}

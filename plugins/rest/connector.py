@@ -132,6 +132,8 @@ def _native_id(value: Any) -> NativeId | None:
 
 
 def _same(stored: Any, wanted: Any) -> bool:
+    if isinstance(stored, list) and not isinstance(wanted, list):
+        return any(_same(item, wanted) for item in stored)  # a list field matches a value it holds
     if isinstance(stored, str) and isinstance(wanted, str):
         return stored.casefold() == wanted.casefold()
     if stored is None or wanted is None or isinstance(stored, bool) or isinstance(wanted, bool):
@@ -720,6 +722,10 @@ class RestConnector(Connector):
             raise AppError(f"{kind}: the connector can neither search by {field!r} nor list records")
         # The app's search may be fuzzy or ignore an unknown parameter: keep exact matches only.
         return [(native_id, record) async for native_id, record in pages if _same(record.get(field), value)]
+
+    def finds_by(self, kind: str, field: str) -> bool:
+        k = self.config.resources.get(kind)
+        return k is not None and k.search is not None and field in k.search.params
 
     async def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:
         k = self._kind(kind)

@@ -12,7 +12,7 @@ legacy MySQL table brought in with `inspectdb`, so `is_active` is a TINYINT: the
 
     Auth        `Authorization: Token <key>`; otherwise 401 {"detail": "Authentication credentials were not
                 provided."} or {"detail": "Invalid token."}, with `WWW-Authenticate: Token`.
-    Employees   GET    /employees/?limit=&offset=&username=&email=   {"count", "next", "previous", "results"};
+    Employees   GET    /employees/?limit=&offset=&username=&email=&teams=   {"count", "next", "previous", "results"};
                        the filters are django-filter's exact (case-sensitive) lookups
                 POST   /employees/          201 the employee
                 GET    /employees/{id}/     the employee; 404 {"detail": "Not found."}
@@ -252,6 +252,8 @@ class _Staff:
         for name in ("username", "email"):
             if name in request.query:
                 employees = [e for e in employees if e[name] == request.query[name]]
+        if "teams" in request.query:  # django-filter's ?teams=<code>: the employees in that team
+            employees = [e for e in employees if request.query["teams"] in e["teams"]]
         return self._page(request, employees)
 
     async def create_employee(self, request: web.Request) -> web.Response:

@@ -216,16 +216,6 @@ async def test_clears_send_blank_and_the_drf_400_names_the_field(scim: Scim, sta
 
 # ---------------------------------------------------------------- records the app held before
 
-USER_FIELD_LIVE_GAP = (
-    "gateway: with members.via user_field a group's GET answers its members from the gateway's copy; it does not "
-    "read the users' lists in the app (that would read every user), so members added there do not show until "
-    "each member is read"
-)
-USER_FIELD_PUT_GAP = (
-    "gateway: with members.via user_field a PUT (or full replace) of a group's members removes only the members "
-    "the gateway's copy lists; an employee whose own `teams` list holds the group, added in the app, keeps it"
-)
-
 
 def seed(state: StaffState) -> dict[str, Any]:
     team = state.add_team("Night Shift")
@@ -285,11 +275,10 @@ async def test_membership_drift_is_removed_and_put_replaces(scim: Scim, state: S
         f"/Groups/{group['id']}", {"schemas": [GROUP_URN], "displayName": "Ops", "members": [{"value": c["id"]}]}
     )
     assert resp.status == 200, data
-    assert state.team_members("Ops") == ["b", "c"]  # a removed, c added; b (added in the app) stays: next test
+    assert state.team_members("Ops") == ["c"]  # exactly the given list: b, added in the app, is gone too
     no_patch(state)
 
 
-@pytest.mark.xfail(strict=True, reason=USER_FIELD_PUT_GAP)
 async def test_a_group_put_leaves_exactly_the_given_members_in_the_app(scim: Scim, state: StaffState) -> None:
     a, b = [await create(scim, "/Users", {"schemas": [USER_URN], "userName": n}) for n in "ab"]
     group = await create(scim, "/Groups", {"schemas": [GROUP_URN], "displayName": "Ops", "members": [{"value": a["id"]}]})
@@ -301,7 +290,6 @@ async def test_a_group_put_leaves_exactly_the_given_members_in_the_app(scim: Sci
     assert state.team_members("Ops") == ["a"]  # exactly the given list, in the app
 
 
-@pytest.mark.xfail(strict=True, reason=USER_FIELD_LIVE_GAP)
 async def test_members_added_in_the_app_show_on_the_groups_get(scim: Scim, state: StaffState) -> None:
     a, b = [await create(scim, "/Users", {"schemas": [USER_URN], "userName": n}) for n in "ab"]
     group = await create(scim, "/Groups", {"schemas": [GROUP_URN], "displayName": "Ops", "members": [{"value": a["id"]}]})
