@@ -29,6 +29,7 @@ class AuditNote:
     scim_type: str | None = None
     reason: str | None = None
     operations: int | None = None  # Bulk: how many operation records precede the request's own
+    notices: list[str] = field(default_factory=list)  # what provisioning did that the answer does not say
 
     def record(
         self,
@@ -94,6 +95,7 @@ class AuditNote:
             self.scim_type,
             reason=self.reason,
             operations=self.operations,
+            notices=[clip(n) for n in self.notices] or None,
             duration_ms=duration,
         )
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..auth import CannotJudge, Refused
+from ..provisioning.notices import collecting
 from ..scim.errors import ScimError, invalid_value, not_found
 from ..scim.failures import scim_error
 from ..scim.projection import check_attribute_list_size
@@ -117,7 +118,9 @@ async def app_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     for parameter in ("attributes", "excludedAttributes"):
         # Before anything runs: a write must not happen and then fail on its response's projection.
         check_attribute_list_size(request.query.get(parameter), parameter, limit)
-    return await handler(request)
+    with collecting() as notices:
+        note.notices = notices
+        return await handler(request)
 
 
 def _note_target(request: web.Request, note: AuditNote) -> None:

@@ -19,6 +19,7 @@ from ..store import Member, Store
 from .breaker import Breaker, guard
 from .errors import AppFailed, BadAnswer, Invalid, NotFound
 from .membership import Membership, UserFieldMembership, create_membership
+from .notices import notice
 from .pipeline import WritePipeline
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,10 @@ class StoreRefs:
 
     async def waiting(self, kind: str, scim_ids: list[str]) -> set[str]:
         found = await self.store.native_ids(self.app, kind, scim_ids)
-        return {rid for rid, (_t, native) in found.items() if native is None}
+        waiting = {rid for rid, (_t, native) in found.items() if native is None}
+        for rid in sorted(waiting):
+            notice(self.app, f"{kind} {rid} has no record in the app now: the reference to it waits in the copy")
+        return waiting
 
 
 class Context:
@@ -155,6 +159,8 @@ class Context:
         missing = [i for i in refs if i not in found]
         if missing:
             log.warning("%s: ignoring %d unknown member id(s), e.g. %r", self.app, len(missing), missing[0])
+            for rid in missing:
+                notice(self.app, f"member {rid} is no resource of this app: not sent")
         return [Member(i, found[i][0], refs[i]) for i in refs if i in found]
 
     async def natives(self, members: list[Member]) -> list[tuple[str, NativeId]]:

@@ -3,6 +3,7 @@ it waits in the gateway's copy, the app is sent none, and it reaches the app whe
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,31 @@ async def test_a_manager_without_an_app_record_waits_and_comes_back(scim: Scim, 
     assert manager_of(data, "other@contoso.com") is None
     resp, got = await scim.get(f"/Users/{other[1]['id']}")
     assert got[ENTERPRISE_URN]["manager"]["value"] == boss["id"], got
+    # The audit line of each such write says the reference waits.
+    lines = [json.loads(line) for line in (data / "audit.log").read_text().splitlines()]
+    [line] = [x for x in lines if x.get("op") == "create" and x.get("id") == other[1]["id"]]
+    assert line["notices"] == [f"User {boss['id']} has no record in the app now: the reference to it waits in the copy"]
 
     # The boss is back: both reports name it in the app again.
     resp, data_ = await scim.patch(f"/Users/{boss['id']}", [{"op": "replace", "path": "active", "value": True}])
     assert resp.status == 200, data_
     assert manager_of(data, "worker@contoso.com") == "boss@contoso.com"
     assert manager_of(data, "other@contoso.com") == "boss@contoso.com"
+
+
+async def test_an_unknown_member_is_not_sent_and_the_audit_line_says_so(scim: Scim, tmp_path: Path) -> None:
+    from tests.conftest import GROUP_URN
+
+    user = (await scim.post("/Users", entra_user("member@contoso.com", "M", "Ember")))[1]
+    ghost = "00000000-0000-0000-0000-00000000beef"
+    resp, group = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "G", "members": [{"value": user["id"]}, {"value": ghost}]}
+    )
+    assert resp.status == 201, group
+    assert [m["value"] for m in group["members"]] == [user["id"]]
+    lines = [json.loads(line) for line in (tmp_path / "data" / "audit.log").read_text().splitlines()]
+    [line] = [x for x in lines if x.get("op") == "create" and x.get("resource_type") == "Group"]
+    assert line["notices"] == [f"member {ghost} is no resource of this app: not sent"]
 
 
 async def test_an_id_no_resource_has_is_still_refused(scim: Scim) -> None:
