@@ -177,6 +177,11 @@ class MembersConfig(_Strict):
         min_length=1,
         description='When the field is text (a column), the ids are joined by this, e.g. ","; default: a JSON list',
     )
+    id_type: Literal["auto", "number", "text"] = Field(
+        "auto",
+        description='How the ids in a JSON list are sent: number (apps that refuse "7" for 7), text, or auto '
+        "(numbers where the list the app holds has numbers; text when it holds none yet)",
+    )
 
     @model_validator(mode="after")
     def _field(self) -> MembersConfig:

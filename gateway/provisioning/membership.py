@@ -26,8 +26,9 @@ Pair = tuple[str, NativeId]  # (member kind, member native id)
 class IdList:
     """An id list as the app keeps it: a JSON list, or text joined by a separator (a column)."""
 
-    def __init__(self, separator: str | None) -> None:
+    def __init__(self, separator: str | None, id_type: str = "auto") -> None:
         self.separator = separator
+        self.id_type = id_type  # auto: as the app's list holds them (text when it holds none); number; text
 
     def parse(self, value: Any) -> list[str]:
         if value is None or value == "":
@@ -42,7 +43,10 @@ class IdList:
     def render(self, ids: list[str], like: Any = None) -> Any:
         if self.separator is not None:
             return self.separator.join(ids) if ids else None
-        if isinstance(like, list) and like and all(isinstance(v, int) for v in like):
+        numbers = self.id_type == "number" or (
+            self.id_type == "auto" and isinstance(like, list) and like and all(isinstance(v, int) for v in like)
+        )
+        if numbers:
             return [int(v) if v.lstrip("-").isdigit() else v for v in ids]  # numbers stay numbers
         return ids
 
@@ -221,7 +225,7 @@ def create_membership(connector: Connector, kind: str, config: MembersConfig | N
     if config is None or config.via == "connector":
         return Membership(connector, kind)
     assert config.field is not None
-    ids = IdList(config.separator)
+    ids = IdList(config.separator, config.id_type)
     if config.via == "group_field":
         return GroupFieldMembership(connector, kind, config.field, ids)
     return UserFieldMembership(connector, kind, config.field, ids, guard=guard)

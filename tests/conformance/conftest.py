@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import TOKEN, LiveGateway, free_port
 from tests.fakes.crm_app import CLIENT_SECRET
 from tests.fakes.desk_app import API_TOKEN as DESK_API_TOKEN
+from tests.fakes.fresh_app import API_KEY as FRESH_API_KEY
+from tests.fakes.fresh_app import PASSWORD as FRESH_API_PASSWORD
 from tests.fakes.serve import HR_API_KEY
 from tests.fakes.staff_app import API_KEY as STAFF_API_KEY
 from tests.services import create_pg_database, drop_pg_database, pg_url
@@ -45,7 +47,19 @@ def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
 # are longer, so its writes are refused (400 invalidValue, as they should be) in a varying set of checks.
 @pytest.fixture(
     scope="module",
-    params=["demo", "demo-pg-store", "hr", "crm", "desk", "staff", "legacy_mariadb", "openldap", "active_directory", "scim_app"],
+    params=[
+        "demo",
+        "demo-pg-store",
+        "hr",
+        "crm",
+        "desk",
+        "staff",
+        "fresh",
+        "legacy_mariadb",
+        "openldap",
+        "active_directory",
+        "scim_app",
+    ],
 )
 def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """A gateway process for one app: the demo (SQLite store, or PostgreSQL store), or a REST example app before its fake."""
@@ -91,6 +105,12 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         },
         "desk": {"DESK_API_URL": f"{api}/api/v2", "DESK_API_TOKEN": DESK_API_TOKEN, "DESK_SCIM_TOKEN": TOKEN},
         "staff": {"STAFF_API_URL": f"{api}/api", "STAFF_API_TOKEN": STAFF_API_KEY, "STAFF_SCIM_TOKEN": TOKEN},
+        "fresh": {
+            "FRESH_API_URL": f"{api}/api/v2",
+            "FRESH_API_KEY": FRESH_API_KEY,
+            "FRESH_API_PASSWORD": FRESH_API_PASSWORD,
+            "FRESH_SCIM_TOKEN": TOKEN,
+        },
     }[name]
     gateway = LiveGateway(root, token="", app=name, env=env)
     gateway.token = TOKEN  # accepted through the mapping's auth.bearer {env: ..._SCIM_TOKEN}

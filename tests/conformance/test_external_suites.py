@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 import httpx2
+import pytest
 from scim2_client.engines.httpx2 import SyncSCIMClient
 from scim2_tester import check_server
 from scim_sanity.probe.runner import run_probe_api
@@ -47,8 +48,19 @@ KNOWN_DEVIATIONS = {
 }
 
 
+# Apps scim2-tester cannot exercise at all, each with its reason (scim-sanity still runs against them).
+NOT_FOR_SCIM2_TESTER = {
+    # An agent's login is its email and the app checks its format; scim2-tester's random userNames are no email
+    # addresses, so every create it tries is refused (400 naming email, as it should be).
+    "fresh": "scim2-tester's userNames are no email addresses, and Freshservice's agent login is its email",
+}
+
+
 def test_scim2_tester_finds_no_error(suite_gateway: LiveGateway) -> None:
     live_gateway = suite_gateway
+    app = live_gateway.base_url.split("/apps/")[1].split("/")[0]  # demo-pg-store serves app "demo"
+    if app in NOT_FOR_SCIM2_TESTER:
+        pytest.skip(NOT_FOR_SCIM2_TESTER[app])
     http = httpx2.Client(base_url=live_gateway.base_url, headers={"Authorization": f"Bearer {live_gateway.token}"})
     with http:
         client = SyncSCIMClient(http)
@@ -56,7 +68,6 @@ def test_scim2_tester_finds_no_error(suite_gateway: LiveGateway) -> None:
         results = check_server(client)
     statuses = Counter(r.status.name for r in results)
     bad = {f"{r.status.name} {r.title}: {r.reason}" for r in results if r.status.name in ("ERROR", "CRITICAL")}
-    app = live_gateway.base_url.split("/apps/")[1].split("/")[0]  # demo-pg-store serves app "demo"
     known = KNOWN_DEVIATIONS.get(app, set())
     assert bad == known, "\n".join(sorted(bad ^ known))
     # Discovery must have let the suite run its CRUD checks, not stop early.

@@ -1,4 +1,4 @@
-"""Run a fake legacy app as its own process: `python -m tests.fakes.serve hr|crm|desk|staff PORT [--slow-writes SECONDS]`.
+"""Run a fake legacy app as its own process: `python -m tests.fakes.serve hr|crm|desk|staff|fresh PORT [--slow-writes SECONDS]`.
 
 For tests that start the gateway as a real process against a fake app (the
 external conformance suites on REST-backed apps, the crash tests). With
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
 from tests.fakes.crm_app import create_crm_app
 from tests.fakes.desk_app import create_desk_app
+from tests.fakes.fresh_app import create_fresh_app
 from tests.fakes.hr_app import HR_STATE, create_hr_app
 from tests.fakes.staff_app import create_staff_app
 
@@ -24,7 +26,7 @@ WRITES = ("POST", "PATCH", "PUT", "DELETE")
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.fakes.serve")
-    parser.add_argument("name", choices=["hr", "crm", "desk", "staff"])
+    parser.add_argument("name", choices=["hr", "crm", "desk", "staff", "fresh"])
     parser.add_argument("port", type=int)
     parser.add_argument("--slow-writes", type=float, default=0.0, metavar="SECONDS", help="hr only: delay every write")
     args = parser.parse_args(argv)
@@ -36,7 +38,13 @@ def main(argv: list[str]) -> None:
     else:
         if args.slow_writes:
             parser.error("--slow-writes is for the hr fake")
-        app = {"crm": create_crm_app, "desk": create_desk_app, "staff": create_staff_app}[args.name]()
+        factories: dict[str, Callable[[], web.Application]] = {
+            "crm": create_crm_app,
+            "desk": create_desk_app,
+            "staff": create_staff_app,
+            "fresh": create_fresh_app,
+        }
+        app = factories[args.name]()
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
