@@ -16,6 +16,7 @@ from . import runtime as app_runtime
 from .audit import AuditLog
 from .auth import jwks_file_problem
 from .connectors.registry import ConnectorRegistry, load_registry
+from .http.health import setup_health
 from .http.keys import APPS, AUDIT, REGISTRY, SETTINGS, STORE
 from .http.middleware import app_middleware, audit_middleware, error_middleware
 from .http.routes import setup_routes
@@ -75,6 +76,7 @@ def create_app(
     for mapping in mappings:
         app.cleanup_ctx.append(_app_ctx(mapping))
     setup_routes(app)
+    setup_health(app)
     return app
 
 
