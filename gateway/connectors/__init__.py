@@ -1,10 +1,11 @@
 """The connector contract (app records, never SCIM) and the registry of connector types."""
 
-from .base import AppContext, Capabilities, Connector, NativeId, Record
+from .base import REQUEST_ID, AppContext, Capabilities, Connector, NativeId, Record
 from .errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
 from .registry import ConnectorRegistry, load_registry
 
 __all__ = [
+    "REQUEST_ID",
     "AppBadResponse",
     "AppConflict",
     "AppContext",

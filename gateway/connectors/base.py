@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +19,10 @@ from .errors import AppError
 
 Record = dict[str, Any]
 NativeId = str
+
+# The id of the SCIM request being served (its X-Request-Id), for connectors to pass on to the app's calls
+# (the rest connector sends it as X-Request-Id) so the app's logs and the gateway's can be matched.
+REQUEST_ID: ContextVar[str | None] = ContextVar("scim_gateway_request_id", default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,13 @@ become RFC 7644 §3.12 Error bodies here, and nowhere else.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ..auth import CannotJudge, Refused
+from ..connectors import REQUEST_ID
 from ..provisioning.notices import collecting
 from ..scim.errors import ScimError, invalid_value, not_found
 from ..scim.failures import scim_error
@@ -22,6 +24,8 @@ from .audit import WRITE_OPS, AuditNote
 from .body import body_too_large, error_response
 from .keys import APPS, AUDIT, AUDIT_NOTE, RUNTIME, SETTINGS
 
+# An id a caller may give in X-Request-Id: kept only when it is short and plain (it goes into logs and headers).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,6 +38,9 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
         status = response.status
+        note = request.get(AUDIT_NOTE)
+        if note is not None and not response.prepared:
+            response.headers["X-Request-Id"] = note.request_id
         return response
     finally:
         note = request.get(AUDIT_NOTE)
@@ -98,6 +105,9 @@ async def app_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     if runtime is None:
         raise not_found(f"no app named {name!r}")
     note = request[AUDIT_NOTE] = AuditNote(name, request.remote, request.method)
+    given = request.headers.get("X-Request-Id", "")
+    if _REQUEST_ID.fullmatch(given):
+        note.request_id = given  # the caller's id (a proxy's, an IdP's), so every log names the same one
     try:
         note.credential = await runtime.auth.authenticate(request.headers.get("Authorization", ""))
     except Refused as exc:
@@ -120,7 +130,11 @@ async def app_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         check_attribute_list_size(request.query.get(parameter), parameter, limit)
     with collecting() as notices:
         note.notices = notices
-        return await handler(request)
+        token = REQUEST_ID.set(note.request_id)
+        try:
+            return await handler(request)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 def _note_target(request: web.Request, note: AuditNote) -> None:

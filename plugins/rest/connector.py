@@ -27,7 +27,7 @@ import aiohttp
 from pydantic import BaseModel, SecretStr
 from yarl import URL
 
-from gateway.connectors.base import AppContext, Capabilities, Connector, NativeId, Record
+from gateway.connectors.base import REQUEST_ID, AppContext, Capabilities, Connector, NativeId, Record
 from gateway.connectors.errors import (
     AppBadResponse,
     AppConflict,
@@ -486,6 +486,9 @@ class _Http:
             attempt += 1
             # The app's own headers and credentials go to the app only, never to a token endpoint.
             all_headers = {**self.headers, **(headers or {}), **self.auth_headers} if authenticate else dict(headers or {})
+            request_id = REQUEST_ID.get()
+            if request_id is not None and authenticate:
+                all_headers.setdefault("X-Request-Id", request_id)  # the SCIM request's id, for the app's logs
             target = url
             used_token = None
             if authenticate:

@@ -66,6 +66,7 @@ class HrState:
     members: dict[int, list[int]] = field(default_factory=dict)  # group id -> user ids, in the order added
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, path with query) of every call
     bodies: list[tuple[str, str, Any]] = field(default_factory=list)  # (method, path, JSON body) of every write
+    request_ids: list[str | None] = field(default_factory=list)  # the X-Request-Id of every call
     faults: list[Fault] = field(default_factory=list)
     next_user: int = 1
     next_group: int = 1
@@ -130,6 +131,7 @@ class _Hr:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path.removeprefix("/api")
         self.s.calls.append((request.method, path + (f"?{request.query_string}" if request.query_string else "")))
+        self.s.request_ids.append(request.headers.get("X-Request-Id"))
         if request.method in ("POST", "PUT", "PATCH") and request.can_read_body:
             try:
                 self.s.bodies.append((request.method, path, await request.json()))

@@ -495,3 +495,18 @@ async def test_a_group_adopted_before_its_members(
     assert status == 0, out
     assert "Group: 2 in the app, 0 linked now, 2 already linked" in out and "1 with their members brought up to date" in out, out
     assert [m.id for m in await store.members("hr", groups["Later"]["id"])] == [user["id"]]
+
+
+async def test_the_request_id_is_answered_and_passed_on_to_the_app(scim: Scim, state: HrState) -> None:
+    """X-Request-Id: the caller's (when plain) or the gateway's own, in the answer, the audit line and the app's calls."""
+    state.request_ids.clear()
+    resp, data = await scim.post(
+        "/Users", {"schemas": [USER_URN], "userName": "traced@x.example"}, headers={"X-Request-Id": "idp-req-0001-abcd"}
+    )
+    assert resp.status == 201, data
+    assert resp.headers["X-Request-Id"] == "idp-req-0001-abcd"
+    assert state.request_ids and set(state.request_ids) == {"idp-req-0001-abcd"}
+    resp, data = await scim.get("/Users?filter=" + q('userName eq "nobody@x.example"'), headers={"X-Request-Id": "bad id\\r\\n"})
+    assert resp.status == 200 and len(resp.headers["X-Request-Id"]) == 32  # refused as given: the gateway's own
+    resp, data = await scim.get("/Users/no-such-id")
+    assert resp.status == 404 and resp.headers.get("X-Request-Id")
