@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .check import cmd_check
 from .common import STORE_ENV, TOKEN_ENV
@@ -22,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default="data", help="where the store and the demo database live (default ./data)")
     serve.add_argument("--public-url", help="the gateway's URL as IdPs reach it (for Location headers)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        default=os.environ.get("SCIM_GATEWAY_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text (for a terminal) or json: one object per line, a line per request (default: $SCIM_GATEWAY_LOG_FORMAT, else text)",
+    )
     serve.add_argument(
         "--store",
         metavar="URL",

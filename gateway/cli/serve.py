@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from .common import STORE_ENV, TOKEN_ENV, Stop, mapping_files
+from .logs import setup_logging
 
 if TYPE_CHECKING:  # imported where used: `scim-gateway --help` need not load the gateway
     from ..connectors.registry import ConnectorRegistry
@@ -45,7 +46,7 @@ class ServePlan:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         plan = plan_serve(args)
     except Stop as stop:

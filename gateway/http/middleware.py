@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from .keys import APPS, AUDIT, AUDIT_NOTE, RUNTIME, SETTINGS
 # An id a caller may give in X-Request-Id: kept only when it is short and plain (it goes into logs and headers).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 log = logging.getLogger(__name__)
+access = logging.getLogger("scim_gateway.access")  # one line per request (gateway/cli/logs.py formats it)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,6 +48,29 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         note = request.get(AUDIT_NOTE)
         if note is not None and note.op is not None:
             request.app[AUDIT].write(note.final(status))
+        if note is not None and access.isEnabledFor(logging.INFO):
+            _access_line(request, note, status)
+
+
+def _access_line(request: web.Request, note: AuditNote, status: int | None) -> None:
+    """One line per request under a base URL (the credential's name, never a secret; ids, not bodies)."""
+    ms = round((time.monotonic() - note.started) * 1000, 1)
+    fields = {
+        "request_id": note.request_id,
+        "app": note.app,
+        "method": request.method,
+        "path": request.rel_url.path,
+        "operation": note.op or "read",
+        "resource_type": note.resource_type,
+        "resource_id": note.resource_id,
+        "status": status,
+        "duration_ms": ms,
+        "credential": note.credential,
+        "client": note.client,
+    }
+    access.info(
+        "%s %s %s %.1f ms %s", request.method, request.rel_url.path, status, ms, note.request_id, extra={"fields": fields}
+    )
 
 
 @web.middleware
