@@ -184,6 +184,19 @@ class LiveGateway:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str) -> None:
+        """Start the process; a port another test took between free_port() and the bind is chosen again."""
+        for attempt in range(3):
+            try:
+                self._start(*extra)
+                return
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+                self.base_url = f"{self.url}/{self.base_url.split('/', 3)[3]}"
+
+    def _start(self, *extra: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--data-dir", str(self.root / "data")]
         if self.token:
