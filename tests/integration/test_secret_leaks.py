@@ -333,8 +333,11 @@ async def test_no_secret_is_written_anywhere(fakes: Fakes, store_db: str, tmp_pa
     gateway = LiveGateway(tmp_path / "serve", token="", app="hr", env=env)
     # A second gateway, started alongside: the demo, its token from the environment.
     demo = LiveGateway(tmp_path / "demo", token="", env={"SCIM_GATEWAY_TOKEN": S["env token (SCIM_GATEWAY_TOKEN)"]})
+    # One logs JSON lines (a line per request with its fields), the other text: both formats are scanned.
     await asyncio.gather(
-        asyncio.to_thread(gateway.start, "--config", hr_yaml, "--config", crm_yaml, "--log-level", "debug"),
+        asyncio.to_thread(
+            gateway.start, "--config", hr_yaml, "--config", crm_yaml, "--log-level", "debug", "--log-format", "json"
+        ),
         asyncio.to_thread(demo.start, "--log-level", "debug"),
     )
     try:
