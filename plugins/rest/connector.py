@@ -10,21 +10,18 @@ request bodies, so a mapping names nested fields directly.
 from __future__ import annotations
 
 import asyncio
-import base64
 import difflib
 import json
 import logging
 import random
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 from yarl import URL
 
 from gateway.connectors.base import REQUEST_ID, AppContext, Capabilities, Connector, NativeId, Record
@@ -58,9 +55,20 @@ from .config import (
     RestResourceConfig,
     _Operation,
 )
+from .transport import (
+    MASK,
+    RETRY_AFTER,
+    OAuth2Token,
+    Secrets,
+    TokenBucket,
+    basic_auth,
+    read_body,
+    resolve,
+    resolve_url,
+    retry_after,
+    short,
+)
 
-RETRY_AFTER = 5  # seconds the IdP is asked to wait when the app names no time itself
-MAX_BODY = 16 * 1024 * 1024  # bytes of one answer; more is not a record, it is a fault
 MAX_PAGES = 100_000  # a guard against an app whose pagination never ends
 log = logging.getLogger(__name__)
 
@@ -69,9 +77,7 @@ SAMPLE = 100  # records of each kind check --connect reads
 SAMPLE_GROUPS = 5  # groups whose member lists it reads, for one that is not empty
 LOGGED_BYTES = 4000  # of an app's error answer, in the log
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "HEAD", "OPTIONS"})
-MASK = "***"
 BACKOFF_BASE = 0.25  # seconds before the first retry; doubled each time, with jitter
-DEFAULT_TOKEN_LIFETIME = 3600.0  # seconds, for a token endpoint that names no expires_in
 
 
 class RestSetupError(ConnectorSetupError):
@@ -185,22 +191,6 @@ class Answer:
     links: Mapping[str, URL]  # rel -> URL from the Link header
 
 
-def _retry_after(headers: Mapping[str, str]) -> int | None:
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return int(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0, int(when.timestamp() - time.time() + 0.999))
-
-
 def _app_message(raw: bytes) -> str:
     """A short summary of the app's own error message: a JSON message field, or one plain-text line; never HTML."""
     text = raw.decode("utf-8", "replace").strip()
@@ -280,129 +270,16 @@ def _field_name(value: Any) -> str:
     return value.removeprefix("/data/attributes/").strip("/").replace("/", ".")
 
 
-class _Secrets:
-    """Every secret value this connector holds, to scrub from anything it reports."""
-
-    def __init__(self) -> None:
-        self.values: set[str] = set()
-
-    def add(self, secret: SecretStr) -> str:
-        value = secret.get_secret_value()
-        if len(value) >= 4:
-            self.values.add(value)
-        return value
-
-    def scrub(self, text: str) -> str:
-        for value in self.values:
-            text = text.replace(value, MASK)
-        return text
-
-
-def _said(raw: bytes, secrets: _Secrets) -> str:
+def _said(raw: bytes, secrets: Secrets) -> str:
     """ ": the app's message" (short, secrets masked), or nothing."""
     message = _app_message(raw)
-    return f": {_short(secrets.scrub(message))}" if message else ""
-
-
-def basic_auth(username: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 3] + "..."
+    return f": {short(secrets.scrub(message), DETAIL_CHARS)}" if message else ""
 
 
 # ---------------------------------------------------------------- rate limit
 
 
-class TokenBucket:
-    """At most `rate` calls per second on average, bursts up to `rate` (at least one)."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-        self.lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        async with self.lock:  # callers queue in order; each waits for its own token
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
-
-
 # ---------------------------------------------------------------- auth
-
-
-class _OAuth2Token:
-    """A client-credentials access token, fetched on demand, cached, refreshed shortly before it expires."""
-
-    def __init__(self, config: OAuth2ClientCredentialsConfig, url: str, secret: str) -> None:
-        self.config = config
-        self.url = URL(url)
-        self.secret = secret
-        self.token: str | None = None
-        self.expires_at = 0.0
-        self.lock = asyncio.Lock()
-        self.clock = time.monotonic  # a test may wind it forward
-
-    def valid(self) -> bool:
-        return self.token is not None and self.clock() < self.expires_at
-
-    async def get(self, http: _Http) -> str:
-        if self.valid():
-            assert self.token is not None
-            return self.token
-        async with self.lock:  # one refresh for every caller waiting on it
-            if not self.valid():
-                await self._fetch(http)
-            assert self.token is not None
-            return self.token
-
-    def invalidate(self, used: str) -> None:
-        if self.token == used:  # a concurrent caller may already have refreshed it
-            self.token = None
-
-    async def _fetch(self, http: _Http) -> None:
-        c = self.config
-        form = {"grant_type": "client_credentials"}
-        headers = {"Accept": "application/json"}
-        if c.client_auth == "basic":
-            headers["Authorization"] = basic_auth(quote(c.client_id, safe=""), quote(self.secret, safe=""))
-        else:
-            form |= {"client_id": c.client_id, "client_secret": self.secret}
-        if c.scope:
-            form["scope"] = c.scope
-        if c.audience:
-            form["audience"] = c.audience
-        try:
-            answer = await http.call("POST", self.url, headers=headers, form=form, retry=True, authenticate=False)
-        except AppUnavailable as exc:
-            raise AppUnavailable(f"the token endpoint failed: {exc.detail}", retry_after=exc.retry_after) from None
-        except AppError as exc:
-            # Its 400/401 (invalid_client, invalid_scope): the gateway's own configuration, never the IdP's request.
-            raise AppUnavailable(
-                f"the token endpoint refused the gateway's client credentials ({exc.detail})", retry_after=RETRY_AFTER
-            ) from None
-        body = answer.body
-        token = body.get("access_token") if isinstance(body, Mapping) else None
-        if not isinstance(token, str) or not token:
-            raise AppBadResponse("the token endpoint answered no access_token")
-        try:
-            lifetime = max(0.0, float(body.get("expires_in", DEFAULT_TOKEN_LIFETIME)))
-        except (TypeError, ValueError):
-            lifetime = DEFAULT_TOKEN_LIFETIME
-        # Refresh before it runs out: a token that expires in flight is a refused call.
-        margin = min(60.0, lifetime / 10)
-        self.token = http.secrets.add(SecretStr(token))
-        self.expires_at = self.clock() + max(0.0, lifetime - margin)
 
 
 # ---------------------------------------------------------------- HTTP
@@ -414,31 +291,35 @@ class _Http:
     def __init__(self, config: RestConnectorConfig, app: str) -> None:
         self.config = config
         self.app = app
-        self.secrets = _Secrets()
-        self.base = _resolve_url(config.base_url, "base_url")
+        self.secrets = Secrets()
+        self.base = resolve_url(config.base_url, "base_url", RestSetupError)
         self.headers = {
-            name: (self.secrets.add(_resolve(value, f"headers.{name}")) if isinstance(value, SecretRef) else value)
+            name: (self.secrets.add(resolve(value, f"headers.{name}", RestSetupError)) if isinstance(value, SecretRef) else value)
             for name, value in config.headers.items()
         }
         self.auth_headers: dict[str, str] = {}
         self.auth_query: dict[str, str] = {}
-        self.oauth2: _OAuth2Token | None = None
+        self.oauth2: OAuth2Token | None = None
         auth = config.auth
         if isinstance(auth, BasicAuthConfig):
-            password = self.secrets.add(_resolve(auth.password, "auth.password"))
+            password = self.secrets.add(resolve(auth.password, "auth.password", RestSetupError))
             username = (
-                auth.username if isinstance(auth.username, str) else self.secrets.add(_resolve(auth.username, "auth.username"))
+                auth.username
+                if isinstance(auth.username, str)
+                else self.secrets.add(resolve(auth.username, "auth.username", RestSetupError))
             )
             self.auth_headers["Authorization"] = basic_auth(username, password)
         elif isinstance(auth, BearerAuthConfig):
-            token = self.secrets.add(_resolve(auth.token, "auth.token"))
+            token = self.secrets.add(resolve(auth.token, "auth.token", RestSetupError))
             self.auth_headers[auth.header] = f"{auth.scheme} {token}" if auth.scheme else token
         elif isinstance(auth, ApiKeyAuthConfig):
-            key = self.secrets.add(_resolve(auth.key, "auth.key"))
+            key = self.secrets.add(resolve(auth.key, "auth.key", RestSetupError))
             (self.auth_headers if auth.in_ == "header" else self.auth_query)[auth.name] = auth.prefix + key
         elif isinstance(auth, OAuth2ClientCredentialsConfig):
-            token_url = _resolve_url(auth.token_url, "auth.token_url")
-            self.oauth2 = _OAuth2Token(auth, token_url, self.secrets.add(_resolve(auth.client_secret, "auth.client_secret")))
+            token_url = resolve_url(auth.token_url, "auth.token_url", RestSetupError)
+            self.oauth2 = OAuth2Token(
+                auth, token_url, self.secrets.add(resolve(auth.client_secret, "auth.client_secret", RestSetupError))
+            )
         self.bucket = TokenBucket(config.rate_limit) if config.rate_limit else None
         self.session: aiohttp.ClientSession | None = None
 
@@ -506,7 +387,7 @@ class _Http:
             unsent = False
             try:
                 async with session.request(method, target, headers=all_headers, json=json_body, data=form) as resp:
-                    raw = await _read(resp)
+                    raw = await read_body(resp, "the app")
                     status, resp_headers, links = resp.status, resp.headers, _links(resp)
             except TimeoutError:
                 failure = AppUnavailable(
@@ -526,18 +407,18 @@ class _Http:
                     refreshed = True
                     attempt -= 1
                     continue
-                retry_after = _retry_after(resp_headers)
-                failure = self._failure(status, raw, method, url, retry_after)
+                asked = retry_after(resp_headers)
+                failure = self._failure(status, raw, method, url, asked)
                 if not authenticate and status in (401, 403):
-                    failure = AppInvalid(f"HTTP {status}{_said(raw, self.secrets)}")  # the token endpoint's: see _OAuth2Token
+                    failure = AppInvalid(f"HTTP {status}{_said(raw, self.secrets)}")  # the token endpoint's: see OAuth2Token
                 if not isinstance(failure, AppUnavailable) or status in (401, 403):
                     raise failure
                 if status == 429:
                     unsent = True
-                    if retry_after is not None:
-                        if retry_after > self.config.max_retry_wait:
+                    if asked is not None:
+                        if asked > self.config.max_retry_wait:
                             raise failure  # the IdP waits instead: Retry-After passes through
-                        wait = float(retry_after)
+                        wait = float(asked)
             if attempt >= attempts or not (idempotent or unsent):
                 raise failure
             if wait is None:
@@ -577,17 +458,6 @@ class _Http:
         return AppError(f"the app answered HTTP {status} on {where}{said}")
 
 
-async def _read(resp: aiohttp.ClientResponse) -> bytes:
-    chunks = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise AppBadResponse(f"the app's answer is larger than {MAX_BODY // (1024 * 1024)} MiB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _links(resp: aiohttp.ClientResponse) -> dict[str, URL]:
     out: dict[str, URL] = {}
     try:
@@ -600,26 +470,6 @@ def _links(resp: aiohttp.ClientResponse) -> dict[str, URL]:
 
 def _os_reason(exc: aiohttp.ClientConnectorError) -> str:
     return exc.os_error.strerror or type(exc.os_error).__name__ if exc.os_error is not None else type(exc).__name__
-
-
-def _resolve(ref: SecretRef, where: str) -> SecretStr:
-    try:
-        return ref.resolve()
-    except ValueError as exc:
-        raise RestSetupError(f"{where}: {exc}") from None
-
-
-def _resolve_url(value: str | SecretRef, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    raw = _resolve(value, where).get_secret_value()
-    try:
-        url = URL(raw)
-    except (ValueError, TypeError):
-        raise RestSetupError(f"{where}: {value.describe()} holds no URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise RestSetupError(f"{where}: {value.describe()} holds no absolute http(s) URL")
-    return raw
 
 
 # ---------------------------------------------------------------- the connector

@@ -6,15 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
-from pydantic import SecretStr
 from yarl import URL
 
 from gateway.connectors.errors import (
@@ -29,16 +25,24 @@ from gateway.connectors.errors import (
 from gateway.secrets import SecretRef
 
 from ..rest.config import BasicAuthConfig, BearerAuthConfig, OAuth2ClientCredentialsConfig
-from ..rest.connector import TokenBucket, basic_auth
+from ..rest.transport import (
+    MASK,
+    RETRY_AFTER,
+    OAuth2Token,
+    Secrets,
+    TokenBucket,
+    basic_auth,
+    read_body,
+    resolve,
+    resolve_url,
+    retry_after,
+    short,
+)
 from .config import ScimConnectorConfig
 
-RETRY_AFTER = 5  # seconds the IdP is asked to wait when the target names no time itself
-MAX_BODY = 16 * 1024 * 1024  # bytes of one answer; more is not a resource, it is a fault
 DETAIL_CHARS = 200  # of the target's own words carried into an error
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
 BACKOFF_BASE = 0.25  # seconds before the first retry; doubled each time, with jitter
-DEFAULT_TOKEN_LIFETIME = 3600.0
-MASK = "***"
 
 
 class ScimSetupError(ConnectorSetupError):
@@ -50,29 +54,6 @@ class Answer:
     status: int
     headers: Mapping[str, str]
     body: Any  # parsed JSON; None for an empty body
-
-
-class Secrets:
-    """Every secret value the connector holds, to scrub from anything it reports."""
-
-    def __init__(self) -> None:
-        self.values: set[str] = set()
-
-    def add(self, secret: SecretStr) -> str:
-        value = secret.get_secret_value()
-        if len(value) >= 4:
-            self.values.add(value)
-        return value
-
-    def scrub(self, text: str) -> str:
-        for value in self.values:
-            text = text.replace(value, MASK)
-        return text
-
-
-def short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 3] + "..."
 
 
 def target_said(raw: bytes) -> tuple[str | None, str]:
@@ -93,97 +74,6 @@ def target_said(raw: bytes) -> tuple[str | None, str]:
     return (scim_type if isinstance(scim_type, str) else None), ""
 
 
-def _retry_after(headers: Mapping[str, str]) -> int | None:
-    value = (headers.get("Retry-After") or "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return int(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0, int(when.timestamp() - time.time() + 0.999))
-
-
-def resolve(ref: SecretRef, where: str) -> SecretStr:
-    try:
-        return ref.resolve()
-    except ValueError as exc:
-        raise ScimSetupError(f"{where}: {exc}") from None
-
-
-def resolve_url(value: str | SecretRef, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    raw = resolve(value, where).get_secret_value()
-    try:
-        url = URL(raw)
-    except (ValueError, TypeError):
-        raise ScimSetupError(f"{where}: {value.describe()} holds no URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ScimSetupError(f"{where}: {value.describe()} holds no absolute http(s) URL")
-    return raw
-
-
-class _OAuth2Token:
-    """A client-credentials access token, fetched on demand, cached, refreshed shortly before it expires."""
-
-    def __init__(self, config: OAuth2ClientCredentialsConfig, url: str, secret: str) -> None:
-        self.config = config
-        self.url = URL(url)
-        self.secret = secret
-        self.token: str | None = None
-        self.expires_at = 0.0
-        self.lock = asyncio.Lock()
-        self.clock = time.monotonic  # a test may wind it forward
-
-    async def get(self, http: ScimHttp) -> str:
-        async with self.lock:  # one refresh for every caller waiting on it
-            if self.token is None or self.clock() >= self.expires_at:
-                await self._fetch(http)
-            assert self.token is not None
-            return self.token
-
-    def invalidate(self, used: str) -> None:
-        if self.token == used:
-            self.token = None
-
-    async def _fetch(self, http: ScimHttp) -> None:
-        c = self.config
-        form = {"grant_type": "client_credentials"}
-        headers = {"Accept": "application/json"}
-        if c.client_auth == "basic":
-            headers["Authorization"] = basic_auth(quote(c.client_id, safe=""), quote(self.secret, safe=""))
-        else:
-            form |= {"client_id": c.client_id, "client_secret": self.secret}
-        if c.scope:
-            form["scope"] = c.scope
-        if c.audience:
-            form["audience"] = c.audience
-        try:
-            answer = await http.call("POST", self.url, headers=headers, form=form, retry=True, authenticate=False)
-        except AppUnavailable as exc:
-            raise AppUnavailable(f"the token endpoint failed: {exc.detail}", retry_after=exc.retry_after) from None
-        except AppError as exc:
-            # Its 400/401 (invalid_client): the gateway's own configuration, never the IdP's request.
-            raise AppUnavailable(
-                f"the token endpoint refused the gateway's client credentials ({exc.detail})", retry_after=RETRY_AFTER
-            ) from None
-        body = answer.body
-        token = body.get("access_token") if isinstance(body, Mapping) else None
-        if not isinstance(token, str) or not token:
-            raise AppBadResponse("the token endpoint answered no access_token")
-        try:
-            lifetime = max(0.0, float(body.get("expires_in", DEFAULT_TOKEN_LIFETIME)))
-        except (TypeError, ValueError):
-            lifetime = DEFAULT_TOKEN_LIFETIME
-        self.token = http.secrets.add(SecretStr(token))
-        self.expires_at = self.clock() + max(0.0, lifetime - min(60.0, lifetime / 10))
-
-
 class ScimHttp:
     """One target's HTTP client."""
 
@@ -191,26 +81,30 @@ class ScimHttp:
         self.config = config
         self.app = app
         self.secrets = Secrets()
-        self.base = resolve_url(config.base_url, "base_url").rstrip("/")
+        self.base = resolve_url(config.base_url, "base_url", ScimSetupError).rstrip("/")
         self.headers = {
-            name: (self.secrets.add(resolve(value, f"headers.{name}")) if isinstance(value, SecretRef) else value)
+            name: (self.secrets.add(resolve(value, f"headers.{name}", ScimSetupError)) if isinstance(value, SecretRef) else value)
             for name, value in config.headers.items()
         }
         self.auth_headers: dict[str, str] = {}
-        self.oauth2: _OAuth2Token | None = None
+        self.oauth2: OAuth2Token | None = None
         auth = config.auth
         if isinstance(auth, BasicAuthConfig):
-            password = self.secrets.add(resolve(auth.password, "auth.password"))
+            password = self.secrets.add(resolve(auth.password, "auth.password", ScimSetupError))
             username = (
-                auth.username if isinstance(auth.username, str) else self.secrets.add(resolve(auth.username, "auth.username"))
+                auth.username
+                if isinstance(auth.username, str)
+                else self.secrets.add(resolve(auth.username, "auth.username", ScimSetupError))
             )
             self.auth_headers["Authorization"] = basic_auth(username, password)
         elif isinstance(auth, BearerAuthConfig):
-            token = self.secrets.add(resolve(auth.token, "auth.token"))
+            token = self.secrets.add(resolve(auth.token, "auth.token", ScimSetupError))
             self.auth_headers[auth.header] = f"{auth.scheme} {token}" if auth.scheme else token
         elif isinstance(auth, OAuth2ClientCredentialsConfig):
-            token_url = resolve_url(auth.token_url, "auth.token_url")
-            self.oauth2 = _OAuth2Token(auth, token_url, self.secrets.add(resolve(auth.client_secret, "auth.client_secret")))
+            token_url = resolve_url(auth.token_url, "auth.token_url", ScimSetupError)
+            self.oauth2 = OAuth2Token(
+                auth, token_url, self.secrets.add(resolve(auth.client_secret, "auth.client_secret", ScimSetupError))
+            )
         self.bucket = TokenBucket(config.rate_limit) if config.rate_limit else None
         self.session: aiohttp.ClientSession | None = None
         self.calls = 0  # HTTP requests sent to the target (tests count them)
@@ -271,7 +165,7 @@ class ScimHttp:
             try:
                 self.calls += 1
                 async with session.request(method, url, headers=all_headers, data=data) as resp:
-                    raw = await _read(resp)
+                    raw = await read_body(resp, "the target")
                     status, resp_headers = resp.status, resp.headers
             except TimeoutError:
                 failure = AppUnavailable(
@@ -291,18 +185,18 @@ class ScimHttp:
                     refreshed = True
                     attempt -= 1
                     continue
-                retry_after = _retry_after(resp_headers)
-                failure = self.failure(status, raw, method, url, retry_after)
+                asked = retry_after(resp_headers)
+                failure = self.failure(status, raw, method, url, asked)
                 if not authenticate and status in (401, 403):
-                    failure = AppInvalid(f"HTTP {status}")  # the token endpoint's: _OAuth2Token says what it means
+                    failure = AppInvalid(f"HTTP {status}")  # the token endpoint's: OAuth2Token says what it means
                 if not isinstance(failure, AppUnavailable) or status in (401, 403):
                     raise failure
                 if status == 429:
                     unsent = True
-                    if retry_after is not None:
-                        if retry_after > self.config.max_retry_wait:
+                    if asked is not None:
+                        if asked > self.config.max_retry_wait:
                             raise failure  # the IdP waits instead: Retry-After passes through
-                        wait = float(retry_after)
+                        wait = float(asked)
             if attempt > self.config.retries or not (idempotent or unsent):
                 raise failure
             if wait is None:
@@ -323,7 +217,7 @@ class ScimHttp:
         """The target's failure as an AppError whose detail carries its scimType and detail (short, secrets masked)."""
         scim_type, detail = target_said(raw)
         said = (f", scimType {scim_type}" if scim_type else "") + (f": {detail}" if detail else "")
-        said = short(self.secrets.scrub(said))
+        said = short(self.secrets.scrub(said), DETAIL_CHARS)
         where = f"{method} {url.path}"
         if status in (401, 403):
             return AppUnavailable(
@@ -349,15 +243,4 @@ class ScimHttp:
         return AppError(f"the target answered HTTP {status} on {where}{said}")
 
 
-async def _read(resp: aiohttp.ClientResponse) -> bytes:
-    chunks = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise AppBadResponse(f"the target's answer is larger than {MAX_BODY // (1024 * 1024)} MiB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-__all__ = ["MASK", "Answer", "ScimHttp", "ScimSetupError", "Secrets", "short", "target_said"]
+__all__ = ["MASK", "Answer", "ScimHttp", "ScimSetupError", "target_said"]
