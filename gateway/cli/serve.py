@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import socket
+import sqlite3
 import ssl
 import sys
 import time
@@ -144,7 +145,10 @@ def _mappings_and_token(args: argparse.Namespace) -> tuple[list[Path], str | Non
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.config:
         return mapping_files(args.config), token
-    ensure_demo_database(Path(args.data_dir))
+    try:
+        ensure_demo_database(Path(args.data_dir))
+    except (OSError, sqlite3.Error) as exc:  # a read-only or full data directory, say
+        raise Stop(1, f"cannot open the demo app's database in {args.data_dir}: {exc} (is the directory writable?)") from None
     if not token:
         token = DEMO_TOKEN
         log.warning("using the built-in DEMO token %r: set --token or %s for anything but a demo", DEMO_TOKEN, TOKEN_ENV)

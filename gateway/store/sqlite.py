@@ -104,15 +104,18 @@ class SqliteDialect(Dialect):
         return self._conn
 
     async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # Statements run on the event loop's thread; only a wait for another process's lock (up to 10 s) leaves it.
-        db = await inline_sqlite.connect(self.path, busy_timeout=10.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        await db.create_function("scim_lower", 1, _lower, deterministic=True)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Statements run on the event loop's thread; only a wait for another process's lock (up to 10 s) leaves it.
+            db = await inline_sqlite.connect(self.path, busy_timeout=10.0, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.create_function("scim_lower", 1, _lower, deterministic=True)
+        except (sqlite3.Error, OSError) as exc:  # a read-only or full directory, a file that is no database
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._conn = _Connection(db)
         await self._migrate()
 
