@@ -1,10 +1,11 @@
-"""`scim-gateway serve | check | translate | import | schema | hash-token`: the console script."""
+"""`scim-gateway serve | check | translate | import | schema | hash-token | backup`: the console script."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+from .backup import add_backup_parser
 from .check import cmd_check
 from .common import STORE_ENV, TOKEN_ENV
 from .serve import cmd_serve
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     hash_token = sub.add_parser("hash-token", help="print the sha256 to put in a mapping's auth.bearer")
     hash_token.add_argument("token", help="the token, or - to read it from standard input")
     hash_token.set_defaults(func=cmd_hash_token)
+
+    add_backup_parser(sub)
     return parser
 
 
