@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-key", metavar="FILE", help="serve HTTPS: the certificate's private key (PEM, unencrypted), with --tls-cert"
     )
     serve.add_argument(
+        "--recovery-interval",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between sweeps that settle writes left unsettled (a failed settle, a dead peer process); default 30",
+    )
+    serve.add_argument(
         "--audit-log",
         metavar="PATH",
         help="append-only audit log of every provisioning operation (default DATA_DIR/audit.log; off: none)",
@@ -88,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_backup_parser(sub)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,6 +170,7 @@ def _settings(args: argparse.Namespace, files: list[Path], store_url: str | None
         store_url=SecretStr(store_url) if store_url else None,
         store_pool_size=args.store_pool_size,
         shared_store=args.workers > 1 or bool(getattr(args, "worker_index", 0)),
+        recovery_interval=args.recovery_interval,
     )
 
 

@@ -53,6 +53,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.LockNotAvailableError,  # lock_timeout
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
+    # A pooled connection the server dropped mid-operation (a restart): "another operation is in progress". The
+    # pool closes it when it comes back; the request is answered 503, never 500 (tests/integration/test_pg_restart.py).
+    asyncpg.InternalClientError,
 )
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\?")  # a `?` outside quoted literals
