@@ -1,4 +1,4 @@
-"""`scim-gateway serve | check | translate | import | schema | hash-token`: the console script."""
+"""`scim-gateway serve | check | translate | import | reconcile | review | schema | hash-token`: the console script."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 
 from .check import cmd_check
 from .common import STORE_ENV, TOKEN_ENV
+from .reconcile import add_commands as add_governance_commands
 from .serve import cmd_serve
 from .tools import cmd_hash_token, cmd_import, cmd_schema, cmd_translate
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--data-dir", default="data", help="where the SQLite store lives (default ./data)")
     imp.add_argument("--store", metavar="URL", help=f"a postgresql:// store (default: ${STORE_ENV}, else SQLite in --data-dir)")
     imp.set_defaults(func=cmd_import)
+
+    add_governance_commands(sub)  # reconcile, review
 
     schema = sub.add_parser("schema", help="print the JSON Schema of mapping files")
     schema.set_defaults(func=cmd_schema)
