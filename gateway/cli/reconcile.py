@@ -245,6 +245,10 @@ def as_table(report: dict[str, Any]) -> str:
         ["group", "name", "only in the app", "only in the gateway"],
         [[m["group"], m["name"], _names(m, "only_in_app"), _names(m, "only_in_gateway")] for m in report["membership"]],
     )
+    inactive = report.get("inactive", [])
+    if inactive:
+        names = ", ".join(f"{o['type']} {o['name'] or o['native_id']}" for o in inactive[:10])
+        lines += ["", f"Unmanaged but inactive (not findings): {len(inactive)}: {names}{' ...' if len(inactive) > 10 else ''}"]
     for skipped in report["skipped"]:
         lines.append(f"not checked: {skipped['type']} {skipped['check']}: {skipped['why']}")
     if "fixes" in report:

@@ -12,6 +12,7 @@ links, and answers a report, a JSON object:
      "membership": [{"group", "name", "native_id", "only_in_app": [SCIM ids], "only_in_gateway": [SCIM ids],
                      "names": {SCIM id: userName}}],
      "policy": {"orphans", "drift"} (the mapping's `reconcile` block, what --fix follows),
+     "inactive": [orphans, as above, that are inactive already where --fix would deactivate them: not findings],
      "skipped":  [{"type", "check", "why"}]}
 
 - orphan: a record no SCIM resource is linked to. Its plan: linked to the resource its match attribute names
@@ -68,6 +69,7 @@ class Reconciler:
             "ran_at": ran_at,
             "policy": {"orphans": policy.orphans, "drift": policy.drift},
             "counts": {},
+            "inactive": [],
             "skipped": [],
         }
         for key in FINDINGS:
@@ -139,7 +141,9 @@ class Reconciler:
             else:
                 await self._compare(cres, row, found, report, group_drift)
         for native_id, record in orphans:
-            report["orphans"].append(await self._orphan(cres, native_id, record, rows, vanished, creating))
+            orphan = await self._orphan(cres, native_id, record, rows, vanished, creating)
+            # Deactivated already (by an earlier --fix, or in the app): what --fix would do is done; listed, not found.
+            report["inactive" if orphan["plan"] == "inactive" else "orphans"].append(orphan)
 
     async def _get(self, kind: str, native_id: str) -> dict[str, Any] | None:
         try:
@@ -285,7 +289,7 @@ class Reconciler:
         if not any(rule.writes and rule.resolved.dotted == "active" for rule in cres.rules):
             return "none", f"{source}: deactivate, but no rule writes active"
         if data.get("active") is False:
-            return "none", "already inactive"
+            return "inactive", "already inactive"
         return "deactivate", f"{source}: deactivate (active: false)"
 
     async def _matching(self, cres: CompiledResource, value: Any) -> list[Row]:
