@@ -25,6 +25,9 @@ links, and answers a report, a JSON object:
   by the mapping, differs from the gateway's copy.
 - membership: a group's members in the app (those linked) and in the table, where the app models membership.
 
+A scheduled run (runtime.py) adds "trigger": "schedule" (the command line: "cli"); one that could not run is kept
+as {"app", "ran_at", "trigger", "error"}. `reconcile --fix` adds "fixes" (reconcile_fix.py).
+
 Rows with a write in flight are left out of drift and vanished (the write settles them). Nothing here writes
 to the app or the store; fixes are in reconcile_fix.py.
 """
