@@ -171,7 +171,14 @@ class Fixer:
                 return "skipped", "the record was linked meanwhile"
             return "done", f"linked to {kind} {row.id}"
         if fix["fix"] == "adopt":
-            linked = await self.adoption.link(cres, native_id, record)
+            # No app call and no row to claim yet: the entry records the fix, settled as the link commits or not.
+            seq = await ctx.store.begin_fix(ctx.app, kind, f"native:{kind}:{native_id}", "adopt", {"native_id": native_id})
+            try:
+                linked = await self.adoption.link(cres, native_id, record)
+            except BaseException as exc:
+                await ctx.store.end_fix(seq, False, f"gateway error: {type(exc).__name__}")
+                raise
+            await ctx.store.end_fix(seq, linked is not None, None if linked else "no name, or the name is taken")
             if linked is None:
                 return "skipped", f"no {cres.unique_attr}, or it is taken now"
             fix["id"] = linked.id
@@ -211,7 +218,7 @@ class Fixer:
             body = await ctx.update_record(cres, before, {**before, "active": False})
             if not body:
                 return "skipped", "the mapping writes nothing for active: false"
-        seq = await ctx.store.begin_fix(ctx.app, kind, f"native:{native_id}", fix, {"native_id": native_id})
+        seq = await ctx.store.begin_fix(ctx.app, kind, f"native:{kind}:{native_id}", fix, {"native_id": native_id})
         with ctx.pipeline.tracking([seq]):
             try:
                 async with ctx.pipeline.admission():

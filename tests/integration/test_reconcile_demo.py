@@ -169,3 +169,37 @@ async def test_reconcile_refuses_what_it_cannot_run(data_dir: Path, capsys: pyte
     assert status == 2 and "--apply goes with --fix" in err
     status, _, err = await run(capsys, "reconcile", "demo", "--data-dir", str(data_dir), "--store", "postgresql://127.0.0.1:1/x")
     assert status == 2 and "correlation store" in err
+
+
+async def test_orphans_adopted_when_the_mapping_says_so(
+    data_dir: Path, store_overrides: dict[str, Any], capsys: pytest.CaptureFixture[str], client: Any
+) -> None:
+    """`reconcile: {orphans: adopt}`: an orphan is linked as a new resource (as import does), its team too."""
+    from gateway.demo import demo_mapping_path
+    from gateway.http.keys import APPS
+
+    mapping = data_dir / "adopting.yaml"
+    mapping.write_text(demo_mapping_path().read_text() + "reconcile:\n  orphans: adopt\n")
+    db = sqlite3.connect(data_dir / "demo.db")
+    db.execute("INSERT INTO employees (login, first_nm, status) VALUES ('walt', 'Walt', 'A')")
+    db.execute("INSERT INTO teams (team_name) VALUES ('Night shift')")
+    db.execute("INSERT INTO team_members SELECT t.team_id, e.emp_no FROM teams t, employees e WHERE e.login = 'walt'")
+    db.commit()
+    args = ["--config", str(mapping), *cli_args(data_dir, store_overrides)]
+    status, out, _ = await run(capsys, "reconcile", "demo", *args, "--fix", "--apply", "--format", "json")
+    fixes = json.loads(out)["fixes"]
+    assert status == 1 and sorted((f["fix"], f["name"], f["outcome"]) for f in fixes) == [
+        ("adopt", "Night shift", "done"),
+        ("adopt", "walt", "done"),
+    ]
+    store = client.app[APPS]["demo"].provisioner.store
+    walt = next(f for f in fixes if f["name"] == "walt")
+    [entry] = await store.writes_of("demo", f"native:User:{walt['native_id']}")
+    assert (entry.op, entry.state) == ("reconcile", "done")
+    row = await store.get("demo", "User", walt["id"])
+    assert row is not None and row.data["name"]["givenName"] == "Walt"
+    team = next(f for f in fixes if f["name"] == "Night shift")
+    assert [m.id for m in await store.members("demo", team["id"])] == [walt["id"]], "its member, adopted first, is linked"
+    status, out, _ = await run(capsys, "reconcile", "demo", *args)
+    assert status == 0, out
+    db.close()
