@@ -203,3 +203,32 @@ async def test_orphans_adopted_when_the_mapping_says_so(
     status, out, _ = await run(capsys, "reconcile", "demo", *args)
     assert status == 0, out
     db.close()
+
+
+async def test_writes_in_flight_are_left_alone_and_a_cut_short_fix_is_ended_by_recovery(
+    scim: Scim, client: Any, data_dir: Path
+) -> None:
+    from gateway.http.keys import APPS
+    from gateway.provisioning.reconcile_fix import plan
+
+    provisioner = client.app[APPS]["demo"].provisioner
+    store = provisioner.store
+    ids = await provision(scim)
+    db = sqlite3.connect(data_dir / "demo.db")
+    # A create journaled and claimed whose app call has made the record but not settled yet: not an orphan to delete.
+    await store.begin_create("demo", "User", "in-flight", "zoe", {"userName": "zoe"}, "2026-01-01T00:00:00Z")
+    db.execute("INSERT INTO employees (login, status) VALUES ('zoe', 'A')")
+    # An update in flight on bob, whose record already has the new title: no drift while it settles.
+    await store.begin_write("demo", "User", ids["bob"], "update")
+    db.execute("UPDATE employees SET job_title = 'Boss' WHERE login = 'bob'")
+    db.commit()
+    report = await provisioner.reconcile()
+    [zoe] = report["orphans"]
+    assert (zoe["name"], zoe["plan"]) == ("zoe", "none") and "in flight" in zoe["why"]
+    assert report["drift"] == [] and plan(report) == []
+
+    seq = await store.begin_fix("demo", "User", "native:User:99", "delete", {"native_id": "99"})
+    await provisioner.recover()
+    [entry] = await store.writes_of("demo", "native:User:99")
+    assert (entry.seq, entry.state) == (seq, "aborted") and "cut short" in (entry.detail or "")
+    db.close()
