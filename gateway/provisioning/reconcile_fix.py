@@ -32,7 +32,6 @@ from ..store import NativeConflict
 from .adoption import Adoption
 from .context import Context
 from .errors import ProvisioningError
-from .membership import UserFieldMembership
 from .reads import Reads
 from .writes import Writes
 
@@ -192,7 +191,7 @@ class Fixer:
         row = await ctx.store.get(ctx.app, kind, fix["id"])
         if row is None or row.native_id != fix["native_id"]:
             return "skipped", "the resource changed since the report"
-        group = kind == "Group" and cres.members is not None and not isinstance(ctx.memberships.get("Group"), UserFieldMembership)
+        group = kind == "Group" and cres.members is not None
         if fix["fix"] == "revert":
             resource = dict(row.data)
             if group:
@@ -204,8 +203,17 @@ class Fixer:
         members = (
             await ctx.call(f"reading the members of {kind} {row.id}", lambda: ctx.members_from_app(native_id)) if group else None
         )
-        await self.reads.sync_copy(cres, row, live, members, await ctx.listed_groups(cres, record))
-        return "done", "the copy has the app's values"
+        # No app call: the entry records the fix, as adopting one does.
+        seq = await ctx.store.begin_fix(ctx.app, kind, row.id, "accept", {"native_id": native_id})
+        try:
+            synced = await self.reads.sync_copy(cres, row, live, members, await ctx.listed_groups(cres, record))
+        except BaseException as exc:
+            await ctx.store.end_fix(seq, False, f"gateway error: {type(exc).__name__}")
+            raise
+        changed = synced is not row
+        why = "nothing differs now, or a write holds the resource"
+        await ctx.store.end_fix(seq, changed, None if changed else why)
+        return ("done", "the copy has the app's values") if changed else ("skipped", why)
 
     async def _unmanaged(self, cres: CompiledResource, fix: str, native_id: str, record: dict[str, Any]) -> tuple[str, str]:
         """Deactivate or delete an account no resource manages, journaled before the call, ended after it."""

@@ -232,3 +232,36 @@ async def test_writes_in_flight_are_left_alone_and_a_cut_short_fix_is_ended_by_r
     [entry] = await store.writes_of("demo", "native:User:99")
     assert (entry.seq, entry.state) == (seq, "aborted") and "cut short" in (entry.detail or "")
     db.close()
+
+
+async def test_drift_accepted_into_the_copy_when_the_mapping_says_so(
+    scim: Scim, data_dir: Path, store_overrides: dict[str, Any], capsys: pytest.CaptureFixture[str], client: Any
+) -> None:
+    """`reconcile: {drift: accept}`: the app's values and members are taken into the copy; the app is not written."""
+    from gateway.demo import demo_mapping_path
+    from gateway.http.keys import APPS
+
+    ids = await provision(scim)
+    mapping = data_dir / "accepting.yaml"
+    mapping.write_text(demo_mapping_path().read_text() + "reconcile:\n  drift: accept\n")
+    db = sqlite3.connect(data_dir / "demo.db")
+    db.row_factory = sqlite3.Row
+    db.execute("UPDATE employees SET job_title = 'Boss' WHERE login = 'bob'")
+    db.execute("DELETE FROM team_members WHERE emp_no = ?", (emp_no(db, "ann"),))
+    db.commit()
+    before = snapshot(db)
+    args = ["--config", str(mapping), *cli_args(data_dir, store_overrides)]
+    status, out, _ = await run(capsys, "reconcile", "demo", *args, "--fix", "--apply", "--format", "json")
+    assert status == 1 and sorted((f["fix"], f["name"], f["outcome"]) for f in json.loads(out)["fixes"]) == [
+        ("accept", "Ops", "done"),
+        ("accept", "bob", "done"),
+    ]
+    assert snapshot(db) == before, "accepting writes nothing to the app"
+    store = client.app[APPS]["demo"].provisioner.store
+    bob = await store.get("demo", "User", ids["bob"])
+    assert bob is not None and bob.data["title"] == "Boss"
+    assert [m.id for m in await store.members("demo", ids["Ops"])] == [ids["bob"]]
+    assert [(w.op, w.state) for w in await store.writes_of("demo", ids["bob"])][0] == ("reconcile", "done")
+    status, out, _ = await run(capsys, "reconcile", "demo", *args)
+    assert status == 0, out
+    db.close()
