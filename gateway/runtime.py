@@ -29,6 +29,7 @@ from .provisioning.breaker import Breaker
 from .provisioning.errors import ProvisioningError
 from .provisioning.pipeline import utc_now
 from .provisioning.provisioner import Provisioner
+from .provisioning.reconcile import for_keeping
 from .scim.errors import ScimError, unavailable
 from .scim.service import ScimService
 from .settings import GatewaySettings
@@ -185,7 +186,7 @@ async def _scheduled_run(provisioner: Provisioner, lease: str) -> None:
         await provisioner.store.release_lease(lease, LEASE_HOLDER)
         return
     report["trigger"] = "schedule"
-    await provisioner.store.save_report(app, report, report["ran_at"])
+    await provisioner.store.save_report(app, for_keeping(report), report["ran_at"])
     log.info("app %s: scheduled reconcile found %d (in %.1f s)", app, report["found"], report["duration_s"])
 
 

@@ -82,6 +82,7 @@ async def _reconcile(args: argparse.Namespace, mapping: CompiledMapping) -> dict
     from ..connectors.base import AppContext
     from ..connectors.errors import AppError
     from ..provisioning.provisioner import Provisioner
+    from ..provisioning.reconcile import for_keeping
     from ..provisioning.reconcile_fix import plan
 
     settings = _settings(args)
@@ -109,7 +110,7 @@ async def _reconcile(args: argparse.Namespace, mapping: CompiledMapping) -> dict
                 report["fixes"] = await provisioner.apply_fixes(report, audit, "cli")
             else:
                 report["fixes"] = plan(report)
-        await store.save_report(mapping.app, report, report["ran_at"])
+        await store.save_report(mapping.app, for_keeping(report), report["ran_at"])
         return report
 
 
