@@ -156,6 +156,13 @@ class Fixer:
             return await self._drift(cres, fix, record)
         if await ctx.store.by_native(ctx.app, kind, native_id) is not None:
             return "skipped", "linked since the report"
+        name = fix.get("name")
+        if isinstance(name, str) and fix["fix"] != "link":
+            creating = {
+                e.payload.get("unique_key") for e in await ctx.store.pending(ctx.app) if e.op == "create" and e.type == kind
+            }
+            if name.lower() in creating:
+                return "skipped", f"a create of {cres.unique_attr} {name!r} is in flight: it may be this record"
         if fix["fix"] == "link":
             row = await ctx.store.get(ctx.app, kind, fix["id"])
             if row is None:

@@ -265,3 +265,24 @@ async def test_drift_accepted_into_the_copy_when_the_mapping_says_so(
     status, out, _ = await run(capsys, "reconcile", "demo", *args)
     assert status == 0, out
     db.close()
+
+
+async def test_a_fix_checks_again_before_it_runs(scim: Scim, client: Any, data_dir: Path) -> None:
+    """The report may be old by the time --apply runs: an orphan linked meanwhile, or whose name a create in flight
+    now holds, is skipped, not deleted."""
+    from gateway.http.keys import APPS
+
+    provisioner = client.app[APPS]["demo"].provisioner
+    db = sqlite3.connect(data_dir / "demo.db")
+    db.executemany("INSERT INTO employees (login, status) VALUES (?, 'A')", [("kim",), ("lou",)])
+    db.commit()
+    report = await provisioner.reconcile()
+    assert sorted((o["name"], o["plan"]) for o in report["orphans"]) == [("kim", "delete"), ("lou", "delete")]
+    resp, _ = await scim.get("/Users?filter=userName%20eq%20%22kim%22")  # the IdP's lookup adopts kim
+    assert resp.status == 200
+    await provisioner.store.begin_create("demo", "User", "lou-in-flight", "lou", {"userName": "lou"}, "2026-01-01T00:00:00Z")
+    fixes = {f["name"]: (f["outcome"], f["detail"]) for f in await provisioner.apply_fixes(report)}
+    assert fixes["kim"] == ("skipped", "linked since the report")
+    assert fixes["lou"][0] == "skipped" and "in flight" in fixes["lou"][1]
+    assert {"kim", "lou"} <= {r[0] for r in db.execute("SELECT login FROM employees")}
+    db.close()
