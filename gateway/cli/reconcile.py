@@ -53,9 +53,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if args.apply and not args.fix:
         print("reconcile: --apply goes with --fix (--fix alone prints the plan)", file=sys.stderr)
         return 2
+    if args.last and args.fix:
+        print("reconcile: --last shows the kept report; it fixes nothing (drop --fix)", file=sys.stderr)
+        return 2
     try:
         mapping = select_app(args)
-        report = asyncio.run(_reconcile(args, mapping))
+        report = asyncio.run(_last(args, mapping.app) if args.last else _reconcile(args, mapping))
     except Stop as stop:
         print(f"reconcile: {stop}", file=sys.stderr)
         return 2
@@ -64,6 +67,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         return 2
     except StoreError as exc:
         print(f"reconcile {args.app}: cannot use the correlation store: {exc}", file=sys.stderr)
+        return 2
+    if "error" in report:  # a kept scheduled run that could not run
+        print(f"reconcile {args.app}: the run at {report['ran_at']} could not run: {report['error']}", file=sys.stderr)
         return 2
     text = {"json": as_json, "csv": as_csv}.get(args.format, as_table)(report)
     try:
@@ -112,6 +118,21 @@ async def _reconcile(args: argparse.Namespace, mapping: CompiledMapping) -> dict
                 report["fixes"] = plan(report)
         await store.save_report(mapping.app, for_keeping(report), report["ran_at"])
         return report
+
+
+async def _last(args: argparse.Namespace, app: str) -> dict[str, Any]:
+    """The newest report the store keeps for the app (a scheduled run's, or the command line's); no app call."""
+    from ..app import create_store
+
+    store: Store = create_store(_settings(args))
+    await store.open()
+    try:
+        saved = await store.last_report(app)
+    finally:
+        await store.close()
+    if saved is None:
+        raise Stop(2, f"the store keeps no report of {app} yet (run reconcile, or set reconcile.interval)")
+    return saved.report
 
 
 class _Bar:
@@ -343,6 +364,9 @@ def add_commands(sub: Any) -> None:
     rec.add_argument("--fix", action="store_true", help="also print the fixes the findings call for (a dry run)")
     rec.add_argument("--apply", action="store_true", help="with --fix: carry the fixes out, each journaled and audited")
     rec.add_argument("--audit-log", metavar="PATH", help="with --apply: the audit log (default DATA_DIR/audit.log; off: none)")
+    rec.add_argument(
+        "--last", action="store_true", help="show the newest report the store keeps (e.g. a scheduled run's); no app call"
+    )
     rec.set_defaults(func=cmd_reconcile)
 
     review = sub.add_parser("review", help="access review: every person's accounts and groups in every app, as CSV")

@@ -114,6 +114,8 @@ async def test_reconcile_finds_fixes_and_then_finds_nothing(
     assert report["found"] == 7 and report["counts"]["User"] == {"in_app": 4, "linked": 4}
     saved = await store.last_report("demo")
     assert saved is not None and saved.found == 7 and saved.ran_at == report["ran_at"]
+    status, out, _ = await run(capsys, "reconcile", "demo", *args, "--last", "--format", "json")
+    assert status == 1 and json.loads(out) == report, "--last shows the kept report, calling no app"
 
     status, out, _ = await run(capsys, "reconcile", "demo", *args, "--format", "csv")
     assert status == 1
@@ -162,13 +164,21 @@ async def test_reconcile_finds_fixes_and_then_finds_nothing(
     db.close()
 
 
-async def test_reconcile_refuses_what_it_cannot_run(data_dir: Path, capsys: pytest.CaptureFixture[str], client: Any) -> None:
+async def test_reconcile_refuses_what_it_cannot_run(
+    data_dir: Path, store_overrides: dict[str, Any], capsys: pytest.CaptureFixture[str], client: Any
+) -> None:
     status, _, err = await run(capsys, "reconcile", "nope", "--data-dir", str(data_dir))
     assert status == 2 and "no app 'nope'" in err
     status, _, err = await run(capsys, "reconcile", "demo", "--data-dir", str(data_dir), "--apply")
     assert status == 2 and "--apply goes with --fix" in err
     status, _, err = await run(capsys, "reconcile", "demo", "--data-dir", str(data_dir), "--store", "postgresql://127.0.0.1:1/x")
     assert status == 2 and "correlation store" in err
+    status, _, err = await run(
+        capsys, "reconcile", "demo", "--data-dir", str(data_dir), "--last", *cli_args(data_dir, store_overrides)
+    )
+    assert status == 2 and "keeps no report of demo yet" in err
+    status, _, err = await run(capsys, "reconcile", "demo", "--data-dir", str(data_dir), "--last", "--fix")
+    assert status == 2 and "--last" in err
 
 
 async def test_orphans_adopted_when_the_mapping_says_so(

@@ -66,6 +66,11 @@ async def test_one_of_two_workers_reconciles_each_turn(tmp_path: Path) -> None:
     finally:
         await asyncio.to_thread(gateway.stop)
     check(reports)
+    # The kept report, from the command line: no app call, the exit status of what it found.
+    from gateway.cli import main
+
+    argv = ["reconcile", "demo", "--config", str(mapping), "--data-dir", str(tmp_path / "data"), "--last", "--format", "csv"]
+    assert await asyncio.to_thread(main, argv) == 1
     with closing(sqlite3.connect(tmp_path / "data" / "demo.db")) as db:
         assert db.execute("SELECT count(*) FROM employees WHERE login = 'stray'").fetchone()[0] == 1, "nothing was fixed"
 
