@@ -1,4 +1,4 @@
-"""`scim-gateway serve | check | translate | import | reconcile | review | schema | hash-token`: the console script."""
+"""`scim-gateway serve | check | translate | import | schema | hash-token`: the console script."""
 
 from __future__ import annotations
 
