@@ -123,6 +123,8 @@ def _empty_pg_store(url: str) -> None:
             exists = await conn.fetchval("SELECT to_regclass('resources') IS NOT NULL")
             if exists:
                 await conn.execute("TRUNCATE resources, members, journal RESTART IDENTITY")
+                if await conn.fetchval("SELECT to_regclass('reconcile_reports') IS NOT NULL"):  # issue 15's tables
+                    await conn.execute("TRUNCATE reconcile_reports, leases RESTART IDENTITY")
         finally:
             await conn.close()
 

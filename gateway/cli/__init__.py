@@ -8,6 +8,7 @@ import os
 from .backup import add_backup_parser
 from .check import cmd_check
 from .common import STORE_ENV, TOKEN_ENV
+from .reconcile import add_commands as add_governance_commands
 from .serve import cmd_serve
 from .tools import cmd_hash_token, cmd_import, cmd_schema, cmd_translate
 
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--data-dir", default="data", help="where the SQLite store lives (default ./data)")
     imp.add_argument("--store", metavar="URL", help=f"a postgresql:// store (default: ${STORE_ENV}, else SQLite in --data-dir)")
     imp.set_defaults(func=cmd_import)
+
+    add_governance_commands(sub)  # reconcile, review
 
     schema = sub.add_parser("schema", help="print the JSON Schema of mapping files")
     schema.set_defaults(func=cmd_schema)

@@ -306,6 +306,56 @@ class BreakerConfig(_Strict):
         return self
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: str | float) -> float:
+    """`90`, `"90s"`, `"30m"`, `"6h"`, `"1d"` in seconds; ValueError otherwise."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    found = _DURATION.match(value) if isinstance(value, str) else None
+    if found is None:
+        raise ValueError(f"{value!r} is no duration: give seconds or a number with s, m, h or d (e.g. 6h)")
+    return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+
+
+class ReconcileConfig(_Strict):
+    """`scim-gateway reconcile`: what it does with accounts no SCIM resource manages, and a scheduled run."""
+
+    interval: str | float | None = Field(
+        None,
+        description="While serving, reconcile the app every interval (seconds, or e.g. 30m, 6h, 1d; at least 60 s) and "
+        "keep the report for the admin page; report-only: a scheduled run fixes nothing. One process runs it "
+        "when several share the store. None: only on the command line",
+    )
+    orphans: Literal["as_delete", "deactivate", "delete", "adopt", "report"] = Field(
+        "as_delete",
+        description="What `reconcile --fix` does with an app account no SCIM resource manages and none matches "
+        "(one that matches a resource's match attribute is linked to it): as_delete: what this resource "
+        "type's `delete` says (delete the record, or deactivate it); deactivate; delete; adopt: link it as "
+        "a new resource (as `import` does); report: nothing",
+    )
+
+    drift: Literal["revert", "accept", "report"] = Field(
+        "revert",
+        description="What `reconcile --fix` does with attributes and group members changed in the app behind the "
+        "gateway's back: revert: write the gateway's copy (what the IdP provisioned) to the app, through the "
+        "ordinary write path; accept: take the app's values into the copy; report: nothing",
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: str | float | None) -> str | float | None:
+        if value is not None and duration_seconds(value) < 60:
+            raise ValueError("the interval is at least 60 seconds")
+        return value
+
+    @property
+    def interval_seconds(self) -> float | None:
+        return None if self.interval is None else duration_seconds(self.interval)
+
+
 class MappingConfig(_Strict):
     """One app: its name, inbound auth, connector, and resource types."""
 
@@ -325,6 +375,10 @@ class MappingConfig(_Strict):
         default_factory=BreakerConfig,
         description="The circuit breaker in front of the app: after repeated failures its requests fail fast with 503 "
         "until a probe call succeeds; also the back-off of opening an app unreachable at start-up",
+    )
+    reconcile: ReconcileConfig = Field(
+        default_factory=ReconcileConfig,
+        description="`scim-gateway reconcile` (orphan fixes) and a scheduled report-only reconcile while serving",
     )
 
     @field_validator("connector")

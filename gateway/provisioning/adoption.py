@@ -49,6 +49,33 @@ class Adoption:
             row = await ctx.store.refresh(ctx.app, cres.name, row.id, row.data, utc_now(), None, None, groups) or row
         return row
 
+    async def relink(self, cres: CompiledResource, row: Row, native_id: str, record: dict[str, Any], why: str) -> Row:
+        """Point an existing resource whose app record is gone (or that has none) at the record its match attribute
+        found (`reconcile --fix`), journaled as an update; its attributes are read from the record, as a link's.
+
+        NotFound when the resource is gone or busy; the store's NativeConflict when the record is linked meanwhile.
+        """
+        ctx = self.ctx
+        seq, claimed = await ctx.pipeline.claim(cres.name, row.id, "update", payload={"fix": why, "native_id": native_id})
+        try:
+            data = await ctx.overlay(cres, claimed.data, record)
+            members = None
+            if cres.name == "Group" and cres.members:
+                members = await ctx.call(
+                    f"reading the members of the app's group {native_id}", lambda: ctx.members_from_app(native_id)
+                )
+            settled = await ctx.pipeline.settle_update(
+                seq, data, claimed.unique_key, relink=True, native_id=native_id, replace_members=members
+            )
+        except BaseException as exc:
+            await ctx.pipeline.abort(seq, f"reconcile: linking failed: {type(exc).__name__}")
+            raise
+        log.info("%s: linked %s %s to the app's record %s (%s)", ctx.app, cres.name, row.id, native_id, why)
+        groups = await ctx.listed_groups(cres, record)
+        if groups is not None:
+            settled = await ctx.store.refresh(ctx.app, cres.name, row.id, settled.data, utc_now(), None, None, groups) or settled
+        return settled
+
     async def import_existing(self, kind: str, progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
         """Link every record the app already has that no SCIM resource is linked to (`scim-gateway import`).
 

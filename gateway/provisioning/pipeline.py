@@ -146,10 +146,11 @@ class WritePipeline:
     async def abort(self, seq: int, reason: str) -> None:
         await self.store.abort(seq, reason)
 
-    async def forget(self, kind: str, rid: str) -> bool:
-        """The app deleted the record itself: the resource goes (its id and name released). False when a write holds it."""
+    async def forget(self, kind: str, rid: str, payload: dict[str, Any] | None = None) -> bool:
+        """The app deleted the record itself: the resource goes (its id and name released). False when a write holds it.
+        `payload`: what the journal entry says of why (a reconcile fix)."""
         try:
-            seq, _ = await self.store.begin_write(self.app, kind, rid, "delete")
+            seq, _ = await self.store.begin_write(self.app, kind, rid, "delete", payload=payload)
         except (Busy, Gone):
             return False  # another request is settling it
         await self.store.settle_delete(seq)

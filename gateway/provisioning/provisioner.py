@@ -8,7 +8,8 @@ renders both. The work is done by parts that share one `Context`:
 - writes.py: create, replace, patch, delete of one resource; batch.py: creates in a batch (a Bulk import);
 - reads.py: reads live or from the copy, the copy kept up with the app; search.py: lists, pushdown, and
   adoption on lookup; adoption.py: linking records the app already has, `import`;
-- recovery.py: settling what a crash left pending.
+- recovery.py: settling what a crash left pending;
+- reconcile.py: the app compared with the table (a report); reconcile_fix.py: the fixes a report implies.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..audit import AuditLog
 from ..connectors.base import Connector
 from ..mapping.compile import CompiledMapping, CompiledResource
 from ..store import Query, Store
@@ -25,6 +27,8 @@ from .breaker import Breaker
 from .context import Context
 from .lookup import Lookup
 from .reads import Reads
+from .reconcile import Progress, Reconciler
+from .reconcile_fix import Fixer
 from .recovery import Recovery
 from .resource import Resource
 from .search import Search
@@ -46,6 +50,8 @@ class Provisioner:
         self.writes = Writes(ctx, self.reads)
         self.batch = BatchCreate(ctx, self.reads, self.writes)
         self.recovery = Recovery(ctx, self.writes)
+        self.reconciler = Reconciler(ctx)
+        self.fixer = Fixer(ctx, self.reads, self.adoption, self.writes)
 
     def resource(self, kind: str) -> CompiledResource:
         """The mapping of one resource type; NotFound when the app has none of that kind."""
@@ -93,6 +99,17 @@ class Provisioner:
 
     async def recover(self, older_than: float | None = None) -> int:
         return await self.recovery.recover(older_than)
+
+    # -- governance
+    async def reconcile(self, progress: Progress | None = None) -> dict[str, Any]:
+        """The app compared with the table: a report (reconcile.py); nothing is written."""
+        return await self.reconciler.run(progress)
+
+    async def apply_fixes(
+        self, report: dict[str, Any], audit: AuditLog | None = None, client: str = "cli"
+    ) -> list[dict[str, Any]]:
+        """Carry out the fixes the report implies (reconcile_fix.py), each journaled and audited."""
+        return await self.fixer.apply(report, audit, client)
 
 
 __all__ = ["Provisioner"]

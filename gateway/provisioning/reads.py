@@ -94,11 +94,14 @@ class Reads:
             raise NotFound(f"{cres.name} {row.id} no longer exists in the app")
         return await self.ctx.overlay(cres, row.data, record), record
 
-    async def forget_vanished(self, cres: CompiledResource, row: Row) -> None:
-        """The app deleted the record itself: the resource is gone, so its id and unique name are released."""
-        if await self.ctx.pipeline.forget(cres.name, row.id):
-            log.info("%s: %s %s was deleted in the app; the gateway forgot it", self.ctx.app, cres.name, row.id)
-            await self.forget_references(cres.name, row.id)
+    async def forget_vanished(self, cres: CompiledResource, row: Row, payload: dict[str, Any] | None = None) -> bool:
+        """The app deleted the record itself: the resource is gone, so its id and unique name are released.
+        False when a write holds it. `payload`: why, for the journal (a reconcile fix)."""
+        if not await self.ctx.pipeline.forget(cres.name, row.id, payload):
+            return False
+        log.info("%s: %s %s was deleted in the app; the gateway forgot it", self.ctx.app, cres.name, row.id)
+        await self.forget_references(cres.name, row.id)
+        return True
 
     async def sync_copy(
         self,

@@ -64,6 +64,10 @@ class Recovery:
     async def _recover_entry(self, entry: Pending) -> bool:
         """Settle or roll back one pending entry; False when it cannot tell yet. UniqueConflict: wait for the others."""
         ctx = self.ctx
+        if entry.op == "reconcile":
+            # A reconcile fix of an account no resource manages, cut short: the next reconcile sees what is left.
+            await ctx.store.end_fix(entry.seq, False, "recovery: cut short; the next reconcile finds what is left")
+            return True
         cres = ctx.mapping.resources.get(entry.type)
         row = await ctx.store.get_any(entry.resource_id)
         try:

@@ -8,6 +8,7 @@ from .base import Busy, Gone, Member, NativeConflict, Pending, Row, StoreError, 
 from .correlation import Store
 from .postgres import PostgresStore
 from .query import Query
+from .reports import SavedReport
 from .sqlite import SqliteStore
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "PostgresStore",
     "Query",
     "Row",
+    "SavedReport",
     "SqliteStore",
     "Store",
     "StoreError",

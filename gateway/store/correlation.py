@@ -15,12 +15,13 @@ from typing import Any
 from .base import Busy, Gone, Member, NativeConflict, Pending, Row, UniqueConflict, VersionMismatch
 from .dialect import Conn, Dialect, Duplicate
 from .query import Query
+from .reports import ReportStore
 from .sqlquery import SqlQuery
 
 _ROW = "SELECT * FROM resources"
 
 
-class Store:
+class Store(ReportStore):
     """SCIM ids, native ids, the gateway's copy of each resource, membership, and the write journal.
 
     `labels`: the stored attributes, in order, whose first non-empty value shows a resource in another's

@@ -57,6 +57,26 @@ _MIGRATIONS: list[str] = [
     """
     CREATE INDEX resources_listing ON resources (app, type, state, seq);
     """,
+    # reconcile reports and leases (issue 15, governance; store code in store/reports.py): each app's reconcile
+    # runs, the last few kept per app for the admin page; a lease names the one process running a scheduled task;
+    # a resource's journal entries by resource (its footprint's last writes).
+    """
+    CREATE TABLE reconcile_reports (
+        seq {key},
+        app {text} NOT NULL,
+        ran_at {text} NOT NULL,
+        saved {float} NOT NULL{now},
+        found INTEGER NOT NULL,
+        report {json} NOT NULL
+    );
+    CREATE INDEX reconcile_reports_by_app ON reconcile_reports (app, seq);
+    CREATE TABLE leases (
+        name {text} PRIMARY KEY,
+        holder {text} NOT NULL,
+        until {float} NOT NULL
+    );
+    CREATE INDEX journal_by_resource ON journal (app, resource_id, seq);
+    """,
 ]
 
 
