@@ -6,6 +6,7 @@ from pathlib import Path
 
 TOKEN_ENV = "SCIM_GATEWAY_TOKEN"
 STORE_ENV = "SCIM_GATEWAY_STORE"
+METRICS_TOKEN_ENV = "SCIM_GATEWAY_METRICS_TOKEN"  # a bearer token /metrics then requires (serve) and sends (status)
 
 
 class Stop(Exception):
@@ -28,4 +29,4 @@ def mapping_files(configs: list[str]) -> list[Path]:
     return files
 
 
-__all__ = ["STORE_ENV", "TOKEN_ENV", "Stop", "mapping_files"]
+__all__ = ["METRICS_TOKEN_ENV", "STORE_ENV", "TOKEN_ENV", "Stop", "mapping_files"]
