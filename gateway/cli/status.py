@@ -83,6 +83,8 @@ def read_status(url: str, timeout: float, token: str | None) -> dict[str, Any]:
         }
         if state.get("reason"):
             app["reason"] = state["reason"]
+        elif breaker != state.get("breaker", "none"):
+            app["reason"] = f"circuit {breaker} in another worker"  # the one that answered /readyz has it closed
         out["apps"][name] = app
     ok = ready.get("status") == "ready" and all(a["open"] and a["breaker"] != "open" for a in out["apps"].values())
     out["status"] = "ready" if ok else "not ready"
