@@ -12,13 +12,15 @@ scrape must send it as a bearer token.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import Metric
+from pydantic import SecretStr
 
 from .. import metrics
+from ..auth import AppAuth, Refused, StaticToken, token_digest
 from ..store import StoreUnavailable
 from ..store.backlog import journal_pending
 from .health import STORE_TIMEOUT
@@ -33,17 +35,22 @@ async def journal_source(app: web.Application) -> list[Metric]:
     return [metrics.journal_pending(counts)]
 
 
-async def metrics_view(request: web.Request) -> web.Response:
-    token = request.app[SETTINGS].metrics_token
-    if token is not None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        expected = token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            return web.Response(
-                status=401,
-                text="a bearer token is required for /metrics\n",
-                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-            )
+def create_metrics_view(token: SecretStr | None) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The view; with a token, a scrape must send it (checked as an app's static bearer tokens are, in auth.py)."""
+    auth = None if token is None else AppAuth("/metrics", [StaticToken(token_digest(token.get_secret_value()), "metrics")])
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        if auth is not None:
+            try:
+                await auth.authenticate(request.headers.get("Authorization", ""))
+            except Refused as exc:
+                return web.Response(status=401, text=f"/metrics: {exc.detail}\n", headers={"WWW-Authenticate": exc.challenge})
+        return await answer(request)
+
+    return metrics_view
+
+
+async def answer(request: web.Request) -> web.Response:
     extra: list[Metric] = []
     for source in request.app[METRIC_SOURCES]:
         try:
@@ -51,13 +58,15 @@ async def metrics_view(request: web.Request) -> web.Response:
         except (StoreUnavailable, TimeoutError, OSError) as exc:
             # The scrape still answers what the processes recorded; the store's gauges are missing from it.
             log.warning("/metrics: %s failed: %s", getattr(source, "__name__", source), exc or type(exc).__name__)
+        except Exception:
+            log.exception("/metrics: %s failed", getattr(source, "__name__", source))
     return web.Response(body=metrics.exposition(extra), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 def setup_metrics(app: web.Application) -> None:
     sources: list[MetricSource] = [journal_source]
     app[METRIC_SOURCES] = sources
-    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/metrics", create_metrics_view(app[SETTINGS].metrics_token))
 
 
-__all__ = ["journal_source", "metrics_view", "setup_metrics"]
+__all__ = ["create_metrics_view", "journal_source", "setup_metrics"]

@@ -13,15 +13,18 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import Metric
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.connectors.errors import AppConflict, AppUnavailable
-from gateway.http.keys import APPS
+from gateway.http.keys import APPS, METRIC_SOURCES
 from gateway.mapping.model import BreakerConfig
 from gateway.metrics import REGISTRY
 from gateway.provisioning.breaker import Breaker, GuardedConnector
+from gateway.store import StoreUnavailable
 from tests.conftest import BASE, TOKEN, demo_settings, user_body
 from tests.integration.test_breaker import Clock, Recorded
 
@@ -117,6 +120,24 @@ async def test_the_journal_gauge_counts_pending_entries_from_the_store(demo: Tes
     samples = await scrape(demo)
     assert value(samples, "scim_gateway_journal_pending", app="demo") == 2
     assert ("scim_gateway_journal_pending", (("app", "other"),)) not in samples  # no app of this gateway
+
+
+async def test_a_scrape_source_that_fails_leaves_out_only_its_own_gauges(demo: TestClient) -> None:
+    """A source computed at scrape time (the journal's; the hub's later) that fails costs the scrape nothing else."""
+
+    async def store_down(app: Any) -> list[Metric]:
+        raise StoreUnavailable("the store did not answer")
+
+    async def extra(app: Any) -> list[Metric]:
+        family = GaugeMetricFamily("scim_gateway_test_extra", "a source added later", labels=["app"])
+        family.add_metric(["demo"], 7)
+        return [family]
+
+    demo.app[METRIC_SOURCES][:] = [store_down, extra]
+    samples = await scrape(demo)
+    assert value(samples, "scim_gateway_test_extra", app="demo") == 7
+    assert ("scim_gateway_breaker_state", (("app", "demo"),)) in samples
+    assert not any(name == "scim_gateway_journal_pending" for name, _ in samples)
 
 
 async def test_a_metrics_token_when_one_is_set(aiohttp_client: Any, tmp_path: Path) -> None:
