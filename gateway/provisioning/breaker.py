@@ -86,27 +86,20 @@ class Breaker:
         self.clock = clock
         self._gauge = BREAKER_STATE.labels(app)
         self._opened = BREAKER_OPENED.labels(app)  # present (0) before the first opening
-        self._state = ""
-        self.state = "closed"  # closed | open | half_open
+        self.state = "closed"  # closed | open | half_open: changed by _move only
+        self._gauge.set(0)
         self.failures = 0  # consecutive failures that mean the app is unavailable
         self.last = ""  # what the latest of them was
         self.cooldown = config.reset_after  # how long the circuit stays open this time
         self.probe_at = 0.0  # clock time the open circuit lets a probe through
         self.probing = False  # a half-open probe is in flight
 
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @state.setter
-    def state(self, value: str) -> None:
-        # Every transition passes here: the gauge follows it; an opening is counted (from closed or a failed probe).
-        if value == self._state:
-            return  # each success in the closed state sets it again: no metric write on that path
-        self._state = value
-        self._gauge.set(BREAKER_STATES[value])
-        if value == "open":
-            self._opened.inc()
+    def _move(self, state: str) -> None:
+        """Every transition passes here (not a success while closed: no metric write on that path)."""
+        self.state = state
+        self._gauge.set(BREAKER_STATES[state])
+        if state == "open":
+            self._opened.inc()  # from closed, or a failed half-open probe
 
     def admit(self) -> bool:
         """Let a call go to the app: True when it is the half-open probe. Raises CircuitOpen when it may not go."""
@@ -114,7 +107,7 @@ class Breaker:
             return False
         now = self.clock()
         if self.state == "open" and now >= self.probe_at:
-            self.state = "half_open"
+            self._move("half_open")
         if self.state == "half_open" and not self.probing:
             self.probing = True
             return True
@@ -179,7 +172,8 @@ class Breaker:
             log.info("app %s: the probe call succeeded; circuit closed after %d failures", self.app, self.failures)
         elif self.state != "closed":
             return
-        self.state = "closed"
+        if self.state != "closed":
+            self._move("closed")
         self.failures = 0
         self.cooldown = self.config.reset_after
         self.probing = False
@@ -194,7 +188,7 @@ class Breaker:
             self.cooldown = min(self.cooldown * 2, self.config.max_reset_after)
         elif self.failures < self.config.failures:
             return
-        self.state = "open"
+        self._move("open")
         self.probing = False
         self.probe_at = self.clock() + self.cooldown
         log.warning(
@@ -222,7 +216,7 @@ class GuardedConnector(Connector):
 
     def _timed(self, call: str, exc: BaseException | None, seconds: float) -> None:
         """Every app call's time, here once: what the app took (a call the open circuit refused is none)."""
-        key = (call, outcome(exc))
+        key = (call, "ok" if exc is None else outcome(exc))
         timer = self._timers.get(key)
         if timer is None:
             timer = self._timers[key] = APP_CALL_SECONDS.labels(self.breaker.app, *key)
