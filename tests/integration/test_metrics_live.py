@@ -242,3 +242,21 @@ async def test_a_write_in_flight_then_an_open_breaker(
         assert SCRAPE_TOKEN not in gateway.log.read_text()
     finally:
         await asyncio.to_thread(gateway.stop)
+
+
+async def test_one_process_keeps_its_metrics_in_memory_whatever_the_environment_says(
+    tmp_path: Path, fresh: aiohttp.ClientSession
+) -> None:
+    """A PROMETHEUS_MULTIPROC_DIR left in the environment (files of another run there would count again) is not used."""
+    stale = tmp_path / "someone-elses-dir"
+    stale.mkdir()
+    gateway = LiveGateway(tmp_path / "gw", env={"PROMETHEUS_MULTIPROC_DIR": str(stale)})
+    await asyncio.to_thread(gateway.start)
+    try:
+        statuses = [await send(fresh, "GET", f"{gateway.base_url}/Users/none-{i}") for i in range(3)]
+        assert statuses == [404] * 3
+        samples = await scrape(fresh, gateway.url)
+        assert value(samples, "scim_gateway_requests_total", app="demo", operation="read", status="404") == 3
+        assert list(stale.iterdir()) == []
+    finally:
+        await asyncio.to_thread(gateway.stop)
