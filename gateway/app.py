@@ -18,6 +18,7 @@ from .auth import jwks_file_problem
 from .connectors.registry import ConnectorRegistry, load_registry
 from .http.health import setup_health
 from .http.keys import APPS, AUDIT, REGISTRY, SETTINGS, STORE
+from .http.metrics import setup_metrics
 from .http.middleware import app_middleware, audit_middleware, error_middleware
 from .http.routes import setup_routes
 from .mapping.compile import CompiledMapping, load_mapping
@@ -77,6 +78,7 @@ def create_app(
         app.cleanup_ctx.append(_app_ctx(mapping))
     setup_routes(app)
     setup_health(app)
+    setup_metrics(app)
     return app
 
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+# prometheus_client's multiprocess directory (gateway/metrics.py): `serve --workers N` sets it for its workers only.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 
 class LimitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -48,6 +51,9 @@ class GatewaySettings(BaseModel):
         description="The append-only audit log (JSON lines); a relative path is under data_dir; None: no audit log",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    metrics_token: SecretStr | None = Field(
+        None, description="A bearer token /metrics requires (from $SCIM_GATEWAY_METRICS_TOKEN); None: /metrics is open"
+    )
     recovery_interval: float = Field(30.0, gt=0, description="Seconds between sweeps for writes left unsettled while serving")
     shared_store: bool = Field(
         False,

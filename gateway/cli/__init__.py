@@ -1,4 +1,5 @@
-"""`scim-gateway serve | check | translate | import | schema | hash-token | backup`: the console script."""
+"""`scim-gateway serve | status | check | translate | import | reconcile | review | schema | hash-token | backup`: the
+console script."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import os
 
 from .backup import add_backup_parser
 from .check import cmd_check
-from .common import STORE_ENV, TOKEN_ENV
+from .common import DEFAULT_HOST, DEFAULT_PORT, STORE_ENV, TOKEN_ENV
 from .reconcile import add_commands as add_governance_commands
 from .serve import cmd_serve
+from .status import add_status_parser
 from .tools import cmd_hash_token, cmd_import, cmd_schema, cmd_translate
 
 
@@ -19,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway (the demo app when no --config is given)")
     serve.add_argument("--config", action="append", metavar="FILE", help="a mapping file or a folder of them (repeatable)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--token", help=f"bearer token for the app (default: ${TOKEN_ENV}, or the demo token)")
     serve.add_argument("--data-dir", default="data", help="where the store and the demo database live (default ./data)")
     serve.add_argument("--public-url", help="the gateway's URL as IdPs reach it (for Location headers)")
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="append-only audit log of every provisioning operation (default DATA_DIR/audit.log; off: none)",
     )
     serve.set_defaults(func=cmd_serve)
+
+    add_status_parser(sub)
 
     check = sub.add_parser("check", help="validate mapping files; exit 1 on any problem")
     check.add_argument("files", nargs="+", metavar="FILE")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 TOKEN_ENV = "SCIM_GATEWAY_TOKEN"
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080  # where `serve` listens, and `status` asks, by default
 STORE_ENV = "SCIM_GATEWAY_STORE"
+METRICS_TOKEN_ENV = "SCIM_GATEWAY_METRICS_TOKEN"  # a bearer token /metrics then requires (serve) and sends (status)
 
 
 class Stop(Exception):
@@ -28,4 +30,4 @@ def mapping_files(configs: list[str]) -> list[Path]:
     return files
 
 
-__all__ = ["STORE_ENV", "TOKEN_ENV", "Stop", "mapping_files"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "METRICS_TOKEN_ENV", "STORE_ENV", "TOKEN_ENV", "Stop", "mapping_files"]

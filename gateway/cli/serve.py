@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from .common import STORE_ENV, TOKEN_ENV, Stop, mapping_files
+from .common import METRICS_TOKEN_ENV, STORE_ENV, TOKEN_ENV, Stop, mapping_files
 from .logs import setup_logging
 
 if TYPE_CHECKING:  # imported where used: `scim-gateway --help` need not load the gateway
@@ -47,6 +47,13 @@ class ServePlan:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..settings import METRICS_DIR_ENV
+
+    if not getattr(args, "worker_index", 0):
+        # Before prometheus_client is imported (it decides then): one process keeps its metrics in memory, and
+        # `--workers` gives its workers a directory of its own, never one left from another run.
+        os.environ.pop(METRICS_DIR_ENV, None)
+        os.environ.pop(METRICS_DIR_ENV.lower(), None)
     setup_logging(args.log_level, args.log_format)
     try:
         plan = plan_serve(args)
@@ -54,9 +61,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(stop, file=sys.stderr)
         return stop.status
     if args.workers > 1:
+        from ..metrics import shared_between_processes
         from .workers import serve_workers
 
-        return serve_workers(args, worker_main)
+        with shared_between_processes():
+            return serve_workers(args, worker_main)
     return run_gateway(args, plan)
 
 
@@ -162,8 +171,10 @@ def _settings(args: argparse.Namespace, files: list[Path], store_url: str | None
     if args.audit_log is not None:
         # Relative to the working directory, as any path given on the command line; `off`: no audit log.
         audit["audit_log"] = None if args.audit_log == "off" else Path(args.audit_log).expanduser().absolute()
+    metrics_token = os.environ.get(METRICS_TOKEN_ENV)
     return GatewaySettings(
         **audit,  # type: ignore[arg-type]
+        metrics_token=SecretStr(metrics_token) if metrics_token else None,
         mappings=files,
         data_dir=Path(args.data_dir),
         public_url=args.public_url,

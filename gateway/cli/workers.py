@@ -19,6 +19,8 @@ def serve_workers(args: argparse.Namespace, worker: Callable[[argparse.Namespace
     import multiprocessing.connection
     import signal
 
+    from ..metrics import process_exited
+
     context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no inherited loop, sockets or locks
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
     told: set[int] = set()  # the workers sent a stop signal
@@ -61,6 +63,8 @@ def serve_workers(args: argparse.Namespace, worker: Callable[[argparse.Namespace
                 if running_proc.exitcode is None:
                     continue
                 del running[index]
+                if running_proc.pid is not None:
+                    process_exited(running_proc.pid)  # its breaker states leave the live processes' gauges
                 # A worker still starting when told to stop has no handler yet: the signal ends it, cleanly (it served nothing).
                 stopped = running_proc.exitcode == 0 or running_proc.exitcode == -signal.SIGTERM
                 if not (stopping.is_set() and stopped):

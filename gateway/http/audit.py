@@ -24,12 +24,18 @@ class AuditNote:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     credential: str | None = None
     op: str | None = None  # None: not recorded (a read)
+    reads: str = "read"  # what the request is when it records no op: read, search or discovery (its view's)
     resource_type: str | None = None
     resource_id: str | None = None
     scim_type: str | None = None
     reason: str | None = None
     operations: int | None = None  # Bulk: how many operation records precede the request's own
     notices: list[str] = field(default_factory=list)  # what provisioning did that the answer does not say
+
+    @property
+    def operation(self) -> str:
+        """The request's operation as its log line and the metrics name it: the audited op, else its kind of read."""
+        return self.op or self.reads
 
     def record(
         self,

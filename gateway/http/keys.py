@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
+from prometheus_client import Metric
 
 from ..audit import AuditLog
 from ..connectors.registry import ConnectorRegistry
@@ -16,8 +19,11 @@ REGISTRY = web.AppKey("registry", ConnectorRegistry)
 STORE = web.AppKey("store", Store)
 APPS = web.AppKey("apps", dict[str, AppRuntime])
 AUDIT = web.AppKey("audit", AuditLog)
+# Gauges computed at each /metrics scrape (gateway/http/metrics.py): async functions of the application.
+MetricSource = Callable[[web.Application], Awaitable[list[Metric]]]
+METRIC_SOURCES = web.AppKey("metric_sources", list[MetricSource])
 
 AUDIT_NOTE = web.RequestKey("audit_note", AuditNote)
 RUNTIME = web.RequestKey("runtime", AppRuntime)
 
-__all__ = ["APPS", "AUDIT", "AUDIT_NOTE", "REGISTRY", "RUNTIME", "SETTINGS", "STORE"]
+__all__ = ["APPS", "AUDIT", "AUDIT_NOTE", "METRIC_SOURCES", "REGISTRY", "RUNTIME", "SETTINGS", "STORE", "MetricSource"]

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..auth import CannotJudge, Refused
 from ..connectors import REQUEST_ID
+from ..metrics import AUTH_REFUSED, observe_request
 from ..provisioning.notices import collecting
 from ..scim.errors import ScimError, invalid_value, not_found
 from ..scim.failures import scim_error
@@ -35,7 +36,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record every write and every refused authentication with the status finally answered (outside the errors)."""
+    """Record every write and every refused authentication with the status finally answered (outside the errors);
+    log and count every request under a base URL."""
     status: int | None = None
     try:
         response = await handler(request)
@@ -46,21 +48,27 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     finally:
         note = request.get(AUDIT_NOTE)
-        if note is not None and note.op is not None:
-            request.app[AUDIT].write(note.final(status))
-        if note is not None and access.isEnabledFor(logging.INFO):
-            _access_line(request, note, status)
+        if note is not None:
+            if note.op is not None:
+                request.app[AUDIT].write(note.final(status))
+                if note.op == "auth":  # every refused authentication is audited here, and counted here, once
+                    AUTH_REFUSED.labels(note.app, note.reason or "error").inc()
+            seconds = time.monotonic() - note.started
+            operation = note.operation
+            observe_request(note.app, operation, status, seconds)
+            if access.isEnabledFor(logging.INFO):
+                _access_line(request, note, operation, status, seconds)
 
 
-def _access_line(request: web.Request, note: AuditNote, status: int | None) -> None:
+def _access_line(request: web.Request, note: AuditNote, operation: str, status: int | None, seconds: float) -> None:
     """One line per request under a base URL (the credential's name, never a secret; ids, not bodies)."""
-    ms = round((time.monotonic() - note.started) * 1000, 1)
+    ms = round(seconds * 1000, 1)
     fields = {
         "request_id": note.request_id,
         "app": note.app,
         "method": request.method,
         "path": request.rel_url.path,
-        "operation": note.op or "read",
+        "operation": operation,
         "resource_type": note.resource_type,
         "resource_id": note.resource_id,
         "status": status,
@@ -164,7 +172,9 @@ async def app_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 def _note_target(request: web.Request, note: AuditNote) -> None:
     """What the audit log records of this request: every write attempt, whatever its fate; nothing for a read."""
-    kind = getattr(request.match_info.handler, "audited", "resource")
+    handler = request.match_info.handler
+    note.reads = getattr(handler, "reads", "read")
+    kind = getattr(handler, "audited", "resource")
     if kind == "bulk":
         note.op = "bulk"
         return

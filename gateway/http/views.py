@@ -20,6 +20,8 @@ class ScimView(web.View):
     #: What the audit log records of a write to this view: "resource" (the operation on its resource),
     #: "bulk" (each operation, then the request), or None (nothing: a search is a read).
     audited: ClassVar[str | None] = "resource"
+    #: What a request here that writes nothing is, in logs and metrics: "read", "search" or "discovery".
+    reads: ClassVar[str] = "read"
 
     @property
     def runtime(self) -> AppRuntime:
@@ -66,16 +68,22 @@ class ScimView(web.View):
 
 
 class ServiceProviderConfigView(ScimView):
+    reads = "discovery"
+
     async def get(self) -> web.StreamResponse:
         return reply_response(self.service.service_provider_config(self.base))
 
 
 class ResourceTypesView(ScimView):
+    reads = "discovery"
+
     async def get(self) -> web.StreamResponse:
         return reply_response(self.service.resource_types(self.base, self.request.match_info.get("name")))
 
 
 class SchemasView(ScimView):
+    reads = "discovery"
+
     async def get(self) -> web.StreamResponse:
         return reply_response(self.service.schemas(self.base, self.request.match_info.get("urn")))
 
@@ -85,6 +93,8 @@ class SchemasView(ScimView):
 
 class ResourcesView(ScimView):
     """/Users, /Groups: list (GET) and create (POST)."""
+
+    reads = "search"
 
     async def get(self) -> web.StreamResponse:
         service = self.serving()
@@ -100,6 +110,7 @@ class ResourceSearchView(ScimView):
     """/Users/.search: a list request in a SearchRequest body."""
 
     audited = None
+    reads = "search"
 
     async def post(self) -> web.StreamResponse:
         service = self.serving()
@@ -154,6 +165,7 @@ class SearchAllView(ScimView):
     """/.search: every resource type at once."""
 
     audited = None
+    reads = "search"
 
     async def post(self) -> web.StreamResponse:
         service = self.serving()

@@ -15,6 +15,7 @@ to one app's connector: reads, writes, searches, lists, the recovery sweep.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -24,8 +25,9 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from ..connectors.base import Capabilities, Connector, NativeId, Record
-from ..connectors.errors import AppBadResponse, AppError, AppUnavailable
+from ..connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
 from ..mapping.model import BreakerConfig
+from ..metrics import APP_CALL_SECONDS, BREAKER_OPENED, BREAKER_STATE, BREAKER_STATES
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,28 @@ def is_outage(exc: AppError) -> bool:
     return isinstance(exc, AppUnavailable | AppBadResponse) and not isinstance(exc, CircuitOpen)
 
 
+# An app call's outcome as the metrics label it: a few fixed words, whatever a connector's error subclass.
+_OUTCOMES: tuple[tuple[type[AppError], str], ...] = (
+    (AppUnavailable, "unavailable"),
+    (AppBadResponse, "bad_response"),
+    (AppConflict, "conflict"),
+    (AppNotFound, "not_found"),
+    (AppInvalid, "invalid"),
+)
+
+
+def outcome(exc: BaseException | None) -> str:
+    """`ok`, the kind of app error, `cancelled`, or `error` (the gateway's own failure during the call)."""
+    if exc is None:
+        return "ok"
+    for kind, name in _OUTCOMES:
+        if isinstance(exc, kind):
+            return name
+    if isinstance(exc, AppError):
+        return "app_error"
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+
+
 class Breaker:
     """The circuit of one app in one process. No awaits inside: each method is atomic on the event loop."""
 
@@ -60,12 +84,22 @@ class Breaker:
         self.app = app
         self.config = config
         self.clock = clock
-        self.state = "closed"  # closed | open | half_open
+        self._gauge = BREAKER_STATE.labels(app)
+        self._opened = BREAKER_OPENED.labels(app)  # present (0) before the first opening
+        self.state = "closed"  # closed | open | half_open: changed by _move only
+        self._gauge.set(0)
         self.failures = 0  # consecutive failures that mean the app is unavailable
         self.last = ""  # what the latest of them was
         self.cooldown = config.reset_after  # how long the circuit stays open this time
         self.probe_at = 0.0  # clock time the open circuit lets a probe through
         self.probing = False  # a half-open probe is in flight
+
+    def _move(self, state: str) -> None:
+        """Every transition passes here (not a success while closed: no metric write on that path)."""
+        self.state = state
+        self._gauge.set(BREAKER_STATES[state])
+        if state == "open":
+            self._opened.inc()  # from closed, or a failed half-open probe
 
     def admit(self) -> bool:
         """Let a call go to the app: True when it is the half-open probe. Raises CircuitOpen when it may not go."""
@@ -73,7 +107,7 @@ class Breaker:
             return False
         now = self.clock()
         if self.state == "open" and now >= self.probe_at:
-            self.state = "half_open"
+            self._move("half_open")
         if self.state == "half_open" and not self.probing:
             self.probing = True
             return True
@@ -138,7 +172,8 @@ class Breaker:
             log.info("app %s: the probe call succeeded; circuit closed after %d failures", self.app, self.failures)
         elif self.state != "closed":
             return
-        self.state = "closed"
+        if self.state != "closed":
+            self._move("closed")
         self.failures = 0
         self.cooldown = self.config.reset_after
         self.probing = False
@@ -153,7 +188,7 @@ class Breaker:
             self.cooldown = min(self.cooldown * 2, self.config.max_reset_after)
         elif self.failures < self.config.failures:
             return
-        self.state = "open"
+        self._move("open")
         self.probing = False
         self.probe_at = self.clock() + self.cooldown
         log.warning(
@@ -177,6 +212,15 @@ class GuardedConnector(Connector):
         super().__init__(inner.config, inner.context)
         self.inner = inner
         self.breaker = breaker
+        self._timers: dict[tuple[str, str], Any] = {}  # (call, outcome) -> its histogram child
+
+    def _timed(self, call: str, exc: BaseException | None, seconds: float) -> None:
+        """Every app call's time, here once: what the app took (a call the open circuit refused is none)."""
+        key = (call, "ok" if exc is None else outcome(exc))
+        timer = self._timers.get(key)
+        if timer is None:
+            timer = self._timers[key] = APP_CALL_SECONDS.labels(self.breaker.app, *key)
+        timer.observe(seconds)
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":
@@ -194,19 +238,23 @@ class GuardedConnector(Connector):
             return False  # part of a write already admitted: a probe's verdict is the write's (Breaker.admission)
         return self.breaker.admit()
 
-    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         probe = self._admit()
+        started = time.perf_counter()
         try:
             result = await call()
         except AppError as exc:
+            self._timed(name, exc, time.perf_counter() - started)
             if is_outage(exc):
                 self.breaker.failed(probe, exc.detail)
             else:
                 self.breaker.succeeded(probe)  # the app is up; it refused this one call
             raise
-        except BaseException:
+        except BaseException as exc:
+            self._timed(name, exc, time.perf_counter() - started)
             self.breaker.abandoned(probe)
             raise
+        self._timed(name, None, time.perf_counter() - started)
         self.breaker.succeeded(probe)
         return result
 
@@ -217,61 +265,71 @@ class GuardedConnector(Connector):
         await self.inner.close()
 
     async def create(self, kind: str, record: Record) -> NativeId:
-        return await self._guard(lambda: self.inner.create(kind, record))
+        return await self._guard("create", lambda: self.inner.create(kind, record))
 
     async def get(self, kind: str, native_id: NativeId) -> Record | None:
-        return await self._guard(lambda: self.inner.get(kind, native_id))
+        return await self._guard("get", lambda: self.inner.get(kind, native_id))
 
     async def create_many(self, kind: str, records: list[Record]) -> list[NativeId | AppError]:
-        return await self._guard(lambda: self.inner.create_many(kind, records))
+        return await self._guard("create_many", lambda: self.inner.create_many(kind, records))
 
     async def get_many(self, kind: str, native_ids: list[NativeId]) -> dict[NativeId, Record]:
-        return await self._guard(lambda: self.inner.get_many(kind, native_ids))
+        return await self._guard("get_many", lambda: self.inner.get_many(kind, native_ids))
 
     async def update(self, kind: str, native_id: NativeId, changes: Record) -> None:
-        await self._guard(lambda: self.inner.update(kind, native_id, changes))
+        await self._guard("update", lambda: self.inner.update(kind, native_id, changes))
 
     async def delete(self, kind: str, native_id: NativeId) -> None:
-        await self._guard(lambda: self.inner.delete(kind, native_id))
+        await self._guard("delete", lambda: self.inner.delete(kind, native_id))
 
     async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
-        return await self._guard(lambda: self.inner.find(kind, field, value, op))
+        return await self._guard("find", lambda: self.inner.find(kind, field, value, op))
 
     async def list_all(self, kind: str) -> AsyncIterator[tuple[NativeId, Record]]:
         probe = self._admit()
         answered = False
+        # The call's time is the time spent waiting for the app's items, not the consumer's between them.
+        spent, started, in_app = 0.0, time.perf_counter(), True
+        failure: BaseException | None = None
         try:
             async for item in self.inner.list_all(kind):
+                spent, in_app = spent + time.perf_counter() - started, False
                 answered = True
                 yield item
+                started, in_app = time.perf_counter(), True
         except AppError as exc:
+            failure = exc
             if is_outage(exc):
                 self.breaker.failed(probe, exc.detail)
             else:
                 self.breaker.succeeded(probe)
             raise
-        except BaseException:  # the consumer stopped early (GeneratorExit), or cancellation
+        except BaseException as exc:  # the consumer stopped early (GeneratorExit), or cancellation
+            if in_app:
+                failure = exc  # cancelled while the app was answering; a consumer stopping reads on is no failure
             if answered:
                 self.breaker.succeeded(probe)
             else:
                 self.breaker.abandoned(probe)
             raise
+        finally:
+            self._timed("list", failure, spent + (time.perf_counter() - started if in_app else 0.0))
         self.breaker.succeeded(probe)
 
     async def add_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
-        await self._guard(lambda: self.inner.add_members(kind, group_id, members))
+        await self._guard("add_members", lambda: self.inner.add_members(kind, group_id, members))
 
     async def remove_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
-        await self._guard(lambda: self.inner.remove_members(kind, group_id, members))
+        await self._guard("remove_members", lambda: self.inner.remove_members(kind, group_id, members))
 
     async def list_members(self, kind: str, group_id: NativeId) -> list[tuple[str, NativeId]]:
-        return await self._guard(lambda: self.inner.list_members(kind, group_id))
+        return await self._guard("list_members", lambda: self.inner.list_members(kind, group_id))
 
     async def action(self, kind: str, native_id: NativeId, name: str) -> None:
-        await self._guard(lambda: self.inner.action(kind, native_id, name))
+        await self._guard("action", lambda: self.inner.action(kind, native_id, name))
 
     async def create_with_members(self, kind: str, record: Record, members: list[tuple[str, NativeId]]) -> NativeId:
-        return await self._guard(lambda: self.inner.create_with_members(kind, record, members))
+        return await self._guard("create_with_members", lambda: self.inner.create_with_members(kind, record, members))
 
     async def write(
         self,
@@ -281,7 +339,7 @@ class GuardedConnector(Connector):
         add_members: list[tuple[str, NativeId]],
         remove_members: list[tuple[str, NativeId]],
     ) -> None:
-        await self._guard(lambda: self.inner.write(kind, native_id, changes, add_members, remove_members))
+        await self._guard("write", lambda: self.inner.write(kind, native_id, changes, add_members, remove_members))
 
     async def check_schema(self) -> list[tuple[tuple[str | int, ...], str]]:
         return await self.inner.check_schema()

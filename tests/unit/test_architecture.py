@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"gateway.provisioning"},
     {"gateway.mapping", "gateway.store", "gateway.auth", "gateway.audit", "gateway.demo"},
     {"gateway.connectors"},
-    {"gateway.schema", "gateway.settings", "gateway.secrets", "gateway.inline_sqlite"},
+    {"gateway.schema", "gateway.settings", "gateway.secrets", "gateway.inline_sqlite", "gateway.metrics"},
 ]
 # What a connector (built-in or third-party) may use of the gateway: the contract and its helpers, nothing else.
 CONNECTOR_MAY_IMPORT = {"gateway.connectors", "gateway.secrets", "gateway.inline_sqlite"}
