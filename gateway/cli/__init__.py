@@ -1,10 +1,11 @@
-"""`scim-gateway serve | check | translate | import | reconcile | review | schema | hash-token`: the console script."""
+"""`scim-gateway serve | check | translate | import | reconcile | review | audit | schema | hash-token`: the console script."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+from .audit import add_command as add_audit_command
 from .check import cmd_check
 from .common import STORE_ENV, TOKEN_ENV
 from .reconcile import add_commands as add_governance_commands
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="append-only audit log of every provisioning operation (default DATA_DIR/audit.log; off: none)",
     )
+    serve.add_argument(
+        "--admin-credentials",
+        metavar="FILE",
+        help="turn the admin page (/admin) on with the credentials in FILE (lines: bearer NAME SHA256, basic USER SHA256;"
+        " default: $SCIM_GATEWAY_ADMIN_CREDENTIALS); $SCIM_GATEWAY_ADMIN_TOKEN adds a bearer token",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate mapping files; exit 1 on any problem")
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import)
 
     add_governance_commands(sub)  # reconcile, review
+    add_audit_command(sub)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of mapping files")
     schema.set_defaults(func=cmd_schema)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import jinja2
 from aiohttp import web
 
+from ..admin_auth import AdminAuth
 from ..audit import AuditLog
 from ..connectors.registry import ConnectorRegistry
 from ..runtime import AppRuntime
@@ -16,8 +18,10 @@ REGISTRY = web.AppKey("registry", ConnectorRegistry)
 STORE = web.AppKey("store", Store)
 APPS = web.AppKey("apps", dict[str, AppRuntime])
 AUDIT = web.AppKey("audit", AuditLog)
+ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)  # set only when the admin page is on
+ADMIN_TEMPLATES = web.AppKey("admin_templates", jinja2.Environment)
 
 AUDIT_NOTE = web.RequestKey("audit_note", AuditNote)
 RUNTIME = web.RequestKey("runtime", AppRuntime)
 
-__all__ = ["APPS", "AUDIT", "AUDIT_NOTE", "REGISTRY", "RUNTIME", "SETTINGS", "STORE"]
+__all__ = ["ADMIN_AUTH", "ADMIN_TEMPLATES", "APPS", "AUDIT", "AUDIT_NOTE", "REGISTRY", "RUNTIME", "SETTINGS", "STORE"]
