@@ -114,8 +114,9 @@ async def audit_query(app: web.Application, form: AuditForm) -> AuditQuery:
     return query
 
 
-async def audit_page(app: web.Application, query: AuditQuery, page: int = 1, size: int = PAGE_SIZE) -> Page:
+async def audit_page(app: web.Application, query: AuditQuery, page: int = 1, size: int | None = None) -> Page:
     """One page of matching records, newest first (read off the event loop: the log is a file)."""
+    size = size or PAGE_SIZE
     path = app[SETTINGS].audit_file
     if path is None or not Path(path).exists():
         return Page([], False, 0)
