@@ -27,7 +27,7 @@ from ..auth import Refused
 from ..provisioning.review import access_review, footprint, write_review_csv
 from ..store import StoreUnavailable
 from .admin_data import OPS, PAGE_SIZE, RECENT, AuditForm, audit_page, audit_query, overview, record_row
-from .keys import ADMIN_AUTH, ADMIN_TEMPLATES, APPS, AUDIT, STORE
+from .keys import ADMIN_AUTH, ADMIN_TEMPLATES, ADMIN_USER, APPS, AUDIT, STORE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ALLOWED = "GET, HEAD"
@@ -53,7 +53,7 @@ def create_templates() -> jinja2.Environment:
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
     template = request.app[ADMIN_TEMPLATES].get_template(name)
-    text = template.render(user=request.get("admin_user", ""), apps=sorted(request.app[APPS].keys()), **context)
+    text = template.render(user=request.get(ADMIN_USER, ""), apps=sorted(request.app[APPS].keys()), **context)
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8", headers=_HEADERS)
 
 
@@ -70,7 +70,7 @@ def admin_page(handler: Handler) -> Handler:
         if request.method not in ("GET", "HEAD"):
             return _message(request, 405, "Method not allowed", "The admin page only reads.", {"Allow": ALLOWED})
         try:
-            request["admin_user"] = request.app[ADMIN_AUTH].authenticate(request.headers.get("Authorization", ""))
+            request[ADMIN_USER] = request.app[ADMIN_AUTH].authenticate(request.headers.get("Authorization", ""))
         except Refused as exc:
             if exc.reason != "no_credentials":  # a browser's first request, before its login prompt: no attempt yet
                 _audit_refusal(request, exc)
@@ -148,7 +148,7 @@ async def person_page(request: web.Request) -> web.StreamResponse:
 
 @admin_page
 async def reconcile_page(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["app"]
+    name = request.match_info["name"]  # not {app}: that one the SCIM base URL's middleware takes as its own
     if name not in request.app[APPS]:
         return _message(request, 404, "No such app", f"No app named {name!r} is served here.")
     saved = await request.app[STORE].last_report(name)
@@ -198,7 +198,7 @@ def setup_admin(app: web.Application, auth: AdminAuth) -> None:
     router.add_route("*", "/admin/status.json", status_json)
     router.add_route("*", "/admin/audit", audit_search_page)
     router.add_route("*", "/admin/people", person_page)
-    router.add_route("*", "/admin/apps/{app}/reconcile", reconcile_page)
+    router.add_route("*", "/admin/apps/{name}/reconcile", reconcile_page)
     router.add_route("*", "/admin/review.csv", review_csv)
     router.add_route("*", "/admin/{tail:.*}", not_found)
 

@@ -23,5 +23,17 @@ ADMIN_TEMPLATES = web.AppKey("admin_templates", jinja2.Environment)
 
 AUDIT_NOTE = web.RequestKey("audit_note", AuditNote)
 RUNTIME = web.RequestKey("runtime", AppRuntime)
+ADMIN_USER = web.RequestKey("admin_user", str)  # the admin page's credential (its name)
 
-__all__ = ["ADMIN_AUTH", "ADMIN_TEMPLATES", "APPS", "AUDIT", "AUDIT_NOTE", "REGISTRY", "RUNTIME", "SETTINGS", "STORE"]
+__all__ = [
+    "ADMIN_AUTH",
+    "ADMIN_TEMPLATES",
+    "ADMIN_USER",
+    "APPS",
+    "AUDIT",
+    "AUDIT_NOTE",
+    "REGISTRY",
+    "RUNTIME",
+    "SETTINGS",
+    "STORE",
+]
