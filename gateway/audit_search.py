@@ -37,11 +37,11 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
     """An ISO 8601 time (no zone: UTC; a date alone: its midnight) or a duration ago: `90s`, `15m`, `1h`, `2d`, `1w`."""
     now = now or datetime.now(UTC)
     relative = _RELATIVE.match(text)
-    if relative:
-        return now - timedelta(seconds=float(relative.group(1)) * _UNITS[relative.group(2).lower()])
     try:
+        if relative:
+            return now - timedelta(seconds=float(relative.group(1)) * _UNITS[relative.group(2).lower()])
         when = datetime.fromisoformat(text.strip())
-    except ValueError:
+    except (ValueError, OverflowError):  # not a time, or one before year 1
         raise BadTime(
             f"{text!r} is not a time: give an ISO time (2026-05-04T09:00Z, 2026-05-04) or one ago (30m, 1h, 2d)"
         ) from None

@@ -75,6 +75,9 @@ def admin_page(handler: Handler) -> Handler:
             if exc.reason != "no_credentials":  # a browser's first request, before its login prompt: no attempt yet
                 _audit_refusal(request, exc)
             return _message(request, 401, "Sign in", exc.detail, {"WWW-Authenticate": exc.challenge})
+        if "\x00" in request.path or "\x00" in request.query_string:
+            # No name or id holds U+0000, and PostgreSQL cannot even compare text with it.
+            return _message(request, 400, "Bad request", "The URL holds a NUL character (%00).")
         try:
             return await handler(request)
         except StoreUnavailable:

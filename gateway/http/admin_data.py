@@ -6,6 +6,7 @@ Plain dicts and lists, so the page's templates and `/admin/status.json` show the
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +79,7 @@ class AuditForm:
             status=params.get("status", "").strip(),
             since=params.get("since", "").strip(),
             until=params.get("until", "").strip(),
-            page=int(page) if page.isdigit() and 0 < int(page) < 1_000_000 else 1,
+            page=int(page) if re.fullmatch(r"[0-9]{1,6}", page) and int(page) > 0 else 1,
         )
 
     def link(self, **changes: Any) -> str:
@@ -100,7 +101,7 @@ async def audit_query(app: web.Application, form: AuditForm) -> AuditQuery:
     if form.status == "failed":
         query.only_failed = True
     elif form.status:
-        if not form.status.isdigit() or len(form.status) != 3:
+        if not re.fullmatch(r"[1-5][0-9][0-9]", form.status):
             raise ValueError(f"status {form.status!r}: give an HTTP status (e.g. 409) or 'failed'")
         query.statuses = {int(form.status)}
     now = datetime.now(UTC)

@@ -31,13 +31,16 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+pytestmark = pytest.mark.both_stores
+
+
 @pytest.fixture
-async def admin(aiohttp_client: Any, data_dir: Path) -> TestClient:
+async def admin(aiohttp_client: Any, data_dir: Path, store_overrides: dict[str, Any]) -> TestClient:
     credentials = [
         token_credential(ADMIN_TOKEN),
         AdminCredential(kind="basic", name="alice", sha256=token_digest(PASSWORD).hex()),
     ]
-    return await aiohttp_client(create_app(demo_settings(data_dir, admin=credentials)))
+    return await aiohttp_client(create_app(demo_settings(data_dir, admin=credentials, **store_overrides)))
 
 
 @pytest.fixture
@@ -108,7 +111,13 @@ async def test_credentials_none_wrong_token_basic(admin: TestClient, data_dir: P
     assert "basic:alice" in await resp.text()
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_head_answers_as_get_without_a_body(admin: TestClient) -> None:
+    resp = await admin.head("/admin", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert resp.status == 200 and resp.content_type == "text/html" and await resp.read() == b""
+    assert (await admin.head("/admin")).status == 401
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 async def test_it_only_reads(admin: TestClient, method: str) -> None:
     for path in ("/admin", "/admin/audit", "/admin/status.json", "/admin/people"):
         resp = await admin.request(method, path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
@@ -221,6 +230,29 @@ async def test_access_review_csv_and_reconcile_view(admin: TestClient, scim_admi
     assert "Nothing at /admin/elsewhere" in await page(admin, "/admin/elsewhere", 404)
     overview = await page(admin, "/admin")
     assert cells(overview, "app-demo")[-1] == "2026-05-04T10:00:00Z: 1 found"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/audit?page=" + "9" * 5000,
+        "/admin/audit?page=%C2%B2",
+        "/admin/audit?status=%C2%B2%C2%B2%C2%B2",
+        "/admin/audit?since=99999999999999d",
+        "/admin/audit?until=0001-01-01&since=1w",
+        "/admin/audit?user=%00",
+        "/admin/people?who=%00x",
+        "/admin/people?who=" + "x" * 10000,
+        "/admin/people?who=%F0%9F%98%80%27%22%3C",
+        "/admin/apps/%00/reconcile",
+        "/admin/apps/" + "a" * 3000 + "/reconcile",
+        "/admin/audit?user=ann%25&app=%27&op=%22",
+    ],
+)
+async def test_hostile_input_is_no_500(admin: TestClient, path: str) -> None:
+    resp = await admin.get(path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert resp.status in (200, 400, 404), (path, await resp.text())
+    assert resp.content_type == "text/html"
 
 
 def test_credentials_file(tmp_path: Path) -> None:
