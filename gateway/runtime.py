@@ -1,5 +1,6 @@
 """One provisioned app while the gateway serves it: its connector opened (or retried), start-up recovery,
-the recovery sweep, and what it answers while its app cannot be reached.
+the recovery sweep, the scheduled reconcile (the mapping's `reconcile.interval`), and what it answers while its
+app cannot be reached.
 
 An app whose connector cannot open at start-up (its database down, its host refusing) is served all the
 same: discovery from its mapping, 503 for everything else, until a background opener gets it open. A
@@ -12,6 +13,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import random
+import socket
+import uuid
 from dataclasses import dataclass, field
 
 from pydantic import SecretStr
@@ -21,11 +26,14 @@ from .connectors.base import AppContext, Connector
 from .connectors.errors import AppError, ConnectorSetupError
 from .mapping.compile import CompiledMapping
 from .provisioning.breaker import Breaker
+from .provisioning.errors import ProvisioningError
+from .provisioning.pipeline import utc_now
 from .provisioning.provisioner import Provisioner
+from .provisioning.reconcile import for_keeping
 from .scim.errors import ScimError, unavailable
 from .scim.service import ScimService
 from .settings import GatewaySettings
-from .store import Store
+from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +131,9 @@ async def _start_serving(runtime: AppRuntime, settings: GatewaySettings, *, late
     runtime.tasks.append(
         asyncio.create_task(_recovery_sweep(provisioner, settings.recovery_interval), name=f"recovery:{runtime.name}")
     )
+    interval = runtime.mapping.config.reconcile.interval_seconds
+    if interval is not None:
+        runtime.tasks.append(asyncio.create_task(_reconcile_schedule(provisioner, interval), name=f"reconcile:{runtime.name}"))
     runtime.not_connected = None
     runtime.serving.set()
 
@@ -139,6 +150,44 @@ async def _recovery_sweep(provisioner: Provisioner, interval: float) -> None:
                 log.info("app %s: recovery settled %d unfinished writes", provisioner.app, repaired)
         except Exception:
             log.exception("app %s: recovery sweep failed; it runs again in %s s", provisioner.app, interval)
+
+
+# Who holds a scheduled task's lease: this process, on this host.
+LEASE_HOLDER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+RECONCILE_CHECK_SECONDS = 60.0  # how often a process asks whether the app's turn is free
+
+
+async def _reconcile_schedule(provisioner: Provisioner, interval: float) -> None:
+    """The mapping's `reconcile.interval`: a report-only reconcile each interval, kept in the store for the admin
+    page; one process runs each turn where several share the store (a lease of one interval: the turn is taken
+    once, by whoever asks first after the last one ran out). A run that fails is kept as a report naming why,
+    and its turn is given back so the next check tries again."""
+    app, lease = provisioner.app, f"reconcile:{provisioner.app}"
+    while True:
+        try:
+            if (provisioner.breaker is None or provisioner.breaker.retry_in() is None) and await provisioner.store.take_lease(
+                lease, LEASE_HOLDER, interval
+            ):
+                await _scheduled_run(provisioner, lease)
+        except Exception:
+            log.exception("app %s: the scheduled reconcile could not start; it is tried again", app)
+        await asyncio.sleep(min(interval, RECONCILE_CHECK_SECONDS) * random.uniform(0.9, 1.1))
+
+
+async def _scheduled_run(provisioner: Provisioner, lease: str) -> None:
+    app = provisioner.app
+    ran_at = utc_now()
+    try:
+        report = await provisioner.reconcile()
+    except (ProvisioningError, AppError, StoreError) as exc:
+        detail = exc.detail if isinstance(exc, ProvisioningError | AppError) else str(exc)
+        log.warning("app %s: the scheduled reconcile failed: %s", app, detail)
+        await provisioner.store.save_report(app, {"app": app, "ran_at": ran_at, "trigger": "schedule", "error": detail}, ran_at)
+        await provisioner.store.release_lease(lease, LEASE_HOLDER)
+        return
+    report["trigger"] = "schedule"
+    await provisioner.store.save_report(app, for_keeping(report), report["ran_at"])
+    log.info("app %s: scheduled reconcile found %d (in %.1f s)", app, report["found"], report["duration_s"])
 
 
 async def _open_later(runtime: AppRuntime, settings: GatewaySettings, delay: float) -> None:

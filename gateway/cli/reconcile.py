@@ -82,6 +82,7 @@ async def _reconcile(args: argparse.Namespace, mapping: CompiledMapping) -> dict
     from ..connectors.base import AppContext
     from ..connectors.errors import AppError
     from ..provisioning.provisioner import Provisioner
+    from ..provisioning.reconcile import for_keeping
     from ..provisioning.reconcile_fix import plan
 
     settings = _settings(args)
@@ -109,7 +110,7 @@ async def _reconcile(args: argparse.Namespace, mapping: CompiledMapping) -> dict
                 report["fixes"] = await provisioner.apply_fixes(report, audit, "cli")
             else:
                 report["fixes"] = plan(report)
-        await store.save_report(mapping.app, report, report["ran_at"])
+        await store.save_report(mapping.app, for_keeping(report), report["ran_at"])
         return report
 
 
@@ -307,11 +308,27 @@ async def _review(args: argparse.Namespace, apps: list[str] | None) -> str:
     store: Store = create_store(_settings(args))
     await store.open()
     try:
+        if args.who is not None:
+            return await _footprint(store, args.who, apps)
         out = io.StringIO()
         write_review_csv(await access_review(store, apps), out)
         return out.getvalue()
     finally:
         await store.close()
+
+
+async def _footprint(store: Store, who: str, apps: list[str] | None) -> str:
+    """One person's accounts across the apps, as JSON; Stop(1) when no account matches."""
+    from dataclasses import asdict
+
+    from ..provisioning.review import footprint
+
+    found = await footprint(store, who)
+    if found.person is None:
+        raise Stop(1, f"no account of any app matches {who!r} (a userName, an externalId or a SCIM id)")
+    person = asdict(found.person)
+    person["accounts"] = [a for a in person["accounts"] if apps is None or a["app"] in apps]
+    return json.dumps({"who": who, "person": person}, indent=2, ensure_ascii=False) + "\n"
 
 
 def add_commands(sub: Any) -> None:
@@ -335,6 +352,9 @@ def add_commands(sub: Any) -> None:
         "--store", metavar="URL", help=f"a postgresql:// store (default: ${STORE_ENV}, else SQLite in --data-dir)"
     )
     review.add_argument("--output", metavar="FILE", help="write the CSV here (default: standard output)")
+    review.add_argument(
+        "--who", metavar="NAME", help="one person's footprint instead, as JSON: a userName, an externalId or a SCIM id"
+    )
     review.set_defaults(func=cmd_review)
 
 

@@ -25,6 +25,10 @@ links, and answers a report, a JSON object:
   by the mapping, differs from the gateway's copy.
 - membership: a group's members in the app (those linked) and in the table, where the app models membership.
 
+A scheduled run (runtime.py) adds "trigger": "schedule" (the command line: "cli"); one that could not run is kept
+as {"app", "ran_at", "trigger", "error"}. `reconcile --fix` adds "fixes" (reconcile_fix.py). The store keeps
+`for_keeping(report)`: each list cut to KEPT_FINDINGS entries, "truncated": {list: how many it had}.
+
 Rows with a write in flight are left out of drift and vanished (the write settles them). Nothing here writes
 to the app or the store; fixes are in reconcile_fix.py.
 """
@@ -50,6 +54,7 @@ Progress = Callable[[str, int, int], None]  # (kind, records read, records expec
 PAGE = 500
 ORDER = ("User", "Group")
 FINDINGS = ("orphans", "vanished", "drift", "membership")
+KEPT_FINDINGS = 1000  # entries of each list a kept report holds
 
 
 def _jsonable(value: Any) -> Any:
@@ -312,6 +317,18 @@ class Reconciler:
         return rows
 
 
+def for_keeping(report: dict[str, Any], limit: int = KEPT_FINDINGS) -> dict[str, Any]:
+    """The report as the store keeps it: each list cut to `limit` entries (`truncated`: how many each had), so an
+    app with tens of thousands of orphans does not make every kept report megabytes; `found` stays the whole count."""
+    kept = dict(report)
+    cut = {key: len(value) for key, value in report.items() if isinstance(value, list) and len(value) > limit}
+    for key in cut:
+        kept[key] = report[key][:limit]
+    if cut:
+        kept["truncated"] = cut
+    return kept
+
+
 def _membership(row: Row, only_app: set[str], only_gw: set[str]) -> dict[str, Any]:
     return {
         "group": row.id,
@@ -322,4 +339,4 @@ def _membership(row: Row, only_app: set[str], only_gw: set[str]) -> dict[str, An
     }
 
 
-__all__ = ["FINDINGS", "Progress", "Reconciler"]
+__all__ = ["FINDINGS", "KEPT_FINDINGS", "Progress", "Reconciler", "for_keeping"]

@@ -32,7 +32,6 @@ from ..store import NativeConflict
 from .adoption import Adoption
 from .context import Context
 from .errors import ProvisioningError
-from .membership import UserFieldMembership
 from .reads import Reads
 from .writes import Writes
 
@@ -157,6 +156,13 @@ class Fixer:
             return await self._drift(cres, fix, record)
         if await ctx.store.by_native(ctx.app, kind, native_id) is not None:
             return "skipped", "linked since the report"
+        name = fix.get("name")
+        if isinstance(name, str) and fix["fix"] != "link":
+            creating = {
+                e.payload.get("unique_key") for e in await ctx.store.pending(ctx.app) if e.op == "create" and e.type == kind
+            }
+            if name.lower() in creating:
+                return "skipped", f"a create of {cres.unique_attr} {name!r} is in flight: it may be this record"
         if fix["fix"] == "link":
             row = await ctx.store.get(ctx.app, kind, fix["id"])
             if row is None:
@@ -171,7 +177,14 @@ class Fixer:
                 return "skipped", "the record was linked meanwhile"
             return "done", f"linked to {kind} {row.id}"
         if fix["fix"] == "adopt":
-            linked = await self.adoption.link(cres, native_id, record)
+            # No app call and no row to claim yet: the entry records the fix, settled as the link commits or not.
+            seq = await ctx.store.begin_fix(ctx.app, kind, f"native:{kind}:{native_id}", "adopt", {"native_id": native_id})
+            try:
+                linked = await self.adoption.link(cres, native_id, record)
+            except BaseException as exc:
+                await ctx.store.end_fix(seq, False, f"gateway error: {type(exc).__name__}")
+                raise
+            await ctx.store.end_fix(seq, linked is not None, None if linked else "no name, or the name is taken")
             if linked is None:
                 return "skipped", f"no {cres.unique_attr}, or it is taken now"
             fix["id"] = linked.id
@@ -185,7 +198,7 @@ class Fixer:
         row = await ctx.store.get(ctx.app, kind, fix["id"])
         if row is None or row.native_id != fix["native_id"]:
             return "skipped", "the resource changed since the report"
-        group = kind == "Group" and cres.members is not None and not isinstance(ctx.memberships.get("Group"), UserFieldMembership)
+        group = kind == "Group" and cres.members is not None
         if fix["fix"] == "revert":
             resource = dict(row.data)
             if group:
@@ -197,8 +210,17 @@ class Fixer:
         members = (
             await ctx.call(f"reading the members of {kind} {row.id}", lambda: ctx.members_from_app(native_id)) if group else None
         )
-        await self.reads.sync_copy(cres, row, live, members, await ctx.listed_groups(cres, record))
-        return "done", "the copy has the app's values"
+        # No app call: the entry records the fix, as adopting one does.
+        seq = await ctx.store.begin_fix(ctx.app, kind, row.id, "accept", {"native_id": native_id})
+        try:
+            synced = await self.reads.sync_copy(cres, row, live, members, await ctx.listed_groups(cres, record))
+        except BaseException as exc:
+            await ctx.store.end_fix(seq, False, f"gateway error: {type(exc).__name__}")
+            raise
+        changed = synced is not row
+        why = "nothing differs now, or a write holds the resource"
+        await ctx.store.end_fix(seq, changed, None if changed else why)
+        return ("done", "the copy has the app's values") if changed else ("skipped", why)
 
     async def _unmanaged(self, cres: CompiledResource, fix: str, native_id: str, record: dict[str, Any]) -> tuple[str, str]:
         """Deactivate or delete an account no resource manages, journaled before the call, ended after it."""
@@ -211,7 +233,7 @@ class Fixer:
             body = await ctx.update_record(cres, before, {**before, "active": False})
             if not body:
                 return "skipped", "the mapping writes nothing for active: false"
-        seq = await ctx.store.begin_fix(ctx.app, kind, f"native:{native_id}", fix, {"native_id": native_id})
+        seq = await ctx.store.begin_fix(ctx.app, kind, f"native:{kind}:{native_id}", fix, {"native_id": native_id})
         with ctx.pipeline.tracking([seq]):
             try:
                 async with ctx.pipeline.admission():

@@ -169,3 +169,120 @@ async def test_reconcile_refuses_what_it_cannot_run(data_dir: Path, capsys: pyte
     assert status == 2 and "--apply goes with --fix" in err
     status, _, err = await run(capsys, "reconcile", "demo", "--data-dir", str(data_dir), "--store", "postgresql://127.0.0.1:1/x")
     assert status == 2 and "correlation store" in err
+
+
+async def test_orphans_adopted_when_the_mapping_says_so(
+    data_dir: Path, store_overrides: dict[str, Any], capsys: pytest.CaptureFixture[str], client: Any
+) -> None:
+    """`reconcile: {orphans: adopt}`: an orphan is linked as a new resource (as import does), its team too."""
+    from gateway.demo import demo_mapping_path
+    from gateway.http.keys import APPS
+
+    mapping = data_dir / "adopting.yaml"
+    mapping.write_text(demo_mapping_path().read_text() + "reconcile:\n  orphans: adopt\n")
+    db = sqlite3.connect(data_dir / "demo.db")
+    db.execute("INSERT INTO employees (login, first_nm, status) VALUES ('walt', 'Walt', 'A')")
+    db.execute("INSERT INTO teams (team_name) VALUES ('Night shift')")
+    db.execute("INSERT INTO team_members SELECT t.team_id, e.emp_no FROM teams t, employees e WHERE e.login = 'walt'")
+    db.commit()
+    args = ["--config", str(mapping), *cli_args(data_dir, store_overrides)]
+    status, out, _ = await run(capsys, "reconcile", "demo", *args, "--fix", "--apply", "--format", "json")
+    fixes = json.loads(out)["fixes"]
+    assert status == 1 and sorted((f["fix"], f["name"], f["outcome"]) for f in fixes) == [
+        ("adopt", "Night shift", "done"),
+        ("adopt", "walt", "done"),
+    ]
+    store = client.app[APPS]["demo"].provisioner.store
+    walt = next(f for f in fixes if f["name"] == "walt")
+    [entry] = await store.writes_of("demo", f"native:User:{walt['native_id']}")
+    assert (entry.op, entry.state) == ("reconcile", "done")
+    row = await store.get("demo", "User", walt["id"])
+    assert row is not None and row.data["name"]["givenName"] == "Walt"
+    team = next(f for f in fixes if f["name"] == "Night shift")
+    assert [m.id for m in await store.members("demo", team["id"])] == [walt["id"]], "its member, adopted first, is linked"
+    status, out, _ = await run(capsys, "reconcile", "demo", *args)
+    assert status == 0, out
+    db.close()
+
+
+async def test_writes_in_flight_are_left_alone_and_a_cut_short_fix_is_ended_by_recovery(
+    scim: Scim, client: Any, data_dir: Path
+) -> None:
+    from gateway.http.keys import APPS
+    from gateway.provisioning.reconcile_fix import plan
+
+    provisioner = client.app[APPS]["demo"].provisioner
+    store = provisioner.store
+    ids = await provision(scim)
+    db = sqlite3.connect(data_dir / "demo.db")
+    # A create journaled and claimed whose app call has made the record but not settled yet: not an orphan to delete.
+    await store.begin_create("demo", "User", "in-flight", "zoe", {"userName": "zoe"}, "2026-01-01T00:00:00Z")
+    db.execute("INSERT INTO employees (login, status) VALUES ('zoe', 'A')")
+    # An update in flight on bob, whose record already has the new title: no drift while it settles.
+    await store.begin_write("demo", "User", ids["bob"], "update")
+    db.execute("UPDATE employees SET job_title = 'Boss' WHERE login = 'bob'")
+    db.commit()
+    report = await provisioner.reconcile()
+    [zoe] = report["orphans"]
+    assert (zoe["name"], zoe["plan"]) == ("zoe", "none") and "in flight" in zoe["why"]
+    assert report["drift"] == [] and plan(report) == []
+
+    seq = await store.begin_fix("demo", "User", "native:User:99", "delete", {"native_id": "99"})
+    await provisioner.recover()
+    [entry] = await store.writes_of("demo", "native:User:99")
+    assert (entry.seq, entry.state) == (seq, "aborted") and "cut short" in (entry.detail or "")
+    db.close()
+
+
+async def test_drift_accepted_into_the_copy_when_the_mapping_says_so(
+    scim: Scim, data_dir: Path, store_overrides: dict[str, Any], capsys: pytest.CaptureFixture[str], client: Any
+) -> None:
+    """`reconcile: {drift: accept}`: the app's values and members are taken into the copy; the app is not written."""
+    from gateway.demo import demo_mapping_path
+    from gateway.http.keys import APPS
+
+    ids = await provision(scim)
+    mapping = data_dir / "accepting.yaml"
+    mapping.write_text(demo_mapping_path().read_text() + "reconcile:\n  drift: accept\n")
+    db = sqlite3.connect(data_dir / "demo.db")
+    db.row_factory = sqlite3.Row
+    db.execute("UPDATE employees SET job_title = 'Boss' WHERE login = 'bob'")
+    db.execute("DELETE FROM team_members WHERE emp_no = ?", (emp_no(db, "ann"),))
+    db.commit()
+    before = snapshot(db)
+    args = ["--config", str(mapping), *cli_args(data_dir, store_overrides)]
+    status, out, _ = await run(capsys, "reconcile", "demo", *args, "--fix", "--apply", "--format", "json")
+    assert status == 1 and sorted((f["fix"], f["name"], f["outcome"]) for f in json.loads(out)["fixes"]) == [
+        ("accept", "Ops", "done"),
+        ("accept", "bob", "done"),
+    ]
+    assert snapshot(db) == before, "accepting writes nothing to the app"
+    store = client.app[APPS]["demo"].provisioner.store
+    bob = await store.get("demo", "User", ids["bob"])
+    assert bob is not None and bob.data["title"] == "Boss"
+    assert [m.id for m in await store.members("demo", ids["Ops"])] == [ids["bob"]]
+    assert [(w.op, w.state) for w in await store.writes_of("demo", ids["bob"])][0] == ("reconcile", "done")
+    status, out, _ = await run(capsys, "reconcile", "demo", *args)
+    assert status == 0, out
+    db.close()
+
+
+async def test_a_fix_checks_again_before_it_runs(scim: Scim, client: Any, data_dir: Path) -> None:
+    """The report may be old by the time --apply runs: an orphan linked meanwhile, or whose name a create in flight
+    now holds, is skipped, not deleted."""
+    from gateway.http.keys import APPS
+
+    provisioner = client.app[APPS]["demo"].provisioner
+    db = sqlite3.connect(data_dir / "demo.db")
+    db.executemany("INSERT INTO employees (login, status) VALUES (?, 'A')", [("kim",), ("lou",)])
+    db.commit()
+    report = await provisioner.reconcile()
+    assert sorted((o["name"], o["plan"]) for o in report["orphans"]) == [("kim", "delete"), ("lou", "delete")]
+    resp, _ = await scim.get("/Users?filter=userName%20eq%20%22kim%22")  # the IdP's lookup adopts kim
+    assert resp.status == 200
+    await provisioner.store.begin_create("demo", "User", "lou-in-flight", "lou", {"userName": "lou"}, "2026-01-01T00:00:00Z")
+    fixes = {f["name"]: (f["outcome"], f["detail"]) for f in await provisioner.apply_fixes(report)}
+    assert fixes["kim"] == ("skipped", "linked since the report")
+    assert fixes["lou"][0] == "skipped" and "in flight" in fixes["lou"][1]
+    assert {"kim", "lou"} <= {r[0] for r in db.execute("SELECT login FROM employees")}
+    db.close()

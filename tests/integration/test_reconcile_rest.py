@@ -166,3 +166,23 @@ async def test_review_lists_people_provisioned_into_two_apps(
     assert by_scim[made[("demo", "zed")]]["person"] == "zed"
     status, out, _ = await run(capsys, "review", "--config", str(mappings / "hr.yaml"), "--data-dir", str(tmp_path / "data"))
     assert status == 0 and [r["app"] for r in csv.DictReader(io.StringIO(out))] == ["hr"]
+
+
+async def test_review_who_shows_one_persons_footprint(
+    gateway: TestClient, mappings: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hr_scim, demo_scim = Scim(gateway, HR_TOKEN, "/apps/hr/scim/v2"), Scim(gateway)
+    resp, hr_ann = await hr_scim.post("/Users", {"schemas": [USER_URN], "userName": "Ann.Lee", "externalId": "E-7"})
+    assert resp.status == 201
+    resp, demo_ann = await demo_scim.post("/Users", {"schemas": [USER_URN], "userName": "someone.else", "externalId": "E-7"})
+    assert resp.status == 201
+    data = ["--data-dir", str(tmp_path / "data")]
+    for who in ("ann.lee", "E-7", demo_ann["id"]):
+        status, out, err = await run(capsys, "review", *data, "--who", who)
+        assert status == 0, err
+        person = json.loads(out)["person"]
+        assert sorted((a["app"], a["scim_id"]) for a in person["accounts"]) == [("demo", demo_ann["id"]), ("hr", hr_ann["id"])]
+        hr = next(a for a in person["accounts"] if a["app"] == "hr")
+        assert hr["native_id"] and [(w["op"], w["state"]) for w in hr["writes"]] == [("create", "done")]
+    status, _, err = await run(capsys, "review", *data, "--who", "nobody")
+    assert status == 1 and "no account of any app matches 'nobody'" in err

@@ -115,3 +115,14 @@ async def test_apps_and_writes_of_a_resource(store: Store) -> None:
     assert [(w.op, w.state, w.detail) for w in writes] == [("update", "aborted", "app refused: no"), ("create", "done", None)]
     assert writes[0].at >= writes[1].at > 0
     assert [(w.seq, w.state) for w in await store.writes_of("demo", "u2")] == [(seq3, "pending")]
+
+
+def test_a_kept_report_holds_at_most_so_many_of_each_finding() -> None:
+    from gateway.provisioning.reconcile import for_keeping
+
+    report = {"app": "hr", "found": 7, "orphans": [{"n": i} for i in range(5)], "drift": [{"n": 0}], "skipped": []}
+    kept = for_keeping(report, limit=3)
+    assert kept["orphans"] == [{"n": 0}, {"n": 1}, {"n": 2}] and kept["drift"] == [{"n": 0}]
+    assert kept["truncated"] == {"orphans": 5} and kept["found"] == 7
+    assert len(report["orphans"]) == 5, "the report itself is left whole"
+    assert "truncated" not in for_keeping(report, limit=10)
