@@ -4,10 +4,13 @@ against a live gateway process serving two apps: the demo (SQLite) and the HR fa
 Users are provisioned over SCIM into both, one create fails in HR (the app answers 500), and the page is
 read as an operator reads it: the overview, the failures, a person's footprint with both apps' native ids,
 and an audit search, all through the browser's own Basic login. Screenshots go to $SCIM_GATEWAY_ARTEFACTS
-(default tests/artefacts/, ignored by git)."""
+(default tests/artefacts/, ignored by git), with the access review CSV the browser downloaded."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
 import os
 import shutil
 import sqlite3
@@ -20,6 +23,7 @@ import aiohttp
 import pytest
 
 from gateway.auth import token_digest
+from gateway.cli import main
 from gateway.demo import demo_mapping_path, ensure_demo_database
 from tests.conftest import LiveGateway, need_service
 from tests.fakes.hr_app import HR_STATE, HrState, create_hr_app, serve
@@ -93,7 +97,9 @@ async def scim(session: aiohttp.ClientSession, gw: LiveGateway, app: str, token:
         return resp.status, await resp.json(content_type=None)
 
 
-async def test_the_admin_page_in_chromium(chromium: str, gateway: LiveGateway, hr: tuple[HrState, str]) -> None:
+async def test_the_admin_page_in_chromium(
+    chromium: str, gateway: LiveGateway, hr: tuple[HrState, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from playwright.async_api import Error as PlaywrightError
     from playwright.async_api import async_playwright
 
@@ -112,6 +118,15 @@ async def test_the_admin_page_in_chromium(chromium: str, gateway: LiveGateway, h
         state.fault("POST", "/users", status=500, body='{"error": "database is down"}')
         status, body = await scim(session, gateway, "hr", HR_TOKEN, entra_user("carol@example.com", "Carol", "Kim"))
         assert status == 503, body
+        # An account made in HR behind the gateway's back, then `scim-gateway reconcile hr` (its report kept in the store).
+        async with session.post(
+            f"{hr[1]}/users", json={"login": "mallory", "first_name": "M"}, headers={"X-API-Key": API_KEY}
+        ) as resp:
+            assert resp.status == 201
+    for name, value in gateway.env.items():
+        monkeypatch.setenv(name, value)
+    argv = ["reconcile", "hr", "--config", str(tmp_path / "mappings" / "hr.yaml"), "--data-dir", str(gateway.root / "data")]
+    assert await asyncio.to_thread(main, argv) == 1  # found something
     hr_native = str(state.user_by_login("ann@example.com")["id"])  # type: ignore[index]
     with closing(sqlite3.connect(gateway.root / "data" / "demo.db")) as db:
         (demo_native,) = [str(r[0]) for r in db.execute("SELECT emp_no FROM employees WHERE login = 'ann@example.com'")]
@@ -152,7 +167,30 @@ async def test_the_admin_page_in_chromium(chromium: str, gateway: LiveGateway, h
             assert refused[1:3] == ["admin", "auth GET"] and refused[4:7] == ["401", "", "unknown_user"]
             assert failed[1:3] == ["hr", "create POST"] and failed[4:7] == ["503", "", "app_unavailable"]
             assert await page.locator("#recent + .scroll tbody tr").count() == 7
+            assert hr_row[7].endswith(": 1 found") and demo_row[7] == "never"
             await page.screenshot(path=str(shots / "admin-overview.png"), full_page=True)
+
+            # HR's reconcile report, from the overview's link: the orphan made behind the gateway's back.
+            await page.click("#app-hr >> text=1 found")
+            assert await page.title() == "Reconcile hr · scim-gateway admin"
+            orphans = await page.locator("#findings-orphans tbody tr").all_inner_texts()
+            assert len(orphans) == 1 and "mallory" in orphans[0]
+            await page.screenshot(path=str(shots / "admin-reconcile.png"), full_page=True)
+
+            # The access review, downloaded as a browser downloads it: a row per account.
+            async with page.expect_download() as download_info:
+                await page.click("header >> text=Access review (CSV)")
+            download = await download_info.value
+            assert download.suggested_filename == "access-review.csv"
+            await download.save_as(shots / "access-review.csv")
+            review = list(csv.DictReader(io.StringIO((shots / "access-review.csv").read_text())))
+            assert sorted((r["app"], r["userName"]) for r in review) == [
+                ("demo", "ann@example.com"),
+                ("demo", "bob@example.com"),
+                ("demo", "dan@example.com"),
+                ("hr", "ann@example.com"),
+                ("hr", "bob@example.com"),
+            ]
 
             # The footprint, reached as an operator would: the People link, the form.
             await page.click("header >> text=People")
@@ -190,5 +228,5 @@ async def test_the_admin_page_in_chromium(chromium: str, gateway: LiveGateway, h
             await context.close()
         finally:
             await browser.close()
-    for name in ("admin-overview.png", "admin-person.png", "admin-audit.png", "admin-phone.png"):
+    for name in ("admin-overview.png", "admin-reconcile.png", "admin-person.png", "admin-audit.png", "admin-phone.png"):
         assert (shots / name).stat().st_size > 5000, name
