@@ -284,3 +284,44 @@ def test_serve_refuses_a_bad_credentials_file(tmp_path: Path, capsys: pytest.Cap
     assert "admin.creds:1: expected" in err and "plain-password" not in err
     assert main(["serve", "--data-dir", str(tmp_path / "data"), "--admin-credentials", str(tmp_path / "none")]) == 2
     assert "cannot read the admin credentials file" in capsys.readouterr().err
+
+
+async def test_an_apps_failures_carry_their_reason_code(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HR fake over REST refusing and failing creates: each audit line names what failed, never the app's message."""
+    from pydantic import SecretStr
+
+    from gateway.settings import GatewaySettings
+    from tests.fakes.hr_app import HR_STATE, create_hr_app, serve
+    from tests.idp import entra_user
+
+    hr_app = create_hr_app(api_key="hr-api-key-admin-0123")
+    async with serve(hr_app) as url:
+        monkeypatch.setenv("HR_API_URL", url)
+        monkeypatch.setenv("HR_API_KEY", "hr-api-key-admin-0123")
+        monkeypatch.setenv("HR_SCIM_TOKEN", "unused-token-0123456789")
+        root = Path(__file__).resolve().parents[2]
+        settings = GatewaySettings(
+            mappings=[root / "mappings" / "hr_rest.yaml"],
+            data_dir=tmp_path / "data",
+            extra_tokens={"hr": [SecretStr("hr-token-0123456789")]},
+            admin=[token_credential(ADMIN_TOKEN)],
+        )
+        client = await aiohttp_client(create_app(settings))
+        hr = Scim(client, "hr-token-0123456789", "/apps/hr/scim/v2")
+        state = hr_app[HR_STATE]
+        echo = '{"error": "login taken by secret-looking-value"}'
+        for status, expected in ((409, 409), (500, 503), (422, 400)):
+            state.fault("POST", "/users", status=status, body=echo)
+            resp, _ = await hr.post("/Users", entra_user(f"f{status}@example.com", "F", "G"))
+            assert resp.status == expected
+        records = audit_lines(tmp_path / "data")
+        assert [(r["status"], r.get("scim_type"), r.get("reason")) for r in records] == [
+            (409, "uniqueness", "app_conflict"),
+            (503, None, "app_unavailable"),
+            (400, "invalidValue", "app_invalid"),
+        ]
+        assert "secret-looking-value" not in (tmp_path / "data" / "audit.log").read_text()
+        html = await page(client, "/admin/audit?status=failed")
+        assert all(code in html for code in ("app_conflict", "app_unavailable", "app_invalid"))
