@@ -13,9 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from . import runtime as app_runtime
+from .admin_auth import AdminAuth
 from .audit import AuditLog
 from .auth import jwks_file_problem
 from .connectors.registry import ConnectorRegistry, load_registry
+from .http.admin import setup_admin
 from .http.health import setup_health
 from .http.keys import APPS, AUDIT, REGISTRY, SETTINGS, STORE
 from .http.metrics import setup_metrics
@@ -79,6 +81,8 @@ def create_app(
     setup_routes(app)
     setup_health(app)
     setup_metrics(app)
+    if settings.admin:
+        setup_admin(app, AdminAuth(settings.admin))
     return app
 
 

@@ -91,6 +91,16 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
+def match_token(tokens: list[StaticToken], secret: str) -> str | None:
+    """The name of the token among `tokens` whose digest is `secret`'s, compared in constant time over the list."""
+    digest = token_digest(secret)
+    found: str | None = None
+    for accepted in tokens:
+        if hmac.compare_digest(digest, accepted.digest):  # no early exit: constant time over the list
+            found = accepted.name
+    return found
+
+
 def default_token_name(digest: bytes, prefix: str = "token") -> str:
     return f"{prefix}-{digest.hex()[:8]}"
 
@@ -340,12 +350,7 @@ class AppAuth:
         raise Refused("unknown_token", "the bearer token is not valid for this app")
 
     def static_match(self, token: str) -> str | None:
-        digest = token_digest(token)
-        found: str | None = None
-        for accepted in self.tokens:
-            if hmac.compare_digest(digest, accepted.digest):  # no early exit: constant time over the list
-                found = accepted.name
-        return found
+        return match_token(self.tokens, token)
 
 
 def create_app_auth(mapping: CompiledMapping, cli_tokens: list[SecretStr]) -> AppAuth:
@@ -371,7 +376,10 @@ __all__ = [
     "JwksKeys",
     "JwtVerifier",
     "Refused",
+    "StaticToken",
     "create_app_auth",
     "jwks_file_problem",
+    "match_token",
+    "token_digest",
     "parse_jwks",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -30,6 +31,16 @@ class LimitsConfig(BaseModel):
     max_url_bytes: int = Field(16_384, ge=1024, description="Longest request path and query string, percent-encoded (else 414)")
 
 
+class AdminCredential(BaseModel):
+    """One credential the admin page accepts: a bearer token or a Basic user's password, as its SHA-256 only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["bearer", "basic"]
+    name: str = Field(min_length=1, description="The token's name, or the Basic user name")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the token or password")
+
+
 class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,6 +64,9 @@ class GatewaySettings(BaseModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     metrics_token: SecretStr | None = Field(
         None, description="A bearer token /metrics requires (from $SCIM_GATEWAY_METRICS_TOKEN); None: /metrics is open"
+    )
+    admin: list[AdminCredential] = Field(
+        default_factory=list, description="Credentials of the admin page under /admin; none: the page is off (404)"
     )
     recovery_interval: float = Field(30.0, gt=0, description="Seconds between sweeps for writes left unsettled while serving")
     shared_store: bool = Field(

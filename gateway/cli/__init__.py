@@ -1,5 +1,5 @@
-"""`scim-gateway serve | status | check | translate | import | reconcile | review | schema | hash-token | backup`: the
-console script."""
+"""`scim-gateway serve | status | check | translate | import | reconcile | review | audit | schema | hash-token |
+backup`: the console script."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import os
 
 from .backup import add_backup_parser
+from .audit import add_command as add_audit_command
 from .check import cmd_check
 from .common import DEFAULT_HOST, DEFAULT_PORT, STORE_ENV, TOKEN_ENV
 from .reconcile import add_commands as add_governance_commands
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="append-only audit log of every provisioning operation (default DATA_DIR/audit.log; off: none)",
     )
+    serve.add_argument(
+        "--admin-credentials",
+        metavar="FILE",
+        help="turn the admin page (/admin) on with the credentials in FILE (lines: bearer NAME SHA256, basic USER SHA256;"
+        " default: $SCIM_GATEWAY_ADMIN_CREDENTIALS); $SCIM_GATEWAY_ADMIN_TOKEN adds a bearer token",
+    )
     serve.set_defaults(func=cmd_serve)
 
     add_status_parser(sub)
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import)
 
     add_governance_commands(sub)  # reconcile, review
+    add_audit_command(sub)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of mapping files")
     schema.set_defaults(func=cmd_schema)

@@ -29,7 +29,7 @@ from .logs import setup_logging
 if TYPE_CHECKING:  # imported where used: `scim-gateway --help` need not load the gateway
     from ..connectors.registry import ConnectorRegistry
     from ..mapping.compile import CompiledMapping
-    from ..settings import GatewaySettings
+    from ..settings import AdminCredential, GatewaySettings
 
 log = logging.getLogger("scim_gateway")
 
@@ -175,6 +175,7 @@ def _settings(args: argparse.Namespace, files: list[Path], store_url: str | None
     return GatewaySettings(
         **audit,  # type: ignore[arg-type]
         metrics_token=SecretStr(metrics_token) if metrics_token else None,
+        admin=admin_credentials(args),
         mappings=files,
         data_dir=Path(args.data_dir),
         public_url=args.public_url,
@@ -183,6 +184,23 @@ def _settings(args: argparse.Namespace, files: list[Path], store_url: str | None
         shared_store=args.workers > 1 or bool(getattr(args, "worker_index", 0)),
         recovery_interval=args.recovery_interval,
     )
+
+
+def admin_credentials(args: argparse.Namespace) -> list[AdminCredential]:
+    """The admin page's credentials: $SCIM_GATEWAY_ADMIN_TOKEN and the file of --admin-credentials (or its variable)."""
+    from ..admin_auth import ADMIN_CREDENTIALS_ENV, ADMIN_TOKEN_ENV, CredentialsFileError, read_credentials_file, token_credential
+
+    found = []
+    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if token:
+        found.append(token_credential(token))
+    file = getattr(args, "admin_credentials", None) or os.environ.get(ADMIN_CREDENTIALS_ENV)
+    if file:
+        try:
+            found.extend(read_credentials_file(Path(file)))
+        except CredentialsFileError as exc:
+            raise Stop(2, str(exc)) from None
+    return found
 
 
 def _probe_audit_log(settings: GatewaySettings) -> None:
@@ -244,6 +262,8 @@ def _banner(args: argparse.Namespace, plan: ServePlan) -> Callable[[Any], Awaita
             elif token:  # a real one: never into the log
                 print(f"Bearer token:  the one given by {'--token' if args.token else '$' + TOKEN_ENV} (not shown)")
                 print(f'Try:           curl -H "Authorization: Bearer ${TOKEN_ENV}" {base}/Users')
+        if plan.settings.admin:
+            print(f"Admin page:    {root}/admin")
         if plan.store_url:
             print(f"Store:         {mask_url(plan.store_url)}")
         sys.stdout.flush()

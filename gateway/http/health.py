@@ -14,10 +14,25 @@ from typing import Any
 
 from aiohttp import web
 
+from ..runtime import AppRuntime
 from ..store import StoreUnavailable
 from .keys import APPS, STORE
 
 STORE_TIMEOUT = 2.0  # seconds the store may take to answer a readiness probe
+
+
+def app_health(runtime: AppRuntime) -> dict[str, Any]:
+    """One app's state as the probes (and the admin page) tell it: open, its breaker, why not when it is not."""
+    breaker = runtime.provisioner.breaker
+    state: dict[str, Any] = {
+        "open": runtime.connector_open and runtime.serving.is_set(),
+        "breaker": breaker.state if breaker is not None else "none",
+    }
+    if runtime.not_connected:
+        state["reason"] = runtime.not_connected
+    elif breaker is not None and breaker.state != "closed" and breaker.last:
+        state["reason"] = breaker.last
+    return state
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -30,18 +45,7 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(request.app[STORE].get_any("readyz-probe"), STORE_TIMEOUT)
     except (StoreUnavailable, TimeoutError, OSError) as exc:
         store = f"unavailable: {type(exc).__name__}"
-    apps: dict[str, dict[str, Any]] = {}
-    for name, runtime in sorted(request.app[APPS].items()):
-        breaker = runtime.provisioner.breaker
-        state: dict[str, Any] = {
-            "open": runtime.connector_open and runtime.serving.is_set(),
-            "breaker": breaker.state if breaker is not None else "none",
-        }
-        if runtime.not_connected:
-            state["reason"] = runtime.not_connected
-        elif breaker is not None and breaker.state != "closed" and breaker.last:
-            state["reason"] = breaker.last
-        apps[name] = state
+    apps = {name: app_health(runtime) for name, runtime in sorted(request.app[APPS].items())}
     ready = store == "ok" and all(a["open"] and a["breaker"] != "open" for a in apps.values())
     body = {"status": "ready" if ready else "not ready", "store": store, "apps": apps}
     return web.json_response(body, status=200 if ready else 503)
@@ -52,4 +56,4 @@ def setup_health(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
 
 
-__all__ = ["healthz", "readyz", "setup_health"]
+__all__ = ["app_health", "healthz", "readyz", "setup_health"]

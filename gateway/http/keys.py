@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import jinja2
 from aiohttp import web
 from prometheus_client import Metric
 
+from ..admin_auth import AdminAuth
 from ..audit import AuditLog
 from ..connectors.registry import ConnectorRegistry
 from ..runtime import AppRuntime
@@ -22,8 +24,24 @@ AUDIT = web.AppKey("audit", AuditLog)
 # Gauges computed at each /metrics scrape (gateway/http/metrics.py): async functions of the application.
 MetricSource = Callable[[web.Application], Awaitable[list[Metric]]]
 METRIC_SOURCES = web.AppKey("metric_sources", list[MetricSource])
+ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)  # set only when the admin page is on
+ADMIN_TEMPLATES = web.AppKey("admin_templates", jinja2.Environment)
 
 AUDIT_NOTE = web.RequestKey("audit_note", AuditNote)
 RUNTIME = web.RequestKey("runtime", AppRuntime)
+ADMIN_USER = web.RequestKey("admin_user", str)  # the admin page's credential (its name)
 
-__all__ = ["APPS", "AUDIT", "AUDIT_NOTE", "METRIC_SOURCES", "REGISTRY", "RUNTIME", "SETTINGS", "STORE", "MetricSource"]
+__all__ = [
+    "ADMIN_AUTH",
+    "ADMIN_TEMPLATES",
+    "ADMIN_USER",
+    "APPS",
+    "AUDIT",
+    "AUDIT_NOTE",
+    "METRIC_SOURCES",
+    "MetricSource",
+    "REGISTRY",
+    "RUNTIME",
+    "SETTINGS",
+    "STORE",
+]

@@ -19,7 +19,7 @@ from ..connectors import REQUEST_ID
 from ..metrics import AUTH_REFUSED, observe_request
 from ..provisioning.notices import collecting
 from ..scim.errors import ScimError, invalid_value, not_found
-from ..scim.failures import scim_error
+from ..scim.failures import failure_reason, scim_error
 from ..scim.projection import check_attribute_list_size
 from ..store import StoreUnavailable
 from .audit import WRITE_OPS, AuditNote
@@ -89,8 +89,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = http_error(request, exc)
+        error, reason = http_error(request, exc), None
     except Exception as exc:
+        reason = failure_reason(exc)
         found = scim_error(exc)
         if found is None:
             log.exception("unexpected error on %s %s", request.method, request.path)
@@ -101,6 +102,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     note = request.get(AUDIT_NOTE)
     if note is not None:
         note.scim_type = error.scim_type
+        note.reason = note.reason or reason
     return error_response(error)
 
 

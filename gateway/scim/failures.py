@@ -39,6 +39,26 @@ def scim_error(exc: BaseException) -> ScimError | None:
     return None
 
 
+_APP_REASONS: tuple[tuple[type[AppError], str], ...] = (
+    (CircuitOpen, "circuit_open"),
+    (AppConflict, "app_conflict"),
+    (AppNotFound, "app_not_found"),
+    (AppInvalid, "app_invalid"),
+    (AppBadResponse, "app_bad_response"),
+    (AppUnavailable, "app_unavailable"),
+)
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """The audit log's `reason` for a failure below the protocol: a code for what failed, never its detail
+    (an app's message may quote the values it refused)."""
+    if isinstance(exc, AppFailed):
+        return next((code for kind, code in _APP_REASONS if isinstance(exc.cause, kind)), "app_error")
+    if isinstance(exc, StoreUnavailable):
+        return "store_unavailable"
+    return None
+
+
 def _provisioning(exc: ProvisioningError) -> ScimError:
     if isinstance(exc, NotFound):
         return not_found(exc.detail)
@@ -73,4 +93,4 @@ def _app_failed(what: str, exc: AppError) -> ScimError:
     return bad_gateway(f"{what}: the app failed ({exc.detail})")
 
 
-__all__ = ["scim_error"]
+__all__ = ["failure_reason", "scim_error"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import sys
@@ -57,6 +58,8 @@ SECRETS = {
     "password in a refused body": "Pw-refused-T0u1V2!",
     "password in a refused PATCH": "Pw-refusedpatch-W3x4!",
     "password in translate": "Pw-translate-Y5z6A7!",
+    "admin page token": "admin-page-TOKEN-b8c9d0e1f2",
+    "admin page password": "admin-page-PASSWORD-g3h4i5",
 }
 S = SECRETS
 
@@ -332,13 +335,17 @@ async def test_no_secret_is_written_anywhere(fakes: Fakes, store_db: str, tmp_pa
 
     gateway = LiveGateway(tmp_path / "serve", token="", app="hr", env=env)
     # A second gateway, started alongside: the demo, its token from the environment.
-    demo = LiveGateway(tmp_path / "demo", token="", env={"SCIM_GATEWAY_TOKEN": S["env token (SCIM_GATEWAY_TOKEN)"]})
+    # Its admin page on: a token from the environment, a Basic user from a credentials file (a digest only).
+    demo_env = {"SCIM_GATEWAY_TOKEN": S["env token (SCIM_GATEWAY_TOKEN)"], "SCIM_GATEWAY_ADMIN_TOKEN": S["admin page token"]}
+    demo = LiveGateway(tmp_path / "demo", token="", env=demo_env)
+    admin_creds = tmp_path / "admin.creds"
+    admin_creds.write_text(f"basic ops {hashlib.sha256(S['admin page password'].encode()).hexdigest()}\n")
     # One logs JSON lines (a line per request with its fields), the other text: both formats are scanned.
     await asyncio.gather(
         asyncio.to_thread(
             gateway.start, "--config", hr_yaml, "--config", crm_yaml, "--log-level", "debug", "--log-format", "json"
         ),
-        asyncio.to_thread(demo.start, "--log-level", "debug"),
+        asyncio.to_thread(demo.start, "--log-level", "debug", "--admin-credentials", str(admin_creds)),
     )
     try:
         async with aiohttp.ClientSession() as session:
@@ -436,6 +443,20 @@ async def test_no_secret_is_written_anywhere(fakes: Fakes, store_db: str, tmp_pa
             assert status == 200
             status, _ = await idp.call("GET", f"{demo.base_url}/Users", S["env token (SCIM_GATEWAY_TOKEN)"][:-2])
             assert status == 401
+            # Its admin page: every page with the token and with Basic, and near misses of both.
+            right = "Basic " + base64.b64encode(f"ops:{S['admin page password']}".encode()).decode()
+            wrong = "Basic " + base64.b64encode(f"ops:{S['admin page password'][:-1]}".encode()).decode()
+            for path in (
+                "/admin",
+                "/admin/status.json",
+                "/admin/audit?status=failed",
+                "/admin/people?who=x",
+                "/admin/review.csv",
+            ):
+                assert (await idp.call("GET", demo.url + path, S["admin page token"]))[0] == 200, path
+                assert (await idp.call("GET", demo.url + path, None, headers={"Authorization": right}))[0] == 200, path
+            assert (await idp.call("GET", demo.url + "/admin", S["admin page token"][:-1]))[0] == 401
+            assert (await idp.call("GET", demo.url + "/admin", None, headers={"Authorization": wrong}))[0] == 401
     finally:
         await asyncio.gather(asyncio.to_thread(gateway.stop), asyncio.to_thread(demo.stop))
 

@@ -36,6 +36,11 @@ def test_wheel_ships_the_demo_and_schemas(wheel: zipfile.ZipFile) -> None:
         "gateway/schema/data/group.json",
         "gateway/schema/data/enterprise_user.json",
         "scim_gateway_plugins/sql/connector.py",
+        # The admin page's templates, loaded by jinja2's PackageLoader from the installed package.
+        *(
+            f"gateway/http/templates/admin/{t}.html"
+            for t in ("base", "_records", "overview", "audit", "person", "reconcile", "message")
+        ),
     ):
         assert needed in names, needed
     # The packaged demo mapping is the one in mappings/ (a symlink in the tree), not a stale copy.

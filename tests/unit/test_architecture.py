@@ -19,7 +19,15 @@ LAYERS: list[set[str]] = [
     {"gateway.runtime"},
     {"gateway.scim"},  # the protocol: over the provisioner
     {"gateway.provisioning"},
-    {"gateway.mapping", "gateway.store", "gateway.auth", "gateway.audit", "gateway.demo"},
+    {
+        "gateway.mapping",
+        "gateway.store",
+        "gateway.auth",
+        "gateway.audit",
+        "gateway.demo",
+        "gateway.admin_auth",
+        "gateway.audit_search",
+    },
     {"gateway.connectors"},
     {"gateway.schema", "gateway.settings", "gateway.secrets", "gateway.inline_sqlite", "gateway.metrics"},
 ]
