@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .backup import add_backup_parser
 from .audit import add_command as add_audit_command
+from .backup import add_backup_parser
 from .check import cmd_check
 from .common import DEFAULT_HOST, DEFAULT_PORT, STORE_ENV, TOKEN_ENV
 from .reconcile import add_commands as add_governance_commands
