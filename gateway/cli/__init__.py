@@ -1,4 +1,4 @@
-"""`scim-gateway serve | check | translate | import | schema | hash-token | backup`: the console script."""
+"""`scim-gateway serve | check | translate | import | schema | hash-token | backup | pending`: the console script."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from .backup import add_backup_parser
 from .check import cmd_check
 from .common import STORE_ENV, TOKEN_ENV
+from .pending import add_pending_parser
 from .serve import cmd_serve
 from .tools import cmd_hash_token, cmd_import, cmd_schema, cmd_translate
 
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     hash_token.set_defaults(func=cmd_hash_token)
 
     add_backup_parser(sub)
+    add_pending_parser(sub)
     return parser
 
 

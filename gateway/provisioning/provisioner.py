@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..audit import AuditLog
 from ..connectors.base import Connector
 from ..mapping.compile import CompiledMapping, CompiledResource
 from ..store import Query, Store
@@ -32,7 +33,14 @@ from .writes import Writes
 
 
 class Provisioner:
-    def __init__(self, mapping: CompiledMapping, connector: Connector, store: Store, breaker: Breaker | None = None) -> None:
+    def __init__(
+        self,
+        mapping: CompiledMapping,
+        connector: Connector,
+        store: Store,
+        breaker: Breaker | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.ctx = ctx = Context(mapping, connector, store, breaker)
         self.mapping = mapping
         self.app = mapping.app
@@ -45,7 +53,7 @@ class Provisioner:
         self.search = Search(ctx, self.reads, self.adoption)
         self.writes = Writes(ctx, self.reads)
         self.batch = BatchCreate(ctx, self.reads, self.writes)
-        self.recovery = Recovery(ctx, self.writes)
+        self.recovery = Recovery(ctx, self.writes, audit)
 
     def resource(self, kind: str) -> CompiledResource:
         """The mapping of one resource type; NotFound when the app has none of that kind."""
@@ -91,8 +99,8 @@ class Provisioner:
     async def import_existing(self, kind: str, progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
         return await self.adoption.import_existing(kind, progress)
 
-    async def recover(self, older_than: float | None = None) -> int:
-        return await self.recovery.recover(older_than)
+    async def recover(self, older_than: float | None = None, *, due: bool = False) -> int:
+        return await self.recovery.recover(older_than, due=due)
 
 
 __all__ = ["Provisioner"]

@@ -60,7 +60,9 @@ class Writes:
             raise Invalid("members: this app's mapping does not manage group membership")
         record = await ctx.create_record(cres, resource)
         data = copy_of(resource)
-        seq = await ctx.pipeline.claim_create(kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resource))
+        seq = await ctx.pipeline.claim_create(
+            kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resource), members=members
+        )
 
         async def call() -> str | None:
             if resource.get("active") is False and cres.deactivate.via == "delete":
@@ -189,7 +191,7 @@ class Writes:
                 row,
                 if_match,
                 new_unique_key=row.unique_key,
-                payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
+                payload={"add": [m.id for m in add], "remove": [m.id for m in remove], "intent": row.data},
             )
             if claim is None:
                 return None
@@ -268,7 +270,14 @@ class Writes:
                 if_match,
                 new_unique_key=unique_key,
                 name=ctx.unique_name(cres, new),
-                payload={"add": [m.id for m in add], "remove": [m.id for m in remove], **({"relink": relink} if relink else {})},
+                # What the write means (the copy it leaves, the members it adds and removes): recovery finishes it.
+                payload={
+                    "add": [m.id for m in add],
+                    "remove": [m.id for m in remove],
+                    "intent": data,
+                    "switch": switch,
+                    **({"relink": relink} if relink else {}),
+                },
             )
             if claim is None:
                 return None
