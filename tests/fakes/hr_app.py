@@ -56,6 +56,7 @@ class Fault:
     late: bool = False  # with status None: do the call at once, answer only after the delay (it lands, the caller gave up)
     hold: asyncio.Event | None = None  # wait for the test to set it before answering (a call held in flight)
     garble: str | None = None  # with status None: do the call, then answer this body instead (one the gateway cannot read)
+    unless: str | None = None  # a request header that exempts a call (a test reading the app behind the gateway's back)
 
 
 @dataclass
@@ -138,7 +139,8 @@ class _Hr:
             except ValueError:
                 self.s.bodies.append((request.method, path, await request.text()))
         for fault in self.s.faults:
-            if fault.method == request.method and re.fullmatch(fault.path, path) and fault.times > 0:
+            exempt = fault.unless is not None and fault.unless in request.headers
+            if fault.method == request.method and re.fullmatch(fault.path, path) and fault.times > 0 and not exempt:
                 fault.times -= 1
                 if fault.garble is not None:
                     done = await handler(request)
