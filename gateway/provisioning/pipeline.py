@@ -75,12 +75,21 @@ class WritePipeline:
     # ------------------------------------------------------------------ claims
 
     async def claim_create(
-        self, kind: str, rid: str, unique_key: str, data: dict[str, Any], *, name: str, members: Sequence[Member] = ()
+        self,
+        kind: str,
+        rid: str,
+        unique_key: str,
+        data: dict[str, Any],
+        *,
+        name: str,
+        members: Sequence[Member] = (),
+        secret: bool = False,
     ) -> int:
         """Journal a create and hold its unique name; Taken when another resource holds it (`name` says which).
 
-        The journal keeps what the create meant (the copy, the members), for recovery to finish it."""
-        payload = {"data": data, "members": [{"id": m.id, "type": m.type} for m in members]}
+        The journal keeps what the create meant (the copy, the members), for recovery to finish it; `secret`: it
+        carries a write-only value (a password) the journal does not keep, so recovery cannot send it again."""
+        payload = {"data": data, "members": [{"id": m.id, "type": m.type} for m in members], "secret": secret}
         try:
             return await self.store.begin_create(self.app, kind, rid, unique_key, data, utc_now(), payload)
         except UniqueConflict:

@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from ..audit import AuditLog
+from ..connectors.base import WRITE_KEY
 from ..connectors.errors import AppConflict, AppError, AppInvalid, AppNotFound
 from ..mapping.compile import CompiledResource
 from ..mapping.translate import read_rule
@@ -156,12 +157,41 @@ class Recovery:
             self._audit(
                 "create", cres.name, row.id, entry.seq, "settled by recovery: the app had created it", native_id=native_id
             )
+        elif not matches and self._can_create_again(cres, entry, row):
+            # The app makes one record per idempotency key: send the create again with the same key. It is made now,
+            # or the app answers with the record it made (maybe of the dead process's call, arriving late): decided.
+            native_id = await self._create_again(cres, entry, row)
+            data = await self.writes.reads.read_back(cres, native_id, row.data)
+            members = [Member(m["id"], m["type"]) for m in entry.payload.get("members", [])]
+            await ctx.pipeline.settle_create(entry.seq, native_id, data, members)
+            log.info("%s: recovery created %s %s again with its idempotency key: %s", ctx.app, cres.name, row.id, native_id)
+            self._audit("create", cres.name, row.id, entry.seq, "settled by recovery: sent again with its idempotency key")
         elif not matches:
             await ctx.pipeline.abort(entry.seq, ROLLED_BACK)
             log.info("%s: recovery rolled back the unfinished create of %s %s", ctx.app, cres.name, row.id)
             self._audit("create", cres.name, row.id, entry.seq, "rolled back by recovery: the app has no such record")
         else:
             raise Undecided(f"the app holds {len(matches)} records matching its {cres.match_rule.resolved}")
+
+    def _can_create_again(self, cres: CompiledResource, entry: Pending, row: Row) -> bool:
+        """The app takes an idempotency key for this kind, the journal keeps all the create sent (no password),
+        and it was to make a record (an account created inactive, deactivated by deletion, has none)."""
+        if cres.name not in self.ctx.connector.caps.idempotent_create or entry.payload.get("secret", True):
+            return False
+        return not (row.data.get("active") is False and cres.deactivate.via == "delete")
+
+    async def _create_again(self, cres: CompiledResource, entry: Pending, row: Row) -> str:
+        ctx = self.ctx
+        record = await ctx.create_record(cres, row.data)
+        members = await ctx.natives([Member(m["id"], m["type"]) for m in entry.payload.get("members", [])])
+        key = WRITE_KEY.set(row.id)
+        try:
+            native_id: str = await ctx.memberships[cres.name].create(record, members)
+        finally:
+            WRITE_KEY.reset(key)
+        if row.data.get("active") is False:
+            await self.writes.set_active(cres, native_id, False)
+        return native_id
 
     async def _created_members(self, cres: CompiledResource, entry: Pending, native_id: str) -> list[Member]:
         """A group created with members: as the app lists them; where it cannot list them, the intended ones, added

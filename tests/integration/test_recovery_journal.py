@@ -25,7 +25,7 @@ from gateway.cli import main
 from gateway.http.keys import APPS
 from gateway.provisioning.recovery import RETRY_FIRST
 from gateway.settings import GatewaySettings
-from tests.conftest import Scim, demo_settings, user_body
+from tests.conftest import USER_URN, Scim, demo_settings, user_body
 from tests.fakes.hr_app import HR_STATE, HrState, create_hr_app, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,3 +214,35 @@ async def test_entries_that_hold_each_others_names_are_settled_together(
 def test_pending_settle_needs_a_way(tmp_path: Path, capsys: Any) -> None:
     assert main(["pending", "settle", "1", "--data-dir", str(tmp_path)]) == 2
     assert "--link NATIVE_ID, --rollback or --take-app" in capsys.readouterr().err
+
+
+async def test_an_update_that_never_reached_the_app_is_sent_again_with_what_it_meant(
+    hr: tuple[HrState, str], aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """The process dies while the app call of a PATCH is on its way (held here, never performed): recovery finds
+    the app's record without the change and sends it again, so the attribute the app does not store (nickName)
+    is kept as the PATCH meant, not rebuilt away from the app's record."""
+    state, _url = hr
+    data = tmp_path / "data"
+    client = await _gateway(aiohttp_client, data)
+    scim = Scim(client, TOKEN, BASE)
+    resp, user = await scim.post("/Users", {"schemas": [USER_URN], "userName": "resent", "title": "before"})
+    assert resp.status == 201
+    held = state.fault("PATCH", r"/users/\d+", status=None, hold=asyncio.Event())
+    ops = [{"op": "replace", "value": {"title": "after", "nickName": "resent-nick"}}]
+    patch = asyncio.create_task(scim.patch(f"/Users/{user['id']}", ops))
+    for _ in range(200):
+        if _rows(data, "SELECT count(*) FROM journal WHERE state = 'pending'") == [(1,)] and held.times == 0:
+            break
+        await asyncio.sleep(0.01)
+    await client.close()  # the process goes away with the write in flight
+    with pytest.raises(Exception):  # noqa: B017 - the connection is gone: whichever error the client library raises
+        await patch
+    assert state.user_by_login("resent")["title"] == "before"  # the app never got it
+
+    client = await _gateway(aiohttp_client, data)
+    assert _rows(data, "SELECT state FROM journal WHERE state = 'pending'") == []
+    resp, body = await Scim(client, TOKEN, BASE).get(f"/Users/{user['id']}")
+    assert resp.status == 200 and body["title"] == "after" and body.get("nickName") == "resent-nick", body
+    assert state.user_by_login("resent")["title"] == "after"
+    assert any(r.get("outcome") == "settled by recovery: sent again by recovery" for r in _audit(data))
