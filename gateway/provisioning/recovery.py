@@ -80,7 +80,7 @@ class Recovery:
                     log.exception("%s: recovery of journal entry %s failed", ctx.app, entry.seq)
                     await self._postpone(entry, f"gateway error: {type(exc).__name__}")
             if len(waiting) == len(todo):
-                if not parked:
+                if not parked and len(waiting) > 1 and await self._only_these_pending(waiting):
                     # Each waits for a name another of them holds: they give up their names at once, then settle.
                     parked = True
                     for entry in waiting:
@@ -94,6 +94,12 @@ class Recovery:
         if due:
             await self._late_creates()
         return repaired
+
+    async def _only_these_pending(self, entries: list[Pending]) -> bool:
+        """No other write of the app is pending (in flight here or in another process): the names these wait for
+        are held by one another (or by settled resources), so giving them up cannot let a live write take one."""
+        seqs = {e.seq for e in entries}
+        return all(e.seq in seqs for e in await self.ctx.store.pending(self.ctx.app))
 
     async def _postpone(self, entry: Pending, reason: str) -> None:
         ctx = self.ctx
