@@ -180,10 +180,11 @@ class Recovery:
             raise Undecided(f"the app holds {len(matches)} records matching its {cres.match_rule.resolved}")
 
     def _can_create_again(self, cres: CompiledResource, entry: Pending, row: Row) -> bool:
-        """The app takes an idempotency key for this kind, the journal keeps all the create sent (no password),
-        and it was to make a record (an account created inactive, deactivated by deletion, has none)."""
-        if cres.name not in self.ctx.connector.caps.idempotent_create or entry.payload.get("secret", True):
-            return False
+        """The app takes an idempotency key for this kind and the create was sent with one, the journal keeps all it
+        sent (no password), and it was to make a record (an account created inactive, deactivated by deletion, has none)."""
+        payload = entry.payload
+        if cres.name not in self.ctx.connector.caps.idempotent_create or not payload.get("keyed") or payload.get("secret", True):
+            return False  # the dead process's call carried no key (a Bulk batch, an older mapping): a second could double it
         return not (row.data.get("active") is False and cres.deactivate.via == "delete")
 
     async def _create_again(self, cres: CompiledResource, entry: Pending, row: Row) -> str:

@@ -64,7 +64,14 @@ class Writes:
         rid = str(uuid.uuid4())
         secrets = write_only_values(cres, resource, record)
         seq = await ctx.pipeline.claim_create(
-            kind, rid, unique_key, data, name=ctx.unique_name(cres, resource), members=members, secret=bool(secrets)
+            kind,
+            rid,
+            unique_key,
+            data,
+            name=ctx.unique_name(cres, resource),
+            members=members,
+            secret=bool(secrets),
+            keyed=kind in ctx.connector.caps.idempotent_create,
         )
 
         async def call() -> str | None:

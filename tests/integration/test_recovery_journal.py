@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
@@ -159,8 +160,6 @@ async def test_a_create_the_app_performs_after_recovery_rolled_it_back_is_linked
     assert _rows(data, "SELECT state FROM journal WHERE seq = ?", seq) == [("aborted",)]  # rolled back at start-up
 
     # The dead process's create, held up somewhere, reaches the app now.
-    import aiohttp
-
     async with aiohttp.ClientSession() as session:
         body = {"login": "latecomer", "title": "never answered"}
         async with session.post(f"{url}/users", json=body, headers={"X-API-Key": API_KEY}) as resp:
@@ -246,3 +245,45 @@ async def test_an_update_that_never_reached_the_app_is_sent_again_with_what_it_m
     assert resp.status == 200 and body["title"] == "after" and body.get("nickName") == "resent-nick", body
     assert state.user_by_login("resent")["title"] == "after"
     assert any(r.get("outcome") == "settled by recovery: sent again by recovery" for r in _audit(data))
+
+
+async def test_an_operator_links_a_create_and_takes_the_apps_record_for_an_update(
+    hr: tuple[HrState, str], aiohttp_client: Any, tmp_path: Path, capsys: Any
+) -> None:
+    state, url = hr
+    data = tmp_path / "data"
+    client = await _gateway(aiohttp_client, data)
+    scim = Scim(client, TOKEN, BASE)
+    resp, kept = await scim.post("/Users", {"schemas": [USER_URN], "userName": "kept", "title": "copy"})
+    assert resp.status == 201
+    created = "88888888-8888-4888-8888-888888888888"
+    create_seq = await _leave_pending_create(client, "linkme", created)
+    store = client.app[APPS]["hr"].provisioner.store
+    update_seq, row = await store.begin_write("hr", "User", kept["id"], "update", new_unique_key="kept")
+    await client.close()
+    # The app holds a record the operator knows is the create's (under a login the match cannot find), and
+    # the update's record as someone changed it there.
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/users", json={"login": "linkme.renamed"}, headers={"X-API-Key": API_KEY}) as r:
+            native = str((await r.json())["id"])
+    assert row.native_id is not None
+    state.users[int(row.native_id)]["title"] = "app"
+
+    args = ["--config", str(MAPPING), "--data-dir", str(data)]
+    assert await asyncio.to_thread(main, ["pending", "settle", str(create_seq), "--link", native, *args]) == 0
+    assert await asyncio.to_thread(main, ["pending", "settle", str(update_seq), "--take-app", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"linked to the app's record {native} by the operator" in out and "the copy takes the app's record" in out
+    assert await asyncio.to_thread(main, ["pending", "settle", str(update_seq), "--link", native, *args]) == 1
+
+    client = await _gateway(aiohttp_client, data)
+    scim = Scim(client, TOKEN, BASE)
+    resp, body = await scim.get(f"/Users/{created}")
+    assert resp.status == 200 and body["userName"] == "linkme.renamed"
+    _, body = await scim.get('/Users?filter=title eq "app"')
+    assert [r["id"] for r in body["Resources"]] == [kept["id"]]  # the copy (lists answer from it) took the app's
+    operator = [r for r in _audit(data) if r.get("actor") == "operator"]
+    assert [(r["op"], r["journal_seq"]) for r in operator] == [
+        ("pending settle --link", create_seq),
+        ("pending settle --take-app", update_seq),
+    ]
