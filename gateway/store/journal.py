@@ -126,8 +126,9 @@ class JournalView:
         return [self._as_entry(r) for r in recs]
 
 
-# The unique key of a resource whose pending entry gave up its name (release_name): no real name starts so.
-PARKED = "\x00recovering "
+# The unique key of a resource whose pending entry gave up its name (release_name): upper case, so no unique key
+# (a name lower-cased) is ever one, and no NUL (PostgreSQL text cannot hold it).
+PARKED = "RECOVERING "
 # The detail of a create recovery rolled back because the app had no such record (yet).
 ROLLED_BACK = "recovery: the app has no such record"
 
