@@ -25,7 +25,7 @@ from ..connectors.base import WRITE_KEY
 from ..connectors.errors import AppConflict, AppError, AppInvalid, AppNotFound
 from ..mapping.compile import CompiledResource
 from ..mapping.translate import read_rule
-from ..store import PARKED, ROLLED_BACK, Member, NativeConflict, Pending, Row, UniqueConflict
+from ..store import PARKED, ROLLED_BACK, Gone, Member, NativeConflict, Pending, Row, UniqueConflict
 from .context import Context
 from .pipeline import utc_now
 from .writes import Writes
@@ -71,6 +71,8 @@ class Recovery:
                     repaired += 1
                 except UniqueConflict:
                     waiting.append(entry)
+                except Gone:
+                    pass  # settled meanwhile by another process's recovery
                 except Undecided as exc:
                     await self._postpone(entry, str(exc))
                 except AppError as exc:
