@@ -24,7 +24,7 @@ from .tools import select_app
 if TYPE_CHECKING:
     from ..provisioning.provisioner import Provisioner
     from ..settings import GatewaySettings
-    from ..store import JournalEntry, Store
+    from ..store import JournalEntry, Member, Store
 
 
 def add_pending_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -144,6 +144,8 @@ async def _settle(args: argparse.Namespace) -> int:
 
 async def _apply(provisioner: Provisioner, entry: JournalEntry, args: argparse.Namespace) -> str:
     """Settle the entry as the operator says; what was done, in words."""
+    from ..store import Member
+
     ctx = provisioner.ctx
     store = ctx.store
     row = await store.get_any(entry.resource_id)
@@ -158,7 +160,12 @@ async def _apply(provisioner: Provisioner, entry: JournalEntry, args: argparse.N
         if record is None:
             raise Stop(1, f"the app has no {cres.name} {args.link!r}: nothing to link")
         data = await ctx.overlay(cres, row.data, record)
-        members = await ctx.members_from_app(args.link) if cres.name == "Group" and cres.members else []
+        members = await _members(provisioner, cres.name, args.link) if cres.name == "Group" and cres.members else []
+        if members is None:  # the app cannot list them: the members the create was sent with, added again (no change if there)
+            members = [Member(m["id"], m["type"]) for m in entry.payload.get("members", [])]
+            natives = await ctx.natives(members)
+            if natives:
+                await ctx.memberships[cres.name].write(args.link, {}, natives, [])
         await ctx.pipeline.settle_create(entry.seq, args.link, data, members)
         return f"linked to the app's record {args.link} by the operator"
     # --take-app
@@ -182,7 +189,7 @@ async def _apply(provisioner: Provisioner, entry: JournalEntry, args: argparse.N
     return "the copy takes the app's record, by the operator"
 
 
-async def _members(provisioner: Provisioner, kind: str, native_id: str | None) -> Any:
+async def _members(provisioner: Provisioner, kind: str, native_id: str | None) -> list[Member] | None:
     from ..connectors.errors import AppError
 
     if native_id is None:

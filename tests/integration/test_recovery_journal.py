@@ -26,6 +26,7 @@ from gateway.cli import main
 from gateway.http.keys import APPS
 from gateway.provisioning.recovery import RETRY_FIRST
 from gateway.settings import GatewaySettings
+from gateway.store import Member
 from tests.conftest import USER_URN, Scim, demo_settings, user_body
 from tests.fakes.hr_app import HR_STATE, HrState, create_hr_app, serve
 
@@ -287,3 +288,31 @@ async def test_an_operator_links_a_create_and_takes_the_apps_record_for_an_updat
         ("pending settle --link", create_seq),
         ("pending settle --take-app", update_seq),
     ]
+
+
+async def test_an_operator_links_a_group_create_whose_members_the_app_cannot_list(
+    hr: tuple[HrState, str], aiohttp_client: Any, tmp_path: Path, capsys: Any
+) -> None:
+    state, url = hr
+    data = tmp_path / "data"
+    client = await _gateway(aiohttp_client, data)
+    scim = Scim(client, TOKEN, BASE)
+    resp, member = await scim.post("/Users", {"schemas": [USER_URN], "userName": "member"})
+    assert resp.status == 201
+    ctx = client.app[APPS]["hr"].provisioner.ctx
+    gid = "99999999-9999-4999-8999-999999999999"
+    seq = await ctx.pipeline.claim_create(
+        "Group", gid, "crew", {"displayName": "crew"}, name="crew", members=[Member(member["id"], "User")]
+    )
+    await client.close()
+    state.fault("GET", r"/groups/[^/]+/members", status=405, times=10_000)
+    async with aiohttp.ClientSession() as session:  # the app made the group, under a name the match cannot find
+        async with session.post(f"{url}/groups", json={"name": "crew (hr)"}, headers={"X-API-Key": API_KEY}) as r:
+            native = str((await r.json())["id"])
+
+    args = ["--config", str(MAPPING), "--data-dir", str(data)]
+    assert await asyncio.to_thread(main, ["pending", "settle", str(seq), "--link", native, *args]) == 0
+    assert state.members[int(native)] == [int(state.user_by_login("member")["id"])]  # type: ignore[index]
+    client = await _gateway(aiohttp_client, data)
+    resp, group = await Scim(client, TOKEN, BASE).get(f"/Groups/{gid}")
+    assert resp.status == 200 and [m["value"] for m in group["members"]] == [member["id"]], group
