@@ -76,7 +76,7 @@ class Recovery:
                 except Undecided as exc:
                     await self._postpone(entry, str(exc))
                 except AppError as exc:
-                    await self._postpone(entry, f"the app failed: {exc.detail}")
+                    await self._postpone(entry, exc.detail)  # the app's failure in the connector's words
                 except Exception as exc:
                     # One entry that cannot be repaired must not stop the others, nor the gateway from starting.
                     log.exception("%s: recovery of journal entry %s failed", ctx.app, entry.seq)
