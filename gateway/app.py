@@ -112,7 +112,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 def _app_ctx(mapping: CompiledMapping) -> Callable[[web.Application], Any]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        runtime = app_runtime.create_runtime(mapping, settings, app[STORE], settings.extra_tokens.get(mapping.app, []))
+        runtime = app_runtime.create_runtime(
+            mapping, settings, app[STORE], settings.extra_tokens.get(mapping.app, []), app[AUDIT]
+        )
         try:
             await app_runtime.start(runtime, settings)
         except BaseException:

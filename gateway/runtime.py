@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
+from .audit import AuditLog
 from .auth import AppAuth, create_app_auth
 from .connectors.base import AppContext, Connector
 from .connectors.errors import AppError, ConnectorSetupError
@@ -67,12 +68,18 @@ class AppRuntime:
         )
 
 
-def create_runtime(mapping: CompiledMapping, settings: GatewaySettings, store: Store, cli_tokens: list[SecretStr]) -> AppRuntime:
+def create_runtime(
+    mapping: CompiledMapping,
+    settings: GatewaySettings,
+    store: Store,
+    cli_tokens: list[SecretStr],
+    audit: AuditLog | None = None,
+) -> AppRuntime:
     connector = mapping.connector_cls(mapping.connector_config, AppContext(mapping.app, settings.data_dir))
     auth = create_app_auth(mapping, cli_tokens)
     if not auth.accepts_anything:
         log.warning("app %s accepts no bearer token: every request will be refused", mapping.app)
-    provisioner = Provisioner(mapping, connector, store, Breaker(mapping.app, mapping.config.breaker))
+    provisioner = Provisioner(mapping, connector, store, Breaker(mapping.app, mapping.config.breaker), audit)
     return AppRuntime(mapping, connector, provisioner, ScimService(provisioner, settings.limits), auth)
 
 
@@ -145,7 +152,7 @@ async def _recovery_sweep(provisioner: Provisioner, interval: float) -> None:
         if provisioner.breaker is not None and provisioner.breaker.retry_in() is not None:
             continue  # the app's circuit is open: every entry would only be postponed
         try:
-            repaired = await provisioner.recover(older_than=2 * interval)
+            repaired = await provisioner.recover(older_than=2 * interval, due=True)
             if repaired:
                 log.info("app %s: recovery settled %d unfinished writes", provisioner.app, repaired)
         except Exception:

@@ -1,5 +1,5 @@
-"""`scim-gateway serve | status | check | translate | import | reconcile | review | audit | schema | hash-token |
-backup`: the console script."""
+"""`scim-gateway serve | status | check | translate | import | reconcile | review | audit | pending | schema |
+hash-token | backup`: the console script."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from .audit import add_command as add_audit_command
 from .backup import add_backup_parser
 from .check import cmd_check
 from .common import DEFAULT_HOST, DEFAULT_PORT, STORE_ENV, TOKEN_ENV
+from .pending import add_pending_parser
 from .reconcile import add_commands as add_governance_commands
 from .serve import cmd_serve
 from .status import add_status_parser
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     hash_token.set_defaults(func=cmd_hash_token)
 
     add_backup_parser(sub)
+    add_pending_parser(sub)
     return parser
 
 

@@ -106,6 +106,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 async def _import(args: argparse.Namespace, mapping: CompiledMapping) -> int:
     """Link what the app has: users first (a group's members must be linked before it), then groups."""
     from ..app import create_store
+    from ..audit import AuditLog
     from ..connectors.base import AppContext
     from ..provisioning.provisioner import Provisioner
     from ..settings import GatewaySettings
@@ -116,8 +117,10 @@ async def _import(args: argparse.Namespace, mapping: CompiledMapping) -> int:
     await store.open()
     connector = mapping.connector_cls(mapping.connector_config, AppContext(mapping.app, settings.data_dir))
     await connector.open()
+    audit = AuditLog(settings.audit_file)  # what its recovery settles is audited, as the server's is
+    audit.open()
     try:
-        provisioner = Provisioner(mapping, connector, store)
+        provisioner = Provisioner(mapping, connector, store, audit=audit)
         await provisioner.recover()
         status = 0
         tty = sys.stderr.isatty()
@@ -135,6 +138,7 @@ async def _import(args: argparse.Namespace, mapping: CompiledMapping) -> int:
             status = status or (1 if counts["conflicts"] else 0)
         return status
     finally:
+        audit.close()
         await connector.close()
         await store.close()
 

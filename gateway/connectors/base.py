@@ -23,6 +23,10 @@ NativeId = str
 # The id of the SCIM request being served (its X-Request-Id), for connectors to pass on to the app's calls
 # (the rest connector sends it as X-Request-Id) so the app's logs and the gateway's can be matched.
 REQUEST_ID: ContextVar[str | None] = ContextVar("scim_gateway_request_id", default=None)
+# A key naming the create being made, the same each time it is sent (by recovery after a crash, too): the SCIM
+# id the gateway gave the resource. A connector whose app takes an idempotency key sends it with the create, so
+# an app that got the create twice makes one record (the rest connector: `create.idempotency_header`).
+WRITE_KEY: ContextVar[str | None] = ContextVar("scim_gateway_write_key", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,7 @@ class Capabilities:
     list_all: bool = False  # iterate every record (import, reconcile)
     read: bool = True  # get() returns the app's record; False for apps that cannot be read back
     actions: frozenset[str] = frozenset()  # named calls for action() (e.g. disable / enable an account)
+    idempotent_create: frozenset[str] = frozenset()  # kinds whose create() the app makes once per WRITE_KEY
 
 
 @dataclass(frozen=True, slots=True)

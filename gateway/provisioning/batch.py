@@ -67,8 +67,14 @@ class BatchCreate:
         async with ctx.store.batch():
             for i, unique_key, record, data in prepared:
                 try:
+                    # Sent without an idempotency key (one call for many records): recovery never sends it again.
                     seq = await ctx.pipeline.claim_create(
-                        kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resources[i])
+                        kind,
+                        str(uuid.uuid4()),
+                        unique_key,
+                        data,
+                        name=ctx.unique_name(cres, resources[i]),
+                        secret=bool(write_only_values(cres, resources[i], record)),
                     )
                 except Taken as exc:
                     out[i] = exc

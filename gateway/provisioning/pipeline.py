@@ -74,10 +74,31 @@ class WritePipeline:
 
     # ------------------------------------------------------------------ claims
 
-    async def claim_create(self, kind: str, rid: str, unique_key: str, data: dict[str, Any], *, name: str) -> int:
-        """Journal a create and hold its unique name; Taken when another resource holds it (`name` says which)."""
+    async def claim_create(
+        self,
+        kind: str,
+        rid: str,
+        unique_key: str,
+        data: dict[str, Any],
+        *,
+        name: str,
+        members: Sequence[Member] = (),
+        secret: bool = False,
+        keyed: bool = False,
+    ) -> int:
+        """Journal a create and hold its unique name; Taken when another resource holds it (`name` says which).
+
+        The journal keeps what the create meant (the copy, the members), for recovery to finish it; `secret`: it
+        carries a write-only value (a password) the journal does not keep, so recovery cannot send it again;
+        `keyed`: it goes to the app with its idempotency key (WRITE_KEY), so recovery may send it again."""
+        payload = {
+            "data": data,
+            "members": [{"id": m.id, "type": m.type} for m in members],
+            "secret": secret,
+            "keyed": keyed,
+        }
         try:
-            return await self.store.begin_create(self.app, kind, rid, unique_key, data, utc_now())
+            return await self.store.begin_create(self.app, kind, rid, unique_key, data, utc_now(), payload)
         except UniqueConflict:
             raise Taken(f"{name} is already taken") from None
 

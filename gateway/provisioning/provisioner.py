@@ -36,7 +36,14 @@ from .writes import Writes
 
 
 class Provisioner:
-    def __init__(self, mapping: CompiledMapping, connector: Connector, store: Store, breaker: Breaker | None = None) -> None:
+    def __init__(
+        self,
+        mapping: CompiledMapping,
+        connector: Connector,
+        store: Store,
+        breaker: Breaker | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.ctx = ctx = Context(mapping, connector, store, breaker)
         self.mapping = mapping
         self.app = mapping.app
@@ -49,7 +56,7 @@ class Provisioner:
         self.search = Search(ctx, self.reads, self.adoption)
         self.writes = Writes(ctx, self.reads)
         self.batch = BatchCreate(ctx, self.reads, self.writes)
-        self.recovery = Recovery(ctx, self.writes)
+        self.recovery = Recovery(ctx, self.writes, audit)
         self.reconciler = Reconciler(ctx)
         self.fixer = Fixer(ctx, self.reads, self.adoption, self.writes)
 
@@ -97,8 +104,8 @@ class Provisioner:
     async def import_existing(self, kind: str, progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
         return await self.adoption.import_existing(kind, progress)
 
-    async def recover(self, older_than: float | None = None) -> int:
-        return await self.recovery.recover(older_than)
+    async def recover(self, older_than: float | None = None, *, due: bool = False) -> int:
+        return await self.recovery.recover(older_than, due=due)
 
     # -- governance
     async def reconcile(self, progress: Progress | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..connectors.base import WRITE_KEY
 from ..connectors.errors import AppBadResponse, AppError, AppNotFound
 from ..mapping.compile import CompiledResource
 from ..mapping.translate import read_rule
@@ -60,15 +61,29 @@ class Writes:
             raise Invalid("members: this app's mapping does not manage group membership")
         record = await ctx.create_record(cres, resource)
         data = copy_of(resource)
-        seq = await ctx.pipeline.claim_create(kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resource))
+        rid = str(uuid.uuid4())
+        secrets = write_only_values(cres, resource, record)
+        seq = await ctx.pipeline.claim_create(
+            kind,
+            rid,
+            unique_key,
+            data,
+            name=ctx.unique_name(cres, resource),
+            members=members,
+            secret=bool(secrets),
+            keyed=kind in ctx.connector.caps.idempotent_create,
+        )
 
         async def call() -> str | None:
             if resource.get("active") is False and cres.deactivate.via == "delete":
                 return None  # an inactive account has no record in this app until it is activated
+            key = WRITE_KEY.set(rid)  # the app's idempotency key, where it takes one: recovery sends the same
             try:
                 native_id: str = await ctx.memberships[kind].create(record, await ctx.natives(members))
             except AppBadResponse as exc:
                 native_id = await self._created_anyway(cres, resource, exc)
+            finally:
+                WRITE_KEY.reset(key)
             if resource.get("active") is False:
                 await self.set_active(cres, native_id, False)
             return native_id
@@ -82,7 +97,7 @@ class Writes:
                 await ctx.pipeline.abort(seq, "app returned a native id that is already linked")
                 raise BadAnswer(f"creating {kind}: the app returned the id of an existing record") from None
 
-        row = await ctx.pipeline.run(seq, f"creating {kind}", call, settle, write_only_values(cres, resource, record))
+        row = await ctx.pipeline.run(seq, f"creating {kind}", call, settle, secrets)
         return await self._answer(cres, row)
 
     async def _created_anyway(self, cres: CompiledResource, resource: dict[str, Any], exc: AppBadResponse) -> str:
@@ -189,7 +204,7 @@ class Writes:
                 row,
                 if_match,
                 new_unique_key=row.unique_key,
-                payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
+                payload={"add": [m.id for m in add], "remove": [m.id for m in remove], "intent": row.data},
             )
             if claim is None:
                 return None
@@ -268,7 +283,14 @@ class Writes:
                 if_match,
                 new_unique_key=unique_key,
                 name=ctx.unique_name(cres, new),
-                payload={"add": [m.id for m in add], "remove": [m.id for m in remove], **({"relink": relink} if relink else {})},
+                # What the write means (the copy it leaves, the members it adds and removes): recovery finishes it.
+                payload={
+                    "add": [m.id for m in add],
+                    "remove": [m.id for m in remove],
+                    "intent": data,
+                    "switch": switch,
+                    **({"relink": relink} if relink else {}),
+                },
             )
             if claim is None:
                 return None

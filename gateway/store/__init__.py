@@ -6,6 +6,7 @@ One `Store` over a SQL dialect: SQLite (one file, the embedded default) or Postg
 
 from .base import Busy, Gone, Member, NativeConflict, Pending, Row, StoreError, StoreUnavailable, UniqueConflict, VersionMismatch
 from .correlation import Store
+from .journal import PARKED, ROLLED_BACK, JournalEntry
 from .postgres import PostgresStore
 from .query import Query
 from .reports import SavedReport
@@ -14,11 +15,14 @@ from .sqlite import SqliteStore
 __all__ = [
     "Busy",
     "Gone",
+    "JournalEntry",
     "Member",
     "NativeConflict",
+    "PARKED",
     "Pending",
     "PostgresStore",
     "Query",
+    "ROLLED_BACK",
     "Row",
     "SavedReport",
     "SqliteStore",

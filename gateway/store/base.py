@@ -90,3 +90,4 @@ class Pending:
     resource_id: str
     op: str
     payload: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0  # how often recovery tried it and could not decide

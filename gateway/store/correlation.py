@@ -14,6 +14,7 @@ from typing import Any
 
 from .base import Busy, Gone, Member, NativeConflict, Pending, Row, UniqueConflict, VersionMismatch
 from .dialect import Conn, Dialect, Duplicate
+from .journal import JournalView
 from .query import Query
 from .reports import ReportStore
 from .sqlquery import SqlQuery
@@ -21,7 +22,7 @@ from .sqlquery import SqlQuery
 _ROW = "SELECT * FROM resources"
 
 
-class Store(ReportStore):
+class Store(ReportStore, JournalView):
     """SCIM ids, native ids, the gateway's copy of each resource, membership, and the write journal.
 
     `labels`: the stored attributes, in order, whose first non-empty value shows a resource in another's
@@ -87,11 +88,21 @@ class Store(ReportStore):
 
     # ------------------------------------------------------------------ creates
 
-    async def begin_create(self, app: str, rtype: str, rid: str, unique_key: str, data: dict[str, Any], now: str) -> int:
-        """Journal a create and hold its name (the row is invisible until settled). UniqueConflict: the name is taken."""
+    async def begin_create(
+        self,
+        app: str,
+        rtype: str,
+        rid: str,
+        unique_key: str,
+        data: dict[str, Any],
+        now: str,
+        payload: dict[str, Any] | None = None,
+    ) -> int:
+        """Journal a create and hold its name (the row is invisible until settled). UniqueConflict: the name is taken.
+        `payload`: what recovery needs beyond the row (the members it was created with)."""
 
         async def work(conn: Conn) -> int:
-            seq = await self._journal(conn, app, rtype, rid, "create", {"unique_key": unique_key})
+            seq = await self._journal(conn, app, rtype, rid, "create", {**(payload or {}), "unique_key": unique_key})
             try:
                 await conn.execute(
                     "INSERT INTO resources (app, type, id, unique_key, created, last_modified, data, state, pending_seq)"
@@ -193,12 +204,15 @@ class Store(ReportStore):
                 raise Busy(rid)
             if if_match is not None and rec["version"] != if_match:
                 raise VersionMismatch(f"version is {rec['version']}")
-            seq = await self._journal(conn, app, rtype, rid, op, {**(payload or {}), "old_unique_key": rec["unique_key"]})
+            key = rec["unique_key"] if new_unique_key is None else new_unique_key
+            seq = await self._journal(
+                conn, app, rtype, rid, op, {**(payload or {}), "old_unique_key": rec["unique_key"], "new_unique_key": key}
+            )
             try:
                 await conn.execute(
                     "UPDATE resources SET pending_seq = ?, unique_key = ? WHERE id = ?",
                     seq,
-                    rec["unique_key"] if new_unique_key is None else new_unique_key,
+                    key,
                     rid,
                 )
             except Duplicate as exc:
@@ -340,19 +354,23 @@ class Store(ReportStore):
         except Duplicate:
             return await self.dialect.transaction(lambda conn: work(conn, None))
 
-    async def pending(self, app: str, older_than: float | None = None) -> list[Pending]:
-        """Unsettled journal entries, oldest first; with `older_than`, only those at least that many seconds old.
+    async def pending(self, app: str, older_than: float | None = None, *, due: bool = False) -> list[Pending]:
+        """Unsettled journal entries, oldest first; with `older_than`, only those at least that many seconds old;
+        with `due`, not those recovery postponed whose time has not come (journal.py).
 
         Age is measured on the database's clock, so hosts with skewed clocks agree.
         """
+        clock = self.dialect.clock
+        later = f" AND (next_at IS NULL OR next_at <= {clock})" if due else ""
         async with self.dialect.access() as conn:
             recs = await conn.fetch(
-                f"SELECT * FROM journal WHERE app = ? AND state = 'pending' AND at <= {self.dialect.clock} - ? ORDER BY seq",
+                f"SELECT * FROM journal WHERE app = ? AND state = 'pending' AND at <= {clock} - ?{later} ORDER BY seq",
                 app,
                 float(older_than or 0.0),
             )
         return [
-            Pending(r["seq"], r["app"], r["type"], r["resource_id"], r["op"], self.dialect.decode(r["payload"])) for r in recs
+            Pending(r["seq"], r["app"], r["type"], r["resource_id"], r["op"], self.dialect.decode(r["payload"]), r["attempts"])
+            for r in recs
         ]
 
     async def get_any(self, rid: str) -> Row | None:

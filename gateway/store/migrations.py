@@ -77,6 +77,13 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX journal_by_resource ON journal (app, resource_id, seq);
     """,
+    # 4 (recovery, issue 16): a pending entry recovery could not decide is retried with backoff; the journal
+    # keeps how often it was tried, when it is due again, and why it is undecided (gateway/store/journal.py).
+    """
+    ALTER TABLE journal ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE journal ADD COLUMN next_at {float};
+    ALTER TABLE journal ADD COLUMN reason TEXT
+    """,
 ]
 
 

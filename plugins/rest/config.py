@@ -171,6 +171,12 @@ class _Operation(BaseModel):
 
 class CreateOperation(_Operation):
     method: Method = "POST"
+    idempotency_header: str | None = Field(
+        None,
+        min_length=1,
+        description="A header the app takes as an idempotency key (e.g. Idempotency-Key): each create carries one, the"
+        " same when it is sent again (the SCIM id), so the app makes one record however often it gets it",
+    )
     PLACEHOLDERS: ClassVar[frozenset[str]] = frozenset()
 
 

@@ -24,7 +24,7 @@ import aiohttp
 from pydantic import BaseModel
 from yarl import URL
 
-from gateway.connectors.base import REQUEST_ID, AppContext, Capabilities, Connector, NativeId, Record
+from gateway.connectors.base import REQUEST_ID, WRITE_KEY, AppContext, Capabilities, Connector, NativeId, Record
 from gateway.connectors.errors import (
     AppBadResponse,
     AppConflict,
@@ -500,6 +500,7 @@ class RestConnector(Connector):
             list_all=any(k.list is not None for k in kinds),
             read=all(k.get is not None for k in kinds),
             actions=frozenset(name for k in kinds for name in k.actions),
+            idempotent_create=frozenset(kind for kind, k in config.resources.items() if k.create.idempotency_header),
         )
 
     # ------------------------------------------------------------ lifetime
@@ -520,7 +521,12 @@ class RestConnector(Connector):
 
     async def create(self, kind: str, record: Record) -> NativeId:
         k = self._kind(kind)
-        answer = await self._op(k.create, {}, self._body(k, record))
+        header, key = k.create.idempotency_header, WRITE_KEY.get()
+        if header is not None and key is not None:
+            # The app makes one record per key: the create may be retried like an idempotent call.
+            answer = await self._op(k.create, {}, self._body(k, record), {header: key}, retry=True)
+        else:
+            answer = await self._op(k.create, {}, self._body(k, record))
         native_id = _native_id(dig(dig(answer.body, k.record), k.id))
         if native_id is None and answer.body is None and "Location" in answer.headers:
             # 201 with an empty body: the new record's URL names its id.
@@ -857,10 +863,18 @@ class RestConnector(Connector):
             raise AppBadResponse(f"{kind}: the app answered a {type(raw).__name__}, not a record")
         return flatten(raw)
 
-    async def _op(self, operation: _Operation, ids: Mapping[str, str], body: Any = None) -> Answer:
+    async def _op(
+        self,
+        operation: _Operation,
+        ids: Mapping[str, str],
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        retry: bool | None = None,
+    ) -> Answer:
         http = self._client()
         url = http.url(_path(operation.path, ids), {key: _query_value(value, ids) for key, value in operation.query.items()})
-        return await http.call(operation.method, url, headers=operation.headers, json_body=body)
+        all_headers = {**operation.headers, **headers} if headers else operation.headers
+        return await http.call(operation.method, url, headers=all_headers, json_body=body, retry=retry)
 
     async def _pages(
         self, kind: str, call: ListCallConfig, query: Mapping[str, str] | None = None

@@ -7,7 +7,8 @@
 API (JSON, under /api, every call needs the header `X-API-Key`):
 
     GET    /users?page=&per_page=&login=      {"data": [...], "page", "per_page", "total"}; login: case-insensitive equality
-    POST   /users                             201 the user; 409 when the login is taken (case-insensitively)
+    POST   /users                             201 the user; 409 when the login is taken (case-insensitively); with an
+                                              Idempotency-Key header seen before: 201 the record that key made
     GET    /users/{id}                        the user; 404
     PATCH  /users/{id}                        the changed fields; 404, 409
     PUT    /users/{id}                        the whole user; 404, 409
@@ -56,6 +57,7 @@ class Fault:
     late: bool = False  # with status None: do the call at once, answer only after the delay (it lands, the caller gave up)
     hold: asyncio.Event | None = None  # wait for the test to set it before answering (a call held in flight)
     garble: str | None = None  # with status None: do the call, then answer this body instead (one the gateway cannot read)
+    unless: str | None = None  # a request header that exempts a call (a test reading the app behind the gateway's back)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class HrState:
     request_ids: list[str | None] = field(default_factory=list)  # the X-Request-Id of every call
     faults: list[Fault] = field(default_factory=list)
     next_user: int = 1
+    made_by_key: dict[str, tuple[str, int]] = field(default_factory=dict)  # Idempotency-Key -> (users|groups, id)
     next_group: int = 1
 
     def fault(self, method: str, path: str, **kw: Any) -> Fault:
@@ -138,7 +141,8 @@ class _Hr:
             except ValueError:
                 self.s.bodies.append((request.method, path, await request.text()))
         for fault in self.s.faults:
-            if fault.method == request.method and re.fullmatch(fault.path, path) and fault.times > 0:
+            exempt = fault.unless is not None and fault.unless in request.headers
+            if fault.method == request.method and re.fullmatch(fault.path, path) and fault.times > 0 and not exempt:
                 fault.times -= 1
                 if fault.garble is not None:
                     done = await handler(request)
@@ -187,10 +191,26 @@ class _Hr:
             users = [u for u in users if u["login"].casefold() == request.query["login"].casefold()]
         return _page(request, users)
 
+    def _made_before(self, request: web.Request, kind: str) -> web.Response | None:
+        """The record an earlier create with this Idempotency-Key made (a create sent twice makes one record)."""
+        made = self.s.made_by_key.get(request.headers.get("Idempotency-Key", ""))
+        if made is None or made[0] != kind:
+            return None
+        record = (self.s.users if kind == "users" else self.s.groups).get(made[1])
+        return None if record is None else web.json_response(record, status=201)
+
+    def _remember(self, request: web.Request, kind: str, rid: int) -> None:
+        key = request.headers.get("Idempotency-Key")
+        if key:
+            self.s.made_by_key[key] = (kind, rid)
+
     async def create_user(self, request: web.Request) -> web.Response:
         body = await _object(request)
         if isinstance(body, web.Response):
             return body
+        again = self._made_before(request, "users")
+        if again is not None:
+            return again
         if not body.get("login"):
             return _error(422, "login is required")
         problem = self._check_user(body, None)
@@ -199,6 +219,7 @@ class _Hr:
         user = {f: None for f in USER_FIELDS} | {"status": "enabled"} | body | {"id": self.s.next_user}
         self.s.next_user += 1
         self.s.users[user["id"]] = user
+        self._remember(request, "users", user["id"])
         return web.json_response(user, status=201)
 
     def _user(self, request: web.Request) -> dict[str, Any] | None:
@@ -273,6 +294,9 @@ class _Hr:
         body = await _object(request)
         if isinstance(body, web.Response):
             return body
+        again = self._made_before(request, "groups")
+        if again is not None:
+            return again
         if not body.get("name"):
             return _error(422, "name is required")
         problem = self._check_group(body, None)
@@ -282,6 +306,7 @@ class _Hr:
         self.s.next_group += 1
         self.s.groups[group["id"]] = group
         self.s.members[group["id"]] = []
+        self._remember(request, "groups", group["id"])
         return web.json_response(group, status=201)
 
     async def get_group(self, request: web.Request) -> web.Response:

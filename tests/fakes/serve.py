@@ -4,6 +4,10 @@ For tests that start the gateway as a real process against a fake app (the
 external conformance suites on REST-backed apps, the crash tests, the soak). hr only:
 - `--slow-writes SECONDS`: every write (POST, PATCH, PUT, DELETE) is answered only after that many seconds, so a
   test can catch the gateway with writes in flight;
+- `--late-writes SECONDS`: each write is performed at once and answered only after that many seconds (a gateway
+  killed meanwhile never learns it happened);
+- `--members-unlisted STATUS`: listing a group's members is refused with that HTTP status, except to a caller
+  sending the header `X-Test-Reader` (the test itself);
 - `--fail-rate P`: that fraction of calls (seeded, `--seed`) is answered 503 before the app does anything;
 - `--state FILE`: the app's records are loaded from FILE at start and written to it after every write that
   changed them, so the app can be stopped and started again (a restart) without losing them.
@@ -30,6 +34,7 @@ from tests.fakes.staff_app import create_staff_app
 
 HR_API_KEY = "hr-api-key-conformance-0123"
 WRITES = ("POST", "PATCH", "PUT", "DELETE")
+TEST_READER = "X-Test-Reader"
 
 
 def main(argv: list[str]) -> None:
@@ -37,22 +42,33 @@ def main(argv: list[str]) -> None:
     parser.add_argument("name", choices=["hr", "crm", "desk", "staff", "fresh"])
     parser.add_argument("port", type=int)
     parser.add_argument("--slow-writes", type=float, default=0.0, metavar="SECONDS", help="hr only: delay every write")
+    parser.add_argument("--late-writes", type=float, default=0.0, metavar="SECONDS", help="hr only: answer every write late")
+    parser.add_argument(
+        "--members-unlisted", type=int, default=0, metavar="STATUS", help="hr only: refuse to list group members, with STATUS"
+    )
     parser.add_argument("--fail-rate", type=float, default=0.0, metavar="P", help="hr only: answer 503 to this fraction")
     parser.add_argument("--seed", type=int, default=0, help="the --fail-rate draws")
     parser.add_argument("--state", type=Path, metavar="FILE", help="hr only: keep the records in FILE across restarts")
     args = parser.parse_args(argv)
     if args.name == "hr":
         app = create_hr_app(api_key=HR_API_KEY)
-        if args.slow_writes:
-            for method in WRITES:
-                app[HR_STATE].fault(method, ".*", status=None, delay=args.slow_writes, times=sys.maxsize)
+        state = app[HR_STATE]
+        if args.members_unlisted:
+            body = '{"error": "listing members is not allowed"}'
+            status = args.members_unlisted
+            state.fault("GET", r"/groups/[^/]+/members", status=status, body=body, times=sys.maxsize, unless=TEST_READER)
+        for method in WRITES:
+            if args.slow_writes:
+                state.fault(method, ".*", status=None, delay=args.slow_writes, times=sys.maxsize)
+            elif args.late_writes:
+                state.fault(method, ".*", status=None, delay=args.late_writes, late=True, times=sys.maxsize)
         if args.state is not None:
-            _load_state(app[HR_STATE], args.state)
+            _load_state(state, args.state)
         if args.fail_rate or args.state is not None:
-            app.middlewares.append(_failing_and_kept(app[HR_STATE], args.fail_rate, random.Random(args.seed), args.state))
+            app.middlewares.append(_failing_and_kept(state, args.fail_rate, random.Random(args.seed), args.state))
     else:
-        if args.slow_writes or args.fail_rate or args.state:
-            parser.error("--slow-writes, --fail-rate and --state are for the hr fake")
+        if args.slow_writes or args.late_writes or args.members_unlisted or args.fail_rate or args.state:
+            parser.error("--slow-writes, --late-writes, --members-unlisted, --fail-rate and --state are for the hr fake")
         factories: dict[str, Callable[[], web.Application]] = {
             "crm": create_crm_app,
             "desk": create_desk_app,

@@ -47,11 +47,12 @@ from gateway.app import create_app
 from gateway.http.keys import APPS
 from gateway.provisioning.pipeline import utc_now
 from tests.conftest import GROUP_URN, PATCH_URN, USER_URN, Scim, demo_settings, free_port, user_body
-from tests.fakes.serve import HR_API_KEY
+from tests.fakes.serve import HR_API_KEY, TEST_READER
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "crash-test-token-0123456789"
 KILLS_PER_APP = 25
+READER = {"X-API-Key": HR_API_KEY, TEST_READER: "1"}  # the test reads the app as it is, past the faults it scripts
 WORKERS = 8  # requests in flight at once
 
 # A fork server: imports the gateway once, then per line on stdin forks a child that runs `scim-gateway serve`
@@ -269,7 +270,7 @@ async def hr_app_holdings(session: aiohttp.ClientSession, api: str) -> Holdings:
         out: list[dict[str, Any]] = []
         for page in itertools.count(1):
             params = {"page": page, "per_page": 100}
-            async with session.get(f"{api}{path}", params=params, headers={"X-API-Key": HR_API_KEY}) as resp:
+            async with session.get(f"{api}{path}", params=params, headers=READER) as resp:
                 assert resp.status == 200, await resp.text()
                 body = await resp.json()
             out += body["data"]
@@ -862,6 +863,34 @@ async def test_crashes_with_the_rest_hr_app(tmp_path: Path, cleanup: Closers, ca
 
         tally = await crash_loop(gateway, "hr", model, holdings, seed=5002, kills=KILLS_PER_APP, app_idle=app_idle)
     report("rest hr", tally, model, time.monotonic() - started, capsys)
+
+
+@posix_processes
+async def test_crashes_with_a_rest_app_that_cannot_list_members(
+    tmp_path: Path, cleanup: Closers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hr app refusing to list a group's members (405), as the app of an independent crash run did (issue 16):
+    every Group write cut short stayed pending there. Recovery settles them by the journal's intent."""
+    started = time.monotonic()
+    fake = HrFake(tmp_path, "--members-unlisted", "405")
+    cleanup.append(fake.close)
+    await fake.started()
+    gateway = GatewayProcess(tmp_path, "--config", str(ROOT / "mappings" / "hr_rest.yaml"), env=fake.gateway_env, app="hr")
+    cleanup.append(gateway.close)
+    model = Model(atomic_members=False)
+
+    async with aiohttp.ClientSession() as reader:
+
+        async def holdings() -> Holdings:
+            return await hr_app_holdings(reader, fake.api)
+
+        async def app_idle() -> None:
+            for _ in range(2):
+                async with reader.get(f"{fake.api}/users", params={"per_page": 1}, headers=READER) as resp:
+                    assert resp.status == 200
+
+        tally = await crash_loop(gateway, "hr", model, holdings, seed=5003, kills=KILLS_PER_APP, app_idle=app_idle)
+    report("rest hr, members unlisted", tally, model, time.monotonic() - started, capsys)
 
 
 @posix_processes
