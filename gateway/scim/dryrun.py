@@ -49,9 +49,9 @@ def _kind_of(mapping: CompiledMapping, path: str) -> tuple[CompiledResource, str
 
 def _mask_secrets(cres: CompiledResource, record: dict[str, Any]) -> dict[str, Any]:
     out = dict(record)
-    for rule in cres.rules:
-        if rule.resolved.attribute.name == "password" and rule.field in out and out[rule.field] is not None:
-            out[rule.field] = MASK
+    for field in cres.write_only:
+        if out.get(field) is not None:
+            out[field] = MASK
     return out
 
 

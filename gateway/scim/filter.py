@@ -99,6 +99,9 @@ def _validate(node: FilterNode, rtype: ResourceType, parent: Attribute | None) -
         _validate(node.val_filter, rtype, resolved.attribute)
     elif isinstance(node, (Comparison, Present)):
         target = _target(node.attr_path, rtype, parent)
+        if target.mutability == "writeOnly" or target.returned == "never":
+            # Not even `pr`: which users have a password is itself what a write-only attribute must not tell.
+            raise invalid_filter(f"{node.attr_path} is write-only: it cannot be filtered on")
         if isinstance(node, Comparison):
             _check_comparison(node, target)
 
@@ -127,8 +130,6 @@ def _check_comparison(node: Comparison, target: Attribute) -> None:
     if isinstance(value, str) and "\x00" in value:
         # A "\u0000" escape in the filter's string: PostgreSQL cannot even compare text with it (was a 500).
         raise invalid_filter(f"{node.attr_path}: the value holds a NUL character (\\u0000), which no store or app keeps as text")
-    if target.mutability == "writeOnly" or target.returned == "never":
-        raise invalid_filter(f"{node.attr_path} cannot be filtered on")
     if node.op in (Op.co, Op.sw, Op.ew) and not isinstance(value, str):
         raise invalid_filter(f"{node.op.value} needs a string operand, got {value!r}")
     if target.type == "boolean":
