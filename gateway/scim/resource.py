@@ -61,6 +61,23 @@ def normalize_resource(body: Any, rtype: ResourceType) -> dict[str, Any]:
     return out
 
 
+def check_string_lengths(value: Any, limit: int, where: str = "") -> None:
+    """Every string in a request's value, at any depth, holds at most `limit` characters (max_string_chars);
+    raises ScimError 400 invalidValue naming where the first longer one is. A value is never quoted (it may
+    be a password)."""
+    if isinstance(value, str):
+        if len(value) > limit:
+            raise invalid_value(
+                f"{where or 'value'}: a string of {len(value)} characters is longer than max_string_chars {limit}"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_string_lengths(item, limit, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            check_string_lengths(item, limit, where)
+
+
 def normalize_value(value: Any, resolved: Resolved, *, element: bool = False) -> Any:
     """Coerce one value for `resolved` as normalize_resource would; None stays None.
 
