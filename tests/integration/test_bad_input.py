@@ -560,7 +560,7 @@ async def test_bad_input(case: Case, client: TestClient, scim: Scim, demo_db: sq
 
 @pytest.fixture
 async def small_client(aiohttp_client: Any, data_dir: Path) -> TestClient:
-    settings = demo_settings(data_dir, limits=LimitsConfig(max_body_bytes=10_000))
+    settings = demo_settings(data_dir, limits=LimitsConfig(max_body_bytes=10_000, max_string_chars=10_000))
     return await aiohttp_client(create_app(settings))
 
 
