@@ -83,7 +83,7 @@ async def plan_request(mapping: CompiledMapping, request: dict[str, Any], data_d
     current = normalize_resource(given, cres.rtype) if isinstance(given, dict) else None
     if method == "PATCH":
         before = current or normalize_resource({"schemas": [cres.rtype.schema.id], cres.unique_attr: "<current>"}, cres.rtype)
-        resource = apply_patch(copy.deepcopy(before), body, cres.rtype)
+        resource = apply_patch(copy.deepcopy(before), body, cres.rtype, rid)
     else:
         resource = normalize_resource(body, cres.rtype)
     try:

@@ -251,7 +251,7 @@ class ScimService:
             return await provisioner.patch(
                 kind,
                 rid,
-                lambda current: apply_patch(current, body, rtype),
+                lambda current: apply_patch(current, body, rtype, rid),
                 version,
                 member_changes=member_changes(body) if kind == "Group" else None,
                 with_members=with_members,

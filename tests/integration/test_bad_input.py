@@ -211,6 +211,34 @@ CASES: list[Case] = [
         ["meta"],
         body=patch({"op": "replace", "path": "meta.created", "value": "2001-01-01T00:00:00Z"}),
     ),
+    # The same readOnly attribute as a key of a path-less value: the same answer as its path (it was 200, ignored).
+    Case(
+        "patch-pathless-id",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["id"],
+        body=patch({"op": "replace", "value": {"id": "new-id", "title": "x"}}),
+    ),
+    Case(
+        "patch-pathless-meta",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["meta.created"],
+        body=patch({"op": "replace", "value": {"meta.created": "2001-01-01T00:00:00Z", "title": "x"}}),
+    ),
+    Case(
+        "patch-pathless-groups",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["groups"],
+        body=patch({"op": "add", "value": {"groups": [{"value": "g"}]}}),
+    ),
     Case(
         "patch-add-groups",
         "PATCH",
@@ -709,3 +737,19 @@ async def test_a_nul_character_is_a_clear_400_on_every_store(scim: Scim, demo_db
     resp, err = await scim.get("/Users?filter=userName%20eq%20%22a%00%22")
     assert resp.status == 400 and "NUL" in err["detail"]
     assert count(demo_db, "employees") == 0
+
+
+async def test_own_id_echoed_in_a_patch_is_accepted_with_or_without_a_path(scim: Scim) -> None:
+    """The id a client addresses may come back in the value (Okta does); any other id is refused in both forms."""
+    ids = await setup_victims(scim)
+    uid = ids["uid"]
+    for n, operation in enumerate(
+        [{"op": "replace", "value": {"id": uid, "title": "t0"}}, {"op": "replace", "path": "id", "value": uid}]
+    ):
+        resp, data = await scim.patch(f"/Users/{uid}", [operation, {"op": "replace", "path": "title", "value": f"t{n}"}])
+        assert resp.status == 200 and data["id"] == uid and data["title"] == f"t{n}", data
+    for operation in [{"op": "replace", "value": {"id": "other"}}, {"op": "replace", "path": "id", "value": "other"}]:
+        resp, data = await scim.patch(f"/Users/{uid}", [operation])
+        assert resp.status == 400 and data["scimType"] == "mutability" and "id" in data["detail"], data
+    resp, data = await scim.get(f"/Users/{uid}")
+    assert data["title"] == "t1", data
