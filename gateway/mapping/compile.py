@@ -245,7 +245,7 @@ def _compile_rule(
     if resolved.urn is None and resolved.attribute.name in READ_ONLY_TOP and rule.direction != "to_scim":
         problems.append(doc.problem(scim_loc, f"{resolved.dotted} is read-only in SCIM; use direction: to_scim"))
         return None
-    if _write_only(resolved) and rule.direction != "to_app":
+    if resolved.target.write_only and rule.direction != "to_app":
         # RFC 7643 `returned: never`: read back from the app, it would reach the gateway's copy and filters.
         where = (*loc, "direction") if "direction" in rule.model_fields_set else scim_loc
         problems.append(
@@ -260,12 +260,6 @@ def _compile_rule(
         _compile_template(env, rule.to_scim, {"value", "record"}, doc, (*loc, "to_scim"), problems) if rule.to_scim else None
     )
     return CompiledRule(rule, resolved, selector, to_app, to_scim)
-
-
-def _write_only(resolved: Resolved) -> bool:
-    """A password: set by a write, never returned (RFC 7643 `mutability: writeOnly`, `returned: never`)."""
-    target = resolved.target
-    return target.mutability == "writeOnly" or target.returned == "never"
 
 
 def _selector(node: ValuePath, attribute: Attribute, doc: Document, loc: Loc, problems: list[Problem]) -> dict[str, Any] | None:
@@ -357,7 +351,7 @@ class _ResourceCompiler:
             null_when_absent=frozenset(a.field for a in rc.attributes if a.absent == "null"),
             cleared={a.field: a.cleared for a in rc.attributes if a.cleared is not None},
             whole_updates=rc.updates == "whole",
-            write_only=frozenset(r.field for r in rules if _write_only(r.resolved)),
+            write_only=frozenset(r.field for r in rules if r.resolved.target.write_only),
         )
 
     def _rules(self, rc: ResourceConfig, rtype: ResourceType, base: Loc) -> tuple[list[CompiledRule], list[ComputedField]]:

@@ -35,7 +35,7 @@ from ..schema import Attribute, Resolved, ResourceType
 from .errors import invalid_path, invalid_syntax, invalid_value, mutability, no_target
 from .filter import compare, matches_value
 from .patchop import json_type, patch_operations
-from .resource import check_required, is_read_only, normalize_value
+from .resource import check_required, is_read_only, long_integer_detail, long_integer_in, normalize_value
 
 _OPS = ("add", "remove", "replace")
 
@@ -162,6 +162,9 @@ def _apply_key(
 
 def _parse_target(text: str, urn: str | None, rest: str, rtype: ResourceType) -> _Target | None:
     """Parse the part of a path after its schema URN; None when the attribute is unknown."""
+    digits = long_integer_in(rest)
+    if digits is not None:
+        raise invalid_path(long_integer_detail("path", digits))
     try:
         node = Path(rest).ast
     except Exception as exc:  # scim2-models raises its own exception types per failure

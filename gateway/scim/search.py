@@ -174,7 +174,7 @@ def store_sort(dotted: str, rtype: ResourceType, descending: bool) -> q.Sort:
     attribute = resolved.attribute
     if _is_membership(rtype, attribute):
         raise invalid_filter(f"sortBy: cannot sort by {dotted}")
-    if resolved.target.mutability == "writeOnly" or resolved.target.returned == "never":
+    if resolved.target.write_only:
         raise invalid_filter(f"sortBy: {dotted} is write-only: it cannot be sorted by")
     operand: q.Column | q.Field | q.FirstElement
     if attribute.multi_valued:
