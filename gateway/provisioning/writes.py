@@ -60,7 +60,6 @@ class Writes:
             raise Invalid("members: this app's mapping does not manage group membership")
         record = await ctx.create_record(cres, resource)
         data = copy_of(resource)
-        seq = await ctx.pipeline.claim_create(kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resource))
 
         async def call() -> str | None:
             if resource.get("active") is False and cres.deactivate.via == "delete":
@@ -82,7 +81,10 @@ class Writes:
                 await ctx.pipeline.abort(seq, "app returned a native id that is already linked")
                 raise BadAnswer(f"creating {kind}: the app returned the id of an existing record") from None
 
-        row = await ctx.pipeline.run(seq, f"creating {kind}", call, settle, write_only_values(cres, resource, record))
+        # Admitted by the breaker before the claim: a write it refuses leaves no journal entry.
+        async with ctx.pipeline.admitted(f"creating {kind}"):
+            seq = await ctx.pipeline.claim_create(kind, str(uuid.uuid4()), unique_key, data, name=ctx.unique_name(cres, resource))
+            row = await ctx.pipeline.run(seq, f"creating {kind}", call, settle, write_only_values(cres, resource, record))
         return await self._answer(cres, row)
 
     async def _created_anyway(self, cres: CompiledResource, resource: dict[str, Any], exc: AppBadResponse) -> str:
@@ -185,17 +187,18 @@ class Writes:
                 await self._remove_in_app(cres, row.native_id, unlisted)
             if not add and not remove:
                 return await self._answer(cres, row, with_members)
-            claim = await self._claim_at(
-                row,
-                if_match,
-                new_unique_key=row.unique_key,
-                payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
-            )
-            if claim is None:
-                return None
-            seq, claimed = claim
-            # No record change: the app is asked only to add and remove these members.
-            written = await self._apply(cres, seq, claimed, {}, row.data, row.unique_key, add, remove)
+            async with ctx.pipeline.admitted(f"updating {cres.name} {rid}"):
+                claim = await self._claim_at(
+                    row,
+                    if_match,
+                    new_unique_key=row.unique_key,
+                    payload={"add": [m.id for m in add], "remove": [m.id for m in remove]},
+                )
+                if claim is None:
+                    return None
+                seq, claimed = claim
+                # No record change: the app is asked only to add and remove these members.
+                written = await self._apply(cres, seq, claimed, {}, row.data, row.unique_key, add, remove)
             return await self._answer(cres, written, with_members)
 
         return await self._optimistic(kind, rid, if_match, attempt)
@@ -263,17 +266,22 @@ class Writes:
             if not add and not remove and "password" not in new and data == copy_of(current) and not any(copy_fix):
                 # Nothing to change: no app call and no new version (beyond catching up with the app).
                 return await self._answer(cres, await self.reads.sync_copy(cres, row, live))
-            claim = await self._claim_at(
-                row,
-                if_match,
-                new_unique_key=unique_key,
-                name=ctx.unique_name(cres, new),
-                payload={"add": [m.id for m in add], "remove": [m.id for m in remove], **({"relink": relink} if relink else {})},
-            )
-            if claim is None:
-                return None
-            seq, claimed = claim
-            written = await self._apply(cres, seq, claimed, record, data, unique_key, add, remove, switch, relink, copy_fix)
+            async with ctx.pipeline.admitted(f"updating {cres.name} {rid}"):
+                claim = await self._claim_at(
+                    row,
+                    if_match,
+                    new_unique_key=unique_key,
+                    name=ctx.unique_name(cres, new),
+                    payload={
+                        "add": [m.id for m in add],
+                        "remove": [m.id for m in remove],
+                        **({"relink": relink} if relink else {}),
+                    },
+                )
+                if claim is None:
+                    return None
+                seq, claimed = claim
+                written = await self._apply(cres, seq, claimed, record, data, unique_key, add, remove, switch, relink, copy_fix)
             return await self._answer(cres, written)
 
         return await self._optimistic(kind, rid, if_match, attempt)
@@ -340,7 +348,7 @@ class Writes:
     async def delete(self, kind: str, rid: str, if_match: int | None = None) -> None:
         ctx = self.ctx
         cres = ctx.resource(kind)
-        async with self._lock(rid):
+        async with self._lock(rid), ctx.pipeline.admitted(f"deleting {kind} {rid}"):
             try:
                 seq, row = await ctx.pipeline.claim(kind, rid, "delete", if_match=if_match)
             except VersionMismatch:
