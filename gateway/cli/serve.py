@@ -260,10 +260,9 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
 
 def run_gateway(args: argparse.Namespace, plan: ServePlan) -> int:
     """Serve until stopped (one process, or one of `--workers N`); the exit status."""
-    from aiohttp import web
-
     from ..app import create_app
     from ..connectors.errors import ConnectorSetupError
+    from ..http.protocol import serve
     from ..store import StoreUnavailable
 
     worker = getattr(args, "worker_index", 0)  # set in the processes `--workers` starts
@@ -275,13 +274,12 @@ def run_gateway(args: argparse.Namespace, plan: ServePlan) -> int:
         log.info("worker %d (pid %d) starting on %s:%d", worker, os.getpid(), args.host, args.port)
     try:
         # Workers share the port (SO_REUSEPORT): the kernel spreads connections over them.
-        web.run_app(
+        # web.run_app's life cycle, through a handler that answers aiohttp's own refusals as SCIM bodies.
+        serve(
             app,
             host=args.host,
             port=args.port,
-            print=None,
             shutdown_timeout=30,
-            access_log=None,
             reuse_port=bool(worker) or None,
             ssl_context=plan.tls,
             loop=new_event_loop(args.loop),
