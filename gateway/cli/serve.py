@@ -139,12 +139,15 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def _mappings_and_token(args: argparse.Namespace) -> tuple[list[Path], str | None]:
     """The mapping files (the demo's when none is given) and the --token, if any (the demo's for the demo)."""
-    from ..demo import DEMO_TOKEN, demo_mapping_path, ensure_demo_database
+    from ..demo import DEMO_TOKEN, DemoDatabaseError, demo_mapping_path, ensure_demo_database
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.config:
         return mapping_files(args.config), token
-    ensure_demo_database(Path(args.data_dir))
+    try:
+        ensure_demo_database(Path(args.data_dir))
+    except DemoDatabaseError as exc:
+        raise Stop(1, str(exc)) from None
     if not token:
         token = DEMO_TOKEN
         log.warning("using the built-in DEMO token %r: set --token or %s for anything but a demo", DEMO_TOKEN, TOKEN_ENV)

@@ -121,3 +121,14 @@ def test_demo_migrations_apply_once_in_order_and_a_newer_database_is_refused(tmp
     # A failed migration changes nothing: not its first statement, not the version.
     assert scalar(data / "demo.db", "SELECT count(*) FROM sqlite_master WHERE name = 'half_done'") == 0
     assert scalar(data / "demo.db", "PRAGMA user_version") == len(DEMO_MIGRATIONS) + 1
+
+
+def test_serve_refuses_a_newer_release_s_demo_database_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    data = tmp_path / "data"
+    restore(data)
+    with closing(sqlite3.connect(data / "demo.db")) as db:
+        db.execute(f"PRAGMA user_version = {len(DEMO_MIGRATIONS) + 5}")
+    assert main(["serve", "--data-dir", str(data), "--port", "1"]) == 1
+    assert "was made by a newer release" in capsys.readouterr().err
