@@ -60,7 +60,12 @@ class BatchCreate:
         for i in batch:
             try:
                 prepared.append(
-                    (i, ctx.unique_key(cres, resources[i]), await ctx.create_record(cres, resources[i]), copy_of(resources[i]))
+                    (
+                        i,
+                        ctx.unique_key(cres, resources[i]),
+                        await ctx.create_record(cres, resources[i]),
+                        copy_of(cres, resources[i]),
+                    )
                 )
             except ProvisioningError as exc:
                 out[i] = exc

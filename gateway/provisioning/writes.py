@@ -59,7 +59,7 @@ class Writes:
         if members and not cres.members:
             raise Invalid("members: this app's mapping does not manage group membership")
         record = await ctx.create_record(cres, resource)
-        data = copy_of(resource)
+        data = copy_of(cres, resource)
 
         async def call() -> str | None:
             if resource.get("active") is False and cres.deactivate.via == "delete":
@@ -262,8 +262,9 @@ class Writes:
                 record = await ctx.create_record(cres, new)
             else:
                 record = await ctx.update_record(cres, current, new)
-            data = copy_of(new)
-            if not add and not remove and "password" not in new and data == copy_of(current) and not any(copy_fix):
+            data = copy_of(cres, new)
+            given_write_only = bool(write_only_values(cres, new, {}))  # a password is a change though the copy has none
+            if not add and not remove and not given_write_only and data == copy_of(cres, current) and not any(copy_fix):
                 # Nothing to change: no app call and no new version (beyond catching up with the app).
                 return await self._answer(cres, await self.reads.sync_copy(cres, row, live))
             async with ctx.pipeline.admitted(f"updating {cres.name} {rid}"):

@@ -130,3 +130,37 @@ def test_check_refuses_reading_the_password_back(tmp_path: Path, capsys: pytest.
     line = MAPPING.splitlines().index(next(x for x in MAPPING.splitlines() if "scim: password" in x)) + 1
     out = capsys.readouterr().out
     assert f"{path}:{line}:" in out and "password is write-only" in out and "direction: to_app" in out, out
+
+
+PIN_URN = "urn:example:params:scim:schemas:extension:pw:2.0:User"
+PIN_MAPPING = MAPPING.replace(
+    "resources:\n  User:\n",
+    f"schemas:\n  - id: {PIN_URN}\n    name: PinUser\n    attributes:\n"
+    "      - {name: pin, type: string, mutability: writeOnly, returned: never}\n"
+    f"resources:\n  User:\n    extensions: [{PIN_URN}]\n",
+).replace("      - {scim: title, field: title}\n", f"      - {{scim: '{PIN_URN}:pin', field: title, direction: to_app}}\n")
+
+
+async def test_a_custom_write_only_attribute_is_kept_out_of_the_copy_too(aiohttp_client: Any, tmp_path: Path) -> None:
+    path = tmp_path / "pin.yaml"
+    path.write_text(PIN_MAPPING)
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "pw.db") as db:
+        db.execute(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, login TEXT NOT NULL UNIQUE, title TEXT, enabled INTEGER, pwd TEXT)"
+        )
+    settings = GatewaySettings(mappings=[path], data_dir=data, extra_tokens={"pw": [SecretStr(TOKEN)]})
+    scim = Scim(await aiohttp_client(create_app(settings)), base="/apps/pw/scim/v2")
+    pin = "PIN-98765-secret"
+    resp, user = await scim.post("/Users", {"schemas": [USER_URN, PIN_URN], "userName": "ann", PIN_URN: {"pin": pin}})
+    assert resp.status == 201 and pin not in json.dumps(user), user
+    with sqlite3.connect(data / "pw.db") as db:
+        assert [r[0] for r in db.execute("SELECT title FROM accounts")] == [pin]  # the app got it
+    resp, data_ = await scim.patch(f"/Users/{user['id']}", [{"op": "replace", "path": "active", "value": False}])
+    assert resp.status == 200, data_
+    assert pin.encode() not in store_bytes(tmp_path)
+    resp, found = await scim.get("/Users?filter=" + q(f"{PIN_URN}:pin pr"))
+    assert resp.status == 400 and "write-only" in found["detail"], found
+    path.write_text(PIN_MAPPING.replace("field: title, direction: to_app", "field: title"))
+    assert main(["check", str(path)]) == 1
