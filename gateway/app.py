@@ -22,6 +22,7 @@ from .http.health import setup_health
 from .http.keys import APPS, AUDIT, REGISTRY, SETTINGS, STORE
 from .http.metrics import setup_metrics
 from .http.middleware import app_middleware, audit_middleware, error_middleware
+from .http.protocol import parser_limits
 from .http.routes import setup_routes
 from .mapping.compile import CompiledMapping, load_mapping
 from .mapping.loader import MappingFileError, Problem
@@ -65,9 +66,9 @@ def create_app(
         # The audit middleware is outermost: it records the status the client is finally answered.
         middlewares=[audit_middleware, error_middleware, app_middleware],
         client_max_size=settings.limits.max_body_bytes,
-        # Long filters travel in the query string: allow request lines past aiohttp's 8 KiB default, and well past
-        # max_url_bytes, so that a long URL gets the gateway's SCIM 414 rather than aiohttp's text/plain 400.
-        handler_args={"max_line_size": max(65_536, 4 * settings.limits.max_url_bytes), "max_field_size": 16384},
+        # Long filters travel in the query string: request lines well past max_url_bytes reach the gateway's own
+        # 414; past the parser's limits, `serve` answers through http/protocol.py's handler (a SCIM body too).
+        handler_args=parser_limits(settings.limits),
     )
     app[SETTINGS] = settings
     app[REGISTRY] = registry

@@ -28,6 +28,10 @@ class LimitsConfig(BaseModel):
     max_attribute_names: int = Field(
         200, ge=1, description="Most names in an attributes or excludedAttributes parameter (else 400)"
     )
+    # Half the filter's 4096 characters: any value kept can still be found by a filter, escaped or not.
+    max_string_chars: int = Field(
+        2048, ge=64, description="Longest string value (characters) in a write's body, any attribute (else 400)"
+    )
     max_url_bytes: int = Field(16_384, ge=1024, description="Longest request path and query string, percent-encoded (else 414)")
 
 

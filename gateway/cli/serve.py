@@ -149,13 +149,15 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def _mappings_and_token(args: argparse.Namespace) -> tuple[list[Path], str | None]:
     """The mapping files (the demo's when none is given) and the --token, if any (the demo's for the demo)."""
-    from ..demo import DEMO_TOKEN, demo_mapping_path, ensure_demo_database
+    from ..demo import DEMO_TOKEN, DemoDatabaseError, demo_mapping_path, ensure_demo_database
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.config:
         return mapping_files(args.config), token
     try:
         ensure_demo_database(Path(args.data_dir))
+    except DemoDatabaseError as exc:
+        raise Stop(1, str(exc)) from None
     except (OSError, sqlite3.Error) as exc:  # a read-only or full data directory, say
         raise Stop(1, f"cannot open the demo app's database in {args.data_dir}: {exc} (is the directory writable?)") from None
     if not token:
@@ -296,10 +298,9 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
 
 def run_gateway(args: argparse.Namespace, plan: ServePlan) -> int:
     """Serve until stopped (one process, or one of `--workers N`); the exit status."""
-    from aiohttp import web
-
     from ..app import create_app
     from ..connectors.errors import ConnectorSetupError
+    from ..http.protocol import serve
     from ..store import StoreUnavailable
 
     worker = getattr(args, "worker_index", 0)  # set in the processes `--workers` starts
@@ -311,13 +312,12 @@ def run_gateway(args: argparse.Namespace, plan: ServePlan) -> int:
         log.info("worker %d (pid %d) starting on %s:%d", worker, os.getpid(), args.host, args.port)
     try:
         # Workers share the port (SO_REUSEPORT): the kernel spreads connections over them.
-        web.run_app(
+        # web.run_app's life cycle, through a handler that answers aiohttp's own refusals as SCIM bodies.
+        serve(
             app,
             host=args.host,
             port=args.port,
-            print=None,
             shutdown_timeout=30,
-            access_log=None,
             reuse_port=bool(worker) or None,
             ssl_context=plan.tls,
             loop=new_event_loop(args.loop),

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def select_app(args: argparse.Namespace) -> CompiledMapping:
     """The compiled mapping named APP among the --config files (default: the demo)."""
     from ..connectors.registry import load_registry
-    from ..demo import demo_mapping_path, ensure_demo_database
+    from ..demo import DemoDatabaseError, demo_mapping_path, ensure_demo_database
     from ..mapping.compile import load_mapping
     from ..mapping.loader import MappingFileError
 
@@ -31,7 +31,10 @@ def select_app(args: argparse.Namespace) -> CompiledMapping:
     if args.config:
         files = mapping_files(args.config)
     else:
-        ensure_demo_database(Path(args.data_dir))
+        try:
+            ensure_demo_database(Path(args.data_dir))
+        except DemoDatabaseError as exc:
+            raise Stop(1, str(exc)) from None
         files = [demo_mapping_path()]
     try:
         found = [load_mapping(path, registry, require_secrets=False) for path in files]

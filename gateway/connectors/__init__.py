@@ -1,7 +1,16 @@
 """The connector contract (app records, never SCIM) and the registry of connector types."""
 
 from .base import REQUEST_ID, AppContext, Capabilities, Connector, NativeId, Record
-from .errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
+from .errors import (
+    AppBadResponse,
+    AppConflict,
+    AppCredentialsRefused,
+    AppError,
+    AppInvalid,
+    AppNotFound,
+    AppThrottled,
+    AppUnavailable,
+)
 from .registry import ConnectorRegistry, load_registry
 
 __all__ = [
@@ -9,9 +18,11 @@ __all__ = [
     "AppBadResponse",
     "AppConflict",
     "AppContext",
+    "AppCredentialsRefused",
     "AppError",
     "AppInvalid",
     "AppNotFound",
+    "AppThrottled",
     "AppUnavailable",
     "Capabilities",
     "Connector",

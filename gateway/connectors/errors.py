@@ -39,5 +39,14 @@ class AppUnavailable(AppError):
     """The app is down, timed out, or answered 5xx / 429: the IdP should retry later."""
 
 
+class AppThrottled(AppUnavailable):
+    """The app asks the gateway to slow down (its 429) for `retry_after` seconds: it is up, not down."""
+
+
+class AppCredentialsRefused(AppUnavailable):
+    """The app refused the gateway's own credentials (its 401 / 403, a failed bind): an operator must fix the
+    connector's auth; the app is up, and no retry by the IdP alone will help until then."""
+
+
 class AppBadResponse(AppError):
     """The app answered something the connector cannot read (HTML, truncated JSON, no id)."""

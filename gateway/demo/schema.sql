@@ -1,5 +1,6 @@
 -- The demo legacy HR app's SQLite database: employees, teams, team membership.
--- It knows nothing of SCIM; the demo mapping translates. Idempotent: safe to run on every start.
+-- It knows nothing of SCIM; the demo mapping translates. Demo migration 1 (gateway/demo/__init__.py, DEMO_MIGRATIONS):
+-- IF NOT EXISTS, so that a database of a release before migrations, which has these tables, takes it as a no-op.
 
 CREATE TABLE IF NOT EXISTS employees (
     emp_no INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from ..scim.errors import ScimError, invalid_syntax, invalid_value
+from ..scim.resource import MAX_INTEGER_DIGITS, long_integer_detail
 from ..scim.service import Reply
 
 SCIM_CONTENT_TYPE = "application/scim+json"
@@ -27,15 +28,30 @@ def dump_json(body: Any) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 
+class LongInteger:
+    """An integer literal of more than MAX_INTEGER_DIGITS digits, left unconverted: check_json refuses it
+    where it stands, naming the attribute."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("-"))
+
+
+def _parse_int(text: str) -> int | LongInteger:
+    return LongInteger(text) if len(text) > MAX_INTEGER_DIGITS else int(text)
+
+
 def load_json(raw: bytes) -> Any:
     """orjson's parse, the standard library's answer: what orjson refuses or reads differently (NaN, a lone
-    surrogate, an integer past 64 bits) goes to the standard library, which decides and words the errors."""
+    surrogate, an integer past 64 bits) goes to the standard library, which decides and words the errors.
+    An integer too long to be any SCIM value comes out as a LongInteger (see check_json)."""
     if not _LONG_NUMBER.search(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(raw)
+    return json.loads(raw, parse_int=_parse_int)
 
 
 def scim_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -85,7 +101,7 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
 def check_json(body: Any) -> None:
     """Refuse what parses as JSON but is no SCIM body and would break later layers.
 
-    Nesting deeper than MAX_JSON_DEPTH (no SCIM message comes close; recursive code further in would hit
+    Integers of more than MAX_INTEGER_DIGITS digits, nesting deeper than MAX_JSON_DEPTH (no SCIM message comes close; recursive code further in would hit
     Python's recursion limit) and unpaired UTF-16 surrogates (JSON's \\ud800 escapes decode to text that is
     not Unicode and cannot be stored). Iterative, so hostile depth cannot blow the stack here.
     """
@@ -102,6 +118,8 @@ def check_json(body: Any) -> None:
                     f"the value at {_where(where)} holds a NUL character (\\u0000), which no store or app keeps as text"
                 )
             continue
+        if isinstance(value, LongInteger):
+            raise invalid_value(long_integer_detail(_where(where), value.digits))
         if not isinstance(value, (dict, list)):
             continue
         if depth >= MAX_JSON_DEPTH:

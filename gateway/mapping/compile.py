@@ -115,6 +115,8 @@ class CompiledResource:
     # What writes send (translate.create_body / update_body): fields sent as null when absent from a create,
     # the value a cleared field is sent as, and whether updates send every field.
     null_when_absent: frozenset[str] = frozenset()
+    # The fields of write-only attributes (a password): sent only when the request carries a value.
+    write_only: frozenset[str] = frozenset()
     cleared: dict[str, Any] = field(default_factory=dict)
     whole_updates: bool = False
 
@@ -243,6 +245,13 @@ def _compile_rule(
     if resolved.urn is None and resolved.attribute.name in READ_ONLY_TOP and rule.direction != "to_scim":
         problems.append(doc.problem(scim_loc, f"{resolved.dotted} is read-only in SCIM; use direction: to_scim"))
         return None
+    if resolved.target.write_only and rule.direction != "to_app":
+        # RFC 7643 `returned: never`: read back from the app, it would reach the gateway's copy and filters.
+        where = (*loc, "direction") if "direction" in rule.model_fields_set else scim_loc
+        problems.append(
+            doc.problem(where, f"{resolved.dotted} is write-only: it is never read back from the app; use direction: to_app")
+        )
+        return None
     if rule.ref is not None and target.type not in ("string", "reference"):
         problems.append(doc.problem((*loc, "ref"), f"{resolved.dotted} is not an id-valued attribute"))
         return None
@@ -342,6 +351,7 @@ class _ResourceCompiler:
             null_when_absent=frozenset(a.field for a in rc.attributes if a.absent == "null"),
             cleared={a.field: a.cleared for a in rc.attributes if a.cleared is not None},
             whole_updates=rc.updates == "whole",
+            write_only=frozenset(r.field for r in rules if r.resolved.target.write_only),
         )
 
     def _rules(self, rc: ResourceConfig, rtype: ResourceType, base: Loc) -> tuple[list[CompiledRule], list[ComputedField]]:

@@ -149,19 +149,29 @@ async def to_record(cres: CompiledResource, resource: dict[str, Any], refs: RefR
 
 
 def create_body(cres: CompiledResource, record: Record) -> Record:
-    """What a create sends: the record without the fields the resource has no value for (unless a rule says null)."""
-    return {field: value for field, value in record.items() if value is not None or field in cres.null_when_absent}
+    """What a create sends: the record without the fields the resource has no value for (unless a rule says null;
+    never for a write-only field such as a password)."""
+    return {
+        field: value
+        for field, value in record.items()
+        if value is not None or (field in cres.null_when_absent and field not in cres.write_only)
+    }
 
 
 def update_body(cres: CompiledResource, before: Record | None, after: Record) -> Record:
     """What an update sends: the fields whose value changed (all of them with `updates: whole`, or when the record
     before is unknown), a cleared one as its rule's `cleared` value. A write-only field (a password) is never
-    read back, so it goes whenever the request gives it."""
+    read back, so it goes whenever the request gives it, and only then: the gateway keeps no copy of it, so
+    its none means "not given", never "clear the app's password" (an update of `active` alone sends none)."""
     if before is None or cres.whole_updates:
         body = dict(after)
     else:
         body = {field: value for field, value in after.items() if before.get(field) != value}
-    return {field: (cres.cleared.get(field) if value is None else value) for field, value in body.items()}
+    return {
+        field: (cres.cleared.get(field) if value is None else value)
+        for field, value in body.items()
+        if value is not None or field not in cres.write_only
+    }
 
 
 async def overlay(cres: CompiledResource, resource: dict[str, Any], record: Record, refs: RefResolver) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from ..connectors.errors import AppError
 from ..mapping.compile import CompiledResource
 from ..store import NativeConflict
+from .breaker import CircuitOpen
 from .context import Context, copy_of, write_only_values
 from .errors import AppFailed, BadAnswer, ProvisioningError, Taken
 from .pipeline import hide
@@ -59,10 +60,36 @@ class BatchCreate:
         for i in batch:
             try:
                 prepared.append(
-                    (i, ctx.unique_key(cres, resources[i]), await ctx.create_record(cres, resources[i]), copy_of(resources[i]))
+                    (
+                        i,
+                        ctx.unique_key(cres, resources[i]),
+                        await ctx.create_record(cres, resources[i]),
+                        copy_of(cres, resources[i]),
+                    )
                 )
             except ProvisioningError as exc:
                 out[i] = exc
+        if not prepared:
+            return
+        try:
+            async with ctx.pipeline.admitted(what):  # before the claims: a batch the breaker refuses is never journaled
+                await self._claim_and_create(kind, cres, resources, prepared, out)
+        except AppFailed as exc:
+            if not isinstance(exc.cause, CircuitOpen):
+                raise
+            for i, _, _, _ in prepared:
+                out[i] = exc
+
+    async def _claim_and_create(
+        self,
+        kind: str,
+        cres: CompiledResource,
+        resources: list[dict[str, Any]],
+        prepared: list[tuple[int, str, dict[str, Any], dict[str, Any]]],
+        out: list[Answer | None],
+    ) -> None:
+        ctx = self.ctx
+        what = f"creating {kind}"
         claimed: list[tuple[int, int, dict[str, Any], dict[str, Any]]] = []  # (index, seq, record, data)
         async with ctx.store.batch():
             for i, unique_key, record, data in prepared:

@@ -1,13 +1,19 @@
 """A circuit breaker per app: an app that keeps failing is not called again until a probe finds it back.
 
 Closed (normal): every call goes to the app; `failures` consecutive failures
-that mean the app is unavailable (it is down, timed out, answered 5xx or 429,
-refused the gateway's credentials, or answered something unreadable) open the
-circuit. Open: calls fail fast with CircuitOpen, the app is not called, for
+that mean the app is unavailable (it is down, timed out, answered 5xx, or
+answered something unreadable) open the circuit. Open: calls fail fast with CircuitOpen, the app is not called, for
 the cool-down. Half-open: the first call after the cool-down is let through as
 the probe while every other still fails fast; its success closes the circuit,
 its failure opens it again for twice the cool-down (capped). An answer that
 says the app is up but refuses this one call (409, 404, 400) is a success here.
+
+Two answers say the app is up but are no success either, and neither opens the circuit: a 429 the
+connector's own retries did not get past (the app asks the gateway to slow down: no call goes to it until
+its Retry-After has passed, each refused at once with that Retry-After), and a refusal of the gateway's
+own credentials (401 / 403: an operator's problem, logged at error level once until a call succeeds).
+
+The state is this process's: with --workers or several hosts each process has its own circuit per app.
 
 `GuardedConnector` puts one breaker in front of every call the gateway makes
 to one app's connector: reads, writes, searches, lists, the recovery sweep.
@@ -25,7 +31,16 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from ..connectors.base import Capabilities, Connector, NativeId, Record
-from ..connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
+from ..connectors.errors import (
+    AppBadResponse,
+    AppConflict,
+    AppCredentialsRefused,
+    AppError,
+    AppInvalid,
+    AppNotFound,
+    AppThrottled,
+    AppUnavailable,
+)
 from ..mapping.model import BreakerConfig
 from ..metrics import APP_CALL_SECONDS, BREAKER_OPENED, BREAKER_STATE, BREAKER_STATES
 
@@ -40,6 +55,7 @@ class _Admitted:
     def __init__(self, breaker: Breaker) -> None:
         self.breaker = breaker
         self.called = False
+        self.failure: AppError | None = None  # how one of its calls failed, when the write turned it into its own error
 
 
 # The admission of the write running in this task: its calls are never refused.
@@ -51,8 +67,11 @@ class CircuitOpen(AppUnavailable):
 
 
 def is_outage(exc: AppError) -> bool:
-    """Whether a failure says the app is unavailable (counts toward opening), not that it refused one call."""
-    return isinstance(exc, AppUnavailable | AppBadResponse) and not isinstance(exc, CircuitOpen)
+    """Whether a failure says the app is unavailable (counts toward opening), not that it refused one call, asked
+    the gateway to slow down, or refused the gateway's credentials."""
+    return isinstance(exc, AppUnavailable | AppBadResponse) and not isinstance(
+        exc, CircuitOpen | AppThrottled | AppCredentialsRefused
+    )
 
 
 # An app call's outcome as the metrics label it: a few fixed words, whatever a connector's error subclass.
@@ -93,6 +112,9 @@ class Breaker:
         self.cooldown = config.reset_after  # how long the circuit stays open this time
         self.probe_at = 0.0  # clock time the open circuit lets a probe through
         self.probing = False  # a half-open probe is in flight
+        self.paused_until = 0.0  # clock time the app's 429 asked the gateway to wait until
+        self.paused_for = ""  # that 429, as the connector said it
+        self.credentials = ""  # the app's refusal of the gateway's credentials, until a call succeeds
 
     def _move(self, state: str) -> None:
         """Every transition passes here (not a success while closed: no metric write on that path)."""
@@ -103,9 +125,13 @@ class Breaker:
 
     def admit(self) -> bool:
         """Let a call go to the app: True when it is the half-open probe. Raises CircuitOpen when it may not go."""
+        now = self.clock()
+        if now < self.paused_until:
+            wait = max(1, math.ceil(self.paused_until - now))
+            detail = f"app {self.app} asked the gateway to slow down ({self.paused_for}); calls resume in {wait} s"
+            raise CircuitOpen(detail, retry_after=wait)
         if self.state == "closed":
             return False
-        now = self.clock()
         if self.state == "open" and now >= self.probe_at:
             self._move("half_open")
         if self.state == "half_open" and not self.probing:
@@ -122,27 +148,27 @@ class Breaker:
         """
         outer = _ADMITTED.get()
         if outer is not None and outer.breaker is self:
-            yield
+            try:
+                yield
+            except AppError as exc:
+                outer.failure = exc  # the outer admission's verdict, should the write raise its own error for it
+                raise
             return
         probe = self.admit()
         admitted = _Admitted(self)
         token = _ADMITTED.set(admitted)
         try:
             yield
-        except AppError as exc:
-            if probe and admitted.called and is_outage(exc):
-                self.failed(True, exc.detail)
-            elif probe and admitted.called:
-                self.succeeded(True)
+        except BaseException as exc:
+            failure = exc if isinstance(exc, AppError) else admitted.failure
+            if probe and admitted.called and failure is not None:
+                self.answered(True, failure)
             else:
                 self.abandoned(probe)
             raise
-        except BaseException:
-            self.abandoned(probe)
-            raise
         else:
             if probe and admitted.called:
-                self.succeeded(True)
+                self.answered(True, None)
             else:
                 self.abandoned(probe)  # the write needed no app call: it proved nothing either way
         finally:
@@ -160,11 +186,37 @@ class Breaker:
 
     def retry_in(self) -> float | None:
         """Seconds until the app may be called again; None when a call would be let through now."""
+        if self.clock() < self.paused_until:
+            return self.paused_until - self.clock()
         if self.state == "closed" or (self.state == "open" and self.clock() >= self.probe_at):
             return None
         if self.state == "half_open" and not self.probing:
             return None
         return max(0.0, self.probe_at - self.clock())
+
+    def answered(self, probe: bool, failure: AppError | None) -> None:
+        """The verdict of one call to the app: it answered (`failure` None, or a refusal of that one call), asked
+        the gateway to slow down, refused its credentials, or is unavailable."""
+        if isinstance(failure, AppThrottled):
+            wait = failure.retry_after or self.config.reset_after
+            self.paused_until = max(self.paused_until, self.clock() + wait)
+            self.paused_for = failure.detail
+            log.warning("app %s asks the gateway to slow down (%s): no call for %g s", self.app, failure.detail, wait)
+        elif isinstance(failure, AppCredentialsRefused):
+            if self.credentials != failure.detail:
+                log.error(
+                    "app %s refused the gateway's credentials: fix the connector's auth in its mapping (%s)",
+                    self.app,
+                    failure.detail,
+                )
+            self.credentials = failure.detail
+        elif failure is not None and is_outage(failure):
+            self.failed(probe, failure.detail)
+            return
+        elif failure is None and self.credentials:
+            log.info("app %s accepts the gateway's credentials again", self.app)
+            self.credentials = ""
+        self.succeeded(probe)
 
     def succeeded(self, probe: bool) -> None:
         """The app answered (a call that started while the circuit was open counts only as its probe)."""
@@ -245,17 +297,14 @@ class GuardedConnector(Connector):
             result = await call()
         except AppError as exc:
             self._timed(name, exc, time.perf_counter() - started)
-            if is_outage(exc):
-                self.breaker.failed(probe, exc.detail)
-            else:
-                self.breaker.succeeded(probe)  # the app is up; it refused this one call
+            self.breaker.answered(probe, exc)
             raise
         except BaseException as exc:
             self._timed(name, exc, time.perf_counter() - started)
             self.breaker.abandoned(probe)
             raise
         self._timed(name, None, time.perf_counter() - started)
-        self.breaker.succeeded(probe)
+        self.breaker.answered(probe, None)
         return result
 
     async def open(self) -> None:
@@ -299,22 +348,19 @@ class GuardedConnector(Connector):
                 started, in_app = time.perf_counter(), True
         except AppError as exc:
             failure = exc
-            if is_outage(exc):
-                self.breaker.failed(probe, exc.detail)
-            else:
-                self.breaker.succeeded(probe)
+            self.breaker.answered(probe, exc)
             raise
         except BaseException as exc:  # the consumer stopped early (GeneratorExit), or cancellation
             if in_app:
                 failure = exc  # cancelled while the app was answering; a consumer stopping reads on is no failure
             if answered:
-                self.breaker.succeeded(probe)
+                self.breaker.answered(probe, None)
             else:
                 self.breaker.abandoned(probe)
             raise
         finally:
             self._timed("list", failure, spent + (time.perf_counter() - started if in_app else 0.0))
-        self.breaker.succeeded(probe)
+        self.breaker.answered(probe, None)
 
     async def add_members(self, kind: str, group_id: NativeId, members: list[tuple[str, NativeId]]) -> None:
         await self._guard("add_members", lambda: self.inner.add_members(kind, group_id, members))

@@ -30,15 +30,44 @@ WRITE_ONLY = ("password",)
 _NOT_COPIED = frozenset({*WRITE_ONLY, "id", "meta", "members", "groups", "schemas"})
 
 
-def copy_of(resource: dict[str, Any]) -> dict[str, Any]:
-    """The attributes of a resource as the gateway's copy keeps them."""
-    return {k: v for k, v in resource.items() if k not in _NOT_COPIED}
+def _write_only_names(cres: CompiledResource) -> list[tuple[str | None, frozenset[str]]]:
+    """The write-only attributes of the resource type (a password, a custom schema's writeOnly ones), by schema:
+    (None, core names), (extension URN, its names)."""
+    core = frozenset({*WRITE_ONLY, *(a.name for a in cres.rtype.schema.attributes if a.write_only)})
+    out: list[tuple[str | None, frozenset[str]]] = [(None, core)]
+    for schema, _required in cres.rtype.extensions:
+        names = frozenset(a.name for a in schema.attributes if a.write_only)
+        if names:
+            out.append((schema.id, names))
+    return out
+
+
+def copy_of(cres: CompiledResource, resource: dict[str, Any]) -> dict[str, Any]:
+    """The attributes of a resource as the gateway's copy keeps them: never a write-only one."""
+    out = {k: v for k, v in resource.items() if k not in _NOT_COPIED}
+    for urn, names in _write_only_names(cres):
+        container = out if urn is None else out.get(urn)
+        if not isinstance(container, dict):
+            continue
+        kept = {k: v for k, v in container.items() if k not in names}
+        if urn is None:
+            out = kept
+        elif kept:
+            out[urn] = kept
+        else:
+            del out[urn]
+    return out
 
 
 def write_only_values(cres: CompiledResource, resource: dict[str, Any], record: dict[str, Any]) -> list[str]:
-    """The password as the IdP sent it and as the app got it (after its to_app): never to be repeated from an app's message."""
-    values = [resource.get(name) for name in WRITE_ONLY]
-    values += [record.get(rule.field) for rule in cres.rules if rule.resolved.attribute.name in WRITE_ONLY]
+    """The password (and any write-only value) as the IdP sent it and as the app got it (after its to_app): never
+    to be repeated from an app's message."""
+    values: list[Any] = []
+    for urn, names in _write_only_names(cres):
+        container = resource if urn is None else resource.get(urn)
+        if isinstance(container, dict):
+            values += [container.get(name) for name in names]
+    values += [record.get(field) for field in cres.write_only]
     return [v for v in values if isinstance(v, str) and v]
 
 

@@ -72,6 +72,16 @@ class WritePipeline:
         """The breaker's one admission for a write's calls: refused (CircuitOpen) before the first, never between two."""
         return self.breaker.admission() if self.breaker is not None else contextlib.nullcontext()
 
+    @asynccontextmanager
+    async def admitted(self, what: str) -> AsyncIterator[None]:
+        """The admission taken before a write's claim, held to its settle: a write the breaker refuses is
+        refused before it is journaled (no aborted entry, nothing claimed), as AppFailed."""
+        try:
+            async with self.admission():
+                yield
+        except CircuitOpen as exc:  # only the admission itself: every call inside is admitted
+            raise AppFailed(what, exc) from None
+
     # ------------------------------------------------------------------ claims
 
     async def claim_create(

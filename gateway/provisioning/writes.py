@@ -60,19 +60,9 @@ class Writes:
         if members and not cres.members:
             raise Invalid("members: this app's mapping does not manage group membership")
         record = await ctx.create_record(cres, resource)
-        data = copy_of(resource)
+        data = copy_of(cres, resource)
         rid = str(uuid.uuid4())
         secrets = write_only_values(cres, resource, record)
-        seq = await ctx.pipeline.claim_create(
-            kind,
-            rid,
-            unique_key,
-            data,
-            name=ctx.unique_name(cres, resource),
-            members=members,
-            secret=bool(secrets),
-            keyed=kind in ctx.connector.caps.idempotent_create,
-        )
 
         async def call() -> str | None:
             if resource.get("active") is False and cres.deactivate.via == "delete":
@@ -97,7 +87,19 @@ class Writes:
                 await ctx.pipeline.abort(seq, "app returned a native id that is already linked")
                 raise BadAnswer(f"creating {kind}: the app returned the id of an existing record") from None
 
-        row = await ctx.pipeline.run(seq, f"creating {kind}", call, settle, secrets)
+        # Admitted by the breaker before the claim: a write it refuses leaves no journal entry.
+        async with ctx.pipeline.admitted(f"creating {kind}"):
+            seq = await ctx.pipeline.claim_create(
+                kind,
+                rid,
+                unique_key,
+                data,
+                name=ctx.unique_name(cres, resource),
+                members=members,
+                secret=bool(secrets),
+                keyed=kind in ctx.connector.caps.idempotent_create,
+            )
+            row = await ctx.pipeline.run(seq, f"creating {kind}", call, settle, secrets)
         return await self._answer(cres, row)
 
     async def _created_anyway(self, cres: CompiledResource, resource: dict[str, Any], exc: AppBadResponse) -> str:
@@ -200,17 +202,18 @@ class Writes:
                 await self._remove_in_app(cres, row.native_id, unlisted)
             if not add and not remove:
                 return await self._answer(cres, row, with_members)
-            claim = await self._claim_at(
-                row,
-                if_match,
-                new_unique_key=row.unique_key,
-                payload={"add": [m.id for m in add], "remove": [m.id for m in remove], "intent": row.data},
-            )
-            if claim is None:
-                return None
-            seq, claimed = claim
-            # No record change: the app is asked only to add and remove these members.
-            written = await self._apply(cres, seq, claimed, {}, row.data, row.unique_key, add, remove)
+            async with ctx.pipeline.admitted(f"updating {cres.name} {rid}"):
+                claim = await self._claim_at(
+                    row,
+                    if_match,
+                    new_unique_key=row.unique_key,
+                    payload={"add": [m.id for m in add], "remove": [m.id for m in remove], "intent": row.data},
+                )
+                if claim is None:
+                    return None
+                seq, claimed = claim
+                # No record change: the app is asked only to add and remove these members.
+                written = await self._apply(cres, seq, claimed, {}, row.data, row.unique_key, add, remove)
             return await self._answer(cres, written, with_members)
 
         return await self._optimistic(kind, rid, if_match, attempt)
@@ -274,28 +277,30 @@ class Writes:
                 record = await ctx.create_record(cres, new)
             else:
                 record = await ctx.update_record(cres, current, new)
-            data = copy_of(new)
-            if not add and not remove and "password" not in new and data == copy_of(current) and not any(copy_fix):
+            data = copy_of(cres, new)
+            given_write_only = bool(write_only_values(cres, new, {}))  # a password is a change though the copy has none
+            if not add and not remove and not given_write_only and data == copy_of(cres, current) and not any(copy_fix):
                 # Nothing to change: no app call and no new version (beyond catching up with the app).
                 return await self._answer(cres, await self.reads.sync_copy(cres, row, live))
-            claim = await self._claim_at(
-                row,
-                if_match,
-                new_unique_key=unique_key,
-                name=ctx.unique_name(cres, new),
-                # What the write means (the copy it leaves, the members it adds and removes): recovery finishes it.
-                payload={
-                    "add": [m.id for m in add],
-                    "remove": [m.id for m in remove],
-                    "intent": data,
-                    "switch": switch,
-                    **({"relink": relink} if relink else {}),
-                },
-            )
-            if claim is None:
-                return None
-            seq, claimed = claim
-            written = await self._apply(cres, seq, claimed, record, data, unique_key, add, remove, switch, relink, copy_fix)
+            async with ctx.pipeline.admitted(f"updating {cres.name} {rid}"):
+                claim = await self._claim_at(
+                    row,
+                    if_match,
+                    new_unique_key=unique_key,
+                    name=ctx.unique_name(cres, new),
+                    # What the write means (the copy it leaves, the members it adds and removes): recovery finishes it.
+                    payload={
+                        "add": [m.id for m in add],
+                        "remove": [m.id for m in remove],
+                        "intent": data,
+                        "switch": switch,
+                        **({"relink": relink} if relink else {}),
+                    },
+                )
+                if claim is None:
+                    return None
+                seq, claimed = claim
+                written = await self._apply(cres, seq, claimed, record, data, unique_key, add, remove, switch, relink, copy_fix)
             return await self._answer(cres, written)
 
         return await self._optimistic(kind, rid, if_match, attempt)
@@ -362,7 +367,7 @@ class Writes:
     async def delete(self, kind: str, rid: str, if_match: int | None = None) -> None:
         ctx = self.ctx
         cres = ctx.resource(kind)
-        async with self._lock(rid):
+        async with self._lock(rid), ctx.pipeline.admitted(f"deleting {kind} {rid}"):
             try:
                 seq, row = await ctx.pipeline.claim(kind, rid, "delete", if_match=if_match)
             except VersionMismatch:

@@ -54,6 +54,11 @@ class Attribute:
     def sub(self, name: str) -> Attribute | None:
         return self._index.get(name.lower())
 
+    @property
+    def write_only(self) -> bool:
+        """A password: set by writes, never returned, read back, kept in a copy, filtered or sorted on."""
+        return self.mutability == "writeOnly" or self.returned == "never"
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Attribute:
         return cls(

@@ -49,9 +49,9 @@ def _kind_of(mapping: CompiledMapping, path: str) -> tuple[CompiledResource, str
 
 def _mask_secrets(cres: CompiledResource, record: dict[str, Any]) -> dict[str, Any]:
     out = dict(record)
-    for rule in cres.rules:
-        if rule.resolved.attribute.name == "password" and rule.field in out and out[rule.field] is not None:
-            out[rule.field] = MASK
+    for field in cres.write_only:
+        if out.get(field) is not None:
+            out[field] = MASK
     return out
 
 
@@ -83,7 +83,7 @@ async def plan_request(mapping: CompiledMapping, request: dict[str, Any], data_d
     current = normalize_resource(given, cres.rtype) if isinstance(given, dict) else None
     if method == "PATCH":
         before = current or normalize_resource({"schemas": [cres.rtype.schema.id], cres.unique_attr: "<current>"}, cres.rtype)
-        resource = apply_patch(copy.deepcopy(before), body, cres.rtype)
+        resource = apply_patch(copy.deepcopy(before), body, cres.rtype, rid)
     else:
         resource = normalize_resource(body, cres.rtype)
     try:

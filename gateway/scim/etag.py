@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_ETAG = re.compile(r'^(?:W/)?"(\d+)"$')
+# Versions the gateway issues fit 64 bits: a longer number is an ETag it never issued (and no store takes it).
+_ETAG = re.compile(r'^(?:W/)?"(\d{1,18})"$')
 NO_SUCH_VERSION = -1  # what an ETag the gateway never issued reads as: it matches no version
 
 

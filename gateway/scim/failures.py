@@ -6,7 +6,16 @@ the provisioner wraps in AppFailed, naming what it was doing). Everything else i
 
 from __future__ import annotations
 
-from ..connectors.errors import AppBadResponse, AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
+from ..connectors.errors import (
+    AppBadResponse,
+    AppConflict,
+    AppCredentialsRefused,
+    AppError,
+    AppInvalid,
+    AppNotFound,
+    AppThrottled,
+    AppUnavailable,
+)
 from ..provisioning.breaker import CircuitOpen
 from ..provisioning.errors import (
     AppFailed,
@@ -88,6 +97,14 @@ def _app_failed(what: str, exc: AppError) -> ScimError:
         return invalid_value(f"{what}: the app rejected the values ({exc.detail})")
     if isinstance(exc, AppBadResponse):
         return bad_gateway(f"{what}: the app answered something unreadable ({exc.detail})")
+    if isinstance(exc, AppCredentialsRefused):  # the operator's to fix; the IdP's retry succeeds once it is
+        return unavailable(
+            f"{what}: the app refused the gateway's credentials ({exc.detail}): an operator must fix the connector's"
+            " auth in this app's mapping",
+            exc.retry_after or 60,
+        )
+    if isinstance(exc, AppThrottled):
+        return unavailable(f"{what}: the app asks the gateway to slow down ({exc.detail})", exc.retry_after or 5)
     if isinstance(exc, AppUnavailable):
         return unavailable(f"{what}: the app is unavailable ({exc.detail})", exc.retry_after or 5)
     return bad_gateway(f"{what}: the app failed ({exc.detail})")

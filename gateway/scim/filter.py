@@ -29,6 +29,7 @@ from scim2_models.path import (
 
 from ..schema import Attribute, Resolved, ResourceType
 from .errors import invalid_filter
+from .resource import long_integer_detail, long_integer_in
 
 MAX_FILTER_LENGTH = 4096
 MAX_FILTER_DEPTH = 32
@@ -45,6 +46,9 @@ def parse_filter_syntax(text: str) -> FilterNode:
     """Parse filter text to an AST (cached: IdPs send the same shapes again and again)."""
     if len(text) > MAX_FILTER_LENGTH:
         raise invalid_filter(f"the filter is {len(text)} characters long, more than the limit of {MAX_FILTER_LENGTH}")
+    digits = long_integer_in(text)
+    if digits is not None:
+        raise invalid_filter(long_integer_detail("filter", digits))
     simple = _SIMPLE_COMPARISON.fullmatch(text)
     if simple is not None:
         # The IdPs' lookup (`userName eq "x"`), each with a new value: the grammar's answer, without its parser.
@@ -99,6 +103,9 @@ def _validate(node: FilterNode, rtype: ResourceType, parent: Attribute | None) -
         _validate(node.val_filter, rtype, resolved.attribute)
     elif isinstance(node, (Comparison, Present)):
         target = _target(node.attr_path, rtype, parent)
+        if target.write_only:
+            # Not even `pr`: which users have a password is itself what a write-only attribute must not tell.
+            raise invalid_filter(f"{node.attr_path} is write-only: it cannot be filtered on")
         if isinstance(node, Comparison):
             _check_comparison(node, target)
 
@@ -127,8 +134,6 @@ def _check_comparison(node: Comparison, target: Attribute) -> None:
     if isinstance(value, str) and "\x00" in value:
         # A "\u0000" escape in the filter's string: PostgreSQL cannot even compare text with it (was a 500).
         raise invalid_filter(f"{node.attr_path}: the value holds a NUL character (\\u0000), which no store or app keeps as text")
-    if target.mutability == "writeOnly" or target.returned == "never":
-        raise invalid_filter(f"{node.attr_path} cannot be filtered on")
     if node.op in (Op.co, Op.sw, Op.ew) and not isinstance(value, str):
         raise invalid_filter(f"{node.op.value} needs a string operand, got {value!r}")
     if target.type == "boolean":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,6 +32,9 @@ class ListRequest:
         return replace(self.query, start_index=1, count=None)
 
 
+_DIGITS = re.compile(r"([+-]?)(\d+)")
+
+
 def _int(name: str, raw: Any) -> int | None:
     if raw is None or raw == "":
         return None
@@ -38,10 +42,16 @@ def _int(name: str, raw: Any) -> int | None:
         raise invalid_value(f"{name} must be an integer, got {raw!r}")
     if isinstance(raw, int):
         return raw
+    text = str(raw).strip()
+    digits = _DIGITS.fullmatch(text)
+    if digits is not None and len(digits.group(2)) > 18:
+        # Past any page or index: as large as a count or an index can mean (clamped, or past the end).
+        return -(10**18) if digits.group(1) == "-" else 10**18
     try:
-        return int(str(raw).strip())
+        return int(text)
     except ValueError:
-        raise invalid_value(f"{name} must be an integer, got {raw!r}") from None
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise invalid_value(f"{name} must be an integer, got {shown!r}") from None
 
 
 def _names(raw: Any, name: str) -> str | None:

@@ -35,7 +35,7 @@ from ..schema import Attribute, Resolved, ResourceType
 from .errors import invalid_path, invalid_syntax, invalid_value, mutability, no_target
 from .filter import compare, matches_value
 from .patchop import json_type, patch_operations
-from .resource import check_required, is_read_only, normalize_value
+from .resource import check_required, is_read_only, long_integer_detail, long_integer_in, normalize_value
 
 _OPS = ("add", "remove", "replace")
 
@@ -49,24 +49,25 @@ class _Target:
     value_filter: FilterNode | None = None
 
 
-def apply_patch(resource: dict[str, Any], body: Any, rtype: ResourceType) -> dict[str, Any]:
-    """Apply a PatchOp request body to `resource`; return the patched copy.
+def apply_patch(resource: dict[str, Any], body: Any, rtype: ResourceType, rid: str | None = None) -> dict[str, Any]:
+    """Apply a PatchOp request body to `resource` (whose id is `rid`, default its own `id`); return the patched copy.
 
     `resource` is never modified. Raises ScimError 400 on the first failing
     operation, and when the result lacks a required attribute.
     """
     operations = patch_operations(body)
     result = copy.deepcopy(resource)
+    own_id = rid if rid is not None else resource.get("id")
     extensions_before = {urn for urn in rtype.schema_ids[1:] if urn in result}
     for operation in operations:
-        _apply_operation(result, operation, rtype)
+        _apply_operation(result, operation, rtype, own_id)
     _prune_resource(result, rtype)
     check_required(result, rtype)
     _sync_schemas(result, rtype, extensions_before)
     return result
 
 
-def _apply_operation(resource: dict[str, Any], operation: dict[str, Any], rtype: ResourceType) -> None:
+def _apply_operation(resource: dict[str, Any], operation: dict[str, Any], rtype: ResourceType, own_id: Any) -> None:
     fields = {key.lower(): value for key, value in operation.items()}
     op = fields.get("op")
     if not isinstance(op, str) or op.lower() not in _OPS:
@@ -83,7 +84,7 @@ def _apply_operation(resource: dict[str, Any], operation: dict[str, Any], rtype:
     if not path:
         if op == "remove":
             raise no_target("remove needs a path")
-        _apply_without_path(resource, op, value, rtype)
+        _apply_without_path(resource, op, value, rtype, own_id)
         return
 
     split = rtype.split_urn(path)
@@ -91,27 +92,40 @@ def _apply_operation(resource: dict[str, Any], operation: dict[str, Any], rtype:
         raise invalid_path(f"{path}: {rtype.name} has no such schema")
     urn, rest = split
     if urn is not None and not rest:
-        _apply_to_schema(resource, op, urn, value, rtype, path)
+        _apply_to_schema(resource, op, urn, value, rtype, path, own_id)
         return
     target = _parse_target(path, urn, rest, rtype)
     if target is None:
         raise invalid_path(f"{path}: {rtype.name} has no such attribute")
-    if is_read_only(target.resolved):
-        raise mutability(f"{path}: the attribute is readOnly and cannot be modified")
-    _apply(resource, op, target, value)
+    if not _read_only_echo(target, op, value, own_id):
+        _apply(resource, op, target, value)
 
 
-def _apply_to_schema(resource: dict[str, Any], op: str, urn: str, value: Any, rtype: ResourceType, path: str) -> None:
+def _read_only_echo(target: _Target, op: str, value: Any, own_id: Any) -> bool:
+    """Whether an operation on `target` is the echo of the resource's own id, to be ignored; any other
+    change of a readOnly attribute is refused. One rule for `path: id` and a path-less value's `id` key."""
+    if not is_read_only(target.resolved):
+        return False
+    resolved = target.resolved
+    is_id = resolved.urn is None and resolved.attribute.name == "id" and resolved.sub is None
+    if is_id and op != "remove" and own_id is not None and value == own_id:
+        return True  # clients echo the id they address (Okta renames a group with {"id": ..., "displayName": ...})
+    raise mutability(f"{target.text}: the attribute is readOnly and cannot be modified")
+
+
+def _apply_to_schema(
+    resource: dict[str, Any], op: str, urn: str, value: Any, rtype: ResourceType, path: str, own_id: Any
+) -> None:
     """A path that is a bare schema URN: the extension object as a whole."""
     if op == "remove":
         if urn == rtype.schema.id:
             raise invalid_path(f"{path}: the core schema cannot be removed")
         resource.pop(urn, None)
         return
-    _apply_without_path(resource, op, {urn: value}, rtype)
+    _apply_without_path(resource, op, {urn: value}, rtype, own_id)
 
 
-def _apply_without_path(resource: dict[str, Any], op: str, value: Any, rtype: ResourceType) -> None:
+def _apply_without_path(resource: dict[str, Any], op: str, value: Any, rtype: ResourceType, own_id: Any) -> None:
     if not isinstance(value, dict):
         # The value's type only: a path-less value may be anything the IdP sends, a password too.
         raise invalid_value(f"{op} without a path needs an object value, got a {json_type(value)}")
@@ -121,12 +135,12 @@ def _apply_without_path(resource: dict[str, Any], op: str, value: Any, rtype: Re
             continue  # a schema this resource type does not have, as in POST bodies
         urn, rest = split
         if urn is not None and not rest:
-            _apply_schema_object(resource, op, urn, item, rtype)
+            _apply_schema_object(resource, op, urn, item, rtype, own_id)
         else:
-            _apply_key(resource, op, key, urn, rest, item, rtype)
+            _apply_key(resource, op, key, urn, rest, item, rtype, own_id)
 
 
-def _apply_schema_object(resource: dict[str, Any], op: str, urn: str, value: Any, rtype: ResourceType) -> None:
+def _apply_schema_object(resource: dict[str, Any], op: str, urn: str, value: Any, rtype: ResourceType, own_id: Any) -> None:
     if value is None:
         if op == "replace" and urn != rtype.schema.id:
             resource.pop(urn, None)
@@ -134,19 +148,23 @@ def _apply_schema_object(resource: dict[str, Any], op: str, urn: str, value: Any
     if not isinstance(value, dict):
         raise invalid_value(f"{urn}: expected an object, got a {json_type(value)}")
     for key, item in value.items():
-        _apply_key(resource, op, f"{urn}:{key}", urn, key, item, rtype)
+        _apply_key(resource, op, f"{urn}:{key}", urn, key, item, rtype, own_id)
 
 
-def _apply_key(resource: dict[str, Any], op: str, key: str, urn: str | None, rest: str, value: Any, rtype: ResourceType) -> None:
+def _apply_key(
+    resource: dict[str, Any], op: str, key: str, urn: str | None, rest: str, value: Any, rtype: ResourceType, own_id: Any
+) -> None:
     target = _parse_target(key, urn, rest, rtype)
-    # Unknown and read-only keys are skipped, as in POST bodies: Okta renames a
-    # group with {"id": ..., "displayName": ...}.
-    if target is not None and not is_read_only(target.resolved):
+    # Unknown keys are skipped, as in POST bodies; a read-only one is answered as its path would be.
+    if target is not None and not _read_only_echo(target, op, value, own_id):
         _apply(resource, op, target, value)
 
 
 def _parse_target(text: str, urn: str | None, rest: str, rtype: ResourceType) -> _Target | None:
     """Parse the part of a path after its schema URN; None when the attribute is unknown."""
+    digits = long_integer_in(rest)
+    if digits is not None:
+        raise invalid_path(long_integer_detail("path", digits))
     try:
         node = Path(rest).ast
     except Exception as exc:  # scim2-models raises its own exception types per failure

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..schema import PATCH_OP
 from .errors import ScimError, invalid_syntax
+from .resource import check_string_lengths
 
 
 def patch_operations(body: Any) -> list[dict[str, Any]]:
@@ -34,11 +35,12 @@ def json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
-def check_patch_limits(body: Any, *, max_operations: int, max_values: int) -> None:
+def check_patch_limits(body: Any, *, max_operations: int, max_values: int, max_chars: int) -> None:
     """Refuse, before anything is read or written, a PATCH too large to apply (413, as Bulk's maxOperations).
 
     Values count the entries of every list an operation carries (members, emails, ...),
-    also inside a path-less value object; any other value counts one.
+    also inside a path-less value object; any other value counts one. A string value longer than
+    `max_chars` is 400 invalidValue naming the attribute, as in a POST or PUT.
     """
     operations = patch_operations(body)
     if len(operations) > max_operations:
@@ -48,6 +50,8 @@ def check_patch_limits(body: Any, *, max_operations: int, max_values: int) -> No
     values = 0
     for operation in operations:
         value = next((v for k, v in operation.items() if isinstance(k, str) and k.lower() == "value"), None)
+        path = next((p for k, p in operation.items() if isinstance(k, str) and k.lower() == "path"), None)
+        check_string_lengths(value, max_chars, path if isinstance(path, str) else "")
         if isinstance(value, list):
             values += len(value)
         elif isinstance(value, dict):

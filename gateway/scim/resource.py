@@ -9,11 +9,31 @@ flattened to URN-qualified top-level keys.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 from ..schema import Attribute, Resolved, ResourceType
 from .errors import invalid_syntax, invalid_value
+
+# No SCIM attribute, index or count needs a longer integer (far past it, converting one is itself the cost).
+MAX_INTEGER_DIGITS = 1000
+_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"|\d+')
+
+
+def long_integer_in(text: str) -> int | None:
+    """The digits of the first integer literal of a filter or path longer than MAX_INTEGER_DIGITS (outside
+    quoted strings), or None."""
+    for token in _LITERAL.finditer(text):
+        if token.group().isdigit() and len(token.group()) > MAX_INTEGER_DIGITS:
+            return len(token.group())
+    return None
+
+
+def long_integer_detail(where: str, digits: int) -> str:
+    """How every refusal of an over-long integer reads: what and where, never how the gateway is built."""
+    return f"{where}: an integer of {digits} digits is more than the {MAX_INTEGER_DIGITS} any SCIM value may have"
+
 
 # The caller owns these; a body may carry them but they are never taken from it.
 _CALLER_OWNED = frozenset({"schemas", "id", "meta"})
@@ -59,6 +79,23 @@ def normalize_resource(body: Any, rtype: ResourceType) -> dict[str, Any]:
             _put(out, resolved, value)
     check_required(out, rtype)
     return out
+
+
+def check_string_lengths(value: Any, limit: int, where: str = "") -> None:
+    """Every string in a request's value, at any depth, holds at most `limit` characters (max_string_chars);
+    raises ScimError 400 invalidValue naming where the first longer one is. A value is never quoted (it may
+    be a password)."""
+    if isinstance(value, str):
+        if len(value) > limit:
+            raise invalid_value(
+                f"{where or 'value'}: a string of {len(value)} characters is longer than max_string_chars {limit}"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_string_lengths(item, limit, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            check_string_lengths(item, limit, where)
 
 
 def normalize_value(value: Any, resolved: Resolved, *, element: bool = False) -> Any:
@@ -150,7 +187,7 @@ def _coerce_complex(value: Any, attribute: Attribute, path: str) -> dict[str, An
 
 def _shown(value: Any, attribute: Attribute) -> str:
     """A refused value as a detail quotes it; never one of a write-only attribute (password): only its type."""
-    return f"a {type(value).__name__}" if attribute.returned == "never" else repr(value)
+    return f"a {type(value).__name__}" if attribute.write_only else repr(value)
 
 
 def _coerce_scalar(value: Any, attribute: Attribute, path: str) -> Any:

@@ -174,6 +174,8 @@ def store_sort(dotted: str, rtype: ResourceType, descending: bool) -> q.Sort:
     attribute = resolved.attribute
     if _is_membership(rtype, attribute):
         raise invalid_filter(f"sortBy: cannot sort by {dotted}")
+    if resolved.target.write_only:
+        raise invalid_filter(f"sortBy: {dotted} is write-only: it cannot be sorted by")
     operand: q.Column | q.Field | q.FirstElement
     if attribute.multi_valued:
         sub = resolved.sub or attribute.sub("value")

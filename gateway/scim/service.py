@@ -27,7 +27,7 @@ from .patch import apply_patch
 from .patchop import check_patch_limits, member_changes
 from .projection import Projection
 from .render import Renderer
-from .resource import normalize_resource
+from .resource import check_string_lengths, normalize_resource
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +226,8 @@ class ScimService:
         None for DELETE.
         """
         provisioner, kind = self.provisioner, rtype.name
+        if method in ("POST", "PUT"):
+            check_string_lengths(body, self.limits.max_string_chars)
         if method == "POST":
             return await provisioner.create(kind, normalize_resource(body, rtype))
         assert rid is not None
@@ -239,11 +241,17 @@ class ScimService:
         if method == "PATCH":
             if not isinstance(body, dict):
                 raise invalid_syntax("a PATCH body must be a PatchOp JSON object")
-            check_patch_limits(body, max_operations=self.limits.max_patch_operations, max_values=self.limits.max_patch_values)
+            limits = self.limits
+            check_patch_limits(
+                body,
+                max_operations=limits.max_patch_operations,
+                max_values=limits.max_patch_values,
+                max_chars=limits.max_string_chars,
+            )
             return await provisioner.patch(
                 kind,
                 rid,
-                lambda current: apply_patch(current, body, rtype),
+                lambda current: apply_patch(current, body, rtype, rid),
                 version,
                 member_changes=member_changes(body) if kind == "Group" else None,
                 with_members=with_members,
@@ -314,6 +322,7 @@ class _BulkOperations:
         valid: list[tuple[int, dict[str, Any]]] = []
         for k, data in enumerate(datas):
             try:
+                check_string_lengths(data, self.service.limits.max_string_chars)
                 valid.append((k, normalize_resource(data, rtype)))
             except ScimError as exc:
                 out[k] = exc

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 import ldap3
 from ldap3.core import exceptions as lx
 
-from gateway.connectors.errors import AppConflict, AppError, AppInvalid, AppNotFound, AppUnavailable
+from gateway.connectors.errors import AppConflict, AppCredentialsRefused, AppError, AppInvalid, AppNotFound, AppUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,9 +70,9 @@ def app_error(what: str, failure: LdapFailure) -> AppError:
     if failure.code in _INVALID:
         return AppInvalid(detail)
     if failure.code == INVALID_CREDENTIALS:
-        return AppUnavailable(f"{what}: the directory refused the gateway's bind ({words})", retry_after=RETRY_AFTER)
+        return AppCredentialsRefused(f"{what}: the directory refused the gateway's bind ({words})", retry_after=RETRY_AFTER)
     if failure.code == INSUFFICIENT_ACCESS:
-        return AppUnavailable(f"{what}: the gateway's bind DN may not do this ({words})", retry_after=RETRY_AFTER)
+        return AppCredentialsRefused(f"{what}: the gateway's bind DN may not do this ({words})", retry_after=RETRY_AFTER)
     if failure.code in _UNAVAILABLE:
         return AppUnavailable(detail, retry_after=RETRY_AFTER)
     return AppError(detail)

@@ -28,9 +28,11 @@ from gateway.connectors.base import REQUEST_ID, WRITE_KEY, AppContext, Capabilit
 from gateway.connectors.errors import (
     AppBadResponse,
     AppConflict,
+    AppCredentialsRefused,
     AppError,
     AppInvalid,
     AppNotFound,
+    AppThrottled,
     AppUnavailable,
     ConnectorSetupError,
 )
@@ -438,7 +440,7 @@ class _Http:
         said = _said(raw, self.secrets)
         where = f"{method} {url.path}"
         if status in (401, 403):
-            return AppUnavailable(
+            return AppCredentialsRefused(
                 f"the app refused the gateway's credentials (HTTP {status} on {where})", retry_after=RETRY_AFTER
             )
         # The IdP gets the app's words in short; the operator's log its whole answer (bounded, secrets masked).
@@ -450,7 +452,7 @@ class _Http:
         if status in (400, 422):
             return AppInvalid(f"the app answered HTTP {status}{said}", answer=answer)
         if status == 429:
-            return AppUnavailable(
+            return AppThrottled(
                 f"the app is rate limiting the gateway (HTTP 429 on {where})", retry_after=retry_after or RETRY_AFTER
             )
         if status >= 500:

@@ -16,9 +16,11 @@ from yarl import URL
 from gateway.connectors.errors import (
     AppBadResponse,
     AppConflict,
+    AppCredentialsRefused,
     AppError,
     AppInvalid,
     AppNotFound,
+    AppThrottled,
     AppUnavailable,
     ConnectorSetupError,
 )
@@ -220,7 +222,7 @@ class ScimHttp:
         said = short(self.secrets.scrub(said), DETAIL_CHARS)
         where = f"{method} {url.path}"
         if status in (401, 403):
-            return AppUnavailable(
+            return AppCredentialsRefused(
                 f"the target refused the gateway's credentials (HTTP {status} on {where}){said}", retry_after=RETRY_AFTER
             )
         if status in (404, 410):
@@ -230,7 +232,7 @@ class ScimHttp:
         if status in (400, 422):
             return AppInvalid(f"the target answered HTTP {status}{said}")
         if status == 429:
-            return AppUnavailable(
+            return AppThrottled(
                 f"the target is rate limiting the gateway (HTTP 429 on {where})", retry_after=retry_after or RETRY_AFTER
             )
         if status == 501:

@@ -15,13 +15,14 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.settings import LimitsConfig
 from tests.conftest import BASE, ENTERPRISE_URN, GROUP_URN, PATCH_URN, TOKEN, USER_URN, Scim, demo_settings, user_body
-from tests.demo_rows import count
+from tests.demo_rows import count, q
 
 pytestmark = pytest.mark.both_stores  # the same gateway tests on the SQLite and the PostgreSQL store
 
 ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
 BULK_URN = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 SCIM_TYPE = "application/scim+json"
+SEARCH_URN = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 
 
 @dataclass
@@ -210,6 +211,34 @@ CASES: list[Case] = [
         "mutability",
         ["meta"],
         body=patch({"op": "replace", "path": "meta.created", "value": "2001-01-01T00:00:00Z"}),
+    ),
+    # The same readOnly attribute as a key of a path-less value: the same answer as its path (it was 200, ignored).
+    Case(
+        "patch-pathless-id",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["id"],
+        body=patch({"op": "replace", "value": {"id": "new-id", "title": "x"}}),
+    ),
+    Case(
+        "patch-pathless-meta",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["meta.created"],
+        body=patch({"op": "replace", "value": {"meta.created": "2001-01-01T00:00:00Z", "title": "x"}}),
+    ),
+    Case(
+        "patch-pathless-groups",
+        "PATCH",
+        "/Users/{uid}",
+        400,
+        "mutability",
+        ["groups"],
+        body=patch({"op": "add", "value": {"groups": [{"value": "g"}]}}),
     ),
     Case(
         "patch-add-groups",
@@ -560,7 +589,7 @@ async def test_bad_input(case: Case, client: TestClient, scim: Scim, demo_db: sq
 
 @pytest.fixture
 async def small_client(aiohttp_client: Any, data_dir: Path) -> TestClient:
-    settings = demo_settings(data_dir, limits=LimitsConfig(max_body_bytes=10_000))
+    settings = demo_settings(data_dir, limits=LimitsConfig(max_body_bytes=10_000, max_string_chars=10_000))
     return await aiohttp_client(create_app(settings))
 
 
@@ -709,3 +738,70 @@ async def test_a_nul_character_is_a_clear_400_on_every_store(scim: Scim, demo_db
     resp, err = await scim.get("/Users?filter=userName%20eq%20%22a%00%22")
     assert resp.status == 400 and "NUL" in err["detail"]
     assert count(demo_db, "employees") == 0
+
+
+async def test_own_id_echoed_in_a_patch_is_accepted_with_or_without_a_path(scim: Scim) -> None:
+    """The id a client addresses may come back in the value (Okta does); any other id is refused in both forms."""
+    ids = await setup_victims(scim)
+    uid = ids["uid"]
+    for n, operation in enumerate(
+        [{"op": "replace", "value": {"id": uid, "title": "t0"}}, {"op": "replace", "path": "id", "value": uid}]
+    ):
+        resp, data = await scim.patch(f"/Users/{uid}", [operation, {"op": "replace", "path": "title", "value": f"t{n}"}])
+        assert resp.status == 200 and data["id"] == uid and data["title"] == f"t{n}", data
+    for operation in [{"op": "replace", "value": {"id": "other"}}, {"op": "replace", "path": "id", "value": "other"}]:
+        resp, data = await scim.patch(f"/Users/{uid}", [operation])
+        assert resp.status == 400 and data["scimType"] == "mutability" and "id" in data["detail"], data
+    resp, data = await scim.get(f"/Users/{uid}")
+    assert data["title"] == "t1", data
+
+
+async def test_a_5000_digit_integer_is_refused_naming_the_attribute_not_the_implementation(
+    client: TestClient, scim: Scim, demo_db: sqlite3.Connection
+) -> None:
+    """It named a Python setting (int max str digits); an ETag of that many digits was a 500."""
+    ids = await setup_victims(scim)
+    uid, big = ids["uid"], "9" * 5000
+    rows_before = snapshot_db(demo_db)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": SCIM_TYPE}
+    raw = f'{{"schemas": ["{USER_URN}"], "userName": "big@example.com", "title": {big}}}'
+    answers = []
+    for method, path, data in [
+        ("POST", "/Users", raw),
+        (
+            "PATCH",
+            f"/Users/{uid}",
+            f'{{"schemas": ["{PATCH_URN}"], "Operations": [{{"op": "add", "value": {{"title": {big}}}}}]}}',
+        ),
+        ("POST", "/Users/.search", f'{{"schemas": ["{SEARCH_URN}"], "count": {big}}}'),
+        (
+            "POST",
+            "/Bulk",
+            f'{{"schemas": ["{BULK_URN}"], "Operations": [{{"method": "POST", "path": "/Users", "data": {raw}}}]}}',
+        ),
+    ]:
+        resp = await client.request(method, BASE + path, data=data, headers=headers)
+        answers.append((resp.status, resp.content_type, json.loads(await resp.text()), "title" if "title" in data else "count"))
+    for status, content_type, data, attribute in answers:
+        assert (status, content_type, data["scimType"]) == (400, SCIM_TYPE, "invalidValue"), data
+        assert attribute in data["detail"] and "5000 digits" in data["detail"], data
+    resp, data = await scim.get("/Users?filter=" + q(f"title eq {'9' * 1001}"))
+    assert resp.status == 400 and data["scimType"] == "invalidFilter" and "1001 digits" in data["detail"], data
+    resp, data = await scim.patch(f"/Users/{uid}", [{"op": "remove", "path": f"emails[value eq {big}]"}])
+    assert resp.status == 400 and data["scimType"] == "invalidPath" and "5000 digits" in data["detail"], data
+    # An ETag the gateway never issued, however long, matches no version; a count past any page is clamped.
+    resp, data = await scim.patch(
+        f"/Users/{uid}", [{"op": "add", "path": "title", "value": "x"}], headers={"If-Match": f'W/"{big}"'}
+    )
+    assert resp.status == 412, data
+    resp, data = await scim.get(f"/Users/{uid}", headers={"If-None-Match": f'W/"{big}"'})
+    assert resp.status == 200, data
+    resp, data = await scim.get(f"/Users?count={big}&startIndex={big}")
+    assert resp.status == 200 and data["Resources"] == [], data
+    bulk = {"schemas": [BULK_URN], "Operations": [{"method": "PATCH", "path": f"/Users/{uid}", "version": f'W/"{big}"',
+            "data": {"schemas": [PATCH_URN], "Operations": [{"op": "add", "path": "title", "value": "x"}]}}]}  # fmt: skip
+    resp, data = await scim.post("/Bulk", bulk)
+    assert resp.status == 200 and data["Operations"][0]["status"] == "412", data
+    for text in [json.dumps(a[2]) for a in answers]:
+        assert "sys." not in text and "digits" in text and "4300" not in text and "str_digits" not in text, text
+    assert snapshot_db(demo_db) == rows_before

@@ -20,13 +20,22 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.connectors.base import Connector
-from gateway.connectors.errors import AppBadResponse, AppConflict, AppInvalid, AppNotFound, AppUnavailable
+from gateway.connectors.errors import (
+    AppBadResponse,
+    AppConflict,
+    AppCredentialsRefused,
+    AppInvalid,
+    AppNotFound,
+    AppThrottled,
+    AppUnavailable,
+)
 from gateway.demo import demo_mapping_path, ensure_demo_database
 from gateway.http.keys import APPS
 from gateway.mapping.model import BreakerConfig
 from gateway.provisioning.breaker import Breaker, CircuitOpen, GuardedConnector
 from gateway.settings import GatewaySettings
 from tests.conftest import BASE, TOKEN, Scim, user_body
+from tests.conftest import PATCH_URN as PATCH
 from tests.demo_rows import q
 from tests.fakes.black_hole import BlackHole
 from tests.fakes.hr_app import HR_STATE, HrState, create_hr_app, serve
@@ -34,7 +43,6 @@ from tests.idp import entra_user
 from tests.integration.test_app_faults import (
     HR_API_KEY,
     HR_BASE,
-    assert_nothing_recorded,
     assert_scim_error,
     hr_mapping,
     store_rows,
@@ -335,12 +343,9 @@ async def test_the_circuit_opens_fails_fast_probes_once_and_closes(
         ), data["detail"]
         assert resp.headers["Retry-After"] == "1"
     assert app_calls(state) == calls
-    # The refused writes never touched the app, and left the store as it was (their claims aborted).
-    assert_nothing_recorded(before, store_rows(tmp_path / "data"), "writes refused by the open circuit", writes=3)
-    assert [
-        e["detail"].startswith("not sent: app hr is unavailable: circuit open")
-        for e in store_rows(tmp_path / "data")["journal"][-2:]
-    ] == [True, True]
+    # The refused writes never touched the app, and left the store as it was: refused before their claim, they
+    # left no journal entry at all (each used to leave an aborted one).
+    assert store_rows(tmp_path / "data") == before, "writes refused by the open circuit"
     # What the gateway answers from its own copy needs no app call and still works.
     resp, data = await scim.get("/Users")
     assert (resp.status, data["totalResults"]) == (200, 1)
@@ -481,3 +486,91 @@ async def test_an_app_that_hangs_never_slows_another_and_its_open_circuit_stops_
         assert await client.app[APPS]["hr"].provisioner.store.pending("hr") == []
     finally:
         await hole.stop()
+
+
+# ---------------------------------------------------------------- 429 and 401/403 are no outage (issue 16)
+
+
+async def test_a_429_pauses_calls_for_its_retry_after_and_never_opens_the_circuit() -> None:
+    clock = Clock()
+    inner = Recorded()
+    guarded = GuardedConnector(inner, breaker(clock, failures=2))
+    for _ in range(3):  # more than `failures`: none of them counts as the app being down
+        inner.error = AppThrottled("the app is rate limiting the gateway (HTTP 429 on GET /api/users/1)", retry_after=7)
+        clock.now += 8
+        with pytest.raises(AppThrottled):
+            await guarded.get("User", "1")
+    assert guarded.breaker.state == "closed" and guarded.breaker.failures == 0
+    clock.now += 2
+    calls = len(inner.calls)
+    with pytest.raises(CircuitOpen) as caught:  # the app asked for 7 s: refused at once, the app not called
+        await guarded.update("User", "1", {})
+    assert caught.value.retry_after == 5 and "asked the gateway to slow down" in caught.value.detail, caught.value.detail
+    assert len(inner.calls) == calls and guarded.breaker.retry_in() == 5
+    clock.now += 5
+    inner.error = None
+    await guarded.update("User", "1", {})
+    assert len(inner.calls) == calls + 1 and guarded.breaker.retry_in() is None
+
+
+async def test_refused_credentials_are_reported_not_counted_as_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    inner = Recorded()
+    guarded = GuardedConnector(inner, breaker(clock, failures=2))
+    inner.error = AppCredentialsRefused("the app refused the gateway's credentials (HTTP 401 on GET /api/users/1)")
+    with caplog.at_level("INFO", logger="gateway.provisioning.breaker"):
+        for _ in range(4):
+            with pytest.raises(AppCredentialsRefused):
+                await guarded.get("User", "1")
+        assert guarded.breaker.state == "closed" and len(inner.calls) == 4
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "refused the gateway's credentials" in errors[0].getMessage()  # once, not per call
+        inner.error = None
+        await guarded.get("User", "1")
+    assert "accepts the gateway's credentials again" in caplog.text
+
+
+async def test_the_app_asking_to_slow_down_or_refusing_credentials_through_the_gateway(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hr_app: tuple[HrState, str]
+) -> None:
+    state, url = hr_app
+    client = await hr_gateway(aiohttp_client, tmp_path, monkeypatch, url, {"failures": 2, "reset_after": 30})
+    scim = Scim(client, TOKEN, HR_BASE)
+    resp, kept = await scim.post("/Users", entra_user("kept@contoso.com", "Kept", "Safe"))
+    assert resp.status == 201, kept
+    rid = kept["id"]
+    b = client.app[APPS]["hr"].provisioner.breaker
+
+    # 401 three times (more than `failures`): 503 naming the credentials each time, and the circuit stays closed.
+    state.fault("GET", r"/users/\d+", status=401, times=3)
+    for _ in range(3):
+        resp, data = await scim.get(f"/Users/{rid}")
+        assert_scim_error(resp, data, 503, "the app's 401")
+        assert "refused the gateway's credentials (HTTP 401" in data["detail"] and "operator" in data["detail"], data
+    assert b.state == "closed"
+    resp, data = await scim.get(f"/Users/{rid}")
+    assert resp.status == 200, data
+
+    # A 429 asking for 30 s: 503 with its Retry-After, not an outage; the next writes are refused at once, the app
+    # not called and nothing journaled, a Bulk too.
+    state.fault("PATCH", r"/users/\d+", status=429, headers={"Retry-After": "30"})
+    resp, data = await scim.patch(f"/Users/{rid}", [{"op": "replace", "path": "title", "value": "X"}])
+    assert_scim_error(resp, data, 503, "the app's 429")
+    assert resp.headers["Retry-After"] == "30" and "slow down" in data["detail"], data
+    assert b.state == "closed" and b.failures == 0
+    calls, before = app_calls(state), store_rows(tmp_path / "data")
+    bulk = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+            "Operations": [{"method": "POST", "path": "/Users", "bulkId": "a", "data": entra_user("b1@contoso.com", "B", "One")},
+                           {"method": "POST", "path": "/Users", "bulkId": "b", "data": entra_user("b2@contoso.com", "B", "Two")}]}  # fmt: skip
+    for method, path, body in (
+        ("PATCH", f"/Users/{rid}", {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "title", "value": "Y"}]}),
+        ("POST", "/Users", entra_user("new@contoso.com", "New", "Comer")),
+        ("DELETE", f"/Users/{rid}", None),
+    ):
+        resp, data = await scim.request(method, path, body)
+        assert_scim_error(resp, data, 503, f"{method} while paused")
+        assert "asked the gateway to slow down" in data["detail"] and 28 <= int(resp.headers["Retry-After"]) <= 30, data
+    resp, data = await scim.post("/Bulk", bulk)
+    assert resp.status == 200 and [op["status"] for op in data["Operations"]] == ["503", "503"], data
+    assert app_calls(state) == calls
+    assert store_rows(tmp_path / "data") == before, "a write the breaker refused left a journal entry"

@@ -446,11 +446,30 @@ def test_remove_all_members() -> None:
     assert patched(BASE_GROUP, {"op": "remove", "path": "members"}, rtype=GROUP) == changed(BASE_GROUP, {"members": DELETE})
 
 
-def test_id_and_meta_are_kept_untouched() -> None:
-    result = patched(BASE_USER, {"op": "replace", "value": {"id": "other", "meta": {"version": "x"}, "active": False}})
-    assert result["id"] == BASE_USER["id"]
-    assert result["meta"] == BASE_USER["meta"]
-    assert result["active"] is False
+def test_own_id_in_a_value_is_accepted_in_both_forms() -> None:
+    for operation in ({"op": "replace", "value": {"id": BASE_USER["id"], "active": False}},
+                      {"op": "replace", "path": "id", "value": BASE_USER["id"]}):  # fmt: skip
+        result = patched(BASE_USER, operation, {"op": "replace", "path": "active", "value": False})
+        assert result == changed(BASE_USER, {"active": False})
+
+
+READ_ONLY_IN_BOTH_FORMS = [
+    ("id", "other"),
+    ("meta", {"version": "x"}),
+    ("meta.lastModified", "2024-01-01T00:00:00Z"),
+    ("groups", [{"value": "g"}]),
+    (f"{ENTERPRISE_USER}:manager.displayName", "x"),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), READ_ONLY_IN_BOTH_FORMS, ids=[p for p, _ in READ_ONLY_IN_BOTH_FORMS])
+def test_read_only_attribute_gets_the_same_answer_with_or_without_a_path(path: str, value: Any) -> None:
+    """A path-less value's key answered 200 and was ignored where its path answered 400 mutability."""
+    with_path = patch_error(BASE_USER, body({"op": "replace", "path": path, "value": value}))
+    without = patch_error(BASE_USER, body({"op": "replace", "value": {path: value, "active": False}}))
+    for error in (with_path, without):
+        assert (error.status, error.scim_type) == (400, "mutability"), error
+        assert path in error.detail, error
 
 
 def test_result_shares_nothing_with_input() -> None:
