@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from gateway.demo import DEMO_MIGRATIONS, DemoDatabaseError, ensure_demo_database
+from gateway.store.migrations import migrations
+from gateway.store.sqlite import TYPES
 from tests.conftest import PATCH_URN, TOKEN, USER_URN, LiveGateway
 
 RELEASE = Path(__file__).parent.parent / "fixtures" / "release_9f3707a"
@@ -70,7 +72,7 @@ def test_the_previous_release_s_data_directory_is_upgraded_and_works(upgraded: t
     gateway, ids = upgraded
     data = gateway.root / "data"
     assert scalar(data / "demo.db", "PRAGMA user_version") == len(DEMO_MIGRATIONS)
-    assert scalar(data / "gateway.db", "SELECT max(version) FROM schema_version") == 2
+    assert scalar(data / "gateway.db", "SELECT max(version) FROM schema_version") == len(migrations(TYPES))
     assert scalar(data / "gateway.db", "SELECT count(*) FROM sqlite_master WHERE name = 'resources_listing'") == 1
 
     # What the release wrote is all there, as it wrote it.
