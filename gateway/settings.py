@@ -48,6 +48,7 @@ class GatewaySettings(BaseModel):
         description="The append-only audit log (JSON lines); a relative path is under data_dir; None: no audit log",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    hub_file: Path | None = Field(None, description="The hub file: serve /hub/scim/v2 and feed the apps it names (docs/hub.md)")
     recovery_interval: float = Field(30.0, gt=0, description="Seconds between sweeps for writes left unsettled while serving")
     shared_store: bool = Field(
         False,

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="append-only audit log of every provisioning operation (default DATA_DIR/audit.log; off: none)",
     )
+    serve.add_argument("--hub", metavar="FILE", help="a hub file: serve /hub/scim/v2 and feed the apps it names (docs/hub.md)")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate mapping files; exit 1 on any problem")

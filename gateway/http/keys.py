@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..audit import AuditLog
 from ..connectors.registry import ConnectorRegistry
+from ..hub.runtime import Hub
 from ..runtime import AppRuntime
 from ..settings import GatewaySettings
 from ..store import Store
@@ -16,8 +17,9 @@ REGISTRY = web.AppKey("registry", ConnectorRegistry)
 STORE = web.AppKey("store", Store)
 APPS = web.AppKey("apps", dict[str, AppRuntime])
 AUDIT = web.AppKey("audit", AuditLog)
+HUB = web.AppKey("hub", Hub)  # only when a hub file is served (docs/hub.md)
 
 AUDIT_NOTE = web.RequestKey("audit_note", AuditNote)
 RUNTIME = web.RequestKey("runtime", AppRuntime)
 
-__all__ = ["APPS", "AUDIT", "AUDIT_NOTE", "REGISTRY", "RUNTIME", "SETTINGS", "STORE"]
+__all__ = ["APPS", "AUDIT", "AUDIT_NOTE", "HUB", "REGISTRY", "RUNTIME", "SETTINGS", "STORE"]
