@@ -316,7 +316,7 @@ class HubStore(Store):
     # -- status, replay, sync
 
     async def status(self, user: str | None = None, app: str | None = None) -> list[DeliveryState]:
-        """Every outbox row (one per app and resource), with its hub name and app id; `user`: a userName or hub id."""
+        """Every outbox row (one per app and resource), with its hub name and app id; `user`: a unique key (any case) or hub id."""
         where, params = ["1 = 1"], []
         if user is not None:
             where.append("(o.resource_id = ? OR (r.unique_key = ? AND o.type = 'User'))")
