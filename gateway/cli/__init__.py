@@ -7,6 +7,7 @@ import os
 
 from .check import cmd_check
 from .common import STORE_ENV, TOKEN_ENV
+from .hub import add_hub_parser
 from .serve import cmd_serve
 from .tools import cmd_hash_token, cmd_import, cmd_schema, cmd_translate
 
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate mapping files; exit 1 on any problem")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("files", nargs="*", metavar="FILE")
+    check.add_argument("--hub", metavar="FILE", help="also check a hub file (and, against the mappings given, the apps it feeds)")
     check.add_argument("--connect", action="store_true", help="also open each app's connector and check its live schema")
     check.add_argument("--data-dir", default="data", help="with --connect: the data directory {data_dir} in DSNs stands for")
     check.set_defaults(func=cmd_check)
@@ -80,11 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of mapping files")
+    schema.add_argument("--hub", action="store_true", help="the JSON Schema of the hub file instead (docs/hub.md)")
     schema.set_defaults(func=cmd_schema)
 
     hash_token = sub.add_parser("hash-token", help="print the sha256 to put in a mapping's auth.bearer")
     hash_token.add_argument("token", help="the token, or - to read it from standard input")
     hash_token.set_defaults(func=cmd_hash_token)
+
+    add_hub_parser(sub)
     return parser
 
 

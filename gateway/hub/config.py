@@ -112,18 +112,22 @@ def compile_hub(doc: Document, *, require_secrets: bool = True) -> CompiledHub:
         mapping = compile_directory(doc, require_secrets=require_secrets)
     except MappingFileError as exc:
         problems.extend(p for p in exc.problems if p.path[:1] == ("auth",) or config is not None)
-    if config is None or mapping is None:
-        raise MappingFileError(problems)
+    # The expressions are compiled from the document itself: their problems are listed with the others.
     env = create_environment({})
+    whens: dict[str, Transform | None] = {}
+    raw_apps = doc.data.get("apps")
+    for name, raw in (raw_apps if isinstance(raw_apps, dict) else {}).items():
+        users = raw.get("users") if isinstance(raw, dict) else None
+        source = users.get("when") if isinstance(users, dict) else None
+        if isinstance(source, str):
+            whens[name] = _compile_template(env, source, _user_variables(), doc, ("apps", name, "users", "when"), problems)
+    if config is None or mapping is None or problems:
+        raise MappingFileError(problems)
     rules: dict[str, AppRule] = {}
     for name, app in config.apps.items():
-        when: Transform | None = None
-        if app.users.when is not None:
-            when = _compile_template(env, app.users.when, _user_variables(), doc, ("apps", name, "users", "when"), problems)
         groups = app.groups if isinstance(app.groups, str) else frozenset(g.lower() for g in app.groups)
-        rules[name] = AppRule(
-            name, app.users.everyone, frozenset(g.lower() for g in app.users.member_of), when, groups, app.leave
-        )
+        member_of = frozenset(g.lower() for g in app.users.member_of)
+        rules[name] = AppRule(name, app.users.everyone, member_of, whens.get(name), groups, app.leave)
     if problems:
         raise MappingFileError(problems)
     return CompiledHub(doc.file, config, Rules(rules), mapping, doc)

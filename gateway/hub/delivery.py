@@ -10,9 +10,11 @@ links; one whose target is not in the app yet is left out, and the holders are q
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
+from ..connectors.errors import AppConflict
 from ..provisioning.breaker import CircuitOpen
 from ..provisioning.errors import AppFailed, NotFound, ProvisioningError, Taken
 from ..runtime import AppRuntime
@@ -144,14 +146,17 @@ class Worker:
             created = await service.write("POST", rtype, None, body)
             assert created is not None
             new_id = created.id
-        except Taken:
-            # Made by an earlier delivery whose link was lost (a crash between the app's answer and the link).
-            found = await self._by_name(runtime, kind, row)
-            if found is None:
+        except (Taken, AppFailed) as exc:
+            if isinstance(exc, AppFailed) and not isinstance(exc.cause, AppConflict):
                 raise
-            new_id = found.id
-            await self.store.set_link(self.app, kind, hub_id, new_id)
-            await service.write("PUT", rtype, new_id, body)
+            # The name is held: by an earlier delivery whose link was lost (a crash between the app's answer and
+            # the link), or by an account the app already had. Look it up as an IdP would (the app's own search,
+            # which adopts an app record the gateway has not linked yet) and take it.
+            held = await self._lookup(runtime, rtype, row)
+            if held is None:
+                raise
+            await self.store.set_link(self.app, kind, hub_id, held)
+            await service.write("PUT", rtype, held, body)
         else:
             await self.store.set_link(self.app, kind, hub_id, new_id)
         await self._arrived(kind, hub_id)
@@ -172,12 +177,15 @@ class Worker:
                 keys.add(group.unique_key)
         return keys
 
-    async def _by_name(self, runtime: AppRuntime, kind: str, row: Row) -> Row | None:
-        """The app's resource holding the hub resource's unique name, not linked to another hub resource."""
-        _n, rows = await runtime.provisioner.store.query(
-            self.app, kind, Query(where=q.Compare(q.Column("unique_key"), "eq", row.unique_key))
-        )
-        return rows[0] if rows else None
+    async def _lookup(self, runtime: AppRuntime, rtype: ResourceType, row: Row) -> str | None:
+        """The app's resource holding the hub resource's unique name, found by the app's own filter search."""
+        attr = runtime.provisioner.resource(rtype.name).unique_attr
+        value = row.data.get(attr)
+        if not isinstance(value, str):
+            return None
+        reply = await runtime.service.search("", rtype, {"filter": f"{attr} eq {json.dumps(value)}", "attributes": "id"})
+        found = [r.get("id") for r in reply.body.get("Resources", [])] if isinstance(reply.body, dict) else []
+        return found[0] if len(found) == 1 and isinstance(found[0], str) else None
 
     async def _leave(self, runtime: AppRuntime, rtype: ResourceType, hub_id: str, app_id: str, *, gone: bool) -> None:
         """Not assigned any more (or deleted in the hub): the app's deactivate, or its delete, per the hub file."""
