@@ -1,0 +1,406 @@
+"""The hub with real processes: a live gateway serving /hub/scim/v2 in front of two apps, the demo SQLite app
+and the REST hr fake running as its own process. Each app's state is read directly (the demo's database, the
+fake's own API), never through the gateway.
+
+The hub file: demo gets the members of the hub group Engineering and everyone in Sales (leaving: delete);
+hr gets everyone (leaving: deactivate), every group pushed to both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+import yaml
+
+from gateway.demo import demo_mapping_path, ensure_demo_database
+from tests.conftest import ENTERPRISE_URN, PATCH_URN, LiveGateway, free_port
+from tests.fakes.serve import HR_API_KEY
+from tests.idp import entra_group, entra_user
+
+ROOT = Path(__file__).resolve().parents[2]
+HUB_TOKEN = "hub-token-0123456789abcdef"
+T = TypeVar("T")
+
+HUB_FILE = {
+    "auth": {"bearer": [{"env": "HUB_SCIM_TOKEN"}]},
+    "delivery": {"concurrency": 4, "max_attempts": 1000, "backoff": 0.2, "max_backoff": 1.0, "poll_interval": 0.2},
+    "apps": {
+        "demo": {
+            "users": {"member_of": ["Engineering"], "when": "user.department == 'Sales'"},
+            "groups": "all",
+            "leave": "delete",
+        },
+        "hr": {"users": {"everyone": True}, "groups": "all", "leave": "deactivate"},
+    },
+}
+
+
+class HrProcess:
+    """The hr fake as its own process, read over its API; SIGSTOP / SIGCONT stop and resume it."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.log = root / "hr-fake.log"
+        env = {k: v for k, v in os.environ.items() if k not in ("SCIM_GATEWAY_TOKEN", "SCIM_GATEWAY_STORE")}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.fakes.serve", "hr", str(self.port)],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the hr fake stopped:\n{self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the hr fake did not start")
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        self.resume()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    async def get(self, path: str) -> Any:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self.api}{path}", headers={"X-API-Key": HR_API_KEY}, params={"per_page": "100"}) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+    async def users(self) -> list[dict[str, Any]]:
+        return list((await self.get("/users"))["data"])
+
+    async def user(self, login: str) -> dict[str, Any] | None:
+        found = [u for u in await self.users() if u["login"].lower() == login.lower()]
+        assert len(found) <= 1, f"{login} is in the hr app {len(found)} times"
+        return found[0] if found else None
+
+    async def group_members(self, name: str) -> set[str] | None:
+        groups = [g for g in (await self.get("/groups"))["data"] if g["name"] == name]
+        if not groups:
+            return None
+        members = (await self.get(f"/groups/{groups[0]['id']}/members"))["data"]
+        by_id = {u["id"]: u["login"] for u in await self.users()}
+        return {by_id[m["user_id"]] for m in members}
+
+
+class Demo:
+    """The demo app's own database, read directly."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def employee(self, login: str) -> dict[str, Any] | None:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM employees WHERE login = ? COLLATE NOCASE", (login,)).fetchall()
+        assert len(rows) <= 1, f"{login} is in the demo app {len(rows)} times"
+        return dict(rows[0]) if rows else None
+
+    def team_logins(self, name: str) -> set[str] | None:
+        with self._db() as db:
+            team = db.execute("SELECT team_id FROM teams WHERE team_name = ?", (name,)).fetchone()
+            if team is None:
+                return None
+            rows = db.execute(
+                "SELECT e.login FROM team_members m JOIN employees e ON e.emp_no = m.emp_no WHERE m.team_id = ?", (team[0],)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+
+class Stack:
+    def __init__(self, root: Path, hr: HrProcess, gateway: LiveGateway, demo: Demo) -> None:
+        self.root = root
+        self.hr = hr
+        self.gateway = gateway
+        self.demo = demo
+        self.hub = f"{gateway.url}/hub/scim/v2"
+        self.session: aiohttp.ClientSession | None = None
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any, float]:
+        """One hub request: its status, JSON body and how long the hub took to answer."""
+        headers = {"Authorization": f"Bearer {HUB_TOKEN}", "Content-Type": "application/scim+json"}
+        started = time.monotonic()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, f"{self.hub}{path}", json=body, headers=headers) as resp,
+        ):
+            text = await resp.text()
+            took = time.monotonic() - started
+            assert resp.content_type == "application/scim+json" or resp.status == 204, text
+            return resp.status, json.loads(text) if text else None, took
+
+    async def create_user(self, user_name: str, department: str = "R&D", **kw: Any) -> str:
+        given, family = user_name.split("@")[0].split(".")
+        status, body, _ = await self.call(
+            "POST", "/Users", entra_user(user_name, given.title(), family.title(), department=department, **kw)
+        )
+        assert status == 201, body
+        return str(body["id"])
+
+    async def patch(self, path: str, *operations: dict[str, Any]) -> tuple[int, Any, float]:
+        return await self.call("PATCH", path, {"schemas": [PATCH_URN], "Operations": list(operations)})
+
+    async def status(self, user: str | None = None) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{self.gateway.url}/hub/status",
+                params={"user": user} if user else {},
+                headers={"Authorization": f"Bearer {HUB_TOKEN}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            doc: dict[str, Any] = await resp.json()
+            return doc
+
+
+async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout: float = 20.0) -> T:
+    """`check`'s value once it returns without an AssertionError (delivery is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not reached within {timeout:g} s: {what}") from None
+            await asyncio.sleep(0.1)
+
+
+def write_mappings(root: Path) -> tuple[Path, Path]:
+    """The demo mapping as shipped; the hr one without its own IdP token (the hub feeds it), quick to give up."""
+    hr = yaml.safe_load((ROOT / "mappings" / "hr_rest.yaml").read_text())
+    hr.pop("auth")
+    hr["connector"].update(timeout=2, retries=0)
+    hr["breaker"] = {"failures": 2, "reset_after": 0.5, "max_reset_after": 1.0}
+    hr_path = root / "hr.yaml"
+    hr_path.write_text(yaml.safe_dump(hr, sort_keys=False))
+    return demo_mapping_path(), hr_path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("hub")
+    ensure_demo_database(root / "data")
+    demo_yaml, hr_yaml = write_mappings(root)
+    hub_yaml = root / "hub.yaml"
+    hub_yaml.write_text(yaml.safe_dump(HUB_FILE))
+    hr = HrProcess(root)
+    env = {"HR_API_URL": hr.api, "HR_API_KEY": HR_API_KEY, "HUB_SCIM_TOKEN": HUB_TOKEN}
+    gateway = LiveGateway(root, token="", env=env)
+    try:
+        gateway.start("--config", str(demo_yaml), "--config", str(hr_yaml), "--hub", str(hub_yaml))
+        yield Stack(root, hr, gateway, Demo(root / "data" / "demo.db"))
+    finally:
+        gateway.stop()
+        hr.close()
+
+
+@pytest.fixture
+async def hub(stack: Stack) -> AsyncIterator[Stack]:
+    yield stack
+    stack.hr.resume()  # a failed test must not leave the fake stopped for the next
+
+
+# ---------------------------------------------------------------- the Entra sequence
+
+
+async def test_an_entra_sequence_against_the_hub_reaches_each_app_by_its_rules(hub: Stack) -> None:
+    demo, hr = hub.demo, hub.hr
+    mia = await hub.create_user("mia.boss@example.com", department="Sales")
+    eve = await hub.create_user("eve.dev@example.com", manager=mia)  # Entra: manager as a plain id string
+
+    # mia: in Sales, so in demo by the `when` rule; everyone is in hr. eve (R&D, no group yet): hr only.
+    async def first() -> None:
+        assert demo.employee("mia.boss@example.com") is not None
+        assert (await hr.user("mia.boss@example.com")) is not None
+        assert (await hr.user("eve.dev@example.com")) is not None
+
+    await eventually(first, "mia in demo and hr, eve in hr")
+    assert demo.employee("eve.dev@example.com") is None
+
+    # Engineering with eve: she is assigned to demo now, her manager translated to demo's own id for mia.
+    status, group, _ = await hub.call("POST", "/Groups", entra_group("Engineering", [eve]))
+    assert status == 201, group
+
+    async def joined() -> None:
+        row = demo.employee("eve.dev@example.com")
+        assert row is not None and row["mgr_emp_no"] == demo.employee("mia.boss@example.com")["emp_no"]  # type: ignore[index]
+        assert demo.team_logins("Engineering") == {"eve.dev@example.com"}
+        assert await hr.group_members("Engineering") == {"eve.dev@example.com"}
+
+    await eventually(joined, "eve in demo with her manager, Engineering in both apps with eve")
+
+    # Entra's path-less Replace with dotted keys, then its deactivation ("False" as a string).
+    status, body, _ = await hub.patch(f"/Users/{eve}", {"op": "Replace", "value": {"title": "Lead", "name.givenName": "Evie"}})
+    assert status == 200, body
+    status, body, _ = await hub.patch(f"/Users/{eve}", {"op": "Replace", "path": "active", "value": "False"})
+    assert status == 200 and body["active"] is False, body
+
+    async def changed() -> None:
+        row = demo.employee("eve.dev@example.com")
+        assert row is not None and (row["job_title"], row["first_nm"], row["status"]) == ("Lead", "Evie", "I")
+        user = await hr.user("eve.dev@example.com")
+        assert user is not None and (user["title"], user["first_name"], user["status"]) == ("Lead", "Evie", "disabled")
+
+    await eventually(changed, "eve's title, name and deactivation in both apps")
+
+    # Entra's Remove of one member by value list: eve leaves Engineering, so she leaves demo (leave: delete);
+    # hr keeps her (everyone), out of the group.
+    status, body, _ = await hub.patch(f"/Groups/{group['id']}", {"op": "Remove", "path": "members", "value": [{"value": eve}]})
+    assert status == 200, body
+
+    async def left() -> None:
+        assert demo.employee("eve.dev@example.com") is None
+        assert demo.team_logins("Engineering") == set()
+        assert (await hr.user("eve.dev@example.com")) is not None
+        assert await hr.group_members("Engineering") == set()
+
+    await eventually(left, "eve out of demo, out of hr's Engineering")
+
+    # A delete in the hub: gone from every app.
+    status, _, _ = await hub.call("DELETE", f"/Users/{mia}")
+    assert status == 204
+
+    async def deleted() -> None:
+        assert demo.employee("mia.boss@example.com") is None
+        assert (await hr.user("mia.boss@example.com")) is None
+
+    await eventually(deleted, "mia deleted in demo and hr")
+    doc = await hub.status("eve.dev@example.com")
+    assert [r["name"] for r in doc["resources"]] == ["eve.dev@example.com"]
+    assert {app: s["state"] for app, s in doc["resources"][0]["apps"].items()} == {"demo": "delivered", "hr": "delivered"}
+
+
+async def test_assignment_by_attribute_follows_a_change_of_department(hub: Stack) -> None:
+    uid = await hub.create_user("ray.moves@example.com", department="Support")
+
+    async def in_hr() -> None:
+        assert (await hub.hr.user("ray.moves@example.com")) is not None
+
+    await eventually(in_hr, "ray in hr")
+    assert hub.demo.employee("ray.moves@example.com") is None
+    # Entra's path-less PATCH with a URN key.
+    status, body, _ = await hub.patch(f"/Users/{uid}", {"op": "replace", "value": {f"{ENTERPRISE_URN}:department": "Sales"}})
+    assert status == 200, body
+
+    async def in_demo() -> None:
+        row = hub.demo.employee("ray.moves@example.com")
+        assert row is not None and row["dept"] == "Sales"
+
+    await eventually(in_demo, "ray in demo once in Sales")
+    status, body, _ = await hub.patch(f"/Users/{uid}", {"op": "replace", "path": f"{ENTERPRISE_URN}:department", "value": "Ops"})
+    assert status == 200, body
+
+    async def out_of_demo() -> None:
+        assert hub.demo.employee("ray.moves@example.com") is None
+        user = await hub.hr.user("ray.moves@example.com")
+        assert user is not None and user["department"] == "Ops" and user["status"] == "enabled"
+
+    await eventually(out_of_demo, "ray out of demo (leave: delete), still in hr")
+
+
+async def test_an_app_stopped_while_the_idp_writes_gets_every_change_once_when_it_is_back(hub: Stack) -> None:
+    hub.hr.pause()
+    took: list[float] = []
+    ids = {}
+    for name in ("ann.one", "bo.two", "cy.three", "di.four"):
+        user_name = f"{name}@example.com"
+        given, family = name.split(".")
+        status, body, seconds = await hub.call(
+            "POST", "/Users", entra_user(user_name, given.title(), family.title(), department="Sales" if name < "c" else "R&D")
+        )
+        assert status == 201, body
+        ids[name] = body["id"]
+        took.append(seconds)
+    for title in ("First", "Second", "Third"):
+        status, body, seconds = await hub.patch(f"/Users/{ids['ann.one']}", {"op": "replace", "path": "title", "value": title})
+        assert status == 200, body
+        took.append(seconds)
+    status, _, seconds = await hub.call("DELETE", f"/Users/{ids['di.four']}")  # never reaches hr
+    assert status == 204
+    took.append(seconds)
+    # The hub answers at once, whatever the app does: it never waits on one.
+    assert max(took) < 1.0, took
+
+    # The other app is not held up: demo has its two (Sales) users, at their latest state, while hr is stopped.
+    async def demo_meanwhile() -> None:
+        row = hub.demo.employee("ann.one@example.com")
+        assert row is not None and row["job_title"] == "Third"
+        assert hub.demo.employee("bo.two@example.com") is not None
+
+    await eventually(demo_meanwhile, "demo up to date while hr is stopped", timeout=10)
+    doc = await hub.status("ann.one@example.com")
+    assert doc["resources"][0]["apps"]["hr"]["state"] == "pending"
+    await asyncio.sleep(6)  # hr down a while: calls time out, its breaker opens, entries wait for its probes
+
+    hub.hr.resume()
+
+    async def arrived() -> None:
+        ann = await hub.hr.user("ann.one@example.com")  # user() also asserts: at most once
+        assert ann is not None and ann["title"] == "Third"
+        for name in ("bo.two", "cy.three"):
+            assert (await hub.hr.user(f"{name}@example.com")) is not None
+        assert (await hub.hr.user("di.four@example.com")) is None
+        for name in ("ann.one", "bo.two", "cy.three"):
+            state = (await hub.status(f"{name}@example.com"))["resources"][0]["apps"]["hr"]["state"]
+            assert state == "delivered", (name, state)
+
+    await eventually(arrived, "every change in hr, once, at its latest state", timeout=30)
+    logins = [u["login"] for u in await hub.hr.users()]
+    assert len(logins) == len(set(logins)), logins
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_an_app_fed_by_the_hub_that_also_takes_its_own_idp_tokens_is_refused(stack: Stack) -> None:
+    hr_with_auth = ROOT / "mappings" / "hr_rest.yaml"
+    env = {k: v for k, v in os.environ.items() if k != "SCIM_GATEWAY_TOKEN"} | {
+        "HR_API_URL": stack.hr.api,
+        "HR_API_KEY": HR_API_KEY,
+        "HR_SCIM_TOKEN": "an-hr-token-0123456789",
+        "HUB_SCIM_TOKEN": HUB_TOKEN,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port()), "--data-dir", str(stack.root / "refused")]
+        + ["--config", str(demo_mapping_path()), "--config", str(hr_with_auth), "--hub", str(stack.root / "hub.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "app 'hr' is fed by the hub but also accepts its own IdP credentials" in done.stdout + done.stderr
+    assert "hub.yaml:" in done.stdout + done.stderr  # at the hub file's line
