@@ -90,7 +90,7 @@ class CompiledHub:
     doc: Document
 
     def problem(self, path: tuple[str | int, ...], message: str) -> Problem:
-        return self.doc.problem(path, message)
+        return self.doc.problem(path, message, at_key=True)
 
 
 def _user_variables() -> set[str]:
@@ -111,7 +111,8 @@ def compile_hub(doc: Document, *, require_secrets: bool = True) -> CompiledHub:
     try:
         mapping = compile_directory(doc, require_secrets=require_secrets)
     except MappingFileError as exc:
-        problems.extend(p for p in exc.problems if p.path[:1] == ("auth",) or config is not None)
+        seen = {(p.path, p.message) for p in problems}  # the auth block is validated by both: say it once
+        problems.extend(p for p in exc.problems if (p.path, p.message) not in seen)
     # The expressions are compiled from the document itself: their problems are listed with the others.
     env = create_environment({})
     whens: dict[str, Transform | None] = {}
