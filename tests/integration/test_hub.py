@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from gateway.demo import demo_mapping_path, ensure_demo_database
-from tests.conftest import ENTERPRISE_URN, PATCH_URN, LiveGateway, free_port
+from tests.conftest import ENTERPRISE_URN, GROUP_URN, PATCH_URN, LiveGateway, free_port
 from tests.fakes.serve import HR_API_KEY
-from tests.idp import entra_group, entra_user
+from tests.idp import entra_group, entra_user, okta_user
 
 ROOT = Path(__file__).resolve().parents[2]
 HUB_TOKEN = "hub-token-0123456789abcdef"
@@ -380,6 +380,88 @@ async def test_an_app_stopped_while_the_idp_writes_gets_every_change_once_when_i
     await eventually(arrived, "every change in hr, once, at its latest state", timeout=30)
     logins = [u["login"] for u in await hub.hr.users()]
     assert len(logins) == len(set(logins)), logins
+
+
+async def test_an_okta_sequence_and_a_bulk_request_against_the_hub(hub: Stack) -> None:
+    hr, demo = hub.hr, hub.demo
+    # Okta: core schema only, groups [], a password (the hub keeps none: see docs/hub.md), PUT for updates.
+    status, olga, _ = await hub.call("POST", "/Users", okta_user("olga.okta@example.com", "Olga", "Okta"))
+    assert status == 201, olga
+    status, found, _ = await hub.call("GET", '/Users?filter=userName%20eq%20%22olga.okta%40example.com%22')
+    assert status == 200 and found["totalResults"] == 1
+    replaced = okta_user("olga.okta@example.com", "Olga", "Renamed", password=None) | {"id": olga["id"]}
+    status, body, _ = await hub.call("PUT", f"/Users/{olga['id']}", replaced)
+    assert status == 200 and body["name"]["familyName"] == "Renamed", body
+    # Okta's group push: create empty, add members by PATCH, rename by a path-less replace with the id.
+    status, group, _ = await hub.call("POST", "/Groups", {"schemas": [GROUP_URN], "displayName": "Platform", "members": []})
+    assert status == 201, group
+    status, body, _ = await hub.patch(f"/Groups/{group['id']}", {"op": "add", "path": "members", "value": [{"value": olga["id"]}]})
+    assert status == 200, body
+    status, body, _ = await hub.patch(
+        f"/Groups/{group['id']}", {"op": "replace", "value": {"id": group["id"], "displayName": "Platform Team"}}
+    )
+    assert status == 200 and body["displayName"] == "Platform Team", body
+    status, body, _ = await hub.patch(f"/Users/{olga['id']}", {"op": "replace", "value": {"active": False}})
+    assert status == 200, body
+    # Bulk, as some IdPs and migrations send it.
+    bulk = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+        "Operations": [
+            {"method": "POST", "path": "/Users", "bulkId": f"b{i}", "data": okta_user(f"bulk.u{i}@example.com", password=None)}
+            for i in range(3)
+        ],
+    }
+    status, body, _ = await hub.call("POST", "/Bulk", bulk)
+    assert status == 200 and [op["status"] for op in body["Operations"]] == ["201"] * 3, body
+
+    async def delivered() -> None:
+        user = await hr.user("olga.okta@example.com")
+        assert user is not None and (user["last_name"], user["status"]) == ("Renamed", "disabled")
+        assert await hr.group_members("Platform Team") == {"olga.okta@example.com"}
+        assert await hr.group_members("Platform") is None
+        assert demo.team_logins("Platform Team") == set()  # pushed to demo too; olga is no demo user
+        for i in range(3):
+            assert (await hr.user(f"bulk.u{i}@example.com")) is not None
+
+    await eventually(delivered, "olga, Platform Team and the bulk users in hr")
+    assert demo.employee("olga.okta@example.com") is None
+
+
+async def test_hub_status_and_sync_from_the_command_line(hub: Stack) -> None:
+    """`hub sync` brings back an account deleted in the app behind the hub's back; `hub status` shows it."""
+    uid = await hub.create_user("sam.sync@example.com")
+
+    async def in_hr() -> dict[str, Any]:
+        user = await hub.hr.user("sam.sync@example.com")
+        assert user is not None
+        return user
+
+    user = await eventually(in_hr, "sam in hr")
+    async with aiohttp.ClientSession() as session, session.delete(
+        f"{hub.hr.api}/users/{user['id']}", headers={"X-API-Key": HR_API_KEY}
+    ) as resp:
+        assert resp.status in (200, 204)
+    assert (await hub.hr.user("sam.sync@example.com")) is None
+    data = ["--data-dir", str(hub.root / "data")]
+    sync = await run_cli("hub", "sync", "hr", "--hub", str(hub.root / "hub.yaml"), "--wait", "--timeout", "30", *data)
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    assert "queued for hr" in sync.stdout and "0 failed" in sync.stdout
+    assert (await hub.hr.user("sam.sync@example.com")) is not None
+    status = await run_cli("hub", "status", "sam.sync@example.com", *data)
+    assert status.returncode == 0, status.stderr
+    assert "User sam.sync@example.com" in status.stdout and "hr: delivered" in status.stdout, status.stdout
+    as_json = await run_cli("hub", "status", uid, "--json", *data)
+    doc = json.loads(as_json.stdout)
+    assert doc["resources"][0]["apps"]["hr"]["state"] == "delivered"
+    replay = await run_cli("hub", "replay", "hr", *data)
+    assert replay.returncode == 0 and "0 dead letter(s)" in replay.stdout, replay.stdout
+
+
+async def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SCIM_GATEWAY_TOKEN", "SCIM_GATEWAY_STORE")}
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway.cli", *argv], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 # ---------------------------------------------------------------- configuration
