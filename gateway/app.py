@@ -76,9 +76,10 @@ def create_app(
     app[AUDIT] = AuditLog(settings.audit_file)
     app.cleanup_ctx.append(_audit_ctx)
     app.cleanup_ctx.append(_store_ctx)
-    for mapping in mappings:
-        app.cleanup_ctx.append(_app_ctx(mapping))
     hub = load_hub_for(settings, mappings)
+    fed = set(hub.config.apps) if hub is not None else set()
+    for mapping in mappings:
+        app.cleanup_ctx.append(_app_ctx(mapping, fed_by_hub=mapping.app in fed))
     if hub is not None:
         app.cleanup_ctx.append(_hub_ctx(hub))  # after the apps: its workers deliver to them
     setup_routes(app, hub=hub is not None)
@@ -133,10 +134,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
-def _app_ctx(mapping: CompiledMapping) -> Callable[[web.Application], Any]:
+def _app_ctx(mapping: CompiledMapping, *, fed_by_hub: bool = False) -> Callable[[web.Application], Any]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        runtime = app_runtime.create_runtime(mapping, settings, app[STORE], settings.extra_tokens.get(mapping.app, []))
+        tokens = settings.extra_tokens.get(mapping.app, [])
+        runtime = app_runtime.create_runtime(mapping, settings, app[STORE], tokens, fed_by_hub=fed_by_hub)
         try:
             await app_runtime.start(runtime, settings)
         except BaseException:

@@ -387,7 +387,7 @@ async def test_an_okta_sequence_and_a_bulk_request_against_the_hub(hub: Stack) -
     # Okta: core schema only, groups [], a password (the hub keeps none: see docs/hub.md), PUT for updates.
     status, olga, _ = await hub.call("POST", "/Users", okta_user("olga.okta@example.com", "Olga", "Okta"))
     assert status == 201, olga
-    status, found, _ = await hub.call("GET", '/Users?filter=userName%20eq%20%22olga.okta%40example.com%22')
+    status, found, _ = await hub.call("GET", "/Users?filter=userName%20eq%20%22olga.okta%40example.com%22")
     assert status == 200 and found["totalResults"] == 1
     replaced = okta_user("olga.okta@example.com", "Olga", "Renamed", password=None) | {"id": olga["id"]}
     status, body, _ = await hub.call("PUT", f"/Users/{olga['id']}", replaced)
@@ -395,7 +395,9 @@ async def test_an_okta_sequence_and_a_bulk_request_against_the_hub(hub: Stack) -
     # Okta's group push: create empty, add members by PATCH, rename by a path-less replace with the id.
     status, group, _ = await hub.call("POST", "/Groups", {"schemas": [GROUP_URN], "displayName": "Platform", "members": []})
     assert status == 201, group
-    status, body, _ = await hub.patch(f"/Groups/{group['id']}", {"op": "add", "path": "members", "value": [{"value": olga["id"]}]})
+    status, body, _ = await hub.patch(
+        f"/Groups/{group['id']}", {"op": "add", "path": "members", "value": [{"value": olga["id"]}]}
+    )
     assert status == 200, body
     status, body, _ = await hub.patch(
         f"/Groups/{group['id']}", {"op": "replace", "value": {"id": group["id"], "displayName": "Platform Team"}}
@@ -437,9 +439,10 @@ async def test_hub_status_and_sync_from_the_command_line(hub: Stack) -> None:
         return user
 
     user = await eventually(in_hr, "sam in hr")
-    async with aiohttp.ClientSession() as session, session.delete(
-        f"{hub.hr.api}/users/{user['id']}", headers={"X-API-Key": HR_API_KEY}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(f"{hub.hr.api}/users/{user['id']}", headers={"X-API-Key": HR_API_KEY}) as resp,
+    ):
         assert resp.status in (200, 204)
     assert (await hub.hr.user("sam.sync@example.com")) is None
     data = ["--data-dir", str(hub.root / "data")]
