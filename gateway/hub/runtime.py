@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from ..store.outbox import DeliveryState, HubStore
 from .config import CompiledHub
 from .delivery import Worker, create_workers
 from .directory import HUB_APP
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -42,6 +45,11 @@ def create_hub(compiled: CompiledHub, settings: GatewaySettings, store: Store, a
 
 async def start_hub(hub: Hub, settings: GatewaySettings) -> None:
     await app_runtime.start(hub.runtime, settings)
+    if settings.startup_recovery_age is None:
+        # Alone on the store: leases still held were a crashed run's; its entries are due now, not in `lease` s.
+        released = await hub.store.release_leases()
+        if released:
+            log.info("hub: %d delivery lease(s) of an earlier run released", released)
     for name, worker in hub.workers.items():
         hub.tasks.append(asyncio.create_task(worker.run(), name=f"hub-delivery:{name}"))
 

@@ -279,6 +279,13 @@ class HubStore(Store):
             )
         )
 
+    async def release_leases(self) -> int:
+        """Free every lease: at the start of a process that is the store's only one, those are a dead process's."""
+        n: int = await self._tx(
+            lambda conn: conn.execute("UPDATE hub_outbox SET lease_until = NULL WHERE lease_until IS NOT NULL")
+        )
+        return n
+
     # -- links
 
     async def link_of(self, app: str, kind: str, hub_id: str) -> str | None:

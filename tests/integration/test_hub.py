@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -51,14 +52,14 @@ HUB_FILE = {
 class HrProcess:
     """The hr fake as its own process, read over its API; SIGSTOP / SIGCONT stop and resume it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *extra: str) -> None:
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.log = root / "hr-fake.log"
         env = {k: v for k, v in os.environ.items() if k not in ("SCIM_GATEWAY_TOKEN", "SCIM_GATEWAY_STORE")}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.fakes.serve", "hr", str(self.port)],
+                [sys.executable, "-m", "tests.fakes.serve", "hr", str(self.port), *extra],
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -145,8 +146,10 @@ class Stack:
         self.hr = hr
         self.gateway = gateway
         self.demo = demo
-        self.hub = f"{gateway.url}/hub/scim/v2"
-        self.session: aiohttp.ClientSession | None = None
+
+    @property
+    def hub(self) -> str:
+        return f"{self.gateway.url}/hub/scim/v2"
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any, float]:
         """One hub request: its status, JSON body and how long the hub took to answer."""
@@ -209,22 +212,35 @@ def write_mappings(root: Path) -> tuple[Path, Path]:
     return demo_mapping_path(), hr_path
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("hub")
+def start_stack(root: Path, *hr_args: str) -> tuple[Stack, Callable[[], None]]:
+    """hr as its own process, and a gateway serving the hub in front of it and demo; and how to start it again."""
     ensure_demo_database(root / "data")
     demo_yaml, hr_yaml = write_mappings(root)
     hub_yaml = root / "hub.yaml"
     hub_yaml.write_text(yaml.safe_dump(HUB_FILE))
-    hr = HrProcess(root)
+    hr = HrProcess(root, *hr_args)
     env = {"HR_API_URL": hr.api, "HR_API_KEY": HR_API_KEY, "HUB_SCIM_TOKEN": HUB_TOKEN}
     gateway = LiveGateway(root, token="", env=env)
-    try:
+
+    def start() -> None:
         gateway.start("--config", str(demo_yaml), "--config", str(hr_yaml), "--hub", str(hub_yaml))
-        yield Stack(root, hr, gateway, Demo(root / "data" / "demo.db"))
-    finally:
-        gateway.stop()
+
+    try:
+        start()
+    except BaseException:
         hr.close()
+        raise
+    return Stack(root, hr, gateway, Demo(root / "data" / "demo.db")), start
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    made, _start = start_stack(tmp_path_factory.mktemp("hub"))
+    try:
+        yield made
+    finally:
+        made.gateway.stop()
+        made.hr.close()
 
 
 @pytest.fixture
@@ -465,6 +481,55 @@ async def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "gateway.cli", *argv], capture_output=True, text=True, env=env, timeout=60
     )
+
+
+async def test_the_gateway_killed_during_delivery_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
+    """SIGKILL at random points while hr's writes are slow (deliveries in flight), restart: every app ends up
+    as the hub's directory and its rules say, each account once."""
+    rng = random.Random(14)
+    made, start = start_stack(tmp_path, "--slow-writes", "0.3")
+    expected: dict[str, tuple[str, str]] = {}  # userName -> (department, title)
+    try:
+        for round_ in range(4):
+            for i in range(6):
+                name = f"k{round_}.u{i}@example.com"
+                department = "Sales" if i % 2 else "R&D"
+                uid = await made.create_user(name, department=department)
+                expected[name] = (department, "Engineer")
+                if i == 3:
+                    title = f"T{round_}"
+                    status, body, _ = await made.patch(f"/Users/{uid}", {"op": "replace", "path": "title", "value": title})
+                    assert status == 200, body
+                    expected[name] = (department, title)
+            await asyncio.sleep(rng.uniform(0.3, 0.9))  # deliveries in flight: hr takes 0.3 s per write
+            proc = made.gateway.proc
+            assert proc is not None
+            proc.kill()
+            proc.wait()
+            made.gateway.proc = None
+            start()
+
+        async def converged() -> None:
+            users = await made.hr.users()
+            logins = [u["login"] for u in users]
+            assert len(logins) == len(set(logins)), f"duplicates in hr: {logins}"
+            assert {u["login"]: u["title"] for u in users} == {n: t for n, (_d, t) in expected.items()}
+            for name, (department, title) in expected.items():
+                row = made.demo.employee(name)  # also asserts: at most once
+                if department == "Sales":
+                    assert row is not None and row["job_title"] == title, name
+                else:
+                    assert row is None, name
+            totals = (await made.status())["totals"]
+            assert totals["pending"] == 0 and totals["failed"] == 0, totals
+
+        await eventually(converged, "hr and demo as the hub says, after 4 SIGKILLs", timeout=60)
+        # The kills did cut deliveries short: leases of a dead run were found (and released) at restarts.
+        log = made.gateway.log.read_text()
+        assert log.count("delivery lease(s) of an earlier run released") >= 1, log[-3000:]
+    finally:
+        made.gateway.stop()
+        made.hr.close()
 
 
 # ---------------------------------------------------------------- configuration
