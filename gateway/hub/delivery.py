@@ -118,6 +118,7 @@ class Worker:
             return
         if await self.store.delivered(entry):
             self.delivered += 1
+            log.debug("hub: %s %s delivered to %s (generation %d)", entry.type, entry.resource_id, self.app, entry.generation)
 
     # ------------------------------------------------------------------ one resource
 
