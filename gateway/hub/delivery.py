@@ -55,20 +55,40 @@ class Worker:
         return self.apps.get(self.app)
 
     async def run(self) -> None:
-        while True:
-            try:
-                busy = await self.round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("hub: delivery to %s failed; it runs again in %g s", self.app, self.config.poll_interval)
-                busy = False
-            if not busy:
-                self.wake.clear()
+        """Deliver until cancelled: up to `concurrency` entries at once, a slot taken again as soon as it frees."""
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                taken = 0
                 try:
-                    await asyncio.wait_for(self.wake.wait(), self.config.poll_interval)
-                except TimeoutError:
-                    pass
+                    taken = await self.fill(inflight)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("hub: delivery to %s failed; it runs again in %g s", self.app, self.config.poll_interval)
+                if taken:
+                    continue  # more may be due: look again while there are free slots
+                self.wake.clear()
+                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self.wake.wait()), *inflight}
+                await asyncio.wait(waits, timeout=self.config.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                for future in waits - inflight:
+                    future.cancel()
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def fill(self, inflight: set[asyncio.Task[None]]) -> int:
+        """Take due entries for the free slots and start delivering them; how many were taken."""
+        free = self.config.concurrency - len(inflight)
+        if free <= 0 or self._not_now() is not None:
+            return 0  # no slot; or the app cannot be called: the entries wait, due as they are, no attempt spent
+        entries = await self.store.take(self.app, free, self.config.lease)
+        for entry in entries:
+            task = asyncio.create_task(self._one(entry), name=f"hub-deliver:{self.app}:{entry.resource_id}")
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        return len(entries)
 
     def _not_now(self) -> tuple[float, str] | None:
         """(seconds, why) while the app cannot be called: its connector not open, its circuit open."""
@@ -84,19 +104,9 @@ class Worker:
             return max(0.5, wait), f"app {self.app}'s circuit is open"
         return None
 
-    async def round(self) -> bool:
-        """Take and deliver one batch of due entries; False when there was none (or the app cannot be called)."""
-        if self._not_now() is not None:
-            return False  # the entries wait, due as they are; no attempt is spent on an app known to be down
-        entries = await self.store.take(self.app, self.config.concurrency, self.config.lease)
-        if not entries:
-            return False
-        await asyncio.gather(*(self._one(entry) for entry in entries))
-        return True
-
     async def _one(self, entry: OutboxEntry) -> None:
         try:
-            await self.deliver(entry.type, entry.resource_id)
+            await self.deliver(entry.type, entry.resource_id, entry)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -122,7 +132,7 @@ class Worker:
 
     # ------------------------------------------------------------------ one resource
 
-    async def deliver(self, kind: str, hub_id: str) -> None:
+    async def deliver(self, kind: str, hub_id: str, entry: OutboxEntry | None = None) -> None:
         """Make app `self.app` hold `hub_id` as the hub holds it now (or not at all)."""
         runtime = self.runtime
         assert runtime is not None
@@ -131,6 +141,13 @@ class Worker:
         row = await self.store.get(HUB_APP, kind, hub_id)
         assigned = row is not None and rtype is not None and await self._assigned(kind, row)
         app_id = await self.store.link_of(self.app, kind, hub_id)
+        if not assigned and app_id is None and rtype is not None and entry is not None and entry.failed_before:
+            # An earlier attempt failed without an answer (a timeout): the app may have made the account all
+            # the same. Find it by its name (the app's search adopts it) so that leaving applies to it too.
+            name = row.unique_key if row is not None else entry.name
+            app_id = await self._lookup(runtime, rtype, name) if name is not None else None
+            if app_id is not None:
+                await self.store.set_link(self.app, kind, hub_id, app_id)
         if not assigned:
             if app_id is not None and rtype is not None:
                 await self._leave(runtime, rtype, hub_id, app_id, gone=row is None)
@@ -153,7 +170,7 @@ class Worker:
             # The name is held: by an earlier delivery whose link was lost (a crash between the app's answer and
             # the link), or by an account the app already had. Look it up as an IdP would (the app's own search,
             # which adopts an app record the gateway has not linked yet) and take it.
-            held = await self._lookup(runtime, rtype, row)
+            held = await self._lookup(runtime, rtype, row.data.get(runtime.provisioner.resource(kind).unique_attr))
             if held is None:
                 raise
             await self.store.set_link(self.app, kind, hub_id, held)
@@ -178,10 +195,9 @@ class Worker:
                 keys.add(group.unique_key)
         return keys
 
-    async def _lookup(self, runtime: AppRuntime, rtype: ResourceType, row: Row) -> str | None:
-        """The app's resource holding the hub resource's unique name, found by the app's own filter search."""
+    async def _lookup(self, runtime: AppRuntime, rtype: ResourceType, value: Any) -> str | None:
+        """The app's resource holding a unique name (userName, displayName), found by the app's own filter search."""
         attr = runtime.provisioner.resource(rtype.name).unique_attr
-        value = row.data.get(attr)
         if not isinstance(value, str):
             return None
         reply = await runtime.service.search("", rtype, {"filter": f"{attr} eq {json.dumps(value)}", "attributes": "id"})

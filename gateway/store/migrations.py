@@ -64,6 +64,7 @@ _MIGRATIONS: list[str] = [
         app {text} NOT NULL,
         type {text} NOT NULL,
         resource_id {text} NOT NULL,
+        name {text},
         generation INTEGER NOT NULL DEFAULT 1,
         state {text} NOT NULL DEFAULT 'pending',
         attempts INTEGER NOT NULL DEFAULT 0,

@@ -33,6 +33,8 @@ class OutboxEntry:
     resource_id: str
     generation: int
     attempts: int
+    name: str | None = None  # the resource's unique key when last queued (it outlives a delete in the hub)
+    failed_before: bool = False  # an earlier attempt failed: it may have reached the app all the same
 
 
 @dataclass(slots=True)
@@ -112,7 +114,10 @@ class HubStore(Store):
     async def _enqueue_affected(self, conn: Conn, kind: str, rid: str) -> None:
         """An outbox row for every app the resource is in now or was in before."""
         rec = await conn.fetchrow(
-            "SELECT data FROM resources WHERE id = ? AND app = ? AND type = ? AND state = 'active'", rid, self.hub, kind
+            "SELECT data, unique_key FROM resources WHERE id = ? AND app = ? AND type = ? AND state = 'active'",
+            rid,
+            self.hub,
+            kind,
         )
         apps: set[str] = set()
         if rec is not None:
@@ -132,20 +137,21 @@ class HubStore(Store):
         )
         apps.update(r["app"] for r in before)
         for app in sorted(apps):
-            await self._upsert(conn, app, kind, rid)
+            await self._upsert(conn, app, kind, rid, None if rec is None else rec["unique_key"])
 
-    async def _upsert(self, conn: Conn, app: str, kind: str, rid: str) -> None:
+    async def _upsert(self, conn: Conn, app: str, kind: str, rid: str, name: str | None = None) -> None:
         clock = self.dialect.clock
         # A row already pending keeps its back-off (the app is failing); a delivered or dead one is due now.
         await conn.execute(
-            f"INSERT INTO hub_outbox (app, type, resource_id, due, changed) VALUES (?, ?, ?, {clock}, {clock})"
+            f"INSERT INTO hub_outbox (app, type, resource_id, name, due, changed) VALUES (?, ?, ?, ?, {clock}, {clock})"
             " ON CONFLICT (app, type, resource_id) DO UPDATE SET generation = hub_outbox.generation + 1,"
             " attempts = CASE WHEN hub_outbox.state = 'pending' THEN hub_outbox.attempts ELSE 0 END,"
             " due = CASE WHEN hub_outbox.state = 'pending' THEN hub_outbox.due ELSE excluded.due END,"
-            " state = 'pending', changed = excluded.changed",
+            " name = COALESCE(excluded.name, hub_outbox.name), state = 'pending', changed = excluded.changed",
             app,
             kind,
             rid,
+            name,
         )
 
     def _told(self) -> None:
@@ -202,7 +208,8 @@ class HubStore(Store):
 
         async def work(conn: Conn) -> list[OutboxEntry]:
             recs = await conn.fetch(
-                "SELECT app, type, resource_id, generation, attempts FROM hub_outbox WHERE app = ? AND state = 'pending'"
+                "SELECT app, type, resource_id, generation, attempts, name, last_error FROM hub_outbox"
+                " WHERE app = ? AND state = 'pending'"
                 f" AND due <= {clock} AND (lease_until IS NULL OR lease_until < {clock})"
                 # Users before groups: a group's members are then in the app when it is delivered.
                 f" ORDER BY due, type DESC LIMIT ?{lock}",
@@ -213,7 +220,12 @@ class HubStore(Store):
                 await conn.execute(
                     f"UPDATE hub_outbox SET lease_until = {clock} + ? WHERE {_KEY}", lease, app, r["type"], r["resource_id"]
                 )
-            return [OutboxEntry(r["app"], r["type"], r["resource_id"], r["generation"], r["attempts"]) for r in recs]
+            return [
+                OutboxEntry(
+                    r["app"], r["type"], r["resource_id"], r["generation"], r["attempts"], r["name"], r["last_error"] is not None
+                )
+                for r in recs
+            ]
 
         taken: list[OutboxEntry] = await self._tx(work)
         return taken

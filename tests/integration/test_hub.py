@@ -195,9 +195,9 @@ async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout: floa
     while True:
         try:
             return await check()
-        except AssertionError:
+        except AssertionError as exc:
             if time.monotonic() > deadline:
-                raise AssertionError(f"not reached within {timeout:g} s: {what}") from None
+                raise AssertionError(f"not reached within {timeout:g} s: {what}: {exc}") from None
             await asyncio.sleep(0.1)
 
 
