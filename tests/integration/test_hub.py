@@ -347,6 +347,36 @@ async def test_assignment_by_attribute_follows_a_change_of_department(hub: Stack
     await eventually(out_of_demo, "ray out of demo (leave: delete), still in hr")
 
 
+async def test_a_reference_waits_until_its_target_is_in_the_app(hub: Stack) -> None:
+    """A manager, a group member not (yet) in an app: left out there, and sent once the target is delivered."""
+    demo = hub.demo
+    boss = await hub.create_user("wes.waits@example.com", department="Finance")  # not in demo
+    report = await hub.create_user("rita.report@example.com", department="Sales", manager=boss)  # in demo
+    status, group, _ = await hub.call("POST", "/Groups", entra_group("Waiting Room", [boss, report]))
+    assert status == 201, group
+
+    async def without_boss() -> None:
+        row = demo.employee("rita.report@example.com")
+        assert row is not None and row["mgr_emp_no"] is None  # her manager has no account in demo yet
+        assert demo.team_logins("Waiting Room") == {"rita.report@example.com"}
+
+    await eventually(without_boss, "rita in demo without her manager; the group with her only")
+    assert demo.employee("wes.waits@example.com") is None
+    status, body, _ = await hub.patch(
+        f"/Users/{boss}", {"op": "replace", "path": f"{ENTERPRISE_URN}:department", "value": "Sales"}
+    )
+    assert status == 200, body
+
+    async def with_boss() -> None:
+        boss_row = demo.employee("wes.waits@example.com")
+        assert boss_row is not None
+        row = demo.employee("rita.report@example.com")
+        assert row is not None and row["mgr_emp_no"] == boss_row["emp_no"]
+        assert demo.team_logins("Waiting Room") == {"rita.report@example.com", "wes.waits@example.com"}
+
+    await eventually(with_boss, "wes in demo: rita's manager and the group's member there too")
+
+
 async def test_an_app_stopped_while_the_idp_writes_gets_every_change_once_when_it_is_back(hub: Stack) -> None:
     hub.hr.pause()
     took: list[float] = []

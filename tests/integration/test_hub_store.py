@@ -114,6 +114,22 @@ async def test_a_hub_write_commits_its_outbox_rows_for_the_apps_it_affects(store
     assert rows[("eng", group)][0] == "pending" and rows[("eng", bob)] == ("pending", 4)
 
 
+async def test_renaming_a_group_queues_its_members_whose_assignment_follows_the_name(
+    stores: tuple[Store, Store], tmp_path: Path
+) -> None:
+    hub = Hub(stores[0], tmp_path)
+    bob = await hub.user("bob", "R&D")
+    group = await hub.write(
+        "POST", "Group", None, {"schemas": [GROUP_URN], "displayName": "Platform", "members": [{"value": bob}]}
+    )
+    assert group is not None
+    assert await hub.rows() == {}  # Platform: no app's group, no app's member rule
+    rename = {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "displayName", "value": "Engineering"}]}
+    await hub.write("PATCH", "Group", group, rename)
+    # Now eng's group, and bob a member of it: both queued for eng, in the rename's transaction.
+    assert await hub.rows() == {("eng", group): ("pending", 1), ("eng", bob): ("pending", 1)}
+
+
 async def test_generations_backoff_dead_letters_and_replay(stores: tuple[Store, Store], tmp_path: Path) -> None:
     hub = Hub(stores[0], tmp_path)
     ann = await hub.user("ann", "Sales")
