@@ -61,7 +61,13 @@ class DeliveryConfig(_Strict):
     max_attempts: int = Field(10, ge=1, le=10_000, description="Failed deliveries before an entry is dead-lettered")
     backoff: float = Field(1.0, gt=0, le=3600, description="Seconds before the first retry; each retry doubles it (with jitter)")
     max_backoff: float = Field(300.0, gt=0, le=86_400, description="Longest wait between retries")
-    lease: float = Field(120.0, ge=5, le=86_400, description="Seconds a worker holds an entry before another may take it")
+    lease: float = Field(
+        30.0,
+        ge=3,
+        le=86_400,
+        description="Seconds a process holds an entry it delivers (renewed while it works on it); a dead process's "
+        "entries are taken by another after this",
+    )
     poll_interval: float = Field(1.0, gt=0, le=60, description="Seconds between looks for due entries when idle")
 
 

@@ -55,12 +55,19 @@ class Worker:
         return self.apps.get(self.app)
 
     async def run(self) -> None:
-        """Deliver until cancelled: up to `concurrency` entries at once, a slot taken again as soon as it frees."""
-        inflight: set[asyncio.Task[None]] = set()
+        """Deliver until cancelled: up to `concurrency` entries at once, a slot taken again as soon as it frees.
+        The leases of entries in flight are renewed every third of `lease`, so a dead process's lapse soon."""
+        inflight: dict[asyncio.Task[None], OutboxEntry] = {}
+        loop = asyncio.get_running_loop()
+        renew_every = self.config.lease / 3
+        renewed = loop.time()
         try:
             while True:
                 taken = 0
                 try:
+                    if inflight and loop.time() - renewed >= renew_every:
+                        await self.store.renew(list(inflight.values()), self.config.lease)
+                        renewed = loop.time()
                     taken = await self.fill(inflight)
                 except asyncio.CancelledError:
                     raise
@@ -70,15 +77,17 @@ class Worker:
                     continue  # more may be due: look again while there are free slots
                 self.wake.clear()
                 waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self.wake.wait()), *inflight}
-                await asyncio.wait(waits, timeout=self.config.poll_interval, return_when=asyncio.FIRST_COMPLETED)
-                for future in waits - inflight:
-                    future.cancel()
+                timeout = min(self.config.poll_interval, renew_every)
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for future in waits - set(inflight):
+                    if not future.done():
+                        future.cancel()
         finally:
             for task in inflight:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
 
-    async def fill(self, inflight: set[asyncio.Task[None]]) -> int:
+    async def fill(self, inflight: dict[asyncio.Task[None], OutboxEntry]) -> int:
         """Take due entries for the free slots and start delivering them; how many were taken."""
         free = self.config.concurrency - len(inflight)
         if free <= 0 or self._not_now() is not None:
@@ -86,8 +95,8 @@ class Worker:
         entries = await self.store.take(self.app, free, self.config.lease)
         for entry in entries:
             task = asyncio.create_task(self._one(entry), name=f"hub-deliver:{self.app}:{entry.resource_id}")
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
+            inflight[task] = entry
+            task.add_done_callback(lambda t: inflight.pop(t, None))
         return len(entries)
 
     def _not_now(self) -> tuple[float, str] | None:

@@ -291,6 +291,19 @@ class HubStore(Store):
             )
         )
 
+    async def renew(self, entries: Sequence[OutboxEntry], lease: float) -> None:
+        """Extend the leases of entries still being delivered (a live process keeps its own; a dead one's lapse)."""
+        clock = self.dialect.clock
+
+        async def work(conn: Conn) -> None:
+            for e in entries:
+                await conn.execute(
+                    f"UPDATE hub_outbox SET lease_until = {clock} + ? WHERE {_KEY}", lease, e.app, e.type, e.resource_id
+                )
+
+        if entries:
+            await self._tx(work)
+
     async def release_leases(self) -> int:
         """Free every lease: at the start of a process that is the store's only one, those are a dead process's."""
         n: int = await self._tx(

@@ -179,3 +179,15 @@ async def test_two_takers_share_the_outbox_without_taking_one_entry_twice(stores
     await asyncio.gather(taker(hub.store, taken[0]), taker(other, taken[1]))
     assert sorted(taken[0] + taken[1]) == sorted(ids)  # every entry taken, none twice
     assert taken[0] and taken[1], "both takers got a share"
+
+
+async def test_a_live_process_keeps_its_leases_and_a_dead_ones_lapse(stores: tuple[Store, Store], tmp_path: Path) -> None:
+    hub = Hub(stores[0], tmp_path)
+    other = create_hub_store(compile_hub(parse_yaml(HUB_YAML, "hub.yaml")), stores[1])
+    await hub.user("ann", "Sales")
+    await hub.user("amy", "Sales")
+    kept, dropped = await hub.store.take("sales", 10, lease=0.5)
+    await asyncio.sleep(0.3)
+    await hub.store.renew([kept], lease=60)  # still delivering it: renewed; the other one is left to lapse
+    await asyncio.sleep(0.4)
+    assert [e.resource_id for e in await other.take("sales", 10, lease=60)] == [dropped.resource_id]
