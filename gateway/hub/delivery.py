@@ -16,7 +16,7 @@ from typing import Any
 
 from ..connectors.errors import AppConflict
 from ..provisioning.breaker import CircuitOpen
-from ..provisioning.errors import AppFailed, NotFound, ProvisioningError, Taken
+from ..provisioning.errors import AppFailed, NotFound, ProvisioningError, Taken, Unavailable
 from ..runtime import AppRuntime
 from ..schema import CORE_GROUP, CORE_USER, ENTERPRISE_USER, PATCH_OP, ResourceType
 from ..scim.errors import ScimError
@@ -150,13 +150,17 @@ class Worker:
         row = await self.store.get(HUB_APP, kind, hub_id)
         assigned = row is not None and rtype is not None and await self._assigned(kind, row)
         app_id = await self.store.link_of(self.app, kind, hub_id)
-        if not assigned and app_id is None and rtype is not None and entry is not None and entry.failed_before:
-            # An earlier attempt failed without an answer (a timeout): the app may have made the account all
-            # the same. Find it by its name (the app's search adopts it) so that leaving applies to it too.
+        if not assigned and app_id is None and rtype is not None and entry is not None:
+            # Queued for this app, so it was (or was to be) there: an earlier attempt that failed without an
+            # answer (a timeout), or was cut short by a crash, may have made the account all the same. Find it
+            # by its name (the app's search adopts it) so that leaving applies to it too.
             name = row.unique_key if row is not None else entry.name
             app_id = await self._lookup(runtime, rtype, name) if name is not None else None
             if app_id is not None:
                 await self.store.set_link(self.app, kind, hub_id, app_id)
+            elif name is not None and await self.store.unsettled(self.app, kind, name):
+                # The app's own journal has that create unsettled (its recovery will link or roll it back): wait.
+                raise Unavailable(f"{kind} {name!r} has an unsettled write in app {self.app}; waiting for its recovery", 5)
         if not assigned:
             if app_id is not None and rtype is not None:
                 await self._leave(runtime, rtype, hub_id, app_id, gone=row is None)

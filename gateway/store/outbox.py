@@ -34,7 +34,6 @@ class OutboxEntry:
     generation: int
     attempts: int
     name: str | None = None  # the resource's unique key when last queued (it outlives a delete in the hub)
-    failed_before: bool = False  # an earlier attempt failed: it may have reached the app all the same
 
 
 @dataclass(slots=True)
@@ -208,7 +207,7 @@ class HubStore(Store):
 
         async def work(conn: Conn) -> list[OutboxEntry]:
             recs = await conn.fetch(
-                "SELECT app, type, resource_id, generation, attempts, name, last_error FROM hub_outbox"
+                "SELECT app, type, resource_id, generation, attempts, name FROM hub_outbox"
                 " WHERE app = ? AND state = 'pending'"
                 f" AND due <= {clock} AND (lease_until IS NULL OR lease_until < {clock})"
                 # Users before groups: a group's members are then in the app when it is delivered.
@@ -220,12 +219,7 @@ class HubStore(Store):
                 await conn.execute(
                     f"UPDATE hub_outbox SET lease_until = {clock} + ? WHERE {_KEY}", lease, app, r["type"], r["resource_id"]
                 )
-            return [
-                OutboxEntry(
-                    r["app"], r["type"], r["resource_id"], r["generation"], r["attempts"], r["name"], r["last_error"] is not None
-                )
-                for r in recs
-            ]
+            return [OutboxEntry(r["app"], r["type"], r["resource_id"], r["generation"], r["attempts"], r["name"]) for r in recs]
 
         taken: list[OutboxEntry] = await self._tx(work)
         return taken
@@ -310,6 +304,18 @@ class HubStore(Store):
             lambda conn: conn.execute("UPDATE hub_outbox SET lease_until = NULL WHERE lease_until IS NOT NULL")
         )
         return n
+
+    async def unsettled(self, app: str, kind: str, unique_key: str) -> bool:
+        """Whether a write of `app` still in its journal (a create cut short, not yet recovered) holds this name."""
+        async with self.dialect.access() as conn:
+            rec = await conn.fetchrow(
+                "SELECT 1 AS held FROM resources WHERE app = ? AND type = ? AND unique_key = ?"
+                " AND (state <> 'active' OR pending_seq IS NOT NULL)",
+                app,
+                kind,
+                unique_key,
+            )
+        return rec is not None
 
     # -- links
 

@@ -577,6 +577,104 @@ async def test_the_gateway_killed_during_delivery_loses_nothing_and_duplicates_n
         made.hr.close()
 
 
+async def expected_from_the_hub(stack: Stack) -> dict[str, Any]:
+    """What each app must hold, from the hub's own directory (read over /hub/scim/v2) and HUB_FILE's rules."""
+    _s, users, _t = await stack.call("GET", "/Users?count=1000")
+    _s, groups, _t = await stack.call("GET", "/Groups?count=1000")
+    by_id = {u["id"]: u for u in users["Resources"]}
+    members = {g["displayName"]: {by_id[m["value"]]["userName"] for m in g.get("members", [])} for g in groups["Resources"]}
+    in_demo = {
+        u["userName"]
+        for u in by_id.values()
+        if u.get(ENTERPRISE_URN, {}).get("department") == "Sales" or u["userName"] in members.get("Engineering", set())
+    }
+    state = {u["userName"]: (u.get("title"), u.get("active", True)) for u in by_id.values()}
+    return {
+        "hr": ({n: state[n] for n in state}, members),
+        "demo": ({n: state[n] for n in in_demo}, {g: m & in_demo for g, m in members.items()}),
+    }
+
+
+async def test_a_random_directory_with_an_app_down_and_the_gateway_killed_ends_as_the_hub_and_its_rules_say(
+    tmp_path: Path,
+) -> None:
+    """What the issue's check does: an IdP provisions into the hub at random while hr is stopped and resumed and the
+    gateway is SIGKILLed; then each app is compared with the hub's directory and the rules."""
+    rng = random.Random(1414)
+    made, start = start_stack(tmp_path)
+    users: list[str] = []
+    groups: dict[str, str] = {}
+    try:
+        for step in range(120):
+            if step in (30, 80):
+                made.hr.pause()
+            if step in (55, 100):
+                made.hr.resume()
+            if step in (45, 90):
+                proc = made.gateway.proc
+                assert proc is not None
+                proc.kill()
+                proc.wait()
+                made.gateway.proc = None
+                await asyncio.to_thread(start)
+            roll = rng.random()
+            if roll < 0.3 or len(users) < 3:
+                department = rng.choice(["Sales", "R&D", "Ops"])
+                users.append(await made.create_user(f"r{step}.user@example.com", department=department))
+            elif roll < 0.5:
+                uid = rng.choice(users)
+                op = rng.choice(
+                    [
+                        {"op": "replace", "path": "title", "value": f"T{step}"},
+                        {"op": "Replace", "path": "active", "value": rng.choice(["True", "False"])},
+                        {"op": "replace", "path": f"{ENTERPRISE_URN}:department", "value": rng.choice(["Sales", "R&D"])},
+                    ]
+                )
+                status, body, _ = await made.patch(f"/Users/{uid}", op)
+                assert status == 200, body
+            elif roll < 0.6 and len(groups) < 4:
+                name = "Engineering" if "Engineering" not in groups else f"Team {step}"
+                status, body, _ = await made.call("POST", "/Groups", entra_group(name, rng.sample(users, 2)))
+                assert status == 201, body
+                groups[name] = body["id"]
+            elif roll < 0.85 and groups:
+                gid = groups[rng.choice(sorted(groups))]
+                member = rng.choice(users)
+                verb = rng.choice(["add", "Remove"])
+                value = [{"value": member}]
+                status, body, _ = await made.patch(f"/Groups/{gid}", {"op": verb, "path": "members", "value": value})
+                assert status == 200, body
+            elif len(users) > 5:
+                uid = users.pop(rng.randrange(len(users)))
+                status, _, _ = await made.call("DELETE", f"/Users/{uid}")
+                assert status == 204
+        made.hr.resume()
+        expected = await expected_from_the_hub(made)
+
+        async def matches() -> None:
+            hr_users = await made.hr.users()
+            logins = [u["login"] for u in hr_users]
+            assert len(logins) == len(set(logins)), "a duplicate account in hr"
+            want_users, want_groups = expected["hr"]
+            got = {u["login"]: (u["title"], u["status"] == "enabled") for u in hr_users}
+            assert got == want_users
+            for name, members in want_groups.items():
+                assert await made.hr.group_members(name) == members, name
+            want_users, want_groups = expected["demo"]
+            with made.demo._db() as db:
+                rows = db.execute("SELECT login, job_title, status FROM employees").fetchall()
+            assert {r[0]: (r[1], r[2] == "A") for r in rows} == want_users
+            for name, members in want_groups.items():
+                assert made.demo.team_logins(name) == members, name
+            totals = (await made.status())["totals"]
+            assert totals["pending"] == 0 and totals["failed"] == 0, totals
+
+        await eventually(matches, "every app as the hub and its rules say", timeout=90)
+    finally:
+        made.gateway.stop()
+        made.hr.close()
+
+
 async def test_two_gateway_processes_on_one_postgresql_store_share_delivery_each_entry_once(tmp_path: Path) -> None:
     """Two processes serve the hub on one PostgreSQL store, the IdP writing to both: every user reaches hr once
     (one POST each, no 409 from a second delivery), and each process delivered a share (SKIP LOCKED)."""
