@@ -19,11 +19,14 @@ from .auth import jwks_file_problem
 from .connectors.registry import ConnectorRegistry, load_registry
 from .http.admin import setup_admin
 from .http.health import setup_health
-from .http.keys import APPS, AUDIT, REGISTRY, SETTINGS, STORE
+from .http.keys import APPS, AUDIT, HUB, REGISTRY, SETTINGS, STORE
 from .http.metrics import setup_metrics
 from .http.middleware import app_middleware, audit_middleware, error_middleware
 from .http.protocol import parser_limits
 from .http.routes import setup_routes
+from .hub.config import CompiledHub, fed_apps_problems, load_hub
+from .hub.directory import HUB_APP
+from .hub.runtime import create_hub, start_hub, stop_hub
 from .mapping.compile import CompiledMapping, load_mapping
 from .mapping.loader import MappingFileError, Problem
 from .schema import DISPLAY_ATTRIBUTES
@@ -77,14 +80,42 @@ def create_app(
     app[AUDIT] = AuditLog(settings.audit_file)
     app.cleanup_ctx.append(_audit_ctx)
     app.cleanup_ctx.append(_store_ctx)
+    hub = load_hub_for(settings, mappings)
+    fed = set(hub.config.apps) if hub is not None else set()
     for mapping in mappings:
-        app.cleanup_ctx.append(_app_ctx(mapping))
-    setup_routes(app)
+        app.cleanup_ctx.append(_app_ctx(mapping, fed_by_hub=mapping.app in fed))
+    if hub is not None:
+        app.cleanup_ctx.append(_hub_ctx(hub))  # after the apps: its workers deliver to them
+    setup_routes(app, hub=hub is not None)
     setup_health(app)
     setup_metrics(app)
     if settings.admin:
         setup_admin(app, AdminAuth(settings.admin))
     return app
+
+
+def load_hub_for(settings: GatewaySettings, mappings: list[CompiledMapping]) -> CompiledHub | None:
+    """The hub file, compiled and checked against the apps (each fed by the hub or by its own IdP, not both)."""
+    if settings.hub_file is None:
+        if any(m.app == HUB_APP for m in mappings):
+            raise MappingFileError(fed_apps_problems(None, mappings, {}))
+        return None
+    hub = load_hub(settings.hub_file)
+    problems = fed_apps_problems(hub, mappings, settings.extra_tokens)
+    if problems:
+        raise MappingFileError(problems)
+    return hub
+
+
+def _hub_ctx(compiled: CompiledHub) -> Callable[[web.Application], Any]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        hub = create_hub(compiled, app[SETTINGS], app[STORE], app[APPS])
+        await start_hub(hub, app[SETTINGS])
+        app[HUB] = hub
+        yield
+        await stop_hub(hub)
+
+    return ctx
 
 
 def create_store(settings: GatewaySettings) -> Store:
@@ -110,12 +141,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
-def _app_ctx(mapping: CompiledMapping) -> Callable[[web.Application], Any]:
+def _app_ctx(mapping: CompiledMapping, *, fed_by_hub: bool = False) -> Callable[[web.Application], Any]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        runtime = app_runtime.create_runtime(
-            mapping, settings, app[STORE], settings.extra_tokens.get(mapping.app, []), app[AUDIT]
-        )
+        tokens = settings.extra_tokens.get(mapping.app, [])
+        runtime = app_runtime.create_runtime(mapping, settings, app[STORE], tokens, app[AUDIT], fed_by_hub=fed_by_hub)
         try:
             await app_runtime.start(runtime, settings)
         except BaseException:

@@ -74,10 +74,14 @@ def create_runtime(
     store: Store,
     cli_tokens: list[SecretStr],
     audit: AuditLog | None = None,
+    *,
+    fed_by_hub: bool = False,
 ) -> AppRuntime:
     connector = mapping.connector_cls(mapping.connector_config, AppContext(mapping.app, settings.data_dir))
     auth = create_app_auth(mapping, cli_tokens)
-    if not auth.accepts_anything:
+    if fed_by_hub:
+        log.info("app %s is fed by the hub (/hub/scim/v2): its own endpoint accepts no IdP token", mapping.app)
+    elif not auth.accepts_anything:
         log.warning("app %s accepts no bearer token: every request will be refused", mapping.app)
     provisioner = Provisioner(mapping, connector, store, Breaker(mapping.app, mapping.config.breaker), audit)
     return AppRuntime(mapping, connector, provisioner, ScimService(provisioner, settings.limits), auth)

@@ -72,6 +72,7 @@ class GatewaySettings(BaseModel):
     admin: list[AdminCredential] = Field(
         default_factory=list, description="Credentials of the admin page under /admin; none: the page is off (404)"
     )
+    hub_file: Path | None = Field(None, description="The hub file: serve /hub/scim/v2 and feed the apps it names (docs/hub.md)")
     recovery_interval: float = Field(30.0, gt=0, description="Seconds between sweeps for writes left unsettled while serving")
     shared_store: bool = Field(
         False,

@@ -125,6 +125,8 @@ def _empty_pg_store(url: str) -> None:
                 await conn.execute("TRUNCATE resources, members, journal RESTART IDENTITY")
                 if await conn.fetchval("SELECT to_regclass('reconcile_reports') IS NOT NULL"):  # issue 15's tables
                     await conn.execute("TRUNCATE reconcile_reports, leases RESTART IDENTITY")
+                if await conn.fetchval("SELECT to_regclass('hub_outbox') IS NOT NULL"):  # the hub's (issue 14)
+                    await conn.execute("TRUNCATE hub_outbox, hub_links")
         finally:
             await conn.close()
 

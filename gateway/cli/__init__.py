@@ -10,6 +10,7 @@ from .audit import add_command as add_audit_command
 from .backup import add_backup_parser
 from .check import cmd_check
 from .common import DEFAULT_HOST, DEFAULT_PORT, STORE_ENV, TOKEN_ENV
+from .hub import add_hub_parser
 from .pending import add_pending_parser
 from .reconcile import add_commands as add_governance_commands
 from .serve import cmd_serve
@@ -73,12 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn the admin page (/admin) on with the credentials in FILE (lines: bearer NAME SHA256, basic USER SHA256;"
         " default: $SCIM_GATEWAY_ADMIN_CREDENTIALS); $SCIM_GATEWAY_ADMIN_TOKEN adds a bearer token",
     )
+    serve.add_argument("--hub", metavar="FILE", help="a hub file: serve /hub/scim/v2 and feed the apps it names (docs/hub.md)")
     serve.set_defaults(func=cmd_serve)
 
     add_status_parser(sub)
 
     check = sub.add_parser("check", help="validate mapping files; exit 1 on any problem")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("files", nargs="*", metavar="FILE")
+    check.add_argument("--hub", metavar="FILE", help="also check a hub file (and, against the mappings given, the apps it feeds)")
     check.add_argument("--connect", action="store_true", help="also open each app's connector and check its live schema")
     check.add_argument("--data-dir", default="data", help="with --connect: the data directory {data_dir} in DSNs stands for")
     check.set_defaults(func=cmd_check)
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_command(sub)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of mapping files")
+    schema.add_argument("--hub", action="store_true", help="the JSON Schema of the hub file instead (docs/hub.md)")
     schema.set_defaults(func=cmd_schema)
 
     hash_token = sub.add_parser("hash-token", help="print the sha256 to put in a mapping's auth.bearer")
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_backup_parser(sub)
     add_pending_parser(sub)
+    add_hub_parser(sub)
     return parser
 
 

@@ -28,10 +28,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     registry = load_registry()
     files = mapping_files(args.files)
-    if not files:
+    hub_file = getattr(args, "hub", None)
+    if not files and not hub_file:
         print("no mapping files given", file=sys.stderr)
         return 2
     problems = 0
+    checked: list[CompiledMapping] = []
     for path in files:
         try:
             doc = read_document(path)
@@ -49,8 +51,30 @@ def cmd_check(args: argparse.Namespace) -> int:
             if live:
                 continue
         kinds = ", ".join(compiled.resources)
+        checked.append(compiled)
         print(f"{path}: ok (app {compiled.app}: {kinds}{'; the live app fits' if args.connect else ''})")
+    if hub_file:
+        problems += check_hub(Path(hub_file), checked if len(checked) == len(files) and files else None)
     return 1 if problems else 0
+
+
+def check_hub(path: Path, mappings: list[CompiledMapping] | None) -> int:
+    """The hub file's problems (and, given every mapping, whether each app it feeds exists and has no IdP of its own)."""
+    from ..hub.config import fed_apps_problems, load_hub
+    from ..mapping.loader import MappingFileError
+
+    try:
+        hub = load_hub(path, require_secrets=False)
+    except MappingFileError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return len(exc.problems)
+    found = fed_apps_problems(hub, mappings, {}) if mappings is not None else []
+    for problem in found:
+        print(problem)
+    if not found:
+        print(f"{path}: ok (hub feeding {', '.join(sorted(hub.config.apps))})")
+    return len(found)
 
 
 async def connect_problems(doc: Document, compiled: CompiledMapping, data_dir: Path) -> list[Problem]:

@@ -96,6 +96,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     _probe_audit_log(settings)
     registry, compiled = _compile(settings)
     settings = _with_cli_token(settings, [m.app for m in compiled], token)
+    _check_hub(settings, compiled)
     return ServePlan(settings, registry, compiled, token, store_url, tls)
 
 
@@ -185,6 +186,7 @@ def _settings(args: argparse.Namespace, files: list[Path], store_url: str | None
         store_pool_size=args.store_pool_size,
         shared_store=args.workers > 1 or bool(getattr(args, "worker_index", 0)),
         recovery_interval=args.recovery_interval,
+        hub_file=Path(args.hub) if getattr(args, "hub", None) else None,
     )
 
 
@@ -233,6 +235,16 @@ def _compile(settings: GatewaySettings) -> tuple[ConnectorRegistry, list[Compile
         raise Stop(1, f"{exc}\n{len(exc.problems)} problem(s): not starting") from None
 
 
+def _check_hub(settings: GatewaySettings, compiled: list[CompiledMapping]) -> None:
+    from ..app import load_hub_for
+    from ..mapping.loader import MappingFileError
+
+    try:
+        load_hub_for(settings, compiled)
+    except MappingFileError as exc:
+        raise Stop(1, f"{exc}\n{len(exc.problems)} problem(s): not starting") from None
+
+
 def _with_cli_token(settings: GatewaySettings, names: list[str], token: str | None) -> GatewaySettings:
     if not token:
         return settings
@@ -244,7 +256,7 @@ def _with_cli_token(settings: GatewaySettings, names: list[str], token: str | No
 def _banner(args: argparse.Namespace, plan: ServePlan) -> Callable[[Any], Awaitable[None]]:
     """On start-up, after every app's connector opened (or failed to and retries): the curl line then works."""
     from ..demo import DEMO_TOKEN
-    from ..http.keys import APPS
+    from ..http.keys import APPS, HUB
     from ..store.postgres import mask_url
 
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
@@ -266,6 +278,10 @@ def _banner(args: argparse.Namespace, plan: ServePlan) -> Callable[[Any], Awaita
                 print(f'Try:           curl -H "Authorization: Bearer ${TOKEN_ENV}" {base}/Users')
         if plan.settings.admin:
             print(f"Admin page:    {root}/admin")
+        if plan.settings.hub_file is not None:
+            print(
+                f"Hub base URL:  {root}/hub/scim/v2 (feeding {', '.join(sorted(app[HUB].workers)) if HUB in app else 'nothing'})"
+            )
         if plan.store_url:
             print(f"Store:         {mask_url(plan.store_url)}")
         sys.stdout.flush()

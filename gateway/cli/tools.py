@@ -158,6 +158,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from ..connectors.registry import load_registry
     from ..mapping.model import mapping_json_schema
 
+    if getattr(args, "hub", False):
+        from .hub import cmd_hub_schema
+
+        return cmd_hub_schema()
     print(json.dumps(mapping_json_schema([cls.Config for cls in load_registry().types.values()]), indent=2))
     return 0
 

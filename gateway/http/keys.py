@@ -11,6 +11,7 @@ from prometheus_client import Metric
 from ..admin_auth import AdminAuth
 from ..audit import AuditLog
 from ..connectors.registry import ConnectorRegistry
+from ..hub.runtime import Hub
 from ..runtime import AppRuntime
 from ..settings import GatewaySettings
 from ..store import Store
@@ -26,6 +27,7 @@ MetricSource = Callable[[web.Application], Awaitable[list[Metric]]]
 METRIC_SOURCES = web.AppKey("metric_sources", list[MetricSource])
 ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)  # set only when the admin page is on
 ADMIN_TEMPLATES = web.AppKey("admin_templates", jinja2.Environment)
+HUB = web.AppKey("hub", Hub)  # only when a hub file is served (docs/hub.md)
 
 AUDIT_NOTE = web.RequestKey("audit_note", AuditNote)
 RUNTIME = web.RequestKey("runtime", AppRuntime)
@@ -38,6 +40,7 @@ __all__ = [
     "APPS",
     "AUDIT",
     "AUDIT_NOTE",
+    "HUB",
     "METRIC_SOURCES",
     "MetricSource",
     "REGISTRY",

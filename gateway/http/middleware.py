@@ -18,13 +18,14 @@ from ..auth import CannotJudge, Refused
 from ..connectors import REQUEST_ID
 from ..metrics import AUTH_REFUSED, observe_request
 from ..provisioning.notices import collecting
+from ..runtime import AppRuntime
 from ..scim.errors import ScimError, invalid_value, not_found
 from ..scim.failures import failure_reason, scim_error
 from ..scim.projection import check_attribute_list_size
 from ..store import StoreUnavailable
 from .audit import WRITE_OPS, AuditNote
 from .body import body_too_large, error_response
-from .keys import APPS, AUDIT, AUDIT_NOTE, RUNTIME, SETTINGS
+from .keys import APPS, AUDIT, AUDIT_NOTE, HUB, RUNTIME, SETTINGS
 
 # An id a caller may give in X-Request-Id: kept only when it is short and plain (it goes into logs and headers).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
@@ -133,12 +134,10 @@ def check_url_length(request: web.Request) -> None:
 @web.middleware
 async def app_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Under /apps/{app}/scim/v2: the app, the caller's credential, the audit note, and the request's limits."""
-    name = request.match_info.get("app")
+    name = request.match_info.get("app") or request.match_info.get("hub")
     if name is None:  # not under a SCIM base URL (or no route at all)
         return await handler(request)
-    runtime = request.app[APPS].get(name)
-    if runtime is None:
-        raise not_found(f"no app named {name!r}")
+    runtime = _runtime(request, name)
     note = request[AUDIT_NOTE] = AuditNote(name, request.remote, request.method)
     given = request.headers.get("X-Request-Id", "")
     if _REQUEST_ID.fullmatch(given):
@@ -170,6 +169,19 @@ async def app_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             return await handler(request)
         finally:
             REQUEST_ID.reset(token)
+
+
+def _runtime(request: web.Request, name: str) -> AppRuntime:
+    """The app (or the hub's directory, under /hub/scim/v2) a request under a base URL is for."""
+    if request.match_info.get("hub") is not None:
+        hub = request.app.get(HUB)
+        if hub is None:
+            raise not_found("no hub is served (serve --hub FILE)")
+        return hub.runtime
+    runtime = request.app[APPS].get(name)
+    if runtime is None:
+        raise not_found(f"no app named {name!r}")
+    return runtime
 
 
 def _note_target(request: web.Request, note: AuditNote) -> None:

@@ -7,13 +7,15 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from ..auth import CannotJudge, Refused
+from ..hub.runtime import status_document
 from ..runtime import AppRuntime
 from ..schema import ResourceType
 from ..scim.bulk import BulkEntry
 from ..scim.errors import ScimError, not_found
 from ..scim.service import Reply, ScimService
 from .body import read_json, reply_response
-from .keys import AUDIT, AUDIT_NOTE, RUNTIME, SETTINGS
+from .keys import AUDIT, AUDIT_NOTE, HUB, RUNTIME, SETTINGS
 
 
 class ScimView(web.View):
@@ -36,6 +38,8 @@ class ScimView(web.View):
         """The app's base URL as the IdP reaches it (for Location and meta.location)."""
         public = self.request.app[SETTINGS].public_url
         root = public.rstrip("/") if public else f"{self.request.scheme}://{self.request.host}"
+        if self.request.match_info.get("hub") is not None:
+            return f"{root}/hub/scim/v2"
         return f"{root}/apps/{self.runtime.name}/scim/v2"
 
     def serving(self) -> ScimService:
@@ -201,6 +205,21 @@ async def me(request: web.Request) -> web.StreamResponse:
     raise ScimError(501, "/Me is not supported: the gateway authenticates IdPs, not users")
 
 
+async def hub_status(request: web.Request) -> web.StreamResponse:
+    """GET /hub/status[?user=U][&app=A]: delivery per resource and app (`scim-gateway hub status --json`), with the hub's credentials."""
+    hub = request.app.get(HUB)
+    if hub is None:
+        raise not_found("no hub is served (serve --hub FILE)")
+    try:
+        await hub.runtime.auth.authenticate(request.headers.get("Authorization", ""))
+    except Refused as exc:
+        raise ScimError(401, exc.detail, headers={"WWW-Authenticate": exc.challenge}) from None
+    except CannotJudge as exc:
+        raise ScimError(503, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from None
+    states = await hub.store.status(request.query.get("user"), request.query.get("app"))
+    return web.json_response(status_document(states))
+
+
 async def no_endpoint(request: web.Request) -> web.StreamResponse:
     raise not_found(f"no SCIM endpoint at /{request.match_info.get('tail', '')}")
 
@@ -216,6 +235,7 @@ __all__ = [
     "SearchAllView",
     "ServiceProviderConfigView",
     "base_url",
+    "hub_status",
     "me",
     "no_endpoint",
 ]

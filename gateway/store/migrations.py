@@ -57,7 +57,7 @@ _MIGRATIONS: list[str] = [
     """
     CREATE INDEX resources_listing ON resources (app, type, state, seq);
     """,
-    # reconcile reports and leases (issue 15, governance; store code in store/reports.py): each app's reconcile
+    # 3: reconcile reports and leases (issue 15, governance; store code in store/reports.py): each app's reconcile
     # runs, the last few kept per app for the admin page; a lease names the one process running a scheduled task;
     # a resource's journal entries by resource (its footprint's last writes).
     """
@@ -83,6 +83,36 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE journal ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE journal ADD COLUMN next_at {float};
     ALTER TABLE journal ADD COLUMN reason TEXT
+    """,
+    # 5 (hub, issue 14): the outbox (one row per app and hub resource: bring it to its current hub state there)
+    # and the links between a hub resource and its SCIM id in each app (gateway/store/outbox.py).
+    """
+    CREATE TABLE hub_outbox (
+        app {text} NOT NULL,
+        type {text} NOT NULL,
+        resource_id {text} NOT NULL,
+        name {text},
+        generation INTEGER NOT NULL DEFAULT 1,
+        state {text} NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due {float} NOT NULL,
+        lease_until {float},
+        changed {float} NOT NULL,
+        last_error TEXT,
+        last_at {float},
+        delivered_at {float},
+        PRIMARY KEY (app, type, resource_id)
+    );
+    CREATE INDEX hub_outbox_due ON hub_outbox (app, state, due);
+    CREATE TABLE hub_links (
+        app {text} NOT NULL,
+        type {text} NOT NULL,
+        hub_id {text} NOT NULL,
+        app_id {text} NOT NULL,
+        PRIMARY KEY (app, type, hub_id),
+        UNIQUE (app, app_id)
+    );
+    CREATE INDEX hub_links_by_hub_id ON hub_links (type, hub_id);
     """,
 ]
 

@@ -59,6 +59,7 @@ def _start_fake(name: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
         "openldap",
         "active_directory",
         "scim_app",
+        "hub",
     ],
 )
 def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
@@ -93,6 +94,9 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     if name == "scim_app":
         yield from _scim_gateway(root)
         return
+    if name == "hub":
+        yield from _hub_gateway(root)
+        return
     fake, port = _start_fake(name, root / "fake.log")
     api = f"http://127.0.0.1:{port}"
     env = {
@@ -121,6 +125,23 @@ def suite_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         gateway.stop()
         fake.terminate()
         fake.wait(timeout=10)
+
+
+def _hub_gateway(root: Path) -> Iterator[LiveGateway]:
+    """The hub's own endpoint, /hub/scim/v2 (docs/hub.md), feeding the demo app (everyone) behind it."""
+    from gateway.demo import demo_mapping_path, ensure_demo_database
+
+    ensure_demo_database(root / "data")
+    hub = root / "hub.yaml"
+    hub.write_text("auth:\n  bearer:\n    - env: HUB_SCIM_TOKEN\napps:\n  demo:\n    users: {everyone: true}\n")
+    gateway = LiveGateway(root, token="", env={"HUB_SCIM_TOKEN": TOKEN})
+    gateway.base_url = f"{gateway.url}/hub/scim/v2"
+    try:
+        gateway.start("--config", str(demo_mapping_path()), "--hub", str(hub))
+        gateway.token = TOKEN  # the hub's (not --token: the demo takes no IdP token of its own when the hub feeds it)
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 def _unthrottled(mapping: Path, root: Path) -> Path:

@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"gateway.cli"},
     {"gateway.app"},
     {"gateway.http"},
+    {"gateway.hub"},  # the hub: its directory's runtime and the delivery workers, over the apps' runtimes
     {"gateway.runtime"},
     {"gateway.scim"},  # the protocol: over the provisioner
     {"gateway.provisioning"},
