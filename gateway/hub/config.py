@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..mapping.compile import CompiledMapping, Transform, _compile_template
+from ..mapping.compile import CompiledMapping, Transform, compile_template
 from ..mapping.loader import Document, MappingFileError, Problem, read_document
 from ..mapping.model import AuthConfig
 from ..mapping.transforms import create_environment
-from ..mapping.validate import _validation_problems
+from ..mapping.validate import validation_problems
 from .directory import compile_directory
 from .rules import AppRule, Rules
 
@@ -112,7 +112,7 @@ def compile_hub(doc: Document, *, require_secrets: bool = True) -> CompiledHub:
     try:
         config = HubConfig.model_validate(doc.data)
     except ValidationError as exc:
-        problems.extend(_validation_problems(exc, HubConfig, doc))
+        problems.extend(validation_problems(exc, HubConfig, doc))
     mapping: CompiledMapping | None = None
     try:
         mapping = compile_directory(doc, require_secrets=require_secrets)
@@ -127,7 +127,7 @@ def compile_hub(doc: Document, *, require_secrets: bool = True) -> CompiledHub:
         users = raw.get("users") if isinstance(raw, dict) else None
         source = users.get("when") if isinstance(users, dict) else None
         if isinstance(source, str):
-            whens[name] = _compile_template(env, source, _user_variables(), doc, ("apps", name, "users", "when"), problems)
+            whens[name] = compile_template(env, source, _user_variables(), doc, ("apps", name, "users", "when"), problems)
     if config is None or mapping is None or problems:
         raise MappingFileError(problems)
     rules: dict[str, AppRule] = {}

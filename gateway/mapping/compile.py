@@ -138,7 +138,7 @@ class CompiledMapping:
 # ---------------------------------------------------------------- templates
 
 
-def _compile_template(
+def compile_template(
     env: TemplateEnvironment, source: str, allowed: set[str], doc: Document, loc: Loc, problems: list[Problem]
 ) -> Transform | None:
     try:
@@ -255,10 +255,8 @@ def _compile_rule(
     if rule.ref is not None and target.type not in ("string", "reference"):
         problems.append(doc.problem((*loc, "ref"), f"{resolved.dotted} is not an id-valued attribute"))
         return None
-    to_app = _compile_template(env, rule.to_app, {"value", "resource"}, doc, (*loc, "to_app"), problems) if rule.to_app else None
-    to_scim = (
-        _compile_template(env, rule.to_scim, {"value", "record"}, doc, (*loc, "to_scim"), problems) if rule.to_scim else None
-    )
+    to_app = compile_template(env, rule.to_app, {"value", "resource"}, doc, (*loc, "to_app"), problems) if rule.to_app else None
+    to_scim = compile_template(env, rule.to_scim, {"value", "record"}, doc, (*loc, "to_scim"), problems) if rule.to_scim else None
     return CompiledRule(rule, resolved, selector, to_app, to_scim)
 
 
@@ -368,7 +366,7 @@ class _ResourceCompiler:
                 fields_seen.setdefault(rule.field, i)
             if rule.scim is None:
                 assert rule.to_app is not None
-                transform = _compile_template(self.env, rule.to_app, {"resource"}, self.doc, (*loc, "to_app"), self.problems)
+                transform = compile_template(self.env, rule.to_app, {"resource"}, self.doc, (*loc, "to_app"), self.problems)
                 if transform is not None:
                     computed.append(ComputedField(rule.field, transform))
                 continue
@@ -494,5 +492,6 @@ __all__ = [
     "ComputedField",
     "TemplateError",
     "compile_mapping",
+    "compile_template",
     "load_mapping",
 ]

@@ -77,7 +77,7 @@ def _field(model: type[BaseModel], key: str) -> Any:
     return model.model_fields.get(key) or next((f for f in model.model_fields.values() if f.alias == key), None)
 
 
-def _validation_problems(exc: ValidationError, model: type[BaseModel], doc: Document, prefix: Loc = ()) -> list[Problem]:
+def validation_problems(exc: ValidationError, model: type[BaseModel], doc: Document, prefix: Loc = ()) -> list[Problem]:
     problems = []
     for error in exc.errors(include_url=False):
         raw = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -114,7 +114,7 @@ def validate_document(
     try:
         config = MappingConfig.model_validate(source)
     except ValidationError as exc:
-        problems.extend(_validation_problems(exc, MappingConfig, doc))
+        problems.extend(validation_problems(exc, MappingConfig, doc))
     connector_block = doc.data.get("connector")
     connector_cls = connector_config = None
     if isinstance(connector_block, dict) and isinstance(connector_block.get("type"), str):
@@ -126,8 +126,8 @@ def validate_document(
             try:
                 connector_config = connector_cls.Config.model_validate(copy.deepcopy(connector_block))
             except ValidationError as exc:
-                problems.extend(_validation_problems(exc, connector_cls.Config, doc, ("connector",)))
+                problems.extend(validation_problems(exc, connector_cls.Config, doc, ("connector",)))
     return config, connector_config, connector_cls, problems
 
 
-__all__ = ["validate_document"]
+__all__ = ["validate_document", "validation_problems"]

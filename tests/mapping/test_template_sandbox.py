@@ -149,14 +149,14 @@ BOUNDED_AT_RUN_TIME: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("expression", "variables", "message"), BOUNDED_AT_RUN_TIME, ids=[e for e, _, _ in BOUNDED_AT_RUN_TIME])
 def test_what_passes_load_is_bounded_at_run_time(expression: str, variables: dict[str, Any], message: str) -> None:
-    from gateway.mapping.compile import _compile_template
+    from gateway.mapping.compile import compile_template
     from gateway.mapping.loader import parse_yaml
     from gateway.mapping.transforms import create_environment
 
     env = create_environment({})
     problems: list[Any] = []
     names = {"value", "resource", "n", "name", "fmt"}
-    transform = _compile_template(env, expression, names, parse_yaml("a: 1\n", "x.yaml"), ("a",), problems)
+    transform = compile_template(env, expression, names, parse_yaml("a: 1\n", "x.yaml"), ("a",), problems)
     assert not problems, problems
     assert transform is not None
     tracemalloc.start()
