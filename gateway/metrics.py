@@ -108,6 +108,25 @@ def journal_pending(counts: Mapping[str, int]) -> GaugeMetricFamily:
     return family
 
 
+def hub_outbox(backlog: Mapping[str, tuple[int, int, float]]) -> list[Metric]:
+    """The scrape-time gauges of the hub's outbox per app it feeds: (pending, dead, lag in seconds)."""
+    entries = GaugeMetricFamily(
+        "scim_gateway_hub_outbox_entries",
+        "Hub deliveries not done yet per app: pending (to be delivered or retried) and dead (dead-lettered)",
+        labels=["app", "state"],
+    )
+    lag = GaugeMetricFamily(
+        "scim_gateway_hub_delivery_lag_seconds",
+        "Seconds since the oldest pending hub delivery's resource last changed in the hub (0: nothing pending)",
+        labels=["app"],
+    )
+    for app, (pending, dead, seconds) in sorted(backlog.items()):
+        entries.add_metric([app, "pending"], pending)
+        entries.add_metric([app, "dead"], dead)
+        lag.add_metric([app], round(seconds, 3))
+    return [entries, lag]
+
+
 class _Families:
     """A collector answering families computed before the scrape (the store's, asked asynchronously)."""
 

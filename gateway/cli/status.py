@@ -50,6 +50,7 @@ def read_status(url: str, timeout: float, token: str | None) -> dict[str, Any]:
     breakers: dict[str, int] = {}
     backlog: dict[str, int] = {}
     opened: dict[str, int] = {}
+    hub: dict[str, dict[str, float]] = {}  # app -> pending, dead, lag (apps the hub feeds)
     code, text = _get(f"{root}/metrics", timeout, token)
     if code == 200:
         from prometheus_client.parser import text_string_to_metric_families
@@ -65,6 +66,10 @@ def read_status(url: str, timeout: float, token: str | None) -> dict[str, Any]:
                     backlog[labelled] = int(sample.value)
                 elif sample.name == "scim_gateway_breaker_opened_total":
                     opened[labelled] = int(sample.value)
+                elif sample.name == "scim_gateway_hub_outbox_entries":
+                    hub.setdefault(labelled, {})[sample.labels.get("state", "?")] = int(sample.value)
+                elif sample.name == "scim_gateway_hub_delivery_lag_seconds":
+                    hub.setdefault(labelled, {})["lag"] = float(sample.value)
     elif code == 401:
         out["metrics"] = f"refused: /metrics needs its bearer token (set {METRICS_TOKEN_ENV})"
     else:
@@ -81,6 +86,12 @@ def read_status(url: str, timeout: float, token: str | None) -> dict[str, Any]:
             "backlog": backlog.get(name),
             "breaker_opened": opened.get(name),
         }
+        if name in hub:
+            app["hub"] = {
+                "pending": hub[name].get("pending", 0),
+                "dead": hub[name].get("dead", 0),
+                "lag": hub[name].get("lag", 0),
+            }
         if state.get("reason"):
             app["reason"] = state["reason"]
         elif breaker != state.get("breaker", "none"):
@@ -96,7 +107,7 @@ def render(status: dict[str, Any]) -> str:
     lines = [f"Gateway {status['url']}: {status['status']} (store: {status['store']})"]
     if status["metrics"] != "ok":
         lines.append(f"Metrics: {status['metrics']}; backlog and breakers of other processes unknown")
-    header = ("APP", "OPEN", "BREAKER", "BACKLOG", "OPENED", "REASON")
+    header = ("APP", "OPEN", "BREAKER", "BACKLOG", "OPENED", "HUB", "REASON")
     rows = [
         (
             name,
@@ -104,6 +115,7 @@ def render(status: dict[str, Any]) -> str:
             app["breaker"],
             "?" if app["backlog"] is None else str(app["backlog"]),
             "?" if app["breaker_opened"] is None else str(app["breaker_opened"]),
+            _hub_cell(app.get("hub")),
             app.get("reason", ""),
         )
         for name, app in status["apps"].items()
@@ -118,7 +130,15 @@ def render(status: dict[str, Any]) -> str:
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     lines.append("")
     lines.append("BACKLOG: journal entries not settled yet; OPENED: times the circuit opened since the gateway started.")
+    if any("hub" in app for app in status["apps"].values()):
+        lines.append("HUB: deliveries from the hub pending and failed (dead letters), and the lag of the oldest pending.")
     return "\n".join(lines)
+
+
+def _hub_cell(hub: dict[str, Any] | None) -> str:
+    if hub is None:
+        return "-"
+    return f"{hub['pending']} pending, {hub['dead']} failed, lag {hub['lag']:g} s"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

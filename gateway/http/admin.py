@@ -24,9 +24,20 @@ from aiohttp import web
 from ..admin_auth import AdminAuth
 from ..audit_search import AuditQuery, BadTime
 from ..auth import Refused
+from ..hub.directory import HUB_APP
 from ..provisioning.review import access_review, footprint, write_review_csv
 from ..store import StoreUnavailable
-from .admin_data import OPS, PAGE_SIZE, RECENT, AuditForm, audit_page, audit_query, overview, record_row
+from .admin_data import (
+    OPS,
+    PAGE_SIZE,
+    RECENT,
+    AuditForm,
+    audit_page,
+    audit_query,
+    hub_deliveries,
+    overview,
+    record_row,
+)
 from .keys import ADMIN_AUTH, ADMIN_TEMPLATES, ADMIN_USER, APPS, AUDIT, STORE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -143,10 +154,14 @@ async def person_page(request: web.Request) -> web.StreamResponse:
     found = await footprint(request.app[STORE], who) if who else None
     person = found.person if found is not None else None
     rows: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
     if person is not None:
         query = AuditQuery(ids={a.scim_id for a in person.accounts}, user_given=True)
         rows = [record_row(r) for r in (await audit_page(request.app, query, 1, RECENT)).records]
-    return render(request, "admin/person.html", who=who, person=person, rows=rows, form=AuditForm(user=who))
+        deliveries = await hub_deliveries(request.app, [a.scim_id for a in person.accounts if a.app == HUB_APP])
+    return render(
+        request, "admin/person.html", who=who, person=person, rows=rows, deliveries=deliveries, form=AuditForm(user=who)
+    )
 
 
 @admin_page

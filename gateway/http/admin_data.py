@@ -18,8 +18,10 @@ from ..audit import utc_now
 from ..audit_search import AuditQuery, BadTime, Page, failed, parse_when, search
 from ..provisioning.audit_user import audit_ids
 from ..store import Query
+from ..store.backlog import outbox_backlog
+from ..store.outbox import DeliveryState
 from .health import app_health
-from .keys import APPS, SETTINGS, STORE
+from .keys import APPS, HUB, SETTINGS, STORE
 
 PAGE_SIZE = 50
 RECENT = 10
@@ -54,7 +56,46 @@ async def overview(app: web.Application) -> dict[str, Any]:
                 "reconcile": None if report is None else {"ran_at": report.ran_at, "found": report.found},
             }
         )
-    return {"generated": utc_now(), "audit_log": app[SETTINGS].audit_file is not None, "apps": apps}
+    hub = await hub_overview(app) if HUB in app else None
+    return {"generated": utc_now(), "audit_log": app[SETTINGS].audit_file is not None, "apps": apps, "hub": hub}
+
+
+async def hub_overview(app: web.Application) -> dict[str, Any]:
+    """The hub's delivery per app it feeds (pending, dead letters, lag) and the latest failing deliveries."""
+    hub = app[HUB]
+    backlog = await outbox_backlog(app[STORE], sorted(hub.workers))
+    return {
+        "apps": [{"name": n, "pending": b.pending, "dead": b.dead, "lag": round(b.lag, 1)} for n, b in backlog.items()],
+        "failing": [delivery_row(d) for d in await hub.store.failing(RECENT * 2)],
+    }
+
+
+async def hub_deliveries(app: web.Application, hub_ids: list[str]) -> list[dict[str, Any]]:
+    """A person's deliveries from the hub, per app (their hub resource's SCIM ids)."""
+    if HUB not in app:
+        return []
+    rows: list[dict[str, Any]] = []
+    for hub_id in hub_ids:
+        rows += [delivery_row(d) for d in await app[HUB].store.status(user=hub_id)]
+    return rows
+
+
+def delivery_row(state: DeliveryState) -> dict[str, Any]:
+    def when(epoch: float | None) -> str | None:
+        return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    return {
+        "app": state.app,
+        "type": state.type,
+        "hub_id": state.resource_id,
+        "name": state.name,
+        "state": "delivered" if state.state == "done" else "failed" if state.state == "dead" else "pending",
+        "attempts": state.attempts,
+        "last_error": state.last_error,
+        "last_at": when(state.last_at),
+        "delivered_at": when(state.delivered_at),
+        "app_id": state.app_id,
+    }
 
 
 @dataclass(slots=True)

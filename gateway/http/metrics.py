@@ -22,9 +22,9 @@ from pydantic import SecretStr
 from .. import metrics
 from ..auth import AppAuth, Refused, StaticToken, token_digest
 from ..store import StoreUnavailable
-from ..store.backlog import journal_pending
+from ..store.backlog import journal_pending, outbox_backlog
 from .health import STORE_TIMEOUT
-from .keys import APPS, METRIC_SOURCES, SETTINGS, STORE, MetricSource
+from .keys import APPS, HUB, METRIC_SOURCES, SETTINGS, STORE, MetricSource
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,14 @@ async def journal_source(app: web.Application) -> list[Metric]:
     apps = app[APPS]
     counts = await journal_pending(app[STORE], sorted(apps))
     return [metrics.journal_pending(counts)]
+
+
+async def hub_source(app: web.Application) -> list[Metric]:
+    """The hub's outbox per app it feeds (nothing when no hub is served)."""
+    if HUB not in app:
+        return []
+    backlog = await outbox_backlog(app[STORE], sorted(app[HUB].workers))
+    return metrics.hub_outbox({name: (b.pending, b.dead, b.lag) for name, b in backlog.items()})
 
 
 def create_metrics_view(token: SecretStr | None) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -64,9 +72,9 @@ async def answer(request: web.Request) -> web.Response:
 
 
 def setup_metrics(app: web.Application) -> None:
-    sources: list[MetricSource] = [journal_source]
+    sources: list[MetricSource] = [journal_source, hub_source]
     app[METRIC_SOURCES] = sources
     app.router.add_get("/metrics", create_metrics_view(app[SETTINGS].metrics_token))
 
 
-__all__ = ["create_metrics_view", "journal_source", "setup_metrics"]
+__all__ = ["create_metrics_view", "hub_source", "journal_source", "setup_metrics"]

@@ -362,12 +362,20 @@ class HubStore(Store):
         if app is not None:
             where.append("o.app = ?")
             params.append(app)
+        return await self._states(" AND ".join(where), params, "o.type DESC, r.unique_key, o.resource_id, o.app")
+
+    async def failing(self, limit: int) -> list[DeliveryState]:
+        """The deliveries dead-lettered or failing and retried, the latest failure first (the admin page's list)."""
+        where = "(o.state = 'dead' OR (o.state = 'pending' AND o.last_error IS NOT NULL))"
+        return await self._states(where, [], f"o.last_at DESC LIMIT {int(limit)}")
+
+    async def _states(self, where: str, params: list[Any], order: str) -> list[DeliveryState]:
         async with self.dialect.access() as conn:
             recs = await conn.fetch(
                 "SELECT o.*, r.unique_key AS name, l.app_id AS app_id FROM hub_outbox o"
                 " LEFT JOIN resources r ON r.id = o.resource_id AND r.app = ? AND r.state = 'active'"
                 " LEFT JOIN hub_links l ON l.app = o.app AND l.type = o.type AND l.hub_id = o.resource_id"
-                f" WHERE {' AND '.join(where)} ORDER BY o.type DESC, r.unique_key, o.resource_id, o.app",
+                f" WHERE {where} ORDER BY {order}",
                 self.hub,
                 *params,
             )

@@ -33,6 +33,7 @@ from tests.idp import entra_group, entra_user, okta_user
 
 ROOT = Path(__file__).resolve().parents[2]
 HUB_TOKEN = "hub-token-0123456789abcdef"
+ADMIN_TOKEN = "hub-admin-token-0123456789"
 T = TypeVar("T")
 
 HUB_FILE = {
@@ -220,7 +221,7 @@ def start_stack(root: Path, *hr_args: str, store_url: str | None = None) -> tupl
     hub_yaml = root / "hub.yaml"
     hub_yaml.write_text(yaml.safe_dump(HUB_FILE))
     hr = HrProcess(root, *hr_args)
-    env = {"HR_API_URL": hr.api, "HR_API_KEY": HR_API_KEY, "HUB_SCIM_TOKEN": HUB_TOKEN}
+    env = {"HR_API_URL": hr.api, "HR_API_KEY": HR_API_KEY, "HUB_SCIM_TOKEN": HUB_TOKEN, "SCIM_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
     if store_url is not None:
         env["SCIM_GATEWAY_STORE"] = store_url
     gateway = LiveGateway(root, token="", env=env)
@@ -439,6 +440,70 @@ async def test_an_app_stopped_while_the_idp_writes_gets_every_change_once_when_i
     await eventually(arrived, "every change in hr, once, at its latest state", timeout=30)
     logins = [u["login"] for u in await hub.hr.users()]
     assert len(logins) == len(set(logins)), logins
+
+
+async def test_the_hub_s_backlog_in_the_metrics_the_status_command_and_the_admin_page(hub: Stack) -> None:
+    """Issue 15's views of the hub: while hr is stopped, a user waits for it in /metrics (outbox entries, lag), in
+    `scim-gateway status` and on the admin page (the hub's table, the person's deliveries); then it is delivered."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def scrape() -> dict[tuple[str, ...], float]:
+        async with aiohttp.ClientSession() as session, session.get(f"{hub.gateway.url}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        found: dict[tuple[str, ...], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith("scim_gateway_hub_"):
+                    found[(sample.name, *sorted(sample.labels.values()))] = sample.value
+        return found
+
+    async def page(path: str) -> str:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with aiohttp.ClientSession() as session, session.get(f"{hub.gateway.url}{path}", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.text()
+
+    hub.hr.pause()
+    user = await hub.create_user("mo.metrics@example.com", department="R&D")  # hr takes everyone; demo does not
+
+    async def waiting() -> dict[tuple[str, ...], float]:
+        found = await scrape()
+        assert found[("scim_gateway_hub_outbox_entries", "hr", "pending")] >= 1, found
+        assert found[("scim_gateway_hub_delivery_lag_seconds", "hr")] > 0.5, found
+        return found
+
+    try:
+        await eventually(waiting, "hr's backlog in /metrics while hr is stopped", timeout=15)
+        run = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway.cli", "status", "--url", hub.gateway.url, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode in (0, 1), run.stderr
+        status = json.loads(run.stdout)
+        assert status["apps"]["hr"]["hub"]["pending"] >= 1, status
+        assert status["apps"]["demo"]["hub"]["dead"] == 0, status
+        overview = await page("/admin")
+        assert 'id="hub-app-hr"' in overview and 'id="hub-app-demo"' in overview
+        person = await page("/admin/people?who=mo.metrics@example.com")
+        assert "Their deliveries from the hub" in person and 'id="delivery-hr"' in person
+        assert "pending" in person.split('id="delivery-hr"')[1].split("</tr>")[0]
+        doc = json.loads(await page("/admin/status.json"))
+        assert any(a["name"] == "hr" and a["pending"] >= 1 for a in doc["hub"]["apps"]), doc["hub"]
+    finally:
+        hub.hr.resume()
+
+    async def delivered() -> None:
+        found = await scrape()
+        assert found[("scim_gateway_hub_outbox_entries", "hr", "pending")] == 0, found
+        assert found[("scim_gateway_hub_delivery_lag_seconds", "hr")] == 0, found
+        person = await page(f"/admin/people?who={user}")
+        assert "delivered" in person.split('id="delivery-hr"')[1].split("</tr>")[0]
+
+    await eventually(delivered, "hr's backlog drained once hr is back", timeout=30)
 
 
 async def test_an_okta_sequence_and_a_bulk_request_against_the_hub(hub: Stack) -> None:

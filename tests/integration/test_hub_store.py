@@ -178,7 +178,10 @@ async def test_two_takers_share_the_outbox_without_taking_one_entry_twice(stores
 
     await asyncio.gather(taker(hub.store, taken[0]), taker(other, taken[1]))
     assert sorted(taken[0] + taken[1]) == sorted(ids)  # every entry taken, none twice
-    assert taken[0] and taken[1], "both takers got a share"
+    if isinstance(stores[0], PostgresStore):
+        # Row locks (SKIP LOCKED) let both take at once. On SQLite the file's write lock serializes the takes, and
+        # which taker gets how many is the lock's timing (one may get all): only "none twice" is asserted there.
+        assert taken[0] and taken[1], "both takers got a share"
 
 
 async def test_a_live_process_keeps_its_leases_and_a_dead_ones_lapse(stores: tuple[Store, Store], tmp_path: Path) -> None:

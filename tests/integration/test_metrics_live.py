@@ -150,7 +150,7 @@ def test_status_of_a_ready_gateway(demo_workers: LiveGateway) -> None:
     assert table.returncode == 0, table.stderr
     assert f"Gateway {demo_workers.url}: ready (store: ok)" in table.stdout
     row = next(line.split() for line in table.stdout.splitlines() if line.startswith("demo "))
-    assert row == ["demo", "yes", "closed", "0", "0"]
+    assert row == ["demo", "yes", "closed", "0", "0", "-"]  # "-": no hub feeds it
     as_json = status_command("--url", demo_workers.url + "/", "--json")
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout) == {
