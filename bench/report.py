@@ -38,6 +38,7 @@ ROWS: list[tuple[str, str]] = [
     ("workers_2", "GET /Users/{id} live, `--workers 2`, not pinned"),
     ("rest_gateway", "GET /Users/{id} through the hr REST app (live)"),
     ("rest_direct", "hr fake's own GET /api/users/{id} (no gateway)"),
+    ("hub_post_one_down", "POST /hub/scim/v2/Users, one of the hub's three apps stopped"),
     ("soak", "Memory run: live GET /Users/{id}"),
 ]
 
@@ -207,6 +208,17 @@ def render(doc: dict[str, Any]) -> str:
             f"| Seeding groups | {g['big_size']:,}-member group in {g['seed_big_s']:.2f} s (PATCH add 1,000 at a time: p50"
             f" {g['seed_big_batch_p50_s']:.2f} s, last {g['seed_big_batch_last_s']:.2f} s); {g['small_groups']} groups of"
             f" {g['small_size']} in {g['seed_small_s']:.1f} s |"
+        )
+    if c := res.get("hub_catch_up"):
+        lines.append(
+            f"| Hub: the stopped app catching up | {c['backlog']:,} deliveries pending for it when it resumed, the outbox empty"
+            f" {c['seconds']:.1f} s later ({_f(c.get('deliveries_per_s'))} deliveries/s) |"
+        )
+    if d := res.get("hub_delivery"):
+        lines.append(
+            f"| Hub: delivery to three apps | {d['created']:,} users Bulk-created into the hub in {d['write_s']:.1f} s; every app"
+            f" had them {d['wall_s']:.1f} s after the first write: {d['deliveries']:,} deliveries,"
+            f" {_f(d.get('deliveries_per_s'))} deliveries/s |"
         )
     if s := res.get("rest_seed"):
         lines.append(

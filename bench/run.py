@@ -32,9 +32,23 @@ from . import profiling, report
 from .load import BENCH, ROOT, Generator, LoadSpec, pick_generator
 from .processes import Server, free_port, gateway_cmd, start
 
-SCENARIOS = ["bulk", "baseline", "get", "filter", "paging", "post", "patch", "members", "soak", "cached", "workers", "rest"]
-DEMO_SCENARIOS = set(SCENARIOS) - {"rest"}
-RATE_SCENARIOS = {"get", "filter", "post", "patch", "members", "soak", "cached", "workers", "rest"}
+SCENARIOS = [
+    "bulk",
+    "baseline",
+    "get",
+    "filter",
+    "paging",
+    "post",
+    "patch",
+    "members",
+    "soak",
+    "cached",
+    "workers",
+    "rest",
+    "hub",
+]
+DEMO_SCENARIOS = set(SCENARIOS) - {"rest", "hub"}
+RATE_SCENARIOS = {"get", "filter", "post", "patch", "members", "soak", "cached", "workers", "rest", "hub"}
 TOKEN = "bench-token-0123456789abcdef"
 PATCH_URN = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -50,6 +64,7 @@ FULL = {
     "big_group": 10_000,
     "small_groups": 100,
     "hr_users": 1000,
+    "hub_users": 5000,
     "page_count": 100,
 }
 QUICK = {
@@ -61,6 +76,7 @@ QUICK = {
     "big_group": 1000,
     "small_groups": 20,
     "hr_users": 200,
+    "hub_users": 500,
     "page_count": 100,
 }
 
@@ -106,6 +122,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-requests", type=int, help="GETs in the memory run (full 1000000, quick 30000)")
     parser.add_argument("--soak-chunk", type=float, help="seconds between memory samples in the memory run (full 60, quick 5)")
     parser.add_argument("--hr-users", type=int, help="users created in the hr REST app (full 1000, quick 200)")
+    parser.add_argument(
+        "--hub-users", type=int, help="users Bulk-created into the hub for its delivery rate (full 5000, quick 500)"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server and the load generator to separate cores")
     parser.add_argument(
         "--store",
@@ -353,6 +372,10 @@ class Bench:
             self.attempt("demo", self.demo)  # a gateway that cannot start is reported, and the REST part still runs
         if self.wanted("rest"):
             self.attempt("rest", self.rest)
+        if self.wanted("hub"):
+            from .hub import run_hub
+
+            self.attempt("hub", lambda: run_hub(self))
         self.elapsed = time.monotonic() - started
         self.load_after = _loadavg()
         if self.temporary and not self.errors and not a.keep:
