@@ -81,6 +81,7 @@ HUB_FILE = {
 
 
 def run_hub(runner: Bench) -> None:
+    from gateway.demo import ensure_demo_database
     from tests.fakes.serve import HR_API_KEY
 
     from .run import TOKEN
@@ -104,6 +105,7 @@ def run_hub(runner: Bench) -> None:
         hub_file.write_text(yaml.safe_dump(HUB_FILE, sort_keys=False))
         port = free_port()
         data = runner.workdir / "hub-data"
+        ensure_demo_database(data)  # --config names the demo mapping: its database is not made by `serve` then
         cmd = gateway_cmd(port=port, data_dir=data, token=None, config=_mappings(runner.workdir, a.connections))
         env = {
             "HR_API_URL": f"{fakes[0].url}/api",
