@@ -2,7 +2,7 @@
 legacy REST app (the hr fake, its own process) that fails a few percent of its calls and is restarted twice.
 
     .venv/bin/python -m tests.soak --minutes 10        # the documented soak (docs/operations.md, "Soak")
-    .venv/bin/python -m tests.soak --seconds 40        # what tests/integration/test_soak.py runs in the test command
+    .venv/bin/python -m tests.soak --seconds 25        # what tests/integration/test_soak.py runs in the test command
 
 Each client keeps a model of what the gateway acknowledged to it and retries what was answered 503, as an IdP does.
 Afterwards: no 5xx but the app's own 503s, every acknowledged write in the gateway's answers and in the app (no

@@ -227,7 +227,8 @@ def start_stack(root: Path, *hr_args: str, store_url: str | None = None) -> tupl
     gateway = LiveGateway(root, token="", env=env)
 
     def start() -> None:
-        gateway.start("--config", str(demo_yaml), "--config", str(hr_yaml), "--hub", str(hub_yaml))
+        # A sweep a second: what a kill left in an app's journal is settled soon, not after twice the default 30 s.
+        gateway.start("--config", str(demo_yaml), "--config", str(hr_yaml), "--hub", str(hub_yaml), "--recovery-interval", "1")
 
     try:
         start()

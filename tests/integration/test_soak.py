@@ -1,4 +1,4 @@
-"""The soak, CI-sized (issue 16): 40 s of Entra-shaped traffic from four clients into two workers on PostgreSQL, the
+"""The soak, CI-sized (issue 16): 25 s of Entra-shaped traffic from four clients into two workers on PostgreSQL, the
 REST app failing 3% of its calls and restarted twice. The documented ten-minute run is `python -m tests.soak`
 (docs/operations.md, "Soak"); both assert the same."""
 
@@ -15,7 +15,7 @@ MEMORY_GROWTH_MIB = 16.0  # per process, after a warm-up of a quarter of the run
 
 
 async def test_a_soak_loses_nothing_and_answers_no_5xx_but_the_apps(pg_database: str, tmp_path: Path) -> None:
-    report = await run_soak(tmp_path, 40.0, store_url=pg_url(pg_database), clients=4, fail_rate=0.03, seed=7)
+    report = await run_soak(tmp_path, 25.0, store_url=pg_url(pg_database), clients=4, fail_rate=0.03, seed=7)
     summary = report.summary()
     print(summary)
     assert report.violations == [], summary
