@@ -54,9 +54,22 @@ class WritePipeline:
         self.store = store
         self.breaker = breaker
         self._inflight: set[int] = set()  # journal entries this process is working on right now
+        # Resources whose claim this process is making: the entry is committed (and, its time being the transaction's
+        # start, may already look old to a sweep) before the claim returns its number for `tracking`.
+        self._claiming: dict[str, int] = {}
 
-    def in_flight(self, seq: int) -> bool:
-        return seq in self._inflight
+    def in_flight(self, seq: int, rid: str | None = None) -> bool:
+        return seq in self._inflight or (rid is not None and rid in self._claiming)
+
+    @contextlib.contextmanager
+    def _claiming_of(self, rid: str) -> Iterator[None]:
+        self._claiming[rid] = self._claiming.get(rid, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._claiming.pop(rid) - 1
+            if left:
+                self._claiming[rid] = left
 
     @contextlib.contextmanager
     def tracking(self, seqs: Iterable[int]) -> Iterator[None]:
@@ -108,7 +121,10 @@ class WritePipeline:
             "keyed": keyed,
         }
         try:
-            return await self.store.begin_create(self.app, kind, rid, unique_key, data, utc_now(), payload)
+            with self._claiming_of(rid):
+                seq = await self.store.begin_create(self.app, kind, rid, unique_key, data, utc_now(), payload)
+                self._inflight.add(seq)  # until its settle or abort (below, or run's)
+                return seq
         except UniqueConflict:
             raise Taken(f"{name} is already taken") from None
 
@@ -123,7 +139,10 @@ class WritePipeline:
         delay = 0.01
         while True:
             try:
-                return await self.store.begin_write(self.app, kind, rid, op, **kwargs)
+                with self._claiming_of(rid):
+                    seq, row = await self.store.begin_write(self.app, kind, rid, op, **kwargs)
+                    self._inflight.add(seq)  # until its settle or abort (below, or run's)
+                    return seq, row
             except Gone:
                 raise NotFound(f"{kind} {rid} not found") from None
             except UniqueConflict:
@@ -166,16 +185,28 @@ class WritePipeline:
     # ------------------------------------------------------------------ settling (also recovery's)
 
     async def settle_create(self, seq: int, native_id: str | None, data: dict[str, Any], members: Sequence[Member] = ()) -> Row:
-        return await self.store.settle_create(seq, native_id, data, members)
+        try:
+            return await self.store.settle_create(seq, native_id, data, members)
+        finally:
+            self._inflight.discard(seq)
 
     async def settle_update(self, seq: int, data: dict[str, Any], unique_key: str, **changes: Any) -> Row:
-        return await self.store.settle_update(seq, data, utc_now(), unique_key, **changes)
+        try:
+            return await self.store.settle_update(seq, data, utc_now(), unique_key, **changes)
+        finally:
+            self._inflight.discard(seq)
 
     async def settle_delete(self, seq: int) -> None:
-        await self.store.settle_delete(seq)
+        try:
+            await self.store.settle_delete(seq)
+        finally:
+            self._inflight.discard(seq)
 
     async def abort(self, seq: int, reason: str) -> None:
-        await self.store.abort(seq, reason)
+        try:
+            await self.store.abort(seq, reason)
+        finally:
+            self._inflight.discard(seq)
 
     async def forget(self, kind: str, rid: str, payload: dict[str, Any] | None = None) -> bool:
         """The app deleted the record itself: the resource goes (its id and name released). False when a write holds it.
@@ -199,7 +230,7 @@ class WritePipeline:
         try:
             yield
         except BaseException:
-            await self.store.abort(seq, "membership edit failed")
+            await self.abort(seq, "membership edit failed")
             raise
         await self.settle_update(seq, claimed.data, claimed.unique_key)
 

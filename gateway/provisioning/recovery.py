@@ -60,7 +60,8 @@ class Recovery:
         each other's names (renames that swap names) give them up together and are settled then.
         """
         ctx = self.ctx
-        todo = [e for e in await ctx.store.pending(ctx.app, older_than, due=due) if not ctx.pipeline.in_flight(e.seq)]
+        pending = await ctx.store.pending(ctx.app, older_than, due=due)
+        todo = [e for e in pending if not ctx.pipeline.in_flight(e.seq, e.resource_id)]
         repaired = 0
         parked = False
         while todo:
