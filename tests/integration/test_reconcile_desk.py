@@ -1,45 +1,20 @@
-"""Reconcile against the desk REST fake with its shipped mapping: after Entra-shaped provisioning (users, a group
-with a member) it finds nothing, whatever the app's own quirks (what its lists and records hold and leave out); a
-user then removed from the app itself is the one finding, vanished."""
+"""Reconcile against the desk REST fake with its shipped mapping (tests/integration/reconcile_rest.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.cli import main
-from gateway.http.keys import APPS
 from tests.conftest import Scim
-from tests.idp import entra_group, entra_user
+from tests.integration.reconcile_rest import nothing_found_then_one_vanished
 from tests.integration.test_rest_desk import MAPPING, scim, state
 
-__all__ = ["scim", "state"]
+__all__ = ["scim", "state"]  # the fixtures, for this module's tests
 
 
 async def test_nothing_found_after_provisioning_then_one_orphan(
     scim: Scim, state: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ids = []
-    for who in ("ann", "bob"):
-        resp, body = await scim.post("/Users", entra_user(f"{who}@contoso.com", who.title(), "Lee"))
-        assert resp.status == 201, body
-        ids.append(body["id"])
-    resp, body = await scim.post("/Groups", entra_group("Support", ids[:1]))
-    assert resp.status == 201, body
-    args = ["--config", str(MAPPING), "--data-dir", str(tmp_path / "data"), "--format", "json"]
-    status = await asyncio.to_thread(main, ["reconcile", "desk", *args])
-    report = json.loads(capsys.readouterr().out)
-    assert status == 0, report
-    assert report["counts"]["User"]["linked"] == 2 and report["counts"]["User"]["in_app"] >= 2
-
-    row = await scim.client.app[APPS]["desk"].provisioner.store.get("desk", "User", ids[1])
-    assert row is not None and row.native_id is not None
-    records = state.users
-    records.pop(next(k for k in records if str(k) == row.native_id))  # gone from the app, past the gateway
-    status = await asyncio.to_thread(main, ["reconcile", "desk", *args])
-    report = json.loads(capsys.readouterr().out)
-    assert status == 1 and report["found"] == 1 and [v["id"] for v in report["vanished"]] == [ids[1]], report
+    await nothing_found_then_one_vanished("desk", MAPPING, scim, state.users, tmp_path, capsys)
