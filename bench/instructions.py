@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-KINDS = ("spc", "list", "get", "filter", "post", "patch", "bulk")
+KINDS = ("baseline", "spc", "list", "get", "filter", "post", "patch", "bulk")
 USERS = 200
 USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
 PATCH_URN = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -85,7 +85,9 @@ async def _measure(kinds: list[str], n: int) -> None:
         seeded = await (await client.post(BASE + "/Bulk", json=_bulk("seed", USERS), headers=headers)).json(content_type=None)
         ids = [op["location"].rsplit("/", 1)[1] for op in seeded["Operations"]]
         requests = _requests(ids)
-        for kind in kinds:
+        if "baseline" in kinds:
+            await _measure_baseline(n)
+        for kind in (k for k in kinds if k != "baseline"):
             count = max(1, n // 50) if kind == "bulk" else n  # a Bulk request is 100 creates
             for i in range(10):
                 await _send(client, headers, *requests[kind](100_000 + i))
@@ -96,6 +98,27 @@ async def _measure(kinds: list[str], n: int) -> None:
     finally:
         await client.close()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def _measure_baseline(n: int) -> None:
+    """The bare aiohttp handler of bench/baseline.py with the same client: the floor every ratio divides by."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bench.baseline import create_baseline_app
+
+    body = b'{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"id":"x","userName":"seed0@x.test"}'
+    client = TestClient(TestServer(create_baseline_app(TOKEN, body)))
+    await client.start_server()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        for _ in range(10):
+            await _send(client, headers, "GET", "/Users/x", None)
+        _callgrind("-z")
+        for _ in range(n):
+            await _send(client, headers, "GET", "/Users/x", None)
+        _callgrind("-d", f"baseline:{n}")
+    finally:
+        await client.close()
 
 
 async def _send(client: Any, headers: dict[str, str], method: str, path: str, body: Any) -> None:
