@@ -93,12 +93,15 @@ class RestSetupError(ConnectorSetupError):
 # ---------------------------------------------------------------- records: dotted fields <-> nested JSON
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None), list})  # what JSON values are when not objects
+
+
 def flatten(obj: Mapping[str, Any], prefix: str = "") -> Record:
     """Nested objects become dotted keys; lists (and empty objects) stay values."""
     out: Record = {}
     for key, value in obj.items():
         name = prefix + key if prefix else key
-        if isinstance(value, Mapping) and value:
+        if type(value) not in _SCALARS and isinstance(value, Mapping) and value:  # the ABC check only when it may be one
             out.update(flatten(value, name + "."))
         else:
             out[name] = value
@@ -188,7 +191,9 @@ def _path(path: str, ids: Mapping[str, str]) -> str:
     for i in range(1, len(parts), 2):
         name = parts[i]
         value = ids[name]
-        out.append(value if value == "{" + name + "}" else quote(value, safe=""))  # a plan's "{id}" stays readable
+        if not (value.isascii() and value.isalnum()):  # what quote() would leave as it is: most ids
+            value = value if value == "{" + name + "}" else quote(value, safe="")  # a plan's "{id}" stays readable
+        out.append(value)
         out.append(parts[i + 1])
     return "".join(out)
 
