@@ -107,8 +107,8 @@ def _session(token: str, connections: int) -> aiohttp.ClientSession:
 
 async def bulk(args: argparse.Namespace) -> dict[str, Any]:
     """Create args.users users in Bulk requests of args.batch operations, args.concurrency requests in flight."""
-    rng = random.Random(args.seed)
-    bodies = [user_body(i, rng) for i in range(args.users)]
+    rng = random.Random(args.seed + args.start)
+    bodies = [user_body(args.start + i, rng) for i in range(args.users)]
     ids: list[str | None] = [None] * args.users
     batches = [range(s, min(s + args.batch, args.users)) for s in range(0, args.users, args.batch)]
     pending = list(reversed(batches))
@@ -139,11 +139,16 @@ async def bulk(args: argparse.Namespace) -> dict[str, Any]:
         wall = time.perf_counter() - started
     out = Path(args.out)
     created = [(i, rid) for i, rid in enumerate(ids) if rid is not None]
-    (out / "ids.txt").write_text("".join(f"{rid}\n" for _, rid in created))
-    (out / "names.txt").write_text("".join(f"{bodies[i]['userName']}\n" for i, _ in created))
-    (out / "filters.txt").write_text(
-        "".join(urllib.parse.quote(f'userName eq "{bodies[i]["userName"]}"', safe="") + "\n" for i, _ in created)
-    )
+    mode = "a" if args.start else "w"  # a later part of the directory adds to the files the first part wrote
+    files = {
+        "ids.txt": (f"{rid}\n" for _, rid in created),
+        "names.txt": (f"{bodies[i]['userName']}\n" for i, _ in created),
+        "people.txt": (f"{rid}\t{bodies[i]['userName']}\n" for i, rid in created),  # for PUT: a user and its own userName
+        "filters.txt": (urllib.parse.quote(f'userName eq "{bodies[i]["userName"]}"', safe="") + "\n" for i, _ in created),
+    }
+    for name, lines in files.items():
+        with open(out / name, mode) as f:
+            f.writelines(lines)
     return {
         "users": args.users,
         "created": len(created),
@@ -288,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch", type=int, default=1000)
     b.add_argument("--concurrency", type=int, default=4)
     b.add_argument("--seed", type=int, default=1)
-    b.add_argument("--out", required=True, help="folder for ids.txt, names.txt, filters.txt")
+    b.add_argument("--start", type=int, default=0, help="index of the first user (a later part of the directory)")
+    b.add_argument(
+        "--out", required=True, help="folder for ids.txt, names.txt, people.txt, filters.txt (appended to with --start)"
+    )
     g = sub.add_parser("groups")
     g.add_argument("--url", required=True)
     g.add_argument("--token", required=True)

@@ -40,6 +40,7 @@ SCENARIOS = [
     "paging",
     "post",
     "patch",
+    "put",
     "members",
     "soak",
     "cached",
@@ -48,15 +49,19 @@ SCENARIOS = [
     "hub",
 ]
 DEMO_SCENARIOS = set(SCENARIOS) - {"rest", "hub"}
-RATE_SCENARIOS = {"get", "filter", "post", "patch", "members", "soak", "cached", "workers", "rest", "hub"}
+RATE_SCENARIOS = {"get", "filter", "post", "patch", "put", "members", "soak", "cached", "workers", "rest", "hub"}
 TOKEN = "bench-token-0123456789abcdef"
 PATCH_URN = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
 DEMO = "/apps/demo/scim/v2"
 HR = "/apps/hr/scim/v2"
 
+# The scenarios measured twice in a full run: first at SCALE_FIRST users, then at --users after importing the rest.
+SCALE_SCENARIOS = ("get", "cached", "post", "patch", "put")
+
 FULL = {
     "users": 100_000,
+    "first_users": 10_000,
     "duration": 15.0,
     "warmup": 3.0,
     "soak_requests": 1_000_000,
@@ -69,6 +74,7 @@ FULL = {
 }
 QUICK = {
     "users": 10_000,
+    "first_users": 0,
     "duration": 3.0,
     "warmup": 1.0,
     "soak_requests": 30_000,
@@ -109,6 +115,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds of unmeasured load before each read scenario (full 3, quick 1)")
     parser.add_argument(
         "--users", type=int, help="users created by Bulk import, the directory the other scenarios use (full 100000, quick 10000)"
+    )
+    parser.add_argument(
+        "--first-users",
+        type=int,
+        help=f"measure {', '.join(SCALE_SCENARIOS)} first at this many users, then import the rest up to --users and measure"
+        " again (full 10000; quick 0: only at --users)",
     )
     parser.add_argument(
         "--bulk-batch", type=int, default=1000, help="operations per Bulk request (the gateway's maxOperations is 1000)"
@@ -172,6 +184,8 @@ class Bench:
         self.profiler = self._pick_profiler() if args.profile else None
         self.store_env = {"SCIM_GATEWAY_STORE": args.store} if args.store else {}
         self.nonce = 0
+        self.directory = 0  # users imported so far
+        self.phase = ""  # "_first": the figures of SCALE_SCENARIOS are taken at --first-users
 
     def _pick_profiler(self) -> str:
         choice = self.args.profiler
@@ -329,6 +343,9 @@ class Bench:
         return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
     def record(self, name: str, figures: dict[str, Any]) -> None:
+        name += self.phase if name in SCALE_SCENARIOS else ""
+        if name.startswith(SCALE_SCENARIOS):
+            figures = figures | {"directory": self.directory}
         self.results[name] = figures
         shown = {
             k: figures[k]
@@ -397,33 +414,52 @@ class Bench:
         return 1 if self.errors else 0
 
     def demo(self) -> None:
+        """The demo app's scenarios. A full run measures SCALE_SCENARIOS first at --first-users, imports the rest of the
+        directory, and measures everything at --users (so those figures can be compared across the two sizes)."""
         a = self.args
         data = self.workdir / "demo-data"
         seed = self.workdir / "demo-seed"
         seed.mkdir(exist_ok=True)
-        gateway = self.start_gateway(
-            "gateway-demo",
-            data,
-            profile_as=next(
-                (s for s in a.selected if s in ("bulk", "get", "filter", "paging", "post", "patch", "members", "soak")), None
-            ),
+        first = a.first_users if 0 < a.first_users < a.users and not a.profile else 0
+        scaled = [name for name in SCALE_SCENARIOS if self.wanted(name)] if first else []
+        profile_as = next(
+            (s for s in a.selected if s in ("bulk", "get", "filter", "paging", "post", "patch", "put", "members", "soak")), None
         )
+        steps: dict[str, Callable[[Server, Path], None]] = {
+            "get": self.get,
+            "filter": self.filter,
+            "paging": self.paging,
+            "post": self.post,
+            "patch": self.patch,
+            "put": self.put,
+            "members": self.members,
+            "soak": self.soak,
+        }
+        gateway = self.start_gateway("gateway-demo", data, profile_as=profile_as)
         try:
-            self.attempt("bulk", lambda: self.bulk(gateway, seed))
-            if not (seed / "ids.txt").exists() or not (seed / "ids.txt").read_text().strip():
-                self.say("no users were created: the scenarios that need the directory cannot run")
-                return
-            if self.wanted("baseline") or (RATE_SCENARIOS & set(a.selected) and not a.profile):
+            if scaled:
+                self.attempt("bulk", lambda: self.bulk(gateway, seed, first, start=0))
+                if not self._seeded(seed):
+                    return
                 self.attempt("baseline", lambda: self.baseline(gateway, seed))
-            for name, step in (
-                ("get", self.get),
-                ("filter", self.filter),
-                ("paging", self.paging),
-                ("post", self.post),
-                ("patch", self.patch),
-                ("members", self.members),
-                ("soak", self.soak),
-            ):
+                self.phase = "_first"
+                for name in scaled:
+                    if name in steps:
+                        self.say(f"{name} at {first:,} users ...")
+                        self.attempt(name + self.phase, lambda step=steps[name]: step(gateway, seed))  # type: ignore[misc]
+                if "cached" in scaled:
+                    gateway.stop()
+                    self.attempt("cached" + self.phase, lambda: self.cached(data, seed))
+                    gateway = self.start_gateway("gateway-demo-2", data)
+                self.phase = ""
+                self.attempt("bulk", lambda: self.bulk(gateway, seed, a.users - first, start=first))
+            else:
+                self.attempt("bulk", lambda: self.bulk(gateway, seed, a.users, start=0))
+                if not self._seeded(seed):
+                    return
+                if self.wanted("baseline") or (RATE_SCENARIOS & set(a.selected) and not a.profile):
+                    self.attempt("baseline", lambda: self.baseline(gateway, seed))
+            for name, step in steps.items():
                 if self.wanted(name):
                     self.say(f"{name} ...")
                     self.attempt(name, lambda step=step: step(gateway, seed))  # type: ignore[misc]
@@ -434,12 +470,20 @@ class Bench:
         if self.wanted("workers"):
             self.attempt("workers", lambda: self.workers(data, seed))
 
+    def _seeded(self, seed: Path) -> bool:
+        if not (seed / "ids.txt").exists() or not (seed / "ids.txt").read_text().strip():
+            self.say("no users were created: the scenarios that need the directory cannot run")
+            return False
+        return True
+
     # ------------------------------------------------------------ demo scenarios
 
-    def bulk(self, gateway: Server, seed: Path) -> None:
+    def bulk(self, gateway: Server, seed: Path, users: int, *, start: int) -> None:
+        """Import `users` users (numbered from `start`); a second part is recorded with the first as one import."""
         a = self.args
         self.say(
-            f"bulk: importing {a.users} users through {gateway.url}{DEMO}/Bulk ({a.bulk_batch} ops a request, {a.bulk_concurrency} in flight) ..."
+            f"bulk: importing {users:,} users (from #{start:,}) through {gateway.url}{DEMO}/Bulk ({a.bulk_batch} ops a request,"
+            f" {a.bulk_concurrency} in flight) ..."
         )
         gateway.reset_peak()
         with self.profiled("bulk", gateway):
@@ -450,7 +494,9 @@ class Bench:
                 "--token",
                 TOKEN,
                 "--users",
-                str(a.users),
+                str(users),
+                "--start",
+                str(start),
                 "--batch",
                 str(a.bulk_batch),
                 "--concurrency",
@@ -463,6 +509,24 @@ class Bench:
             self.say(
                 f"  WARNING bulk: {figures['users'] - figures['created']} users not created; first: {figures['failures'][0]}"
             )
+        if start and "bulk" in self.results:
+            # The directory in two parts with measurements between: one import of the whole, its times summed.
+            one = self.results["bulk"]
+            parts = [*one.get("parts", [dict(one)]), figures]
+            wall = sum(p["wall_s"] for p in parts)
+            created = sum(p["created"] for p in parts)
+            figures = figures | {
+                "users": sum(p["users"] for p in parts),
+                "created": created,
+                "wall_s": wall,
+                "users_per_s": created / wall if wall else 0,
+                "requests": sum(p["requests"] for p in parts),
+                "request_max_s": max(p["request_max_s"] for p in parts),
+                "peak_rss_mib": max(p["peak_rss_mib"] for p in parts),
+                "failures": [f for p in parts for f in p["failures"]][:20],
+                "parts": parts,
+            }
+        self.directory = figures["created"]
         self.record("bulk", figures)
 
     def baseline(self, gateway: Server, seed: Path) -> None:
@@ -526,6 +590,18 @@ class Bench:
     def patch(self, gateway: Server, seed: Path) -> None:
         body = {"schemas": [PATCH_URN], "Operations": [{"op": "replace", "path": "title", "value": "Title {n}"}]}
         self.record("patch", self.drive("patch", gateway, self.spec("PATCH", DEMO + "/Users/{1}", body, items=seed / "ids.txt")))
+
+    def put(self, gateway: Server, seed: Path) -> None:
+        """PUT /Users/{id}: the whole user again, its own userName, a new title each time."""
+        body = {
+            "schemas": [USER_URN],
+            "userName": "{2}",
+            "name": {"givenName": "Put", "familyName": "Bench"},
+            "emails": [{"type": "work", "value": "{2}@example.org"}],
+            "title": "Title {n}",
+            "active": True,
+        }
+        self.record("put", self.drive("put", gateway, self.spec("PUT", DEMO + "/Users/{1}", body, items=seed / "people.txt")))
 
     def members(self, gateway: Server, seed: Path) -> None:
         a = self.args
@@ -720,15 +796,56 @@ class Bench:
             self.record("rest_seed", seeded)
             spec = self.spec("GET", HR + "/Users/{1}", items=seed / "ids.txt")
             self.record("rest_gateway", self.drive("rest", gateway, spec, warmup=a.warmup))
+            post = {
+                "schemas": [USER_URN],
+                "userName": "rest.post.{n}",
+                "name": {"givenName": "Post", "familyName": "Bench {n}"},
+                "emails": [{"type": "work", "value": "rest.post.{n}@example.org"}],
+                "title": "Engineer",
+                "active": True,
+            }
+            self.record(
+                "rest_post_gateway",
+                self._fake_users(
+                    fake, lambda: self.drive("rest_post", gateway, self.spec("POST", HR + "/Users", post), scenario="rest")
+                ),
+            )
             # The fake alone, on the server's core (the idle gateway's), driven the same way.
             if self.server_cpus:
                 os.sched_setaffinity(fake.pid, self.server_cpus)
-            direct = self.spec("GET", "/api/users/{1}", items=seed / "native-ids.txt", headers={"X-API-Key": HR_API_KEY})
+            key = {"X-API-Key": HR_API_KEY}
+            direct = self.spec("GET", "/api/users/{1}", items=seed / "native-ids.txt", headers=key)
             self.record("rest_direct", self.drive("rest_direct", fake, direct, warmup=a.warmup))
+            # The fake's own POST of what the gateway sends it for the POST above (the fields the mapping writes).
+            native = {
+                "login": "rest.direct.{n}",
+                "first_name": "Post",
+                "last_name": "Bench {n}",
+                "email": "rest.direct.{n}@example.org",
+                "title": "Engineer",
+                "status": "enabled",
+            }
+            spec = self.spec("POST", "/api/users", native, headers=key | {"Content-Type": "application/json"})
+            self.record(
+                "rest_post_direct", self._fake_users(fake, lambda: self.drive("rest_post_direct", fake, spec, scenario="rest"))
+            )
         finally:
             if gateway is not None:
                 gateway.stop()
             fake.stop()
+
+    def _fake_users(self, fake: Server, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """A POST run's figures with the fake's user count before and after: its create checks the login against them all."""
+        from tests.fakes.serve import HR_API_KEY
+
+        def count() -> int:
+            request = urllib.request.Request(f"{fake.url}/api/users?per_page=1", headers={"X-API-Key": HR_API_KEY})
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return int(json.loads(resp.read())["total"])
+
+        before = count()
+        figures = measure()
+        return figures | {"app_users_start": before, "app_users_end": count()}
 
     # ------------------------------------------------------------ the record
 
@@ -754,6 +871,7 @@ class Bench:
             "scenarios": self.results,
             "errors": self.errors,
             "targets": report.evaluate(self.results, a.users),
+            "targets_17": report.evaluate_17(self.results, a.users),
         }
 
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import json
 import logging
 import random
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from pydantic import BaseModel
 from yarl import URL
 
@@ -89,12 +93,15 @@ class RestSetupError(ConnectorSetupError):
 # ---------------------------------------------------------------- records: dotted fields <-> nested JSON
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None), list})  # what JSON values are when not objects
+
+
 def flatten(obj: Mapping[str, Any], prefix: str = "") -> Record:
     """Nested objects become dotted keys; lists (and empty objects) stay values."""
     out: Record = {}
     for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
+        name = prefix + key if prefix else key
+        if type(value) not in _SCALARS and isinstance(value, Mapping) and value:  # the ABC check only when it may be one
             out.update(flatten(value, name + "."))
         else:
             out[name] = value
@@ -169,12 +176,26 @@ def fill(template: Any, ids: Mapping[str, str]) -> Any:
     return template
 
 
-def _path(path: str, ids: Mapping[str, str]) -> str:
-    def one(match: Any) -> str:
-        value = ids[match.group(1)]
-        return value if value == match.group(0) else quote(value, safe="")  # a plan's "{id}" stays readable
+@functools.cache
+def _path_parts(path: str) -> tuple[str, ...]:
+    """A path template split once: literal, placeholder name, literal, ... (a mapping has a handful of paths)."""
+    parts = VALUE_PLACEHOLDER.split(path)
+    return tuple(part for i, part in enumerate(parts) if i % 3 != 2)  # drop the ":int" group
 
-    return VALUE_PLACEHOLDER.sub(one, path)
+
+def _path(path: str, ids: Mapping[str, str]) -> str:
+    parts = _path_parts(path)
+    if len(parts) == 1:
+        return path
+    out = [parts[0]]
+    for i in range(1, len(parts), 2):
+        name = parts[i]
+        value = ids[name]
+        if not (value.isascii() and value.isalnum()):  # what quote() would leave as it is: most ids
+            value = value if value == "{" + name + "}" else quote(value, safe="")  # a plan's "{id}" stays readable
+        out.append(value)
+        out.append(parts[i + 1])
+    return "".join(out)
 
 
 def _query_value(value: str, ids: Mapping[str, str]) -> str:
@@ -191,6 +212,31 @@ class Answer:
     body: Any  # parsed JSON; None for an empty body
     url: URL
     links: Mapping[str, URL]  # rel -> URL from the Link header
+
+
+_LONG_NUMBER = re.compile(rb"\d{19}")  # past 64 bits orjson reads an integer as a float; the standard library keeps it
+
+
+def parse_json(raw: bytes) -> Any:
+    """An answer's JSON (None for an empty body): orjson's parse, the standard library's where orjson refuses a body
+    or would read it differently (an integer past 64 bits, NaN), so the values and the errors stay the standard
+    library's; ValueError or UnicodeDecodeError for what is no JSON."""
+    if not _LONG_NUMBER.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    if not raw.strip():
+        return None
+    return json.loads(raw.decode("utf-8"))
+
+
+def dump_json(body: Any) -> bytes:
+    """A request body: orjson's compact UTF-8, the standard library's for what orjson refuses (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(body)
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(body).encode("ascii")  # what aiohttp sent before: ASCII, every other character escaped
 
 
 def _app_message(raw: bytes) -> str:
@@ -324,6 +370,9 @@ class _Http:
             )
         self.bucket = TokenBucket(config.rate_limit) if config.rate_limit else None
         self.session: aiohttp.ClientSession | None = None
+        base = URL(self.base.rstrip("/"), encoded=True)
+        plain = not (base.raw_query_string or base.raw_fragment or "?" in self.base or "#" in self.base)
+        self._origin = (base.scheme, base.raw_authority, base.raw_path.rstrip("/")) if plain and base.absolute else None
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.config.max_connections, limit_per_host=0)
@@ -332,6 +381,7 @@ class _Http:
             timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             headers={"Accept": "application/json", "User-Agent": "scim-gateway"},
             raise_for_status=False,
+            json_serialize_bytes=dump_json,
         )
 
     async def close(self) -> None:
@@ -340,7 +390,12 @@ class _Http:
         self.session = None
 
     def url(self, path: str, query: Mapping[str, str] | None = None) -> URL:
-        url = URL(self.base.rstrip("/") + "/" + path.lstrip("/"), encoded=True)
+        if self._origin is not None and "?" not in path and "#" not in path:
+            # The base parsed once at open: the same URL as parsing base + path, without parsing it each call.
+            scheme, authority, prefix = self._origin
+            url = URL.build(scheme=scheme, authority=authority, path=prefix + "/" + path.lstrip("/"), encoded=True)
+        else:
+            url = URL(self.base.rstrip("/") + "/" + path.lstrip("/"), encoded=True)
         return url.update_query(dict(query)) if query else url
 
     def same_origin(self, url: URL) -> bool:
@@ -390,7 +445,8 @@ class _Http:
             try:
                 async with session.request(method, target, headers=all_headers, json=json_body, data=form) as resp:
                     raw = await read_body(resp, "the app")
-                    status, resp_headers, links = resp.status, resp.headers, _links(resp)
+                    status, resp_headers = resp.status, resp.headers
+                    links = _links(resp) if "Link" in resp_headers else _NO_LINKS
             except TimeoutError:
                 failure = AppUnavailable(
                     f"the app did not answer {method} {url.path} within {self.config.timeout:g} s", retry_after=RETRY_AFTER
@@ -428,10 +484,8 @@ class _Http:
             await asyncio.sleep(wait)
 
     def _parse(self, raw: bytes, method: str, url: URL) -> Any:
-        if not raw.strip():
-            return None
         try:
-            return json.loads(raw.decode("utf-8"))
+            return parse_json(raw)
         except (UnicodeDecodeError, ValueError):
             looks = "HTML" if raw.lstrip()[:1] == b"<" else "not JSON (or cut short)"
             raise AppBadResponse(f"{method} {url.path} answered a body that is {looks}") from None
@@ -458,6 +512,9 @@ class _Http:
         if status >= 500:
             return AppUnavailable(f"the app failed (HTTP {status} on {where})", retry_after=retry_after or RETRY_AFTER)
         return AppError(f"the app answered HTTP {status} on {where}{said}")
+
+
+_NO_LINKS: Mapping[str, URL] = MappingProxyType({})
 
 
 def _links(resp: aiohttp.ClientResponse) -> dict[str, URL]:
@@ -874,7 +931,8 @@ class RestConnector(Connector):
         retry: bool | None = None,
     ) -> Answer:
         http = self._client()
-        url = http.url(_path(operation.path, ids), {key: _query_value(value, ids) for key, value in operation.query.items()})
+        query = {key: _query_value(value, ids) for key, value in operation.query.items()} if operation.query else None
+        url = http.url(_path(operation.path, ids), query)
         all_headers = {**operation.headers, **headers} if headers else operation.headers
         return await http.call(operation.method, url, headers=all_headers, json_body=body, retry=retry)
 

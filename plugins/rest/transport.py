@@ -73,6 +73,9 @@ def retry_after(headers: Mapping[str, str]) -> int | None:
 
 async def read_body(resp: aiohttp.ClientResponse, who: str) -> bytes:
     """The answer's body, AppBadResponse past MAX_BODY (`who`: "the app", "the target")."""
+    length = resp.content_length
+    if length is not None and length <= MAX_BODY and not resp.headers.get("Content-Encoding"):
+        return await resp.read()  # its size said up front, within the bound: one read
     chunks = []
     size = 0
     async for chunk in resp.content.iter_chunked(65536):
