@@ -21,7 +21,7 @@ from .http.admin import setup_admin
 from .http.health import setup_health
 from .http.keys import APPS, AUDIT, HUB, REGISTRY, SETTINGS, STORE
 from .http.metrics import setup_metrics
-from .http.middleware import app_middleware, audit_middleware, error_middleware
+from .http.middleware import scim_middleware
 from .http.protocol import parser_limits
 from .http.routes import setup_routes
 from .hub.config import CompiledHub, fed_apps_problems, load_hub
@@ -66,8 +66,8 @@ def create_app(
     if mappings is None:
         mappings = load_apps(settings, registry)
     app = web.Application(
-        # The audit middleware is outermost: it records the status the client is finally answered.
-        middlewares=[audit_middleware, error_middleware, app_middleware],
+        # One middleware: the audit log outermost (the status finally answered), the errors, the base URL's own.
+        middlewares=[scim_middleware],
         client_max_size=settings.limits.max_body_bytes,
         # Long filters travel in the query string: request lines well past max_url_bytes reach the gateway's own
         # 414; past the parser's limits, `serve` answers through http/protocol.py's handler (a SCIM body too).

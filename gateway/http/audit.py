@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +20,8 @@ class AuditNote:
     client: str | None
     method: str
     started: float = field(default_factory=time.monotonic)
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # 32 hex digits of randomness, as uuid4().hex gave (whose UUID object costs more than the id is worth).
+    request_id: str = field(default_factory=lambda: os.urandom(16).hex())
     credential: str | None = None
     op: str | None = None  # None: not recorded (a read)
     reads: str = "read"  # what the request is when it records no op: read, search or discovery (its view's)

@@ -1,5 +1,5 @@
-"""The middlewares, outermost first: the audit log, the one error middleware, and the SCIM base URL's own
-(which app, who is asking, request limits).
+"""The gateway's middleware, its steps outermost first: the audit log, the one error handler, and the SCIM base
+URL's own (which app, who is asking, request limits); one middleware, so a request passes one frame, not three.
 
 Every answer under a SCIM base URL is a SCIM body: errors raised anywhere (the router's 404 and 405 too)
 become RFC 7644 §3.12 Error bodies here, and nowhere else.
@@ -36,29 +36,53 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record every write and every refused authentication with the status finally answered (outside the errors);
-    log and count every request under a base URL."""
+async def scim_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The gateway's one middleware, three steps in one frame, outermost first: the audit log (every write and
+    every refused authentication recorded with the status finally answered; every request under a base URL
+    logged and counted), the one error handler (every failure a SCIM Error body), and, under a SCIM base URL,
+    the request's admission (`_admit`: which app, who is asking, the request's limits)."""
     status: int | None = None
     try:
-        response = await handler(request)
+        try:
+            check_url_length(request)
+            admitted = _admit(request)
+            if admitted is None:  # not under a SCIM base URL (or no route at all)
+                response = await handler(request)
+            else:
+                note, runtime = admitted
+                note.credential = await _authenticate(request, runtime, note)
+                request[RUNTIME] = runtime
+                _check_request(request, note)
+                with collecting() as notices:
+                    note.notices = notices
+                    token = REQUEST_ID.set(note.request_id)
+                    try:
+                        response = await handler(request)
+                    finally:
+                        REQUEST_ID.reset(token)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _error_response(request, http_error(request, exc), None)
+        except Exception as exc:
+            response = _error_response(request, *_failure(request, exc))
         status = response.status
-        note = request.get(AUDIT_NOTE)
-        if note is not None and not response.prepared:
-            response.headers["X-Request-Id"] = note.request_id
+        noted = request.get(AUDIT_NOTE)
+        if noted is not None and not response.prepared:
+            response.headers["X-Request-Id"] = noted.request_id
         return response
     finally:
-        note = request.get(AUDIT_NOTE)
-        if note is not None:
-            if note.op is not None:
-                request.app[AUDIT].write(note.final(status))
-                if note.op == "auth":  # every refused authentication is audited here, and counted here, once
-                    AUTH_REFUSED.labels(note.app, note.reason or "error").inc()
-            seconds = time.monotonic() - note.started
-            operation = note.operation
-            observe_request(note.app, operation, status, seconds)
+        noted = request.get(AUDIT_NOTE)
+        if noted is not None:
+            if noted.op is not None:
+                request.app[AUDIT].write(noted.final(status))
+                if noted.op == "auth":  # every refused authentication is audited here, and counted here, once
+                    AUTH_REFUSED.labels(noted.app, noted.reason or "error").inc()
+            seconds = time.monotonic() - noted.started
+            operation = noted.operation
+            observe_request(noted.app, operation, status, seconds)
             if access.isEnabledFor(logging.INFO):
-                _access_line(request, note, operation, status, seconds)
+                _access_line(request, noted, operation, status, seconds)
 
 
 def _access_line(request: web.Request, note: AuditNote, operation: str, status: int | None, seconds: float) -> None:
@@ -82,24 +106,19 @@ def _access_line(request: web.Request, note: AuditNote, operation: str, status: 
     )
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        check_url_length(request)
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        error, reason = http_error(request, exc), None
-    except Exception as exc:
-        reason = failure_reason(exc)
-        found = scim_error(exc)
-        if found is None:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            found = ScimError(500, "internal error; the request may be retried")
-        elif isinstance(exc, StoreUnavailable):
-            log.error("%s %s: %s", request.method, request.path, exc)
-        error = found
+def _failure(request: web.Request, exc: Exception) -> tuple[ScimError, str | None]:
+    """A failure from anywhere below as the SCIM error it answers, and its reason code for the audit log."""
+    reason = failure_reason(exc)
+    found = scim_error(exc)
+    if found is None:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        found = ScimError(500, "internal error; the request may be retried")
+    elif isinstance(exc, StoreUnavailable):
+        log.error("%s %s: %s", request.method, request.path, exc)
+    return found, reason
+
+
+def _error_response(request: web.Request, error: ScimError, reason: str | None) -> web.Response:
     note = request.get(AUDIT_NOTE)
     if note is not None:
         note.scim_type = error.scim_type
@@ -131,19 +150,24 @@ def check_url_length(request: web.Request) -> None:
         )
 
 
-@web.middleware
-async def app_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Under /apps/{app}/scim/v2: the app, the caller's credential, the audit note, and the request's limits."""
-    name = request.match_info.get("app") or request.match_info.get("hub")
-    if name is None:  # not under a SCIM base URL (or no route at all)
-        return await handler(request)
+def _admit(request: web.Request) -> tuple[AuditNote, AppRuntime] | None:
+    """Under /apps/{app}/scim/v2 (or the hub's): the request's audit note and the app's runtime; None elsewhere."""
+    match_info = request.match_info
+    name = match_info.get("app") or match_info.get("hub")
+    if name is None:
+        return None
     runtime = _runtime(request, name)
     note = request[AUDIT_NOTE] = AuditNote(name, request.remote, request.method)
-    given = request.headers.get("X-Request-Id", "")
-    if _REQUEST_ID.fullmatch(given):
+    given = request.headers.get("X-Request-Id")
+    if given and _REQUEST_ID.fullmatch(given):
         note.request_id = given  # the caller's id (a proxy's, an IdP's), so every log names the same one
+    return note, runtime
+
+
+async def _authenticate(request: web.Request, runtime: AppRuntime, note: AuditNote) -> str:
+    """The caller's credential; a refusal is audited (op "auth") and answered 401, or 503 when keys are lacking."""
     try:
-        note.credential = await runtime.auth.authenticate(request.headers.get("Authorization", ""))
+        return await runtime.auth.authenticate(request.headers.get("Authorization", ""))
     except Refused as exc:
         note.op, note.reason = "auth", exc.reason
         raise ScimError(401, exc.detail, headers={"WWW-Authenticate": exc.challenge}) from None
@@ -153,22 +177,19 @@ async def app_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         note.op = "auth"  # keys not to be had, or the unexpected: recorded too
         raise
-    request[RUNTIME] = runtime
+
+
+def _check_request(request: web.Request, note: AuditNote) -> None:
+    """What the audit log records of an authenticated request, and the limits every request is held to first."""
     _note_target(request, note)
     if "\x00" in request.path or "\x00" in request.query_string:
         # No id, filter or parameter holds U+0000; PostgreSQL cannot even compare text with it.
         raise invalid_value("the URL holds a NUL character (%00)")
-    limit = request.app[SETTINGS].limits.max_attribute_names
-    for parameter in ("attributes", "excludedAttributes"):
-        # Before anything runs: a write must not happen and then fail on its response's projection.
-        check_attribute_list_size(request.query.get(parameter), parameter, limit)
-    with collecting() as notices:
-        note.notices = notices
-        token = REQUEST_ID.set(note.request_id)
-        try:
-            return await handler(request)
-        finally:
-            REQUEST_ID.reset(token)
+    if request.query_string:
+        limit = request.app[SETTINGS].limits.max_attribute_names
+        for parameter in ("attributes", "excludedAttributes"):
+            # Before anything runs: a write must not happen and then fail on its response's projection.
+            check_attribute_list_size(request.query.get(parameter), parameter, limit)
 
 
 def _runtime(request: web.Request, name: str) -> AppRuntime:
@@ -201,4 +222,4 @@ def _note_target(request: web.Request, note: AuditNote) -> None:
     note.op, note.resource_type, note.resource_id = op, rtype.name if rtype else None, request.match_info.get("id")
 
 
-__all__ = ["app_middleware", "audit_middleware", "error_middleware"]
+__all__ = ["scim_middleware"]

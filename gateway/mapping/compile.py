@@ -9,14 +9,11 @@ problem is collected and reported as FILE:LINE:COL: dotted.path: message.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-from jinja2 import meta
 from pydantic import BaseModel
 from scim2_models.path import AttrPath, CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
 from scim2_models.path import Path as ScimPath
@@ -37,37 +34,16 @@ from ..schema import (
     user_resource_type,
 )
 from ..secrets import SecretRef
+from .access import Getter, Setter, getter, setter
 from .loader import Document, Loc, MappingFileError, Problem, read_document
 from .model import AttributeRule, DeactivateConfig, MappingConfig, MembersConfig, ResourceConfig
+from .template import TemplateError, Transform, compile_template
 from .transforms import TemplateEnvironment, create_environment
 from .validate import validate_document
 
 KNOWN_EXTENSIONS: dict[str, Callable[[], Schema]] = {ENTERPRISE_USER: lambda: builtin_schema("enterprise_user")}
 DEFAULT_MATCH = UNIQUE_ATTRIBUTES
 READ_ONLY_TOP = {"id", "meta", "groups"}
-
-
-class TemplateError(Exception):
-    """A transform failed on a value at request time (e.g. a filter given the wrong type)."""
-
-
-@dataclass(slots=True)
-class Transform:
-    source: str
-    _fn: Callable[..., Any]
-
-    def __call__(self, **variables: Any) -> Any:
-        try:
-            return self._fn(**variables)
-        except jinja2.UndefinedError as exc:
-            # `resource.displayName` of a request without one: say how to read an attribute that may be absent.
-            missing = re.search(r"has no attribute '([^']+)'", str(exc))
-            hint = f" (an attribute the request may lack is read with get: resource.get('{missing.group(1)}'))" if missing else ""
-            raise TemplateError(f"{self.source!r}: {exc}{hint}") from None
-        except jinja2.TemplateError as exc:
-            raise TemplateError(f"{self.source!r}: {exc}") from None
-        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
-            raise TemplateError(f"{self.source!r}: {exc}") from None
 
 
 @dataclass(slots=True)
@@ -77,18 +53,21 @@ class CompiledRule:
     selector: dict[str, Any] | None  # emails[type eq "work"] -> {"type": "work"}
     to_app: Transform | None
     to_scim: Transform | None
+    # Where the rule's value sits in a resource, compiled once (access.py): get(resource), put(resource, value).
+    get: Getter = field(init=False, repr=False, compare=False)
+    put: Setter = field(init=False, repr=False, compare=False)
+    writes: bool = field(init=False, repr=False, compare=False)  # the rule's direction: to the app, or both
+    reads: bool = field(init=False, repr=False, compare=False)  # to SCIM, or both
+
+    def __post_init__(self) -> None:
+        self.get = getter(self.resolved, self.selector)
+        self.put = setter(self.resolved, self.selector)
+        self.writes = self.rule.direction in ("both", "to_app")
+        self.reads = self.rule.direction in ("both", "to_scim")
 
     @property
     def field(self) -> str:
         return self.rule.field
-
-    @property
-    def writes(self) -> bool:
-        return self.rule.direction in ("both", "to_app")
-
-    @property
-    def reads(self) -> bool:
-        return self.rule.direction in ("both", "to_scim")
 
 
 @dataclass(slots=True)
@@ -133,32 +112,6 @@ class CompiledMapping:
     @property
     def app(self) -> str:
         return self.config.app
-
-
-# ---------------------------------------------------------------- templates
-
-
-def compile_template(
-    env: TemplateEnvironment, source: str, allowed: set[str], doc: Document, loc: Loc, problems: list[Problem]
-) -> Transform | None:
-    try:
-        parsed = env.parse("{{ " + source + " }}")
-    except jinja2.TemplateSyntaxError as exc:
-        problems.append(doc.problem(loc, f"invalid expression: {exc.message}"))
-        return None
-    undeclared = meta.find_undeclared_variables(parsed) - allowed
-    if undeclared:
-        names = ", ".join(sorted(undeclared))
-        problems.append(doc.problem(loc, f"undefined name {names} (valid: {', '.join(sorted(allowed))})"))
-        return None
-    for problem in env.check(parsed):
-        problems.append(doc.problem(loc, problem))
-    try:
-        fn = env.compile_expression(source, undefined_to_none=False)
-    except jinja2.TemplateSyntaxError as exc:
-        problems.append(doc.problem(loc, f"invalid expression: {exc.message}"))
-        return None
-    return Transform(source, fn)
 
 
 # ---------------------------------------------------------------- step 3: compile
@@ -491,6 +444,7 @@ __all__ = [
     "CompiledRule",
     "ComputedField",
     "TemplateError",
+    "Transform",
     "compile_mapping",
     "compile_template",
     "load_mapping",

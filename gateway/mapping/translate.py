@@ -7,10 +7,10 @@ resolver, so a connector only ever sees native ids.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Protocol
 
 from ..connectors.base import Record
+from ..schema import json_copy
 from .compile import CompiledResource, CompiledRule
 
 
@@ -31,99 +31,14 @@ class UnresolvedReference(Exception):
         self.value = value
 
 
-def _container(resource: dict[str, Any], rule: CompiledRule, create: bool) -> dict[str, Any] | None:
-    urn = rule.resolved.urn
-    if urn is None:
-        return resource
-    found = resource.get(urn)
-    if isinstance(found, dict):
-        return found
-    if create:
-        resource[urn] = {}
-        return resource[urn]
-    return None
-
-
-def _selects(element: Any, selector: dict[str, Any]) -> bool:
-    if not isinstance(element, dict):
-        return False
-    for key, expected in selector.items():
-        actual = element.get(key)
-        if isinstance(expected, str) and isinstance(actual, str):
-            if actual.casefold() != expected.casefold():
-                return False
-        elif actual != expected:
-            return False
-    return True
-
-
 def read_rule(resource: dict[str, Any], rule: CompiledRule) -> Any:
     """The SCIM value a rule maps, or None."""
-    container = _container(resource, rule, create=False)
-    if container is None:
-        return None
-    attribute, sub = rule.resolved.attribute, rule.resolved.sub
-    value = container.get(attribute.name)
-    if sub is None:
-        return value
-    if attribute.multi_valued:
-        if not isinstance(value, list):
-            return None
-        if rule.selector is not None:
-            element = next((e for e in value if _selects(e, rule.selector)), None)
-        else:
-            element = next((e for e in value if isinstance(e, dict) and e.get("primary") is True), None)
-            element = element or next((e for e in value if isinstance(e, dict)), None)
-        return element.get(sub.name) if isinstance(element, dict) else None
-    return value.get(sub.name) if isinstance(value, dict) else None
+    return rule.get(resource)
 
 
 def write_rule(resource: dict[str, Any], rule: CompiledRule, value: Any) -> None:
     """Set (or, for None, clear) the SCIM value a rule maps, in place."""
-    attribute, sub = rule.resolved.attribute, rule.resolved.sub
-    container = _container(resource, rule, create=value is not None)
-    if container is None:
-        return
-    if sub is None:
-        if value is None:
-            container.pop(attribute.name, None)
-        else:
-            container[attribute.name] = value
-    elif attribute.multi_valued:
-        elements = container.get(attribute.name)
-        if not isinstance(elements, list):
-            elements = []
-        selector = rule.selector or {}
-        index = next((i for i, e in enumerate(elements) if _selects(e, selector)), None)
-        if value is None:
-            if index is not None:
-                element = dict(elements[index])
-                element.pop(sub.name, None)
-                if set(element) - set(selector) - {"primary"}:
-                    elements[index] = element
-                else:
-                    del elements[index]
-        elif index is None:
-            elements.append({**selector, sub.name: value})
-        else:
-            elements[index] = {**elements[index], sub.name: value}
-        if elements:
-            container[attribute.name] = elements
-        else:
-            container.pop(attribute.name, None)
-    else:
-        parent = container.get(attribute.name)
-        parent = dict(parent) if isinstance(parent, dict) else {}
-        if value is None:
-            parent.pop(sub.name, None)
-        else:
-            parent[sub.name] = value
-        if parent:
-            container[attribute.name] = parent
-        else:
-            container.pop(attribute.name, None)
-    if rule.resolved.urn is not None and not resource.get(rule.resolved.urn):
-        resource.pop(rule.resolved.urn, None)
+    rule.put(resource, value)
 
 
 async def to_record(cres: CompiledResource, resource: dict[str, Any], refs: RefResolver) -> Record:
@@ -132,17 +47,19 @@ async def to_record(cres: CompiledResource, resource: dict[str, Any], refs: RefR
     for rule in cres.rules:
         if not rule.writes:
             continue
-        value = read_rule(resource, rule)
-        if rule.rule.ref is not None and value == "":
-            value = None  # Entra clears a manager by sending "" (or {"value": ""}): no reference
-        if rule.rule.ref is not None and value is not None:
-            native = (await refs.to_native(rule.rule.ref, [str(value)])).get(str(value))
-            if native is None and str(value) not in await refs.waiting(rule.rule.ref, [str(value)]):
-                raise UnresolvedReference(rule, str(value))
-            value = native  # None while the referenced resource has no app record: the app is sent none
+        value = rule.get(resource)
+        ref = rule.rule.ref
+        if ref is not None:
+            if value == "":
+                value = None  # Entra clears a manager by sending "" (or {"value": ""}): no reference
+            if value is not None:
+                native = (await refs.to_native(ref, [str(value)])).get(str(value))
+                if native is None and str(value) not in await refs.waiting(ref, [str(value)]):
+                    raise UnresolvedReference(rule, str(value))
+                value = native  # None while the referenced resource has no app record: the app is sent none
         if rule.to_app is not None:
             value = rule.to_app(value=value, resource=resource)
-        record[rule.field] = value
+        record[rule.rule.field] = value
     for computed in cres.computed:
         record[computed.field] = computed.to_app(resource=resource)
     return record
@@ -176,20 +93,22 @@ def update_body(cres: CompiledResource, before: Record | None, after: Record) ->
 
 async def overlay(cres: CompiledResource, resource: dict[str, Any], record: Record, refs: RefResolver) -> dict[str, Any]:
     """The SCIM resource with every mapped attribute taken from the app's record (a new dict)."""
-    out = copy.deepcopy(resource)
+    out = json_copy(resource)
     for rule in cres.rules:
-        if not rule.reads or rule.field not in record:
+        name = rule.rule.field
+        if name not in record or not rule.reads:
             continue
-        value = record[rule.field]
+        value = record[name]
         if rule.to_scim is not None:
             value = rule.to_scim(value=value, record=record)
-        if rule.rule.ref is not None and value not in (None, ""):
-            value = (await refs.to_scim(rule.rule.ref, [str(value)])).get(str(value))
+        ref = rule.rule.ref
+        if ref is not None and value not in (None, ""):
+            value = (await refs.to_scim(ref, [str(value)])).get(str(value))
         if value == "":
             value = None
-        if value is None and rule.rule.ref is not None:
-            kept = read_rule(resource, rule)  # a reference waiting for its resource's app record stays in the copy
-            if kept not in (None, "") and str(kept) in await refs.waiting(rule.rule.ref, [str(kept)]):
+        if value is None and ref is not None:
+            kept = rule.get(resource)  # a reference waiting for its resource's app record stays in the copy
+            if kept not in (None, "") and str(kept) in await refs.waiting(ref, [str(kept)]):
                 continue
-        write_rule(out, rule, value)
+        rule.put(out, value)
     return out

@@ -30,9 +30,23 @@ WRITE_ONLY = ("password",)
 _NOT_COPIED = frozenset({*WRITE_ONLY, "id", "meta", "members", "groups", "schemas"})
 
 
+_write_only: dict[int, tuple[CompiledResource, list[tuple[str | None, frozenset[str]]]]] = {}
+
+
 def _write_only_names(cres: CompiledResource) -> list[tuple[str | None, frozenset[str]]]:
     """The write-only attributes of the resource type (a password, a custom schema's writeOnly ones), by schema:
-    (None, core names), (extension URN, its names)."""
+    (None, core names), (extension URN, its names). Worked out once per resource type (by identity)."""
+    known = _write_only.get(id(cres))
+    if known is not None and known[0] is cres:
+        return known[1]
+    if len(_write_only) >= 256:
+        _write_only.clear()  # resource types are few and live as long as their mapping; this only bounds a misuse
+    out = _write_only_names_of(cres)
+    _write_only[id(cres)] = (cres, out)
+    return out
+
+
+def _write_only_names_of(cres: CompiledResource) -> list[tuple[str | None, frozenset[str]]]:
     core = frozenset({*WRITE_ONLY, *(a.name for a in cres.rtype.schema.attributes if a.write_only)})
     out: list[tuple[str | None, frozenset[str]]] = [(None, core)]
     for schema, _required in cres.rtype.extensions:

@@ -7,14 +7,13 @@ A record the app deleted itself makes the resource go. `reads: cached` answers f
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
 from ..connectors.errors import AppError
 from ..mapping.compile import CompiledResource, TemplateError
 from ..mapping.translate import overlay, write_rule
-from ..schema import Resolved
+from ..schema import Resolved, json_copy
 from ..store import Member, Row
 from ..store import query as q
 from .context import Context
@@ -171,7 +170,7 @@ class Reads:
                     continue
                 _total, rows = await self.ctx.store.query(self.ctx.app, cres.name, q.Query(where=_holds(rule.resolved, rid)))
                 for row in rows:
-                    data = copy.deepcopy(row.data)
+                    data = json_copy(row.data)
                     write_rule(data, rule, None)
                     await self.ctx.store.refresh(self.ctx.app, cres.name, row.id, data, utc_now())
 

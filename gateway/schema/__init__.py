@@ -31,6 +31,7 @@ from .core import (
     group_resource_type,
     user_resource_type,
 )
+from .values import json_copy
 
 __all__ = [
     "BULK_REQUEST",
@@ -57,5 +58,6 @@ __all__ = [
     "Schema",
     "builtin_schema",
     "group_resource_type",
+    "json_copy",
     "user_resource_type",
 ]

@@ -14,7 +14,6 @@ resource. Where Entra or Okta deviate from the RFC they win:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ from scim2_models.path import (
     ValuePath,
 )
 
-from ..schema import Attribute, Resolved, ResourceType
+from ..schema import Attribute, Resolved, ResourceType, json_copy
 from .errors import invalid_path, invalid_syntax, invalid_value, mutability, no_target
 from .filter import compare, matches_value
 from .patchop import json_type, patch_operations
@@ -56,7 +55,7 @@ def apply_patch(resource: dict[str, Any], body: Any, rtype: ResourceType, rid: s
     operation, and when the result lacks a required attribute.
     """
     operations = patch_operations(body)
-    result = copy.deepcopy(resource)
+    result = json_copy(resource)
     own_id = rid if rid is not None else resource.get("id")
     extensions_before = {urn for urn in rtype.schema_ids[1:] if urn in result}
     for operation in operations:

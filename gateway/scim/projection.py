@@ -206,7 +206,7 @@ def _exclude(out: dict[str, Any], excluded: list[Resolved]) -> None:
 
 
 def _drop_empty_extensions(out: dict[str, Any]) -> None:
-    for key in [k for k, v in out.items() if v == {} and k[:4].lower() == "urn:"]:
+    for key in [k for k, v in out.items() if not v and isinstance(v, dict) and k[:4].lower() == "urn:"]:
         del out[key]
 
 
