@@ -47,13 +47,15 @@ class ServePlan:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..provisioning.shared_circuit import CIRCUITS_DIR_ENV
     from ..settings import METRICS_DIR_ENV
 
     if not getattr(args, "worker_index", 0):
         # Before prometheus_client is imported (it decides then): one process keeps its metrics in memory, and
-        # `--workers` gives its workers a directory of its own, never one left from another run.
+        # `--workers` gives its workers a directory of its own, never one left from another run; so for circuits.
         os.environ.pop(METRICS_DIR_ENV, None)
         os.environ.pop(METRICS_DIR_ENV.lower(), None)
+        os.environ.pop(CIRCUITS_DIR_ENV, None)
     setup_logging(args.log_level, args.log_format)
     try:
         plan = plan_serve(args)
@@ -62,9 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return stop.status
     if args.workers > 1:
         from ..metrics import shared_between_processes
+        from ..provisioning.shared_circuit import circuits_shared_between_processes
         from .workers import serve_workers
 
-        with shared_between_processes():
+        with shared_between_processes(), circuits_shared_between_processes():
             return serve_workers(args, worker_main)
     return run_gateway(args, plan)
 
