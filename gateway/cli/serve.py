@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from .common import METRICS_TOKEN_ENV, STORE_ENV, TOKEN_ENV, Stop, mapping_files
+from .common import METRICS_TOKEN_ENV, STORE_ENV, TOKEN_ENV, Stop, audit_log_setting, mapping_files
 from .logs import setup_logging
 
 if TYPE_CHECKING:  # imported where used: `scim-gateway --help` need not load the gateway
@@ -173,13 +173,9 @@ def _mappings_and_token(args: argparse.Namespace) -> tuple[list[Path], str | Non
 def _settings(args: argparse.Namespace, files: list[Path], store_url: str | None) -> GatewaySettings:
     from ..settings import GatewaySettings
 
-    audit: dict[str, Path | None] = {}
-    if args.audit_log is not None:
-        # Relative to the working directory, as any path given on the command line; `off`: no audit log.
-        audit["audit_log"] = None if args.audit_log == "off" else Path(args.audit_log).expanduser().absolute()
     metrics_token = os.environ.get(METRICS_TOKEN_ENV)
     return GatewaySettings(
-        **audit,  # type: ignore[arg-type]
+        **audit_log_setting(args.audit_log),
         metrics_token=SecretStr(metrics_token) if metrics_token else None,
         admin=admin_credentials(args),
         mappings=files,
