@@ -31,6 +31,7 @@ from .provisioning.errors import ProvisioningError
 from .provisioning.pipeline import utc_now
 from .provisioning.provisioner import Provisioner
 from .provisioning.reconcile import for_keeping
+from .provisioning.shared_circuit import shared_circuit
 from .scim.errors import ScimError, unavailable
 from .scim.service import ScimService
 from .settings import GatewaySettings
@@ -83,7 +84,9 @@ def create_runtime(
         log.info("app %s is fed by the hub (/hub/scim/v2): its own endpoint accepts no IdP token", mapping.app)
     elif not auth.accepts_anything:
         log.warning("app %s accepts no bearer token: every request will be refused", mapping.app)
-    provisioner = Provisioner(mapping, connector, store, Breaker(mapping.app, mapping.config.breaker), audit)
+    provisioner = Provisioner(
+        mapping, connector, store, Breaker(mapping.app, mapping.config.breaker, shared=shared_circuit(mapping.app)), audit
+    )
     return AppRuntime(mapping, connector, provisioner, ScimService(provisioner, settings.limits), auth)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 TOKEN_ENV = "SCIM_GATEWAY_TOKEN"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080  # where `serve` listens, and `status` asks, by default
@@ -18,6 +19,14 @@ class Stop(Exception):
         self.status = status
 
 
+def audit_log_setting(value: str | None) -> dict[str, Any]:
+    """`--audit-log` as the settings take it: nothing given, the default (DATA_DIR/audit.log); `off`, none; else the
+    path, relative to the working directory as any path given on the command line."""
+    if value is None:
+        return {}
+    return {"audit_log": None if value == "off" else Path(value).expanduser().absolute()}
+
+
 def mapping_files(configs: list[str]) -> list[Path]:
     """The mapping files named on the command line, a folder standing for its *.yaml / *.yml files."""
     files: list[Path] = []
@@ -30,4 +39,13 @@ def mapping_files(configs: list[str]) -> list[Path]:
     return files
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "METRICS_TOKEN_ENV", "STORE_ENV", "TOKEN_ENV", "Stop", "mapping_files"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "METRICS_TOKEN_ENV",
+    "STORE_ENV",
+    "TOKEN_ENV",
+    "Stop",
+    "audit_log_setting",
+    "mapping_files",
+]

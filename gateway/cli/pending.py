@@ -1,10 +1,10 @@
-"""`scim-gateway pending [APP]`: the writes the journal holds unsettled; `pending settle SEQ`: settle one by hand.
+"""`scim-gateway pending list [APP]`: the writes the journal holds unsettled; `pending settle SEQ`: settle one by hand.
 
 Recovery settles what a crash left pending by itself; what it cannot decide (the app cannot tell whether
 the write happened) it retries with backoff. An operator who knows better settles one entry:
 `--link NATIVE_ID` (a create: the app has it, as that record), `--rollback` (the write did not happen: the
 resource stays as it was), `--take-app` (the app's record is the truth: the copy becomes it). Each settle
-is noted on the journal entry and written to the audit log.
+is noted on the journal entry and written to the audit log (`--audit-log`, as the served gateway's).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from .common import STORE_ENV, Stop
+from .common import STORE_ENV, Stop, audit_log_setting
 from .tools import select_app
 
 if TYPE_CHECKING:
@@ -28,19 +28,30 @@ if TYPE_CHECKING:
 
 
 def add_pending_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    pending = sub.add_parser("pending", help="list the writes left unsettled in the journal; `pending settle SEQ` settles one")
-    pending.add_argument("app", nargs="?", metavar="APP", help="only this app's entries (or `settle`, see below)")
-    pending.add_argument("seq", nargs="?", type=int, metavar="SEQ", help=argparse.SUPPRESS)
-    how = pending.add_mutually_exclusive_group()
-    how.add_argument("--link", metavar="NATIVE_ID", help="settle: a create the app made, as this record of the app")
-    how.add_argument("--rollback", action="store_true", help="settle: the write did not happen; the resource stays as it was")
-    how.add_argument("--take-app", action="store_true", help="settle: the copy becomes what the app's record holds now")
-    pending.add_argument("--config", action="append", metavar="FILE", help="mapping files or folders (default: the demo)")
-    pending.add_argument("--data-dir", default="data", help="where the SQLite store lives (default ./data)")
-    pending.add_argument(
-        "--store", metavar="URL", help=f"a postgresql:// store (default: ${STORE_ENV}, else SQLite in --data-dir)"
+    # Two subcommands, never an app name in a subcommand's place: an app may be called `settle` or `list`.
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--config", action="append", metavar="FILE", help="mapping files or folders (default: the demo)")
+    where.add_argument("--data-dir", default="data", help="where the SQLite store lives (default ./data)")
+    where.add_argument("--store", metavar="URL", help=f"a postgresql:// store (default: ${STORE_ENV}, else SQLite in --data-dir)")
+    pending = sub.add_parser(
+        "pending", help="the writes left unsettled in the journal: `pending list [APP]`, `pending settle SEQ`"
     )
-    pending.set_defaults(func=cmd_pending)
+    actions = pending.add_subparsers(dest="action", metavar="{list,settle}", required=True)
+    listing = actions.add_parser("list", parents=[where], help="list the entries left pending (of one app, or every app)")
+    listing.add_argument("app", nargs="?", metavar="APP", help="only this app's entries")
+    listing.set_defaults(func=cmd_pending)
+    settle = actions.add_parser("settle", parents=[where], help="settle one entry by hand, journaled and audited")
+    settle.add_argument("seq", type=int, metavar="SEQ", help="the entry's number, as `pending list` shows it")
+    how = settle.add_mutually_exclusive_group(required=True)
+    how.add_argument("--link", metavar="NATIVE_ID", help="a create the app made, as this record of the app")
+    how.add_argument("--rollback", action="store_true", help="the write did not happen; the resource stays as it was")
+    how.add_argument("--take-app", action="store_true", help="the copy becomes what the app's record holds now")
+    settle.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="the audit log the settle is written to, as `serve --audit-log` (default DATA_DIR/audit.log; off: none)",
+    )
+    settle.set_defaults(func=cmd_pending)
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
@@ -49,15 +60,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
     from ..store import StoreError
 
     try:
-        if args.app == "settle":
-            if args.seq is None:
-                raise Stop(2, "pending settle SEQ --link NATIVE_ID | --rollback | --take-app")
-            if not (args.link or args.rollback or args.take_app):
-                raise Stop(2, "pending settle: say how: --link NATIVE_ID, --rollback or --take-app")
-            return asyncio.run(_settle(args))
-        if args.seq is not None or args.link or args.rollback or args.take_app:
-            raise Stop(2, "--link, --rollback and --take-app go with `pending settle SEQ`")
-        return asyncio.run(_list(args))
+        return asyncio.run(_settle(args) if args.action == "settle" else _list(args))
     except Stop as stop:
         print(stop, file=sys.stderr)
         return stop.status
@@ -73,7 +76,12 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
     from ..settings import GatewaySettings
 
     url = args.store or os.environ.get(STORE_ENV) or None
-    return GatewaySettings(mappings=[], data_dir=Path(args.data_dir), store_url=SecretStr(url) if url else None)
+    return GatewaySettings(
+        mappings=[],
+        data_dir=Path(args.data_dir),
+        store_url=SecretStr(url) if url else None,
+        **audit_log_setting(getattr(args, "audit_log", None)),
+    )
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -130,12 +138,14 @@ async def _settle(args: argparse.Namespace) -> int:
             if not args.rollback:
                 await connector.close()
         await store.note(entry.seq, f"operator: {how}")
-        audit = AuditLog(_settings(args).audit_file)  # the serving gateway's default; --audit-log elsewhere is not known here
-        audit.open()
-        try:
-            audit.write(_audit_line(entry, how, args))
-        finally:
-            audit.close()
+        audit_file = _settings(args).audit_file
+        if audit_file is not None:
+            audit = AuditLog(audit_file)
+            audit.open()
+            try:
+                audit.write(_audit_line(entry, how, args))
+            finally:
+                audit.close()
         print(f"journal entry {entry.seq} ({entry.op} {entry.type} {entry.resource_id}): {how}")
         return 0
     finally:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from .common import STORE_ENV, Stop, mapping_files
+from .common import STORE_ENV, Stop, audit_log_setting, mapping_files
 from .tools import select_app
 
 if TYPE_CHECKING:
@@ -36,11 +36,11 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
     from ..settings import GatewaySettings
 
     store_url = args.store or os.environ.get(STORE_ENV) or None
-    audit: dict[str, Any] = {}
-    if getattr(args, "audit_log", None) is not None:
-        audit["audit_log"] = None if args.audit_log == "off" else Path(args.audit_log).expanduser().absolute()
     return GatewaySettings(
-        mappings=[], data_dir=Path(args.data_dir), store_url=SecretStr(store_url) if store_url else None, **audit
+        mappings=[],
+        data_dir=Path(args.data_dir),
+        store_url=SecretStr(store_url) if store_url else None,
+        **audit_log_setting(getattr(args, "audit_log", None)),
     )
 
 

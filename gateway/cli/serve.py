@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from .common import METRICS_TOKEN_ENV, STORE_ENV, TOKEN_ENV, Stop, mapping_files
+from .common import METRICS_TOKEN_ENV, STORE_ENV, TOKEN_ENV, Stop, audit_log_setting, mapping_files
 from .logs import setup_logging
 
 if TYPE_CHECKING:  # imported where used: `scim-gateway --help` need not load the gateway
@@ -47,13 +47,15 @@ class ServePlan:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..provisioning.shared_circuit import CIRCUITS_DIR_ENV
     from ..settings import METRICS_DIR_ENV
 
     if not getattr(args, "worker_index", 0):
         # Before prometheus_client is imported (it decides then): one process keeps its metrics in memory, and
-        # `--workers` gives its workers a directory of its own, never one left from another run.
+        # `--workers` gives its workers a directory of its own, never one left from another run; so for circuits.
         os.environ.pop(METRICS_DIR_ENV, None)
         os.environ.pop(METRICS_DIR_ENV.lower(), None)
+        os.environ.pop(CIRCUITS_DIR_ENV, None)
     setup_logging(args.log_level, args.log_format)
     try:
         plan = plan_serve(args)
@@ -62,9 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return stop.status
     if args.workers > 1:
         from ..metrics import shared_between_processes
+        from ..provisioning.shared_circuit import circuits_shared_between_processes
         from .workers import serve_workers
 
-        with shared_between_processes():
+        with shared_between_processes(), circuits_shared_between_processes():
             return serve_workers(args, worker_main)
     return run_gateway(args, plan)
 
@@ -170,13 +173,9 @@ def _mappings_and_token(args: argparse.Namespace) -> tuple[list[Path], str | Non
 def _settings(args: argparse.Namespace, files: list[Path], store_url: str | None) -> GatewaySettings:
     from ..settings import GatewaySettings
 
-    audit: dict[str, Path | None] = {}
-    if args.audit_log is not None:
-        # Relative to the working directory, as any path given on the command line; `off`: no audit log.
-        audit["audit_log"] = None if args.audit_log == "off" else Path(args.audit_log).expanduser().absolute()
     metrics_token = os.environ.get(METRICS_TOKEN_ENV)
     return GatewaySettings(
-        **audit,  # type: ignore[arg-type]
+        **audit_log_setting(args.audit_log),
         metrics_token=SecretStr(metrics_token) if metrics_token else None,
         admin=admin_credentials(args),
         mappings=files,

@@ -7,7 +7,7 @@ field names. It never sees a SCIM attribute; the mapping translates.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,9 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("scim_gateway_request_id", defau
 # id the gateway gave the resource. A connector whose app takes an idempotency key sends it with the create, so
 # an app that got the create twice makes one record (the rest connector: `create.idempotency_header`).
 WRITE_KEY: ContextVar[str | None] = ContextVar("scim_gateway_write_key", default=None)
+# The same for create_many: one key per record, in the records' order. The default create_many sends each record
+# under its own WRITE_KEY; a connector that overrides create_many for an app that takes keys must send them too.
+WRITE_KEYS: ContextVar[Sequence[str] | None] = ContextVar("scim_gateway_write_keys", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +173,15 @@ class Connector(ABC):
         Raising instead means no record was created (the app is down, a batch rolled back whole).
         """
         answers: list[NativeId | AppError] = []
-        for record in records:
+        keys = WRITE_KEYS.get()
+        for i, record in enumerate(records):
+            key = WRITE_KEY.set(keys[i] if keys is not None else None)
             try:
                 answers.append(await self.create(kind, record))
             except AppError as exc:  # after some records were created: raising would lose their ids
                 answers.append(exc)
+            finally:
+                WRITE_KEY.reset(key)
         return answers
 
     async def get_many(self, kind: str, native_ids: list[NativeId]) -> dict[NativeId, Record]:

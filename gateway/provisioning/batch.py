@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from ..connectors.base import WRITE_KEYS
 from ..connectors.errors import AppError
 from ..mapping.compile import CompiledResource
 from ..store import NativeConflict
@@ -91,25 +92,30 @@ class BatchCreate:
         ctx = self.ctx
         what = f"creating {kind}"
         claimed: list[tuple[int, int, dict[str, Any], dict[str, Any]]] = []  # (index, seq, record, data)
+        keys: list[str] = []  # each record's idempotency key (its SCIM id), as a single create's (writes.py)
+        keyed = kind in ctx.connector.caps.idempotent_create
         async with ctx.store.batch():
             for i, unique_key, record, data in prepared:
+                rid = str(uuid.uuid4())
                 try:
-                    # Sent without an idempotency key (one call for many records): recovery never sends it again.
                     seq = await ctx.pipeline.claim_create(
                         kind,
-                        str(uuid.uuid4()),
+                        rid,
                         unique_key,
                         data,
                         name=ctx.unique_name(cres, resources[i]),
                         secret=bool(write_only_values(cres, resources[i], record)),
+                        keyed=keyed,
                     )
                 except Taken as exc:
                     out[i] = exc
                     continue
                 claimed.append((i, seq, record, data))
+                keys.append(rid)
         if not claimed:
             return
         with ctx.pipeline.tracking(seq for _, seq, _, _ in claimed):
+            sent_keys = WRITE_KEYS.set(keys)  # the connector sends each under its key: recovery may send it again
             try:
                 async with ctx.pipeline.admission():
                     answers = await ctx.connector.create_many(kind, [record for _, _, record, _ in claimed])
@@ -118,6 +124,8 @@ class BatchCreate:
                 if not isinstance(exc, AppError):
                     raise
                 return
+            finally:
+                WRITE_KEYS.reset(sent_keys)
             created: list[tuple[int, int, str, dict[str, Any]]] = []
             for (i, seq, record, data), answer in zip(claimed, answers, strict=True):
                 if isinstance(answer, AppError):

@@ -13,7 +13,8 @@ connector's own retries did not get past (the app asks the gateway to slow down:
 its Retry-After has passed, each refused at once with that Retry-After), and a refusal of the gateway's
 own credentials (401 / 403: an operator's problem, logged at error level once until a call succeeds).
 
-The state is this process's: with --workers or several hosts each process has its own circuit per app.
+With `serve --workers N` the workers of one gateway share each app's circuit and pause (shared_circuit.py):
+one that finds the app down or throttled stops the others calling it too. Several hosts each keep their own.
 
 `GuardedConnector` puts one breaker in front of every call the gateway makes
 to one app's connector: reads, writes, searches, lists, the recovery sweep.
@@ -24,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -43,6 +45,7 @@ from ..connectors.errors import (
 )
 from ..mapping.model import BreakerConfig
 from ..metrics import APP_CALL_SECONDS, BREAKER_OPENED, BREAKER_STATE, BREAKER_STATES
+from .shared_circuit import CircuitState, SharedCircuit, alive
 
 log = logging.getLogger(__name__)
 
@@ -97,46 +100,118 @@ def outcome(exc: BaseException | None) -> str:
 
 
 class Breaker:
-    """The circuit of one app in one process. No awaits inside: each method is atomic on the event loop."""
+    """The circuit of one app: this process's, or shared by the workers of one gateway (`shared`). No awaits
+    inside: each method is atomic on the event loop (and, shared, under the file's lock while it changes it)."""
 
-    def __init__(self, app: str, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        app: str,
+        config: BreakerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedCircuit | None = None,
+    ) -> None:
         self.app = app
         self.config = config
         self.clock = clock
+        self.shared = shared  # its times are time.monotonic's: the clock every process of the host reads alike
         self._gauge = BREAKER_STATE.labels(app)
         self._opened = BREAKER_OPENED.labels(app)  # present (0) before the first opening
-        self.state = "closed"  # closed | open | half_open: changed by _move only
+        self._state = "closed"  # closed | open | half_open: changed by _move only
         self._gauge.set(0)
-        self.failures = 0  # consecutive failures that mean the app is unavailable
-        self.last = ""  # what the latest of them was
+        self._failures = 0  # consecutive failures that mean the app is unavailable
+        self._last = ""  # what the latest of them was
         self.cooldown = config.reset_after  # how long the circuit stays open this time
         self.probe_at = 0.0  # clock time the open circuit lets a probe through
         self.probing = False  # a half-open probe is in flight
+        self.probe_pid = 0  # in which process (shared: a probe whose process died is taken over)
         self.paused_until = 0.0  # clock time the app's 429 asked the gateway to wait until
         self.paused_for = ""  # that 429, as the connector said it
-        self.credentials = ""  # the app's refusal of the gateway's credentials, until a call succeeds
+        self.credentials = ""  # the app's refusal of the gateway's credentials, until a call succeeds (per process)
+
+    def _sync(self) -> None:
+        shared = self.shared  # what other processes changed: one read of shared memory when nothing did
+        if shared is not None and shared.generation[0] != shared.seen:
+            fresh = shared.changed()
+            if fresh is not None:
+                self._apply(fresh)
+
+    def _apply(self, fresh: CircuitState) -> None:
+        if fresh.state != self._state:
+            self._state = fresh.state
+            self._gauge.set(BREAKER_STATES[fresh.state])  # this process's gauge follows; the opening was counted there
+        self._failures, self._last, self.cooldown = fresh.failures, fresh.last, fresh.cooldown
+        self.probe_at, self.probing, self.probe_pid = fresh.probe_at, fresh.probing, fresh.probe_pid
+        self.paused_until, self.paused_for = fresh.paused_until, fresh.paused_for
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around every change of the state: shared, it is made on the state as every process left it, and
+        published for them."""
+        if self.shared is None:
+            yield
+            return
+        with self.shared.changing() as (current, out):
+            if current is not None:
+                self._apply(current)
+            yield
+            out.append(
+                CircuitState(
+                    self._state,
+                    self.probing,
+                    self.probe_pid,
+                    self._failures,
+                    self.cooldown,
+                    self.probe_at,
+                    self.paused_until,
+                    self._last,
+                    self.paused_for,
+                )
+            )
+
+    @property
+    def state(self) -> str:
+        self._sync()
+        return self._state
+
+    @property
+    def failures(self) -> int:
+        self._sync()
+        return self._failures
+
+    @property
+    def last(self) -> str:
+        self._sync()
+        return self._last
 
     def _move(self, state: str) -> None:
         """Every transition passes here (not a success while closed: no metric write on that path)."""
-        self.state = state
+        self._state = state
         self._gauge.set(BREAKER_STATES[state])
         if state == "open":
             self._opened.inc()  # from closed, or a failed half-open probe
 
+    def _probe_taken(self) -> bool:
+        """A half-open probe is in flight: this process's, or a live other one's (one that died left it to take)."""
+        return self.probing and (self.shared is None or self.probe_pid in (0, os.getpid()) or alive(self.probe_pid))
+
     def admit(self) -> bool:
         """Let a call go to the app: True when it is the half-open probe. Raises CircuitOpen when it may not go."""
         now = self.clock()
+        self._sync()
         if now < self.paused_until:
             wait = max(1, math.ceil(self.paused_until - now))
             detail = f"app {self.app} asked the gateway to slow down ({self.paused_for}); calls resume in {wait} s"
             raise CircuitOpen(detail, retry_after=wait)
-        if self.state == "closed":
+        if self._state == "closed":
             return False
-        if self.state == "open" and now >= self.probe_at:
-            self._move("half_open")
-        if self.state == "half_open" and not self.probing:
-            self.probing = True
-            return True
+        if (self._state == "open" and now < self.probe_at) or (self._state == "half_open" and self._probe_taken()):
+            raise self.refusal(now)  # the usual answer while open: decided without the lock
+        with self._changing():
+            if self._state == "open" and now >= self.probe_at:
+                self._move("half_open")
+            if self._state == "half_open" and not self._probe_taken():
+                self.probing, self.probe_pid = True, os.getpid()
+                return True
         raise self.refusal(now)
 
     @asynccontextmanager
@@ -176,8 +251,8 @@ class Breaker:
 
     def refusal(self, now: float | None = None) -> CircuitOpen:
         now = self.clock() if now is None else now
-        cause = f"{self.failures} consecutive failure{'s' if self.failures != 1 else ''} (last: {self.last})"
-        if self.state == "half_open":
+        cause = f"{self._failures} consecutive failure{'s' if self._failures != 1 else ''} (last: {self._last})"
+        if self._state == "half_open":
             return CircuitOpen(
                 f"app {self.app} is unavailable: circuit half-open after {cause}; a probe call is testing it", retry_after=1
             )
@@ -186,21 +261,24 @@ class Breaker:
 
     def retry_in(self) -> float | None:
         """Seconds until the app may be called again; None when a call would be let through now."""
-        if self.clock() < self.paused_until:
-            return self.paused_until - self.clock()
-        if self.state == "closed" or (self.state == "open" and self.clock() >= self.probe_at):
+        self._sync()
+        now = self.clock()
+        if now < self.paused_until:
+            return self.paused_until - now
+        if self._state == "closed" or (self._state == "open" and now >= self.probe_at):
             return None
-        if self.state == "half_open" and not self.probing:
+        if self._state == "half_open" and not self._probe_taken():
             return None
-        return max(0.0, self.probe_at - self.clock())
+        return max(0.0, self.probe_at - now)
 
     def answered(self, probe: bool, failure: AppError | None) -> None:
         """The verdict of one call to the app: it answered (`failure` None, or a refusal of that one call), asked
         the gateway to slow down, refused its credentials, or is unavailable."""
         if isinstance(failure, AppThrottled):
             wait = failure.retry_after or self.config.reset_after
-            self.paused_until = max(self.paused_until, self.clock() + wait)
-            self.paused_for = failure.detail
+            with self._changing():
+                self.paused_until = max(self.paused_until, self.clock() + wait)
+                self.paused_for = failure.detail
             log.warning("app %s asks the gateway to slow down (%s): no call for %g s", self.app, failure.detail, wait)
         elif isinstance(failure, AppCredentialsRefused):
             if self.credentials != failure.detail:
@@ -220,33 +298,38 @@ class Breaker:
 
     def succeeded(self, probe: bool) -> None:
         """The app answered (a call that started while the circuit was open counts only as its probe)."""
-        if probe:
-            log.info("app %s: the probe call succeeded; circuit closed after %d failures", self.app, self.failures)
-        elif self.state != "closed":
-            return
-        if self.state != "closed":
-            self._move("closed")
-        self.failures = 0
-        self.cooldown = self.config.reset_after
-        self.probing = False
+        self._sync()
+        if not probe and (self._state != "closed" or self._failures == 0):
+            return  # the hot path (closed, nothing counted): nothing changes, nothing is published
+        with self._changing():
+            if not probe and self._state != "closed":
+                return
+            if probe:
+                log.info("app %s: the probe call succeeded; circuit closed after %d failures", self.app, self._failures)
+            if self._state != "closed":
+                self._move("closed")
+            self._failures = 0
+            self.cooldown = self.config.reset_after
+            self.probing, self.probe_pid = False, 0
 
     def failed(self, probe: bool, reason: str) -> None:
         """The app failed in a way that means it is unavailable."""
-        if not probe and self.state != "closed":
-            return  # a call admitted before the circuit opened: it was already counted as down
-        self.failures += 1
-        self.last = reason
-        if probe:
-            self.cooldown = min(self.cooldown * 2, self.config.max_reset_after)
-        elif self.failures < self.config.failures:
-            return
-        self._move("open")
-        self.probing = False
-        self.probe_at = self.clock() + self.cooldown
+        with self._changing():
+            if not probe and self._state != "closed":
+                return  # a call admitted before the circuit opened: it was already counted as down
+            self._failures += 1
+            self._last = reason
+            if probe:
+                self.cooldown = min(self.cooldown * 2, self.config.max_reset_after)
+            elif self._failures < self.config.failures:
+                return
+            self._move("open")
+            self.probing, self.probe_pid = False, 0
+            self.probe_at = self.clock() + self.cooldown
         log.warning(
             "app %s: circuit open after %d consecutive failures (last: %s); next probe in %g s",
             self.app,
-            self.failures,
+            self._failures,
             reason,
             self.cooldown,
         )
@@ -254,7 +337,8 @@ class Breaker:
     def abandoned(self, probe: bool) -> None:
         """The call ended without a verdict on the app (cancelled, a gateway error): the next call may probe."""
         if probe:
-            self.probing = False
+            with self._changing():
+                self.probing, self.probe_pid = False, 0
 
 
 class GuardedConnector(Connector):

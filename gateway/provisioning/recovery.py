@@ -110,7 +110,7 @@ class Recovery:
         attempts = await ctx.store.postpone(entry.seq, reason, delay)
         log.warning(
             "%s: recovery cannot settle journal entry %s (%s %s %s) yet: %s; attempt %d, next in %g s"
-            " (scim-gateway pending lists it, `pending settle` settles it by hand)",
+            " (`scim-gateway pending list` lists it, `pending settle` settles it by hand)",
             ctx.app,
             entry.seq,
             entry.op,

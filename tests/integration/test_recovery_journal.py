@@ -101,23 +101,26 @@ async def test_an_entry_recovery_cannot_decide_is_postponed_named_listed_and_set
 
     # The operator sees it,
     args = ["--config", str(MAPPING), "--data-dir", str(data)]
-    assert await asyncio.to_thread(main, ["pending", *args]) == 0
+    assert await asyncio.to_thread(main, ["pending", "list", *args]) == 0
     listing = capsys.readouterr().out
     line = next(x for x in listing.splitlines() if x.strip().startswith(str(seq)))
     assert "hr" in line and "User" in line and "create" in line and "44444444-4444-4444-8444-444444444444" in line
     assert "HTTP 500" in line and line.split()[6] == "1"  # attempts
-    # and settles it: rolled back, noted on the entry, audited.
-    assert await asyncio.to_thread(main, ["pending", "settle", str(seq), "--rollback", *args]) == 0
+    # and settles it: rolled back, noted on the entry, audited in the log the gateway serves with (`--audit-log`).
+    elsewhere = tmp_path / "ops" / "audit.log"
+    settle = ["pending", "settle", str(seq), "--rollback", "--audit-log", str(elsewhere), *args]
+    assert await asyncio.to_thread(main, settle) == 0
     assert "rolled back by the operator" in capsys.readouterr().out
     assert _rows(data, "SELECT state, detail FROM journal WHERE seq = ?", seq) == [
         ("aborted", "operator: rolled back by the operator")
     ]
     assert await store.undecided("hr") == []
-    [line_] = [r for r in _audit(data) if r.get("actor") == "operator"]
+    assert not [r for r in _audit(data) if r.get("actor") == "operator"]
+    [line_] = [r for r in _audit(elsewhere.parent) if r.get("actor") == "operator"]
     assert line_["op"] == "pending settle --rollback" and line_["journal_seq"] == seq and line_["id"] == entry.resource_id
     resp, body = await Scim(client, TOKEN, BASE).get("/Users/44444444-4444-4444-8444-444444444444")
     assert resp.status == 404
-    assert await asyncio.to_thread(main, ["pending", *args]) == 0
+    assert await asyncio.to_thread(main, ["pending", "list", *args]) == 0
     assert "no pending journal entries" in capsys.readouterr().out
     # Settling an entry that is no longer pending is refused.
     assert await asyncio.to_thread(main, ["pending", "settle", str(seq), "--rollback", *args]) == 1
@@ -212,8 +215,22 @@ async def test_entries_that_hold_each_others_names_are_settled_together(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX paths")
 def test_pending_settle_needs_a_way(tmp_path: Path, capsys: Any) -> None:
-    assert main(["pending", "settle", "1", "--data-dir", str(tmp_path)]) == 2
-    assert "--link NATIVE_ID, --rollback or --take-app" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["pending", "settle", "1", "--data-dir", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "one of the arguments --link --rollback --take-app is required" in capsys.readouterr().err
+
+
+def test_an_app_named_settle_or_list_is_listed_not_taken_for_the_subcommand(tmp_path: Path, capsys: Any) -> None:
+    for name in ("settle", "list"):
+        assert main(["pending", "list", name, "--data-dir", str(tmp_path)]) == 0
+        assert capsys.readouterr().out == f"no pending journal entries for {name}\n"
+    # The old form, an app name where the subcommand goes, is refused naming the subcommands; so is no subcommand.
+    for argv, says in ((["pending", "hr"], "invalid choice: 'hr'"), (["pending"], "required"), (["pending", "settle"], "SEQ")):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2
+        assert says in capsys.readouterr().err
 
 
 async def test_an_update_that_never_reached_the_app_is_sent_again_with_what_it_meant(

@@ -152,47 +152,55 @@ async def test_group_writes_killed_against_an_app_that_cannot_list_members_are_s
     }
 
 
+BULK_URN = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+
+
 @posix_processes
+@pytest.mark.parametrize("shape", ["post", "bulk"])
 async def test_a_create_killed_before_the_app_performed_it_is_made_once_by_its_idempotency_key(
-    tmp_path: Path, cleanup: Closers
+    tmp_path: Path, cleanup: Closers, shape: str
 ) -> None:
     """The gateway dies while its POST waits in the app (performed 2 s later); the new one starts at once. Its
-    recovery finds no record yet: rolling the create back would leave the late record an orphan. The mapping
-    declares the app's Idempotency-Key header, so recovery sends the create again with the same key: the app
-    makes one record, whichever of the two calls it performs first, and the resource is linked to it."""
+    recovery finds no record yet: rolling the create back would leave the late record an orphan. The shipped
+    mapping declares the app's Idempotency-Key header, so recovery sends the create again with the same key: the
+    app makes one record, whichever of the two calls it performs first, and the resource is linked to it. A Bulk
+    request's creates carry one key each (its second create was never sent: recovery sends it, once)."""
     fake = HrFake(tmp_path, "--slow-writes", "2")
     cleanup.append(fake.close)
     await fake.started()
-    # The shipped hr mapping, declaring the app's idempotency key on creates.
-    mapping = tmp_path / "hr_idempotent.yaml"
-    shipped = Path(HR_MAPPING).read_text()
-    mapping.write_text(shipped.replace("path: /users}", "path: /users, idempotency_header: Idempotency-Key}", 1))
-    assert mapping.read_text() != shipped
-    gateway = GatewayProcess(tmp_path, "--config", str(mapping), env=fake.gateway_env, app="hr")
+    assert "path: /users, idempotency_header: Idempotency-Key}" in Path(HR_MAPPING).read_text()
+    gateway = GatewayProcess(tmp_path, "--config", HR_MAPPING, env=fake.gateway_env, app="hr")
     cleanup.append(gateway.close)
+    names = ["once"] if shape == "post" else ["once", "twice"]
+    bulk = {
+        "schemas": [BULK_URN],
+        "Operations": [{"method": "POST", "path": "/Users", "bulkId": n, "data": _user(n)} for n in names],
+    }
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         await gateway.start()
-        task = asyncio.create_task(_send(session, gateway.base_url, "POST", "/Users", _user("once")))
+        request = ("POST", "/Users", _user("once")) if shape == "post" else ("POST", "/Bulk", bulk)
+        task = asyncio.create_task(_send(session, gateway.base_url, *request))
         deadline = time.monotonic() + 10
-        while not journal(gateway.store_file) and time.monotonic() < deadline:
+        while len(journal(gateway.store_file)) < len(names) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.3)  # the POST is in the app, not performed yet
+        await asyncio.sleep(0.3)  # the (first) POST is in the app, not performed yet
         gateway.kill()
         with pytest.raises((aiohttp.ClientError, OSError)):
             await task
-        [(seq, _)] = journal(gateway.store_file)
+        seqs = [seq for seq, _ in journal(gateway.store_file)]
+        assert len(seqs) == len(names)
         await gateway.start()  # start-up recovery: the app has no record yet
-        assert journal(gateway.store_file, "seq = ?", (seq,)) == [(seq, "done")]
+        for seq in seqs:
+            assert journal(gateway.store_file, "seq = ?", (seq,)) == [(seq, "done")]
         await asyncio.sleep(2.5)  # the dead gateway's call is performed by now
-        async with session.get(f"{fake.api}/users", params={"login": "once"}, headers=READER) as resp:
-            records = (await resp.json())["data"]
-        assert len(records) == 1, f"the app made {len(records)} records for one create"
         rows = store_rows(gateway.store_file, "hr")
-        [(rid, (native, _data))] = [(rid, v) for rid, v in rows.users.items() if v[1].get("userName") == "once"]
-        assert native == str(records[0]["id"])
-        status, body = await _send(session, gateway.base_url, "GET", f"/Users/{rid}")
-        assert status == 200 and body["userName"] == "once"
-    assert any(
-        r.get("journal_seq") == seq and r["outcome"] == "settled by recovery: sent again with its idempotency key"
-        for r in _audit(gateway.data)
-    )
+        for name in names:
+            async with session.get(f"{fake.api}/users", params={"login": name}, headers=READER) as resp:
+                records = (await resp.json())["data"]
+            assert len(records) == 1, f"the app made {len(records)} records for one create of {name}"
+            [(rid, (native, _data))] = [(rid, v) for rid, v in rows.users.items() if v[1].get("userName") == name]
+            assert native == str(records[0]["id"])
+            status, body = await _send(session, gateway.base_url, "GET", f"/Users/{rid}")
+            assert status == 200 and body["userName"] == name
+    outcomes = {r.get("journal_seq"): r["outcome"] for r in _audit(gateway.data) if r.get("actor") == "recovery"}
+    assert all(outcomes.get(seq) == "settled by recovery: sent again with its idempotency key" for seq in seqs), outcomes

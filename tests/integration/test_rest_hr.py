@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
@@ -286,20 +287,51 @@ async def test_the_mappings_env_token_is_accepted_too(client: TestClient, state:
 # ---------------------------------------------------------------- the app's faults
 
 
-async def test_app_500_on_create_is_503_with_retry_after_and_nothing_recorded(
+async def test_app_500_on_create_is_retried_under_its_idempotency_key_and_makes_one_record(
     scim: Scim, client: TestClient, state: HrState
 ) -> None:
+    """The shipped mapping declares `create.idempotency_header`: the app makes one record per key, so a create that
+    met a 5xx is sent again under the same key (before the key, a create was never retried: see the next test)."""
     state.fault("POST", "/users", status=500, body='{"error": "database is down"}')
+    user = await create(scim, "/Users", entra_user("blip@contoso.com", "Blip", "Once"))
+    assert state.calls.count(("POST", "/users")) == 2
+    assert state.made_by_key == {user["id"]: ("users", app_user(state, "blip@contoso.com")["id"])}  # the key: the SCIM id
+    assert len(state.users) == 1
+
+
+async def test_app_500_on_every_try_of_a_create_is_503_with_retry_after_and_nothing_recorded(
+    scim: Scim, client: TestClient, state: HrState
+) -> None:
+    state.fault("POST", "/users", status=500, body='{"error": "database is down"}', times=3)  # retries: 2
     resp, data = await scim.post("/Users", entra_user("down@contoso.com", "Down", "Time"))
     assert resp.status == 503, data
     assert resp.content_type == "application/scim+json"
     assert int(resp.headers["Retry-After"]) > 0
-    assert state.calls.count(("POST", "/users")) == 1  # a create is never retried
+    assert state.calls.count(("POST", "/users")) == 3
     assert state.users == {}
     await assert_nothing_recorded(scim, client)
     # The IdP's retry goes through.
     await create(scim, "/Users", entra_user("down@contoso.com", "Down", "Time"))
     assert app_user(state, "down@contoso.com")["status"] == "enabled"
+
+
+async def test_without_an_idempotency_key_a_create_meeting_a_500_is_never_retried(
+    aiohttp_client: Any, hr: Hr, tmp_path: Path
+) -> None:
+    doc = yaml.safe_load(MAPPING.read_text())
+    for kind in doc["connector"]["resources"].values():
+        del kind["create"]["idempotency_header"]
+    unkeyed = tmp_path / "hr_unkeyed.yaml"
+    unkeyed.write_text(yaml.safe_dump(doc))
+    settings = GatewaySettings(mappings=[unkeyed], data_dir=tmp_path / "data", extra_tokens={"hr": [SecretStr(TOKEN)]})
+    client = await aiohttp_client(create_app(settings))
+    scim = Scim(client, TOKEN, BASE)
+    hr.state.fault("POST", "/users", status=500, body='{"error": "database is down"}')
+    resp, data = await scim.post("/Users", entra_user("down@contoso.com", "Down", "Time"))
+    assert resp.status == 503, data
+    assert hr.state.calls.count(("POST", "/users")) == 1  # the app may have made it: a second could double it
+    assert hr.state.users == {} and hr.state.made_by_key == {}
+    await assert_nothing_recorded(scim, client)
 
 
 async def test_app_html_answer_is_502_and_nothing_changed(scim: Scim, client: TestClient, state: HrState) -> None:

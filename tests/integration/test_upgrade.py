@@ -1,14 +1,16 @@
 """A data directory made by an earlier release is upgraded in place (issue 16): the demo database by its numbered
-migrations (PRAGMA user_version), the store by its own (schema_version). The fixture is what release 9f3707a left:
-its `serve` and SCIM requests made it, sqlite3's iterdump kept it (tests/fixtures/release_9f3707a)."""
+migrations (PRAGMA user_version), the store by its own (schema_version). The fixtures are what release 9f3707a left:
+its `serve` and SCIM requests made them, on its SQLite store (tests/fixtures/release_9f3707a, kept by sqlite3's
+iterdump) and on a PostgreSQL store (tests/fixtures/release_9f3707a_pg, kept by pg_dump)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -19,18 +21,22 @@ from gateway.demo import DEMO_MIGRATIONS, DemoDatabaseError, ensure_demo_databas
 from gateway.store.migrations import migrations
 from gateway.store.sqlite import TYPES
 from tests.conftest import PATCH_URN, TOKEN, USER_URN, LiveGateway
+from tests.services import pg_database, pg_url
+
+__all__ = ["pg_database"]  # the fixture, for this module's tests
 
 RELEASE = Path(__file__).parent.parent / "fixtures" / "release_9f3707a"
+RELEASE_PG = Path(__file__).parent.parent / "fixtures" / "release_9f3707a_pg"
 ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 
-def restore(data_dir: Path) -> dict[str, str]:
-    """The release's data directory, rebuilt from its dumps; the ids it gave."""
+def restore(data_dir: Path, release: Path = RELEASE, store: bool = True) -> dict[str, str]:
+    """The release's data directory, rebuilt from its dumps (the store too, when it was SQLite); the ids it gave."""
     data_dir.mkdir(parents=True)
-    for name in ("demo", "gateway"):
+    for name in ("demo", "gateway") if store else ("demo",):
         with closing(sqlite3.connect(data_dir / f"{name}.db")) as db:
-            db.executescript((RELEASE / f"{name}.sql").read_text())
-    ids: dict[str, str] = json.loads((RELEASE / "ids.json").read_text())
+            db.executescript((release / f"{name}.sql").read_text())
+    ids: dict[str, str] = json.loads((release / "ids.json").read_text())
     return ids
 
 
@@ -71,9 +77,15 @@ def upgraded(tmp_path: Path) -> Iterator[tuple[LiveGateway, dict[str, str]]]:
 def test_the_previous_release_s_data_directory_is_upgraded_and_works(upgraded: tuple[LiveGateway, dict[str, str]]) -> None:
     gateway, ids = upgraded
     data = gateway.root / "data"
-    assert scalar(data / "demo.db", "PRAGMA user_version") == len(DEMO_MIGRATIONS)
-    assert scalar(data / "gateway.db", "SELECT max(version) FROM schema_version") == len(migrations(TYPES))
     assert scalar(data / "gateway.db", "SELECT count(*) FROM sqlite_master WHERE name = 'resources_listing'") == 1
+    serves_the_release_s_data(gateway, ids, lambda sql: scalar(data / "gateway.db", sql))
+
+
+def serves_the_release_s_data(gateway: LiveGateway, ids: dict[str, str], store: Callable[[str], Any]) -> None:
+    """The release's data, migrated (`store` answers a query of the store with one value), read and written."""
+    data = gateway.root / "data"
+    assert scalar(data / "demo.db", "PRAGMA user_version") == len(DEMO_MIGRATIONS)
+    assert store("SELECT max(version) FROM schema_version") == len(migrations(TYPES))
 
     # What the release wrote is all there, as it wrote it.
     status, ann = call(gateway, "GET", f"/Users/{ids['ann']}")
@@ -102,7 +114,41 @@ def test_the_previous_release_s_data_directory_is_upgraded_and_works(upgraded: t
     status, group = call(gateway, "GET", f"/Groups/{ids['group']}")
     assert [m["value"] for m in group["members"]] == [ids["ann"]], group
     assert scalar(data / "demo.db", "SELECT count(*) FROM employees") == 2
-    assert scalar(data / "gateway.db", "SELECT count(*) FROM journal WHERE state = 'pending'") == 0
+    assert store("SELECT count(*) FROM journal WHERE state = 'pending'") == 0
+
+
+async def test_the_previous_release_s_postgresql_store_is_upgraded_and_works(tmp_path: Path, pg_database: str) -> None:
+    """Release 9f3707a's PostgreSQL store (its own DDL, written out in its postgres.py) under the current gateway."""
+    import asyncpg
+
+    url = pg_url(pg_database)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute((RELEASE_PG / "gateway.pg.sql").read_text())
+        await conn.execute("RESET search_path")  # the dump empties it for its own session
+        assert await conn.fetchval("SELECT max(version) FROM schema_version") == 1
+        assert await conn.fetchval("SELECT to_regclass('public.resources_listing')") is None  # migration 2 not yet
+    finally:
+        await conn.close()
+    gateway = LiveGateway(tmp_path / "live")
+    ids = restore(gateway.root / "data", RELEASE_PG, store=False)
+
+    def store(sql: str) -> Any:  # called in a thread of its own: its own loop, its own connection
+        async def fetch() -> Any:
+            conn = await asyncpg.connect(url)
+            try:
+                return await conn.fetchval(sql)
+            finally:
+                await conn.close()
+
+        return asyncio.run(fetch())
+
+    await asyncio.to_thread(gateway.start, "--store", url)
+    try:
+        assert await asyncio.to_thread(store, "SELECT to_regclass('public.resources_listing')::text") == "resources_listing"
+        await asyncio.to_thread(serves_the_release_s_data, gateway, ids, store)
+    finally:
+        await asyncio.to_thread(gateway.stop)
 
 
 def test_demo_migrations_apply_once_in_order_and_a_newer_database_is_refused(tmp_path: Path) -> None:
