@@ -27,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ import os, signal, sys, threading, time
 import aiohttp.web
 import gateway.app, gateway.cli, gateway.demo
 import sqlalchemy.dialects.sqlite.aiosqlite  # what the demo's connector opens
+import ldap3, sqlalchemy.dialects.postgresql.asyncpg  # what the LDAP and PostgreSQL connectors open
 from gateway.connectors.registry import load_registry
 
 def orphaned(then):
@@ -405,6 +407,13 @@ class Model:
     groups: dict[str, Group] = field(default_factory=dict)
     unanswered_users: dict[str, dict[str, Any]] = field(default_factory=dict)  # lower userName -> values
     unanswered_groups: dict[str, tuple[str, set[str]]] = field(default_factory=dict)  # lower name -> (name, members)
+    # `deactivate: {via: delete}`: an inactive user has no record in the app (nor its memberships there); its
+    # reactivation creates the record again.
+    deactivation_drops: bool = False
+    # `delete: deactivate`: a DELETE deactivates the app's record and forgets the resource, so the app keeps an
+    # inactive record linked to nothing (and its memberships there); its name is never given again (`retired`).
+    delete_keeps: bool = False
+    retired: set[str] = field(default_factory=set)  # lower userNames of users a DELETE was sent for (delete_keeps)
 
     def member_outcomes(self, before: set[str], added: Set[str] = frozenset(), removed: Set[str] = frozenset()) -> list[set[str]]:
         """The member sets an unanswered change may have left: all of it or none (atomic), or any part of it."""
@@ -433,9 +442,19 @@ def check(model: Model, store: StoreRows, app: Holdings, pending: list[tuple[int
     problems += [f"duplicate group in the app: {n!r}" for n in sorted({n for n in names if names.count(n) > 1})]
 
     # The store and the app: each app record linked to exactly one resource, each link to an existing record, same values.
+    forgotten: set[str] = set()  # delete_keeps: the inactive records DELETEs left in the app
+    if model.delete_keeps:
+        linked_users = {native for native, _d in store.users.values()}
+        forgotten = {
+            n
+            for n, r in app.users.items()
+            if n not in linked_users and r["active"] is False and r["login"].lower() in model.retired
+        }
     for kind, rows, records in (("User", store.users, app.users), ("Group", store.groups, app.groups)):
-        linked: dict[str, list[str]] = {}
-        for rid, (native, _data) in rows.items():
+        linked: dict[str, list[str]] = {n: [] for n in forgotten} if kind == "User" else {}
+        for rid, (native, data) in rows.items():
+            if native is None and model.deactivation_drops and kind == "User" and data.get("active") is False:
+                continue  # deactivated by deleting its record in the app
             if native is None:
                 problems.append(f"{kind} {rid} has no app record linked")
             else:
@@ -457,8 +476,11 @@ def check(model: Model, store: StoreRows, app: Holdings, pending: list[tuple[int
             problems.append(f"Group {rid}: the store names it {data.get('displayName')!r}, the app {name!r}")
     natives = {rid: native for rid, (native, _d) in (store.users | store.groups).items()}
     in_store = {(natives.get(g), natives.get(m)) for g, m in store.members}
-    if in_store != app.members:
-        only_store, only_app = sorted(in_store - app.members, key=str), sorted(app.members - in_store, key=str)
+    if model.deactivation_drops:
+        in_store = {(g, m) for g, m in in_store if m is not None}  # an inactive user's groups are kept for its return
+    in_app = {(g, m) for g, m in app.members if m not in forgotten}  # a forgotten record's memberships stay in the app
+    if in_store != in_app:
+        only_store, only_app = sorted(in_store - in_app, key=str), sorted(in_app - in_store, key=str)
         problems.append(f"memberships differ: only in the store {only_store}, only in the app {only_app}")
 
     # The acknowledged writes hold; the unanswered ones did all or nothing, as the store now says.
@@ -545,26 +567,77 @@ class Names:
         self.sent: list[str] = []  # every name sent (a candidate for reuse once nobody holds it)
         self.leaving: dict[str, str] = {}  # resource id -> the name it gives up, while its rename or delete is in flight
         self.creating: set[str] = set()  # lower names a create in flight is taking
+        self.retired: set[str] = set()  # lower names never given again (a DELETE left the app a record holding it)
 
     def pick(self, rng: random.Random, serial: Iterator[int], held: set[str], *, racing: bool) -> tuple[str, bool]:
         """A name, and whether a 409 for it is a fair answer."""
         roll = rng.random()
-        leaving = sorted(n for n in self.leaving.values() if n.lower() not in self.creating)
+        leaving = sorted(n for n in self.leaving.values() if n.lower() not in self.creating | self.retired)
         if racing and roll < 0.15 and leaving:
             return rng.choice(leaving), True
-        freed = [n for n in self.sent if n.lower() not in held | self.creating]
+        freed = [n for n in self.sent if n.lower() not in held | self.creating | self.retired]
         if roll < 0.3 and freed:
             return rng.choice(freed), False
         return f"{self.prefix}{next(serial)}", False
+
+
+class Outage:
+    """The app down for a while during the stream: its 503s are fair answers, never acknowledged writes. A write the
+    breaker refused (its circuit open) never reached the app and must leave no journal row: each refused write to one
+    resource is checked against the journal between just before it was sent and just after its answer (the resource
+    busy with it alone meanwhile)."""
+
+    def __init__(self, store_file: Path) -> None:
+        self.store_file = store_file
+        self.refused: list[tuple[str, str, int, int]] = []  # method, path, last journal seq before it, after its answer
+        self.failed = 0  # 503s of the app's own: the write was journaled, the app failed it, the gateway rolled it back
+
+    def last_seq(self) -> int:
+        db = sqlite3.connect(self.store_file)
+        try:
+            return int(db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0])
+        finally:
+            db.close()
+
+    def answered(self, method: str, path: str, body: Any, floor: int) -> None:
+        detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
+        if "unavailable: circuit" in detail:
+            self.refused.append((method, path, floor, self.last_seq()))
+        else:
+            self.failed += 1
+
+    def journaled_refusals(self) -> tuple[int, list[str]]:
+        """How many refusals of a write to one resource were checked, and those that left a journal row (none may)."""
+        checked, wrong = 0, []
+        for method, path, floor, ceiling in self.refused:
+            parts = path.strip("/").split("/")
+            if len(parts) != 2:
+                continue  # a create or a Bulk: no resource id to look for
+            checked += 1
+            rows = journal(self.store_file, "resource_id = ? AND seq > ? AND seq <= ?", (parts[1], floor, ceiling))
+            if rows:
+                wrong.append(f"{method} {path} was refused by the breaker but left journal entries {rows}")
+        return checked, wrong
 
 
 class Driver:
     """WORKERS concurrent IdP requests, each on resources no other request in flight touches (so each has one outcome)."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, model: Model, rng: random.Random, extended: bool = False
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        model: Model,
+        rng: random.Random,
+        extended: bool = False,
+        swaps: bool = False,
+        token: str = TOKEN,
     ) -> None:
         self.extended = extended  # PUT and Bulk too
+        self.swaps = swaps  # two users exchanging their userNames, the two PATCHes in flight at once
+        self.token = token
+        # An outage of the app (Outage): 503 is a fair answer; the breaker's refusals are checked to leave no journal row.
+        self.outage: Outage | None = None
         self.session = session
         self.base_url = base_url
         self.model = model
@@ -574,13 +647,16 @@ class Driver:
         self.stopping = False
         self.unexpected: list[str] = []
         self.sent = 0
+        self.counts: Counter[str] = Counter()  # the writes started, by kind
         self.user_names = Names("user")
         self.group_names = Names("Team ")
+        self.user_names.retired = model.retired
 
     async def send(self, method: str, path: str, body: Any = None, allowed: tuple[int, ...] = ()) -> tuple[int | None, Any]:
         """The answer's status and body; (None, None) when the gateway gave none (it died): the write may have applied."""
         self.sent += 1
-        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/scim+json"}
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/scim+json"}
+        floor = None if self.outage is None else self.outage.last_seq()
         try:
             async with self.session.request(method, self.base_url + path, json=body, headers=headers) as resp:
                 text = await resp.text()
@@ -588,6 +664,9 @@ class Driver:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return None, None
         data = json.loads(text) if text else None
+        if status == 503 and self.outage is not None and floor is not None:
+            self.outage.answered(method, path, data, floor)
+            return status, data
         if status >= 300 and status not in allowed:
             self.unexpected.append(f"{method} {path} {json.dumps(body)[:300]} -> {status} {text[:300]}")
         return status, data
@@ -628,11 +707,15 @@ class Driver:
             ops.append((1.5, self.bulk_create))
             if users:
                 ops.append((2, self.put_user))
+        if self.swaps and len(users) >= 2:
+            ops.append((1, self.swap_users))
         return self.rng.choices([op for _, op in ops], [w for w, _ in ops])[0]
 
     async def worker(self) -> None:
         while not self.stopping:
-            await self._pick()()
+            op = self._pick()
+            self.counts[op.__name__] += 1
+            await op()
 
     def _take(self, *ids: str) -> None:
         self.busy.update(ids)
@@ -751,6 +834,36 @@ class Driver:
             else:
                 self.unexpected.append(f"Bulk create {v['userName']}: {op}")
 
+    async def swap_users(self) -> None:
+        """Two users exchange their userNames, as IdPs do it: the two PATCHes sent at once, each may find the other's
+        name still held (409); or the first moved to a name of its own first, then the two sent at once."""
+        a, b = self.rng.sample(self._free_users(), 2)
+        name_a, name_b = a.values["userName"], b.values["userName"]
+        interim = f"swap{next(self.serial)}" if self.rng.random() < 0.5 else None
+        taken = {name_a.lower(), name_b.lower(), *([interim.lower()] if interim else [])}
+        self._take(a.id, b.id)
+        self.user_names.creating.update(taken)  # no create takes them meanwhile
+        try:
+            if interim is not None:
+                self.user_names.sent.append(interim)
+                if await self._rename(a, interim, may_clash=False) != 200:
+                    return
+            await asyncio.gather(self._rename(b, name_a, may_clash=True), self._rename(a, name_b, may_clash=True))
+        finally:
+            self._release(a.id, b.id)
+            self.user_names.creating.difference_update(taken)
+
+    async def _rename(self, user: User, name: str, *, may_clash: bool) -> int | None:
+        new = dict(user.values, userName=name)
+        ops = [{"op": "replace", "path": "userName", "value": name}]
+        allowed = (409,) if may_clash else ()
+        status, _ = await self.send("PATCH", f"/Users/{user.id}", {"schemas": [PATCH_URN], "Operations": ops}, allowed)
+        if status == 200:
+            user.values = new
+        elif status is None:
+            user.maybe = [new]
+        return status
+
     async def create_group(self, members: int | None = None) -> None:
         name, may_clash = self._group_name(racing=True)
         free = self._free_users()
@@ -828,6 +941,8 @@ class Driver:
     async def delete_user(self) -> None:
         user = self.rng.choice(self._free_users())
         self._take(user.id)
+        if self.model.delete_keeps:
+            self.model.retired.add(user.values["userName"].lower())  # the app keeps a record with it
         self.user_names.leaving[user.id] = user.values["userName"]
         try:
             status, _ = await self.send("DELETE", f"/Users/{user.id}")
@@ -866,6 +981,7 @@ class Tally:
     rolled_back: int = 0  # of those, undone by recovery
     requests: int = 0
     unanswered: int = 0
+    writes: Counter[str] = field(default_factory=Counter)  # the writes started, by kind (the Driver's methods)
 
 
 async def crash_loop(
@@ -880,10 +996,17 @@ async def crash_loop(
     kill: Callable[[int], Awaitable[None]] | None = None,
     settle_wait: float = 0.0,
     extended: bool = False,
+    swaps: bool = False,
+    outage: Outage | None = None,
+    during: Callable[[int], Awaitable[None]] | None = None,
+    window: tuple[float, float] = (0.08, 0.35),
+    token: str = TOKEN,
 ) -> Tally:
     """Kill the gateway `kills` times under load (`kill(point)`, default SIGKILL of its one process), start it again,
     and check app and store agree. `settle_wait`: how long the restarted gateway may take to leave no entry pending
-    (several processes on one store: each one's start-up recovery takes only entries older than two sweeps)."""
+    (several processes on one store: each one's start-up recovery takes only entries older than two sweeps).
+    `during(point)` runs beside each stretch of the stream (an outage of the app, say), cancelled at the kill;
+    each stretch lasts a random time within `window` seconds."""
     rng = random.Random(seed)
     view = view or StoreView(gateway.store_file)
 
@@ -901,14 +1024,20 @@ async def crash_loop(
         # made (a DELETE done, then answered 404 by the retry). aiohttp's own TestClient turns it off the same way.
         session._retry_connection = False
         await gateway.start()
-        driver = Driver(session, gateway.base_url, model, rng, extended)
+        driver = Driver(session, gateway.base_url, model, rng, extended, swaps, token)
+        driver.outage = outage
         for point in range(kills):
             driver.stopping, driver.sent = False, 0
             workers = [asyncio.create_task(driver.worker()) for _ in range(WORKERS)]
-            await asyncio.sleep(rng.uniform(0.08, 0.35))
+            beside = asyncio.create_task(during(point)) if during is not None else None
+            await asyncio.sleep(rng.uniform(*window))
             # Kill, then read the journal before anything else runs: what the crash left in flight.
             driver.stopping = True
             await kill(point)
+            if beside is not None:
+                beside.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beside
             pending = [seq for seq, _ in await view.journal()]
             tally.kills += 1
             tally.in_flight_at_kill.append(len(pending))
@@ -932,6 +1061,7 @@ async def crash_loop(
             tally.unanswered += unanswered
             problems = check(model, await view.rows(app), await holdings(), await view.journal())
             assert not problems, f"kill point {point} (seed {seed}, {len(pending)} writes in flight):\n" + "\n".join(problems)
+        tally.writes = driver.counts
     return tally
 
 
@@ -942,7 +1072,8 @@ def report(name: str, tally: Tally, model: Model, elapsed: float, capsys: pytest
             f"\n[crash {name}] {tally.kills} kill points, {hit} with writes in flight "
             f"({sum(tally.in_flight_at_kill)} journal entries pending at the kills: {tally.settled} settled, "
             f"{tally.rolled_back} rolled back by recovery); {tally.requests} requests, {tally.unanswered} unanswered; "
-            f"{len(model.users)} users, {len(model.groups)} groups at the end; {elapsed:.1f} s"
+            f"{len(model.users)} users, {len(model.groups)} groups at the end; {elapsed:.1f} s; writes started: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(tally.writes.items()))
         )
     # The kills must land mid-write, or this proves nothing about recovery.
     assert hit * 3 >= tally.kills, f"only {hit} of {tally.kills} kill points had a write in flight: {tally.in_flight_at_kill}"
