@@ -281,7 +281,7 @@ class Recovery:
         seq, payload = entry.seq, entry.payload
         relink = payload.get("relink")
         if relink is not None:
-            await self._relink(cres, seq, row, relink)
+            await self._relink(cres, seq, row, relink, payload.get("intent"))
             return
         if row.native_id is None:
             await ctx.pipeline.abort(seq, "recovery: only the gateway's copy was to change; the IdP retries the write")
@@ -349,23 +349,26 @@ class Recovery:
         log.info("%s: recovery settled the update of %s %s (%s)", ctx.app, cres.name, row.id, how)
         self._audit("update", cres.name, row.id, seq, f"settled by recovery: {how}")
 
-    async def _relink(self, cres: CompiledResource, seq: int, row: Row, relink: str) -> None:
-        """A deactivation by deletion, or a reactivation by re-creation, cut short: finish it if the app shows it happened."""
+    async def _relink(self, cres: CompiledResource, seq: int, row: Row, relink: str, intent: Any = None) -> None:
+        """A deactivation by deletion, or a reactivation by re-creation, cut short: finish it if the app shows it happened,
+        with what the write meant (`intent`, the copy it leaves: the other attributes the PATCH changed too)."""
         ctx = self.ctx
+        meant = intent if isinstance(intent, dict) else row.data
         if relink == "drop":
             assert row.native_id is not None
             if await ctx.connector.get(cres.name, row.native_id) is None:
-                await ctx.pipeline.settle_update(seq, {**row.data, "active": False}, row.unique_key, relink=True, native_id=None)
+                data = {**meant, "active": False}
+                await ctx.pipeline.settle_update(seq, data, _key(cres, data, row.unique_key), relink=True, native_id=None)
                 self._audit("update", cres.name, row.id, seq, "settled by recovery: deactivated (the app deleted the record)")
             else:
                 await ctx.pipeline.abort(seq, "recovery: the app still has the record; the deactivation did not happen")
             return
-        matches = await ctx.find_by_match(cres, read_rule(row.data, cres.match_rule))
+        matches = await ctx.find_by_match(cres, read_rule(meant, cres.match_rule))
         if matches and len(matches) == 1 and await ctx.store.by_native(ctx.app, cres.name, matches[0][0]) is None:
             native_id, record = matches[0]
             await self.writes.rejoin_groups(row.id, native_id)
-            data = await ctx.overlay(cres, {**row.data, "active": True}, record)
-            await ctx.pipeline.settle_update(seq, data, row.unique_key, relink=True, native_id=native_id)
+            data = await ctx.overlay(cres, {**meant, "active": True}, record)
+            await ctx.pipeline.settle_update(seq, data, _key(cres, data, row.unique_key), relink=True, native_id=native_id)
             self._audit("update", cres.name, row.id, seq, "settled by recovery: reactivated (the app re-created the record)")
         else:
             await ctx.pipeline.abort(seq, "recovery: the app has no re-created record; the reactivation did not happen")
