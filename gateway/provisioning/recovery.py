@@ -382,7 +382,12 @@ class Recovery:
         elif not cres.reads_live and cres.delete_mode == "delete":
             await ctx.connector.delete(cres.name, row.native_id)  # cannot look: finish it (idempotent)
             await ctx.pipeline.settle_delete(seq)
-        elif cres.delete_mode == "deactivate" or await ctx.connector.get(cres.name, row.native_id) is None:
+        elif cres.delete_mode == "deactivate":
+            # The record stays in the app either way: whether the deactivation happened cannot be told by it being
+            # there. Send it again (idempotent), then settle: settling alone left an active record linked to nothing.
+            await self.writes.remove_from_app(cres, row.native_id, row.data)
+            await ctx.pipeline.settle_delete(seq)
+        elif await ctx.connector.get(cres.name, row.native_id) is None:
             await ctx.pipeline.settle_delete(seq)
         else:
             await ctx.pipeline.abort(seq, "recovery: the app still has the record")
