@@ -316,7 +316,7 @@ class Recovery:
             return
         took = record is not None and await ctx.overlay(cres, intent, record) == intent
         in_app: list[Member] | None = None
-        if cres.name == "Group" and cres.members:
+        if cres.name == "Group" and cres.members and cres.reads_live:  # `reads: cached`: the app's list is not read back
             try:
                 in_app = await ctx.members_from_app(native_id)
             except AppError as exc:

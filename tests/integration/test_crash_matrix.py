@@ -29,7 +29,7 @@ import yaml
 
 from gateway.app import create_app
 from gateway.demo import ensure_demo_database
-from gateway.http.keys import APPS
+from gateway.http.keys import APPS, HUB
 from gateway.settings import GatewaySettings
 from tests.conftest import GROUP_URN, USER_URN, Scim
 from tests.directories import ADMIN_DN, ADMIN_PASSWORD
@@ -454,3 +454,42 @@ async def test_a_delete_that_deactivates_cut_short_before_the_app_call_is_finish
         assert db.execute("SELECT status FROM employees WHERE login = 'ann'").fetchall() == [("I",)], "left active"
     finally:
         db.close()
+
+
+async def test_a_hub_group_update_cut_short_keeps_the_group_s_members(
+    tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member removal on a hub group, cut short after its claim. Recovery read the members back from "the app",
+    the hub directory's connector, which keeps nothing and lists none, and replaced the group's members with that
+    empty list (found by the hub run: a group lost every member, and delivery then removed them from every app).
+    The hub's mapping reads `cached`: recovery keeps the copy's members and applies the change's own."""
+    from gateway.demo import demo_mapping_path
+
+    monkeypatch.setenv("HUB_SCIM_TOKEN", TOKEN)
+    data_dir = tmp_path / "data"
+    ensure_demo_database(data_dir)
+    hub_yaml = tmp_path / "hub.yaml"
+    hub_yaml.write_text(yaml.safe_dump(HUB_FILE | {"apps": {"demo": HUB_FILE["apps"]["demo"]}}))
+    settings = GatewaySettings(mappings=[demo_mapping_path()], data_dir=data_dir, hub_file=hub_yaml)
+    client = await aiohttp_client(create_app(settings))
+    scim = Scim(client, TOKEN, "/hub/scim/v2")
+    ids = []
+    for name in ("ann", "bob"):
+        resp, body = await scim.post("/Users", {"schemas": [USER_URN], "userName": name})
+        assert resp.status == 201, body
+        ids.append(body["id"])
+    resp, team = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Team", "members": [{"value": i} for i in ids]}
+    )
+    assert resp.status == 201, team
+    store = client.app[HUB].runtime.provisioner.store
+    row = await store.get("hub", "Group", team["id"])
+    assert row is not None
+    payload = {"add": [], "remove": [ids[1]], "intent": row.data, "switch": None}
+    await store.begin_write("hub", "Group", team["id"], "update", payload=payload)  # the crash comes here
+    await client.close()
+
+    again = Scim(await aiohttp_client(create_app(settings)), TOKEN, "/hub/scim/v2")
+    assert await again.client.app[HUB].runtime.provisioner.store.pending("hub") == []
+    resp, got = await again.get(f"/Groups/{team['id']}")
+    assert resp.status == 200 and [m["value"] for m in got.get("members", [])] == [ids[0]], got
