@@ -528,3 +528,36 @@ async def test_a_hub_group_update_cut_short_keeps_the_group_s_members(
     assert await again.client.app[HUB].runtime.provisioner.store.pending("hub") == []
     resp, got = await again.get(f"/Groups/{team['id']}")
     assert resp.status == 200 and [m["value"] for m in got.get("members", [])] == [ids[0]], got
+
+
+@pytest.mark.xfail(strict=True, reason=FOLLOW_UP_LOST)
+async def test_a_rename_cut_short_between_the_modrdn_and_the_member_rewrite_leaves_no_dangling_member(
+    slapd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any
+) -> None:
+    """A user renamed on a slapd without refint: the entry is renamed (modrdn), then the process dies before the
+    connector rewrites the groups' member DNs. Recovery sees the rename took effect and settles it; the group still
+    lists the old DN, which names no entry."""
+    top = slapd.subtree("people", "groups")
+    for ou in ("rnd", "sales"):
+        slapd.add(f"dn: ou={ou},ou=people,{top}\nobjectClass: organizationalUnit\nou: {ou}\n")
+    for name, value in (("OPENLDAP_URL", slapd.url), ("OPENLDAP_BIND_PASSWORD", ADMIN_PASSWORD), ("OPENLDAP_SCIM_TOKEN", TOKEN)):
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings(mappings=[shipped_mapping(top, tmp_path)], data_dir=tmp_path / "data")
+    client = await aiohttp_client(create_app(settings))
+    scim = Scim(client, TOKEN, "/apps/openldap/scim/v2")
+    resp, ann = await scim.post("/Users", {"schemas": [USER_URN], "userName": "ann", "title": "Clerk"})
+    assert resp.status == 201, ann
+    resp, team = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Team", "members": [{"value": ann["id"]}]})
+    assert resp.status == 201, team
+    store = client.app[APPS]["openldap"].provisioner.store
+    row = await store.get("openldap", "User", ann["id"])
+    assert row is not None
+    payload = {"add": [], "remove": [], "intent": {**row.data, "userName": "ann2"}, "switch": None}
+    await store.begin_write("openldap", "User", ann["id"], "update", new_unique_key="ann2", payload=payload)
+    slapd.modify(f"dn: uid=ann,ou=people,{top}\nchangetype: modrdn\nnewrdn: uid=ann2\ndeleteoldrdn: 1\n")  # then the crash
+    await client.close()
+
+    again = Scim(await aiohttp_client(create_app(settings)), TOKEN, "/apps/openldap/scim/v2")
+    assert await again.client.app[APPS]["openldap"].provisioner.store.pending("openldap") == []
+    members = slapd.search(f"ou=groups,{top}", "(cn=Team)", "member")[0]["member"]
+    assert [m.lower() for m in members] == [f"uid=ann2,ou=people,{top}".lower()]
