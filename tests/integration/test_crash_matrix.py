@@ -561,3 +561,41 @@ async def test_a_rename_cut_short_between_the_modrdn_and_the_member_rewrite_leav
     assert await again.client.app[APPS]["openldap"].provisioner.store.pending("openldap") == []
     members = slapd.search(f"ou=groups,{top}", "(cn=Team)", "member")[0]["member"]
     assert [m.lower() for m in members] == [f"uid=ann2,ou=people,{top}".lower()]
+
+
+async def test_a_group_update_cut_short_keeps_its_members_deactivated_by_deletion(
+    slapd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any
+) -> None:
+    """bob is deactivated (deactivate: {via: delete}: his entry goes, the group keeps him in the gateway's copy for his
+    return); a member removal of ann from the group is cut short. Recovery replaced the copy's members with the
+    directory's list, which cannot name bob, so bob left the group (found by the LDAP run: a group lost a member)."""
+    top = slapd.subtree("people", "groups")
+    for ou in ("rnd", "sales"):
+        slapd.add(f"dn: ou={ou},ou=people,{top}\nobjectClass: organizationalUnit\nou: {ou}\n")
+    for name, value in (("OPENLDAP_URL", slapd.url), ("OPENLDAP_BIND_PASSWORD", ADMIN_PASSWORD), ("OPENLDAP_SCIM_TOKEN", TOKEN)):
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings(mappings=[shipped_mapping(top, tmp_path)], data_dir=tmp_path / "data")
+    client = await aiohttp_client(create_app(settings))
+    scim = Scim(client, TOKEN, "/apps/openldap/scim/v2")
+    ids = []
+    for name in ("ann", "bob"):
+        resp, body = await scim.post("/Users", {"schemas": [USER_URN], "userName": name})
+        assert resp.status == 201, body
+        ids.append(body["id"])
+    resp, team = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Team", "members": [{"value": i} for i in ids]}
+    )
+    assert resp.status == 201, team
+    resp, body = await scim.patch(f"/Users/{ids[1]}", [{"op": "replace", "path": "active", "value": False}])
+    assert resp.status == 200, body
+    store = client.app[APPS]["openldap"].provisioner.store
+    row = await store.get("openldap", "Group", team["id"])
+    assert row is not None
+    payload = {"add": [], "remove": [ids[0]], "intent": row.data, "switch": None}
+    await store.begin_write("openldap", "Group", team["id"], "update", payload=payload)  # the crash comes here
+    await client.close()
+
+    again = Scim(await aiohttp_client(create_app(settings)), TOKEN, "/apps/openldap/scim/v2")
+    assert await again.client.app[APPS]["openldap"].provisioner.store.pending("openldap") == []
+    members = await again.client.app[APPS]["openldap"].provisioner.store.members("openldap", team["id"])
+    assert [m.id for m in members] == [ids[1]], "bob, inactive, stays in the group; ann's removal is finished"
