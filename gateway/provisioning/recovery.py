@@ -300,7 +300,7 @@ class Recovery:
         data = await ctx.overlay(cres, row.data, record)
         members = None
         if cres.name == "Group" and cres.members:
-            members = [*await ctx.members_from_app(row.native_id), *await self._unlisted_members(row.id, [], [])]
+            members = [*await ctx.members_from_app(row.native_id), *await ctx.recordless_members(row.id)]
         await ctx.pipeline.settle_update(seq, data, _key(cres, data, row.unique_key), replace_members=members)
         self._audit("update", cres.name, row.id, seq, "settled by recovery: as the app's record shows it")
 
@@ -345,21 +345,12 @@ class Recovery:
         data = await self.writes.reads.read_back(cres, native_id, intent)
         key = _key(cres, data, row.unique_key)
         if in_app is not None:
-            in_app += await self._unlisted_members(row.id, add, remove)
+            in_app += await ctx.recordless_members(row.id, add, remove)
             await ctx.pipeline.settle_update(seq, data, key, replace_members=in_app)
         else:
             await ctx.pipeline.settle_update(seq, data, key, add_members=add, remove_members=[m.id for m in remove])
         log.info("%s: recovery settled the update of %s %s (%s)", ctx.app, cres.name, row.id, how)
         self._audit("update", cres.name, row.id, seq, f"settled by recovery: {how}")
-
-    async def _unlisted_members(self, group_id: str, add: list[Member], remove: list[Member]) -> list[Member]:
-        """The group's members the app cannot list because they have no record there now (deactivated by deleting
-        it, `deactivate: {via: delete}`): the copy keeps them (they rejoin on reactivation), as the write meant."""
-        ctx = self.ctx
-        candidates = {m.id: m for m in [*await ctx.store.members(ctx.app, group_id), *add]}
-        found = await ctx.store.native_ids(ctx.app, None, list(candidates))
-        gone = {m.id for m in remove}
-        return [m for i, m in candidates.items() if i not in gone and i in found and found[i][1] is None]
 
     async def _relink(self, cres: CompiledResource, seq: int, row: Row, relink: str, intent: Any = None) -> None:
         """A deactivation by deletion, or a reactivation by re-creation, cut short: finish it if the app shows it happened,

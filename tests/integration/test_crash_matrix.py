@@ -12,7 +12,7 @@
 Every configuration's write stream has POST, PUT, PATCH, DELETE, Bulk with and without failOnErrors, member
 changes, renames and swaps (two users exchanging their userNames, the two PATCHes in flight at once). The loop,
 the model of what the IdP was told and the checks are crash_loop.py's. SCIM_GATEWAY_CRASH_KILLS sets the kill
-points per configuration (12 by default; 50 for the documented full run).
+points per configuration (6 by default; 50 for the documented full run).
 """
 
 from __future__ import annotations
