@@ -268,7 +268,8 @@ async def test_crashes_with_the_rest_hr_app_through_outages(
 
 HUB_FILE = {
     "auth": {"bearer": [{"env": "HUB_SCIM_TOKEN"}]},
-    "delivery": {"concurrency": 4, "max_attempts": 1000, "backoff": 0.2, "max_backoff": 1.0, "poll_interval": 0.2},
+    # lease: a dead process's deliveries are taken again after 3 s (on PostgreSQL a new process cannot know it is alone)
+    "delivery": {"concurrency": 4, "max_attempts": 1000, "backoff": 0.2, "max_backoff": 1.0, "poll_interval": 0.2, "lease": 3},
     "apps": {
         "hr": {"users": {"everyone": True}, "groups": "all", "leave": "delete"},
         "demo": {"users": {"everyone": True}, "groups": "all", "leave": "delete"},
