@@ -983,6 +983,14 @@ class Tally:
     unanswered: int = 0
     writes: Counter[str] = field(default_factory=Counter)  # the writes started, by kind (the Driver's methods)
 
+    def summary(self) -> str:
+        hit = sum(1 for n in self.in_flight_at_kill if n)
+        return (
+            f"{self.kills} kill points, {hit} with writes in flight ({sum(self.in_flight_at_kill)} journal entries pending"
+            f" at the kills: {self.settled} settled, {self.rolled_back} rolled back by recovery); {self.requests} requests,"
+            f" {self.unanswered} unanswered"
+        )
+
 
 async def crash_loop(
     gateway: GatewayProcess,
@@ -1060,7 +1068,9 @@ async def crash_loop(
             unanswered += sum(1 for g in model.groups.values() if g.maybe or g.maybe_names or g.gone is None)
             tally.unanswered += unanswered
             problems = check(model, await view.rows(app), await holdings(), await view.journal())
-            assert not problems, f"kill point {point} (seed {seed}, {len(pending)} writes in flight):\n" + "\n".join(problems)
+            assert not problems, f"kill point {point} (seed {seed}, {len(pending)} writes in flight; {tally.summary()}):\n" + (
+                "\n".join(problems)
+            )
         tally.writes = driver.counts
     return tally
 
@@ -1069,9 +1079,7 @@ def report(name: str, tally: Tally, model: Model, elapsed: float, capsys: pytest
     hit = sum(1 for n in tally.in_flight_at_kill if n)
     with capsys.disabled():
         print(
-            f"\n[crash {name}] {tally.kills} kill points, {hit} with writes in flight "
-            f"({sum(tally.in_flight_at_kill)} journal entries pending at the kills: {tally.settled} settled, "
-            f"{tally.rolled_back} rolled back by recovery); {tally.requests} requests, {tally.unanswered} unanswered; "
+            f"\n[crash {name}] {tally.summary()}; "
             f"{len(model.users)} users, {len(model.groups)} groups at the end; {elapsed:.1f} s; writes started: "
             + ", ".join(f"{n} {k}" for k, n in sorted(tally.writes.items()))
         )
