@@ -19,7 +19,7 @@ losing the rest of its PATCH; a DELETE that deactivates cut short leaving the ac
 cut short losing every member; members deactivated by deletion leaving their groups on any group write. Open
 (strict xfail replays, and the configurations that meet them marked xfail): an LDAP rename or delete cut short
 before the member DNs are rewritten (slapd without refint); a member change the app fails halfway, aborted
-though its first calls took effect; a userName swap in the hub, never delivered.
+though its first calls took effect; a userName swap in the hub, never delivered (the hub run sends none).
 """
 
 from __future__ import annotations
@@ -298,8 +298,7 @@ def by_name(held: Holdings) -> tuple[dict[str, list[tuple[Any, Any]]], dict[str,
 @posix_processes
 @pytest.mark.xfail(
     strict=False,
-    reason="open bugs (found by this run): two hub users exchanging their userNames are never delivered (each app"
-    " refuses each rename as taken, retried forever); once, after a kill, hr kept an account the hub does not have",
+    reason="open bug (found by this run, once in four 50-kill runs): after a kill, hr kept an account the hub does not have",
 )
 async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
     tmp_path: Path, cleanup: Closers, capsys: pytest.CaptureFixture[str]
@@ -365,9 +364,9 @@ async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
         async def holdings() -> Holdings:
             # The hub's directory is the store's copy (its connector keeps nothing): the app side of the check is the
             # hub's rows themselves; what the check adds is the IdP's acknowledged writes. Delivery is checked here.
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 30
             while differ := await drained():
-                assert time.monotonic() < deadline, "60 s after the restart the apps still differ from the hub:\n" + "\n".join(
+                assert time.monotonic() < deadline, "30 s after the restart the apps still differ from the hub:\n" + "\n".join(
                     differ[:30]
                 )
                 await asyncio.sleep(0.3)
@@ -382,7 +381,10 @@ async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
             return Holdings(users, groups, {(natives[g], natives[m]) for g, m in hub.members})
 
         tally = await crash_loop(
-            gateway, "hub", model, holdings, seed=5105, kills=KILLS, kill=kill, view=view, settle_wait=15.0, extended=True, swaps=True,
+            gateway, "hub", model, holdings, seed=5105, kills=KILLS, kill=kill, view=view, settle_wait=15.0, extended=True,
+            # No swaps: two hub users exchanging their userNames are never delivered (open bug found by this run: each
+            # app refuses each rename as taken, retried forever), with or without a kill.
+            swaps=False,
             window=(0.5, 1.2),  # a hub write commits the outbox rows too: longer stretches, or most die unanswered
         )  # fmt: skip
     hit = sum(1 for n in deliveries if n)
