@@ -102,10 +102,14 @@ def ldapsearch(
 
 
 class Slapd:
-    """An OpenLDAP server of the test run's own: `url`, the suffix dc=gw,dc=test, its rootdn and password."""
+    """An OpenLDAP server of the test run's own: `url`, the suffix dc=gw,dc=test, its rootdn and password.
 
-    def __init__(self, root: Path) -> None:
+    `refint`: with the referential integrity overlay, as directories are usually run: the server itself renames
+    or removes the `member` and `manager` values naming an entry that is renamed or deleted."""
+
+    def __init__(self, root: Path, refint: bool = False) -> None:
         self.root = root
+        self.refint = refint
         self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -118,10 +122,13 @@ class Slapd:
         if fresh:
             (self.root / "db").mkdir(parents=True, exist_ok=True)
             includes = "\n".join(f"include /etc/ldap/schema/{name}.schema" for name in SCHEMAS)
+            modules = "moduleload back_mdb\nmoduleload refint" if self.refint else "moduleload back_mdb"
+            # (a group left with no member gets the DN that stands for none, as the mappings' placeholder)
+            overlay = f"overlay refint\nrefint_attributes member manager\nrefint_nothing cn=nobody,{SUFFIX}\n"
             (self.root / "slapd.conf").write_text(
                 f"""{includes}
 modulepath /usr/lib/ldap
-moduleload back_mdb
+{modules}
 pidfile {self.root}/slapd.pid
 sizelimit unlimited
 database mdb
@@ -134,7 +141,7 @@ index objectClass eq
 index uid,cn,mail,memberUid eq,sub
 index member,uniqueMember eq
 index entryUUID eq
-"""
+{overlay if self.refint else ""}"""
             )
         log = self.root / "slapd.log"
         with open(log, "ab") as out:

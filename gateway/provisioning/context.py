@@ -8,7 +8,7 @@ the app's fields. Failures come out as provisioning errors (errors.py), never as
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from ..connectors.base import Connector, NativeId
@@ -224,6 +224,18 @@ class Context:
             ids = await self.store.scim_ids(self.app, kind, [n for k, n in pairs if k == kind])
             out.extend(Member(ids[n], kind) for k, n in pairs if k == kind and n in ids)
         return out
+
+    async def recordless_members(self, group_id: str, add: Sequence[Member] = (), remove: Sequence[Member] = ()) -> list[Member]:
+        """The group's members (in the copy, or added by `add`, less `remove`) that have no app record now: users
+        deactivated by deleting their record (`deactivate: {via: delete}`). The app cannot list them; the copy keeps
+        them, for their reactivation. Empty at no cost for any other mapping."""
+        users = self.mapping.resources.get("User")
+        if users is None or users.deactivate.via != "delete":
+            return []
+        candidates = {m.id: m for m in [*await self.store.members(self.app, group_id), *add]}
+        found = await self.store.native_ids(self.app, None, list(candidates))
+        gone = {m.id for m in remove}
+        return [m for i, m in candidates.items() if i not in gone and i in found and found[i][1] is None]
 
     async def listed_groups(self, cres: CompiledResource, record: dict[str, Any] | None) -> list[Member] | None:
         """The groups a user's own record lists (membership kept on the user: `via: user_field`), those the

@@ -71,7 +71,8 @@ class Reads:
             )
             return None
         copied = {m.id: m for m in await self.ctx.store.members(self.ctx.app, row.id)}
-        return [copied.get(m.id, m) for m in found]  # as the copy shows them (their display), where it has them
+        # As the copy shows them (their display), where it has them; and those the app cannot list (no record now).
+        return [copied.get(m.id, m) for m in found] + await self.ctx.recordless_members(row.id)
 
     async def related(self, kind: str, rid: str) -> list[Member]:
         """A group's members, or the groups a user is in."""

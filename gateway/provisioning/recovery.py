@@ -281,7 +281,7 @@ class Recovery:
         seq, payload = entry.seq, entry.payload
         relink = payload.get("relink")
         if relink is not None:
-            await self._relink(cres, seq, row, relink)
+            await self._relink(cres, seq, row, relink, payload.get("intent"))
             return
         if row.native_id is None:
             await ctx.pipeline.abort(seq, "recovery: only the gateway's copy was to change; the IdP retries the write")
@@ -298,7 +298,9 @@ class Recovery:
             await ctx.pipeline.abort(seq, "recovery: the app no longer has the record")
             return
         data = await ctx.overlay(cres, row.data, record)
-        members = await ctx.members_from_app(row.native_id) if cres.name == "Group" and cres.members else None
+        members = None
+        if cres.name == "Group" and cres.members:
+            members = [*await ctx.members_from_app(row.native_id), *await ctx.recordless_members(row.id)]
         await ctx.pipeline.settle_update(seq, data, _key(cres, data, row.unique_key), replace_members=members)
         self._audit("update", cres.name, row.id, seq, "settled by recovery: as the app's record shows it")
 
@@ -316,7 +318,7 @@ class Recovery:
             return
         took = record is not None and await ctx.overlay(cres, intent, record) == intent
         in_app: list[Member] | None = None
-        if cres.name == "Group" and cres.members:
+        if cres.name == "Group" and cres.members and cres.reads_live:  # `reads: cached`: the app's list is not read back
             try:
                 in_app = await ctx.members_from_app(native_id)
             except AppError as exc:
@@ -343,29 +345,33 @@ class Recovery:
         data = await self.writes.reads.read_back(cres, native_id, intent)
         key = _key(cres, data, row.unique_key)
         if in_app is not None:
+            in_app += await ctx.recordless_members(row.id, add, remove)
             await ctx.pipeline.settle_update(seq, data, key, replace_members=in_app)
         else:
             await ctx.pipeline.settle_update(seq, data, key, add_members=add, remove_members=[m.id for m in remove])
         log.info("%s: recovery settled the update of %s %s (%s)", ctx.app, cres.name, row.id, how)
         self._audit("update", cres.name, row.id, seq, f"settled by recovery: {how}")
 
-    async def _relink(self, cres: CompiledResource, seq: int, row: Row, relink: str) -> None:
-        """A deactivation by deletion, or a reactivation by re-creation, cut short: finish it if the app shows it happened."""
+    async def _relink(self, cres: CompiledResource, seq: int, row: Row, relink: str, intent: Any = None) -> None:
+        """A deactivation by deletion, or a reactivation by re-creation, cut short: finish it if the app shows it happened,
+        with what the write meant (`intent`, the copy it leaves: the other attributes the PATCH changed too)."""
         ctx = self.ctx
+        meant = intent if isinstance(intent, dict) else row.data
         if relink == "drop":
             assert row.native_id is not None
             if await ctx.connector.get(cres.name, row.native_id) is None:
-                await ctx.pipeline.settle_update(seq, {**row.data, "active": False}, row.unique_key, relink=True, native_id=None)
+                data = {**meant, "active": False}
+                await ctx.pipeline.settle_update(seq, data, _key(cres, data, row.unique_key), relink=True, native_id=None)
                 self._audit("update", cres.name, row.id, seq, "settled by recovery: deactivated (the app deleted the record)")
             else:
                 await ctx.pipeline.abort(seq, "recovery: the app still has the record; the deactivation did not happen")
             return
-        matches = await ctx.find_by_match(cres, read_rule(row.data, cres.match_rule))
+        matches = await ctx.find_by_match(cres, read_rule(meant, cres.match_rule))
         if matches and len(matches) == 1 and await ctx.store.by_native(ctx.app, cres.name, matches[0][0]) is None:
             native_id, record = matches[0]
             await self.writes.rejoin_groups(row.id, native_id)
-            data = await ctx.overlay(cres, {**row.data, "active": True}, record)
-            await ctx.pipeline.settle_update(seq, data, row.unique_key, relink=True, native_id=native_id)
+            data = await ctx.overlay(cres, {**meant, "active": True}, record)
+            await ctx.pipeline.settle_update(seq, data, _key(cres, data, row.unique_key), relink=True, native_id=native_id)
             self._audit("update", cres.name, row.id, seq, "settled by recovery: reactivated (the app re-created the record)")
         else:
             await ctx.pipeline.abort(seq, "recovery: the app has no re-created record; the reactivation did not happen")
@@ -379,7 +385,12 @@ class Recovery:
         elif not cres.reads_live and cres.delete_mode == "delete":
             await ctx.connector.delete(cres.name, row.native_id)  # cannot look: finish it (idempotent)
             await ctx.pipeline.settle_delete(seq)
-        elif cres.delete_mode == "deactivate" or await ctx.connector.get(cres.name, row.native_id) is None:
+        elif cres.delete_mode == "deactivate":
+            # The record stays in the app either way: whether the deactivation happened cannot be told by it being
+            # there. Send it again (idempotent), then settle: settling alone left an active record linked to nothing.
+            await self.writes.remove_from_app(cres, row.native_id, row.data)
+            await ctx.pipeline.settle_delete(seq)
+        elif await ctx.connector.get(cres.name, row.native_id) is None:
             await ctx.pipeline.settle_delete(seq)
         else:
             await ctx.pipeline.abort(seq, "recovery: the app still has the record")

@@ -375,25 +375,31 @@ class Writes:
             native_id = row.native_id
 
             async def call() -> None:
-                if native_id is None:
-                    return  # deactivated by deleting it in the app: nothing left there
-                try:
-                    if cres.delete_mode == "deactivate" and cres.deactivate.via == "delete":
-                        await ctx.connector.delete(kind, native_id)
-                    elif cres.delete_mode == "deactivate" and cres.deactivate.via == "action":
-                        await self.set_active(cres, native_id, False)
-                    elif cres.delete_mode == "deactivate":
-                        await ctx.connector.update(kind, native_id, await ctx.record(cres, {**row.data, "active": False}))
-                    else:
-                        await ctx.connector.delete(kind, native_id)
-                except AppNotFound:
-                    pass  # already gone in the app: the delete's goal holds
+                await self.remove_from_app(cres, native_id, row.data)
 
             async def settle(_: None) -> None:
                 await ctx.pipeline.settle_delete(seq)
 
             await ctx.pipeline.run(seq, f"deleting {kind} {rid}", call, settle)
         await self.reads.forget_references(kind, rid)
+
+    async def remove_from_app(self, cres: CompiledResource, native_id: str | None, data: dict[str, Any]) -> None:
+        """What a DELETE does in the app (the mapping's `delete`): the record deleted, or deactivated as `deactivate`
+        says. Idempotent, so recovery sends it again for a delete cut short."""
+        if native_id is None:
+            return  # deactivated by deleting it in the app: nothing left there
+        ctx = self.ctx
+        try:
+            if cres.delete_mode == "deactivate" and cres.deactivate.via == "delete":
+                await ctx.connector.delete(cres.name, native_id)
+            elif cres.delete_mode == "deactivate" and cres.deactivate.via == "action":
+                await self.set_active(cres, native_id, False)
+            elif cres.delete_mode == "deactivate":
+                await ctx.connector.update(cres.name, native_id, await ctx.record(cres, {**data, "active": False}))
+            else:
+                await ctx.connector.delete(cres.name, native_id)
+        except AppNotFound:
+            pass  # already gone in the app: the delete's goal holds
 
     # ------------------------------------------------------------------ what deactivation means in this app
 

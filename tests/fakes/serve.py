@@ -9,6 +9,8 @@ external conformance suites on REST-backed apps, the crash tests, the soak). hr 
 - `--members-unlisted STATUS`: listing a group's members is refused with that HTTP status, except to a caller
   sending the header `X-Test-Reader` (the test itself);
 - `--fail-rate P`: that fraction of calls (seeded, `--seed`) is answered 503 before the app does anything;
+- `--outage-file FILE`: while FILE exists, every call (but those sending `X-Test-Reader`) is answered 503 before
+  the app does anything: an outage the test starts and ends by creating and removing the file;
 - `--state FILE`: the app's records are loaded from FILE at start and written to it after every write that
   changed them, so the app can be stopped and started again (a restart) without losing them.
 """
@@ -48,6 +50,7 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--fail-rate", type=float, default=0.0, metavar="P", help="hr only: answer 503 to this fraction")
     parser.add_argument("--seed", type=int, default=0, help="the --fail-rate draws")
+    parser.add_argument("--outage-file", type=Path, metavar="FILE", help="hr only: answer 503 while FILE exists")
     parser.add_argument("--state", type=Path, metavar="FILE", help="hr only: keep the records in FILE across restarts")
     args = parser.parse_args(argv)
     if args.name == "hr":
@@ -64,11 +67,12 @@ def main(argv: list[str]) -> None:
                 state.fault(method, ".*", status=None, delay=args.late_writes, late=True, times=sys.maxsize)
         if args.state is not None:
             _load_state(state, args.state)
-        if args.fail_rate or args.state is not None:
-            app.middlewares.append(_failing_and_kept(state, args.fail_rate, random.Random(args.seed), args.state))
+        if args.fail_rate or args.state is not None or args.outage_file is not None:
+            draws = random.Random(args.seed)
+            app.middlewares.append(_failing_and_kept(state, args.fail_rate, draws, args.state, args.outage_file))
     else:
-        if args.slow_writes or args.late_writes or args.members_unlisted or args.fail_rate or args.state:
-            parser.error("--slow-writes, --late-writes, --members-unlisted, --fail-rate and --state are for the hr fake")
+        if args.slow_writes or args.late_writes or args.members_unlisted or args.fail_rate or args.state or args.outage_file:
+            parser.error("--slow-writes, --late-writes, --members-unlisted, --fail-rate, --outage-file and --state are for hr")
         factories: dict[str, Callable[[], web.Application]] = {
             "crm": create_crm_app,
             "desk": create_desk_app,
@@ -98,12 +102,15 @@ def _save_state(state: HrState, path: Path) -> None:
     os.replace(partial, path)  # a restart finds the last whole state, never half of one
 
 
-def _failing_and_kept(state: HrState, rate: float, draws: random.Random, path: Path | None) -> Middleware:
+def _failing_and_kept(
+    state: HrState, rate: float, draws: random.Random, path: Path | None, outage: Path | None = None
+) -> Middleware:
     @web.middleware
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if rate and draws.random() < rate:
+        down = outage is not None and TEST_READER not in request.headers and outage.exists()
+        if down or (rate and draws.random() < rate):
             return web.json_response({"error": "service unavailable (injected)"}, status=503)
         answer = await handler(request)
         if path is not None and request.method in WRITES and answer.status < 400:

@@ -20,19 +20,21 @@ import pytest
 
 from tests.conftest import GROUP_URN, PATCH_URN, USER_URN
 from tests.fakes.serve import HR_API_KEY, TEST_READER
-from tests.integration.test_crash import ROOT, TOKEN, Closers, GatewayProcess, HrFake, journal, posix_processes, store_rows
+from tests.integration.crash_loop import (
+    ROOT,
+    TOKEN,
+    Closers,
+    GatewayProcess,
+    HrFake,
+    cleanup_fixture,  # noqa: F401 (the fixture `cleanup`)
+    journal,
+    posix_processes,
+    store_rows,
+)
 
 HR_MAPPING = str(ROOT / "mappings" / "hr_rest.yaml")
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/scim+json"}
 READER = {"X-API-Key": HR_API_KEY, TEST_READER: "1"}
-
-
-@pytest.fixture
-def cleanup() -> Any:
-    closers: Closers = []
-    yield closers
-    for close in reversed(closers):
-        close()
 
 
 async def _send(session: aiohttp.ClientSession, base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
