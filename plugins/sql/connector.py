@@ -183,6 +183,13 @@ class _Kind:
     def inserting(self, returning: bool) -> Any:
         return insert(self.table).returning(self.key) if returning else insert(self.table)
 
+    def soft_deleting(self) -> Any:
+        """UPDATE marking the live row with the bound key deleted (the mark, or the current time)."""
+        assert self.deleted is not None and self.config.soft_delete is not None
+        mark = self.config.soft_delete.value
+        stamp = func.now() if mark is None else _coerce(self.deleted, mark)
+        return self.updating().values({self.deleted.name: stamp})
+
     def prepared_create(self, dialect: Any) -> bool:
         """Whether a create without child fields goes through one prepared INSERT (its key known or RETURNING)."""
         strategy = self.config.key_strategy
@@ -499,23 +506,28 @@ class SqlConnector(Connector):
         key = _parse_id(k.key, native_id)
         if key is None:
             return  # no such row can exist: already gone
+        statements: list[tuple[raw.Prepared, dict[str, Any]]] = []
+        if k.deleted is not None:
+            # Soft delete: the row, its child rows and its membership rows stay; reads skip it.
+            statements.append((self._prepare(("soft_delete", kind), k.soft_deleting), {_KEY: key}))
+        else:
+            # Membership and child rows go first and by hand: the app's foreign keys may not cascade (or exist).
+            for column in self._membership_columns(kind):
+                member_key = _parse_id(column, native_id)
+                if member_key is not None:
+                    statements.append((self._deleting(column), {_KEY: member_key}))
+            for parent in dict.fromkeys(c.parent for c in k.children.values()):
+                statements.append((self._deleting(parent), {_KEY: key}))
+            statements.append((self._deleting(k.key), {_KEY: key}))
         with _app_errors(k.table, deleting=True):
-            async with self._writer_engine().begin() as conn:
-                if k.deleted is not None:
-                    # Soft delete: the row, its child rows and its membership rows stay; reads skip it.
-                    assert k.config.soft_delete is not None
-                    mark = k.config.soft_delete.value
-                    stamp = func.now() if mark is None else _coerce(k.deleted, mark)
-                    await conn.execute(update(k.table).where(k.key == key, *k.live()).values({k.deleted.name: stamp}))
-                    return
-                # Membership and child rows go first and by hand: the app's foreign keys may not cascade (or exist).
-                for column in self._membership_columns(kind):
-                    member_key = _parse_id(column, native_id)
-                    if member_key is not None:
-                        await conn.execute(delete(column.table).where(column == member_key))
-                for parent in dict.fromkeys(c.parent for c in k.children.values()):
-                    await conn.execute(delete(parent.table).where(parent == key))
-                await conn.execute(delete(k.table).where(k.key == key))
+            async with self._links().transaction(single=len(statements) == 1) as link:
+                for statement, params in statements:
+                    await link.run(statement, params)
+
+    def _deleting(self, column: Column[Any]) -> raw.Prepared:
+        """DELETE of the rows whose `column` holds the bound key."""
+        stmt = functools.partial(_delete_where, column)
+        return self._prepare(("delete", column.table.name, column.name), stmt)
 
     async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
         k = self._kind(kind)
@@ -1141,6 +1153,12 @@ async def _write_children(conn: AsyncConnection, k: _Kind, key: Any, children: M
                 if (await conn.execute(stmt)).rowcount > 0:
                     continue
             await conn.execute(insert(child.table).values(child.row(key, value)))
+
+
+def _delete_where(column: Column[Any]) -> Any:
+    table = column.table
+    assert isinstance(table, Table)
+    return delete(table).where(column == bindparam(_KEY, type_=column.type))
 
 
 def _matching(column: Column[Any], value: Any, op: str) -> Any:
