@@ -32,9 +32,22 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def _is_commit(fn: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+    if fn is _run:
+        return False  # InlineConnection.run: never a commit (those go through commit())
     if getattr(fn, "__name__", "") == "commit":
         return True
-    return bool(args) and isinstance(args[0], str) and args[0].lstrip()[:6].upper() in ("COMMIT", "END")
+    if not args or not isinstance(args[0], str):
+        return False
+    head = args[0][:32].lstrip() or args[0].lstrip()  # a prefix: the statement may be long
+    return head[:6].upper() in ("COMMIT", "END")
+
+
+def _run(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> tuple[list[Any], int]:
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchall(), cursor.rowcount
+    finally:
+        cursor.close()
 
 
 class InlineConnection(aiosqlite.Connection):
@@ -55,6 +68,13 @@ class InlineConnection(aiosqlite.Connection):
                 raise
         # Another process holds the lock: wait for it off the event loop. A busy statement changed nothing.
         return await super()._execute(self._waiting, fn, args, kwargs)
+
+    async def run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[Any], int]:
+        """Run one statement (never COMMIT: use commit()) and fetch it whole: (its rows as tuples, its rowcount).
+
+        One call where aiosqlite's execute, fetchall and close are three.
+        """
+        return await self._execute(_run, self._conn, sql, params)
 
     def _waiting(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         conn = self._conn

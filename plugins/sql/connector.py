@@ -14,12 +14,11 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import difflib
+import functools
 import math
 import re
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -62,6 +61,7 @@ from gateway.connectors.base import AppContext, Capabilities, Connector, NativeI
 from gateway.connectors.errors import (
     AppBadResponse,
     AppConflict,
+    AppCredentialsRefused,
     AppError,
     AppInvalid,
     AppNotFound,
@@ -69,6 +69,7 @@ from gateway.connectors.errors import (
     ConnectorSetupError,
 )
 
+from . import raw
 from .config import SecretRef, SqlConnectorConfig, SqlTableConfig, statement_params, template_fields
 
 LIST_PAGE_SIZE = 500
@@ -84,6 +85,8 @@ ASYNC_DRIVERS = {
     "mariadb": "mariadb+aiomysql",
 }
 _WRITE = "scim_gateway_write"  # execution option marking a write transaction
+_KEY = "scim_gateway_key"  # the bind parameter of a record's key in prepared statements
+PREPARED_LIMIT = 1024  # prepared statements kept per connector (one per kind, operation and column set)
 
 Loc = tuple[str | int, ...]
 SchemaProblem = tuple[Loc, str]
@@ -164,7 +167,33 @@ class _Kind:
 
     def by_key(self) -> Any:
         """SELECT of one live record by key (the connector keeps it: a GET binds the key instead of building one)."""
-        return select(*self.columns()).where(self.key == bindparam("native_key", type_=self.key.type), *self.live())
+        return select(*self.columns()).where(self.key == bindparam(_KEY, type_=self.key.type), *self.live())
+
+    def by_keys(self, count: int) -> Any:
+        """SELECT of up to `count` live records by key (`count` parameters key_0...)."""
+        keys = [bindparam(f"key_{i}", type_=self.key.type) for i in range(count)]
+        return select(*self.columns()).where(self.key.in_(keys), *self.live())
+
+    def exists(self) -> Any:
+        return select(self.key).where(self.key == bindparam(_KEY, type_=self.key.type), *self.live())
+
+    def updating(self) -> Any:
+        return update(self.table).where(self.key == bindparam(_KEY, type_=self.key.type), *self.live())
+
+    def inserting(self, returning: bool) -> Any:
+        return insert(self.table).returning(self.key) if returning else insert(self.table)
+
+    def soft_deleting(self) -> Any:
+        """UPDATE marking the live row with the bound key deleted (the mark, or the current time)."""
+        assert self.deleted is not None and self.config.soft_delete is not None
+        mark = self.config.soft_delete.value
+        stamp = func.now() if mark is None else _coerce(self.deleted, mark)
+        return self.updating().values({self.deleted.name: stamp})
+
+    def prepared_create(self, dialect: Any) -> bool:
+        """Whether a create without child fields goes through one prepared INSERT (its key known or RETURNING)."""
+        strategy = self.config.key_strategy
+        return strategy in ("uuid", "template") or (strategy == "autoincrement" and bool(dialect.insert_returning))
 
 
 class SqlConnector(Connector):
@@ -182,7 +211,8 @@ class SqlConnector(Connector):
         self._writer: AsyncEngine | None = None
         self._kinds: dict[str, _Kind] = {}
         self._fields: dict[str, set[str]] = {}  # per kind, the fields the database has (for has_field)
-        self._by_key: dict[str, Any] = {}  # per kind, the prepared SELECT of one record by key
+        self._pool: raw.Pool | None = None  # the hot paths' connections (see raw.py)
+        self._prepared: dict[tuple[Any, ...], raw.Prepared] = {}
 
     @classmethod
     def capabilities_for(cls, config: SqlConnectorConfig) -> Capabilities:  # type: ignore[override]
@@ -213,11 +243,15 @@ class SqlConnector(Connector):
         self._kinds = kinds
         self._engine = engine
         self._writer = engine.execution_options(**{_WRITE: True})
+        self._pool = _create_pool(engine, self.config)
+        self._prepared = {}
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         if self._engine is not None:
             await self._engine.dispose()
-        self._engine = self._writer = None
+        self._engine = self._writer = self._pool = None
         self._kinds = {}
 
     async def check_schema(self) -> list[SchemaProblem]:
@@ -369,20 +403,43 @@ class SqlConnector(Connector):
     async def create(self, kind: str, record: Record) -> NativeId:
         k = self._kind(kind)
         values, children = _values(k, record)
+        if not children and k.prepared_create(self._reader().dialect):
+            with _app_errors(k.table, values):
+                async with self._links().transaction(single=True) as link:
+                    return await self._insert(link, k, values)
         return await self._transaction(k.table, values, lambda conn: self._create_in(conn, k, values, children))
+
+    async def _insert(self, link: raw.Link, k: _Kind, values: Mapping[str, Any]) -> NativeId:
+        """One row through the prepared INSERT for its column set (see _Kind.prepared_create); its key."""
+        strategy = k.config.key_strategy
+        values = dict(values)
+        key: Any = None
+        if strategy == "uuid":
+            key = values[k.key.name] = _parse_id(k.key, str(uuid.uuid4()))
+        elif strategy == "template":
+            key = values[k.key.name] = _template_key(k, values, {})
+        returning = strategy == "autoincrement"
+        columns = frozenset(values)
+        p = self._prepare(("insert", k.name, columns), lambda: k.inserting(returning), columns)
+        if returning:
+            rows = await link.fetch(p, values)
+            key = next(iter(rows[0].values())) if rows else None
+        else:
+            await link.run(p, values)
+        if key is None:
+            raise AppBadResponse(f"{k.table.name}: the database assigned no {k.key.name}")
+        return str(key)
 
     async def get(self, kind: str, native_id: NativeId) -> Record | None:
         k = self._kind(kind)
         key = _parse_id(k.key, native_id)
         if key is None:
             return None
+        p = self._prepare(("get", kind), k.by_key)
         with _app_errors(k.table):
-            async with self._reader().connect() as conn:
-                stmt = self._by_key.get(kind)
-                if stmt is None:
-                    stmt = self._by_key[kind] = k.by_key()
-                row = (await conn.execute(stmt, {"native_key": key})).mappings().first()
-        return dict(row) if row is not None else None
+            async with self._links().link() as link:
+                rows = await link.fetch(p, {_KEY: key})
+        return rows[0] if rows else None
 
     async def create_many(self, kind: str, records: list[Record]) -> list[NativeId | AppError]:
         """All in one transaction (one commit); when one record is refused, one by one, so each gets its own answer."""
@@ -390,46 +447,34 @@ class SqlConnector(Connector):
         prepared = [_values(k, record) for record in records]
 
         async def work(conn: AsyncConnection) -> list[NativeId | AppError]:
-            if self._insert_many_returning(conn, k) and not any(children for _, children in prepared):
-                return await self._insert_many(conn, k, [values for values, _ in prepared])
             return [await self._create_in(conn, k, values, children) for values, children in prepared]
 
         try:
+            if not any(children for _, children in prepared) and k.prepared_create(self._reader().dialect):
+                with _app_errors(k.table):
+                    async with self._links().transaction() as link:
+                        return [await self._insert(link, k, values) for values, _ in prepared]
             return await self._transaction(k.table, None, work)
         except AppUnavailable:
             raise  # rolled back whole: nothing was created
         except AppError:
             return await super().create_many(kind, records)
 
-    @staticmethod
-    def _insert_many_returning(conn: AsyncConnection, k: _Kind) -> bool:
-        """Whether rows of `k` can go in through one prepared INSERT ... RETURNING key."""
-        return k.config.key_strategy in ("autoincrement", "uuid") and bool(conn.dialect.insert_returning)
-
-    async def _insert_many(self, conn: AsyncConnection, k: _Kind, rows: list[dict[str, Any]]) -> list[NativeId | AppError]:
-        """One statement object for every row: compiled once and bound per row, not a new INSERT built per row."""
-        stmt = insert(k.table).returning(k.key)
-        keys: list[Any] = []
-        with _app_errors(k.table):
-            for values in rows:
-                if k.config.key_strategy == "uuid":
-                    values = {**values, k.key.name: _parse_id(k.key, str(uuid.uuid4()))}
-                keys.append((await conn.execute(stmt, values)).scalar_one())
-        if any(key is None for key in keys):
-            raise AppBadResponse(f"{k.table.name}: the database assigned no {k.key.name}")
-        return [str(key) for key in keys]
-
     async def get_many(self, kind: str, native_ids: list[NativeId]) -> dict[NativeId, Record]:
         k = self._kind(kind)
         keys = {key: native_id for native_id in native_ids if (key := _parse_id(k.key, native_id)) is not None}
         found: dict[NativeId, Record] = {}
+        if not keys:
+            return found
         with _app_errors(k.table):
-            async with self._reader().connect() as conn:
-                chunk_keys = list(keys)
-                for i in range(0, len(chunk_keys), IN_CHUNK):
-                    rows = await conn.execute(select(*k.columns()).where(k.key.in_(chunk_keys[i : i + IN_CHUNK]), *k.live()))
-                    for row in rows.mappings():
-                        found[keys[row[k.key.name]]] = dict(row)
+            async with self._links().link() as link:
+                for chunk in _chunks(list(keys)):
+                    # One statement per power-of-two size, the last key repeated to fill it: a few prepared, not one per size.
+                    size = 1 << (len(chunk) - 1).bit_length()
+                    p = self._prepare(("get_many", kind, size), functools.partial(k.by_keys, size))
+                    params = {f"key_{i}": chunk[min(i, len(chunk) - 1)] for i in range(size)}
+                    for row in await link.fetch(p, params):
+                        found[keys[row[k.key.name]]] = row
         return found
 
     async def update(self, kind: str, native_id: NativeId, changes: Record) -> None:
@@ -438,30 +483,51 @@ class SqlConnector(Connector):
         key = _parse_id(k.key, native_id)
         if key is None:
             raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
+        if not children:
+            await self._update_row(k, key, native_id, values)
+            return
         await self._transaction(k.table, values, lambda conn: self._update_in(conn, k, key, native_id, values, children))
+
+    async def _update_row(self, k: _Kind, key: Any, native_id: NativeId, values: Mapping[str, Any]) -> None:
+        """UPDATE one row (no child fields) through its prepared statement; with no values, check that it exists."""
+        columns = frozenset(values)
+        with _app_errors(k.table, values):
+            async with self._links().transaction(single=True) as link:
+                if values:
+                    p = self._prepare(("update", k.name, columns), k.updating, columns)
+                    found = await link.run(p, {**values, _KEY: key}) > 0
+                else:
+                    found = bool(await link.fetch(self._prepare(("exists", k.name), k.exists), {_KEY: key}))
+        if not found:
+            raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
 
     async def delete(self, kind: str, native_id: NativeId) -> None:
         k = self._kind(kind)
         key = _parse_id(k.key, native_id)
         if key is None:
             return  # no such row can exist: already gone
+        statements: list[tuple[raw.Prepared, dict[str, Any]]] = []
+        if k.deleted is not None:
+            # Soft delete: the row, its child rows and its membership rows stay; reads skip it.
+            statements.append((self._prepare(("soft_delete", kind), k.soft_deleting), {_KEY: key}))
+        else:
+            # Membership and child rows go first and by hand: the app's foreign keys may not cascade (or exist).
+            for column in self._membership_columns(kind):
+                member_key = _parse_id(column, native_id)
+                if member_key is not None:
+                    statements.append((self._deleting(column), {_KEY: member_key}))
+            for parent in dict.fromkeys(c.parent for c in k.children.values()):
+                statements.append((self._deleting(parent), {_KEY: key}))
+            statements.append((self._deleting(k.key), {_KEY: key}))
         with _app_errors(k.table, deleting=True):
-            async with self._writer_engine().begin() as conn:
-                if k.deleted is not None:
-                    # Soft delete: the row, its child rows and its membership rows stay; reads skip it.
-                    assert k.config.soft_delete is not None
-                    mark = k.config.soft_delete.value
-                    stamp = func.now() if mark is None else _coerce(k.deleted, mark)
-                    await conn.execute(update(k.table).where(k.key == key, *k.live()).values({k.deleted.name: stamp}))
-                    return
-                # Membership and child rows go first and by hand: the app's foreign keys may not cascade (or exist).
-                for column in self._membership_columns(kind):
-                    member_key = _parse_id(column, native_id)
-                    if member_key is not None:
-                        await conn.execute(delete(column.table).where(column == member_key))
-                for parent in dict.fromkeys(c.parent for c in k.children.values()):
-                    await conn.execute(delete(parent.table).where(parent == key))
-                await conn.execute(delete(k.table).where(k.key == key))
+            async with self._links().transaction(single=len(statements) == 1) as link:
+                for statement, params in statements:
+                    await link.run(statement, params)
+
+    def _deleting(self, column: Column[Any]) -> raw.Prepared:
+        """DELETE of the rows whose `column` holds the bound key."""
+        stmt = functools.partial(_delete_where, column)
+        return self._prepare(("delete", column.table.name, column.name), stmt)
 
     async def find(self, kind: str, field: str, value: Any, op: str = "eq") -> list[tuple[NativeId, Record]]:
         k = self._kind(kind)
@@ -657,6 +723,9 @@ class SqlConnector(Connector):
         key = _parse_id(k.key, native_id)
         if key is None:
             raise AppNotFound(f"{k.table.name} has no row with {k.key.name} {native_id!r}")
+        if not add_members and not remove_members and not children:
+            await self._update_row(k, key, native_id, values)
+            return
         m = self._group(kind)[1] if add_members or remove_members else None
         to_add = self._keys_to_add(m, add_members) if m is not None else {}
         to_remove = _keys_to_remove(m, remove_members) if m is not None else []
@@ -794,6 +863,21 @@ class SqlConnector(Connector):
             raise RuntimeError(f"the sql connector of app {self.context.name!r} is not open")
         return self._engine
 
+    def _links(self) -> raw.Pool:
+        self._reader()
+        assert self._pool is not None
+        return self._pool
+
+    def _prepare(self, key: tuple[Any, ...], build: Callable[[], Any], columns: Iterable[str] | None = None) -> raw.Prepared:
+        """The statement `build` makes, compiled once per `key` (kind, operation, column set)."""
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            if len(self._prepared) >= PREPARED_LIMIT:
+                self._prepared.clear()  # updates of ever new column sets: start over rather than grow
+            dialect = self._reader().dialect
+            prepared = self._prepared[key] = raw.prepare(build(), dialect, sorted(columns) if columns is not None else None)
+        return prepared
+
     def _writer_engine(self) -> AsyncEngine:
         self._reader()
         assert self._writer is not None
@@ -893,12 +977,7 @@ def _setup_sqlite(engine: AsyncEngine, synchronous: str | None = None) -> None:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys = ON")
-        if synchronous is not None:
-            cursor.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        cursor.close()
+        _sqlite_session(dbapi_connection, synchronous)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -906,6 +985,31 @@ def _setup_sqlite(engine: AsyncEngine, synchronous: str | None = None) -> None:
         # so they skip BEGIN and the ROLLBACK that would end it.
         if conn.get_execution_options().get(_WRITE):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_session(connection: Any, synchronous: str | None) -> None:
+    """A new SQLite connection's settings (sqlite3's, or SQLAlchemy's adapter of it): the engine's and the pool's."""
+    connection.isolation_level = None
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    if synchronous is not None:
+        cursor.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    cursor.close()
+
+
+def _create_pool(engine: AsyncEngine, config: SqlConnectorConfig) -> raw.Pool:
+    """The hot paths' connections: SQLite's own inline ones, or the engine's pool for a server."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite":
+        return raw.EnginePool(engine)
+    assert url.database is not None
+    synchronous = config.sqlite_synchronous
+    return raw.SqlitePool(
+        url.database,
+        max(config.pool_size, SQLITE_POOL_SIZE),
+        config.timeout,
+        lambda connection: _sqlite_session(connection, synchronous),
+    )
 
 
 # ---------------------------------------------------------------- values and ids
@@ -916,20 +1020,22 @@ _FALSE = {"false", "0", "no", "n", "f"}
 
 
 def _python_type(column: Column[Any]) -> type | None:
+    # Kept in the column's own info dict: a reflected column's type computes it each time, and a dict keyed by
+    # columns would compare them with ==, which builds a SQL expression.
+    info = column.info
     try:
-        return _PYTHON_TYPES[column]
+        return info[_PYTHON_TYPE]
     except KeyError:
         pass
     try:
         kind = column.type.python_type
     except NotImplementedError:
         kind = None
-    _PYTHON_TYPES[column] = kind
+    info[_PYTHON_TYPE] = kind
     return kind
 
 
-# Column -> its Python type, asked on every id parsed (a reflected column's type object computes it each time).
-_PYTHON_TYPES: weakref.WeakKeyDictionary[Column[Any], type | None] = weakref.WeakKeyDictionary()
+_PYTHON_TYPE = "scim_gateway_python_type"
 
 
 def _parse_id(column: Column[Any], native_id: NativeId) -> Any:
@@ -1049,6 +1155,12 @@ async def _write_children(conn: AsyncConnection, k: _Kind, key: Any, children: M
             await conn.execute(insert(child.table).values(child.row(key, value)))
 
 
+def _delete_where(column: Column[Any]) -> Any:
+    table = column.table
+    assert isinstance(table, Table)
+    return delete(table).where(column == bindparam(_KEY, type_=column.type))
+
+
 def _matching(column: Column[Any], value: Any, op: str) -> Any:
     """The condition `column op value`; None when no row can match ("abc" equals no INTEGER)."""
     if op == "eq":
@@ -1112,19 +1224,34 @@ def _near(name: str, names: Iterable[str]) -> str:
 # ---------------------------------------------------------------- errors
 
 
-@contextmanager
-def _app_errors(table: Table | None, values: Mapping[str, Any] | None = None, *, deleting: bool = False) -> Iterator[None]:
-    """Translate the database's failures into AppErrors; never pass on the SQL or its parameters."""
-    try:
-        yield
-    except DBAPIError as exc:
-        raise _app_error(exc, table, values or {}, deleting) from exc.orig
-    except PoolTimeoutError:
-        raise AppUnavailable("no database connection came free in time", retry_after=RETRY_AFTER) from None
-    except OverflowError:  # sqlite3 refuses integers beyond 64 bits before any SQL runs
-        raise AppInvalid(f"{_where(table)}a number is too large for its column") from None
-    except (OSError, TimeoutError) as exc:  # a driver's socket error that escaped its own wrapping (connection refused)
-        raise AppUnavailable(f"the database is unreachable: {type(exc).__name__}", retry_after=RETRY_AFTER) from None
+class _app_errors:
+    """Translate the database's failures into AppErrors; never pass on the SQL or its parameters.
+
+    A class, not a generator: it wraps every statement, and a @contextmanager costs a generator each time.
+    """
+
+    __slots__ = ("deleting", "table", "values")
+
+    def __init__(self, table: Table | None, values: Mapping[str, Any] | None = None, *, deleting: bool = False) -> None:
+        self.table = table
+        self.values = values
+        self.deleting = deleting
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            return
+        table = self.table
+        if isinstance(exc, DBAPIError):
+            raise _app_error(exc, table, self.values or {}, self.deleting) from exc.orig
+        if isinstance(exc, PoolTimeoutError):
+            raise AppUnavailable("no database connection came free in time", retry_after=RETRY_AFTER) from None
+        if isinstance(exc, OverflowError):  # sqlite3 refuses integers beyond 64 bits before any SQL runs
+            raise AppInvalid(f"{_where(table)}a number is too large for its column") from None
+        if isinstance(exc, OSError | TimeoutError):  # a driver's socket error that escaped its own wrapping (refused)
+            raise AppUnavailable(f"the database is unreachable: {type(exc).__name__}", retry_after=RETRY_AFTER) from None
 
 
 def _where(table: Table | None) -> str:
@@ -1144,9 +1271,11 @@ def _driver_message(exc: DBAPIError) -> str:
 
 # SQLSTATE (PostgreSQL) of integrity violations, and the classes that mean "the server cannot serve now":
 # connection exception, insufficient resources, operator intervention (shutdown, cancel), transaction
-# rollback (deadlock, serialization), system error, invalid authorization; plus lock_not_available.
+# rollback (deadlock, serialization), system error; plus lock_not_available. Class 28 (invalid authorization:
+# a wrong password, an unknown role) is the gateway's credentials refused: the server is up.
 _SQLSTATE = {"23505": "unique", "23502": "not_null", "23514": "check", "23503": "foreign_key"}
-_SQLSTATE_UNAVAILABLE = ("08", "53", "57", "40", "58", "28", "55P03", "55006", "XX")
+_SQLSTATE_UNAVAILABLE = ("08", "53", "57", "40", "58", "55P03", "55006", "XX")
+_SQLSTATE_CREDENTIALS = "28"
 # MariaDB / MySQL error numbers (PyMySQL reports no SQLSTATE; a check violation even comes as OperationalError).
 _ERRNO = {
     1062: "unique", 1586: "unique", 1048: "not_null", 1364: "not_null", 1263: "not_null", 4025: "check", 3819: "check",
@@ -1154,7 +1283,8 @@ _ERRNO = {
     1264: "data", 1265: "data", 1292: "data", 1366: "data", 1367: "data", 1406: "data", 1411: "data", 1690: "data",
     1040: "unavailable", 1053: "unavailable", 1969: "unavailable", 1205: "unavailable", 1213: "unavailable", 1317: "unavailable",
     1927: "unavailable", 2002: "unavailable", 2003: "unavailable", 2006: "unavailable", 2013: "unavailable",
-    2014: "unavailable", 2055: "unavailable", 4031: "unavailable", 1045: "unavailable", 1129: "unavailable",
+    2014: "unavailable", 2055: "unavailable", 4031: "unavailable", 1129: "unavailable",
+    1045: "credentials", 1044: "credentials", 1698: "credentials",  # access denied: the user, its password, the database
 }  # fmt: skip
 # SQLite reports the violation only in its message.
 _SQLITE = re.compile(r"(UNIQUE|NOT NULL|CHECK|FOREIGN KEY) constraint failed(?::\s*(.*))?", re.IGNORECASE)
@@ -1163,7 +1293,7 @@ _PG_KEY = re.compile(r"Key \((.*)\)=\(")
 
 
 def _problem(exc: DBAPIError, table: Table | None) -> tuple[str, str]:
-    """(unique | not_null | check | foreign_key | data | unavailable | other, what the driver names).
+    """(unique | not_null | check | foreign_key | data | unavailable | credentials | other, what the driver names).
 
     What is named: "table.column" (or several, comma-separated) where the driver tells, else a constraint name.
     """
@@ -1214,6 +1344,8 @@ def _pg_problem(orig: Any, sqlstate: str, table: Table | None) -> tuple[str, str
         return "data", ""
     if sqlstate.startswith(_SQLSTATE_UNAVAILABLE):
         return "unavailable", ""
+    if sqlstate.startswith(_SQLSTATE_CREDENTIALS):
+        return "credentials", ""
     return "other", ""
 
 
@@ -1259,6 +1391,8 @@ def _app_error(exc: DBAPIError, table: Table | None, values: Mapping[str, Any], 
         return AppInvalid(f"{_where(table)}rejected a value: {_driver_message(exc)}")
     if problem == "unavailable":
         return AppUnavailable(f"the database failed: {_driver_message(exc)}", retry_after=RETRY_AFTER)
+    if problem == "credentials":
+        return AppCredentialsRefused(f"the database refused the gateway's login: {_driver_message(exc)}", retry_after=RETRY_AFTER)
     if isinstance(exc, IntegrityError):
         return AppInvalid(f"{where}: the database refused the values: {_driver_message(exc)}")
     return AppError(f"{_where(table)}the database refused the statement: {_driver_message(exc)}")
