@@ -76,15 +76,25 @@ class Store(ReportStore, JournalView):
         seq: int = rec["seq"]
         return seq
 
-    async def _entry(self, conn: Conn, seq: int) -> Any:
-        # Locked where the database can: a settle and a peer's recovery (or abort) of one entry take turns.
-        rec = await conn.fetchrow(f"SELECT * FROM journal WHERE seq = ?{self.dialect.for_update}", seq)
-        if rec is None or rec["state"] != "pending":
+    async def _entry(self, conn: Conn, seq: int, state: str = "done", detail: str | None = None) -> Any:
+        """Close a pending entry (`state`: done or aborted) and answer what it journaled; Gone when it is not pending.
+
+        One statement, first in its transaction: the UPDATE takes the entry's row lock where the database has them,
+        so a settle and a peer's recovery (or abort) of one entry take turns, and the loser finds it closed.
+        """
+        rec = await conn.fetchrow(
+            "UPDATE journal SET state = ?, detail = COALESCE(?, detail) WHERE seq = ? AND state = 'pending'"
+            " RETURNING app, type, resource_id, op, payload",
+            state,
+            detail,
+            seq,
+        )
+        if rec is None:
             raise Gone(f"journal entry {seq} is not pending")
         return rec
 
     async def _done(self, conn: Conn, seq: int) -> None:
-        await conn.execute("UPDATE journal SET state = 'done' WHERE seq = ?", seq)
+        """Called last in a settle's transaction, once the resource is changed (the hub's outbox adds to it)."""
 
     # ------------------------------------------------------------------ creates
 
@@ -290,7 +300,7 @@ class Store(ReportStore, JournalView):
         """The app call failed (or never happened): undo the claim, keep the resource as it was."""
 
         async def work(conn: Conn) -> None:
-            entry = await self._entry(conn, seq)
+            entry = await self._entry(conn, seq, "aborted", reason[:500])
             rid = entry["resource_id"]
             if entry["op"] == "create":
                 await conn.execute("DELETE FROM resources WHERE id = ? AND state = 'creating'", rid)
@@ -304,7 +314,6 @@ class Store(ReportStore, JournalView):
                     )
                 except Duplicate as exc:  # the name it gave up is held now by another write in flight
                     raise UniqueConflict(str(exc)) from None
-            await conn.execute("UPDATE journal SET state = 'aborted', detail = ? WHERE seq = ?", reason[:500], seq)
 
         await self.dialect.transaction(work)
 

@@ -11,6 +11,7 @@ the message for SQLite).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import decimal
 import difflib
@@ -19,7 +20,7 @@ import re
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -180,6 +181,7 @@ class SqlConnector(Connector):
         self.page_size = LIST_PAGE_SIZE
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
+        self._write_turn: asyncio.Lock | None = None
         self._kinds: dict[str, _Kind] = {}
         self._fields: dict[str, set[str]] = {}  # per kind, the fields the database has (for has_field)
         self._by_key: dict[str, Any] = {}  # per kind, the prepared SELECT of one record by key
@@ -213,11 +215,17 @@ class SqlConnector(Connector):
         self._kinds = kinds
         self._engine = engine
         self._writer = engine.execution_options(**{_WRITE: True})
+        # Writers to an inline SQLite file take turns here, first come first served: left to wait for the file's
+        # lock in threads, they poll it (SQLite's busy handler sleeps up to 100 ms between tries), and under a burst
+        # of writes (the gateway's group commit releases a group of claims at once) some miss every turn until
+        # their busy timeout, answered 503.
+        self._write_turn = asyncio.Lock() if engine.url.get_backend_name() == "sqlite" else None
 
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
         self._engine = self._writer = None
+        self._write_turn = None
         self._kinds = {}
 
     async def check_schema(self) -> list[SchemaProblem]:
@@ -446,7 +454,7 @@ class SqlConnector(Connector):
         if key is None:
             return  # no such row can exist: already gone
         with _app_errors(k.table, deleting=True):
-            async with self._writer_engine().begin() as conn:
+            async with self._begin_write() as conn:
                 if k.deleted is not None:
                     # Soft delete: the row, its child rows and its membership rows stay; reads skip it.
                     assert k.config.soft_delete is not None
@@ -689,7 +697,7 @@ class SqlConnector(Connector):
         for _attempt in (1, 2):
             try:
                 with _app_errors(table, values):
-                    async with self._writer_engine().begin() as conn:
+                    async with self._begin_write() as conn:
                         return await work(conn)
             except _MemberRace as race:
                 conflict = race.conflict
@@ -798,6 +806,24 @@ class SqlConnector(Connector):
         self._reader()
         assert self._writer is not None
         return self._writer
+
+    @asynccontextmanager
+    async def _begin_write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite), in turn with this connector's other writers on SQLite."""
+        turn = self._write_turn
+        if turn is None:
+            async with self._writer_engine().begin() as conn:
+                yield conn
+            return
+        try:
+            await asyncio.wait_for(turn.acquire(), self.config.timeout)
+        except TimeoutError:
+            raise AppUnavailable("the database failed: database is locked", retry_after=RETRY_AFTER) from None
+        try:
+            async with self._writer_engine().begin() as conn:
+                yield conn
+        finally:
+            turn.release()
 
     def _kind(self, kind: str) -> _Kind:
         self._reader()
