@@ -91,22 +91,23 @@ class BatchCreate:
         ctx = self.ctx
         what = f"creating {kind}"
         claimed: list[tuple[int, int, dict[str, Any], dict[str, Any]]] = []  # (index, seq, record, data)
-        async with ctx.store.batch():
-            for i, unique_key, record, data in prepared:
-                try:
-                    # Sent without an idempotency key (one call for many records): recovery never sends it again.
-                    seq = await ctx.pipeline.claim_create(
-                        kind,
-                        str(uuid.uuid4()),
-                        unique_key,
-                        data,
-                        name=ctx.unique_name(cres, resources[i]),
-                        secret=bool(write_only_values(cres, resources[i], record)),
-                    )
-                except Taken as exc:
-                    out[i] = exc
-                    continue
-                claimed.append((i, seq, record, data))
+        # Sent without an idempotency key (one call for many records): recovery never sends it again.
+        creates = [
+            (
+                str(uuid.uuid4()),
+                unique_key,
+                data,
+                bool(write_only_values(cres, resources[i], record)),
+                ctx.unique_name(cres, resources[i]),
+            )
+            for i, unique_key, record, data in prepared
+        ]
+        outcomes = await ctx.pipeline.claim_create_many(kind, creates)
+        for (i, _, record, data), outcome in zip(prepared, outcomes, strict=True):
+            if isinstance(outcome, Taken):
+                out[i] = outcome
+            else:
+                claimed.append((i, outcome, record, data))
         if not claimed:
             return
         with ctx.pipeline.tracking(seq for _, seq, _, _ in claimed):
@@ -127,15 +128,15 @@ class BatchCreate:
                 else:
                     created.append((i, seq, str(answer), data))
             settled = await self.reads.read_back_many(cres, [(native_id, data) for _, _, native_id, data in created])
-            async with ctx.store.batch():
-                for (i, seq, native_id, _), data in zip(created, settled, strict=True):
-                    try:
-                        row = await ctx.pipeline.settle_create(seq, native_id, data)
-                    except NativeConflict:
-                        await ctx.pipeline.abort(seq, "app returned a native id that is already linked")
-                        out[i] = BadAnswer(f"{what}: the app returned the id of an existing record")
-                    else:
-                        out[i] = Resource(row, row.data)
+            rows = await ctx.pipeline.settle_create_many(
+                [(seq, native_id, data) for (_, seq, native_id, _), data in zip(created, settled, strict=True)]
+            )
+            for (i, seq, _, _), row in zip(created, rows, strict=True):
+                if isinstance(row, NativeConflict):
+                    await ctx.pipeline.abort(seq, "app returned a native id that is already linked")
+                    out[i] = BadAnswer(f"{what}: the app returned the id of an existing record")
+                else:
+                    out[i] = Resource(row, row.data)
 
     async def _give_up(
         self,

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from .base import Busy, Gone, Member, NativeConflict, Pending, Row, UniqueConflict, VersionMismatch
+from .bulk import BulkWrites
 from .dialect import Conn, Dialect, Duplicate
 from .journal import JournalView
 from .query import Query
@@ -22,7 +23,7 @@ from .sqlquery import SqlQuery
 _ROW = "SELECT * FROM resources"
 
 
-class Store(ReportStore, JournalView):
+class Store(ReportStore, JournalView, BulkWrites):
     """SCIM ids, native ids, the gateway's copy of each resource, membership, and the write journal.
 
     `labels`: the stored attributes, in order, whose first non-empty value shows a resource in another's
@@ -94,7 +95,7 @@ class Store(ReportStore, JournalView):
         return rec
 
     async def _done(self, conn: Conn, seq: int) -> None:
-        """Called last in a settle's transaction, once the resource is changed (the hub's outbox adds to it)."""
+        """Last in a settle's transaction, once the resource is changed (the hub's outbox adds to it)."""
 
     # ------------------------------------------------------------------ creates
 

@@ -139,7 +139,10 @@ class _Connection:
         return int(last) if last.isdigit() else 0
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.conn.executemany(numbered(sql), rows)
+        try:
+            await self.conn.executemany(numbered(sql), rows)
+        except asyncpg.UniqueViolationError as exc:
+            raise Duplicate(str(exc)) from None
 
     async def fetchrow(self, sql: str, *params: Any) -> DbRow | None:
         try:
@@ -304,6 +307,9 @@ class PostgresDialect(Dialect):
     # -- values (the jsonb codec turns dicts to JSON and back)
     def among(self, column: str, items: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?::text[])", [list(items)]
+
+    def among_numbers(self, column: str, items: Sequence[int]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?::bigint[])", [list(items)]
 
     # -- the query renderer's hooks (JSONB)
     def extract(self, source: str, keys: tuple[str, ...], kind: str = "text") -> str:

@@ -28,6 +28,7 @@ from .group import GroupCommit, Member
 from .migrations import migrations, statements
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 TYPES = {
     "key": "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -86,7 +87,12 @@ class _Connection:
         return (await self._run(sql, params)).rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.db.executemany(sql, rows)
+        try:
+            await self.db.executemany(sql, rows)
+        except sqlite3.IntegrityError as exc:
+            if getattr(exc, "sqlite_errorcode", None) in _UNIQUE_ERRORS or "UNIQUE" in str(exc):
+                raise Duplicate(str(exc)) from None
+            raise
 
     async def fetchrow(self, sql: str, *params: Any) -> DbRow | None:
         found = await self.fetch(sql, *params)  # all: a RETURNING statement completes
@@ -242,7 +248,7 @@ class SqliteDialect(Dialect):
         result: dict[str, Any] = json.loads(value)
         return result
 
-    def chunks(self, items: Sequence[str]) -> list[Sequence[str]]:
+    def chunks(self, items: Sequence[K]) -> list[Sequence[K]]:
         return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
 
     def among(self, column: str, items: Sequence[str]) -> tuple[str, list[Any]]:

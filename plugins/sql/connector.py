@@ -182,6 +182,7 @@ class SqlConnector(Connector):
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
         self._write_turn: asyncio.Lock | None = None
+        self._write_turns = 0  # write transactions done in turn (progress of the line)
         self._kinds: dict[str, _Kind] = {}
         self._fields: dict[str, set[str]] = {}  # per kind, the fields the database has (for has_field)
         self._by_key: dict[str, Any] = {}  # per kind, the prepared SELECT of one record by key
@@ -815,14 +816,25 @@ class SqlConnector(Connector):
             async with self._writer_engine().begin() as conn:
                 yield conn
             return
+        # In line for as long as the writers ahead make progress; a turn that lasts `timeout` counts as locked.
+        acquiring = asyncio.ensure_future(turn.acquire())
         try:
-            await asyncio.wait_for(turn.acquire(), self.config.timeout)
-        except TimeoutError:
-            raise AppUnavailable("the database failed: database is locked", retry_after=RETRY_AFTER) from None
+            seen = self._write_turns
+            while not (await asyncio.wait({acquiring}, timeout=self.config.timeout))[0]:
+                if self._write_turns == seen:
+                    raise AppUnavailable("the database failed: database is locked", retry_after=RETRY_AFTER)
+                seen = self._write_turns
+        except BaseException:
+            if acquiring.done() and not acquiring.cancelled():
+                turn.release()
+            else:
+                acquiring.cancel()
+            raise
         try:
             async with self._writer_engine().begin() as conn:
                 yield conn
         finally:
+            self._write_turns += 1
             turn.release()
 
     def _kind(self, kind: str) -> _Kind:
