@@ -1,9 +1,8 @@
-"""Group commit: the store transactions of concurrent requests, committed together.
+"""Group commit: the store transactions of concurrent requests, committed together (the SQLite store).
 
 A request's store transaction (a claim, a settle) is queued; one committer task takes every transaction queued
 while the previous commit ran and runs them in one database transaction, each inside its own savepoint, then
-commits once. So N writes in flight cost one commit (one fsync on PostgreSQL, one trip to SQLite's writer
-thread), not N.
+commits once. So N writes in flight cost one commit (one trip to SQLite's writer thread, one WAL append), not N.
 
 The journal rule holds for each member: a waiter resumes with its result only once the commit that holds its
 work is durable, so no app call follows a claim that is not, and no answer a settle that is not. A member that
@@ -58,14 +57,27 @@ class GroupCommit(Generic[C]):
         self.limit = limit  # members in one group at most: a group's locks and work stay short
         self._queue: list[Member[C]] = []
         self._committer: asyncio.Task[None] | None = None
+        self._direct = False  # a transaction that found nothing queued runs in its caller's task
         self.groups = 0  # committed groups, and the members in them (for tests and diagnostics)
         self.members = 0
 
     async def transaction(self, work: Callable[[C], Awaitable[T]]) -> T:
         """`work` in the next group's transaction; its result once that is committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(Member(work, future))
-        if self._committer is None:
+        member = Member(work, future)
+        if self._committer is None and not self._direct:
+            # Nothing in flight: a group of one, run by its caller (no task to start, no hop back); those that
+            # come meanwhile queue for the next group, which the committer runs once this one is done.
+            self._direct = True
+            try:
+                await self._commit([member])
+            finally:
+                self._direct = False
+                if self._queue:
+                    self._committer = asyncio.create_task(self._commit_all(), name="store-group-commit")
+            return future.result()
+        self._queue.append(member)
+        if self._committer is None and not self._direct:
             self._committer = asyncio.create_task(self._commit_all(), name="store-group-commit")
         return await future
 
@@ -100,8 +112,11 @@ class GroupCommit(Generic[C]):
 
     async def drain(self) -> None:
         """Wait until every queued transaction is committed (or failed): before the connection closes."""
-        while self._committer is not None:
-            await asyncio.shield(self._committer)
+        while self._committer is not None or self._direct:
+            if self._committer is not None:
+                await asyncio.shield(self._committer)
+            else:
+                await asyncio.sleep(0.001)
 
 
 __all__ = ["GroupCommit", "GroupRunner", "Member"]

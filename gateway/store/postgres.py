@@ -3,8 +3,7 @@
 Nothing relies on being the only process: uniqueness is the database's unique indexes, a claim is checked
 and set under the resource's row lock (SELECT ... FOR UPDATE), and a journal entry is settled under its own,
 so a settle and a peer's recovery of one entry cannot both win. Connection loss, a server that is down or a
-lock held past `lock_timeout` raise StoreUnavailable (the IdP is answered 503 with Retry-After). The
-transactions of concurrent requests in one process share a commit (group.py): each in its own savepoint.
+lock held past `lock_timeout` raise StoreUnavailable (the IdP is answered 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import asyncpg
 from .base import StoreUnavailable
 from .correlation import Store
 from .dialect import Conn, DbRow, Dialect, Duplicate
-from .group import GroupCommit, Member
 from .migrations import migrations
 
 log = logging.getLogger(__name__)
@@ -60,19 +58,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
 )
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
-# Members of one group at most: each writing savepoint is a subtransaction, and past 64 in one transaction
-# PostgreSQL's snapshots of every session overflow their subtransaction cache.
-GROUP_LIMIT = 32
 _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\?")  # a `?` outside quoted literals
-
-
-def _unavailable(exc: Exception) -> Exception:
-    """A member's failure as its waiter sees it: the database failing is StoreUnavailable, as in _acquire()."""
-    if isinstance(exc, _UNAVAILABLE):
-        unavailable = StoreUnavailable(f"the correlation store failed: {type(exc).__name__}: {exc}")
-        unavailable.__cause__ = exc
-        return unavailable
-    return exc
 
 
 def mask_url(url: str) -> str:
@@ -172,7 +158,6 @@ class PostgresDialect(Dialect):
         self.connect_timeout = connect_timeout
         self.fold_collation = "default"
         self._pool: asyncpg.Pool | None = None
-        self.group: GroupCommit[Conn] = GroupCommit(self._run_group, limit=GROUP_LIMIT)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -204,7 +189,6 @@ class PostgresDialect(Dialect):
             raise
 
     async def close(self) -> None:
-        await self.group.drain()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -247,11 +231,12 @@ class PostgresDialect(Dialect):
             yield _Connection(conn)
 
     async def transaction(self, work: Callable[[Conn], Awaitable[T]]) -> T:
-        """`work` in one transaction, shared with the transactions of other requests in flight (group.py)."""
-        return await self.group.transaction(work)
+        """`work` in one transaction; retried when PostgreSQL picked it as a deadlock victim.
 
-    async def _alone(self, work: Callable[[Conn], Awaitable[T]]) -> T:
-        """`work` in a transaction of its own; retried when PostgreSQL picked it as a deadlock victim."""
+        Not grouped with other requests' transactions (as SQLite's are): a group holds every member's row locks
+        until its one commit, and two processes' groups then wait on each other (measured: the two-worker crash
+        test's requests stalled); PostgreSQL already flushes concurrent sessions' commits together.
+        """
         for attempt in range(3):
             try:
                 async with self._acquire() as conn, conn.transaction():
@@ -260,49 +245,6 @@ class PostgresDialect(Dialect):
                 if attempt == 2 or not isinstance(exc.__cause__, _RETRYABLE):
                     raise
         raise AssertionError("unreachable")
-
-    async def _run_group(self, group: list[Member[Conn]]) -> list[tuple[Member[Conn], Any]]:
-        """One group in one transaction, each member in a savepoint; a deadlock victim is run again alone after."""
-        if len(group) == 1:
-            return [(group[0], await self._alone(group[0].work))]
-        done: list[tuple[Member[Conn], Any]] = []
-        again: list[Member[Conn]] = []
-        async with self._acquire() as raw:
-            conn = _Connection(raw)
-            await raw.execute("BEGIN; SAVEPOINT member")
-            try:
-                fresh = True  # the savepoint holds no member's work yet
-                for member in group:
-                    if not member.waiting:
-                        continue
-                    if not fresh:
-                        await raw.execute("RELEASE SAVEPOINT member; SAVEPOINT member")
-                    try:
-                        result = await member.work(conn)
-                    except Exception as exc:
-                        await raw.execute("ROLLBACK TO SAVEPOINT member")  # raises when the transaction is lost
-                        fresh = True
-                        if isinstance(exc, _RETRYABLE):
-                            again.append(member)
-                        else:
-                            member.fail(_unavailable(exc))
-                        continue
-                    fresh = False
-                    done.append((member, result))
-                await raw.execute("COMMIT")
-            except BaseException:
-                if raw.is_in_transaction():
-                    try:
-                        await raw.execute("ROLLBACK")
-                    except Exception:  # the connection is gone: the pool discards it
-                        log.debug("rollback of a failed group failed", exc_info=True)
-                raise
-        for member in again:
-            try:
-                done.append((member, await self._alone(member.work)))
-            except Exception as exc:
-                member.fail(exc)
-        return done
 
     # -- values (the jsonb codec turns dicts to JSON and back)
     def among(self, column: str, items: Sequence[str]) -> tuple[str, list[Any]]:

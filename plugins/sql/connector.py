@@ -808,15 +808,8 @@ class SqlConnector(Connector):
         assert self._writer is not None
         return self._writer
 
-    @asynccontextmanager
-    async def _begin_write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction (BEGIN IMMEDIATE on SQLite), in turn with this connector's other writers on SQLite."""
-        turn = self._write_turn
-        if turn is None:
-            async with self._writer_engine().begin() as conn:
-                yield conn
-            return
-        # In line for as long as the writers ahead make progress; a turn that lasts `timeout` counts as locked.
+    async def _wait_turn(self, turn: asyncio.Lock) -> None:
+        """In line for as long as the writers ahead make progress; a turn that lasts `timeout` counts as locked."""
         acquiring = asyncio.ensure_future(turn.acquire())
         try:
             seen = self._write_turns
@@ -830,6 +823,19 @@ class SqlConnector(Connector):
             else:
                 acquiring.cancel()
             raise
+
+    @asynccontextmanager
+    async def _begin_write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite), in turn with this connector's other writers on SQLite."""
+        turn = self._write_turn
+        if turn is None:
+            async with self._writer_engine().begin() as conn:
+                yield conn
+            return
+        if turn.locked():
+            await self._wait_turn(turn)
+        else:
+            await turn.acquire()  # free: no wait
         try:
             async with self._writer_engine().begin() as conn:
                 yield conn

@@ -1,8 +1,9 @@
-"""Group commit (gateway/store/group.py) on both back ends: concurrent transactions share a commit, each member
-fails alone, and no waiter resumes before the commit that holds its work is durable.
+"""Group commit (gateway/store/group.py) on the SQLite store: concurrent transactions share a commit, each
+member fails alone, and no waiter resumes before the commit that holds its work is durable.
 
-Durable is checked from outside: as each waiter resumes, a second store (another process's view: its own
-connection or pool) must already see what that waiter's transaction wrote.
+Durable is checked from outside: as each waiter resumes, a second store on the same file (another process's
+view: its own connection) must already see what that waiter's transaction wrote. (The PostgreSQL store does
+not group: see PostgresDialect.transaction.)
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import Gone, Store, UniqueConflict
+from gateway.store import Gone, Store, StoreUnavailable, UniqueConflict
 from gateway.store.group import GroupCommit
-from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
-from tests.services import create_pg_database, drop_pg_database, pg_url
 
 NOW = "2026-01-01T00:00:00.000000Z"
 CLAIMS = 60  # claims in flight at once; every third takes a name another claim also takes
@@ -25,16 +24,9 @@ CLAIMS = 60  # claims in flight at once; every third takes a name another claim 
 StoreFactory = Callable[[], Store]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    if request.param == "sqlite":
-        yield lambda: SqliteStore(tmp_path / "store.db")
-        return
-    name = await create_pg_database()
-    try:
-        yield lambda: PostgresStore(pg_url(name), pool_size=4)
-    finally:
-        await drop_pg_database(name)
+@pytest.fixture
+def new_store(tmp_path: Path) -> StoreFactory:
+    return lambda: SqliteStore(tmp_path / "store.db")
 
 
 @pytest.fixture
@@ -116,7 +108,7 @@ async def test_concurrent_settles_share_commits_and_one_already_settled_fails_al
 
 async def test_a_member_whose_statement_fails_fails_alone(stores: tuple[Store, Store]) -> None:
     """A database error in one member's statements (here a table that does not exist) rolls back that member's
-    savepoint only; the members before and after it in the group commit."""
+    savepoint only (its waiter gets StoreUnavailable); the members before and after it in the group commit."""
     store, other = stores
     gate = asyncio.Event()
 
@@ -132,7 +124,7 @@ async def test_a_member_whose_statement_fails_fails_alone(stores: tuple[Store, S
         await gate.wait()
         try:
             await store.dialect.transaction(broken)
-        except Exception as exc:  # SQLite's error is StoreUnavailable, PostgreSQL's its own
+        except StoreUnavailable as exc:
             return exc
         return None
 
