@@ -233,9 +233,9 @@ class PostgresDialect(Dialect):
     async def transaction(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """`work` in one transaction; retried when PostgreSQL picked it as a deadlock victim.
 
-        Not grouped with other requests' transactions (as SQLite's are): a group holds every member's row locks
-        until its one commit, and two processes' groups then wait on each other (measured: the two-worker crash
-        test's requests stalled); PostgreSQL already flushes concurrent sessions' commits together.
+        Not grouped with other requests' transactions (as SQLite's are): a group would hold every member's row
+        locks until its one commit, so one member waiting on a peer process's lock holds up the whole group, and
+        PostgreSQL already flushes the WAL of concurrent sessions' commits together.
         """
         for attempt in range(3):
             try:
