@@ -34,6 +34,7 @@ class BulkWrites:
     """Mixed into Store, which has the dialect and the one-by-one calls this falls back to."""
 
     dialect: Dialect
+    settles_add = False  # a store whose settles add to the transaction (the hub's outbox) settles one by one
 
     async def begin_create_many(self, app: str, rtype: str, creates: Sequence[NewCreate], now: str) -> list[int | UniqueConflict]:
         """Journal every create and hold its name, in one transaction: for each, its journal entry's number or
@@ -99,8 +100,8 @@ class BulkWrites:
         """Settle many creates (journal number, the app's native id, the copy) in one transaction: for each, its row
         or NativeConflict (another resource, or an earlier settle of these, has that record). Gone when any entry is
         not pending (a peer's recovery took it): then none is settled."""
-        if _adds_to_settles(self):
-            return await self._settle_one_by_one(settles)  # a store that adds to each settle (the hub's outbox)
+        if self.settles_add:
+            return await self._settle_one_by_one(settles)
         try:
             return await self.dialect.transaction(lambda conn: self._settle_all(conn, settles))
         except _Raced:
@@ -181,13 +182,6 @@ def _by_kind(entries: dict[int, Any], settles: Sequence[tuple[int, str, dict[str
     for seq, native_id, _ in settles:
         out.setdefault((entries[seq]["app"], entries[seq]["type"]), []).append(native_id)
     return out
-
-
-def _adds_to_settles(store: Any) -> bool:
-    """The store overrides what a settle's transaction does (the hub's outbox): its settles go one by one."""
-    from .correlation import Store  # the class this is mixed into (it imports this module)
-
-    return type(store)._entry is not Store._entry or type(store)._done is not Store._done
 
 
 __all__ = ["BulkWrites", "NewCreate"]

@@ -78,11 +78,9 @@ class Store(ReportStore, JournalView, BulkWrites):
         return seq
 
     async def _entry(self, conn: Conn, seq: int, state: str = "done", detail: str | None = None) -> Any:
-        """Close a pending entry (`state`: done or aborted) and answer what it journaled; Gone when it is not pending.
-
-        One statement, first in its transaction: the UPDATE takes the entry's row lock where the database has them,
-        so a settle and a peer's recovery (or abort) of one entry take turns, and the loser finds it closed.
-        """
+        """Close a pending entry (`state`: done or aborted), answer what it journaled; Gone when it is not pending.
+        First in its transaction, it takes the entry's row lock (where there are row locks): a settle and a peer's
+        recovery (or abort) of one entry take turns; the loser finds it closed."""
         rec = await conn.fetchrow(
             "UPDATE journal SET state = ?, detail = COALESCE(?, detail) WHERE seq = ? AND state = 'pending'"
             " RETURNING app, type, resource_id, op, payload",
@@ -94,8 +92,8 @@ class Store(ReportStore, JournalView, BulkWrites):
             raise Gone(f"journal entry {seq} is not pending")
         return rec
 
-    async def _done(self, conn: Conn, seq: int) -> None:
-        """Last in a settle's transaction, once the resource is changed (the hub's outbox adds to it)."""
+    async def _done(self, conn: Conn, seq: int) -> None:  # last in a settle's transaction (the hub's outbox adds)
+        return None
 
     # ------------------------------------------------------------------ creates
 

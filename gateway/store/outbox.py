@@ -71,6 +71,8 @@ class HubStore(Store):
 
     # ------------------------------------------------------------------ the settle transaction's additions
 
+    settles_add = True  # a batch's settles go one by one, through _entry and _done (store/bulk.py)
+
     async def _entry(self, conn: Conn, seq: int, state: str = "done", detail: str | None = None) -> Any:
         rec = await super()._entry(conn, seq, state, detail)
         if state == "done" and rec["type"] == "Group" and rec["op"] == "delete":
