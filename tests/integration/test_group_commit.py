@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 
 import aiohttp
@@ -61,7 +62,13 @@ async def test_a_burst_of_creates_some_refused_at_claim_killed_mid_group(tmp_pat
             # Every third name is also taken by the create before it: one of the two wins, the other is a 409.
             names = [f"burst{burst}.{i - 1 if i % 3 == 2 else i}@x.test" for i in range(BURST)]
             posts = [asyncio.create_task(_post(session, gateway.base_url, name)) for name in names]
-            await asyncio.sleep(rng.uniform(0.2, 0.8))
+            # Killed once several claims are committed and unsettled at once (a group's worth), whatever the speed.
+            # Some answered first, so acknowledged creates are checked too.
+            answers, deadline = rng.randint(1, 8), time.monotonic() + 10
+            while time.monotonic() < deadline and (
+                sum(1 for p in posts if p.done() and p.result()[1] == 201) < answers or len(journal(gateway.store_file)) < 2
+            ):
+                await asyncio.sleep(0.002)
             gateway.kill()
             pending_at_kills.append(len(journal(gateway.store_file)))
             results = await asyncio.gather(*posts)
