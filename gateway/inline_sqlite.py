@@ -16,6 +16,7 @@ both paths).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,12 @@ def _is_commit(fn: Callable[..., Any], args: tuple[Any, ...]) -> bool:
     return head[:6].upper() in ("COMMIT", "END")
 
 
+def _retrieved(call: asyncio.Future[Any]) -> None:
+    """A worker-thread call whose caller was cancelled: its outcome is read, so asyncio logs no unretrieved error."""
+    if not call.cancelled():
+        call.exception()
+
+
 def _run(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> tuple[list[Any], int]:
     cursor = conn.execute(sql, params)
     try:
@@ -54,20 +61,33 @@ class InlineConnection(aiosqlite.Connection):
     """An aiosqlite connection whose statements run inline; one waiting for a lock goes to the worker thread."""
 
     busy_timeout_ms: int = 10_000
+    _offloop: asyncio.Future[Any] | None = None  # the worker thread's last call, which may outlive its caller
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
+        running = self._offloop
+        if running is not None and not running.done():
+            # A cancelled caller's call (a commit, a wait for a lock) still runs on the worker thread: this one queues
+            # behind it there, never beside it on the loop's thread (a sqlite3 connection is not for two threads at once).
+            return await self._off_loop(fn, args, kwargs)
         if _is_commit(fn, args):
             # A commit may sync the file to disk (milliseconds, more on a busy disk): off the loop, as before.
-            return await super()._execute(self._waiting, fn, args, kwargs)
+            return await self._off_loop(fn, args, kwargs)
         try:
             return fn(*args, **kwargs)
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise
         # Another process holds the lock: wait for it off the event loop. A busy statement changed nothing.
-        return await super()._execute(self._waiting, fn, args, kwargs)
+        return await self._off_loop(fn, args, kwargs)
+
+    async def _off_loop(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """On the worker thread, remembered until it ends there even if its caller is cancelled meanwhile."""
+        call = asyncio.ensure_future(super()._execute(self._waiting, fn, args, kwargs))
+        call.add_done_callback(_retrieved)
+        self._offloop = call
+        return await asyncio.shield(call)
 
     async def run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[Any], int]:
         """Run one statement (never COMMIT: use commit()) and fetch it whole: (its rows as tuples, its rowcount).

@@ -94,23 +94,22 @@ class BatchCreate:
         claimed: list[tuple[int, int, dict[str, Any], dict[str, Any]]] = []  # (index, seq, record, data)
         keys: list[str] = []  # each record's idempotency key (its SCIM id), as a single create's (writes.py)
         keyed = kind in ctx.connector.caps.idempotent_create
-        async with ctx.store.batch():
-            for i, unique_key, record, data in prepared:
-                rid = str(uuid.uuid4())
-                try:
-                    seq = await ctx.pipeline.claim_create(
-                        kind,
-                        rid,
-                        unique_key,
-                        data,
-                        name=ctx.unique_name(cres, resources[i]),
-                        secret=bool(write_only_values(cres, resources[i], record)),
-                        keyed=keyed,
-                    )
-                except Taken as exc:
-                    out[i] = exc
-                    continue
-                claimed.append((i, seq, record, data))
+        creates = [
+            (
+                str(uuid.uuid4()),
+                unique_key,
+                data,
+                bool(write_only_values(cres, resources[i], record)),
+                ctx.unique_name(cres, resources[i]),
+            )
+            for i, unique_key, record, data in prepared
+        ]
+        outcomes = await ctx.pipeline.claim_create_many(kind, creates, keyed=keyed)
+        for (i, _, record, data), (rid, *_), outcome in zip(prepared, creates, outcomes, strict=True):
+            if isinstance(outcome, Taken):
+                out[i] = outcome
+            else:
+                claimed.append((i, outcome, record, data))
                 keys.append(rid)
         if not claimed:
             return
@@ -135,15 +134,15 @@ class BatchCreate:
                 else:
                     created.append((i, seq, str(answer), data))
             settled = await self.reads.read_back_many(cres, [(native_id, data) for _, _, native_id, data in created])
-            async with ctx.store.batch():
-                for (i, seq, native_id, _), data in zip(created, settled, strict=True):
-                    try:
-                        row = await ctx.pipeline.settle_create(seq, native_id, data)
-                    except NativeConflict:
-                        await ctx.pipeline.abort(seq, "app returned a native id that is already linked")
-                        out[i] = BadAnswer(f"{what}: the app returned the id of an existing record")
-                    else:
-                        out[i] = Resource(row, row.data)
+            rows = await ctx.pipeline.settle_create_many(
+                [(seq, native_id, data) for (_, seq, native_id, _), data in zip(created, settled, strict=True)]
+            )
+            for (i, seq, _, _), row in zip(created, rows, strict=True):
+                if isinstance(row, NativeConflict):
+                    await ctx.pipeline.abort(seq, "app returned a native id that is already linked")
+                    out[i] = BadAnswer(f"{what}: the app returned the id of an existing record")
+                else:
+                    out[i] = Resource(row, row.data)
 
     async def _give_up(
         self,

@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ..connectors.errors import AppError
-from ..store import Busy, Gone, Member, Row, Store, UniqueConflict
+from ..store import Busy, Gone, Member, NativeConflict, Row, Store, UniqueConflict
+from ..store.bulk import NewCreate
 from .breaker import Breaker, CircuitOpen
 from .errors import AppFailed, NotFound, Taken, Unavailable
 
@@ -128,6 +129,28 @@ class WritePipeline:
         except UniqueConflict:
             raise Taken(f"{name} is already taken") from None
 
+    async def claim_create_many(
+        self, kind: str, creates: Sequence[tuple[str, str, dict[str, Any], bool, str]], *, keyed: bool = False
+    ) -> list[int | Taken]:
+        """Claim many creates (id, unique key, copy, secret, name) in one store transaction, as `claim_create` each
+        (no members; `keyed` as there): for each its journal number, or Taken."""
+        payloads = [
+            NewCreate(rid, key, data, {"data": data, "members": [], "secret": secret, "keyed": keyed})
+            for rid, key, data, secret, _ in creates
+        ]
+        with contextlib.ExitStack() as claiming:
+            for rid, *_ in creates:
+                claiming.enter_context(self._claiming_of(rid))
+            outcomes = await self.store.begin_create_many(self.app, kind, payloads, utc_now())
+            out: list[int | Taken] = []
+            for outcome, (*_, name) in zip(outcomes, creates, strict=True):
+                if isinstance(outcome, UniqueConflict):
+                    out.append(Taken(f"{name} is already taken"))
+                else:
+                    self._inflight.add(outcome)  # until its settle or abort
+                    out.append(outcome)
+            return out
+
     async def claim(self, kind: str, rid: str, op: str, *, name: str | None = None, **kwargs: Any) -> tuple[int, Row]:
         """Journal an update or delete and claim the resource, waiting (bounded) while another write holds it.
 
@@ -189,6 +212,13 @@ class WritePipeline:
             return await self.store.settle_create(seq, native_id, data, members)
         finally:
             self._inflight.discard(seq)
+
+    async def settle_create_many(self, settles: Sequence[tuple[int, str, dict[str, Any]]]) -> list[Row | NativeConflict]:
+        """Settle many creates (journal number, native id, copy) in one store transaction."""
+        try:
+            return await self.store.settle_create_many(settles)
+        finally:
+            self._inflight.difference_update(seq for seq, _, _ in settles)
 
     async def settle_update(self, seq: int, data: dict[str, Any], unique_key: str, **changes: Any) -> Row:
         try:

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from .base import Busy, Gone, Member, NativeConflict, Pending, Row, UniqueConflict, VersionMismatch
+from .bulk import BulkWrites
 from .dialect import Conn, Dialect, Duplicate
 from .journal import JournalView
 from .query import Query
@@ -22,7 +23,7 @@ from .sqlquery import SqlQuery
 _ROW = "SELECT * FROM resources"
 
 
-class Store(ReportStore, JournalView):
+class Store(ReportStore, JournalView, BulkWrites):
     """SCIM ids, native ids, the gateway's copy of each resource, membership, and the write journal.
 
     `labels`: the stored attributes, in order, whose first non-empty value shows a resource in another's
@@ -76,15 +77,23 @@ class Store(ReportStore, JournalView):
         seq: int = rec["seq"]
         return seq
 
-    async def _entry(self, conn: Conn, seq: int) -> Any:
-        # Locked where the database can: a settle and a peer's recovery (or abort) of one entry take turns.
-        rec = await conn.fetchrow(f"SELECT * FROM journal WHERE seq = ?{self.dialect.for_update}", seq)
-        if rec is None or rec["state"] != "pending":
+    async def _entry(self, conn: Conn, seq: int, state: str = "done", detail: str | None = None) -> Any:
+        """Close a pending entry (`state`: done or aborted), answer what it journaled; Gone when it is not pending.
+        First in its transaction, it takes the entry's row lock (where there are row locks): a settle and a peer's
+        recovery (or abort) of one entry take turns; the loser finds it closed."""
+        rec = await conn.fetchrow(
+            "UPDATE journal SET state = ?, detail = COALESCE(?, detail) WHERE seq = ? AND state = 'pending'"
+            " RETURNING app, type, resource_id, op, payload",
+            state,
+            detail,
+            seq,
+        )
+        if rec is None:
             raise Gone(f"journal entry {seq} is not pending")
         return rec
 
-    async def _done(self, conn: Conn, seq: int) -> None:
-        await conn.execute("UPDATE journal SET state = 'done' WHERE seq = ?", seq)
+    async def _done(self, conn: Conn, seq: int) -> None:  # last in a settle's transaction (the hub's outbox adds)
+        return None
 
     # ------------------------------------------------------------------ creates
 
@@ -290,7 +299,7 @@ class Store(ReportStore, JournalView):
         """The app call failed (or never happened): undo the claim, keep the resource as it was."""
 
         async def work(conn: Conn) -> None:
-            entry = await self._entry(conn, seq)
+            entry = await self._entry(conn, seq, "aborted", reason[:500])
             rid = entry["resource_id"]
             if entry["op"] == "create":
                 await conn.execute("DELETE FROM resources WHERE id = ? AND state = 'creating'", rid)
@@ -304,7 +313,6 @@ class Store(ReportStore, JournalView):
                     )
                 except Duplicate as exc:  # the name it gave up is held now by another write in flight
                     raise UniqueConflict(str(exc)) from None
-            await conn.execute("UPDATE journal SET state = 'aborted', detail = ? WHERE seq = ?", reason[:500], seq)
 
         await self.dialect.transaction(work)
 

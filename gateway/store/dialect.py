@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class Duplicate(Exception):
@@ -80,13 +81,17 @@ class Dialect(ABC):
         result: dict[str, Any] = value
         return result
 
-    def chunks(self, items: Sequence[str]) -> list[Sequence[str]]:
+    def chunks(self, items: Sequence[K]) -> list[Sequence[K]]:
         """`items` in pieces small enough for one `among` each."""
         return [items] if items else []
 
     @abstractmethod
     def among(self, column: str, items: Sequence[str]) -> tuple[str, list[Any]]:
         """`column` is one of `items`: the condition and its parameters."""
+
+    def among_numbers(self, column: str, items: Sequence[int]) -> tuple[str, list[Any]]:
+        """`column` (an integer column, its index used) is one of `items`."""
+        return f"{column} IN ({','.join('?' * len(items))})", list(items)
 
     # -- what the query renderer asks
     @abstractmethod

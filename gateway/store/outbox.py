@@ -71,9 +71,11 @@ class HubStore(Store):
 
     # ------------------------------------------------------------------ the settle transaction's additions
 
-    async def _entry(self, conn: Conn, seq: int) -> Any:
-        rec = await super()._entry(conn, seq)
-        if rec["type"] == "Group" and rec["op"] == "delete":
+    settles_add = True  # a batch's settles go one by one, through _entry and _done (store/bulk.py)
+
+    async def _entry(self, conn: Conn, seq: int, state: str = "done", detail: str | None = None) -> Any:
+        rec = await super()._entry(conn, seq, state, detail)
+        if state == "done" and rec["type"] == "Group" and rec["op"] == "delete":
             # settle_delete drops the group's member rows before the entry is done: keep who they were.
             recs = await conn.fetch(
                 "SELECT member_id FROM members WHERE app = ? AND group_id = ? AND member_type = 'User'",

@@ -125,7 +125,10 @@ class _Connection:
         return int(last) if last.isdigit() else 0
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.conn.executemany(numbered(sql), rows)
+        try:
+            await self.conn.executemany(numbered(sql), rows)
+        except asyncpg.UniqueViolationError as exc:
+            raise Duplicate(str(exc)) from None
 
     async def fetchrow(self, sql: str, *params: Any) -> DbRow | None:
         try:
@@ -228,7 +231,12 @@ class PostgresDialect(Dialect):
             yield _Connection(conn)
 
     async def transaction(self, work: Callable[[Conn], Awaitable[T]]) -> T:
-        """`work` in one transaction; retried when PostgreSQL picked it as a deadlock victim."""
+        """`work` in one transaction; retried when PostgreSQL picked it as a deadlock victim.
+
+        Not grouped with other requests' transactions (as SQLite's are): a group would hold every member's row
+        locks until its one commit, so one member waiting on a peer process's lock holds up the whole group, and
+        PostgreSQL already flushes the WAL of concurrent sessions' commits together.
+        """
         for attempt in range(3):
             try:
                 async with self._acquire() as conn, conn.transaction():
@@ -241,6 +249,9 @@ class PostgresDialect(Dialect):
     # -- values (the jsonb codec turns dicts to JSON and back)
     def among(self, column: str, items: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?::text[])", [list(items)]
+
+    def among_numbers(self, column: str, items: Sequence[int]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?::bigint[])", [list(items)]
 
     # -- the query renderer's hooks (JSONB)
     def extract(self, source: str, keys: tuple[str, ...], kind: str = "text") -> str:

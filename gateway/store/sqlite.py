@@ -3,7 +3,8 @@
 One connection per process; each transaction runs under a lock (coroutines share the connection, so one
 transaction must not interleave with another's statements) as BEGIN IMMEDIATE, which takes the file's
 write lock: several processes on one file take turns (WAL, busy timeout). Statements run on the event
-loop's thread (gateway/inline_sqlite.py).
+loop's thread (gateway/inline_sqlite.py). The transactions of concurrent requests share a commit
+(group.py): each in its own savepoint of one BEGIN IMMEDIATE ... COMMIT.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from .. import inline_sqlite
 from .base import StoreUnavailable
 from .correlation import Store
 from .dialect import Conn, DbRow, Dialect, Duplicate
+from .group import GroupCommit, Member
 from .migrations import migrations, statements
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 TYPES = {
     "key": "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -57,6 +60,15 @@ def _json_path(keys: tuple[str, ...]) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
+def _unavailable(exc: Exception) -> Exception:
+    """A member's failure as its waiter sees it: a database error is StoreUnavailable, as in access()."""
+    if isinstance(exc, sqlite3.OperationalError):
+        unavailable = StoreUnavailable(f"the correlation store failed: {exc}")
+        unavailable.__cause__ = exc
+        return unavailable
+    return exc
+
+
 class _Connection:
     """The store's view of the aiosqlite connection."""
 
@@ -75,7 +87,12 @@ class _Connection:
         return (await self._run(sql, params)).rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.db.executemany(sql, rows)
+        try:
+            await self.db.executemany(sql, rows)
+        except sqlite3.IntegrityError as exc:
+            if getattr(exc, "sqlite_errorcode", None) in _UNIQUE_ERRORS or "UNIQUE" in str(exc):
+                raise Duplicate(str(exc)) from None
+            raise
 
     async def fetchrow(self, sql: str, *params: Any) -> DbRow | None:
         found = await self.fetch(sql, *params)  # all: a RETURNING statement completes
@@ -96,6 +113,7 @@ class SqliteDialect(Dialect):
         self.path = str(path)
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()
+        self.group: GroupCommit[Conn] = GroupCommit(self._run_group)
 
     @property
     def conn(self) -> _Connection:
@@ -120,6 +138,7 @@ class SqliteDialect(Dialect):
         await self._migrate()
 
     async def close(self) -> None:
+        await self.group.drain()
         if self._conn is not None:
             await self._conn.db.close()
             self._conn = None
@@ -161,16 +180,42 @@ class SqliteDialect(Dialect):
                 raise
             await db.execute("RELEASE write")
             return result
+        return await self.group.transaction(work)
+
+    async def _run_group(self, group: list[Member[Conn]]) -> list[tuple[Member[Conn], Any]]:
+        """One group in one transaction; each member in a savepoint of its own when there are several."""
+        done: list[tuple[Member[Conn], Any]] = []
         async with self.access() as conn:
+            db = self.conn.db
+            alone = len(group) == 1
             await db.execute("BEGIN IMMEDIATE")
             try:
-                result = await work(conn)
-            except BaseException:
+                for member in group:
+                    if not member.waiting:  # cancelled while the group waited for the lock
+                        continue
+                    if not alone:
+                        await db.execute("SAVEPOINT member")
+                    try:
+                        result = await member.work(conn)
+                    except Exception as exc:
+                        if alone or not db.in_transaction:  # SQLite rolled the whole transaction back (a full disk)
+                            raise
+                        await db.execute("ROLLBACK TO member")
+                        await db.execute("RELEASE member")
+                        member.fail(_unavailable(exc))
+                        continue
+                    if not alone:
+                        await db.execute("RELEASE member")
+                    done.append((member, result))
+                await db.execute("COMMIT")
+            except BaseException as exc:
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
+                if alone and isinstance(exc, Exception) and not isinstance(exc, sqlite3.OperationalError):
+                    group[0].fail(exc)  # the member's own failure (a name taken): not the store's
+                    return []
                 raise
-            await db.execute("COMMIT")
-            return result
+        return done
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
@@ -203,7 +248,7 @@ class SqliteDialect(Dialect):
         result: dict[str, Any] = json.loads(value)
         return result
 
-    def chunks(self, items: Sequence[str]) -> list[Sequence[str]]:
+    def chunks(self, items: Sequence[K]) -> list[Sequence[K]]:
         return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
 
     def among(self, column: str, items: Sequence[str]) -> tuple[str, list[Any]]:

@@ -758,7 +758,7 @@ class SqlConnector(Connector):
         for _attempt in (1, 2):
             try:
                 with _app_errors(table, values):
-                    async with self._writer_engine().begin() as conn:
+                    async with self._links().turn(), self._writer_engine().begin() as conn:
                         return await work(conn)
             except _MemberRace as race:
                 conflict = race.conflict

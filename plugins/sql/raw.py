@@ -17,6 +17,7 @@ pool (pre-ping, connect-time settings, its reset on return kept).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -268,26 +269,76 @@ class Pool:
 
     def transaction(self, *, single: bool = False) -> _Transaction:
         """A write transaction; `single`: the work is one statement, which on PostgreSQL is a transaction already."""
-        return _Transaction(self.link(), bare=single and self.single_statement_autocommits)
+        return _Transaction(self.link(), bare=single and self.single_statement_autocommits, turn=self.turn())
+
+    def turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A writer's turn: on a database whose writers queue for one file lock, in line with the others."""
+        return contextlib.nullcontext()
+
+
+class WriteTurn:
+    """`async with`: SQLite writers of one connector take turns, first come first served.
+
+    Left to wait for the file's lock in threads, they poll it (SQLite's busy handler sleeps up to 100 ms between
+    tries), and under a burst of writes (the gateway's group commit releases a group of claims at once) some miss
+    every turn until their busy timeout. In line here, a writer gives up only when the line stops moving for
+    `timeout` seconds (the turn ahead holds the lock that long: the database is locked).
+    """
+
+    __slots__ = ("done", "lock", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.lock = asyncio.Lock()
+        self.timeout = timeout
+        self.done = 0  # turns finished: the line's progress
+
+    async def __aenter__(self) -> None:
+        if not self.lock.locked():
+            await self.lock.acquire()  # free: no wait
+            return
+        acquiring = asyncio.ensure_future(self.lock.acquire())
+        try:
+            seen = self.done
+            while not (await asyncio.wait({acquiring}, timeout=self.timeout))[0]:
+                if self.done == seen:
+                    raise _wrapped(sqlite3.OperationalError("database is locked"), sqlite3.Error)
+                seen = self.done
+        except BaseException:
+            if acquiring.done() and not acquiring.cancelled():
+                self.lock.release()
+            else:
+                acquiring.cancel()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.done += 1
+        self.lock.release()
 
 
 class _Transaction:
     """`async with`: a link in a transaction, committed at the end, rolled back on an error."""
 
-    __slots__ = ("bare", "checkout", "link")
+    __slots__ = ("bare", "checkout", "link", "turn")
 
-    def __init__(self, checkout: Any, *, bare: bool) -> None:
+    def __init__(self, checkout: Any, *, bare: bool, turn: contextlib.AbstractAsyncContextManager[None]) -> None:
         self.checkout = checkout
         self.bare = bare
+        self.turn = turn
 
     async def __aenter__(self) -> Link:
-        link: Link = await self.checkout.__aenter__()
+        await self.turn.__aenter__()
+        try:
+            link: Link = await self.checkout.__aenter__()
+        except BaseException as exc:
+            await self.turn.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         self.link = link
         if not self.bare:
             try:
                 await link.begin()
             except BaseException as exc:
                 await self.checkout.__aexit__(type(exc), exc, exc.__traceback__)
+                await self.turn.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
         return link
 
@@ -299,9 +350,15 @@ class _Transaction:
                 elif issubclass(kind, Exception):
                     await self.link.rollback()
         except BaseException as failed:
-            await self.checkout.__aexit__(type(failed), failed, failed.__traceback__)
+            try:
+                await self.checkout.__aexit__(type(failed), failed, failed.__traceback__)
+            finally:
+                await self.turn.__aexit__(type(failed), failed, failed.__traceback__)
             raise
-        await self.checkout.__aexit__(kind, exc, tb)
+        try:
+            await self.checkout.__aexit__(kind, exc, tb)
+        finally:
+            await self.turn.__aexit__(kind, exc, tb)
 
 
 class SqlitePool(Pool):
@@ -315,6 +372,10 @@ class SqlitePool(Pool):
         self.free = asyncio.Semaphore(size)
         self.closed = False
         self.closing: set[asyncio.Task[None]] = set()
+        self.writers = WriteTurn(timeout)
+
+    def turn(self) -> WriteTurn:
+        return self.writers
 
     def link(self) -> _SqliteCheckout:
         return _SqliteCheckout(self)

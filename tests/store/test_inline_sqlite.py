@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from gateway import inline_sqlite
@@ -86,3 +87,38 @@ async def test_the_sql_connector_runs_sqlite_statements_inline(tmp_path: Path) -
             assert (await conn.execute(text("SELECT thread_id()"))).scalar_one() == threading.get_ident()
     finally:
         await engine.dispose()
+
+
+async def test_a_call_after_a_cancelled_commit_waits_for_it_on_the_worker_thread(tmp_path: Path) -> None:
+    # A commit whose caller is cancelled still runs on aiosqlite's thread; a statement or close() made next must not
+    # run beside it on the loop's thread (two threads in one sqlite3 connection: this crashed the process).
+    conn = await inline_sqlite.connect(tmp_path / "app.db")
+    await conn.execute("CREATE TABLE t (v INTEGER)")
+    inside = threading.Event()
+    spans: list[tuple[str, float, float]] = []
+    slow_commit = conn._waiting
+
+    def recording(fn, args, kwargs):  # type: ignore[no-untyped-def]
+        start = time.monotonic()
+        if getattr(fn, "__name__", "") == "commit":
+            inside.set()
+            time.sleep(0.3)  # a commit syncing a slow disk
+        try:
+            return slow_commit(fn, args, kwargs)
+        finally:
+            spans.append((getattr(fn, "__name__", "?"), start, time.monotonic()))
+
+    conn._waiting = recording  # type: ignore[method-assign]
+    await conn.execute("BEGIN")
+    await conn.execute("INSERT INTO t VALUES (1)")
+    commit = asyncio.create_task(conn.commit())
+    while not inside.is_set():
+        await asyncio.sleep(0.005)
+    commit.cancel()
+    rows, _ = await conn.run("SELECT count(*) FROM t", ())
+    ran_at = time.monotonic()
+    await conn.close()
+    assert rows == [(1,)]  # it ran after the commit, on the thread, and saw it
+    name, _, commit_end = spans[0]
+    assert name == "commit" and commit_end <= ran_at
+    assert [n for n, _, _ in spans][:2] == ["commit", "_run"]
