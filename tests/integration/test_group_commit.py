@@ -17,18 +17,16 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import USER_URN
-from tests.integration.test_crash import (
+from tests.integration.crash_loop import (
     TOKEN,
     Closers,
     GatewayProcess,
-    cleanup,
+    cleanup_fixture,  # noqa: F401 (the fixture `cleanup`)
     demo_app_holdings,
     journal,
     posix_processes,
     store_rows,
 )
-
-__all__ = ["cleanup"]
 
 BURST = 48  # creates sent at once
 ROUNDS = 4
