@@ -60,8 +60,8 @@ from tests.integration.crash_loop import (
     posix_processes,
     report,
 )
+from tests.integration.hub_stack import write_mappings
 from tests.integration.test_app_faults import hr_gateway
-from tests.integration.test_hub import write_mappings
 from tests.integration.test_ldap_openldap import shipped_mapping
 from tests.services import create_pg_database, drop_pg_database, load_schema, pg_url
 
