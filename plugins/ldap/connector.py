@@ -455,7 +455,43 @@ class LdapConnector(Connector):
         self.dns.drop(kind, native_id)
         await self._forget_member(kind, dn, names)
 
-    async def _forget_member(self, kind: str, dn: str, names: dict[str, str]) -> None:
+    async def finish_write(self, kind: str, native_id: NativeId, before: Record) -> None:
+        """A write recovery settles as done: the values that still name the entry as it was before it (by DN in
+        member lists and DN references, by name in posixGroups' memberUid) are renamed to what names it now, or
+        removed from the groups when it is gone. A process killed between the modrdn or delete and that rewrite
+        left them; where the rewrite ran (or AD, or the refint overlay, did it) the searches find nothing to change.
+        A value that names another entry now (one renamed to the old name meanwhile) is that entry's: left alone."""
+        r = self.config.resources.get(kind)
+        if self.ad or r is None:
+            return
+        names = self._name_attributes(kind)
+        entry = await self._find_entry(kind, native_id, [self.id_attribute, *sorted(names)])
+        naming = _first(next((v for k, v in before.items() if k.lower() == r.rdn.lower()), None))
+        old_dn = f"{rdn(r.rdn, naming)},{self._parent(r, before)}" if naming else None
+        if old_dn is not None and (entry is not None and dn_key(entry.dn) == dn_key(old_dn) or await self._exists(old_dn)):
+            old_dn = None  # not renamed, or the DN is another entry's now
+        stale: dict[str, str] = {}
+        for attribute in names:
+            old = _first(next((v for k, v in before.items() if k.lower() == attribute.lower()), None))
+            now = entry.get(attribute)[0].decode("utf-8") if entry is not None and entry.get(attribute) else None
+            if old and old != now and not await self._natives_by(kind, attribute, [old]):
+                stale[attribute] = old
+        if entry is None:
+            self.dns.drop(kind, native_id)
+            await self._forget_member(kind, old_dn, stale)
+            return
+        self.dns.put(kind, native_id, entry.dn)
+        if old_dn is not None:
+            await self._follow(kind, "dn", old_dn, entry.dn)
+        for attribute, old in stale.items():
+            if entry.get(attribute):
+                await self._follow(kind, attribute, old, entry.get(attribute)[0].decode("utf-8"))
+
+    async def _exists(self, dn: str) -> bool:
+        found = await self.ldap.search(dn, "(objectClass=*)", ["1.1"], scope=ldap3.BASE, what=f"reading {dn}")
+        return bool(found)
+
+    async def _forget_member(self, kind: str, dn: str | None, names: dict[str, str]) -> None:
         """A deleted entry leaves the groups that list it, by DN or by name (AD does this itself; OpenLDAP without
         the refint overlay does not, and never for posixGroup's memberUid)."""
         if self.ad:
@@ -758,6 +794,12 @@ class LdapConnector(Connector):
                 }
             ]
         return super().plan(op, kind, native_id, record, members)
+
+
+def _first(value: Any) -> str | None:
+    """A record field's value as one text (a list's first), None when it has none."""
+    value = value[0] if isinstance(value, list) and value else value
+    return None if value in (None, "", []) else str(value)
 
 
 def _modify(dn: str, change: dict[str, Any]) -> Any:

@@ -60,8 +60,8 @@ from tests.integration.crash_loop import (
     posix_processes,
     report,
 )
+from tests.integration.hub_stack import write_mappings
 from tests.integration.test_app_faults import hr_gateway
-from tests.integration.test_hub import write_mappings
 from tests.integration.test_ldap_openldap import shipped_mapping
 from tests.services import create_pg_database, drop_pg_database, load_schema, pg_url
 
@@ -551,7 +551,6 @@ async def test_a_hub_group_update_cut_short_keeps_the_group_s_members(
     assert resp.status == 200 and [m["value"] for m in got.get("members", [])] == [ids[0]], got
 
 
-@pytest.mark.xfail(strict=True, reason=FOLLOW_UP_LOST)
 async def test_a_rename_cut_short_between_the_modrdn_and_the_member_rewrite_leaves_no_dangling_member(
     slapd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any
 ) -> None:
