@@ -63,6 +63,9 @@ class Recovery:
         ctx = self.ctx
         pending = await ctx.store.pending(ctx.app, older_than, due=due)
         todo = [e for e in pending if not ctx.pipeline.in_flight(e.seq, e.resource_id)]
+        # Users first: a group's entry settles its members from the app's list, which cannot name a member whose
+        # deactivation by deletion is pending (its record gone): settled first, the member is kept as recordless.
+        todo.sort(key=lambda e: e.type == "Group")
         repaired = 0
         parked = False
         while todo:

@@ -19,9 +19,10 @@ What these runs found, each replayed by hand at the end of this file: fixed, a d
 losing the rest of its PATCH; a DELETE that deactivates cut short leaving the account active; a hub group update
 cut short losing every member; members deactivated by deletion leaving their groups on any group write; an LDAP
 rename or delete cut short before the member DNs are rewritten (slapd without refint: recovery has the connector
-finish the write). Open (strict xfail replays, and the configurations that meet them marked xfail): a member
-change the app fails halfway, aborted though its first calls took effect; a userName swap in the hub, never
-delivered (the hub run sends none).
+finish the write); a member's deactivation by deletion and its group's member change cut short together, the
+member leaving the group (seen once in a 50-kill LDAP run). Open (strict xfail replays, and the configurations
+that meet them marked xfail): a member change the app fails halfway, aborted though its first calls took effect;
+a userName swap in the hub, never delivered (the hub run sends none).
 """
 
 from __future__ import annotations
@@ -623,6 +624,47 @@ async def test_a_deletion_cut_short_between_the_delete_and_the_member_removal_le
     assert [m.lower() for m in members] == [f"uid=bob,ou=people,{top}".lower()]
     resp, got = await again.get(f"/Users/{ids[0]}")
     assert resp.status == (200 if write == "deactivation" else 404), got
+
+
+async def test_a_group_update_and_a_member_s_deactivation_cut_short_together_keep_the_member(
+    slapd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any
+) -> None:
+    """Journal entries 819 (add carol to Team) and 820 (bob's PATCH active false, `deactivate: {via: delete}`) pending
+    at the kill, bob's entry already deleted (found by the 50-kill LDAP run with refint, kill point 27). Recovery
+    settled the group first, in journal order, from the directory's list, which no longer names bob, and bob was not
+    recordless yet: he left the group. Users settle first now; bob, inactive, stays in the group."""
+    top = slapd.subtree("people", "groups")
+    for ou in ("rnd", "sales"):
+        slapd.add(f"dn: ou={ou},ou=people,{top}\nobjectClass: organizationalUnit\nou: {ou}\n")
+    for name, value in (("OPENLDAP_URL", slapd.url), ("OPENLDAP_BIND_PASSWORD", ADMIN_PASSWORD), ("OPENLDAP_SCIM_TOKEN", TOKEN)):
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings(mappings=[shipped_mapping(top, tmp_path)], data_dir=tmp_path / "data")
+    client = await aiohttp_client(create_app(settings))
+    scim = Scim(client, TOKEN, "/apps/openldap/scim/v2")
+    ids = []
+    for name in ("ann", "bob", "carol"):
+        resp, body = await scim.post("/Users", {"schemas": [USER_URN], "userName": name})
+        assert resp.status == 201, body
+        ids.append(body["id"])
+    resp, team = await scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Team", "members": [{"value": i} for i in ids[:2]]}
+    )
+    assert resp.status == 201, team
+    store = client.app[APPS]["openldap"].provisioner.store
+    group = await store.get("openldap", "Group", team["id"])
+    bob = await store.get("openldap", "User", ids[1])
+    assert group is not None and bob is not None
+    payload = {"add": [ids[2]], "remove": [], "intent": group.data, "switch": None}
+    await store.begin_write("openldap", "Group", team["id"], "update", payload=payload)
+    payload = {"add": [], "remove": [], "intent": {**bob.data, "active": False}, "switch": False, "relink": "drop"}
+    await store.begin_write("openldap", "User", ids[1], "update", if_match=bob.version, payload=payload)
+    slapd.modify(f"dn: uid=bob,ou=people,{top}\nchangetype: delete\n")  # then the crash
+    await client.close()
+
+    again = Scim(await aiohttp_client(create_app(settings)), TOKEN, "/apps/openldap/scim/v2")
+    assert await again.client.app[APPS]["openldap"].provisioner.store.pending("openldap") == []
+    members = await again.client.app[APPS]["openldap"].provisioner.store.members("openldap", team["id"])
+    assert ids[1] in {m.id for m in members}, "bob, inactive, stays in the group"
 
 
 async def test_a_group_update_cut_short_keeps_its_members_deactivated_by_deletion(
