@@ -401,6 +401,8 @@ class LdapConnector(Connector):
                     try:
                         await self.ldap.write(what, _modify(holder.dn, change))
                     except LdapFailure as failure:
+                        if failure.code == NO_SUCH_OBJECT:
+                            break  # the holder was deleted meanwhile: nothing in it names the entry
                         if failure.code not in tolerated:
                             raise app_error(what, failure) from None
 
@@ -510,7 +512,10 @@ class LdapConnector(Connector):
                 what="finding the groups of a deleted entry",
             )
             for group in holding:
-                await self._change_members(group_kind, g, group.dn, [], [value])
+                try:
+                    await self._change_members(group_kind, g, group.dn, [], [value])
+                except AppNotFound:
+                    continue  # the group was deleted meanwhile: it lists no one
 
     # ------------------------------------------------------------------ search and lists
 
