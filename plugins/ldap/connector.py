@@ -393,18 +393,33 @@ class LdapConnector(Connector):
             if by == "dn":
                 holders += [(other_kind, o, a) for a, target in o.references.items() if target == kind]
         for other_kind, o, attribute in holders:
-            search = self._kind_filter(o, f"({attribute}={filter_value(old)})")
-            for holder in await self.ldap.search(o.base, search, ["1.1"], what="finding the entries that name a renamed one"):
-                what = f"renaming a value of {attribute} in {other_kind} {holder.dn}"
+
+            async def rename(holder_dn: str, attribute: str = attribute, other_kind: str = other_kind) -> None:
+                what = f"renaming a value of {attribute} in {other_kind} {holder_dn}"
                 for operation, value, tolerated in ((ldap3.MODIFY_ADD, new, _PRESENT), (ldap3.MODIFY_DELETE, old, _ABSENT)):
-                    change = {attribute: [(operation, [value])]}
                     try:
-                        await self.ldap.write(what, _modify(holder.dn, change))
+                        await self.ldap.write(what, _modify(holder_dn, {attribute: [(operation, [value])]}))
                     except LdapFailure as failure:
-                        if failure.code == NO_SUCH_OBJECT:
-                            break  # the holder was deleted meanwhile: nothing in it names the entry
                         if failure.code not in tolerated:
                             raise app_error(what, failure) from None
+
+            search = self._kind_filter(o, f"({attribute}={filter_value(old)})")
+            await self._each_holder(o.base, search, "finding the entries that name a renamed one", rename)
+
+    async def _each_holder(self, base: str, search: str, what: str, change: Any) -> None:
+        """`change(dn)` on each entry the search finds. One renamed or deleted by another writer between the search
+        and its change (noSuchObject) is looked for again: found under its new DN, or gone with nothing to change."""
+        for attempt in range(1, 4):
+            moved = False
+            for holder in await self.ldap.search(base, search, ["1.1"], what=what):
+                try:
+                    await change(holder.dn)
+                except AppNotFound:
+                    if attempt == 3:
+                        raise
+                    moved = True
+            if not moved:
+                return
 
     async def _move(self, kind: str, native_id: NativeId, r: LdapResourceConfig, changes: Record) -> str:
         """A change of the naming attribute renames the entry (modrdn), a change of the placement field moves it."""
@@ -505,17 +520,12 @@ class LdapConnector(Connector):
             value = dn if members.values == "dn" else names.get(members.name_attribute)
             if value is None:
                 continue
-            holding = await self.ldap.search(
-                g.base,
-                self._kind_filter(g, f"({members.attribute}={filter_value(value)})"),
-                ["1.1"],
-                what="finding the groups of a deleted entry",
-            )
-            for group in holding:
-                try:
-                    await self._change_members(group_kind, g, group.dn, [], [value])
-                except AppNotFound:
-                    continue  # the group was deleted meanwhile: it lists no one
+
+            async def leave(group_dn: str, group_kind: str = group_kind, g: LdapResourceConfig = g, value: str = value) -> None:
+                await self._change_members(group_kind, g, group_dn, [], [value])
+
+            search = self._kind_filter(g, f"({members.attribute}={filter_value(value)})")
+            await self._each_holder(g.base, search, "finding the groups of a deleted entry", leave)
 
     # ------------------------------------------------------------------ search and lists
 
