@@ -22,7 +22,8 @@ rename or delete cut short before the member DNs are rewritten (slapd without re
 finish the write); a member's deactivation by deletion and its group's member change cut short together, the
 member leaving the group (seen once in a 50-kill LDAP run). Open (strict xfail replays, and the configurations
 that meet them marked xfail): a member change the app fails halfway, aborted though its first calls took effect;
-a userName swap in the hub, never delivered (the hub run sends none).
+a userName swap in the hub, never delivered (the hub run sends none); an LDAP userName swap killed between one
+half's modrdn and its member rewrite, the other half taking the old DN (slapd without refint, not replayed yet).
 """
 
 from __future__ import annotations
@@ -161,8 +162,21 @@ def slapd_refint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
     server.stop()
 
 
+SWAP_FOLLOW_UP = (
+    "open bug (found by the 50-kill LDAP run without refint, once in four runs): a userName swap killed between one"
+    " half's modrdn and its member DN rewrite, the other half's modrdn done: the old DN in the groups names the other"
+    " user now, and neither recovery nor the connector can tell whose it was, so that user is listed as a member"
+)
+
+
 @posix_processes
-@pytest.mark.parametrize("refint", [True, False], ids=["refint", "no-refint"])
+@pytest.mark.parametrize(
+    "refint",
+    [
+        pytest.param(True, id="refint"),
+        pytest.param(False, id="no-refint", marks=pytest.mark.xfail(strict=False, reason=SWAP_FOLLOW_UP)),
+    ],
+)
 async def test_crashes_with_the_ldap_directory(
     refint: bool, slapd_refint: Slapd, slapd: Slapd, tmp_path: Path, cleanup: Closers, capsys: pytest.CaptureFixture[str]
 ) -> None:
