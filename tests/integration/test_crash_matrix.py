@@ -23,7 +23,7 @@ finish the write); a member's deactivation by deletion and its group's member ch
 member leaving the group (seen once in a 50-kill LDAP run). Open (strict xfail replays, and the configurations
 that meet them marked xfail): a member change the app fails halfway, aborted though its first calls took effect;
 a userName swap in the hub, never delivered (the hub run sends none); an LDAP userName swap killed between one
-half's modrdn and its member rewrite, the other half taking the old DN (slapd without refint, not replayed yet).
+half's modrdn and its member rewrite, the other half taking the old DN (slapd without refint).
 """
 
 from __future__ import annotations
@@ -679,6 +679,46 @@ async def test_a_group_update_and_a_member_s_deactivation_cut_short_together_kee
     assert await again.client.app[APPS]["openldap"].provisioner.store.pending("openldap") == []
     members = await again.client.app[APPS]["openldap"].provisioner.store.members("openldap", team["id"])
     assert ids[1] in {m.id for m in members}, "bob, inactive, stays in the group"
+
+
+@pytest.mark.xfail(strict=True, reason=SWAP_FOLLOW_UP)
+async def test_a_swap_cut_short_between_a_modrdn_and_its_member_rewrite_leaves_the_group_as_meant(
+    slapd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any
+) -> None:
+    """ann (in Team) and bob swap userNames as the crash run does: bob is renamed out of the way (swap1), then ann ->
+    bob and bob -> ann, both in flight. Killed after both modrdns, before ann's member rewrite: Team's uid=ann names
+    bob's entry now. The group must list ann's entry (uid=bob) only."""
+    top = slapd.subtree("people", "groups")
+    for ou in ("rnd", "sales"):
+        slapd.add(f"dn: ou={ou},ou=people,{top}\nobjectClass: organizationalUnit\nou: {ou}\n")
+    for name, value in (("OPENLDAP_URL", slapd.url), ("OPENLDAP_BIND_PASSWORD", ADMIN_PASSWORD), ("OPENLDAP_SCIM_TOKEN", TOKEN)):
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings(mappings=[shipped_mapping(top, tmp_path)], data_dir=tmp_path / "data")
+    client = await aiohttp_client(create_app(settings))
+    scim = Scim(client, TOKEN, "/apps/openldap/scim/v2")
+    ids = []
+    for name in ("ann", "bob"):
+        resp, body = await scim.post("/Users", {"schemas": [USER_URN], "userName": name})
+        assert resp.status == 201, body
+        ids.append(body["id"])
+    resp, team = await scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Team", "members": [{"value": ids[0]}]})
+    assert resp.status == 201, team
+    resp, body = await scim.patch(f"/Users/{ids[1]}", [{"op": "replace", "path": "userName", "value": "swap1"}])
+    assert resp.status == 200, body
+    store = client.app[APPS]["openldap"].provisioner.store
+    for rid, new in ((ids[0], "bob"), (ids[1], "ann")):
+        row = await store.get("openldap", "User", rid)
+        assert row is not None
+        payload = {"add": [], "remove": [], "intent": {**row.data, "userName": new}, "switch": None}
+        await store.begin_write("openldap", "User", rid, "update", new_unique_key=new, payload=payload)
+    slapd.modify(f"dn: uid=ann,ou=people,{top}\nchangetype: modrdn\nnewrdn: uid=bob\ndeleteoldrdn: 1\n")
+    slapd.modify(f"dn: uid=swap1,ou=people,{top}\nchangetype: modrdn\nnewrdn: uid=ann\ndeleteoldrdn: 1\n")  # the crash
+    await client.close()
+
+    again = Scim(await aiohttp_client(create_app(settings)), TOKEN, "/apps/openldap/scim/v2")
+    assert await again.client.app[APPS]["openldap"].provisioner.store.pending("openldap") == []
+    members = slapd.search(f"ou=groups,{top}", "(cn=Team)", "member")[0]["member"]
+    assert [m.lower() for m in members] == [f"uid=bob,ou=people,{top}".lower()]
 
 
 async def test_a_group_update_cut_short_keeps_its_members_deactivated_by_deletion(
