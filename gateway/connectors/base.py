@@ -128,6 +128,13 @@ class Connector(ABC):
     async def list_members(self, kind: str, group_id: NativeId) -> list[tuple[str, NativeId]]:
         raise NotImplementedError
 
+    async def finish_write(self, kind: str, native_id: NativeId, before: Record) -> None:
+        """Crash recovery settles a write to this record as done in the app (an update, a delete, a deactivation by
+        deletion): finish, idempotently, what the connector's write does after the record's own call, in case the
+        process died in between. `before` is the record as it was before the write (computed from the gateway's
+        copy); the record may be gone now. The LDAP connector renames or removes the member DNs and references that
+        still name the entry by its old DN (a directory without the refint overlay). Default: nothing."""
+
     async def action(self, kind: str, native_id: NativeId, name: str) -> None:
         """Run a named call the connector's options declare (one of capabilities.actions), e.g. `disable`."""
         raise NotImplementedError

@@ -455,6 +455,9 @@ class GuardedConnector(Connector):
     async def list_members(self, kind: str, group_id: NativeId) -> list[tuple[str, NativeId]]:
         return await self._guard("list_members", lambda: self.inner.list_members(kind, group_id))
 
+    async def finish_write(self, kind: str, native_id: NativeId, before: Record) -> None:
+        await self._guard("finish_write", lambda: self.inner.finish_write(kind, native_id, before))
+
     async def action(self, kind: str, native_id: NativeId, name: str) -> None:
         await self._guard("action", lambda: self.inner.action(kind, native_id, name))
 
@@ -480,15 +483,8 @@ class GuardedConnector(Connector):
     def fields(self, kind: str) -> set[str] | None:
         return self.inner.fields(kind)
 
-    def plan(
-        self,
-        op: str,
-        kind: str,
-        native_id: NativeId | None = None,
-        record: Record | None = None,
-        members: list[tuple[str, NativeId]] | None = None,
-    ) -> list[dict[str, Any]]:
-        return self.inner.plan(op, kind, native_id, record, members)
+    def plan(self, op: str, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self.inner.plan(op, kind, *args, **kwargs)
 
 
 def guard(connector: Connector, breaker: Breaker | None) -> Connector:

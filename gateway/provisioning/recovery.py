@@ -27,6 +27,7 @@ from ..mapping.compile import CompiledResource
 from ..mapping.translate import read_rule
 from ..store import PARKED, ROLLED_BACK, Gone, Member, NativeConflict, Pending, Row, UniqueConflict
 from .context import Context
+from .errors import Invalid
 from .pipeline import utc_now
 from .writes import Writes
 
@@ -62,6 +63,9 @@ class Recovery:
         ctx = self.ctx
         pending = await ctx.store.pending(ctx.app, older_than, due=due)
         todo = [e for e in pending if not ctx.pipeline.in_flight(e.seq, e.resource_id)]
+        # Users first: a group's entry settles its members from the app's list, which cannot name a member whose
+        # deactivation by deletion is pending (its record gone): settled first, the member is kept as recordless.
+        todo.sort(key=lambda e: e.type == "Group")
         repaired = 0
         parked = False
         while todo:
@@ -342,6 +346,7 @@ class Recovery:
                 return
             how = "sent again by recovery" if not took else "members applied again by recovery (the app cannot list them)"
             in_app = None if in_app is None else await ctx.members_from_app(native_id)
+        await self._finish_write(cres, row, native_id)
         data = await self.writes.reads.read_back(cres, native_id, intent)
         key = _key(cres, data, row.unique_key)
         if in_app is not None:
@@ -360,6 +365,7 @@ class Recovery:
         if relink == "drop":
             assert row.native_id is not None
             if await ctx.connector.get(cres.name, row.native_id) is None:
+                await self._finish_write(cres, row, row.native_id)
                 data = {**meant, "active": False}
                 await ctx.pipeline.settle_update(seq, data, _key(cres, data, row.unique_key), relink=True, native_id=None)
                 self._audit("update", cres.name, row.id, seq, "settled by recovery: deactivated (the app deleted the record)")
@@ -384,18 +390,30 @@ class Recovery:
             await ctx.pipeline.settle_delete(seq)  # nothing of it is left in the app
         elif not cres.reads_live and cres.delete_mode == "delete":
             await ctx.connector.delete(cres.name, row.native_id)  # cannot look: finish it (idempotent)
+            await self._finish_write(cres, row, row.native_id)
             await ctx.pipeline.settle_delete(seq)
         elif cres.delete_mode == "deactivate":
             # The record stays in the app either way: whether the deactivation happened cannot be told by it being
             # there. Send it again (idempotent), then settle: settling alone left an active record linked to nothing.
             await self.writes.remove_from_app(cres, row.native_id, row.data)
+            await self._finish_write(cres, row, row.native_id)
             await ctx.pipeline.settle_delete(seq)
         elif await ctx.connector.get(cres.name, row.native_id) is None:
+            await self._finish_write(cres, row, row.native_id)
             await ctx.pipeline.settle_delete(seq)
         else:
             await ctx.pipeline.abort(seq, "recovery: the app still has the record")
             return
         self._audit("delete", cres.name, row.id, seq, "settled by recovery: the delete is done in the app")
+
+    async def _finish_write(self, cres: CompiledResource, row: Row, native_id: str) -> None:
+        """A write settled as done in the app: the connector finishes what it does after the record's own call (an
+        LDAP directory's member DNs still naming a renamed or deleted entry), from the record before (the copy's)."""
+        try:
+            before = await self.ctx.record(cres, row.data)
+        except Invalid:
+            before = {}  # the copy's record cannot be computed: the connector finishes what it can without it
+        await self.ctx.connector.finish_write(cres.name, native_id, before)
 
 
 def _key(cres: CompiledResource, data: dict[str, Any], default: str) -> str:

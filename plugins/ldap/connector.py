@@ -393,16 +393,33 @@ class LdapConnector(Connector):
             if by == "dn":
                 holders += [(other_kind, o, a) for a, target in o.references.items() if target == kind]
         for other_kind, o, attribute in holders:
-            search = self._kind_filter(o, f"({attribute}={filter_value(old)})")
-            for holder in await self.ldap.search(o.base, search, ["1.1"], what="finding the entries that name a renamed one"):
-                what = f"renaming a value of {attribute} in {other_kind} {holder.dn}"
+
+            async def rename(holder_dn: str, attribute: str = attribute, other_kind: str = other_kind) -> None:
+                what = f"renaming a value of {attribute} in {other_kind} {holder_dn}"
                 for operation, value, tolerated in ((ldap3.MODIFY_ADD, new, _PRESENT), (ldap3.MODIFY_DELETE, old, _ABSENT)):
-                    change = {attribute: [(operation, [value])]}
                     try:
-                        await self.ldap.write(what, _modify(holder.dn, change))
+                        await self.ldap.write(what, _modify(holder_dn, {attribute: [(operation, [value])]}))
                     except LdapFailure as failure:
                         if failure.code not in tolerated:
                             raise app_error(what, failure) from None
+
+            search = self._kind_filter(o, f"({attribute}={filter_value(old)})")
+            await self._each_holder(o.base, search, "finding the entries that name a renamed one", rename)
+
+    async def _each_holder(self, base: str, search: str, what: str, change: Any) -> None:
+        """`change(dn)` on each entry the search finds. One renamed or deleted by another writer between the search
+        and its change (noSuchObject) is looked for again: found under its new DN, or gone with nothing to change."""
+        for attempt in range(1, 4):
+            moved = False
+            for holder in await self.ldap.search(base, search, ["1.1"], what=what):
+                try:
+                    await change(holder.dn)
+                except AppNotFound:
+                    if attempt == 3:
+                        raise
+                    moved = True
+            if not moved:
+                return
 
     async def _move(self, kind: str, native_id: NativeId, r: LdapResourceConfig, changes: Record) -> str:
         """A change of the naming attribute renames the entry (modrdn), a change of the placement field moves it."""
@@ -455,7 +472,43 @@ class LdapConnector(Connector):
         self.dns.drop(kind, native_id)
         await self._forget_member(kind, dn, names)
 
-    async def _forget_member(self, kind: str, dn: str, names: dict[str, str]) -> None:
+    async def finish_write(self, kind: str, native_id: NativeId, before: Record) -> None:
+        """A write recovery settles as done: the values that still name the entry as it was before it (by DN in
+        member lists and DN references, by name in posixGroups' memberUid) are renamed to what names it now, or
+        removed from the groups when it is gone. A process killed between the modrdn or delete and that rewrite
+        left them; where the rewrite ran (or AD, or the refint overlay, did it) the searches find nothing to change.
+        A value that names another entry now (one renamed to the old name meanwhile) is that entry's: left alone."""
+        r = self.config.resources.get(kind)
+        if self.ad or r is None:
+            return
+        names = self._name_attributes(kind)
+        entry = await self._find_entry(kind, native_id, [self.id_attribute, *sorted(names)])
+        naming = _first(next((v for k, v in before.items() if k.lower() == r.rdn.lower()), None))
+        old_dn = f"{rdn(r.rdn, naming)},{self._parent(r, before)}" if naming else None
+        if old_dn is not None and (entry is not None and dn_key(entry.dn) == dn_key(old_dn) or await self._exists(old_dn)):
+            old_dn = None  # not renamed, or the DN is another entry's now
+        stale: dict[str, str] = {}
+        for attribute in names:
+            old = _first(next((v for k, v in before.items() if k.lower() == attribute.lower()), None))
+            now = entry.get(attribute)[0].decode("utf-8") if entry is not None and entry.get(attribute) else None
+            if old and old != now and not await self._natives_by(kind, attribute, [old]):
+                stale[attribute] = old
+        if entry is None:
+            self.dns.drop(kind, native_id)
+            await self._forget_member(kind, old_dn, stale)
+            return
+        self.dns.put(kind, native_id, entry.dn)
+        if old_dn is not None:
+            await self._follow(kind, "dn", old_dn, entry.dn)
+        for attribute, old in stale.items():
+            if entry.get(attribute):
+                await self._follow(kind, attribute, old, entry.get(attribute)[0].decode("utf-8"))
+
+    async def _exists(self, dn: str) -> bool:
+        found = await self.ldap.search(dn, "(objectClass=*)", ["1.1"], scope=ldap3.BASE, what=f"reading {dn}")
+        return bool(found)
+
+    async def _forget_member(self, kind: str, dn: str | None, names: dict[str, str]) -> None:
         """A deleted entry leaves the groups that list it, by DN or by name (AD does this itself; OpenLDAP without
         the refint overlay does not, and never for posixGroup's memberUid)."""
         if self.ad:
@@ -467,14 +520,12 @@ class LdapConnector(Connector):
             value = dn if members.values == "dn" else names.get(members.name_attribute)
             if value is None:
                 continue
-            holding = await self.ldap.search(
-                g.base,
-                self._kind_filter(g, f"({members.attribute}={filter_value(value)})"),
-                ["1.1"],
-                what="finding the groups of a deleted entry",
-            )
-            for group in holding:
-                await self._change_members(group_kind, g, group.dn, [], [value])
+
+            async def leave(group_dn: str, group_kind: str = group_kind, g: LdapResourceConfig = g, value: str = value) -> None:
+                await self._change_members(group_kind, g, group_dn, [], [value])
+
+            search = self._kind_filter(g, f"({members.attribute}={filter_value(value)})")
+            await self._each_holder(g.base, search, "finding the groups of a deleted entry", leave)
 
     # ------------------------------------------------------------------ search and lists
 
@@ -758,6 +809,12 @@ class LdapConnector(Connector):
                 }
             ]
         return super().plan(op, kind, native_id, record, members)
+
+
+def _first(value: Any) -> str | None:
+    """A record field's value as one text (a list's first), None when it has none."""
+    value = value[0] if isinstance(value, list) and value else value
+    return None if value in (None, "", []) else str(value)
 
 
 def _modify(dn: str, change: dict[str, Any]) -> Any:
