@@ -115,7 +115,8 @@ async def test_the_admin_page_in_chromium(
                 status, body = await scim(session, gateway, app, token, entra_user(login, given, family, external_id=external))
                 assert status == 201, body
                 ids[(app, login)] = body["id"]
-        state.fault("POST", "/users", status=500, body='{"error": "database is down"}')
+        # Retried under hr_rest.yaml's idempotency key (twice): every try fails.
+        state.fault("POST", "/users", status=500, body='{"error": "database is down"}', times=3)
         status, body = await scim(session, gateway, "hr", HR_TOKEN, entra_user("carol@example.com", "Carol", "Kim"))
         assert status == 503, body
         # An account made in HR behind the gateway's back, then `scim-gateway reconcile hr` (its report kept in the store).
