@@ -7,6 +7,8 @@ call, its entry is "in flight" and the recovery sweep leaves it alone.
 
 - A failure before the app answered (refused, down, the breaker open, a bug) aborts the claim: the store is
   as it was, the resource's old name is free again.
+- A failure after part of the write took effect in the app, which could not be undone (PartlyApplied), leaves
+  the entry pending: recovery settles the copy by reading the app, so the copy never disagrees with it.
 - A crash between claim and settle leaves the entry pending for recovery.
 - Each write is admitted by the app's breaker once, so the circuit never cuts it between two app calls.
 """
@@ -26,6 +28,7 @@ from ..store import Busy, Gone, Member, NativeConflict, Row, Store, UniqueConfli
 from ..store.bulk import NewCreate
 from .breaker import Breaker, CircuitOpen
 from .errors import AppFailed, NotFound, Taken, Unavailable
+from .membership import PartlyApplied
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -186,7 +189,8 @@ class WritePipeline:
         settle: Callable[[T], Awaitable[R]],
         hidden: Sequence[str] = (),
     ) -> R:
-        """The app's call for a claimed write, then its settle. Any failure of the call aborts the claim.
+        """The app's call for a claimed write, then its settle. A failure of the call aborts the claim, unless the
+        call says part of it took effect (PartlyApplied): the entry is then left pending, for recovery.
 
         `hidden`: values (a password) to mask in what the app answered, before it is journaled or shown.
         """
@@ -194,6 +198,14 @@ class WritePipeline:
             try:
                 async with self.admission():
                     result = await call()
+            except PartlyApplied as partly:
+                exc = hide(partly.cause, hidden)
+                log.warning("app %s: %s: failed after part of it took effect (%s): left for recovery", self.app, what, exc.detail)
+                self._inflight.discard(seq)  # the recovery sweep takes it once this call is done
+                exc.detail = (
+                    f"{exc.detail} (part of the change took effect in the app; the gateway settles its copy from the app)"
+                )
+                raise AppFailed(what, exc) from None
             except AppError as exc:  # refused, down, or the breaker open (CircuitOpen: the app was not called)
                 hide(exc, hidden)
                 if exc.answer:

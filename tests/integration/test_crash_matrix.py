@@ -60,8 +60,8 @@ from tests.integration.crash_loop import (
     posix_processes,
     report,
 )
+from tests.integration.hub_stack import write_mappings
 from tests.integration.test_app_faults import hr_gateway
-from tests.integration.test_hub import write_mappings
 from tests.integration.test_ldap_openldap import shipped_mapping
 from tests.services import create_pg_database, drop_pg_database, load_schema, pg_url
 
@@ -206,11 +206,6 @@ async def test_crashes_with_the_ldap_directory(
 
 
 @posix_processes
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (found by this run, replayed below): a member change the app fails halfway is aborted though its"
-    " first calls took effect, so app and store differ",
-)
 async def test_crashes_with_the_rest_hr_app_through_outages(
     tmp_path: Path, cleanup: Closers, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -440,39 +435,71 @@ async def test_a_deactivation_by_delete_that_also_changed_the_title_cut_short_se
         assert [e["title"] for e in slapd.search(f"ou=people,{top}", "(uid=ann)", "title")] == [["Clerk"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug (found by the outage run): a write of several app calls whose later call fails is aborted though"
-    " its earlier calls took effect (Pipeline.run aborts the claim on any failure of the call)",
-)
-async def test_a_member_change_the_app_fails_halfway_leaves_the_store_as_the_app(
+async def _team_of_two(hr: Any) -> tuple[list[str], dict[str, Any]]:
+    ids = []
+    for name in ("ann", "bob"):
+        resp, body = await hr.scim.post("/Users", {"schemas": [USER_URN], "userName": name})
+        assert resp.status == 201, body
+        ids.append(body["id"])
+    resp, team = await hr.scim.post(
+        "/Groups", {"schemas": [GROUP_URN], "displayName": "Team", "members": [{"value": i} for i in ids]}
+    )
+    assert resp.status == 201, team
+    return ids, team
+
+
+async def test_a_member_change_the_app_fails_halfway_is_undone_in_the_app(
     aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A PATCH removing two members from a REST group (one app call each); the app fails the second (503, as at the
-    start of an outage). The first removal took effect: the store must say so, or say nothing settled (pending)."""
+    start of an outage). The first removal took effect (found by the outage run: the entry was aborted, so the store
+    kept both members while the app had one): the gateway adds that member back, then aborts, and answers 503."""
     async with hr_gateway(aiohttp_client, tmp_path, monkeypatch) as hr:
-        ids = []
-        for name in ("ann", "bob"):
-            resp, body = await hr.scim.post("/Users", {"schemas": [USER_URN], "userName": name})
-            assert resp.status == 201, body
-            ids.append(body["id"])
-        resp, team = await hr.scim.post(
-            "/Groups", {"schemas": [GROUP_URN], "displayName": "Team", "members": [{"value": i} for i in ids]}
-        )
-        assert resp.status == 201, team
-        second = hr.state.user_by_login("bob")
-        assert second is not None
+        ids, team = await _team_of_two(hr)
+        first, second = hr.state.user_by_login("ann"), hr.state.user_by_login("bob")
+        assert first is not None and second is not None
         hr.state.fault("DELETE", rf"/groups/\d+/members/{second['id']}", status=503)
         ops = [{"op": "remove", "path": f'members[value eq "{i}"]'} for i in ids]
         resp, body = await hr.scim.patch(f"/Groups/{team['id']}", ops)
         assert resp.status == 503, body
-        assert hr.state.member_logins("Team") == ["bob"], "the first removal reached the app"
+        assert any(m == "DELETE" and p.endswith(f"/members/{first['id']}") for m, p in hr.state.calls), "first removal sent"
+        assert hr.state.member_logins("Team") == ["ann", "bob"], "the first removal is undone in the app"
         rows = hr.rows()
-        pending = [j for j in rows["journal"] if j["state"] == "pending"]
+        assert [j["state"] for j in rows["journal"] if j["state"] == "pending"] == []
+        assert rows["journal"][-1]["state"] == "aborted", rows["journal"][-1]
         in_store = {m["member_id"] for m in rows["members"] if m["group_id"] == team["id"]}
-        assert pending or in_store == {ids[1]}, (
-            f"the store holds members {in_store}, the app only bob; journal {rows['journal'][-1]}"
-        )
+        assert in_store == set(ids)
+        resp, got = await hr.scim.get(f"/Groups/{team['id']}")
+        assert resp.status == 200 and {m["value"] for m in got["members"]} == set(ids), got
+
+
+async def test_a_member_change_failed_halfway_that_cannot_be_undone_is_settled_from_the_app(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the app fails the undo too (the member cannot be added back): the entry is left pending, not
+    aborted, the client is told part of the change took effect, and recovery settles it from the app: the app back, it
+    finishes the change (bob removed there too), and the copy is what the app then holds."""
+    async with hr_gateway(aiohttp_client, tmp_path, monkeypatch) as hr:
+        ids, team = await _team_of_two(hr)
+        second = hr.state.user_by_login("bob")
+        assert second is not None
+        hr.state.fault("DELETE", rf"/groups/\d+/members/{second['id']}", status=503)
+        hr.state.fault("POST", r"/groups/\d+/members", status=503)
+        ops = [{"op": "remove", "path": f'members[value eq "{i}"]'} for i in ids]
+        resp, body = await hr.scim.patch(f"/Groups/{team['id']}", ops)
+        assert resp.status == 503, body
+        assert "part of the change took effect" in body["detail"], body
+        assert hr.state.member_logins("Team") == ["bob"]
+        rows = hr.rows()
+        assert rows["journal"][-1]["state"] == "pending", rows["journal"][-1]
+        provisioner = hr.client.app[APPS]["hr"].provisioner
+        assert await provisioner.recover() == 1
+        rows = hr.rows()
+        assert [j for j in rows["journal"] if j["state"] == "pending"] == []
+        assert hr.state.member_logins("Team") == [], "recovery finished the change in the app"
+        assert {m["member_id"] for m in rows["members"] if m["group_id"] == team["id"]} == set(), "the copy is the app"
+        resp, got = await hr.scim.get(f"/Groups/{team['id']}")
+        assert resp.status == 200 and got.get("members", []) == [], got
 
 
 async def test_a_delete_that_deactivates_cut_short_before_the_app_call_is_finished_by_recovery(
