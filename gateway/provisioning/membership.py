@@ -16,21 +16,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from ..connectors.base import Connector, NativeId, Record
+from ..connectors.base import Connector, NativeId, PartlyDone, Record
 from ..connectors.errors import AppError, AppNotFound
 from ..mapping.model import MembersConfig
 
 Pair = tuple[str, NativeId]  # (member kind, member native id)
-
-
-class PartlyApplied(Exception):
-    """A write of several app calls failed (`cause`) after some of them took effect, and they could not be undone
-    (or the app could not say which took effect): the app holds part of the change. The write's journal entry is
-    left pending, for recovery to settle the copy by reading the app; it is never aborted."""
-
-    def __init__(self, cause: AppError) -> None:
-        super().__init__(cause.detail)
-        self.cause = cause
 
 
 class IdList:
@@ -85,7 +75,7 @@ class Membership:
     async def write_whole(self, native_id: NativeId, changes: Record, add: list[Pair], remove: list[Pair]) -> None:
         """`write`, all of it or none: when it fails after some of its member calls took effect (the app's own
         calls, one a member), those are undone (the removed added again, the added removed) before the failure is
-        raised. PartlyApplied when the app cannot say which took effect, or undoing them fails too, or the record
+        raised. PartlyDone when the app cannot say which took effect, or undoing them fails too, or the record
         change (made first) took effect with them: the app then holds part of the change."""
         try:
             await self.write(native_id, changes, add, remove)
@@ -93,21 +83,21 @@ class Membership:
             if len(add) + len(remove) + bool(changes) < 2:
                 raise  # one call: it took effect or not
             if not self.lists:
-                raise PartlyApplied(exc) from None
+                raise PartlyDone(exc) from None
             try:
                 now = {n for _k, n in await self.members_of(native_id)}
             except AppError:
-                raise PartlyApplied(exc) from None
+                raise PartlyDone(exc) from None
             removed = [p for p in remove if p[1] not in now]
             added = [p for p in add if p[1] in now]
             if not removed and not added:
                 raise  # no member call took effect (a record change before them is not told apart: see the report)
             if changes:
-                raise PartlyApplied(exc) from None  # the record change took effect before them; it is not undone here
+                raise PartlyDone(exc) from None  # the record change took effect before them; it is not undone here
             try:
                 await self.write(native_id, {}, removed, added)
             except AppError:
-                raise PartlyApplied(exc) from None
+                raise PartlyDone(exc) from None
             raise
 
     def plan(
@@ -208,22 +198,28 @@ class UserFieldMembership(Membership):
         try:
             for _k, user in members:
                 await self._edit(user, native_id, True)
+        except AppError as exc:
+            if not await self._undo(native_id, members):
+                raise PartlyDone(exc) from None  # recovery settles what the app holds
+            raise
         except BaseException:
             await self._undo(native_id, members)
             raise
         return native_id
 
-    async def _undo(self, group: NativeId, members: list[Pair]) -> None:
-        """Compensate a half-done create: no group and no user pointing at it."""
+    async def _undo(self, group: NativeId, members: list[Pair]) -> bool:
+        """Compensate a half-done create: no group and no user pointing at it; False when that failed."""
+        undone = True
         for _k, user in members:
             try:
                 await self._edit(user, group, False)
-            except Exception:  # best effort; recovery reconciles what is left
-                pass
+            except Exception:
+                undone = False
         try:
             await self.connector.delete(self.kind, group)
         except Exception:
-            pass
+            undone = False
+        return undone
 
     async def write(self, native_id: NativeId, changes: Record, add: list[Pair], remove: list[Pair]) -> None:
         if changes:

@@ -7,7 +7,7 @@ call, its entry is "in flight" and the recovery sweep leaves it alone.
 
 - A failure before the app answered (refused, down, the breaker open, a bug) aborts the claim: the store is
   as it was, the resource's old name is free again.
-- A failure after part of the write took effect in the app, which could not be undone (PartlyApplied), leaves
+- A failure after part of the write took effect in the app, which could not be undone (PartlyDone), leaves
   the entry pending: recovery settles the copy by reading the app, so the copy never disagrees with it.
 - A crash between claim and settle leaves the entry pending for recovery.
 - Each write is admitted by the app's breaker once, so the circuit never cuts it between two app calls.
@@ -23,12 +23,12 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from ..connectors.base import PartlyDone
 from ..connectors.errors import AppError
 from ..store import Busy, Gone, Member, NativeConflict, Row, Store, UniqueConflict
 from ..store.bulk import NewCreate
 from .breaker import Breaker, CircuitOpen
 from .errors import AppFailed, NotFound, Taken, Unavailable
-from .membership import PartlyApplied
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -190,7 +190,7 @@ class WritePipeline:
         hidden: Sequence[str] = (),
     ) -> R:
         """The app's call for a claimed write, then its settle. A failure of the call aborts the claim, unless the
-        call says part of it took effect (PartlyApplied): the entry is then left pending, for recovery.
+        call says part of it took effect (PartlyDone): the entry is then left pending, for recovery.
 
         `hidden`: values (a password) to mask in what the app answered, before it is journaled or shown.
         """
@@ -198,7 +198,7 @@ class WritePipeline:
             try:
                 async with self.admission():
                     result = await call()
-            except PartlyApplied as partly:
+            except PartlyDone as partly:
                 exc = hide(partly.cause, hidden)
                 log.warning("app %s: %s: failed after part of it took effect (%s): left for recovery", self.app, what, exc.detail)
                 self._inflight.discard(seq)  # the recovery sweep takes it once this call is done

@@ -502,6 +502,36 @@ async def test_a_member_change_failed_halfway_that_cannot_be_undone_is_settled_f
         assert resp.status == 200 and got.get("members", []) == [], got
 
 
+async def test_a_group_create_whose_members_and_undo_fail_leaves_no_orphan(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group created with members on a REST app: the group is made, adding its members fails (503), and so does
+    deleting the group again (found by the outage run: the entry was aborted, the group left in the app linked to
+    nothing). The entry is left pending, and recovery settles it from the app: no orphan."""
+    async with hr_gateway(aiohttp_client, tmp_path, monkeypatch) as hr:
+        resp, ann = await hr.scim.post("/Users", {"schemas": [USER_URN], "userName": "ann"})
+        assert resp.status == 201, ann
+        hr.state.fault("POST", r"/groups/\d+/members", status=503)
+        hr.state.fault("DELETE", r"/groups/\d+", status=503)
+        body = {"schemas": [GROUP_URN], "displayName": "Team", "members": [{"value": ann["id"]}]}
+        resp, answer = await hr.scim.post("/Groups", body)
+        assert resp.status == 503, answer
+        assert "part of the change took effect" in answer["detail"], answer
+        assert hr.state.group_by_name("Team") is not None, "the group was made in the app"
+        assert hr.rows()["journal"][-1]["state"] == "pending"
+        assert await hr.client.app[APPS]["hr"].provisioner.recover() == 1
+        rows = hr.rows()
+        assert [j for j in rows["journal"] if j["state"] == "pending"] == []
+        group = hr.state.group_by_name("Team")
+        linked = [r for r in rows["resources"] if r["type"] == "Group"]
+        if group is None:
+            assert linked == [], linked
+        else:
+            assert [r["native_id"] for r in linked] == [str(group["id"])], (linked, group)
+            members = {m["member_id"] for m in rows["members"] if m["group_id"] == linked[0]["id"]}
+            assert members == ({ann["id"]} if hr.state.member_logins("Team") == ["ann"] else set())
+
+
 async def test_a_delete_that_deactivates_cut_short_before_the_app_call_is_finished_by_recovery(
     tmp_path: Path, aiohttp_client: Any
 ) -> None:
