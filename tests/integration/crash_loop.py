@@ -581,6 +581,9 @@ class Names:
         return f"{self.prefix}{next(serial)}", False
 
 
+PARTLY = "part of the change took effect"  # what a write's error says when the app holds part of it
+
+
 class Outage:
     """The app down for a while during the stream: its 503s are fair answers, never acknowledged writes. A write the
     breaker refused (its circuit open) never reached the app and must leave no journal row: each refused write to one
@@ -664,6 +667,8 @@ class Driver:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return None, None
         data = json.loads(text) if text else None
+        if status == 503 and isinstance(data, dict) and PARTLY in str(data.get("detail", "")):
+            return None, data  # the app failed it after part of it took effect: recovery settles it, as after a kill
         if status == 503 and self.outage is not None and floor is not None:
             self.outage.answered(method, path, data, floor)
             return status, data

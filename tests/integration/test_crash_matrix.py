@@ -16,10 +16,12 @@ points per configuration (6 by default; 50 for the documented full run).
 
 What these runs found, each replayed by hand at the end of this file: fixed, a deactivation by deletion cut short
 losing the rest of its PATCH; a DELETE that deactivates cut short leaving the account active; a hub group update
-cut short losing every member; members deactivated by deletion leaving their groups on any group write. Open
+cut short losing every member; members deactivated by deletion leaving their groups on any group write; a member
+change the app fails halfway, aborted though its first calls took effect; a group create whose member calls and
+undo fail, aborted with the group an orphan in the app. Open
 (strict xfail replays, and the configurations that meet them marked xfail): an LDAP rename or delete cut short
-before the member DNs are rewritten (slapd without refint); a member change the app fails halfway, aborted
-though its first calls took effect; a userName swap in the hub, never delivered (the hub run sends none).
+before the member DNs are rewritten (slapd without refint); a userName swap in the hub, never delivered (the hub
+run sends none); a user rename the app fails whose abort raises UniqueConflict (the outage run, not replayed yet).
 """
 
 from __future__ import annotations
@@ -206,6 +208,11 @@ async def test_crashes_with_the_ldap_directory(
 
 
 @posix_processes
+@pytest.mark.xfail(
+    strict=False,
+    reason="open bug (found by this run, now and then): a user rename the app fails is aborted, and the abort's"
+    " restoring of the old name raises UniqueConflict in the store (resources.app, type, unique_key): a 500",
+)
 async def test_crashes_with_the_rest_hr_app_through_outages(
     tmp_path: Path, cleanup: Closers, capsys: pytest.CaptureFixture[str]
 ) -> None:
