@@ -33,6 +33,7 @@ from .errors import AppFailed, NotFound, Taken, Unavailable
 T = TypeVar("T")
 R = TypeVar("R")
 
+LEFT_FOR_RECOVERY = "recovery settles it from the app"  # what the error of a write left pending says
 BUSY_RETRY_SECONDS = 10.0  # how long a write waits for another one (maybe in another process) to release a resource
 
 
@@ -202,15 +203,20 @@ class WritePipeline:
                 exc = hide(partly.cause, hidden)
                 log.warning("app %s: %s: failed after part of it took effect (%s): left for recovery", self.app, what, exc.detail)
                 self._inflight.discard(seq)  # the recovery sweep takes it once this call is done
-                exc.detail = (
-                    f"{exc.detail} (part of the change took effect in the app; the gateway settles its copy from the app)"
-                )
+                exc.detail = f"{exc.detail} (part of the change took effect in the app; {LEFT_FOR_RECOVERY})"
                 raise AppFailed(what, exc) from None
             except AppError as exc:  # refused, down, or the breaker open (CircuitOpen: the app was not called)
                 hide(exc, hidden)
                 if exc.answer:
                     log.warning("app %s: %s: the app answered: %s", self.app, what, exc.answer)
-                await self.store.abort(seq, f"{'not sent' if isinstance(exc, CircuitOpen) else 'app refused'}: {exc.detail}")
+                try:
+                    await self.store.abort(seq, f"{'not sent' if isinstance(exc, CircuitOpen) else 'app refused'}: {exc.detail}")
+                except UniqueConflict:  # the name a rename gave up is held now by another write in flight
+                    log.warning("app %s: %s: failed, and its claim cannot be undone yet: left for recovery", self.app, what)
+                    self._inflight.discard(seq)
+                    exc.detail = (
+                        f"{exc.detail} (its claim cannot be undone yet; {LEFT_FOR_RECOVERY}, where it may still take effect)"
+                    )
                 raise AppFailed(what, exc) from None
             except Exception as exc:
                 await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
@@ -277,4 +283,4 @@ class WritePipeline:
         await self.settle_update(seq, claimed.data, claimed.unique_key)
 
 
-__all__ = ["BUSY_RETRY_SECONDS", "WritePipeline", "hide", "utc_now"]
+__all__ = ["BUSY_RETRY_SECONDS", "LEFT_FOR_RECOVERY", "WritePipeline", "hide", "utc_now"]

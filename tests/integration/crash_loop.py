@@ -581,7 +581,7 @@ class Names:
         return f"{self.prefix}{next(serial)}", False
 
 
-PARTLY = "part of the change took effect"  # what a write's error says when the app holds part of it
+PARTLY = "recovery settles it from the app"  # what a write's error says when it is left pending for recovery
 
 
 class Outage:
@@ -668,7 +668,7 @@ class Driver:
             return None, None
         data = json.loads(text) if text else None
         if status == 503 and isinstance(data, dict) and PARTLY in str(data.get("detail", "")):
-            return None, data  # the app failed it after part of it took effect: recovery settles it, as after a kill
+            return None, data  # left pending (part of it took effect, or its claim cannot be undone yet): as after a kill
         if status == 503 and self.outage is not None and floor is not None:
             self.outage.answered(method, path, data, floor)
             return status, data

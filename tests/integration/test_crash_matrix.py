@@ -27,6 +27,7 @@ run sends none); a user rename the app fails whose abort raises UniqueConflict (
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -537,6 +538,48 @@ async def test_a_group_create_whose_members_and_undo_fail_leaves_no_orphan(
             assert [r["native_id"] for r in linked] == [str(group["id"])], (linked, group)
             members = {m["member_id"] for m in rows["members"] if m["group_id"] == linked[0]["id"]}
             assert members == ({ann["id"]} if hr.state.member_logins("Team") == ["ann"] else set())
+
+
+async def _until(done: Any) -> None:
+    for _ in range(500):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached")
+
+
+async def test_a_rename_the_app_fails_whose_old_name_was_taken_meanwhile_is_left_for_recovery(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user renamed ann -> amy; while the app holds the rename's call, another user is created as ann (the name the
+    rename gave up); then the app fails the rename (503). Its claim could not be undone (ann is taken), and that
+    was a 500 (found by the outage run). The entry is left pending, the client told so, and recovery settles it."""
+    async with hr_gateway(aiohttp_client, tmp_path, monkeypatch) as hr:
+        resp, ann = await hr.scim.post("/Users", {"schemas": [USER_URN], "userName": "ann"})
+        assert resp.status == 201, ann
+        hold = asyncio.Event()
+        hr.state.fault("PATCH", r"/users/\d+", status=503, hold=hold)
+        rename = asyncio.create_task(
+            hr.scim.patch(f"/Users/{ann['id']}", [{"op": "replace", "path": "userName", "value": "amy"}])
+        )
+        await _until(lambda: any(m == "PATCH" for m, _p in hr.state.calls))
+        held = asyncio.Event()  # the create of ann, its claim made, held at the app
+        hr.state.fault("POST", r"/users$", status=None, hold=held)
+        create = asyncio.create_task(hr.scim.post("/Users", {"schemas": [USER_URN], "userName": "ann"}))
+        await _until(lambda: any(m == "POST" for m, _p in hr.state.calls[2:]))
+        hold.set()
+        resp, body = await rename
+        assert resp.status == 503, body
+        assert "recovery settles it from the app" in body["detail"], body
+        held.set()
+        resp, other = await create
+        assert resp.status in (201, 409), other  # the app still has ann, or (after recovery) not
+        assert await hr.client.app[APPS]["hr"].provisioner.recover() == 1
+        rows = hr.rows()
+        assert [j for j in rows["journal"] if j["state"] == "pending"] == []
+        names = sorted(u["login"] for u in hr.state.users.values())
+        copies = sorted(json.loads(r["data"])["userName"] for r in rows["resources"] if r["type"] == "User")
+        assert names == copies, (names, copies)
 
 
 async def test_a_delete_that_deactivates_cut_short_before_the_app_call_is_finished_by_recovery(
