@@ -18,10 +18,11 @@ What these runs found, each replayed by hand at the end of this file: fixed, a d
 losing the rest of its PATCH; a DELETE that deactivates cut short leaving the account active; a hub group update
 cut short losing every member; members deactivated by deletion leaving their groups on any group write; a member
 change the app fails halfway, aborted though its first calls took effect; a group create whose member calls and
-undo fail, aborted with the group an orphan in the app. Open
+undo fail, aborted with the group an orphan in the app; a rename the app fails whose old name another write took
+meanwhile, its abort a 500. Open
 (strict xfail replays, and the configurations that meet them marked xfail): an LDAP rename or delete cut short
 before the member DNs are rewritten (slapd without refint); a userName swap in the hub, never delivered (the hub
-run sends none); a user rename the app fails whose abort raises UniqueConflict (the outage run, not replayed yet).
+run sends none).
 """
 
 from __future__ import annotations
@@ -209,11 +210,6 @@ async def test_crashes_with_the_ldap_directory(
 
 
 @posix_processes
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (found by this run, now and then): a user rename the app fails is aborted, and the abort's"
-    " restoring of the old name raises UniqueConflict in the store (resources.app, type, unique_key): a 500",
-)
 async def test_crashes_with_the_rest_hr_app_through_outages(
     tmp_path: Path, cleanup: Closers, capsys: pytest.CaptureFixture[str]
 ) -> None:
