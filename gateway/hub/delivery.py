@@ -154,8 +154,10 @@ class Worker:
         row = await self.store.get(HUB_APP, kind, hub_id)
         assigned = row is not None and await self._assigned(kind, row)
         app_id = await self.store.link_of(self.app, kind, hub_id)
+        adopted = False
         if app_id is None:
             app_id = await self._in_doubt(runtime, rtype, hub_id)
+            adopted = app_id is not None
         if not assigned:
             if app_id is not None:
                 await self._leave(runtime, rtype, hub_id, app_id, gone=row is None)
@@ -165,6 +167,8 @@ class Worker:
         if app_id is not None:
             try:
                 await self._write(runtime, rtype, "PUT", app_id, body, row, depth)
+                if adopted:  # its create was cut short before what refers to it was queued again
+                    await self._arrived(kind, hub_id)
                 return
             except NotFound:
                 await self.store.drop_link(self.app, kind, hub_id)  # deleted in the app (or its endpoint): again

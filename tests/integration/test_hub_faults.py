@@ -28,7 +28,7 @@ from gateway.http.keys import HUB
 from gateway.hub.delivery import Worker
 from gateway.hub.runtime import Hub
 from gateway.settings import GatewaySettings
-from tests.conftest import USER_URN, Scim
+from tests.conftest import GROUP_URN, USER_URN, Scim
 from tests.fakes.serve import HR_API_KEY
 from tests.integration.hub_stack import HrProcess, write_mappings
 
@@ -222,3 +222,32 @@ async def test_a_create_cut_short_then_a_new_hub_user_of_that_name_links_the_app
     assert app_id is not None and await rig.hub.store.hub_id_of(app, "User", app_id) == new
     assert await rig.hub.store.link_of(app, "User", old) is None
     assert (await rig.holdings())[app] == {"ann": "title of ann"}
+
+
+@pytest.mark.parametrize("app", APPS)
+async def test_a_create_cut_short_before_its_link_then_found_queues_its_groups_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, app: str
+) -> None:
+    """Found by the hub crash run: a group delivered while its member's create was in doubt left the member out,
+    and the member, linked by the next delivery, did not queue the group again: the group stayed without it."""
+    ann = await rig.user("ann")
+    await _create_killed_before_the_link(rig, app, monkeypatch, ann)
+    resp, team = await rig.scim.post("/Groups", {"schemas": [GROUP_URN], "displayName": "Team", "members": [{"value": ann}]})
+    assert resp.status == 201, team
+    entries = await rig.hub.store.take(app, 100, 30)
+    for entry in sorted(entries, key=lambda e: e.type != "Group"):  # the group first: ann is not linked yet
+        await rig.worker(app)._one(entry)
+    await rig.deliver(app)  # the group again, queued by ann's arrival
+    assert [r for r in await rig.outbox() if r["app"] == app] == []
+    if app == "hr":
+        assert await rig.hr.group_members("Team") == {"ann"}
+    else:
+        db = sqlite3.connect(rig.demo_db)
+        try:
+            rows = db.execute(
+                "SELECT e.login FROM team_members m JOIN employees e ON e.emp_no = m.emp_no"
+                " JOIN teams t ON t.team_id = m.team_id WHERE t.team_name = 'Team'"
+            ).fetchall()
+        finally:
+            db.close()
+        assert rows == [("ann",)]
