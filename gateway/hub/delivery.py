@@ -205,13 +205,14 @@ class Worker:
         name = await self.store.creating_of(self.app, kind, hub_id)
         if name is None:
             return None
-        held = await self._lookup(runtime, rtype, name)
-        if held is not None:
-            if await self.store.hub_id_of(self.app, kind, held) is None:
-                await self.store.set_link(self.app, kind, hub_id, held)
-                return held
-        elif await self.store.unsettled(self.app, kind, name):
+        # The journal first, then the app: recovery settling the create between the two would otherwise be missed
+        # (not found while unsettled, settled by the time the journal is read: the record forgotten in the app).
+        if await self.store.unsettled(self.app, kind, name):
             raise Unavailable(f"{kind} {name!r} has an unsettled write in app {self.app}; waiting for its recovery", 5)
+        held = await self._lookup(runtime, rtype, name)
+        if held is not None and await self.store.hub_id_of(self.app, kind, held) is None:
+            await self.store.set_link(self.app, kind, hub_id, held)
+            return held
         await self.store.set_creating(self.app, kind, hub_id, None)
         return None
 
