@@ -251,3 +251,55 @@ async def test_a_create_cut_short_before_its_link_then_found_queues_its_groups_a
         finally:
             db.close()
         assert rows == [("ann",)]
+
+
+async def test_a_create_cut_short_in_the_app_s_journal_settled_by_recovery_mid_delivery_is_not_forgotten(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hr's create killed after its claim (in hr's journal, unsettled), the hub user then deleted. The delivery waits
+    for hr's recovery; here recovery settles the create just after the delivery looked in the app (the window the
+    crash run hit at 50 kills: the name in doubt was dropped, the account stayed). The journal is read first now."""
+    runtime = rig.hub.workers["hr"].runtime
+    assert runtime is not None
+    ann = await rig.user("ann")
+
+    async def killed(*_args: Any, **_kw: Any) -> Any:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(runtime.connector), "create", killed)
+        [entry] = await rig.hub.store.take("hr", 100, 30)
+        with pytest.raises(Killed):
+            await rig.worker("hr")._one(entry)
+    assert await rig.hub.store.release_leases() == 1
+    assert await rig.hub.store.unsettled("hr", "User", "ann")
+    await rig.delete(ann)
+    await rig.deliver("hr")  # waits: hr's journal holds the create
+    [row] = [r for r in await rig.outbox() if r["app"] == "hr"]
+    assert "unsettled" in row["last_error"], row
+    worker, store = rig.worker("hr"), rig.hub.store
+    lookup, unsettled = worker._lookup, store.unsettled
+    recovered: list[bool] = []
+
+    async def recover_after(answer: Any) -> Any:
+        if not recovered:  # right after the delivery's first look (the app's or the journal's), once
+            recovered.append(True)
+            await runtime.provisioner.recover(0)  # hr's recovery sends the create again: the account is made
+        return answer
+
+    async def looked_up(*args: Any) -> Any:
+        return await recover_after(await lookup(*args))
+
+    async def journal_read(*args: Any) -> Any:
+        return await recover_after(await unsettled(*args))
+
+    monkeypatch.setattr(worker, "_lookup", looked_up)
+    monkeypatch.setattr(store, "unsettled", journal_read)
+
+    for _ in range(3):  # due now, each time
+        async with store.dialect.access() as conn:
+            await conn.execute("UPDATE hub_outbox SET due = 0")
+        await rig.deliver("hr")
+    assert recovered
+    assert [r for r in await rig.outbox() if r["app"] == "hr"] == []
+    assert await rig.hr_users() == {}
