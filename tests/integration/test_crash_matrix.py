@@ -21,7 +21,8 @@ hub's delivery (replayed in test_hub_faults.py), a userName swap never delivered
 link leaving an account in hr or linking one app record to two hub ids, and its record then found without its
 groups queued again. Open (strict xfail replays, and the configurations that meet them marked xfail): an LDAP
 rename or delete cut short before the member DNs are rewritten (slapd without refint); a member change the app
-fails halfway, aborted though its first calls took effect.
+fails halfway, aborted though its first calls took effect; an hr group update cut short and settled by recovery,
+the app keeping a member the hub removed (the hub run, at 50 kills).
 """
 
 from __future__ import annotations
@@ -298,6 +299,12 @@ def by_name(held: Holdings) -> tuple[dict[str, list[tuple[Any, Any]]], dict[str,
 
 
 @posix_processes
+@pytest.mark.xfail(
+    strict=False,
+    reason="open (found by this run at 50 kills, not a delivery bug): hr's group kept a member the hub removed, after"
+    " hr's recovery settled a group update cut short ('the app's record shows it took effect'); every later PUT of the"
+    " group computes its member change from the store's copy, which does not hold that member",
+)
 async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
     tmp_path: Path, cleanup: Closers, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -324,7 +331,10 @@ async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
     model = Model(atomic_members=True)  # the hub's directory is the store: a write and its members in one transaction
     deliveries: list[int] = []  # app journal entries pending and outbox rows leased, right after each kill
 
-    async def kill(_point: int) -> None:
+    points: list[int] = []
+
+    async def kill(point: int) -> None:
+        points.append(point)
         gateway.kill()
         writes = await view._fetch("SELECT count(*) AS n FROM journal WHERE state = 'pending' AND app <> 'hub'")
         leased = await view._fetch("SELECT count(*) AS n FROM hub_outbox WHERE state = 'pending' AND lease_until IS NOT NULL")
@@ -364,8 +374,9 @@ async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
             # hub's rows themselves; what the check adds is the IdP's acknowledged writes. Delivery is checked here.
             deadline = time.monotonic() + 30
             while differ := await drained():
-                assert time.monotonic() < deadline, "30 s after the restart the apps still differ from the hub:\n" + "\n".join(
-                    differ[:30]
+                assert time.monotonic() < deadline, (
+                    f"kill point {points[-1] if points else None}: 30 s after the restart the apps still differ from the hub:\n"
+                    + "\n".join(differ[:30])
                 )
                 await asyncio.sleep(0.3)
             hub = await view.rows("hub")
