@@ -23,9 +23,12 @@ finish the write); a member's deactivation by deletion and its group's member ch
 member leaving the group (seen once in a 50-kill LDAP run); a member change the app fails halfway, aborted though
 its first calls took effect (now undone, or left to recovery); a group create whose member calls and undo fail,
 aborted with the group an orphan in the app; a rename the app fails whose old name another write took meanwhile,
-its abort a 500. Open (strict xfail replays, and the configurations that meet them marked xfail): an LDAP userName
-swap killed between one half's modrdn and its member rewrite, the other half taking the old DN (slapd without
-refint).
+its abort a 500; in the hub's delivery (replayed in test_hub_faults.py), a userName swap never delivered, a create
+cut short before its link leaving an account in hr or linking one app record to two hub ids, and its record then
+found without its groups queued again. Open (strict xfail replays, and the configurations that meet them marked
+xfail): an LDAP userName swap killed between one half's modrdn and its member rewrite, the other half taking the
+old DN (slapd without refint); an hr group update cut short and settled by recovery, the app keeping a member the
+hub removed (the hub run, at 50 kills).
 """
 
 from __future__ import annotations
@@ -310,8 +313,9 @@ def by_name(held: Holdings) -> tuple[dict[str, list[tuple[Any, Any]]], dict[str,
 @posix_processes
 @pytest.mark.xfail(
     strict=False,
-    reason="open bugs (found by this run, each now and then): after a kill, hr kept an account the hub does not have;"
-    " a delivery retried forever on hub_links' unique (app, app_id) (a record of the app linked to two hub ids)",
+    reason="open (found by this run at 50 kills, not a delivery bug): hr's group kept a member the hub removed, after"
+    " hr's recovery settled a group update cut short ('the app's record shows it took effect'); every later PUT of the"
+    " group computes its member change from the store's copy, which does not hold that member",
 )
 async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
     tmp_path: Path, cleanup: Closers, capsys: pytest.CaptureFixture[str]
@@ -339,7 +343,10 @@ async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
     model = Model(atomic_members=True)  # the hub's directory is the store: a write and its members in one transaction
     deliveries: list[int] = []  # app journal entries pending and outbox rows leased, right after each kill
 
-    async def kill(_point: int) -> None:
+    points: list[int] = []
+
+    async def kill(point: int) -> None:
+        points.append(point)
         gateway.kill()
         writes = await view._fetch("SELECT count(*) AS n FROM journal WHERE state = 'pending' AND app <> 'hub'")
         leased = await view._fetch("SELECT count(*) AS n FROM hub_outbox WHERE state = 'pending' AND lease_until IS NOT NULL")
@@ -379,8 +386,9 @@ async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
             # hub's rows themselves; what the check adds is the IdP's acknowledged writes. Delivery is checked here.
             deadline = time.monotonic() + 30
             while differ := await drained():
-                assert time.monotonic() < deadline, "30 s after the restart the apps still differ from the hub:\n" + "\n".join(
-                    differ[:30]
+                assert time.monotonic() < deadline, (
+                    f"kill point {points[-1] if points else None}: 30 s after the restart the apps still differ from the hub:\n"
+                    + "\n".join(differ[:30])
                 )
                 await asyncio.sleep(0.3)
             hub = await view.rows("hub")
@@ -395,9 +403,7 @@ async def test_crashes_of_the_hub_s_delivery_on_a_postgresql_store(
 
         tally = await crash_loop(
             gateway, "hub", model, holdings, seed=5105, kills=KILLS, kill=kill, view=view, settle_wait=15.0, extended=True,
-            # No swaps: two hub users exchanging their userNames are never delivered (open bug found by this run: each
-            # app refuses each rename as taken, retried forever), with or without a kill.
-            swaps=False,
+            swaps=True,
             window=(0.5, 1.2),  # a hub write commits the outbox rows too: longer stretches, or most die unanswered
         )  # fmt: skip
     hit = sum(1 for n in deliveries if n)
