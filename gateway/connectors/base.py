@@ -32,6 +32,16 @@ WRITE_KEY: ContextVar[str | None] = ContextVar("scim_gateway_write_key", default
 WRITE_KEYS: ContextVar[Sequence[str] | None] = ContextVar("scim_gateway_write_keys", default=None)
 
 
+class PartlyDone(AppError):
+    """A write of several app calls failed (`cause`) after some of them took effect, which could not be undone (or
+    which took effect could not be told): the app holds part of the write. The provisioner leaves its journal entry
+    pending, for recovery to settle from the app, and answers the cause's error."""
+
+    def __init__(self, cause: AppError) -> None:
+        super().__init__(cause.detail, retry_after=cause.retry_after, answer=cause.answer)
+        self.cause = cause
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What the provisioner may ask of this connector."""
@@ -208,8 +218,14 @@ class Connector(ABC):
         if members:
             try:
                 await self.add_members(kind, native_id, members)
+            except AppError as exc:
+                try:
+                    await self.delete(kind, native_id)  # compensate: no half-created group
+                except AppError:
+                    raise PartlyDone(exc) from None  # the group stays in the app: recovery settles it
+                raise
             except BaseException:
-                await self.delete(kind, native_id)  # compensate: no half-created group
+                await self.delete(kind, native_id)
                 raise
         return native_id
 

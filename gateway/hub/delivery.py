@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from typing import Any
 
 from ..connectors.errors import AppConflict
@@ -141,56 +142,135 @@ class Worker:
 
     # ------------------------------------------------------------------ one resource
 
-    async def deliver(self, kind: str, hub_id: str, entry: OutboxEntry | None = None) -> None:
-        """Make app `self.app` hold `hub_id` as the hub holds it now (or not at all)."""
+    async def deliver(self, kind: str, hub_id: str, entry: OutboxEntry | None = None, *, depth: int = 0) -> None:
+        """Make app `self.app` hold `hub_id` as the hub holds it now (or not at all). `depth`: > 0 when delivered
+        on the way of another resource's (a name it held was needed), so that the moving aside stops there."""
         runtime = self.runtime
         assert runtime is not None
         service = runtime.service
         rtype = service.rtypes.get(kind)
+        if rtype is None:
+            return
         row = await self.store.get(HUB_APP, kind, hub_id)
-        assigned = row is not None and rtype is not None and await self._assigned(kind, row)
+        assigned = row is not None and await self._assigned(kind, row)
         app_id = await self.store.link_of(self.app, kind, hub_id)
-        if not assigned and app_id is None and rtype is not None and entry is not None:
-            # Queued for this app, so it was (or was to be) there: an earlier attempt that failed without an
-            # answer (a timeout), or was cut short by a crash, may have made the account all the same. Find it
-            # by its name (the app's search adopts it) so that leaving applies to it too.
-            name = row.unique_key if row is not None else entry.name
-            app_id = await self._lookup(runtime, rtype, name) if name is not None else None
-            if app_id is not None:
-                await self.store.set_link(self.app, kind, hub_id, app_id)
-            elif name is not None and await self.store.unsettled(self.app, kind, name):
-                # The app's own journal has that create unsettled (its recovery will link or roll it back): wait.
-                raise Unavailable(f"{kind} {name!r} has an unsettled write in app {self.app}; waiting for its recovery", 5)
+        adopted = False
+        if app_id is None:
+            app_id = await self._in_doubt(runtime, rtype, hub_id)
+            adopted = app_id is not None
         if not assigned:
-            if app_id is not None and rtype is not None:
+            if app_id is not None:
                 await self._leave(runtime, rtype, hub_id, app_id, gone=row is None)
             return
-        assert row is not None and rtype is not None
+        assert row is not None
         body = await self._body(rtype, row)
         if app_id is not None:
             try:
-                await service.write("PUT", rtype, app_id, body)
+                await self._write(runtime, rtype, "PUT", app_id, body, row, depth)
+                if adopted:  # its create was cut short before what refers to it was queued again
+                    await self._arrived(kind, hub_id)
                 return
             except NotFound:
                 await self.store.drop_link(self.app, kind, hub_id)  # deleted in the app (or its endpoint): again
+        name = row.data.get(runtime.provisioner.resource(kind).unique_attr)
+        # Durable before the app is called: a kill between the app's answer and the link leaves the name, by
+        # which the next delivery finds the record (even once the hub resource is renamed or deleted).
+        await self.store.set_creating(self.app, kind, hub_id, name if isinstance(name, str) else None)
         try:
-            created = await service.write("POST", rtype, None, body)
+            created = await self._write(runtime, rtype, "POST", None, body, row, depth)
             assert created is not None
             new_id = created.id
         except (Taken, AppFailed) as exc:
             if isinstance(exc, AppFailed) and not isinstance(exc.cause, AppConflict):
                 raise
-            # The name is held: by an earlier delivery whose link was lost (a crash between the app's answer and
-            # the link), or by an account the app already had. Look it up as an IdP would (the app's own search,
-            # which adopts an app record the gateway has not linked yet) and take it.
-            held = await self._lookup(runtime, rtype, row.data.get(runtime.provisioner.resource(kind).unique_attr))
+            # The name is held by an account the app already had (not linked to any hub resource): look it up as
+            # an IdP would (the app's own search, which adopts an app record the gateway has not linked yet), take it.
+            held = await self._lookup(runtime, rtype, name)
             if held is None:
                 raise
+            owner = await self.store.hub_id_of(self.app, kind, held)
+            if owner is not None and owner != hub_id:
+                raise Taken(f"{name!r} is held in app {self.app} by the record of hub resource {owner}") from exc
             await self.store.set_link(self.app, kind, hub_id, held)
             await service.write("PUT", rtype, held, body)
         else:
             await self.store.set_link(self.app, kind, hub_id, new_id)
         await self._arrived(kind, hub_id)
+
+    async def _in_doubt(self, runtime: AppRuntime, rtype: ResourceType, hub_id: str) -> str | None:
+        """A create sent and not linked (cut short by a kill, a timeout): the app record it made, now linked, or None
+        once the app has no record of that name that is not another hub resource's. Waits (Unavailable) while the
+        app's own journal holds that create unsettled (its recovery settles or rolls it back)."""
+        kind = rtype.name
+        name = await self.store.creating_of(self.app, kind, hub_id)
+        if name is None:
+            return None
+        # The journal first, then the app: recovery settling the create between the two would otherwise be missed
+        # (not found while unsettled, settled by the time the journal is read: the record forgotten in the app).
+        if await self.store.unsettled(self.app, kind, name):
+            raise Unavailable(f"{kind} {name!r} has an unsettled write in app {self.app}; waiting for its recovery", 5)
+        held = await self._lookup(runtime, rtype, name)
+        if held is not None and await self.store.hub_id_of(self.app, kind, held) is None:
+            await self.store.set_link(self.app, kind, hub_id, held)
+            return held
+        await self.store.set_creating(self.app, kind, hub_id, None)
+        return None
+
+    async def _write(
+        self,
+        runtime: AppRuntime,
+        rtype: ResourceType,
+        method: str,
+        app_id: str | None,
+        body: dict[str, Any],
+        row: Row,
+        depth: int,
+    ) -> Any:
+        """The app's PUT or POST. Refused as taken by the record of another hub resource whose own hub state no
+        longer holds the name (a swap, a rename or delete not delivered yet): that record is moved aside to a
+        temporary name, this write is made, and the other resource is delivered at once (its own entry, pending
+        since its change, finishes it if that fails). Any other refusal is raised as it is."""
+        service = runtime.service
+        try:
+            return await service.write(method, rtype, app_id, body)
+        except (Taken, AppFailed) as exc:
+            if isinstance(exc, AppFailed) and not isinstance(exc.cause, AppConflict):
+                raise
+            other = await self._holder(runtime, rtype, row, app_id)
+            if other is None or depth > 0:
+                raise
+            other_hub_id, holder = other
+        attr = runtime.provisioner.resource(rtype.name).unique_attr
+        aside = f"{row.data.get(attr)}.moving-{uuid.uuid4().hex[:12]}"
+        patch = {"schemas": [PATCH_OP], "Operations": [{"op": "replace", "path": attr, "value": aside}]}
+        await service.write("PATCH", rtype, holder, patch)
+        log.info("hub: %s %s moved aside in %s as %r (its name is %s's now)", rtype.name, other_hub_id, self.app, aside, row.id)
+        written = await service.write(method, rtype, app_id, body)
+        try:
+            await self.deliver(rtype.name, other_hub_id, depth=depth + 1)
+        except (ProvisioningError, ScimError) as exc:
+            log.info(
+                "hub: %s %s, moved aside in %s, waits for its own delivery: %s", rtype.name, other_hub_id, self.app, _why(exc)
+            )
+        return written
+
+    async def _holder(self, runtime: AppRuntime, rtype: ResourceType, row: Row, app_id: str | None) -> tuple[str, str] | None:
+        """(hub id, app id) of the app record holding `row`'s name, when another hub resource is linked to it and
+        that resource's hub state no longer holds the name; None for a genuine conflict (an app record the hub does
+        not manage, or one whose hub resource still has the name)."""
+        kind = rtype.name
+        holder = await self._lookup(runtime, rtype, row.data.get(runtime.provisioner.resource(kind).unique_attr))
+        if holder is None or holder == app_id:
+            return None
+        owner = await self.store.hub_id_of(self.app, kind, holder)
+        if owner is None or owner == row.id:
+            return None
+        theirs = await self.store.get(HUB_APP, kind, owner)
+        if theirs is not None and theirs.unique_key == row.unique_key:
+            return None
+        if theirs is not None and kind == "User" and self.rule.leave != "delete" and not await self._assigned(kind, theirs):
+            return None  # it leaves by deactivation, keeping the name it has: a temporary one would stay
+        return owner, holder
 
     async def _assigned(self, kind: str, row: Row) -> bool:
         if kind == "Group":

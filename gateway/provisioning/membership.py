@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from ..connectors.base import Connector, NativeId, Record
-from ..connectors.errors import AppNotFound
+from ..connectors.base import Connector, NativeId, PartlyDone, Record
+from ..connectors.errors import AppError, AppNotFound
 from ..mapping.model import MembersConfig
 
 Pair = tuple[str, NativeId]  # (member kind, member native id)
@@ -67,6 +67,39 @@ class Membership:
     async def members_of(self, native_id: NativeId) -> list[Pair]:
         return await self.connector.list_members(self.kind, native_id)
 
+    @property
+    def lists(self) -> bool:
+        """Whether `members_of` can say who the app holds as members now."""
+        return self.connector.caps.membership
+
+    async def write_whole(self, native_id: NativeId, changes: Record, add: list[Pair], remove: list[Pair]) -> None:
+        """`write`, all of it or none: when it fails after some of its member calls took effect (the app's own
+        calls, one a member), those are undone (the removed added again, the added removed) before the failure is
+        raised. PartlyDone when the app cannot say which took effect, or undoing them fails too, or the record
+        change (made first) took effect with them: the app then holds part of the change."""
+        try:
+            await self.write(native_id, changes, add, remove)
+        except AppError as exc:
+            if len(add) + len(remove) + bool(changes) < 2:
+                raise  # one call: it took effect or not
+            if not self.lists:
+                raise PartlyDone(exc) from None
+            try:
+                now = {n for _k, n in await self.members_of(native_id)}
+            except AppError:
+                raise PartlyDone(exc) from None
+            removed = [p for p in remove if p[1] not in now]
+            added = [p for p in add if p[1] in now]
+            if not removed and not added:
+                raise  # no member call took effect (a record change before them is not told apart: see the report)
+            if changes:
+                raise PartlyDone(exc) from None  # the record change took effect before them; it is not undone here
+            try:
+                await self.write(native_id, {}, removed, added)
+            except AppError:
+                raise PartlyDone(exc) from None
+            raise
+
     def plan(
         self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]
     ) -> list[dict[str, Any]]:
@@ -109,6 +142,9 @@ class GroupFieldMembership(Membership):
     async def members_of(self, native_id: NativeId) -> list[Pair]:
         record = await self.connector.get(self.kind, native_id)
         return [(self.member_kind, i) for i in self.ids.parse(record.get(self.field))] if record else []
+
+    async def write_whole(self, native_id: NativeId, changes: Record, add: list[Pair], remove: list[Pair]) -> None:
+        await self.write(native_id, changes, add, remove)  # one update of the group's record: all of it or none
 
     def plan(
         self, native_id: NativeId | None, record: Record | None, add: list[Pair], remove: list[Pair]
@@ -162,22 +198,28 @@ class UserFieldMembership(Membership):
         try:
             for _k, user in members:
                 await self._edit(user, native_id, True)
+        except AppError as exc:
+            if not await self._undo(native_id, members):
+                raise PartlyDone(exc) from None  # recovery settles what the app holds
+            raise
         except BaseException:
             await self._undo(native_id, members)
             raise
         return native_id
 
-    async def _undo(self, group: NativeId, members: list[Pair]) -> None:
-        """Compensate a half-done create: no group and no user pointing at it."""
+    async def _undo(self, group: NativeId, members: list[Pair]) -> bool:
+        """Compensate a half-done create: no group and no user pointing at it; False when that failed."""
+        undone = True
         for _k, user in members:
             try:
                 await self._edit(user, group, False)
-            except Exception:  # best effort; recovery reconciles what is left
-                pass
+            except Exception:
+                undone = False
         try:
             await self.connector.delete(self.kind, group)
         except Exception:
-            pass
+            undone = False
+        return undone
 
     async def write(self, native_id: NativeId, changes: Record, add: list[Pair], remove: list[Pair]) -> None:
         if changes:
@@ -186,6 +228,10 @@ class UserFieldMembership(Membership):
             await self._edit(user, native_id, False)
         for _k, user in add:
             await self._edit(user, native_id, True)
+
+    @property
+    def lists(self) -> bool:
+        return self.lists_cheaply or self.connector.caps.list_all
 
     @property
     def lists_cheaply(self) -> bool:

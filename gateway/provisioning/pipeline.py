@@ -7,6 +7,8 @@ call, its entry is "in flight" and the recovery sweep leaves it alone.
 
 - A failure before the app answered (refused, down, the breaker open, a bug) aborts the claim: the store is
   as it was, the resource's old name is free again.
+- A failure after part of the write took effect in the app, which could not be undone (PartlyDone), leaves
+  the entry pending: recovery settles the copy by reading the app, so the copy never disagrees with it.
 - A crash between claim and settle leaves the entry pending for recovery.
 - Each write is admitted by the app's breaker once, so the circuit never cuts it between two app calls.
 """
@@ -21,6 +23,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from ..connectors.base import PartlyDone
 from ..connectors.errors import AppError
 from ..store import Busy, Gone, Member, NativeConflict, Row, Store, UniqueConflict
 from ..store.bulk import NewCreate
@@ -30,6 +33,7 @@ from .errors import AppFailed, NotFound, Taken, Unavailable
 T = TypeVar("T")
 R = TypeVar("R")
 
+LEFT_FOR_RECOVERY = "recovery settles it from the app"  # what the error of a write left pending says
 BUSY_RETRY_SECONDS = 10.0  # how long a write waits for another one (maybe in another process) to release a resource
 
 
@@ -186,7 +190,8 @@ class WritePipeline:
         settle: Callable[[T], Awaitable[R]],
         hidden: Sequence[str] = (),
     ) -> R:
-        """The app's call for a claimed write, then its settle. Any failure of the call aborts the claim.
+        """The app's call for a claimed write, then its settle. A failure of the call aborts the claim, unless the
+        call says part of it took effect (PartlyDone): the entry is then left pending, for recovery.
 
         `hidden`: values (a password) to mask in what the app answered, before it is journaled or shown.
         """
@@ -194,11 +199,24 @@ class WritePipeline:
             try:
                 async with self.admission():
                     result = await call()
+            except PartlyDone as partly:
+                exc = hide(partly.cause, hidden)
+                log.warning("app %s: %s: failed after part of it took effect (%s): left for recovery", self.app, what, exc.detail)
+                self._inflight.discard(seq)  # the recovery sweep takes it once this call is done
+                exc.detail = f"{exc.detail} (part of the change took effect in the app; {LEFT_FOR_RECOVERY})"
+                raise AppFailed(what, exc) from None
             except AppError as exc:  # refused, down, or the breaker open (CircuitOpen: the app was not called)
                 hide(exc, hidden)
                 if exc.answer:
                     log.warning("app %s: %s: the app answered: %s", self.app, what, exc.answer)
-                await self.store.abort(seq, f"{'not sent' if isinstance(exc, CircuitOpen) else 'app refused'}: {exc.detail}")
+                try:
+                    await self.store.abort(seq, f"{'not sent' if isinstance(exc, CircuitOpen) else 'app refused'}: {exc.detail}")
+                except UniqueConflict:  # the name a rename gave up is held now by another write in flight
+                    log.warning("app %s: %s: failed, and its claim cannot be undone yet: left for recovery", self.app, what)
+                    self._inflight.discard(seq)
+                    exc.detail = (
+                        f"{exc.detail} (its claim cannot be undone yet; {LEFT_FOR_RECOVERY}, where it may still take effect)"
+                    )
                 raise AppFailed(what, exc) from None
             except Exception as exc:
                 await self.store.abort(seq, f"gateway error: {type(exc).__name__}")
@@ -265,4 +283,4 @@ class WritePipeline:
         await self.settle_update(seq, claimed.data, claimed.unique_key)
 
 
-__all__ = ["BUSY_RETRY_SECONDS", "WritePipeline", "hide", "utc_now"]
+__all__ = ["BUSY_RETRY_SECONDS", "LEFT_FOR_RECOVERY", "WritePipeline", "hide", "utc_now"]

@@ -339,7 +339,7 @@ class Writes:
                 return created
             if native_id is None:
                 return None  # deactivated by deleting it in the app: only the gateway's copy changes
-            await ctx.memberships[cres.name].write(native_id, record, await ctx.natives(add), await ctx.natives(remove))
+            await ctx.memberships[cres.name].write_whole(native_id, record, await ctx.natives(add), await ctx.natives(remove))
             if switch is not None:
                 await self.set_active(cres, native_id, switch)
             return native_id

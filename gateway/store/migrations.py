@@ -114,6 +114,11 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX hub_links_by_hub_id ON hub_links (type, hub_id);
     """,
+    # 6 (hub, issue 16): the unique name of the create a delivery sent and has not linked yet (a kill between the
+    # app's answer and the link leaves it), so the next delivery finds that record by it (gateway/store/outbox.py).
+    """
+    ALTER TABLE hub_outbox ADD COLUMN creating {text}
+    """,
 ]
 
 

@@ -24,6 +24,10 @@ Router = Callable[[str, dict[str, Any], set[str]], set[str]]
 _KEY = "app = ? AND type = ? AND resource_id = ?"
 
 
+class LinkedElsewhere(Exception):
+    """The app record is linked to another hub resource already."""
+
+
 @dataclass(slots=True)
 class OutboxEntry:
     """One due outbox row as a worker took it (its lease held)."""
@@ -336,9 +340,27 @@ class HubStore(Store):
                     out[rec["hub_id"]] = rec["app_id"]
         return out
 
+    async def hub_id_of(self, app: str, kind: str, app_id: str) -> str | None:
+        """The hub resource an app record is linked to, if any (a link is one-to-one)."""
+        async with self.dialect.access() as conn:
+            rec = await conn.fetchrow("SELECT hub_id FROM hub_links WHERE app = ? AND type = ? AND app_id = ?", app, kind, app_id)
+        return None if rec is None else str(rec["hub_id"])
+
     async def set_link(self, app: str, kind: str, hub_id: str, app_id: str) -> None:
-        await self._tx(
-            lambda conn: conn.execute(
+        """Link `hub_id` to the app record `app_id` (and forget the create in doubt). LinkedElsewhere when that
+        record is linked to another hub resource: never two hub resources for one app record."""
+
+        async def work(conn: Conn) -> None:
+            other = await conn.fetchrow(
+                "SELECT hub_id FROM hub_links WHERE app = ? AND app_id = ? AND NOT (type = ? AND hub_id = ?)",
+                app,
+                app_id,
+                kind,
+                hub_id,
+            )
+            if other is not None:
+                raise LinkedElsewhere(f"{kind} {app_id} of app {app} is linked to hub resource {other['hub_id']} already")
+            await conn.execute(
                 "INSERT INTO hub_links (app, type, hub_id, app_id) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (app, type, hub_id) DO UPDATE SET app_id = excluded.app_id",
                 app,
@@ -346,7 +368,19 @@ class HubStore(Store):
                 hub_id,
                 app_id,
             )
-        )
+            await conn.execute(f"UPDATE hub_outbox SET creating = NULL WHERE {_KEY}", app, kind, hub_id)
+
+        await self._tx(work)
+
+    async def creating_of(self, app: str, kind: str, hub_id: str) -> str | None:
+        """The unique name of a create sent for `hub_id` and not linked yet (a kill may have cut it short)."""
+        async with self.dialect.access() as conn:
+            rec = await conn.fetchrow(f"SELECT creating FROM hub_outbox WHERE {_KEY}", app, kind, hub_id)
+        return None if rec is None or rec["creating"] is None else str(rec["creating"])
+
+    async def set_creating(self, app: str, kind: str, hub_id: str, name: str | None) -> None:
+        """Before a create is sent: its unique name, durable (None: no create in doubt any more)."""
+        await self._tx(lambda conn: conn.execute(f"UPDATE hub_outbox SET creating = ? WHERE {_KEY}", name, app, kind, hub_id))
 
     async def drop_link(self, app: str, kind: str, hub_id: str) -> None:
         await self._tx(
@@ -429,4 +463,4 @@ class HubStore(Store):
         return [(r["type"], r["id"]) for r in recs]
 
 
-__all__ = ["DeliveryState", "HubStore", "OutboxEntry", "Router"]
+__all__ = ["DeliveryState", "HubStore", "LinkedElsewhere", "OutboxEntry", "Router"]

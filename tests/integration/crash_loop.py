@@ -581,6 +581,9 @@ class Names:
         return f"{self.prefix}{next(serial)}", False
 
 
+PARTLY = "recovery settles it from the app"  # what a write's error says when it is left pending for recovery
+
+
 class Outage:
     """The app down for a while during the stream: its 503s are fair answers, never acknowledged writes. A write the
     breaker refused (its circuit open) never reached the app and must leave no journal row: each refused write to one
@@ -664,6 +667,8 @@ class Driver:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return None, None
         data = json.loads(text) if text else None
+        if status == 503 and isinstance(data, dict) and PARTLY in str(data.get("detail", "")):
+            return None, data  # left pending (part of it took effect, or its claim cannot be undone yet): as after a kill
         if status == 503 and self.outage is not None and floor is not None:
             self.outage.answered(method, path, data, floor)
             return status, data

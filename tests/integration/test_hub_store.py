@@ -18,7 +18,7 @@ from gateway.schema import DISPLAY_ATTRIBUTES
 from gateway.scim.service import ScimService
 from gateway.settings import GatewaySettings
 from gateway.store import PostgresStore, SqliteStore, Store
-from gateway.store.outbox import HubStore
+from gateway.store.outbox import HubStore, LinkedElsewhere
 from tests.conftest import ENTERPRISE_URN, GROUP_URN, PATCH_URN, USER_URN
 from tests.services import create_pg_database, drop_pg_database, pg_url
 
@@ -194,3 +194,22 @@ async def test_a_live_process_keeps_its_leases_and_a_dead_ones_lapse(stores: tup
     await hub.store.renew([kept], lease=60)  # still delivering it: renewed; the other one is left to lapse
     await asyncio.sleep(0.4)
     assert [e.resource_id for e in await other.take("sales", 10, lease=60)] == [dropped.resource_id]
+
+
+async def test_a_link_is_one_to_one_and_a_create_in_doubt_is_forgotten_once_linked(
+    stores: tuple[Store, Store], tmp_path: Path
+) -> None:
+    """An app record linked to a second hub resource is refused with a clear reason (not the database's unique
+    violation); linking forgets the name of the create in doubt."""
+    hub = Hub(stores[0], tmp_path)
+    ann = await hub.user("ann", "Sales")
+    bob = await hub.user("bob", "Sales")
+    await hub.store.set_creating("sales", "User", ann, "ann")
+    assert await hub.store.creating_of("sales", "User", ann) == "ann"
+    await hub.store.set_link("sales", "User", ann, "app-1")
+    assert await hub.store.creating_of("sales", "User", ann) is None
+    assert await hub.store.hub_id_of("sales", "User", "app-1") == ann
+    with pytest.raises(LinkedElsewhere, match=f"linked to hub resource {ann} already"):
+        await hub.store.set_link("sales", "User", bob, "app-1")
+    assert await hub.store.link_of("sales", "User", bob) is None
+    await hub.store.set_link("sales", "User", ann, "app-1")  # the same link again: no conflict
