@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+import bench.instructions as _shared
+
 KINDS = ("get", "post", "patch", "put")
 # The REST connector alone, without the gateway: its get and create called directly, and the floor under them,
 # the same GET made with a bare aiohttp session (one read, one JSON parse).
@@ -38,26 +40,8 @@ USERS = 200
 TOKEN = "bench-instructions-token"
 BASE = "/apps/hr/scim/v2"
 ROOT = Path(__file__).resolve().parent.parent
-USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
-PATCH_URN = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-BULK_URN = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-
-
-def _bulk(prefix: str, count: int) -> dict[str, Any]:
-    ops = [
-        {
-            "method": "POST",
-            "path": "/Users",
-            "bulkId": f"{prefix}{i}",
-            "data": {"schemas": [USER_URN], "userName": f"{prefix}{i}@x.test", "title": "t"},
-        }
-        for i in range(count)
-    ]
-    return {"schemas": [BULK_URN], "Operations": ops}
-
-
-def _callgrind(*args: str) -> None:
-    subprocess.run(["callgrind_control", *args, str(os.getpid())], check=True, capture_output=True)
+USER_URN, PATCH_URN = _shared.USER_URN, _shared.PATCH_URN
+_bulk, _callgrind = _shared._bulk, _shared._callgrind  # the same requests and counters as bench.instructions
 
 
 async def _send(client: Any, headers: dict[str, str], method: str, path: str, body: Any) -> None:
